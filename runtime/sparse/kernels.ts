@@ -1,0 +1,307 @@
+/**
+ * Sparse decode kernels: pure functions on typed arrays, batch 1, fp32. Each kernel touches only the weight rows it
+ * is given, so skipped heads and neurons cost no memory traffic (the point of contextual sparsity on a memory-bound
+ * decode). Row-major layouts throughout; `cols` is the length of one row.
+ *
+ * Layouts the callers prepare once at load time:
+ *  - fc1 W [ffn][d] as in PyTorch: a neuron is one contiguous row.
+ *  - fc2 stored TRANSPOSED, fc2T [ffn][d]: a neuron's output weights are one contiguous row, so the gathered fc2 is a
+ *    sum of k scaled rows (axpy) instead of k strided column reads.
+ *  - out_proj stored TRANSPOSED, oT [d_in][d_out]: head h's input columns h*hd..(h+1)*hd-1 become hd contiguous rows.
+ *  - KV cache per layer as [H][maxT][hd]: one head's keys are contiguous, so attention for a subset of heads streams
+ *    only those heads' memory.
+ */
+
+/** Dot product of a[aOff..aOff+n) and b[bOff..bOff+n), four accumulators (fewer dependent adds per iteration). */
+export function dot(a: Float32Array, aOff: number, b: Float32Array, bOff: number, n: number): number {
+  let s0 = 0,
+    s1 = 0,
+    s2 = 0,
+    s3 = 0;
+  let i = 0;
+  const n4 = n - (n & 3);
+  for (; i < n4; i += 4) {
+    s0 += a[aOff + i] * b[bOff + i];
+    s1 += a[aOff + i + 1] * b[bOff + i + 1];
+    s2 += a[aOff + i + 2] * b[bOff + i + 2];
+    s3 += a[aOff + i + 3] * b[bOff + i + 3];
+  }
+  for (; i < n; i++) s0 += a[aOff + i] * b[bOff + i];
+  return s0 + s1 + (s2 + s3);
+}
+
+/** y[o] += alpha * x[xOff + o] for o < n (y at yOff). */
+export function axpy(alpha: number, x: Float32Array, xOff: number, y: Float32Array, yOff: number, n: number): void {
+  let i = 0;
+  const n4 = n - (n & 3);
+  for (; i < n4; i += 4) {
+    y[yOff + i] += alpha * x[xOff + i];
+    y[yOff + i + 1] += alpha * x[xOff + i + 1];
+    y[yOff + i + 2] += alpha * x[xOff + i + 2];
+    y[yOff + i + 3] += alpha * x[xOff + i + 3];
+  }
+  for (; i < n; i++) y[yOff + i] += alpha * x[xOff + i];
+}
+
+/** Dense GEMV: out[r] = W[r] . x + (bias[r]) for r < rows. W is [rows][cols]. */
+export function gemv(
+  W: Float32Array,
+  rows: number,
+  cols: number,
+  x: Float32Array,
+  out: Float32Array,
+  bias?: Float32Array,
+): Float32Array {
+  for (let r = 0; r < rows; r++) out[r] = dot(W, r * cols, x, 0, cols) + (bias ? bias[r] : 0);
+  return out;
+}
+
+/** Dense GEMV + bias + ReLU (the dense fc1). */
+export function gemvRelu(
+  W: Float32Array,
+  rows: number,
+  cols: number,
+  x: Float32Array,
+  bias: Float32Array | undefined,
+  out: Float32Array,
+): Float32Array {
+  for (let r = 0; r < rows; r++) {
+    const v = dot(W, r * cols, x, 0, cols) + (bias ? bias[r] : 0);
+    out[r] = v > 0 ? v : 0;
+  }
+  return out;
+}
+
+/**
+ * Gathered fc1: out[j] = relu(W[idx[j]] . x + bias[idx[j]]) for j < k. The output is COMPACT (k values, in the order
+ * of idx), ready for gatherAxpyRows with the same idx.
+ */
+export function gatherGemvRelu(
+  W: Float32Array,
+  cols: number,
+  x: Float32Array,
+  idx: Int32Array,
+  k: number,
+  bias: Float32Array | undefined,
+  out: Float32Array,
+): Float32Array {
+  for (let j = 0; j < k; j++) {
+    const r = idx[j];
+    const v = dot(W, r * cols, x, 0, cols) + (bias ? bias[r] : 0);
+    out[j] = v > 0 ? v : 0;
+  }
+  return out;
+}
+
+/**
+ * Gathered fc2 over rows of fc2^T: y += sum_j a[j] * WT[idx[j]] for j < k. WT is [ffn][d]. Zero activations (ReLU
+ * outputs) are skipped: they contribute exactly nothing.
+ */
+export function gatherAxpyRows(
+  WT: Float32Array,
+  cols: number,
+  idx: Int32Array,
+  k: number,
+  a: Float32Array,
+  y: Float32Array,
+): Float32Array {
+  for (let j = 0; j < k; j++) {
+    const aj = a[j];
+    if (aj !== 0) axpy(aj, WT, idx[j] * cols, y, 0, cols);
+  }
+  return y;
+}
+
+/** Dense fc2 through its transposed layout: y += sum_r a[r] * WT[r] over all rows. */
+export function axpyRows(WT: Float32Array, rows: number, cols: number, a: Float32Array, y: Float32Array): Float32Array {
+  for (let r = 0; r < rows; r++) {
+    const ar = a[r];
+    if (ar !== 0) axpy(ar, WT, r * cols, y, 0, cols);
+  }
+  return y;
+}
+
+/** Transpose a row-major [rows][cols] matrix into [cols][rows]. */
+export function transpose(W: Float32Array, rows: number, cols: number): Float32Array {
+  const T = new Float32Array(W.length);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    for (let c = 0; c < cols; c++) T[c * rows + r] = W[base + c];
+  }
+  return T;
+}
+
+/**
+ * Projection rows of the selected heads: for each head h in heads[0..k), out[h*hd + i] = W[h*hd + i] . x + b[h*hd+i]
+ * (i < hd). Rows of unselected heads in `out` are left untouched. W is [d][d] (q, k or v projection).
+ */
+export function headRowsGemv(
+  W: Float32Array,
+  bias: Float32Array | undefined,
+  d: number,
+  hd: number,
+  x: Float32Array,
+  heads: Int32Array,
+  k: number,
+  out: Float32Array,
+): Float32Array {
+  for (let j = 0; j < k; j++) {
+    const r0 = heads[j] * hd;
+    for (let r = r0; r < r0 + hd; r++) out[r] = dot(W, r * d, x, 0, d) + (bias ? bias[r] : 0);
+  }
+  return out;
+}
+
+/**
+ * Single-query attention for the selected heads over T cached positions (the new token's K/V already written at
+ * position T-1). Cache layout [H][maxT][hd]. q holds the (unscaled) queries, head h at q[h*hd..]; out[h*hd..] gets the
+ * head's output. `scores` is scratch of length >= T.
+ */
+export function attendHeads(
+  q: Float32Array,
+  kCache: Float32Array,
+  vCache: Float32Array,
+  maxT: number,
+  T: number,
+  hd: number,
+  heads: Int32Array,
+  k: number,
+  scale: number,
+  scores: Float32Array,
+  out: Float32Array,
+): Float32Array {
+  for (let j = 0; j < k; j++) {
+    const h = heads[j];
+    const qOff = h * hd;
+    const base = h * maxT * hd;
+    let max = -Infinity;
+    for (let t = 0; t < T; t++) {
+      const s = dot(q, qOff, kCache, base + t * hd, hd) * scale;
+      scores[t] = s;
+      if (s > max) max = s;
+    }
+    let sum = 0;
+    for (let t = 0; t < T; t++) {
+      const e = Math.exp(scores[t] - max);
+      scores[t] = e;
+      sum += e;
+    }
+    const inv = 1 / sum;
+    out.fill(0, qOff, qOff + hd);
+    for (let t = 0; t < T; t++) axpy(scores[t] * inv, vCache, base + t * hd, out, qOff, hd);
+  }
+  return out;
+}
+
+/**
+ * out_proj contribution of the selected heads through oT = out_proj^T [d_in][d_out]: y += sum over the heads' input
+ * columns c of headOut[c] * oT[c]. The caller adds the bias once.
+ */
+export function outProjHeads(
+  oT: Float32Array,
+  d: number,
+  hd: number,
+  headOut: Float32Array,
+  heads: Int32Array,
+  k: number,
+  y: Float32Array,
+): Float32Array {
+  for (let j = 0; j < k; j++) {
+    const c0 = heads[j] * hd;
+    for (let c = c0; c < c0 + hd; c++) {
+      const a = headOut[c];
+      if (a !== 0) axpy(a, oT, c * d, y, 0, d);
+    }
+  }
+  return y;
+}
+
+/** L2 norm of each head's slice of x (hd values per head): the oracle's head importance. */
+export function headNorms(x: Float32Array, H: number, hd: number, out: Float32Array = new Float32Array(H)): Float32Array {
+  for (let h = 0; h < H; h++) out[h] = Math.sqrt(dot(x, h * hd, x, h * hd, hd));
+  return out;
+}
+
+/** An identity selection 0..n-1 (dense as a selection). */
+export function allIndices(n: number): Int32Array {
+  const a = new Int32Array(n);
+  for (let i = 0; i < n; i++) a[i] = i;
+  return a;
+}
+
+/**
+ * Indices of the k largest scores, written to out[0..k) in ASCENDING INDEX order (sequential weight-row access).
+ * Ties at the threshold go to the lower index, so the result is deterministic. NaN scores rank lowest.
+ * O(n) expected: quickselect on a scratch copy finds the k-th largest value, then one pass collects.
+ * `scratch` must have length >= n.
+ */
+export function topK(
+  scores: Float32Array,
+  n: number,
+  k: number,
+  out: Int32Array,
+  scratch: Float32Array = new Float32Array(n),
+): Int32Array {
+  if (k <= 0) return out;
+  if (k >= n) {
+    for (let i = 0; i < n; i++) out[i] = i;
+    return out;
+  }
+  for (let i = 0; i < n; i++) {
+    const s = scores[i];
+    scratch[i] = s === s ? s : -Infinity;
+  }
+  const thr = kthLargest(scratch, n, k);
+  // Count strictly-greater values; the rest of the k slots go to values equal to thr, lowest index first.
+  let greater = 0;
+  for (let i = 0; i < n; i++) {
+    const s = scores[i] === scores[i] ? scores[i] : -Infinity;
+    if (s > thr) greater++;
+  }
+  let ties = k - greater;
+  let j = 0;
+  for (let i = 0; i < n && j < k; i++) {
+    const s = scores[i] === scores[i] ? scores[i] : -Infinity;
+    if (s > thr) out[j++] = i;
+    else if (s === thr && ties > 0) {
+      out[j++] = i;
+      ties--;
+    }
+  }
+  return out;
+}
+
+/** The k-th largest value of a[0..n) (1-based k), reordering a in place (Hoare-style quickselect). */
+function kthLargest(a: Float32Array, n: number, k: number): number {
+  let lo = 0;
+  let hi = n - 1;
+  const target = k - 1; // position in descending order
+  while (lo < hi) {
+    // Median of three as the pivot keeps sorted or constant inputs from going quadratic.
+    const mid = (lo + hi) >>> 1;
+    const p = median3(a[lo], a[mid], a[hi]);
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while (a[i] > p) i++;
+      while (a[j] < p) j--;
+      if (i <= j) {
+        const t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+        i++;
+        j--;
+      }
+    }
+    if (target <= j) hi = j;
+    else if (target >= i) lo = i;
+    else return a[target];
+  }
+  return a[target];
+}
+
+function median3(a: number, b: number, c: number): number {
+  if (a > b) [a, b] = [b, a];
+  if (b > c) b = c;
+  return a > b ? a : b;
+}
