@@ -8,8 +8,8 @@
  *  - fc2 stored TRANSPOSED, fc2T [ffn][d]: a neuron's output weights are one contiguous row, so the gathered fc2 is a
  *    sum of k scaled rows (axpy) instead of k strided column reads.
  *  - out_proj stored TRANSPOSED, oT [d_in][d_out]: head h's input columns h*hd..(h+1)*hd-1 become hd contiguous rows.
- *  - KV cache per layer as [H][maxT][hd]: one head's keys are contiguous, so attention for a subset of heads streams
- *    only those heads' memory.
+ *  - KV cache per layer as runtime/cpu's KVCache: [maxLen][d], head h in columns h*hd..(h+1)*hd-1 (so a dense
+ *    prefill and a sparse decode share one cache). Attention for a subset of heads reads only those heads' columns.
  */
 
 /** Dot product of a[aOff..aOff+n) and b[bOff..bOff+n), four accumulators (fewer dependent adds per iteration). */
@@ -154,15 +154,16 @@ export function headRowsGemv(
 
 /**
  * Single-query attention for the selected heads over T cached positions (the new token's K/V already written at
- * position T-1). Cache layout [H][maxT][hd]. q holds the (unscaled) queries, head h at q[h*hd..]; out[h*hd..] gets the
- * head's output. `scores` is scratch of length >= T.
+ * position T-1). Cache layout [maxLen][d] (runtime/cpu KVCache), head h at columns h*hd. q holds the (unscaled)
+ * queries, head h at q[h*hd..]; out[h*hd..] gets the head's output, other heads' columns are left untouched.
+ * `scores` is scratch of length >= T.
  */
 export function attendHeads(
   q: Float32Array,
   kCache: Float32Array,
   vCache: Float32Array,
-  maxT: number,
   T: number,
+  d: number,
   hd: number,
   heads: Int32Array,
   k: number,
@@ -171,12 +172,10 @@ export function attendHeads(
   out: Float32Array,
 ): Float32Array {
   for (let j = 0; j < k; j++) {
-    const h = heads[j];
-    const qOff = h * hd;
-    const base = h * maxT * hd;
+    const qOff = heads[j] * hd;
     let max = -Infinity;
     for (let t = 0; t < T; t++) {
-      const s = dot(q, qOff, kCache, base + t * hd, hd) * scale;
+      const s = dot(q, qOff, kCache, t * d + qOff, hd) * scale;
       scores[t] = s;
       if (s > max) max = s;
     }
@@ -188,7 +187,7 @@ export function attendHeads(
     }
     const inv = 1 / sum;
     out.fill(0, qOff, qOff + hd);
-    for (let t = 0; t < T; t++) axpy(scores[t] * inv, vCache, base + t * hd, out, qOff, hd);
+    for (let t = 0; t < T; t++) axpy(scores[t] * inv, vCache, t * d + qOff, out, qOff, hd);
   }
   return out;
 }

@@ -98,8 +98,8 @@ describe('sparse kernels vs dense reference', () => {
       bq = rand(dm, 22),
       Wo = rand(dm * dm, 23),
       x = rand(dm, 24);
-    const kc = rand(H * maxT * hd, 25),
-      vc = rand(H * maxT * hd, 26);
+    const kc = rand(maxT * dm, 25),
+      vc = rand(maxT * dm, 26);
     const heads = Int32Array.from([1, 4, 5]);
     const scale = 1 / Math.sqrt(hd);
 
@@ -119,7 +119,7 @@ describe('sparse kernels vs dense reference', () => {
       const s: number[] = [];
       for (let t = 0; t < T; t++) {
         let v = 0;
-        for (let i = 0; i < hd; i++) v += qRef[h * hd + i] * kc[(h * maxT + t) * hd + i];
+        for (let i = 0; i < hd; i++) v += qRef[h * hd + i] * kc[t * dm + h * hd + i];
         s.push(v * scale);
       }
       const m = Math.max(...s);
@@ -127,13 +127,13 @@ describe('sparse kernels vs dense reference', () => {
       const z = e.reduce((p, c) => p + c, 0);
       for (let i = 0; i < hd; i++) {
         let v = 0;
-        for (let t = 0; t < T; t++) v += (e[t] / z) * vc[(h * maxT + t) * hd + i];
+        for (let t = 0; t < T; t++) v += (e[t] / z) * vc[t * dm + h * hd + i];
         oRef[h * hd + i] = v;
       }
     }
     const yRef = refLinear(Wo, dm, dm, oRef);
 
-    const o = attendHeads(q, kc, vc, maxT, T, hd, heads, heads.length, scale, new Float32Array(T), new Float32Array(dm));
+    const o = attendHeads(q, kc, vc, T, dm, hd, heads, heads.length, scale, new Float32Array(T), new Float32Array(dm));
     for (const h of heads) for (let i = 0; i < hd; i++) expect(o[h * hd + i]).toBeCloseTo(oRef[h * hd + i], 5);
     const y = outProjHeads(transpose(Wo, dm, dm), dm, hd, o, heads, heads.length, new Float32Array(dm));
     expect(relErr(y, yRef)).toBeLessThan(1e-5);
