@@ -1,0 +1,102 @@
+import { DejavuError } from '../common/errors.js';
+import { progressBar } from '../common/progress.js';
+import { readJsonLines, type OnSkip, type RawDoc } from './c4-jsonl.js';
+import { readParquetTexts } from './c4-parquet.js';
+import { formatOf, resolveInputs } from './inputs.js';
+import { sampleIndices, selectionKind } from './select.js';
+import type { Document, DocumentSelection, ReadStats } from './types.js';
+
+/** How many "file:line: reason" examples of skipped lines a ReadStats keeps. */
+export const MAX_SKIP_EXAMPLES = 5;
+
+export function createReadStats(): ReadStats {
+  return { documents: 0, skipped: 0, skippedExamples: [], files: [] };
+}
+
+/** The raw records of one file, whatever its format. */
+function readFile(path: string, onSkip: OnSkip): AsyncGenerator<RawDoc> {
+  const fmt = formatOf(path);
+  if (fmt === 'parquet') return readParquetTexts(path, onSkip);
+  if (fmt === 'jsonl' || fmt === 'jsonl.gz') return readJsonLines(path, fmt === 'jsonl.gz', onSkip);
+  throw new DejavuError('unsupported file type (expected .json.gz, .jsonl.gz, .jsonl, .json or .parquet)', path);
+}
+
+/**
+ * Every document of `files` in file order, numbered from 0. Skipped lines/rows get no number (document indices are
+ * contiguous) and are counted in `stats` when `countSkips` (the sampling pass that only counts does not count them
+ * twice).
+ */
+async function* allDocuments(files: string[], stats: ReadStats, countSkips: boolean): AsyncGenerator<Document> {
+  let index = 0;
+  for (const path of files) {
+    if (!stats.files.includes(path)) stats.files.push(path);
+    const onSkip: OnSkip = (where, reason) => {
+      if (!countSkips) return;
+      stats.skipped++;
+      if (stats.skippedExamples.length < MAX_SKIP_EXAMPLES) stats.skippedExamples.push(`${path}:${where}: ${reason}`);
+    };
+    for await (const raw of readFile(path, onSkip)) yield { index: index++, text: raw.text, source: path };
+  }
+}
+
+function emptyError(files: string[], stats: ReadStats): DejavuError {
+  const skipped = stats.skipped ? ` (${stats.skipped} malformed lines/rows skipped, e.g. ${stats.skippedExamples[0]})` : '';
+  return new DejavuError(`no documents in ${files.length === 1 ? files[0] : `${files.length} files: ${files.join(', ')}`}${skipped}`);
+}
+
+/**
+ * Stream C4 documents from files, folders or globs (see resolveInputs) in file order with constant memory.
+ * - no selection: every document; `docs: N`: the first N (reading stops there);
+ * - `sample: N, seed: S` (seed default 0): N documents drawn uniformly without replacement with a seeded PRNG, yielded
+ *   in file order. Two passes: the first counts the documents, the second yields the chosen ones. A sample larger
+ *   than the data set yields every document.
+ * `Document.index` is the position in file order across all inputs (document 0 = first document of the first file).
+ * Malformed lines/rows are skipped and counted in `stats`; a data set without any document is an error.
+ */
+export async function* readDocuments(
+  inputs: string[],
+  selection: DocumentSelection = {},
+  stats: ReadStats = createReadStats(),
+): AsyncGenerator<Document> {
+  const kind = selectionKind(selection);
+  const files = resolveInputs(inputs);
+
+  if (kind !== 'sample') {
+    const limit = kind === 'first' ? (selection.docs as number) : Infinity;
+    let seen = 0;
+    for await (const doc of allDocuments(files, stats, true)) {
+      seen++;
+      stats.documents++;
+      yield doc;
+      if (seen >= limit) return;
+    }
+    if (seen === 0) throw emptyError(files, stats);
+    return;
+  }
+
+  // Pass 1: count. A long loop over big shards, so it gets a progress bar (per file).
+  const bar = progressBar('counting documents', files.length, 'files');
+  let total = 0;
+  let lastSource = '';
+  for await (const doc of allDocuments(files, stats, true)) {
+    total++;
+    if (doc.source !== lastSource) {
+      if (lastSource) bar.increment();
+      lastSource = doc.source;
+    }
+  }
+  bar.update(files.length);
+  bar.stop();
+  if (total === 0) throw emptyError(files, stats);
+
+  // Pass 2: yield the chosen indices (sorted), stopping after the last one.
+  const chosen = sampleIndices(total, selection.sample as number, selection.seed ?? 0);
+  let next = 0;
+  for await (const doc of allDocuments(files, stats, false)) {
+    if (doc.index !== chosen[next]) continue;
+    stats.documents++;
+    yield doc;
+    if (++next === chosen.length) return;
+  }
+  throw new DejavuError(`the inputs changed while they were read: ${total} documents counted, fewer found on the second pass`);
+}

@@ -1,0 +1,266 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { DejavuError } from '../common/errors.js';
+import type { Tokenizer } from './types.js';
+
+/**
+ * The tokenizer of a Hugging Face model folder, from `tokenizer.json` or from `vocab.json` + `merges.txt` (GPT-2
+ * byte-level BPE, what facebook/opt-* ship). The BOS rule: when `tokenizer_config.json` says `add_bos_token`, the BOS
+ * is prepended exactly once; if the tokenizer's own post-processor already adds it, we add nothing.
+ */
+export interface LoadTokenizerOptions {
+  /** Default: tokenizer.json when the folder has one, else vocab.json + merges.txt. */
+  prefer?: 'tokenizer.json' | 'vocab+merges';
+}
+
+type Json = Record<string, unknown>;
+
+function readJson(path: string): Json {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new DejavuError(`cannot read: ${(e as Error).message}`, path);
+  }
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error('not a JSON object');
+    return v as Json;
+  } catch (e) {
+    throw new DejavuError(`invalid JSON: ${(e as Error).message}`, path);
+  }
+}
+
+function readJsonIfExists(path: string): Json {
+  return existsSync(path) ? readJson(path) : {};
+}
+
+/** Special tokens in tokenizer_config / special_tokens_map are either strings or `{content, ...}` objects. */
+function tokenContent(v: unknown): string | null {
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object' && typeof (v as Json).content === 'string') return (v as Json).content as string;
+  return null;
+}
+
+interface AddedTokenJson {
+  id: number;
+  content: string;
+  single_word: boolean;
+  lstrip: boolean;
+  rstrip: boolean;
+  normalized: boolean;
+  special: boolean;
+}
+
+/**
+ * Build the tokenizer.json object equivalent to a slow GPT2Tokenizer: byte-level BPE over vocab.json + merges.txt,
+ * ByteLevel pre-tokenizer (add_prefix_space from tokenizer_config), ByteLevel decoder, no normalizer, no
+ * post-processor (the BOS rule is applied by us), and the special tokens of the config as added tokens.
+ */
+export function tokenizerJsonFromVocabMerges(
+  vocabPath: string,
+  mergesPath: string,
+  tokenizerConfig: Json,
+  specialTokensMap: Json,
+): Json {
+  const vocabRaw = readJson(vocabPath);
+  const vocab: Record<string, number> = {};
+  let maxId = -1;
+  for (const [tok, id] of Object.entries(vocabRaw)) {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) {
+      throw new DejavuError(`token ${JSON.stringify(tok)} has id ${JSON.stringify(id)}, expected an integer >= 0`, vocabPath);
+    }
+    vocab[tok] = id;
+    if (id > maxId) maxId = id;
+  }
+  let mergesText: string;
+  try {
+    mergesText = readFileSync(mergesPath, 'utf8');
+  } catch (e) {
+    throw new DejavuError(`cannot read: ${(e as Error).message}`, mergesPath);
+  }
+  const merges: [string, string][] = [];
+  const lines = mergesText.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i].replace(/\r$/, '');
+    // "#version: 0.2" header; byte-level tokens never contain a space (it is mapped to Ġ), so one space separates a pair.
+    if (line === '' || (i === 0 && line.startsWith('#version'))) continue;
+    const parts = line.split(' ');
+    if (parts.length !== 2 || parts[0] === '' || parts[1] === '') {
+      throw new DejavuError(`line ${i + 1}: expected "left right", got ${JSON.stringify(line.slice(0, 80))}`, mergesPath);
+    }
+    merges.push([parts[0], parts[1]]);
+  }
+
+  // Special tokens: the named ones (bos/eos/unk/pad/...), additional_special_tokens, and added_tokens_decoder entries.
+  const specials = new Map<string, number | null>();
+  for (const src of [specialTokensMap, tokenizerConfig]) {
+    for (const key of ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token']) {
+      const c = tokenContent(src[key]);
+      if (c !== null && !specials.has(c)) specials.set(c, null);
+    }
+    const extra = src.additional_special_tokens;
+    if (Array.isArray(extra)) {
+      for (const t of extra) {
+        const c = tokenContent(t);
+        if (c !== null && !specials.has(c)) specials.set(c, null);
+      }
+    }
+  }
+  const decoderMap = tokenizerConfig.added_tokens_decoder;
+  if (decoderMap && typeof decoderMap === 'object') {
+    for (const [id, t] of Object.entries(decoderMap as Json)) {
+      const c = tokenContent(t);
+      if (c !== null) specials.set(c, Number(id));
+    }
+  }
+  const added: AddedTokenJson[] = [];
+  for (const [content, fixedId] of specials) {
+    // Tokens the vocabulary lacks get the next free id, as transformers' add_special_tokens does.
+    let id = fixedId ?? vocab[content];
+    if (id === undefined) id = ++maxId;
+    added.push({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+  }
+  added.sort((a, b) => a.id - b.id);
+
+  const addPrefixSpace = tokenizerConfig.add_prefix_space === true;
+  return {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: added,
+    normalizer: null,
+    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: addPrefixSpace, trim_offsets: true, use_regex: true },
+    post_processor: null,
+    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: false,
+      vocab,
+      merges,
+    },
+  };
+}
+
+/**
+ * A byte offset in `text` where cutting leaves the tokens of the prefix identical to the start of the tokens of the
+ * whole text: just before a space that starts a word (" X", X neither whitespace) and that follows a non-whitespace
+ * character. Under the GPT-2 pre-tokenizer regex every pre-token ends there and the next one starts there, and no
+ * added token contains a space. Returns -1 when there is no such cut at or after `from`.
+ */
+function safeCut(text: string, from: number): number {
+  for (let i = Math.max(1, from); i < text.length - 1; i++) {
+    if (text.charCodeAt(i) === 0x20 && !/\s/.test(text[i - 1]) && !/\s/.test(text[i + 1])) return i;
+  }
+  return -1;
+}
+
+class HfBackedTokenizer implements Tokenizer {
+  readonly bosId: number | null;
+  readonly vocabSize: number;
+  /** Whether encode() prepends the BOS itself (add_bos_token and the post-processor does not already add it). */
+  readonly prependBos: boolean;
+
+  constructor(
+    private readonly tok: HfTokenizer,
+    readonly source: string,
+    bosId: number | null,
+    addBosToken: boolean,
+    vocabSize: number,
+  ) {
+    this.bosId = bosId;
+    this.vocabSize = vocabSize;
+    let postAddsBos = false;
+    if (bosId !== null) {
+      const withSpecial = tok.encode('a').ids;
+      const without = tok.encode('a', { add_special_tokens: false }).ids;
+      postAddsBos = withSpecial[0] === bosId && without[0] !== bosId;
+    }
+    this.prependBos = addBosToken && bosId !== null && !postAddsBos;
+  }
+
+  private encodeAll(text: string): number[] {
+    const ids = this.tok.encode(text).ids;
+    return this.prependBos ? [this.bosId as number, ...ids] : ids;
+  }
+
+  encode(text: string, maxLen?: number): Int32Array {
+    if (maxLen === undefined) return Int32Array.from(this.encodeAll(text));
+    if (!Number.isInteger(maxLen) || maxLen < 1) throw new DejavuError(`max length must be an integer >= 1, got ${maxLen}`);
+    // Long documents: tokenize a growing prefix cut at a word boundary instead of the whole text. Tokens of such a
+    // prefix equal the first tokens of the whole text (see safeCut), so the result is the same, only faster.
+    let chars = maxLen * 8;
+    while (chars < text.length) {
+      const cut = safeCut(text, chars);
+      if (cut < 0) break;
+      const ids = this.encodeAll(text.slice(0, cut));
+      if (ids.length >= maxLen) return Int32Array.from(ids.slice(0, maxLen));
+      chars = cut * 2;
+    }
+    const ids = this.encodeAll(text);
+    return Int32Array.from(ids.length > maxLen ? ids.slice(0, maxLen) : ids);
+  }
+
+  /** Special tokens (the BOS among them) are left out unless `skipSpecialTokens` is false. */
+  decode(ids: ArrayLike<number>, opts?: { skipSpecialTokens?: boolean }): string {
+    return this.tok.decode(Array.from(ids), { skip_special_tokens: opts?.skipSpecialTokens ?? true });
+  }
+}
+
+/** Load the tokenizer of the model folder `modelDir`. */
+export async function loadTokenizer(modelDir: string, opts: LoadTokenizerOptions = {}): Promise<Tokenizer> {
+  if (!existsSync(modelDir)) throw new DejavuError('model folder not found', modelDir);
+  const tjPath = join(modelDir, 'tokenizer.json');
+  const vocabPath = join(modelDir, 'vocab.json');
+  const mergesPath = join(modelDir, 'merges.txt');
+  const haveTj = existsSync(tjPath);
+  const haveVm = existsSync(vocabPath) && existsSync(mergesPath);
+  const prefer = opts.prefer ?? (haveTj ? 'tokenizer.json' : 'vocab+merges');
+  if (prefer === 'tokenizer.json' && !haveTj) throw new DejavuError('no tokenizer.json in the model folder', modelDir);
+  if (prefer === 'vocab+merges' && !haveVm) {
+    throw new DejavuError(
+      haveTj ? 'no vocab.json + merges.txt in the model folder' : 'no tokenizer.json nor vocab.json + merges.txt in the model folder',
+      modelDir,
+    );
+  }
+
+  const config = readJsonIfExists(join(modelDir, 'tokenizer_config.json'));
+  const specialMap = readJsonIfExists(join(modelDir, 'special_tokens_map.json'));
+  const tokenizerJson =
+    prefer === 'tokenizer.json' ? readJson(tjPath) : tokenizerJsonFromVocabMerges(vocabPath, mergesPath, config, specialMap);
+  const source = prefer === 'tokenizer.json' ? 'tokenizer.json' : 'vocab.json+merges.txt';
+
+  // Decoding should give back the text: no "clean up" of spaces before punctuation unless the config asks for it.
+  const hfConfig: Json = { clean_up_tokenization_spaces: false, ...config };
+  let tok: HfTokenizer;
+  try {
+    tok = new HfTokenizer(tokenizerJson, hfConfig);
+  } catch (e) {
+    throw new DejavuError(`cannot build the tokenizer: ${(e as Error).message}`, prefer === 'tokenizer.json' ? tjPath : vocabPath);
+  }
+
+  const bosContent = tokenContent(config.bos_token) ?? tokenContent(specialMap.bos_token);
+  let bosId: number | null = null;
+  if (bosContent !== null) {
+    const id = tok.token_to_id(bosContent);
+    if (id === undefined) throw new DejavuError(`bos_token ${JSON.stringify(bosContent)} is not in the vocabulary`, modelDir);
+    bosId = id;
+  } else {
+    const modelConfig = readJsonIfExists(join(modelDir, 'config.json'));
+    if (typeof modelConfig.bos_token_id === 'number') bosId = modelConfig.bos_token_id;
+  }
+  const addBos = config.add_bos_token === true;
+  if (addBos && bosId === null) {
+    throw new DejavuError('tokenizer_config.json sets add_bos_token but names no bos_token', join(modelDir, 'tokenizer_config.json'));
+  }
+  let vocabSize = 0;
+  for (const id of tok.get_vocab(true).values()) if (id + 1 > vocabSize) vocabSize = id + 1;
+  return new HfBackedTokenizer(tok, source, bosId, addBos, vocabSize);
+}
