@@ -1,0 +1,233 @@
+/**
+ * The bundle: what export writes and every runtime (CPU sparse, CUDA) reads. A folder with
+ *   manifest.json          format + version, the model fingerprint and dims, one entry per layer (docs/bundle.md)
+ *   predictors.safetensors fp16 predictor weights, `layers.L.{mlp|attn}.{w1|w2}`
+ * `loadBundle` refuses anything it cannot use exactly: unknown format/version, another model, wrong shapes, missing
+ * tensors. A runtime never substitutes a random or dense predictor for a missing one: a layer is dense only when the
+ * manifest says so.
+ */
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeJsonAtomic } from '../common/atomic.js';
+import { DejavuError } from '../common/errors.js';
+import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../checkpoints/safetensors.js';
+import type { OptCheckpoint } from '../checkpoints/types.js';
+
+export const BUNDLE_FORMAT = 'dejavu-bundle';
+export const BUNDLE_VERSION = 1;
+export const MANIFEST_FILE = 'manifest.json';
+export const TENSORS_FILE = 'predictors.safetensors';
+
+/** Where a predictor reads its input: a decoder layer's input (attention block) or the MLP block's input. */
+export type PredictorInput = 'att_in' | 'mlp_in';
+export type Target = 'mlp' | 'attn';
+
+export interface DenseEntry {
+  dense: true;
+  /** Why the layer stays dense (e.g. "no predictor trained"). */
+  reason: string;
+}
+
+export interface PredictorEntry {
+  dense: false;
+  /** The hidden state the predictor reads, taken at layer `layer - lookahead`. */
+  input: PredictorInput;
+  /** 0 = reads this layer's own `input`; 1 = reads layer l-1's (computed one layer ahead, DejaVu's lookahead). */
+  lookahead: number;
+  rank: number;
+  /** How many neurons (mlp) or heads (attn) a decode step keeps. */
+  k: number;
+  /** How k was chosen: "k99" / "k95" (smallest k reaching that recall on the validation split) or "fixed". */
+  k_rule: string;
+  /** Predictor preprocessing of the input before w1, recorded from training (see docs/bundle.md). */
+  input_norm: 'none' | 'layernorm';
+  /** Tensor names in predictors.safetensors. */
+  w1: string;
+  w2: string;
+  /** Validation metrics of this predictor, copied from metrics.json. */
+  metrics: Record<string, number | null>;
+}
+
+export type LayerTargetEntry = DenseEntry | PredictorEntry;
+
+export interface BundleManifest {
+  format: typeof BUNDLE_FORMAT;
+  version: number;
+  model_fingerprint: string;
+  model: { n_layers: number; d_model: number; n_heads: number; head_dim: number; ffn_dim: number };
+  dtype: 'float16';
+  created: string;
+  /** The export arguments and predictor folder, for provenance. */
+  source: Record<string, unknown>;
+  layers: { layer: number; mlp: LayerTargetEntry; attn: LayerTargetEntry }[];
+}
+
+/** A predictor ready to run: fp32 weights (converted from the bundle's fp16) plus its manifest entry. */
+export interface LoadedPredictor extends PredictorEntry {
+  layer: number;
+  target: Target;
+  /** [rank][d] */
+  w1f: Float32Array;
+  /** [out][rank], out = ffn (mlp) or n_heads (attn) */
+  w2f: Float32Array;
+  out: number;
+  /** The layer whose `input` hidden state feeds this predictor (layer - lookahead). */
+  sourceLayer: number;
+}
+
+export interface Bundle {
+  dir: string;
+  manifest: BundleManifest;
+  /** Per layer: the loaded predictor, or null when the manifest marks the target dense. */
+  mlp: (LoadedPredictor | null)[];
+  attn: (LoadedPredictor | null)[];
+}
+
+export function tensorName(layer: number, target: Target, w: 'w1' | 'w2'): string {
+  return `layers.${layer}.${target}.${w}`;
+}
+
+/** Write a bundle folder: predictors.safetensors first, manifest.json last (its presence marks a complete bundle). */
+export function writeBundle(dir: string, manifest: BundleManifest, tensors: Record<string, TensorToWrite>): void {
+  mkdirSync(dir, { recursive: true });
+  writeSafetensors(join(dir, TENSORS_FILE), tensors, {
+    format: BUNDLE_FORMAT,
+    version: String(BUNDLE_VERSION),
+    model_fingerprint: manifest.model_fingerprint,
+  });
+  writeJsonAtomic(join(dir, MANIFEST_FILE), manifest);
+}
+
+/** Read and validate manifest.json alone (no tensors): for `dejavu export --json` summaries and the CUDA loader. */
+export function readManifest(dir: string): BundleManifest {
+  const path = join(dir, MANIFEST_FILE);
+  if (!existsSync(dir)) throw new DejavuError('bundle folder not found', dir);
+  if (!existsSync(path)) throw new DejavuError(`missing ${MANIFEST_FILE} (not a bundle, or export did not finish)`, path);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new DejavuError(`invalid JSON (${(e as Error).message})`, path);
+  }
+  return validateManifest(raw, path);
+}
+
+function validateManifest(raw: unknown, path: string): BundleManifest {
+  const bad = (msg: string): never => {
+    throw new DejavuError(msg, path);
+  };
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad('manifest is not a JSON object');
+  const m = raw as Record<string, unknown>;
+  if (m.format !== BUNDLE_FORMAT) bad(`format is ${JSON.stringify(m.format)}, expected "${BUNDLE_FORMAT}" (not a dejavu bundle)`);
+  if (m.version !== BUNDLE_VERSION) {
+    bad(`unknown bundle format version ${JSON.stringify(m.version)} (this dejavu reads version ${BUNDLE_VERSION}; re-export the bundle)`);
+  }
+  if (typeof m.model_fingerprint !== 'string' || !m.model_fingerprint) bad('model_fingerprint missing');
+  const dims = m.model as Record<string, unknown> | undefined;
+  if (!dims || typeof dims !== 'object') bad('model dims missing');
+  for (const key of ['n_layers', 'd_model', 'n_heads', 'head_dim', 'ffn_dim']) {
+    const v = dims![key];
+    if (!Number.isSafeInteger(v) || (v as number) <= 0) bad(`model.${key} is ${JSON.stringify(v)}, expected a positive integer`);
+  }
+  const md = dims as BundleManifest['model'];
+  if (md.n_heads * md.head_dim !== md.d_model) bad(`model.n_heads * model.head_dim != model.d_model`);
+  if (m.dtype !== 'float16') bad(`dtype is ${JSON.stringify(m.dtype)}, expected "float16"`);
+  if (!Array.isArray(m.layers) || m.layers.length !== md.n_layers) {
+    bad(`layers must be an array of ${md.n_layers} entries (one per model layer)`);
+  }
+  (m.layers as unknown[]).forEach((e, i) => {
+    const L = e as Record<string, unknown>;
+    if (!L || L.layer !== i) bad(`layers[${i}].layer must be ${i}`);
+    for (const target of ['mlp', 'attn'] as const) {
+      const t = L[target] as Record<string, unknown> | undefined;
+      const where = `layers[${i}].${target}`;
+      if (!t || typeof t !== 'object') bad(`${where} missing`);
+      if (t!.dense === true) continue;
+      if (t!.dense !== false) bad(`${where}.dense must be true or false`);
+      if (t!.input !== 'att_in' && t!.input !== 'mlp_in') bad(`${where}.input is ${JSON.stringify(t!.input)}, expected att_in or mlp_in`);
+      const la = t!.lookahead;
+      if (!Number.isSafeInteger(la) || (la as number) < 0 || (la as number) > i) {
+        bad(`${where}.lookahead is ${JSON.stringify(la)}, expected an integer in 0..${i}`);
+      }
+      if (!Number.isSafeInteger(t!.rank) || (t!.rank as number) <= 0) bad(`${where}.rank must be a positive integer`);
+      const maxK = target === 'mlp' ? md.ffn_dim : md.n_heads;
+      const k = t!.k;
+      if (!Number.isSafeInteger(k) || (k as number) < 1 || (k as number) > maxK) {
+        bad(`${where}.k is ${JSON.stringify(k)}, expected an integer in 1..${maxK}`);
+      }
+      if (t!.input_norm !== 'none' && t!.input_norm !== 'layernorm') bad(`${where}.input_norm must be "none" or "layernorm"`);
+      if (typeof t!.w1 !== 'string' || typeof t!.w2 !== 'string') bad(`${where}.w1/w2 must name tensors`);
+    }
+  });
+  return m as unknown as BundleManifest;
+}
+
+/** Check a manifest against a loaded model: same fingerprint, same dims. */
+export function checkBundleModel(manifest: BundleManifest, ckpt: OptCheckpoint, path: string): void {
+  if (manifest.model_fingerprint !== ckpt.fingerprint) {
+    throw new DejavuError(
+      `bundle was exported for model fingerprint ${manifest.model_fingerprint.slice(0, 16)}…, but ${ckpt.dir} has ` +
+        `${ckpt.fingerprint.slice(0, 16)}… (a bundle for another model)`,
+      path,
+    );
+  }
+  const c = ckpt.config;
+  const want = { n_layers: c.numLayers, d_model: c.hiddenSize, n_heads: c.numHeads, head_dim: c.headDim, ffn_dim: c.ffnDim };
+  for (const [k, v] of Object.entries(want)) {
+    const got = manifest.model[k as keyof typeof want];
+    if (got !== v) throw new DejavuError(`model.${k} is ${got} but ${ckpt.dir} has ${v}`, path);
+  }
+}
+
+/**
+ * Load a bundle folder: validate the manifest (format, version), check it against `ckpt` when given (fingerprint,
+ * dims), open predictors.safetensors and check every predictor tensor's presence, dtype and shape before converting
+ * it to fp32.
+ */
+export function loadBundle(dir: string, ckpt?: OptCheckpoint): Bundle {
+  const manifest = readManifest(dir);
+  const mpath = join(dir, MANIFEST_FILE);
+  if (ckpt) checkBundleModel(manifest, ckpt, mpath);
+  const tpath = join(dir, TENSORS_FILE);
+  if (!existsSync(tpath)) throw new DejavuError(`missing ${TENSORS_FILE} (the manifest needs its predictor weights)`, tpath);
+  const st = SafetensorsFile.open(tpath);
+  try {
+    const fp = st.metadata.model_fingerprint;
+    if (fp !== undefined && fp !== manifest.model_fingerprint) {
+      throw new DejavuError(`model_fingerprint in its metadata differs from ${MANIFEST_FILE} (files from two exports?)`, tpath);
+    }
+    const { d_model: d, ffn_dim: ffn, n_heads: H } = manifest.model;
+    const load = (layer: number, target: Target): LoadedPredictor | null => {
+      const e = manifest.layers[layer][target];
+      if (e.dense) return null;
+      const out = target === 'mlp' ? ffn : H;
+      const tensor = (name: string, shape: [number, number]): Float32Array => {
+        if (!st.has(name)) throw new DejavuError(`missing tensor ${name} (layer ${layer} ${target} predictor)`, tpath);
+        const info = st.info(name);
+        if (info.dtype !== 'F16') throw new DejavuError(`tensor ${name} is ${info.dtype}, expected F16`, tpath);
+        if (info.shape.length !== 2 || info.shape[0] !== shape[0] || info.shape[1] !== shape[1]) {
+          throw new DejavuError(`tensor ${name} has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`, tpath);
+        }
+        return st.readFloat32(name);
+      };
+      return {
+        ...e,
+        layer,
+        target,
+        out,
+        sourceLayer: layer - e.lookahead,
+        w1f: tensor(e.w1, [e.rank, d]),
+        w2f: tensor(e.w2, [out, e.rank]),
+      };
+    };
+    const n = manifest.model.n_layers;
+    return {
+      dir,
+      manifest,
+      mlp: Array.from({ length: n }, (_, l) => load(l, 'mlp')),
+      attn: Array.from({ length: n }, (_, l) => load(l, 'attn')),
+    };
+  } finally {
+    st.close();
+  }
+}
