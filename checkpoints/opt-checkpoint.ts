@@ -12,12 +12,15 @@ import { computeFingerprint } from './fingerprint.js';
 import { parseOptConfig } from './opt-config.js';
 import { assembleWeights, canonicalName, expectedTensors, LM_HEAD } from './opt-names.js';
 import { safetensorsSource, shardedSource, type SourceTensor, type TensorSource } from './tensor-source.js';
+import { torchBinSource } from './torch-bin.js';
 import type { OptCheckpoint } from './types.js';
 
 /** Weight files in the order transformers prefers them. */
 const WEIGHT_FILES: [string, (path: string) => TensorSource][] = [
   ['model.safetensors', safetensorsSource],
   ['model.safetensors.index.json', (p) => shardedSource(p, 'safetensors-sharded', safetensorsSource)],
+  ['pytorch_model.bin', torchBinSource],
+  ['pytorch_model.bin.index.json', (p) => shardedSource(p, 'pytorch-bin-sharded', torchBinSource)],
 ];
 
 /** Open the weights of a model folder as a TensorSource (the first weight file found, in transformers' order). */
