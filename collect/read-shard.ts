@@ -1,0 +1,51 @@
+/**
+ * Reads a whole shard file back into flat typed arrays (tests, verification, small tools). Training streams shards
+ * batch by batch itself; this loads one file at once.
+ */
+import { readFileSync } from 'node:fs';
+import { tableFromIPC, type Data } from 'apache-arrow';
+import { DejavuError } from '../common/errors.js';
+import { SHARD_FORMAT } from './schema.js';
+
+export interface ShardContents {
+  metadata: Map<string, string>;
+  rows: number;
+  batches: number;
+  /** Flat row-major columns: fixed-size lists are concatenated ([rows][width]). fp16 columns are raw bits. */
+  columns: Map<string, { width: number; values: Int32Array | Uint16Array | Uint8Array }>;
+}
+
+export function readShard(path: string): ShardContents {
+  let table;
+  try {
+    table = tableFromIPC(readFileSync(path));
+  } catch (e) {
+    throw new DejavuError(`not a readable Arrow IPC file: ${(e as Error).message}`, path);
+  }
+  const metadata = table.schema.metadata;
+  if (metadata.get('dejavu.format') !== SHARD_FORMAT) {
+    throw new DejavuError(`not a ${SHARD_FORMAT} shard (dejavu.format = ${metadata.get('dejavu.format')})`, path);
+  }
+  const rows = table.numRows;
+  const columns: ShardContents['columns'] = new Map();
+  for (const field of table.schema.fields) {
+    const col = table.getChild(field.name)!;
+    const isList = field.type.children?.length === 1;
+    const width = isList ? (field.type as { listSize: number }).listSize : 1;
+    const parts = col.data.map((d: Data) => {
+      const leaf = isList ? d.children[0] : d;
+      // Batches read from a file are unsliced; a sliced list's child carries its own offset.
+      const start = isList ? leaf.offset : d.offset;
+      return (leaf.values as Int32Array | Uint16Array | Uint8Array).subarray(start, start + d.length * width);
+    });
+    const Ctor = parts[0]?.constructor as new (n: number) => Int32Array | Uint16Array | Uint8Array;
+    const values = new Ctor(rows * width);
+    let off = 0;
+    for (const p of parts) {
+      values.set(p as never, off);
+      off += p.length;
+    }
+    columns.set(field.name, { width, values });
+  }
+  return { metadata, rows, batches: table.batches.length, columns };
+}
