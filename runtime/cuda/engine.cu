@@ -1,0 +1,613 @@
+// The CUDA decode engine behind runtime/cuda/lib.ts: device weights, KV cache, per-step device state, and one CUDA
+// graph per decode mode (dense, sparse with predictors, sparse with fixed selections, predictors alone).
+// Plain C API (extern "C") for koffi; every call returns 0 on success or -1 with dj_last_error() set.
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cstdio>
+#include <cstring>
+#include <cstdarg>
+#include <cmath>
+#include <string>
+#include <vector>
+#include <algorithm>
+#include "kernels.cuh"
+
+using namespace dj;
+
+static thread_local std::string g_err;
+static int fail(const char* fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  g_err = buf;
+  return -1;
+}
+#define CK(call)                                                                                  \
+  do {                                                                                            \
+    cudaError_t e_ = (call);                                                                      \
+    if (e_ != cudaSuccess) return fail("%s:%d %s: %s", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+  } while (0)
+
+enum Mode { M_DENSE = 0, M_SPARSE = 1, M_FIXED = 2, M_PRED = 3, M_COUNT = 4 };
+enum Tap { TAP_ATT_IN = 0, TAP_MLP_IN = 1 };
+
+struct Pred {
+  bool on = false;
+  int rank = 0, tap = 0, src_layer = 0;
+  __half *w1 = nullptr, *w2 = nullptr;  // [rank][d], [n][rank]
+  float *t = nullptr, *scores = nullptr;
+  unsigned* counter = nullptr;
+};
+
+struct Layer {
+  float *ln1_g, *ln1_b, *bqkv, *bo, *ln2_g, *ln2_b, *b1, *b2;
+  __half *Wqkv, *WoT, *W1, *W2T;
+  __half *kc, *vc;
+  uint8_t* valid;
+  int kH, kM;
+  int *hsel, *nsel;
+  Pred pa, pm;
+};
+
+struct Engine {
+  int vocab, d, L, H, hd, ffn, maxpos, maxT;
+  float eps = 1e-5f;
+  int sms = 0;
+  std::vector<void*> allocs;
+  __half *E = nullptr, *P = nullptr, *lm = nullptr;
+  float *lnf_g = nullptr, *lnf_b = nullptr;
+  std::vector<Layer> layers;
+  float *x, *q, *att, *h, *logits;
+  int *st, *tokens;
+  unsigned long long* amax;
+  unsigned* lm_counter;
+  cudaStream_t s0 = nullptr, s1 = nullptr;
+  cudaGraphExec_t graphs[M_COUNT] = {};
+  std::vector<cudaEvent_t> evs;
+  cudaEvent_t t0, t1;
+};
+
+template <class T>
+static int dalloc(Engine* e, T** p, size_t n) {
+  void* v = nullptr;
+  CK(cudaMalloc(&v, std::max<size_t>(n, 1) * sizeof(T)));
+  e->allocs.push_back(v);
+  *p = (T*)v;
+  return 0;
+}
+
+extern "C" {
+
+const char* dj_last_error() { return g_err.c_str(); }
+
+int dj_device_info(char* name, int n, int* sms, long long* mem_total) {
+  cudaDeviceProp p;
+  int dev = 0;
+  CK(cudaGetDevice(&dev));
+  CK(cudaGetDeviceProperties(&p, dev));
+  snprintf(name, n, "%s", p.name);
+  *sms = p.multiProcessorCount;
+  *mem_total = (long long)p.totalGlobalMem;
+  return 0;
+}
+
+void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, float eps) {
+  if (d % 8 || (d / H) % 8 || d % H) { fail("d=%d, H=%d: need d and d/H multiples of 8", d, H); return nullptr; }
+  int hd = d / H;
+  if (hd != 32 && hd != 64 && hd != 128) { fail("head dim %d not supported (32, 64, 128)", hd); return nullptr; }
+  if (maxT > maxpos) { fail("maxT %d > max positions %d", maxT, maxpos); return nullptr; }
+  Engine* e = new Engine();
+  e->vocab = vocab; e->d = d; e->L = L; e->H = H; e->hd = hd; e->ffn = ffn; e->maxpos = maxpos; e->maxT = maxT;
+  e->eps = eps;
+  int dev = 0;
+  cudaDeviceProp p;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess) {
+    fail("no CUDA device"); delete e; return nullptr;
+  }
+  e->sms = p.multiProcessorCount;
+  auto bad = [&]() { for (void* v : e->allocs) cudaFree(v); delete e; return (void*)nullptr; };
+  if (dalloc(e, &e->E, (size_t)vocab * d) || dalloc(e, &e->P, (size_t)(maxpos + 2) * d) ||
+      dalloc(e, &e->lnf_g, d) || dalloc(e, &e->lnf_b, d))
+    return bad();
+  e->lm = e->E;  // tied unless an lm_head is uploaded
+  e->layers.resize(L);
+  for (auto& l : e->layers) {
+    size_t dd = (size_t)d * d;
+    if (dalloc(e, &l.ln1_g, d) || dalloc(e, &l.ln1_b, d) || dalloc(e, &l.bqkv, 3 * d) || dalloc(e, &l.bo, d) ||
+        dalloc(e, &l.ln2_g, d) || dalloc(e, &l.ln2_b, d) || dalloc(e, &l.b1, ffn) || dalloc(e, &l.b2, d) ||
+        dalloc(e, &l.Wqkv, 3 * dd) || dalloc(e, &l.WoT, dd) || dalloc(e, &l.W1, (size_t)ffn * d) ||
+        dalloc(e, &l.W2T, (size_t)ffn * d) || dalloc(e, &l.kc, (size_t)H * maxT * hd) ||
+        dalloc(e, &l.vc, (size_t)H * maxT * hd) || dalloc(e, &l.valid, (size_t)H * maxT) ||
+        dalloc(e, &l.hsel, H) || dalloc(e, &l.nsel, ffn))
+      return bad();
+    l.kH = H; l.kM = ffn;
+    std::vector<int> id(std::max(H, ffn));
+    for (size_t i = 0; i < id.size(); i++) id[i] = (int)i;
+    cudaMemcpy(l.hsel, id.data(), H * sizeof(int), cudaMemcpyHostToDevice);
+    cudaMemcpy(l.nsel, id.data(), ffn * sizeof(int), cudaMemcpyHostToDevice);
+    cudaMemset(l.valid, 0, (size_t)H * maxT);
+  }
+  if (dalloc(e, &e->x, d) || dalloc(e, &e->q, d) || dalloc(e, &e->att, d) || dalloc(e, &e->h, ffn) ||
+      dalloc(e, &e->logits, vocab) || dalloc(e, &e->st, 4) || dalloc(e, &e->tokens, maxT + 1) ||
+      dalloc(e, &e->amax, 1) || dalloc(e, &e->lm_counter, 1))
+    return bad();
+  cudaMemset(e->st, 0, 4 * sizeof(int));
+  cudaMemset(e->tokens, 0, (maxT + 1) * sizeof(int));
+  cudaMemset(e->amax, 0, sizeof(unsigned long long));
+  cudaMemset(e->lm_counter, 0, sizeof(unsigned));
+  if (cudaStreamCreateWithFlags(&e->s0, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaStreamCreateWithFlags(&e->s1, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaEventCreate(&e->t0) != cudaSuccess || cudaEventCreate(&e->t1) != cudaSuccess) {
+    fail("stream/event creation failed");
+    return bad();
+  }
+  if (cudaGetLastError() != cudaSuccess) { fail("initialisation failed"); return bad(); }
+  return e;
+}
+
+int dj_destroy(void* ev) {
+  Engine* e = (Engine*)ev;
+  if (!e) return 0;
+  for (auto g : e->graphs) if (g) cudaGraphExecDestroy(g);
+  for (auto v : e->evs) cudaEventDestroy(v);
+  for (void* v : e->allocs) cudaFree(v);
+  cudaStreamDestroy(e->s0);
+  cudaStreamDestroy(e->s1);
+  delete e;
+  return 0;
+}
+
+// ---- weights ------------------------------------------------------------------------------------------------
+static void fill_h(__half* p, size_t n, uint64_t seed, float scale, float off) {
+  k_fill_half<<<1024, 256>>>(p, n, seed, scale, off);
+}
+static void fill_f(float* p, size_t n, uint64_t seed, float scale, float off) {
+  k_fill_float<<<256, 256>>>(p, n, seed, scale, off);
+}
+
+// Random weights (hash fill on the GPU): magnitudes like a trained OPT so activations stay finite.
+int dj_fill_random(void* ev, unsigned seed) {
+  Engine* e = (Engine*)ev;
+  uint64_t s = (uint64_t)seed << 20;
+  int d = e->d, ffn = e->ffn;
+  fill_h(e->E, (size_t)e->vocab * d, s++, 0.5f, 0.f);
+  fill_h(e->P, (size_t)(e->maxpos + 2) * d, s++, 0.1f, 0.f);
+  fill_f(e->lnf_g, d, s++, 0.1f, 1.f);
+  fill_f(e->lnf_b, d, s++, 0.02f, 0.f);
+  float sd = 1.f / sqrtf((float)d), sf = 1.f / sqrtf((float)ffn);
+  for (auto& l : e->layers) {
+    fill_f(l.ln1_g, d, s++, 0.1f, 1.f); fill_f(l.ln1_b, d, s++, 0.02f, 0.f);
+    fill_f(l.ln2_g, d, s++, 0.1f, 1.f); fill_f(l.ln2_b, d, s++, 0.02f, 0.f);
+    fill_f(l.bqkv, 3 * d, s++, 0.02f, 0.f); fill_f(l.bo, d, s++, 0.02f, 0.f);
+    fill_f(l.b1, ffn, s++, 0.02f, 0.f); fill_f(l.b2, d, s++, 0.02f, 0.f);
+    fill_h(l.Wqkv, 3 * (size_t)d * d, s++, sd, 0.f);
+    fill_h(l.WoT, (size_t)d * d, s++, sd, 0.f);
+    fill_h(l.W1, (size_t)ffn * d, s++, sd, 0.f);
+    fill_h(l.W2T, (size_t)ffn * d, s++, sf, 0.f);
+  }
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  return 0;
+}
+
+enum Tensor {
+  T_EMBED = 0, T_POS = 1, T_LNF_W = 2, T_LNF_B = 3, T_LM_HEAD = 4,
+  T_LN1_W = 10, T_LN1_B, T_Q_W, T_Q_B, T_K_W, T_K_B, T_V_W, T_V_B, T_O_W, T_O_B, T_LN2_W, T_LN2_B, T_FC1_W,
+  T_FC1_B, T_FC2_W, T_FC2_B
+};
+
+static int up_half(__half* dst, const float* src, size_t n, size_t rows = 0, size_t cols = 0) {
+  std::vector<__half> tmp(n);
+  if (rows) {  // transpose [rows][cols] -> [cols][rows]
+    for (size_t r = 0; r < rows; r++)
+      for (size_t c = 0; c < cols; c++) tmp[c * rows + r] = __float2half(src[r * cols + c]);
+  } else {
+    for (size_t i = 0; i < n; i++) tmp[i] = __float2half(src[i]);
+  }
+  CK(cudaMemcpy(dst, tmp.data(), n * sizeof(__half), cudaMemcpyHostToDevice));
+  return 0;
+}
+static int up_float(float* dst, const float* src, size_t n) {
+  CK(cudaMemcpy(dst, src, n * sizeof(float), cudaMemcpyHostToDevice));
+  return 0;
+}
+
+// Upload one fp32 tensor of a checkpoint (nn.Linear layout); converted to fp16 and re-laid-out here.
+int dj_upload(void* ev, int tensor, int layer, const float* data, long long n) {
+  Engine* e = (Engine*)ev;
+  size_t d = e->d, ffn = e->ffn, dd = d * d;
+  auto want = [&](size_t m) { return (size_t)n == m ? 0 : fail("tensor %d layer %d: %lld values, expected %zu", tensor, layer, n, m); };
+  if (tensor < 10) {
+    switch (tensor) {
+      case T_EMBED: return want((size_t)e->vocab * d) || up_half(e->E, data, n);
+      case T_POS: return want((size_t)(e->maxpos + 2) * d) || up_half(e->P, data, n);
+      case T_LNF_W: return want(d) || up_float(e->lnf_g, data, n);
+      case T_LNF_B: return want(d) || up_float(e->lnf_b, data, n);
+      case T_LM_HEAD:
+        if (want((size_t)e->vocab * d)) return -1;
+        if (e->lm == e->E && dalloc(e, &e->lm, (size_t)e->vocab * d)) return -1;
+        return up_half(e->lm, data, n);
+    }
+    return fail("unknown tensor %d", tensor);
+  }
+  if (layer < 0 || layer >= e->L) return fail("layer %d out of range", layer);
+  Layer& l = e->layers[layer];
+  switch (tensor) {
+    case T_LN1_W: return want(d) || up_float(l.ln1_g, data, n);
+    case T_LN1_B: return want(d) || up_float(l.ln1_b, data, n);
+    case T_Q_W: return want(dd) || up_half(l.Wqkv, data, n);
+    case T_K_W: return want(dd) || up_half(l.Wqkv + dd, data, n);
+    case T_V_W: return want(dd) || up_half(l.Wqkv + 2 * dd, data, n);
+    case T_Q_B: return want(d) || up_float(l.bqkv, data, n);
+    case T_K_B: return want(d) || up_float(l.bqkv + d, data, n);
+    case T_V_B: return want(d) || up_float(l.bqkv + 2 * d, data, n);
+    case T_O_W: return want(dd) || up_half(l.WoT, data, n, d, d);
+    case T_O_B: return want(d) || up_float(l.bo, data, n);
+    case T_LN2_W: return want(d) || up_float(l.ln2_g, data, n);
+    case T_LN2_B: return want(d) || up_float(l.ln2_b, data, n);
+    case T_FC1_W: return want(ffn * d) || up_half(l.W1, data, n);
+    case T_FC1_B: return want(ffn) || up_float(l.b1, data, n);
+    case T_FC2_W: return want(ffn * d) || up_half(l.W2T, data, n, d, ffn);  // fc2 W [d][ffn] -> W2T [ffn][d]
+    case T_FC2_B: return want(d) || up_float(l.b2, data, n);
+  }
+  return fail("unknown tensor %d", tensor);
+}
+
+// ---- sparsity ------------------------------------------------------------------------------------------------
+// Fixed k per layer (what the graph is built for). k = H / ffn means dense.
+int dj_set_k(void* ev, int layer, int kH, int kM) {
+  Engine* e = (Engine*)ev;
+  if (layer < 0 || layer >= e->L) return fail("layer %d out of range", layer);
+  if (kH < 1 || kH > e->H || kM < 1 || kM > e->ffn) return fail("layer %d: k out of range (heads %d, neurons %d)", layer, kH, kM);
+  e->layers[layer].kH = kH;
+  e->layers[layer].kM = kM;
+  return 0;
+}
+
+// Explicit selections (used by M_FIXED and by layers without a predictor). Indices must be distinct, in range.
+int dj_set_selection(void* ev, int layer, const int* heads, int kH, const int* neurons, int kM) {
+  Engine* e = (Engine*)ev;
+  if (dj_set_k(ev, layer, kH, kM)) return -1;
+  Layer& l = e->layers[layer];
+  for (int i = 0; i < kH; i++) if (heads[i] < 0 || heads[i] >= e->H) return fail("layer %d: head %d out of range", layer, heads[i]);
+  for (int i = 0; i < kM; i++) if (neurons[i] < 0 || neurons[i] >= e->ffn) return fail("layer %d: neuron %d out of range", layer, neurons[i]);
+  CK(cudaMemcpy(l.hsel, heads, kH * sizeof(int), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(l.nsel, neurons, kM * sizeof(int), cudaMemcpyHostToDevice));
+  return 0;
+}
+
+int dj_get_selection(void* ev, int layer, int* heads, int* neurons) {
+  Engine* e = (Engine*)ev;
+  if (layer < 0 || layer >= e->L) return fail("layer %d out of range", layer);
+  Layer& l = e->layers[layer];
+  CK(cudaMemcpy(heads, l.hsel, l.kH * sizeof(int), cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(neurons, l.nsel, l.kM * sizeof(int), cudaMemcpyDeviceToHost));
+  return 0;
+}
+
+static int alloc_pred(Engine* e, Pred& p, int rank, int n, int tap, int src_layer) {
+  if (rank < 8 || rank % 8 || rank > 1024) return fail("predictor rank %d: need a multiple of 8 in [8, 1024]", rank);
+  if (src_layer < 0 || src_layer >= e->L) return fail("predictor source layer %d out of range", src_layer);
+  if (!p.on || p.rank != rank) {
+    if (dalloc(e, &p.w1, (size_t)rank * e->d) || dalloc(e, &p.w2, (size_t)n * rank) || dalloc(e, &p.t, rank) ||
+        dalloc(e, &p.scores, n) || dalloc(e, &p.counter, 1))
+      return -1;
+    CK(cudaMemset(p.counter, 0, sizeof(unsigned)));
+  }
+  p.on = true; p.rank = rank; p.tap = tap; p.src_layer = src_layer;
+  return 0;
+}
+
+// A low-rank predictor for (layer, target: 0 = attention heads, 1 = MLP neurons) reading the residual stream at
+// (tap: 0 = att_in, 1 = mlp_in) of src_layer; w1 [rank][d], w2 [n][rank] fp32 (converted here), k = top-k.
+int dj_set_predictor(void* ev, int layer, int target, int tap, int src_layer, const float* w1, const float* w2, int rank, int k) {
+  Engine* e = (Engine*)ev;
+  if (layer < 0 || layer >= e->L) return fail("layer %d out of range", layer);
+  if (src_layer > layer || (src_layer == layer && target == 0 && tap != TAP_ATT_IN))
+    return fail("layer %d: predictor source (layer %d, tap %d) comes after its use", layer, src_layer, tap);
+  Layer& l = e->layers[layer];
+  Pred& p = target == 0 ? l.pa : l.pm;
+  int n = target == 0 ? e->H : e->ffn;
+  if (k < 1 || k > n) return fail("layer %d: k %d out of range", layer, k);
+  if (alloc_pred(e, p, rank, n, tap, src_layer)) return -1;
+  if (w1 && (up_half(p.w1, w1, (size_t)rank * e->d) || up_half(p.w2, w2, (size_t)n * rank))) return -1;
+  if (!w1) {
+    static uint64_t s = 777;
+    fill_h(p.w1, (size_t)rank * e->d, s++ << 24, 1.f / sqrtf((float)e->d), 0.f);
+    fill_h(p.w2, (size_t)n * rank, s++ << 24, 1.f / sqrtf((float)rank), 0.f);
+    CK(cudaGetLastError());
+  }
+  if (target == 0) l.kH = k; else l.kM = k;
+  return 0;
+}
+
+// ---- state ---------------------------------------------------------------------------------------------------
+int dj_set_prompt(void* ev, const int* ids, int n) {
+  Engine* e = (Engine*)ev;
+  if (n < 1 || n > e->maxT) return fail("prompt length %d out of range (1..%d)", n, e->maxT);
+  for (int i = 0; i < n; i++) if (ids[i] < 0 || ids[i] >= e->vocab) return fail("token %d out of range", ids[i]);
+  int st[4] = {0, n, 0, 0};
+  CK(cudaMemcpy(e->tokens, ids, n * sizeof(int), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(e->st, st, sizeof st, cudaMemcpyHostToDevice));
+  for (auto& l : e->layers) CK(cudaMemset(l.valid, 0, (size_t)e->H * e->maxT));
+  return 0;
+}
+// Rewind to `pos` (tokens[0..pos] kept): later steps overwrite the cache from there.
+int dj_set_pos(void* ev, int pos) {
+  Engine* e = (Engine*)ev;
+  if (pos < 0 || pos >= e->maxT) return fail("pos %d out of range", pos);
+  CK(cudaMemcpy(e->st, &pos, sizeof(int), cudaMemcpyHostToDevice));
+  // Forget K/V validity from pos on, so a rewound sparse run never attends to another run's entries.
+  for (auto& l : e->layers) CK(cudaMemset2D(l.valid + pos, e->maxT, 0, e->maxT - pos, e->H));
+  return 0;
+}
+int dj_get_state(void* ev, int* pos, int* tokens, int n) {
+  Engine* e = (Engine*)ev;
+  CK(cudaMemcpy(pos, e->st, sizeof(int), cudaMemcpyDeviceToHost));
+  if (n > 0) CK(cudaMemcpy(tokens, e->tokens, std::min(n, e->maxT + 1) * sizeof(int), cudaMemcpyDeviceToHost));
+  return 0;
+}
+int dj_get_logits(void* ev, float* out) {
+  Engine* e = (Engine*)ev;
+  CK(cudaMemcpy(out, e->logits, e->vocab * sizeof(float), cudaMemcpyDeviceToHost));
+  return 0;
+}
+
+}  // extern "C"
+
+// ---- launches ------------------------------------------------------------------------------------------------
+static int rows_blocks(Engine* e, const void* kern, int n_out, int K, int* wpr, int* lpr) {
+  int nvec = K / 8;
+  *lpr = 32;
+  *wpr = 1;
+  if (nvec < 32) { int p = 1; while (p < nvec) p <<= 1; *lpr = p; }
+  else while (*wpr < 8 && (long long)n_out * *wpr < (long long)e->sms * 16) *wpr <<= 1;
+  int rpb = (WARPS / *wpr) * (32 / *lpr);
+  int need = (n_out + rpb - 1) / rpb;
+  int per_sm = 1;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, WARPS * 32, K * sizeof(float));
+  int cap = e->sms * std::max(per_sm, 1);
+  int rounds = (need + cap - 1) / cap;
+  return (need + rounds - 1) / rounds;
+}
+
+template <int EPI>
+static void launch_rows(Engine* e, cudaStream_t s, RowsArgs a) {
+  int grid = rows_blocks(e, (const void*)k_rows<EPI>, a.n_out, a.K, &a.wpr, &a.lpr);
+  k_rows<EPI><<<grid, WARPS * 32, a.K * sizeof(float), s>>>(a);
+}
+
+static void launch_cols(Engine* e, cudaStream_t s, ColsArgs a) {
+  int nv = a.n_cols / 8;
+  int tiles = (nv + COLS_THREADS - 1) / COLS_THREADS;
+  long long target = (long long)e->sms * 8;
+  int R = (int)(((long long)a.n_rows * tiles + target - 1) / target);
+  R = std::min(256, std::max(8, (R + 7) / 8 * 8));
+  a.R = R;
+  dim3 grid(tiles, (a.n_rows + R - 1) / R);
+  k_cols<<<grid, COLS_THREADS, 0, s>>>(a);
+}
+
+static void launch_attention(Engine* e, cudaStream_t s, Layer& l, const int* sel, int nh) {
+  size_t smem = (size_t)(e->maxT + 2048) * sizeof(float);
+  if (e->hd == 128) k_attention<128><<<nh, 256, smem, s>>>(e->q, l.kc, l.vc, l.valid, sel, e->st, e->maxT, e->att);
+  else if (e->hd == 64) k_attention<64><<<nh, 256, smem, s>>>(e->q, l.kc, l.vc, l.valid, sel, e->st, e->maxT, e->att);
+  else k_attention<32><<<nh, 256, smem, s>>>(e->q, l.kc, l.vc, l.valid, sel, e->st, e->maxT, e->att);
+}
+
+static void launch_pred1(Engine* e, cudaStream_t s, Pred& p) {
+  RowsArgs a{};
+  a.W = p.w1; a.K = e->d; a.n_out = p.rank; a.x = e->x; a.map = MAP_ID; a.y = p.t;
+  launch_rows<EPI_PLAIN>(e, s, a);
+}
+static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* sel) {
+  TopkArgs a{};
+  a.W2 = p.w2; a.t = p.t; a.n = n; a.r = p.rank; a.k = k; a.lpr = std::min(32, p.rank / 8);
+  a.scores = p.scores; a.sel = sel; a.counter = p.counter;
+  int rpb = (TOPK_THREADS / 32) * (32 / a.lpr);
+  int grid = std::min((n + rpb - 1) / rpb, e->sms * 2);
+  k_pred_topk<<<grid, TOPK_THREADS, (size_t)n * sizeof(uint32_t), s>>>(a);
+}
+
+// Record the whole decode step for `mode` on s0 (predictors fork onto s1 and join back before their consumers).
+static int record_step(Engine* e, int mode) {
+  const int d = e->d, H = e->H, hd = e->hd, ffn = e->ffn;
+  cudaStream_t s0 = e->s0, s1 = e->s1;
+  const bool preds = mode == M_SPARSE || mode == M_PRED;
+  const bool compute = mode != M_PRED;
+  const bool sparse = mode == M_SPARSE || mode == M_FIXED;
+  size_t evi = 0;
+  auto ev = [&]() -> cudaEvent_t { return e->evs[evi++ % e->evs.size()]; };
+  // Pending joins: (event, layer, target) the main stream must wait on before consuming a selection.
+  struct Join { cudaEvent_t done; int layer, target; };
+  std::vector<Join> joins;
+  std::vector<cudaEvent_t> read_done;  // predictors that still read x: wait before x changes
+
+  // Launch the predictors whose source is (tap, layer): they read x now.
+  auto fire_tap = [&](int tap, int layer) {
+    if (!preds) return;
+    for (int li = 0; li < e->L; li++) {
+      Layer& l = e->layers[li];
+      for (int tg = 0; tg < 2; tg++) {
+        Pred& p = tg == 0 ? l.pa : l.pm;
+        if (!p.on || p.tap != tap || p.src_layer != layer) continue;
+        cudaEvent_t fork = ev();
+        cudaEventRecord(fork, s0);
+        cudaStreamWaitEvent(s1, fork, 0);
+        launch_pred1(e, s1, p);
+        cudaEvent_t rd = ev();
+        cudaEventRecord(rd, s1);
+        read_done.push_back(rd);
+        if (tg == 0) launch_topk(e, s1, p, H, l.kH, l.hsel);
+        else launch_topk(e, s1, p, ffn, l.kM, l.nsel);
+        cudaEvent_t done = ev();
+        cudaEventRecord(done, s1);
+        joins.push_back({done, li, tg});
+      }
+    }
+  };
+  auto before_x_write = [&]() {
+    for (auto rd : read_done) cudaStreamWaitEvent(s0, rd, 0);
+    read_done.clear();
+  };
+  auto consume = [&](int layer, int target) {
+    for (size_t i = 0; i < joins.size();) {
+      if (joins[i].layer == layer && joins[i].target == target) {
+        cudaStreamWaitEvent(s0, joins[i].done, 0);
+        joins.erase(joins.begin() + i);
+      } else i++;
+    }
+  };
+
+  k_embed<<<(d + 255) / 256, 256, 0, s0>>>(e->E, e->P, e->tokens, e->st, d, e->x);
+  for (int li = 0; li < e->L; li++) {
+    Layer& l = e->layers[li];
+    const int kH = sparse ? l.kH : H, kM = sparse ? l.kM : ffn;
+    const bool hs = kH < H, ns = kM < ffn;
+    // ---- attention block ----
+    fire_tap(TAP_ATT_IN, li);
+    consume(li, 0);
+    if (compute) {
+      RowsArgs a{};
+      a.W = l.Wqkv; a.b = l.bqkv; a.K = d; a.n_out = 3 * kH * hd; a.x = e->x; a.ln_g = l.ln1_g; a.ln_b = l.ln1_b;
+      a.ln_eps = e->eps; a.map = MAP_QKV; a.sel = hs ? l.hsel : nullptr; a.kH = kH; a.hd = hd; a.d = d;
+      if (!hs) a.map = MAP_ID;
+      a.y = e->q; a.q_scale = 1.f / sqrtf((float)hd); a.kc = l.kc; a.vc = l.vc; a.valid = l.valid; a.maxT = e->maxT;
+      a.st = e->st;
+      launch_rows<EPI_QKV>(e, s0, a);
+      launch_attention(e, s0, l, hs ? l.hsel : nullptr, kH);
+    }
+    before_x_write();
+    if (compute) {
+      ColsArgs c{};
+      c.WT = l.WoT; c.n_cols = d; c.n_rows = kH * hd; c.map = hs ? MAP_QKV : MAP_ID; c.sel = l.hsel; c.hd = hd;
+      c.in = e->att; c.bias = l.bo; c.y = e->x;
+      launch_cols(e, s0, c);
+    }
+    // ---- MLP block ----
+    fire_tap(TAP_MLP_IN, li);
+    consume(li, 1);
+    if (compute) {
+      RowsArgs a{};
+      a.W = l.W1; a.b = l.b1; a.K = d; a.n_out = kM; a.x = e->x; a.ln_g = l.ln2_g; a.ln_b = l.ln2_b;
+      a.ln_eps = e->eps; a.map = ns ? MAP_LIST : MAP_ID; a.sel = l.nsel; a.y = e->h;
+      launch_rows<EPI_RELU>(e, s0, a);
+    }
+    before_x_write();
+    if (compute) {
+      ColsArgs c{};
+      c.WT = l.W2T; c.n_cols = d; c.n_rows = kM; c.map = ns ? MAP_LIST : MAP_ID; c.sel = l.nsel; c.hd = hd;
+      c.in = e->h; c.bias = l.b2; c.y = e->x;
+      launch_cols(e, s0, c);
+    }
+  }
+  for (auto& j : joins) cudaStreamWaitEvent(s0, j.done, 0);
+  before_x_write();
+  if (compute) {
+    RowsArgs a{};
+    a.W = e->lm; a.K = d; a.n_out = e->vocab; a.x = e->x; a.ln_g = e->lnf_g; a.ln_b = e->lnf_b; a.ln_eps = e->eps;
+    a.map = MAP_ID; a.y = e->logits; a.st = e->st; a.maxT = e->maxT; a.amax = e->amax; a.counter = e->lm_counter;
+    a.tokens = e->tokens;
+    launch_rows<EPI_ARGMAX>(e, s0, a);
+  }
+  return 0;
+}
+
+extern "C" {
+
+// Build (or rebuild) the graphs: call after weights, k and predictors are set.
+int dj_build(void* ev) {
+  Engine* e = (Engine*)ev;
+  // Events for fork/join inside capture: 3 per predictor at most (created outside capture).
+  while (e->evs.size() < (size_t)(6 * e->L + 8)) {
+    cudaEvent_t v;
+    CK(cudaEventCreateWithFlags(&v, cudaEventDisableTiming));
+    e->evs.push_back(v);
+  }
+  size_t need = (size_t)e->ffn * sizeof(uint32_t);
+  CK(cudaFuncSetAttribute(k_pred_topk, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(need, 48 << 10)));
+  size_t att = (size_t)(e->maxT + 2048) * sizeof(float);
+  CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(att, 48 << 10)));
+  CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(att, 48 << 10)));
+  CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(att, 48 << 10)));
+  for (int m = 0; m < M_COUNT; m++) {
+    if (e->graphs[m]) { cudaGraphExecDestroy(e->graphs[m]); e->graphs[m] = nullptr; }
+    cudaGraph_t g;
+    CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
+    record_step(e, m);
+    cudaError_t ce = cudaStreamEndCapture(e->s0, &g);
+    if (ce != cudaSuccess) return fail("capture of mode %d failed: %s", m, cudaGetErrorString(ce));
+    CK(cudaGraphInstantiate(&e->graphs[m], g, 0));
+    cudaGraphDestroy(g);
+  }
+  CK(cudaGetLastError());
+  return 0;
+}
+
+// Count kernel nodes of a mode's graph (launches per step).
+int dj_graph_kernels(void* ev, int mode, int* count) {
+  Engine* e = (Engine*)ev;
+  cudaGraph_t g;
+  CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
+  record_step(e, mode);
+  CK(cudaStreamEndCapture(e->s0, &g));
+  size_t n = 0;
+  CK(cudaGraphGetNodes(g, nullptr, &n));
+  std::vector<cudaGraphNode_t> nodes(n);
+  CK(cudaGraphGetNodes(g, nodes.data(), &n));
+  int k = 0;
+  for (auto nd : nodes) {
+    cudaGraphNodeType t;
+    cudaGraphNodeGetType(nd, &t);
+    k += t == cudaGraphNodeTypeKernel;
+  }
+  cudaGraphDestroy(g);
+  *count = k;
+  return 0;
+}
+
+// Replay a mode's graph `steps` times (one token each); *ms = elapsed device time (events) when ms != null.
+int dj_run(void* ev, int mode, int steps, float* ms) {
+  Engine* e = (Engine*)ev;
+  if (mode < 0 || mode >= M_COUNT || !e->graphs[mode]) return fail("mode %d not built", mode);
+  CK(cudaEventRecord(e->t0, e->s0));
+  for (int i = 0; i < steps; i++) CK(cudaGraphLaunch(e->graphs[mode], e->s0));
+  CK(cudaEventRecord(e->t1, e->s0));
+  CK(cudaStreamSynchronize(e->s0));
+  CK(cudaGetLastError());
+  if (ms) CK(cudaEventElapsedTime(ms, e->t0, e->t1));
+  return 0;
+}
+
+// Device-to-device copy bandwidth over `bytes` (GB/s, counting bytes read + written), median of `reps`.
+int dj_copy_bandwidth(long long bytes, int reps, double* gbps) {
+  void *a = nullptr, *b = nullptr;
+  CK(cudaMalloc(&a, bytes));
+  CK(cudaMalloc(&b, bytes));
+  CK(cudaMemset(a, 1, bytes));
+  cudaEvent_t t0, t1;
+  cudaEventCreate(&t0);
+  cudaEventCreate(&t1);
+  std::vector<float> ts;
+  for (int i = 0; i < reps + 2; i++) {
+    cudaEventRecord(t0);
+    cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(t1);
+    cudaEventSynchronize(t1);
+    float ms;
+    cudaEventElapsedTime(&ms, t0, t1);
+    if (i >= 2) ts.push_back(ms);
+  }
+  std::sort(ts.begin(), ts.end());
+  *gbps = 2.0 * bytes / (ts[ts.size() / 2] * 1e-3) / 1e9;
+  cudaEventDestroy(t0);
+  cudaEventDestroy(t1);
+  cudaFree(a);
+  cudaFree(b);
+  CK(cudaGetLastError());
+  return 0;
+}
+
+}  // extern "C"
