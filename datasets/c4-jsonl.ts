@@ -49,7 +49,8 @@ export async function* readJsonLines(path: string, gzip: boolean, onSkip: OnSkip
     for await (const line of rl) {
       lineNo++;
       if (line.trim() === '') continue;
-      const r = parseC4Line(line);
+      // A UTF-8 byte order mark some editors write would make the first line invalid JSON.
+      const r = parseC4Line(lineNo === 1 && line.charCodeAt(0) === 0xfeff ? line.slice(1) : line);
       if ('text' in r) yield { text: r.text, where: `line ${lineNo}` };
       else onSkip(`line ${lineNo}`, r.reason);
     }

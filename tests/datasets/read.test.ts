@@ -53,9 +53,9 @@ describe('JSON lines (no shared fixtures needed)', () => {
     ]);
   });
 
-  it('.json (plain lines), CRLF line ends, .jsonl.gz and multi-member gzip read the same', async () => {
+  it('.json (plain lines), byte order mark, CRLF line ends, .jsonl.gz and multi-member gzip read the same', async () => {
     const plain = join(tmp, 'same.json');
-    writeFileSync(plain, lines.join('\r\n'));
+    writeFileSync(plain, '\ufeff' + lines.join('\r\n'));
     const gz = join(tmp, 'same.jsonl.gz');
     const half = Math.floor(lines.length / 2);
     // Two gzip members back to back, as concatenated shards are.

@@ -122,6 +122,36 @@ describe.skipIf(!HAVE_FIXTURES)('tokenizer (opt-mini)', () => {
     expect(Array.from(p.encode('Hello'))).toEqual(Array.from(ref.encode(' Hello')));
   });
 
+  it('a folder laid out like facebook/opt-125m (no tokenizer.json, AddedToken objects in the config) gives s0.ids', async () => {
+    const dir = join(tmp, 'like-opt-125m');
+    for (const f of ['vocab.json', 'merges.txt', 'special_tokens_map.json', 'config.json']) cpSync(join(OPT_MINI, f), join(dir, f));
+    const added = (content: string) => ({ __type: 'AddedToken', content, lstrip: false, normalized: true, rstrip: false, single_word: false });
+    writeFileSync(
+      join(dir, 'tokenizer_config.json'),
+      JSON.stringify({
+        errors: 'replace',
+        unk_token: added('</s>'),
+        bos_token: added('</s>'),
+        eos_token: added('</s>'),
+        pad_token: added('<pad>'),
+        add_prefix_space: false,
+        add_bos_token: true,
+        special_tokens_map_file: null,
+      }),
+    );
+    const tok = await loadTokenizer(dir);
+    expect(tok.source).toBe('vocab.json+merges.txt');
+    const ref = SafetensorsFile.open(join(OPT_MINI, 'reference.safetensors'));
+    const expected = Array.from(ref.readInt32('s0.ids'));
+    ref.close();
+    let first = '';
+    for await (const d of readDocuments([C4_VALID_JSON], { docs: 1 })) first = d.text;
+    expect(Array.from(tok.encode(first, 64))).toEqual(expected);
+    expect(tok.bosId).toBe(2);
+    // </s> in the text is the special token, not "<", "/", "s", ">"
+    expect(Array.from(tok.encode('a</s>b'))).toEqual([2, ...tok.encode('a').subarray(1), 2, ...tok.encode('b').subarray(1)]);
+  });
+
   it('missing folder or tokenizer files: a DejavuError naming the folder', async () => {
     await expect(loadTokenizer(join(tmp, 'nope'))).rejects.toThrow(/nope: model folder not found/);
     const empty = join(tmp, 'empty');
