@@ -28,7 +28,8 @@ export interface ReadStats {
 export interface Tokenizer {
   /** Token ids with the BOS prepended once when the model folder says so (`add_bos_token`); `maxLen` counts the BOS. */
   encode(text: string, maxLen?: number): Int32Array;
-  decode(ids: ArrayLike<number>): string;
+  /** Text of `ids`; special tokens (the BOS among them) are left out unless `skipSpecialTokens` is false. */
+  decode(ids: ArrayLike<number>, opts?: { skipSpecialTokens?: boolean }): string;
   readonly bosId: number | null;
   readonly vocabSize: number;
   /** 'tokenizer.json' or 'vocab.json+merges.txt' */
