@@ -7,6 +7,7 @@ import { Command, CommanderError } from 'commander';
 import { DejavuError } from '../common/errors.js';
 // --- command registrations (one line per command module) ---
 // (helpers: add `import { register as registerX } from './commands/x.js';` here and a call below)
+import { register as registerCollect } from './commands/collect.js';
 
 const program = new Command();
 program
@@ -16,6 +17,7 @@ program
   .showHelpAfterError();
 
 // --- register calls ---
+registerCollect(program);
 
 program.exitOverride();
 try {

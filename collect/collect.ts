@@ -1,0 +1,323 @@
+/**
+ * `dejavu collect`: documents -> tokens -> the runtime's forward hooks -> per-layer Arrow shards (docs/shards.md).
+ *
+ * Shards hold whole documents, packed greedily in reading order: a shard is closed before the document that would
+ * take it past --shard-tokens (a document longer than that gets a shard of its own). Record batches inside a shard
+ * are packed the same way with a fixed row capacity. Both boundaries are a pure function of the token counts, so a
+ * resumed run (which skips the documents of finished shards and recomputes the rest) writes the same bytes as an
+ * uninterrupted one.
+ *
+ * Memory: weights + the runtime's activations for one document (<= max_len tokens) + one chunk of `batch_rows` rows
+ * per collected layer. Nothing grows with the number of documents.
+ */
+import { join, resolve } from 'node:path';
+import type { OptCheckpoint } from '../checkpoints/types.js';
+import { DejavuError } from '../common/errors.js';
+import { writeJsonAtomic } from '../common/atomic.js';
+import { log, progressBar, type Progress } from '../common/progress.js';
+import type { ForwardHooks } from '../runtime/hooks.js';
+import { dataEntries, parseLayers, type CollectArgs } from './args.js';
+import { ArrowFileWriter } from './arrow-file.js';
+import { LayerChunk } from './chunk.js';
+import {
+  acquireLock,
+  ensureWritable,
+  finishedShards,
+  layerDirName,
+  MANIFEST_FILE,
+  newState,
+  openOutput,
+  removeStale,
+  saveState,
+  shardFileName,
+  shardPath,
+  type CollectState,
+  type ShardRecord,
+} from './output.js';
+import { rowBytes, shardSchema, type ShardDims } from './schema.js';
+import { mkdirSync, rmSync } from 'node:fs';
+
+export interface CollectOptions {
+  model: string;
+  data: string[];
+  out: string;
+  docs?: number;
+  sample?: number;
+  seed?: number;
+  maxLen?: number;
+  /** 'all' or e.g. '0,3-5' */
+  layers?: string;
+  shardTokens?: number;
+  mlpTopk?: number;
+  force?: boolean;
+  /** No progress bar, no summary lines (the CLI's --json still prints its object). */
+  quiet?: boolean;
+  /** Called after every document (benchmarks sample memory here). */
+  onDocument?: (p: { docs: number; tokens: number; shards: number }) => void;
+}
+
+export interface CollectManifest {
+  format: 'dejavu-shards/1';
+  complete: true;
+  model_fingerprint: string;
+  model: string;
+  args: CollectArgs;
+  layers: number[];
+  d_model: number;
+  n_heads: number;
+  ffn_dim: number;
+  mlp_topk: number;
+  docs: number;
+  tokens: number;
+  num_shards: number;
+  shards: { file: string; rows: number; docs: number; first_doc: number; last_doc: number; bytes: number[] }[];
+  bytes: number;
+  /** Total shard bytes / (tokens x collected layers): what a token costs on disk per layer, framing included. */
+  bytes_per_token_per_layer: number;
+  /** The same per layer, in `layers` order. */
+  bytes_per_token_by_layer: number[];
+  /** Column bytes of one row, and the issue's bound 2*d*2 + 2*H + ceil(ffn/8) + 16 (+ 6*K with --mlp-topk K). */
+  row_bytes: number;
+  bound_bytes_per_token_per_layer: number;
+  seconds: number;
+  skipped_lines: number;
+  skipped_examples: string[];
+  files: string[];
+}
+
+export interface CollectResult {
+  manifest: CollectManifest;
+  /** Shards written by this run (0 when the folder was already complete). */
+  shardsWritten: number;
+  /** Shards found finished and kept. */
+  shardsResumed: number;
+  /** Tokens pushed through the model by this run, and its wall time. */
+  tokensThisRun: number;
+  secondsThisRun: number;
+}
+
+export const DEFAULT_SHARD_TOKENS = 65536;
+export const DEFAULT_MAX_LEN = 2048;
+/** Target size of one layer's pending record batch; the batch also always holds at least one max_len document. */
+const CHUNK_BYTES = 8 * 2 ** 20;
+
+export function batchRowsFor(dims: ShardDims, maxLen: number, shardTokens: number): number {
+  return Math.max(maxLen, Math.min(shardTokens, Math.floor(CHUNK_BYTES / rowBytes(dims))));
+}
+
+export async function collect(opts: CollectOptions): Promise<CollectResult> {
+  const t0 = performance.now();
+  const out = resolve(opts.out);
+  const maxLen = opts.maxLen ?? DEFAULT_MAX_LEN;
+  const shardTokens = opts.shardTokens ?? DEFAULT_SHARD_TOKENS;
+  const topk = opts.mlpTopk ?? 0;
+  if (opts.docs !== undefined && opts.sample !== undefined) throw new DejavuError('use --docs or --sample, not both', '--docs');
+
+  // Cheap checks first: a bad data path or output folder should not cost a model load.
+  const { resolveInputs, readDocuments, createReadStats, loadTokenizer } = await import('../datasets/index.js');
+  const files = resolveInputs(opts.data);
+  ensureWritable(out);
+
+  const { loadOptCheckpoint } = await import('../checkpoints/opt-checkpoint.js');
+  const ckpt: OptCheckpoint = await loadOptCheckpoint(opts.model, { quiet: opts.quiet });
+  const c = ckpt.config;
+  if (maxLen < 1 || maxLen > c.maxPositionEmbeddings) {
+    throw new DejavuError(`must be 1..${c.maxPositionEmbeddings} (the model's max_position_embeddings), got ${maxLen}`, '--max-len');
+  }
+  const layers = parseLayers(opts.layers ?? 'all', c.numLayers);
+  if (topk < 0 || topk > c.ffnDim) throw new DejavuError(`must be 0..${c.ffnDim} (ffn_dim), got ${topk}`, '--mlp-topk');
+  const dims: ShardDims = { dModel: c.hiddenSize, nHeads: c.numHeads, ffnDim: c.ffnDim, topK: topk };
+  const batchRows = batchRowsFor(dims, maxLen, shardTokens);
+  const args: CollectArgs = {
+    data: dataEntries(files),
+    docs: opts.docs ?? null,
+    sample: opts.sample ?? null,
+    seed: opts.sample !== undefined ? (opts.seed ?? 0) : null,
+    max_len: maxLen,
+    layers,
+    shard_tokens: shardTokens,
+    mlp_topk: topk,
+    batch_rows: batchRows,
+  };
+
+  const release = acquireLock(out);
+  const writers: ArrowFileWriter[] = [];
+  // An interrupt between documents: drop the open temp files so no partial shard survives, then exit as killed.
+  const onSignal = (sig: NodeJS.Signals) => {
+    for (const w of writers) w.abort();
+    release();
+    process.stderr.write(`\ninterrupted (${sig}); rerun the same command to resume\n`);
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    const prev = openOutput(out, ckpt.fingerprint, args, opts.force ?? false);
+    const state: CollectState = prev ?? newState(ckpt.fingerprint, args);
+    const done = prev ? finishedShards(out, prev) : [];
+    const resumedAll = prev?.complete && done.length === prev.shards.length;
+    if (resumedAll) {
+      if (!opts.quiet) log(`${out}: already complete (${done.length} shards); nothing to do`);
+      const manifest = buildManifest(ckpt, state);
+      writeJsonAtomic(join(out, MANIFEST_FILE), manifest);
+      return { manifest, shardsWritten: 0, shardsResumed: done.length, tokensThisRun: 0, secondsThisRun: 0 };
+    }
+    state.shards = done;
+    state.complete = false;
+    rmSync(join(out, MANIFEST_FILE), { force: true });
+    removeStale(out, layers, done.length);
+    const skipDocs = done.length ? done[done.length - 1].consumed_end : 0;
+    if (done.length && !opts.quiet) {
+      log(`resuming: ${done.length} finished shards kept (${skipDocs} documents), continuing from shard ${done.length}`);
+    }
+
+    const tokenizer = await loadTokenizer(opts.model);
+    const { OptModel } = await import('../runtime/cpu/model.js');
+    const model = await OptModel.load(ckpt);
+
+    const chunks = layers.map((l) => new LayerChunk(l, dims, batchRows));
+    const byLayer = new Map(layers.map((l, i) => [l, chunks[i]]));
+    const hooks: ForwardHooks = {
+      attIn: (l, x, T) => byLayer.get(l)?.putAttIn(x, T),
+      mlpIn: (l, x, T) => byLayer.get(l)?.putMlpIn(x, T),
+      headOut: (l, h, T) => byLayer.get(l)?.putHeadOut(h, T),
+      fc1Act: (l, a, T) => byLayer.get(l)?.putFc1Act(a, T),
+    };
+    const schemas = layers.map((l) => shardSchema(dims, { modelFingerprint: ckpt.fingerprint, layer: l, collectArgs: args }));
+
+    // The shard being written (all layers at once).
+    let cur: Omit<ShardRecord, 'consumed_end' | 'bytes'> | null = null;
+    const flush = () => {
+      chunks.forEach((ch, i) => {
+        if (ch.rows) writers[i].write(ch.toBatch(schemas[i]));
+        ch.reset();
+      });
+    };
+    const closeShard = (consumedEnd: number) => {
+      flush();
+      const bytes = writers.map((w) => w.commit());
+      writers.length = 0;
+      state.shards.push({ ...cur!, consumed_end: consumedEnd, bytes });
+      state.seconds = (prev?.seconds ?? 0) + (performance.now() - t0) / 1000;
+      saveState(out, state); // after every layer's rename: a crash in between redoes this shard, same bytes
+      cur = null;
+    };
+
+    const stats = createReadStats();
+    const selection = { docs: opts.docs, sample: opts.sample, seed: opts.sample !== undefined ? (opts.seed ?? 0) : undefined };
+    // The bar counts documents (ETA) and shows tokens/s; without --docs/--sample a quick pass counts the documents.
+    const showBar = !opts.quiet && (process.stderr.isTTY || process.env.DEJAVU_PROGRESS === '1');
+    let total = opts.docs ?? opts.sample;
+    if (total === undefined && showBar) {
+      total = 0;
+      for await (const _ of readDocuments(files, {}, createReadStats())) total++;
+    }
+    const bar: Progress = progressBar('collect', Math.max(0, (total ?? 0) - skipDocs), 'docs', !showBar);
+    const tRun = performance.now();
+    let ordinal = 0;
+    let tokensRun = 0;
+    let docsRun = 0;
+    let shardsWritten = 0;
+    for await (const doc of readDocuments(files, selection, stats)) {
+      const o = ordinal++;
+      if (o < skipDocs) continue;
+      const ids = tokenizer.encode(doc.text, maxLen);
+      const T = ids.length;
+      if (T === 0) continue; // only without a BOS and with empty text: no token, no row
+      if (cur && cur.rows + T > shardTokens) {
+        closeShard(o);
+        shardsWritten++;
+      }
+      if (!cur) {
+        const index = state.shards.length;
+        cur = { index, rows: 0, docs: 0, first_doc: doc.index, last_doc: doc.index };
+        for (let i = 0; i < layers.length; i++) {
+          mkdirSync(join(out, layerDirName(layers[i])), { recursive: true });
+          writers.push(ArrowFileWriter.create(shardPath(out, layers[i], index), schemas[i]));
+        }
+      }
+      if (!chunks[0].fits(T)) flush();
+      for (const ch of chunks) ch.beginDoc(doc.index, T);
+      await model.prefill(ids, { hooks, logits: 'none' });
+      for (const ch of chunks) ch.endDoc(T);
+      cur.rows += T;
+      cur.docs++;
+      cur.last_doc = doc.index;
+      tokensRun += T;
+      docsRun++;
+      const s = (performance.now() - tRun) / 1000;
+      bar.increment(1, { info: `| ${tokensRun.toLocaleString('en-US')} tok, ${Math.round(tokensRun / s)} tok/s, shard ${cur.index}` });
+      opts.onDocument?.({ docs: docsRun, tokens: tokensRun, shards: state.shards.length });
+    }
+    bar.stop();
+    if (cur) {
+      closeShard(ordinal);
+      shardsWritten++;
+    }
+    if (state.shards.length === 0) throw new DejavuError(`no tokens: every selected document was empty`, files.join(', '));
+    state.complete = true;
+    state.seconds = (prev?.seconds ?? 0) + (performance.now() - t0) / 1000;
+    state.skipped_lines = stats.skipped;
+    state.skipped_examples = stats.skippedExamples;
+    saveState(out, state);
+    const manifest = buildManifest(ckpt, state);
+    writeJsonAtomic(join(out, MANIFEST_FILE), manifest);
+    model.dispose();
+    return {
+      manifest,
+      shardsWritten,
+      shardsResumed: done.length,
+      tokensThisRun: tokensRun,
+      secondsThisRun: (performance.now() - t0) / 1000,
+    };
+  } catch (e) {
+    for (const w of writers) w.abort();
+    throw e;
+  } finally {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    release();
+  }
+}
+
+function buildManifest(ckpt: OptCheckpoint, state: CollectState): CollectManifest {
+  const c = ckpt.config;
+  const a = state.args;
+  const dims: ShardDims = { dModel: c.hiddenSize, nHeads: c.numHeads, ffnDim: c.ffnDim, topK: a.mlp_topk };
+  const tokens = state.shards.reduce((s, x) => s + x.rows, 0);
+  const perLayer = a.layers.map((_, i) => state.shards.reduce((s, x) => s + x.bytes[i], 0));
+  const bytes = perLayer.reduce((s, x) => s + x, 0);
+  const round = (x: number) => Math.round(x * 1000) / 1000;
+  return {
+    format: 'dejavu-shards/1',
+    complete: true,
+    model_fingerprint: ckpt.fingerprint,
+    model: resolve(ckpt.dir),
+    args: a,
+    layers: a.layers,
+    d_model: c.hiddenSize,
+    n_heads: c.numHeads,
+    ffn_dim: c.ffnDim,
+    mlp_topk: a.mlp_topk,
+    docs: state.shards.reduce((s, x) => s + x.docs, 0),
+    tokens,
+    num_shards: state.shards.length,
+    shards: state.shards.map((s) => ({
+      file: shardFileName(s.index),
+      rows: s.rows,
+      docs: s.docs,
+      first_doc: s.first_doc,
+      last_doc: s.last_doc,
+      bytes: s.bytes,
+    })),
+    bytes,
+    bytes_per_token_per_layer: round(bytes / (tokens * a.layers.length)),
+    bytes_per_token_by_layer: perLayer.map((b) => round(b / tokens)),
+    row_bytes: rowBytes(dims),
+    bound_bytes_per_token_per_layer: 2 * c.hiddenSize * 2 + 2 * c.numHeads + Math.ceil(c.ffnDim / 8) + 16 + 6 * a.mlp_topk,
+    seconds: round(state.seconds),
+    skipped_lines: state.skipped_lines ?? 0,
+    skipped_examples: state.skipped_examples ?? [],
+    files: a.data.map((d) => d.path),
+  };
+}

@@ -1,0 +1,181 @@
+/**
+ * The output folder: layout, resume state, refusal of foreign contents, lock, cleanup. Everything collect writes at
+ * the top level goes through writeJsonAtomic; shards through ArrowFileWriter (temp + rename).
+ *
+ *   OUT/manifest.json            written once, when the collection is complete
+ *   OUT/collect-state.json       resume record, rewritten after every finished shard
+ *   OUT/layer_XX/shard_NNNNN.arrow
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeJsonAtomic } from '../common/atomic.js';
+import { DejavuError } from '../common/errors.js';
+import { diffArgs, type CollectArgs } from './args.js';
+
+export const STATE_FILE = 'collect-state.json';
+export const MANIFEST_FILE = 'manifest.json';
+export const LOCK_FILE = '.collect.lock';
+const STATE_FORMAT = 'dejavu-collect-state/1';
+
+export const layerDirName = (layer: number) => `layer_${String(layer).padStart(2, '0')}`;
+export const shardFileName = (index: number) => `shard_${String(index).padStart(5, '0')}.arrow`;
+export const shardPath = (out: string, layer: number, index: number) => join(out, layerDirName(layer), shardFileName(index));
+
+export interface ShardRecord {
+  index: number;
+  rows: number;
+  docs: number;
+  first_doc: number;
+  last_doc: number;
+  /** Selected documents consumed (in reading order) once this shard is done: where the next shard starts. */
+  consumed_end: number;
+  /** File size per collected layer, in `args.layers` order. */
+  bytes: number[];
+}
+
+export interface CollectState {
+  format: string;
+  model_fingerprint: string;
+  args: CollectArgs;
+  shards: ShardRecord[];
+  complete: boolean;
+  /** Collection time summed over all runs that contributed shards. */
+  seconds: number;
+  /** Malformed lines/rows the reader skipped (set when complete). */
+  skipped_lines?: number;
+  skipped_examples?: string[];
+}
+
+/** Create the folder and prove it is writable before any expensive work. */
+export function ensureWritable(out: string): void {
+  try {
+    if (existsSync(out) && !statSync(out).isDirectory()) throw new Error('exists and is not a folder');
+    mkdirSync(out, { recursive: true });
+    const probe = join(out, `.probe.${process.pid}.tmp`);
+    writeFileSync(probe, '');
+    rmSync(probe);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new DejavuError(`cannot write the output folder (${err.code ?? err.message})`, out);
+  }
+}
+
+function readJson(path: string): unknown {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new DejavuError(`unreadable (${(e as Error).message}); use --force to start over`, path);
+  }
+}
+
+const ours = (name: string) => name === STATE_FILE || name === MANIFEST_FILE || name === LOCK_FILE || /^layer_\d+$/.test(name);
+
+/** Remove everything collect owns in `out` (for --force); other files are left alone. */
+export function clearOutput(out: string): void {
+  // The lock is this run's own (taken before).
+  for (const name of readdirSync(out)) if (ours(name) && name !== LOCK_FILE) rmSync(join(out, name), { recursive: true, force: true });
+}
+
+/**
+ * Decide what an existing output folder means for this run: the state to resume from (null = start fresh), or a
+ * refusal when it belongs to another model or other arguments (unless `force`, which clears it).
+ */
+export function openOutput(out: string, fingerprint: string, args: CollectArgs, force: boolean): CollectState | null {
+  const statePath = join(out, STATE_FILE);
+  const manifestPath = join(out, MANIFEST_FILE);
+  if (force) {
+    clearOutput(out);
+    return null;
+  }
+  let prev: { model_fingerprint?: unknown; args?: unknown } | null = null;
+  let from = statePath;
+  if (existsSync(statePath)) prev = readJson(statePath) as CollectState;
+  else if (existsSync(manifestPath)) {
+    prev = readJson(manifestPath) as { model_fingerprint?: unknown; args?: unknown };
+    from = manifestPath;
+  }
+  if (!prev) {
+    const foreign = readdirSync(out).filter((n) => ours(n) && n !== LOCK_FILE);
+    if (foreign.length) {
+      throw new DejavuError(`holds ${foreign.join(', ')} but no ${STATE_FILE}; use --force to replace them`, out);
+    }
+    return null;
+  }
+  if (prev.model_fingerprint !== fingerprint) {
+    throw new DejavuError(
+      `holds shards of another model (fingerprint ${String(prev.model_fingerprint).slice(0, 12)}..., this model ` +
+        `${fingerprint.slice(0, 12)}...); use --force to replace them, or another --out`,
+      out,
+    );
+  }
+  const differ = diffArgs(prev.args as CollectArgs, args);
+  if (differ.length) {
+    const show = (a: unknown, k: string) => JSON.stringify((a as Record<string, unknown>)?.[k]);
+    throw new DejavuError(
+      `was collected with other arguments (${differ.map((k) => `${k}: ${show(prev!.args, k)} there, ${show(args, k)} now`).join('; ')}); ` +
+        'rerun with the same arguments to resume, --force to replace them, or another --out',
+      out,
+    );
+  }
+  if (from === manifestPath) return null; // a manifest without state (state deleted by hand): redo, same arguments
+  const state = prev as CollectState;
+  if (state.format !== STATE_FORMAT || !Array.isArray(state.shards)) {
+    throw new DejavuError(`not a ${STATE_FORMAT} file; use --force to start over`, statePath);
+  }
+  return state;
+}
+
+/** The finished prefix of `state.shards`: every layer's file present with the recorded size. */
+export function finishedShards(out: string, state: CollectState): ShardRecord[] {
+  const done: ShardRecord[] = [];
+  for (const s of state.shards) {
+    const ok = state.args.layers.every((l, i) => {
+      const p = shardPath(out, l, s.index);
+      return existsSync(p) && statSync(p).size === s.bytes[i];
+    });
+    if (!ok) break;
+    done.push(s);
+  }
+  return done;
+}
+
+export function newState(fingerprint: string, args: CollectArgs): CollectState {
+  return { format: STATE_FORMAT, model_fingerprint: fingerprint, args, shards: [], complete: false, seconds: 0 };
+}
+
+export function saveState(out: string, state: CollectState): void {
+  writeJsonAtomic(join(out, STATE_FILE), state);
+}
+
+/** Temp files of interrupted runs (hidden `.name.PID.tmp`) and shards past `fromIndex` (to be rewritten). */
+export function removeStale(out: string, layers: number[], fromIndex: number): void {
+  for (const name of readdirSync(out)) if (/^\..*\.tmp$/.test(name)) rmSync(join(out, name), { force: true });
+  for (const l of layers) {
+    const dir = join(out, layerDirName(l));
+    if (!existsSync(dir)) continue;
+    for (const name of readdirSync(dir)) {
+      const m = /^shard_(\d+)\.arrow$/.exec(name);
+      if (/^\..*\.tmp$/.test(name) || (m && Number(m[1]) >= fromIndex)) rmSync(join(dir, name), { force: true });
+    }
+  }
+}
+
+/** One writer per folder: a second collect on the same OUT would interleave shards. */
+export function acquireLock(out: string): () => void {
+  const path = join(out, LOCK_FILE);
+  if (existsSync(path)) {
+    const pid = Number(readFileSync(path, 'utf8').trim());
+    let alive = false;
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
+      try {
+        process.kill(pid, 0);
+        alive = true;
+      } catch (e) {
+        alive = (e as NodeJS.ErrnoException).code === 'EPERM';
+      }
+    }
+    if (alive) throw new DejavuError(`another collect (pid ${pid}) is writing here`, out);
+  }
+  writeFileSync(path, String(process.pid));
+  return () => rmSync(path, { force: true });
+}
