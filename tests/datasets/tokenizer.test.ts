@@ -20,20 +20,22 @@ describe.skipIf(!HAVE_FIXTURES)('tokenizer (opt-mini)', () => {
   const tmp = mkdtempSync(join(tmpdir(), 'dejavu-tok-'));
   afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-  it.each(SOURCES)('ACCEPTANCE: first validation document, max-len 64, via %s = reference s0.ids', async (prefer) => {
+  it.each(SOURCES)('ACCEPTANCE: first validation document, max-len 64, via %s = reference s0.ids (and document 1 = s1.ids)', async (prefer) => {
     const tok = await loadTokenizer(OPT_MINI, { prefer });
     expect(tok.source).toBe(prefer === 'tokenizer.json' ? 'tokenizer.json' : 'vocab.json+merges.txt');
     const ref = SafetensorsFile.open(join(OPT_MINI, 'reference.safetensors'));
     expect(ref.info('s0.ids').dtype).toBe('I64');
-    const expected = Array.from(ref.readInt32('s0.ids'));
+    const expected = [Array.from(ref.readInt32('s0.ids')), Array.from(ref.readInt32('s1.ids'))];
     ref.close();
-    expect(expected.length).toBe(64);
-    expect(expected[0]).toBe(2);
-    let first: string | undefined;
-    for await (const d of readDocuments([C4_VALID_JSON], { docs: 1 })) first = d.text;
-    const ids = tok.encode(first as string, 64);
-    expect(ids).toBeInstanceOf(Int32Array);
-    expect(Array.from(ids)).toEqual(expected);
+    const docs: string[] = [];
+    for await (const d of readDocuments([C4_VALID_JSON], { docs: 2 })) docs.push(d.text);
+    for (let s = 0; s < 2; s++) {
+      expect(expected[s].length).toBe(64);
+      expect(expected[s][0]).toBe(2);
+      const ids = tok.encode(docs[s], 64);
+      expect(ids).toBeInstanceOf(Int32Array);
+      expect(Array.from(ids), `s${s}.ids`).toEqual(expected[s]);
+    }
   });
 
   it('both sources agree on every validation document; BOS once; vocab size and special ids as in OPT', async () => {
