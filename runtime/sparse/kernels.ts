@@ -43,6 +43,47 @@ export function axpy(alpha: number, x: Float32Array, xOff: number, y: Float32Arr
   for (; i < n; i++) y[yOff + i] += alpha * x[xOff + i];
 }
 
+/**
+ * Dot products of four rows of W (at offsets o0..o3) with x[0..n): each x value is loaded once for four rows, and
+ * eight independent accumulators keep the FP pipeline busy. Results in dot4Out[0..3].
+ */
+const dot4Out = new Float64Array(4);
+function dot4(W: Float32Array, o0: number, o1: number, o2: number, o3: number, x: Float32Array, n: number): void {
+  let a0 = 0,
+    a1 = 0,
+    a2 = 0,
+    a3 = 0,
+    b0 = 0,
+    b1 = 0,
+    b2 = 0,
+    b3 = 0;
+  let i = 0;
+  const n2 = n - (n & 1);
+  for (; i < n2; i += 2) {
+    const x0 = x[i];
+    const x1 = x[i + 1];
+    a0 += W[o0 + i] * x0;
+    a1 += W[o1 + i] * x0;
+    a2 += W[o2 + i] * x0;
+    a3 += W[o3 + i] * x0;
+    b0 += W[o0 + i + 1] * x1;
+    b1 += W[o1 + i + 1] * x1;
+    b2 += W[o2 + i + 1] * x1;
+    b3 += W[o3 + i + 1] * x1;
+  }
+  if (i < n) {
+    const x0 = x[i];
+    a0 += W[o0 + i] * x0;
+    a1 += W[o1 + i] * x0;
+    a2 += W[o2 + i] * x0;
+    a3 += W[o3 + i] * x0;
+  }
+  dot4Out[0] = a0 + b0;
+  dot4Out[1] = a1 + b1;
+  dot4Out[2] = a2 + b2;
+  dot4Out[3] = a3 + b3;
+}
+
 /** Dense GEMV: out[r] = W[r] . x + (bias[r]) for r < rows. W is [rows][cols]. */
 export function gemv(
   W: Float32Array,
@@ -52,7 +93,15 @@ export function gemv(
   out: Float32Array,
   bias?: Float32Array,
 ): Float32Array {
-  for (let r = 0; r < rows; r++) out[r] = dot(W, r * cols, x, 0, cols) + (bias ? bias[r] : 0);
+  let r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    dot4(W, r * cols, (r + 1) * cols, (r + 2) * cols, (r + 3) * cols, x, cols);
+    out[r] = dot4Out[0] + (bias ? bias[r] : 0);
+    out[r + 1] = dot4Out[1] + (bias ? bias[r + 1] : 0);
+    out[r + 2] = dot4Out[2] + (bias ? bias[r + 2] : 0);
+    out[r + 3] = dot4Out[3] + (bias ? bias[r + 3] : 0);
+  }
+  for (; r < rows; r++) out[r] = dot(W, r * cols, x, 0, cols) + (bias ? bias[r] : 0);
   return out;
 }
 
@@ -65,16 +114,14 @@ export function gemvRelu(
   bias: Float32Array | undefined,
   out: Float32Array,
 ): Float32Array {
-  for (let r = 0; r < rows; r++) {
-    const v = dot(W, r * cols, x, 0, cols) + (bias ? bias[r] : 0);
-    out[r] = v > 0 ? v : 0;
-  }
+  gemv(W, rows, cols, x, out, bias);
+  for (let r = 0; r < rows; r++) if (!(out[r] > 0)) out[r] = 0;
   return out;
 }
 
 /**
  * Gathered fc1: out[j] = relu(W[idx[j]] . x + bias[idx[j]]) for j < k. The output is COMPACT (k values, in the order
- * of idx), ready for gatherAxpyRows with the same idx.
+ * of idx), ready for gatherAxpyRows with the same idx. Four gathered rows share each pass over x, as in gemv.
  */
 export function gatherGemvRelu(
   W: Float32Array,
@@ -85,7 +132,23 @@ export function gatherGemvRelu(
   bias: Float32Array | undefined,
   out: Float32Array,
 ): Float32Array {
-  for (let j = 0; j < k; j++) {
+  let j = 0;
+  for (; j + 4 <= k; j += 4) {
+    const r0 = idx[j],
+      r1 = idx[j + 1],
+      r2 = idx[j + 2],
+      r3 = idx[j + 3];
+    dot4(W, r0 * cols, r1 * cols, r2 * cols, r3 * cols, x, cols);
+    const v0 = dot4Out[0] + (bias ? bias[r0] : 0);
+    const v1 = dot4Out[1] + (bias ? bias[r1] : 0);
+    const v2 = dot4Out[2] + (bias ? bias[r2] : 0);
+    const v3 = dot4Out[3] + (bias ? bias[r3] : 0);
+    out[j] = v0 > 0 ? v0 : 0;
+    out[j + 1] = v1 > 0 ? v1 : 0;
+    out[j + 2] = v2 > 0 ? v2 : 0;
+    out[j + 3] = v3 > 0 ? v3 : 0;
+  }
+  for (; j < k; j++) {
     const r = idx[j];
     const v = dot(W, r * cols, x, 0, cols) + (bias ? bias[r] : 0);
     out[j] = v > 0 ? v : 0;
@@ -147,7 +210,8 @@ export function headRowsGemv(
 ): Float32Array {
   for (let j = 0; j < k; j++) {
     const r0 = heads[j] * hd;
-    for (let r = r0; r < r0 + hd; r++) out[r] = dot(W, r * d, x, 0, d) + (bias ? bias[r] : 0);
+    // A head's rows are contiguous: one dense GEMV over the [hd][d] block.
+    gemv(W.subarray(r0 * d, (r0 + hd) * d), hd, d, x, out.subarray(r0, r0 + hd), bias?.subarray(r0, r0 + hd));
   }
   return out;
 }
@@ -171,11 +235,23 @@ export function attendHeads(
   scores: Float32Array,
   out: Float32Array,
 ): Float32Array {
+  if (acc.length < hd) acc = new Float64Array(hd);
+  const a = acc;
   for (let j = 0; j < k; j++) {
     const qOff = heads[j] * hd;
+    // Scores, with the loops written out: hd is short (32..128), so call overhead per position would dominate.
     let max = -Infinity;
     for (let t = 0; t < T; t++) {
-      const s = dot(q, qOff, kCache, t * d + qOff, hd) * scale;
+      const ko = t * d + qOff;
+      let s0 = 0,
+        s1 = 0;
+      let i = 0;
+      for (; i + 1 < hd; i += 2) {
+        s0 += q[qOff + i] * kCache[ko + i];
+        s1 += q[qOff + i + 1] * kCache[ko + i + 1];
+      }
+      if (i < hd) s0 += q[qOff + i] * kCache[ko + i];
+      const s = (s0 + s1) * scale;
       scores[t] = s;
       if (s > max) max = s;
     }
@@ -185,12 +261,19 @@ export function attendHeads(
       scores[t] = e;
       sum += e;
     }
+    // Weighted sum of values in a float64 accumulator, normalised once at the end.
+    a.fill(0, 0, hd);
+    for (let t = 0; t < T; t++) {
+      const p = scores[t];
+      const vo = t * d + qOff;
+      for (let i = 0; i < hd; i++) a[i] += p * vCache[vo + i];
+    }
     const inv = 1 / sum;
-    out.fill(0, qOff, qOff + hd);
-    for (let t = 0; t < T; t++) axpy(scores[t] * inv, vCache, t * d + qOff, out, qOff, hd);
+    for (let i = 0; i < hd; i++) out[qOff + i] = a[i] * inv;
   }
   return out;
 }
+let acc = new Float64Array(128);
 
 /**
  * out_proj contribution of the selected heads through oT = out_proj^T [d_in][d_out]: y += sum over the heads' input

@@ -1,0 +1,136 @@
+/**
+ * `dejavu bench --device cpu|cuda ...`: decode latency dense vs sparse. The CPU path is runtime/sparse/bench-cpu.ts,
+ * the CUDA path runtime/cuda/bench.ts. Both are imported inside the action: this module imports nothing heavy at top
+ * level (the CUDA machine has neither tfjs nor apache-arrow).
+ */
+import type { Command } from 'commander';
+import { DejavuError } from '../../common/errors.js';
+
+export interface Density {
+  mlp: number;
+  heads: number;
+}
+
+/** "mlp=0.1,heads=1.0" (either key may be left out: 1.0 = dense). */
+export function parseDensity(s: string): Density {
+  const out: Density = { mlp: 1, heads: 1 };
+  for (const part of s.split(',')) {
+    const m = /^\s*(mlp|heads)\s*=\s*([0-9.eE+-]+)\s*$/.exec(part);
+    const v = m ? Number(m[2]) : NaN;
+    if (!m || !(v > 0 && v <= 1)) {
+      throw new DejavuError(`cannot parse '${part}': expected mlp=F,heads=F with 0 < F <= 1`, '--density');
+    }
+    out[m[1] as keyof Density] = v;
+  }
+  return out;
+}
+
+function positiveInt(flag: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new DejavuError(`'${v}' is not a positive integer`, flag);
+    return n;
+  };
+}
+
+interface BenchFlags {
+  device: string;
+  model?: string;
+  shape?: string;
+  bundle?: string;
+  density?: string;
+  prompt: number;
+  gen: number;
+  rounds?: number;
+  json?: boolean;
+}
+
+type CudaBench = (opts: {
+  shape?: string;
+  model?: string;
+  bundle?: string;
+  density?: Density;
+  prompt: number;
+  gen: number;
+  json: boolean;
+}) => Promise<Record<string, unknown>>;
+
+export function register(program: Command): void {
+  program
+    .command('bench')
+    .description('decode latency, dense vs sparse: per token, per block, tokens/s and the memory-traffic floor')
+    .option('--device <device>', 'cpu or cuda', 'cpu')
+    .option('--model <dir>', 'Hugging Face OPT folder (cpu: required; cuda: real weights instead of --shape)')
+    .option('--shape <name>', 'cuda only: random fp16 weights of opt-6.7b | opt-13b | opt-30b | opt-66b')
+    .option('--bundle <dir>', 'predictor bundle (sparse selections from its predictors)')
+    .option('--density <spec>', 'fixed densities, e.g. mlp=0.1,heads=1.0 (with --bundle: overrides its k)')
+    .option('--prompt <n>', 'prompt tokens', positiveInt('--prompt'), 128)
+    .option('--gen <n>', 'generated (timed) tokens', positiveInt('--gen'), 128)
+    .option('--rounds <n>', 'cpu: alternating dense/sparse rounds, median reported', positiveInt('--rounds'))
+    .option('--json', 'print one JSON object on stdout')
+    .action(async (f: BenchFlags) => {
+      const density = f.density ? parseDensity(f.density) : undefined;
+      let result: Record<string, unknown>;
+      if (f.device === 'cuda') {
+        // A variable specifier: the CUDA module is built separately and may be absent from a CPU-only checkout.
+        const spec = '../../runtime/cuda/bench.js';
+        let mod: { runCudaBench: CudaBench };
+        try {
+          mod = (await import(spec)) as { runCudaBench: CudaBench };
+        } catch (e) {
+          throw new DejavuError(`the CUDA bench is not available in this build (${(e as Error).message})`, '--device cuda');
+        }
+        result = await mod.runCudaBench({
+          shape: f.shape,
+          model: f.model,
+          bundle: f.bundle,
+          density,
+          prompt: f.prompt,
+          gen: f.gen,
+          json: !!f.json,
+        });
+      } else if (f.device === 'cpu') {
+        if (!f.model) throw new DejavuError('the CPU bench needs a model folder', '--model');
+        if (f.shape) throw new DejavuError('--shape (random weights of a large model) is for --device cuda', '--shape');
+        const { runCpuBench } = await import('../../runtime/sparse/bench-cpu.js');
+        result = await runCpuBench({
+          model: f.model,
+          bundle: f.bundle,
+          density,
+          prompt: f.prompt,
+          gen: f.gen,
+          rounds: f.rounds,
+          quiet: !!f.json && !process.stderr.isTTY,
+        });
+      } else {
+        throw new DejavuError(`unknown device '${f.device}' (expected cpu or cuda)`, '--device');
+      }
+      if (f.json) process.stdout.write(JSON.stringify(result) + '\n');
+      else process.stdout.write(formatBench(result) + '\n');
+    });
+}
+
+/** A human-readable table of a bench result (CPU or CUDA: the shared keys). */
+export function formatBench(r: Record<string, unknown>): string {
+  const num = (v: unknown) => (typeof v === 'number' ? v.toFixed(3) : '-');
+  const dense = (r.dense ?? {}) as Record<string, unknown>;
+  const sparse = (r.sparse ?? {}) as Record<string, unknown>;
+  const lines = [`device: ${String(r.device)}`];
+  if (r.mlp_density !== undefined) lines.push(`density: mlp ${num(r.mlp_density)}, heads ${num(r.head_density)}`);
+  lines.push('', 'ms/token           dense     sparse');
+  lines.push(`total         ${num(dense.ms_per_token).padStart(10)} ${num(sparse.ms_per_token).padStart(10)}`);
+  const db = (dense.blocks_ms_per_token ?? {}) as Record<string, unknown>;
+  const sb = (sparse.blocks_ms_per_token ?? {}) as Record<string, unknown>;
+  for (const k of Object.keys({ ...db, ...sb })) {
+    lines.push(`  ${k.padEnd(12)}${num(db[k]).padStart(10)} ${num(sb[k]).padStart(10)}`);
+  }
+  lines.push(`tokens/s      ${num(dense.tokens_per_s).padStart(10)} ${num(sparse.tokens_per_s).padStart(10)}`);
+  lines.push('', `speedup: ${num(r.speedup)}x`);
+  if (r.mlp_block_speedup !== undefined) lines.push(`MLP block speedup: ${num(r.mlp_block_speedup)}x (incl. predictors ${num(r.mlp_block_speedup_incl_predictors)}x)`);
+  const a = r.amdahl as Record<string, unknown> | undefined;
+  if (a) lines.push(`Amdahl bound (MLP only, share ${num(a.dense_mlp_share)}): ${num(a.bound_at_ideal_mlp_speedup)}x at ideal MLP speedup, ${num(a.bound_at_measured_mlp_speedup)}x at the measured one`);
+  lines.push(`memory-traffic floor: dense ${num(r.floor_ms)} ms, sparse ${num(r.sparse_floor_ms)} ms`);
+  const kv = r.kv_policy as Record<string, unknown> | undefined;
+  if (kv) lines.push(`KV policy cost (K/V rows of skipped heads): ${num(kv.extra_ms_per_token)} ms/token`);
+  return lines.join('\n');
+}
