@@ -8,6 +8,7 @@ import { DejavuError } from '../common/errors.js';
 // --- command registrations (one line per command module) ---
 // (helpers: add `import { register as registerX } from './commands/x.js';` here and a call below)
 import { register as registerCollect } from './commands/collect.js';
+import { register as registerBench } from './commands/bench.js';
 
 const program = new Command();
 program
@@ -18,6 +19,7 @@ program
 
 // --- register calls ---
 registerCollect(program);
+registerBench(program);
 
 program.exitOverride();
 try {
