@@ -38,6 +38,15 @@ describe.skipIf(!HAVE_FIXTURES)('tokenizer (opt-mini)', () => {
     }
   });
 
+  it.each(SOURCES)('first 50 validation documents at max-len 512 = the predicted-token count of fixture_info.json (%s)', async (prefer) => {
+    const info = JSON.parse(readFileSync(join(OPT_MINI, 'fixture_info.json'), 'utf8'));
+    expect(info.ref_ppl.tokens).toBe(20241);
+    const tok = await loadTokenizer(OPT_MINI, { prefer });
+    let predicted = 0;
+    for await (const d of readDocuments([C4_VALID_JSON], { docs: 50 })) predicted += tok.encode(d.text, 512).length - 1;
+    expect(predicted).toBe(info.ref_ppl.tokens);
+  });
+
   it('both sources agree on every validation document; BOS once; vocab size and special ids as in OPT', async () => {
     const [a, b] = await Promise.all(SOURCES.map((prefer) => loadTokenizer(OPT_MINI, { prefer })));
     const texts = await validationTexts();
