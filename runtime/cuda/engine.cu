@@ -35,6 +35,7 @@ enum Tap { TAP_ATT_IN = 0, TAP_MLP_IN = 1 };
 
 struct Pred {
   bool on = false;
+  bool norm = false;  // parameter-free LayerNorm of the input before w1 (bundle input_norm = "layernorm")
   int rank = 0, tap = 0, src_layer = 0;
   __half *w1 = nullptr, *w2 = nullptr;  // [rank][d], [n][rank]
   float *t = nullptr, *scores = nullptr;
@@ -55,6 +56,8 @@ struct Engine {
   int vocab, d, L, H, hd, ffn, maxpos, maxT;
   float eps = 1e-5f;
   int sms = 0;
+  bool kv_all = false;  // KV policy for sparse attention (kernels.cuh, k_attention)
+  float *ones = nullptr, *zeros = nullptr;
   std::vector<void*> allocs;
   __half *E = nullptr, *P = nullptr, *lm = nullptr;
   float *lnf_g = nullptr, *lnf_b = nullptr;
@@ -68,6 +71,13 @@ struct Engine {
   std::vector<cudaEvent_t> evs;
   cudaEvent_t t0, t1;
 };
+
+static void fill_h(__half* p, size_t n, uint64_t seed, float scale, float off) {
+  k_fill_half<<<1024, 256>>>(p, n, seed, scale, off);
+}
+static void fill_f(float* p, size_t n, uint64_t seed, float scale, float off) {
+  k_fill_float<<<256, 256>>>(p, n, seed, scale, off);
+}
 
 template <class T>
 static int dalloc(Engine* e, T** p, size_t n) {
@@ -129,6 +139,9 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
     cudaMemcpy(l.nsel, id.data(), ffn * sizeof(int), cudaMemcpyHostToDevice);
     cudaMemset(l.valid, 0, (size_t)H * maxT);
   }
+  if (dalloc(e, &e->ones, d) || dalloc(e, &e->zeros, d)) return bad();
+  fill_f(e->ones, d, 0, 0.f, 1.f);
+  cudaMemset(e->zeros, 0, d * sizeof(float));
   if (dalloc(e, &e->x, d) || dalloc(e, &e->q, d) || dalloc(e, &e->att, d) || dalloc(e, &e->h, ffn) ||
       dalloc(e, &e->logits, vocab) || dalloc(e, &e->st, 4) || dalloc(e, &e->tokens, maxT + 1) ||
       dalloc(e, &e->amax, 1) || dalloc(e, &e->lm_counter, 1))
@@ -160,12 +173,6 @@ int dj_destroy(void* ev) {
 }
 
 // ---- weights ------------------------------------------------------------------------------------------------
-static void fill_h(__half* p, size_t n, uint64_t seed, float scale, float off) {
-  k_fill_half<<<1024, 256>>>(p, n, seed, scale, off);
-}
-static void fill_f(float* p, size_t n, uint64_t seed, float scale, float off) {
-  k_fill_float<<<256, 256>>>(p, n, seed, scale, off);
-}
 
 // Random weights (hash fill on the GPU): magnitudes like a trained OPT so activations stay finite.
 int dj_fill_random(void* ev, unsigned seed) {
@@ -301,8 +308,10 @@ static int alloc_pred(Engine* e, Pred& p, int rank, int n, int tap, int src_laye
 }
 
 // A low-rank predictor for (layer, target: 0 = attention heads, 1 = MLP neurons) reading the residual stream at
-// (tap: 0 = att_in, 1 = mlp_in) of src_layer; w1 [rank][d], w2 [n][rank] fp32 (converted here), k = top-k.
-int dj_set_predictor(void* ev, int layer, int target, int tap, int src_layer, const float* w1, const float* w2, int rank, int k) {
+// (tap: 0 = att_in, 1 = mlp_in) of src_layer; w1 [rank][d], w2 [n][rank] fp32 (converted here), k = top-k;
+// norm = 1: parameter-free LayerNorm of the input first. w1 = null: random weights (shape benchmarks).
+int dj_set_predictor(void* ev, int layer, int target, int tap, int src_layer, const float* w1, const float* w2, int rank, int k,
+                     int norm) {
   Engine* e = (Engine*)ev;
   if (layer < 0 || layer >= e->L) return fail("layer %d out of range", layer);
   if (src_layer > layer || (src_layer == layer && target == 0 && tap != TAP_ATT_IN))
@@ -312,6 +321,7 @@ int dj_set_predictor(void* ev, int layer, int target, int tap, int src_layer, co
   int n = target == 0 ? e->H : e->ffn;
   if (k < 1 || k > n) return fail("layer %d: k %d out of range", layer, k);
   if (alloc_pred(e, p, rank, n, tap, src_layer)) return -1;
+  p.norm = norm != 0;
   if (w1 && (up_half(p.w1, w1, (size_t)rank * e->d) || up_half(p.w2, w2, (size_t)n * rank))) return -1;
   if (!w1) {
     static uint64_t s = 777;
@@ -320,6 +330,13 @@ int dj_set_predictor(void* ev, int layer, int target, int tap, int src_layer, co
     CK(cudaGetLastError());
   }
   if (target == 0) l.kH = k; else l.kM = k;
+  return 0;
+}
+
+// KV policy for sparse attention: 0 = "selected" (skipped heads' slots masked later), 1 = "all" (K/V of every head
+// projected each step). Takes effect at the next dj_build.
+int dj_set_kv_policy(void* ev, int all) {
+  ((Engine*)ev)->kv_all = all != 0;
   return 0;
 }
 
@@ -400,6 +417,7 @@ static void launch_attention(Engine* e, cudaStream_t s, Layer& l, const int* sel
 static void launch_pred1(Engine* e, cudaStream_t s, Pred& p) {
   RowsArgs a{};
   a.W = p.w1; a.K = e->d; a.n_out = p.rank; a.x = e->x; a.map = MAP_ID; a.y = p.t;
+  if (p.norm) { a.ln_g = e->ones; a.ln_b = e->zeros; a.ln_eps = e->eps; }
   launch_rows<EPI_PLAIN>(e, s, a);
 }
 static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* sel) {
@@ -471,9 +489,10 @@ static int record_step(Engine* e, int mode) {
     consume(li, 0);
     if (compute) {
       RowsArgs a{};
-      a.W = l.Wqkv; a.b = l.bqkv; a.K = d; a.n_out = 3 * kH * hd; a.x = e->x; a.ln_g = l.ln1_g; a.ln_b = l.ln1_b;
+      a.W = l.Wqkv; a.b = l.bqkv; a.K = d; a.n_out = e->kv_all && hs ? kH * hd + 2 * d : 3 * kH * hd; a.x = e->x; a.ln_g = l.ln1_g; a.ln_b = l.ln1_b;
       a.ln_eps = e->eps; a.map = MAP_QKV; a.sel = hs ? l.hsel : nullptr; a.kH = kH; a.hd = hd; a.d = d;
       if (!hs) a.map = MAP_ID;
+      else if (e->kv_all) a.map = MAP_Q_KVALL;
       a.y = e->q; a.q_scale = 1.f / sqrtf((float)hd); a.kc = l.kc; a.vc = l.vc; a.valid = l.valid; a.maxT = e->maxT;
       a.st = e->st;
       launch_rows<EPI_QKV>(e, s0, a);

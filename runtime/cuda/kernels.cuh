@@ -93,7 +93,7 @@ __global__ void k_embed(const __half* __restrict__ E, const __half* __restrict__
 // `row(j)` gathers: identity, a neuron list (fc1), or the q/k/v rows of a head list (sparse attention).
 // Each block normalises x into shared memory once, then its warps stream whole weight rows with 16-byte loads
 // (WPR warps split one long row when there are few rows; LPR lanes take one short row when rows are short).
-enum { MAP_ID = 0, MAP_LIST = 1, MAP_QKV = 2 };
+enum { MAP_ID = 0, MAP_LIST = 1, MAP_QKV = 2, MAP_Q_KVALL = 3 };
 enum { EPI_PLAIN = 0, EPI_RELU = 1, EPI_QKV = 2, EPI_ARGMAX = 3 };
 
 struct RowsArgs {
@@ -125,6 +125,12 @@ struct RowsArgs {
 __device__ __forceinline__ int rows_map(const RowsArgs& a, int j) {
   if (a.map == MAP_ID) return j;
   if (a.map == MAP_LIST) return a.sel[j];
+  if (a.map == MAP_Q_KVALL) {  // q rows of the listed heads, then every k and v row (KV policy "all")
+    int nq = a.kH * a.hd;
+    if (j >= nq) return a.d + (j - nq);
+    int hi = j / a.hd;
+    return a.sel[hi] * a.hd + (j - hi * a.hd);
+  }
   int per = a.kH * a.hd;  // MAP_QKV: j = part*per + hi*hd + i, part 0/1/2 = q/k/v
   int p = j / per, r = j - p * per;
   int hi = r / a.hd, i = r - hi * a.hd;
@@ -321,8 +327,10 @@ __global__ void __launch_bounds__(COLS_THREADS) k_cols(ColsArgs a) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Attention decode for one head per block over the K/V cache, positions 0..pos.
-// KV policy for sparse attention: a head skipped at step t computes no K/V at t; its slot stays marked invalid
-// (valid[h][t] = 0) and is masked out whenever that head is selected later. Dense steps write every head.
+// KV policy for sparse attention, policy "selected" (default): a head skipped at step t computes no K/V at t; its
+// slot stays marked invalid (valid[h][t] = 0) and is masked out whenever that head is selected later. Policy "all"
+// (MAP_Q_KVALL, what runtime/sparse does): K/V rows of every head are projected each step, so every slot is valid.
+// Dense steps write every head.
 template <int HD>
 __global__ void __launch_bounds__(256) k_attention(const float* __restrict__ q, const __half* __restrict__ kc,
                                                    const __half* __restrict__ vc, const uint8_t* __restrict__ valid,

@@ -1,0 +1,666 @@
+// Correctness check for runtime/cuda, run on the GPU by scripts/cuda-check.sh (llm.c style: each kernel beside its
+// fp32/fp64 CPU reference). Fresh random inputs every run (seed printed), outputs poisoned with NaN first, relative
+// error ||gpu - ref|| / ||ref|| <= 1e-2, never NaN. Then the whole engine (graphs, device state, KV policy) against a
+// CPU reference of the OPT decode step on a small random model: dense, sparse with fixed selections that change every
+// step, and sparse with predictors (selections read back and fed to the reference).
+// Build: nvcc -O3 -arch=sm_90 -o check runtime/cuda/check.cu    Run: ./check [seed]
+#include "engine.cu"
+#include <random>
+#include <cstdlib>
+#include <chrono>
+
+static std::mt19937_64 rng;
+static int failures = 0;
+static double worst = 0;
+
+#define CUDA_OK(x)                                                                                 \
+  do {                                                                                             \
+    cudaError_t e_ = (x);                                                                          \
+    if (e_ != cudaSuccess) { printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); exit(1); } \
+  } while (0)
+#define API_OK(x)                                                                                  \
+  do {                                                                                             \
+    if ((x) != 0) { printf("engine error at %s:%d: %s\n", __FILE__, __LINE__, dj_last_error()); exit(1); } \
+  } while (0)
+
+static std::vector<float> randv(size_t n, float scale = 1.f, float off = 0.f) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = off + scale * u(rng);
+  return v;
+}
+// Round to fp16 so the CPU reference sees exactly the weights the GPU holds.
+static std::vector<float> r16(std::vector<float> v) {
+  for (auto& x : v) x = __half2float(__float2half(x));
+  return v;
+}
+template <class T>
+static T* dev(const std::vector<T>& v) {
+  T* p;
+  CUDA_OK(cudaMalloc(&p, std::max<size_t>(v.size(), 1) * sizeof(T)));
+  CUDA_OK(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return p;
+}
+static __half* devh(const std::vector<float>& v) {
+  std::vector<__half> h(v.size());
+  for (size_t i = 0; i < v.size(); i++) h[i] = __float2half(v[i]);
+  return dev(h);
+}
+static float* poisoned(size_t n) {
+  float* p;
+  CUDA_OK(cudaMalloc(&p, n * sizeof(float)));
+  CUDA_OK(cudaMemset(p, 0xff, n * sizeof(float)));  // NaN
+  return p;
+}
+template <class T>
+static std::vector<T> host(const T* p, size_t n) {
+  std::vector<T> v(n);
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return v;
+}
+static std::vector<float> hostf16(const __half* p, size_t n) {
+  auto h = host(p, n);
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; i++) v[i] = __half2float(h[i]);
+  return v;
+}
+
+// ||a - b|| / ||b||; any non-finite value in a fails.
+static void expect(const char* what, const std::vector<float>& a, const std::vector<double>& b, double tol = 1e-2) {
+  double num = 0, den = 0;
+  size_t bad = 0;
+  for (size_t i = 0; i < b.size(); i++) {
+    if (!std::isfinite(a[i])) { bad++; continue; }
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  double rel = std::sqrt(num / std::max(den, 1e-30));
+  bool ok = bad == 0 && rel <= tol;
+  worst = std::max(worst, bad ? 1e9 : rel);
+  printf("  %-58s rel %.2e  %s%s\n", what, rel, ok ? "ok" : "FAIL", bad ? " (unwritten/NaN elements)" : "");
+  if (!ok) failures++;
+}
+static void expect_true(const char* what, bool ok) {
+  printf("  %-58s %s\n", what, ok ? "ok" : "FAIL");
+  if (!ok) failures++;
+}
+
+static int sms() { int d, n; cudaGetDevice(&d); cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, d); return n; }
+
+// ---------------------------------------------------------------------------------------------------------------
+// CPU references, one per kernel.
+static void ref_layernorm(const float* x, const float* g, const float* b, int n, float eps, std::vector<double>& y) {
+  double m = 0, v = 0;
+  for (int i = 0; i < n; i++) m += x[i];
+  m /= n;
+  for (int i = 0; i < n; i++) v += (x[i] - m) * (x[i] - m);
+  v /= n;
+  y.resize(n);
+  for (int i = 0; i < n; i++) y[i] = (x[i] - m) / std::sqrt(v + eps) * g[i] + b[i];
+}
+static double ref_dot(const float* w, const double* x, int K) {
+  double s = 0;
+  for (int i = 0; i < K; i++) s += (double)w[i] * x[i];
+  return s;
+}
+
+static void test_embed() {
+  int V = 300, d = 384, maxpos = 64;
+  auto E = r16(randv((size_t)V * d)), P = r16(randv((size_t)(maxpos + 2) * d));
+  std::vector<int> toks(maxpos);
+  for (auto& t : toks) t = rng() % V;
+  int pos = rng() % maxpos;
+  std::vector<int> st = {pos, 1, 0, 0};
+  float* x = poisoned(d);
+  k_embed<<<2, 256>>>(devh(E), devh(P), dev(toks), dev(st), d, x);
+  CUDA_OK(cudaGetLastError());
+  std::vector<double> ref(d);
+  for (int i = 0; i < d; i++) ref[i] = E[(size_t)toks[pos] * d + i] + P[(size_t)(pos + 2) * d + i];
+  expect("embed: E[tokens[pos]] + P[pos+2]", host(x, d), ref);
+}
+
+// Row GEMV: plain / LN prologue / gathered rows / ReLU / short rows.
+static void test_rows(int K, int n_rows, int n_out, bool ln, int map, int epi, const char* name) {
+  auto W = r16(randv((size_t)n_rows * K, 1.f / std::sqrt((float)K)));
+  auto b = randv(n_rows, 0.1f), x = randv(K, 2.f, 0.3f), g = randv(K, 0.2f, 1.f), be = randv(K, 0.1f);
+  std::vector<int> sel(n_out);
+  if (map == MAP_LIST) {  // distinct random rows
+    std::vector<int> all(n_rows);
+    for (int i = 0; i < n_rows; i++) all[i] = i;
+    std::shuffle(all.begin(), all.end(), rng);
+    for (int i = 0; i < n_out; i++) sel[i] = all[i];
+  } else for (int i = 0; i < n_out; i++) sel[i] = i;
+  RowsArgs a{};
+  a.W = devh(W); a.b = dev(b); a.K = K; a.n_out = n_out; a.x = dev(x);
+  if (ln) { a.ln_g = dev(g); a.ln_b = dev(be); }
+  a.ln_eps = 1e-5f; a.map = map; a.sel = dev(sel);
+  float* y = poisoned(n_out);
+  a.y = y;
+  Engine fake{};
+  fake.sms = sms();
+  if (epi == EPI_PLAIN) launch_rows<EPI_PLAIN>(&fake, 0, a); else launch_rows<EPI_RELU>(&fake, 0, a);
+  CUDA_OK(cudaGetLastError());
+  std::vector<double> xin(K);
+  if (ln) ref_layernorm(x.data(), g.data(), be.data(), K, 1e-5f, xin);
+  else for (int i = 0; i < K; i++) xin[i] = x[i];
+  std::vector<double> ref(n_out);
+  for (int j = 0; j < n_out; j++) {
+    double v = ref_dot(&W[(size_t)sel[j] * K], xin.data(), K) + b[sel[j]];
+    ref[j] = epi == EPI_RELU ? std::max(v, 0.0) : v;
+  }
+  expect(name, host(y, n_out), ref);
+}
+
+// QKV epilogue with a head list: q (scaled), K/V cache rows at pos, validity flags.
+static void test_qkv(int d, int H, int kH, bool sparse) {
+  int hd = d / H, maxT = 40, pos = rng() % maxT;
+  auto W = r16(randv((size_t)3 * d * d, 1.f / std::sqrt((float)d)));
+  auto b = randv(3 * d, 0.1f), x = randv(d, 1.f, 0.2f), g = randv(d, 0.2f, 1.f), be = randv(d, 0.1f);
+  std::vector<int> heads(H);
+  for (int i = 0; i < H; i++) heads[i] = i;
+  if (sparse) std::shuffle(heads.begin(), heads.end(), rng); else kH = H;
+  heads.resize(kH);
+  std::vector<int> st = {pos, 1, 0, 0};
+  size_t cache = (size_t)H * maxT * hd;
+  __half *kc, *vc;
+  CUDA_OK(cudaMalloc(&kc, cache * 2)); CUDA_OK(cudaMalloc(&vc, cache * 2));
+  CUDA_OK(cudaMemset(kc, 0xff, cache * 2)); CUDA_OK(cudaMemset(vc, 0xff, cache * 2));
+  uint8_t* valid;
+  CUDA_OK(cudaMalloc(&valid, H * maxT)); CUDA_OK(cudaMemset(valid, 0, H * maxT));
+  float* q = poisoned(d);
+  RowsArgs a{};
+  a.W = devh(W); a.b = dev(b); a.K = d; a.n_out = 3 * kH * hd; a.x = dev(x); a.ln_g = dev(g); a.ln_b = dev(be);
+  a.ln_eps = 1e-5f; a.map = sparse ? MAP_QKV : MAP_ID; a.sel = dev(heads); a.kH = kH; a.hd = hd; a.d = d; a.y = q;
+  a.q_scale = 1.f / std::sqrt((float)hd); a.kc = kc; a.vc = vc; a.valid = valid; a.maxT = maxT; a.st = dev(st);
+  Engine fake{};
+  fake.sms = sms();
+  launch_rows<EPI_QKV>(&fake, 0, a);
+  CUDA_OK(cudaGetLastError());
+  std::vector<double> xin;
+  ref_layernorm(x.data(), g.data(), be.data(), d, 1e-5f, xin);
+  auto qh = host(q, d);
+  auto kh = hostf16(kc, cache), vh = hostf16(vc, cache);
+  auto vd = host(valid, H * maxT);
+  std::vector<float> gq, gk, gv;
+  std::vector<double> rq, rk, rv;
+  bool flags = true, untouched = true;
+  std::vector<bool> chosen(H, false);
+  for (int h : heads) chosen[h] = true;
+  for (int h = 0; h < H; h++) {
+    for (int i = 0; i < hd; i++) {
+      int r = h * hd + i;
+      size_t ci = ((size_t)h * maxT + pos) * hd + i;
+      if (!chosen[h]) { untouched &= std::isnan(qh[r]) && std::isnan(kh[ci]); continue; }
+      gq.push_back(qh[r]); rq.push_back((ref_dot(&W[(size_t)r * d], xin.data(), d) + b[r]) * a.q_scale);
+      gk.push_back(kh[ci]); rk.push_back(ref_dot(&W[(size_t)(d + r) * d], xin.data(), d) + b[d + r]);
+      gv.push_back(vh[ci]); rv.push_back(ref_dot(&W[(size_t)(2 * d + r) * d], xin.data(), d) + b[2 * d + r]);
+    }
+    for (int t = 0; t < maxT; t++) flags &= vd[h * maxT + t] == (chosen[h] && t == pos ? 1 : 0);
+  }
+  char name[128];
+  snprintf(name, sizeof name, "qkv%s d=%d H=%d k=%d: q (scaled)", sparse ? " gathered" : "", d, H, kH);
+  expect(name, gq, rq);
+  expect("  ... K cache row at pos", gk, rk);
+  expect("  ... V cache row at pos", gv, rv);
+  expect_true("  ... valid[h][pos] set for chosen heads only", flags);
+  expect_true("  ... other heads untouched", untouched);
+}
+
+// Column GEMV into the residual: dense, neuron list, head list.
+static void test_cols(int n_in, int d, int map, int n_sel, int hd, const char* name) {
+  auto WT = r16(randv((size_t)n_in * d, 1.f / std::sqrt((float)n_in)));
+  auto in = randv(n_in, 1.f), bias = randv(d, 0.1f), y0 = randv(d, 1.f);
+  std::vector<int> sel;
+  std::vector<int> rows;
+  if (map == MAP_ID) { for (int i = 0; i < n_in; i++) rows.push_back(i); }
+  else if (map == MAP_LIST) {
+    std::vector<int> all(n_in);
+    for (int i = 0; i < n_in; i++) all[i] = i;
+    std::shuffle(all.begin(), all.end(), rng);
+    sel.assign(all.begin(), all.begin() + n_sel);
+    rows = sel;
+  } else {
+    int H = n_in / hd;
+    std::vector<int> all(H);
+    for (int i = 0; i < H; i++) all[i] = i;
+    std::shuffle(all.begin(), all.end(), rng);
+    sel.assign(all.begin(), all.begin() + n_sel);
+    for (int h : sel) for (int i = 0; i < hd; i++) rows.push_back(h * hd + i);
+  }
+  ColsArgs c{};
+  c.WT = devh(WT); c.n_cols = d; c.n_rows = (int)rows.size(); c.map = map; c.sel = dev(sel); c.hd = hd;
+  // MAP_LIST reads compact inputs; the others read by weight row.
+  std::vector<float> cin = in;
+  if (map == MAP_LIST) { cin.resize(rows.size()); for (size_t j = 0; j < rows.size(); j++) cin[j] = in[rows[j]]; }
+  c.in = dev(cin); c.bias = dev(bias);
+  float* y = dev(y0);
+  c.y = y;
+  Engine fake{};
+  fake.sms = sms();
+  launch_cols(&fake, 0, c);
+  CUDA_OK(cudaGetLastError());
+  std::vector<double> ref(d);
+  for (int j = 0; j < d; j++) {
+    double s = y0[j] + bias[j];
+    for (int r : rows) s += (double)in[r] * WT[(size_t)r * d + j];
+    ref[j] = s;
+  }
+  expect(name, host(y, d), ref);
+}
+
+// Attention over the cache with a head list and random validity holes (the KV policy).
+template <int HD>
+static void test_attention(int H, int kH, int T, bool holes) {
+  int d = H * HD, maxT = T + 7, pos = T - 1;
+  size_t cache = (size_t)H * maxT * HD;
+  auto K = r16(randv(cache, 1.f)), V = r16(randv(cache, 1.f)), q = randv(d, 0.5f);
+  std::vector<uint8_t> valid(H * maxT, 0);
+  for (int h = 0; h < H; h++)
+    for (int t = 0; t <= pos; t++) valid[h * maxT + t] = (!holes || t == pos || rng() % 3) ? 1 : 0;
+  std::vector<int> heads(H);
+  for (int i = 0; i < H; i++) heads[i] = i;
+  std::shuffle(heads.begin(), heads.end(), rng);
+  heads.resize(kH);
+  std::vector<int> st = {pos, 1, 0, 0};
+  float* out = poisoned(d);
+  size_t smem = (maxT + 2048) * sizeof(float);
+  cudaFuncSetAttribute(k_attention<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(smem, 48 << 10));
+  k_attention<HD><<<kH, 256, smem>>>(dev(q), devh(K), devh(V), dev(valid), dev(heads), dev(st), maxT, out);
+  CUDA_OK(cudaGetLastError());
+  auto o = host(out, d);
+  std::vector<float> got;
+  std::vector<double> ref;
+  bool untouched = true;
+  std::vector<bool> chosen(H, false);
+  for (int h : heads) chosen[h] = true;
+  for (int h = 0; h < H; h++) {
+    if (!chosen[h]) { for (int i = 0; i < HD; i++) untouched &= std::isnan(o[h * HD + i]); continue; }
+    std::vector<double> s(T);
+    double m = -1e300;
+    for (int t = 0; t < T; t++) {
+      if (!valid[h * maxT + t]) continue;
+      double v = 0;
+      for (int i = 0; i < HD; i++) v += (double)q[h * HD + i] * K[((size_t)h * maxT + t) * HD + i];
+      s[t] = v;
+      m = std::max(m, v);
+    }
+    double z = 0;
+    for (int t = 0; t < T; t++) { s[t] = valid[h * maxT + t] ? std::exp(s[t] - m) : 0; z += s[t]; }
+    for (int i = 0; i < HD; i++) {
+      double acc = 0;
+      for (int t = 0; t < T; t++) acc += s[t] * V[((size_t)h * maxT + t) * HD + i];
+      got.push_back(o[h * HD + i]);
+      ref.push_back(acc / z);
+    }
+  }
+  char name[128];
+  snprintf(name, sizeof name, "attention hd=%d H=%d k=%d T=%d%s", HD, H, kH, T, holes ? " (masked KV holes)" : "");
+  expect(name, got, ref);
+  expect_true("  ... unselected heads untouched", untouched);
+}
+
+// Predictor scores + exact top-k (selection checked against a CPU top-k of the GPU's own scores, so fp32
+// summation-order differences cannot flip a near-tie; scores themselves checked against fp64).
+static void test_topk(int n, int r, int k) {
+  auto W2 = r16(randv((size_t)n * r, 1.f / std::sqrt((float)r)));
+  auto t = randv(r, 1.f);
+  if (n > 1000) for (int i = 0; i < 50; i++) { size_t j = rng() % n; for (int c = 0; c < r; c++) W2[j * r + c] = W2[(j + 1) % n * r + c]; }  // exact ties
+  float* scores = poisoned(n);
+  int* sel;
+  CUDA_OK(cudaMalloc(&sel, k * sizeof(int)));
+  CUDA_OK(cudaMemset(sel, 0xff, k * sizeof(int)));
+  unsigned* counter;
+  CUDA_OK(cudaMalloc(&counter, 4)); CUDA_OK(cudaMemset(counter, 0, 4));
+  CUDA_OK(cudaFuncSetAttribute(k_pred_topk, cudaFuncAttributeMaxDynamicSharedMemorySize, std::max(n * 4, 48 << 10)));
+  Engine fake{};
+  fake.sms = sms();
+  Pred p;
+  p.w2 = devh(W2); p.t = dev(t); p.rank = r; p.scores = scores; p.counter = counter;
+  for (int rep = 0; rep < 2; rep++) launch_topk(&fake, 0, p, n, k, sel);  // twice: the counter must reset itself
+  CUDA_OK(cudaGetLastError());
+  auto s = host(scores, n);
+  std::vector<double> ref(n);
+  for (int j = 0; j < n; j++) { double v = 0; for (int c = 0; c < r; c++) v += (double)W2[(size_t)j * r + c] * t[c]; ref[j] = v; }
+  char name[128];
+  snprintf(name, sizeof name, "predictor scores n=%d r=%d", n, r);
+  expect(name, s, ref);
+  std::vector<int> idx(n);
+  for (int i = 0; i < n; i++) idx[i] = i;
+  std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return s[a] > s[b]; });
+  std::vector<int> want(idx.begin(), idx.begin() + k);
+  std::sort(want.begin(), want.end());
+  auto got = host(sel, k);
+  snprintf(name, sizeof name, "top-k n=%d k=%d: exact set, ascending, ties to lower index", n, k);
+  expect_true(name, got == want);
+}
+
+// LM head: logits + argmax + device state update (next token, position).
+static void test_lmhead(int V, int d, int n_prompt, int pos) {
+  auto W = r16(randv((size_t)V * d, 1.f / std::sqrt((float)d)));
+  auto x = randv(d, 1.f), g = randv(d, 0.2f, 1.f), be = randv(d, 0.1f);
+  std::vector<int> st = {pos, n_prompt, 0, 0};
+  std::vector<int> toks(64, 7);
+  unsigned long long* amax;
+  unsigned* counter;
+  CUDA_OK(cudaMalloc(&amax, 8)); CUDA_OK(cudaMemset(amax, 0, 8));
+  CUDA_OK(cudaMalloc(&counter, 4)); CUDA_OK(cudaMemset(counter, 0, 4));
+  float* logits = poisoned(V);
+  int* dst = dev(st);
+  int* dtok = dev(toks);
+  RowsArgs a{};
+  a.W = devh(W); a.K = d; a.n_out = V; a.x = dev(x); a.ln_g = dev(g); a.ln_b = dev(be); a.ln_eps = 1e-5f;
+  a.map = MAP_ID; a.y = logits; a.st = dst; a.maxT = 64; a.amax = amax; a.counter = counter; a.tokens = dtok;
+  Engine fake{};
+  fake.sms = sms();
+  launch_rows<EPI_ARGMAX>(&fake, 0, a);
+  CUDA_OK(cudaGetLastError());
+  std::vector<double> xin;
+  ref_layernorm(x.data(), g.data(), be.data(), d, 1e-5f, xin);
+  std::vector<double> ref(V);
+  for (int j = 0; j < V; j++) ref[j] = ref_dot(&W[(size_t)j * d], xin.data(), d);
+  auto l = host(logits, V);
+  expect("lm head: final LN + logits", l, ref);
+  int am = (int)(std::max_element(l.begin(), l.end()) - l.begin());
+  auto st2 = host(dst, 4);
+  auto t2 = host(dtok, 64);
+  bool forced = pos + 1 < n_prompt;
+  expect_true("  ... argmax -> tokens[pos+1] (prompt tokens kept), pos+1, reset",
+              st2[0] == pos + 1 && t2[pos + 1] == (forced ? 7 : am) && host(amax, 1)[0] == 0 && host(counter, 1)[0] == 0);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Whole-model CPU reference (fp64 accumulation over the fp16-rounded weights) with the same KV policy.
+struct RefModel {
+  int V, d, L, H, hd, ffn, maxpos, maxT;
+  std::vector<float> E, P, lnf_g, lnf_b;
+  struct Lw { std::vector<float> ln1_g, ln1_b, qw, qb, kw, kb, vw, vb, ow, ob, ln2_g, ln2_b, w1, b1, w2, b2; };
+  std::vector<Lw> layers;
+  std::vector<std::vector<double>> K, Vc;  // per layer [H][maxT][hd]
+  std::vector<std::vector<uint8_t>> valid;
+  bool kv_all = false;  // KV policy "all": K/V of every head each step
+  void reset() {
+    K.assign(L, std::vector<double>((size_t)H * maxT * hd, 0));
+    Vc = K;
+    valid.assign(L, std::vector<uint8_t>((size_t)H * maxT, 0));
+  }
+  // sel_h/sel_n: per layer lists, empty = dense. Returns logits; taps: att_in of each layer (for predictors).
+  std::vector<double> step(int tok, int pos, const std::vector<std::vector<int>>* sel_h,
+                           const std::vector<std::vector<int>>* sel_n, std::vector<std::vector<double>>* att_in = nullptr,
+                           std::vector<std::vector<double>>* mlp_in = nullptr) {
+    std::vector<double> x(d);
+    for (int i = 0; i < d; i++) x[i] = (double)E[(size_t)tok * d + i] + P[(size_t)(pos + 2) * d + i];
+    for (int l = 0; l < L; l++) {
+      Lw& w = layers[l];
+      if (att_in) (*att_in)[l] = x;
+      std::vector<float> xf(x.begin(), x.end());
+      std::vector<double> xn;
+      ref_layernorm(xf.data(), w.ln1_g.data(), w.ln1_b.data(), d, 1e-5f, xn);
+      std::vector<int> heads;
+      if (sel_h && !(*sel_h)[l].empty()) heads = (*sel_h)[l];
+      else for (int h = 0; h < H; h++) heads.push_back(h);
+      std::vector<double> attn(d, 0);
+      if (kv_all)
+        for (int h = 0; h < H; h++) {
+          for (int i = 0; i < hd; i++) {
+            int r = h * hd + i;
+            size_t ci = ((size_t)h * maxT + pos) * hd + i;
+            K[l][ci] = ref_dot(&w.kw[(size_t)r * d], xn.data(), d) + w.kb[r];
+            Vc[l][ci] = ref_dot(&w.vw[(size_t)r * d], xn.data(), d) + w.vb[r];
+          }
+          valid[l][(size_t)h * maxT + pos] = 1;
+        }
+      for (int h : heads) {
+        std::vector<double> q(hd);
+        for (int i = 0; i < hd; i++) {
+          int r = h * hd + i;
+          q[i] = (ref_dot(&w.qw[(size_t)r * d], xn.data(), d) + w.qb[r]) / std::sqrt((double)hd);
+          size_t ci = ((size_t)h * maxT + pos) * hd + i;
+          K[l][ci] = ref_dot(&w.kw[(size_t)r * d], xn.data(), d) + w.kb[r];
+          Vc[l][ci] = ref_dot(&w.vw[(size_t)r * d], xn.data(), d) + w.vb[r];
+        }
+        valid[l][(size_t)h * maxT + pos] = 1;
+        std::vector<double> s(pos + 1, 0);
+        double m = -1e300, z = 0;
+        for (int t = 0; t <= pos; t++) {
+          if (!valid[l][(size_t)h * maxT + t]) continue;
+          double v = 0;
+          for (int i = 0; i < hd; i++) v += q[i] * K[l][((size_t)h * maxT + t) * hd + i];
+          s[t] = v;
+          m = std::max(m, v);
+        }
+        for (int t = 0; t <= pos; t++) { s[t] = valid[l][(size_t)h * maxT + t] ? std::exp(s[t] - m) : 0; z += s[t]; }
+        for (int i = 0; i < hd; i++) {
+          double a = 0;
+          for (int t = 0; t <= pos; t++) a += s[t] * Vc[l][((size_t)h * maxT + t) * hd + i];
+          attn[h * hd + i] = a / z;
+        }
+      }
+      for (int o = 0; o < d; o++) {
+        double s = w.ob[o];
+        for (int h : heads) for (int i = 0; i < hd; i++) s += (double)w.ow[(size_t)o * d + h * hd + i] * attn[h * hd + i];
+        x[o] += s;
+      }
+      if (mlp_in) (*mlp_in)[l] = x;
+      xf.assign(x.begin(), x.end());
+      ref_layernorm(xf.data(), w.ln2_g.data(), w.ln2_b.data(), d, 1e-5f, xn);
+      std::vector<int> neurons;
+      if (sel_n && !(*sel_n)[l].empty()) neurons = (*sel_n)[l];
+      else for (int j = 0; j < ffn; j++) neurons.push_back(j);
+      std::vector<double> hval(neurons.size());
+      for (size_t jj = 0; jj < neurons.size(); jj++) {
+        int j = neurons[jj];
+        hval[jj] = std::max(0.0, ref_dot(&w.w1[(size_t)j * d], xn.data(), d) + w.b1[j]);
+      }
+      for (int o = 0; o < d; o++) {
+        double s = w.b2[o];
+        for (size_t jj = 0; jj < neurons.size(); jj++) s += (double)w.w2[(size_t)o * ffn + neurons[jj]] * hval[jj];
+        x[o] += s;
+      }
+    }
+    std::vector<float> xf(x.begin(), x.end());
+    std::vector<double> xn;
+    ref_layernorm(xf.data(), lnf_g.data(), lnf_b.data(), d, 1e-5f, xn);
+    std::vector<double> logits(V);
+    for (int j = 0; j < V; j++) logits[j] = ref_dot(&E[(size_t)j * d], xn.data(), d);
+    return logits;
+  }
+};
+
+
+static void test_engine(int hd) {
+  RefModel m;
+  m.V = 512; m.d = 8 * hd; m.L = 3; m.H = 8; m.hd = hd; m.ffn = 4 * m.d; m.maxpos = 64; m.maxT = 40;
+  int d = m.d, ffn = m.ffn;
+  printf("engine: random OPT d=%d H=%d hd=%d ffn=%d L=%d vocab=%d\n", d, m.H, hd, ffn, m.L, m.V);
+  void* e = dj_create(m.V, d, m.L, m.H, ffn, m.maxpos, m.maxT, 1e-5f);
+  if (!e) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
+  float sd = 1.f / std::sqrt((float)d), sf = 1.f / std::sqrt((float)ffn);
+  m.E = r16(randv((size_t)m.V * d, 0.5f)); m.P = r16(randv((size_t)(m.maxpos + 2) * d, 0.1f));
+  m.lnf_g = randv(d, 0.1f, 1.f); m.lnf_b = randv(d, 0.02f);
+  API_OK(dj_upload(e, T_EMBED, 0, m.E.data(), m.E.size()));
+  API_OK(dj_upload(e, T_POS, 0, m.P.data(), m.P.size()));
+  API_OK(dj_upload(e, T_LNF_W, 0, m.lnf_g.data(), d));
+  API_OK(dj_upload(e, T_LNF_B, 0, m.lnf_b.data(), d));
+  m.layers.resize(m.L);
+  for (int l = 0; l < m.L; l++) {
+    auto& w = m.layers[l];
+    w.ln1_g = randv(d, 0.1f, 1.f); w.ln1_b = randv(d, 0.02f); w.ln2_g = randv(d, 0.1f, 1.f); w.ln2_b = randv(d, 0.02f);
+    w.qw = r16(randv((size_t)d * d, sd)); w.kw = r16(randv((size_t)d * d, sd)); w.vw = r16(randv((size_t)d * d, sd));
+    w.ow = r16(randv((size_t)d * d, sd)); w.w1 = r16(randv((size_t)ffn * d, sd)); w.w2 = r16(randv((size_t)d * ffn, sf));
+    w.qb = randv(d, 0.02f); w.kb = randv(d, 0.02f); w.vb = randv(d, 0.02f); w.ob = randv(d, 0.02f);
+    w.b1 = randv(ffn, 0.02f); w.b2 = randv(d, 0.02f);
+    API_OK(dj_upload(e, T_LN1_W, l, w.ln1_g.data(), d)); API_OK(dj_upload(e, T_LN1_B, l, w.ln1_b.data(), d));
+    API_OK(dj_upload(e, T_LN2_W, l, w.ln2_g.data(), d)); API_OK(dj_upload(e, T_LN2_B, l, w.ln2_b.data(), d));
+    API_OK(dj_upload(e, T_Q_W, l, w.qw.data(), w.qw.size())); API_OK(dj_upload(e, T_Q_B, l, w.qb.data(), d));
+    API_OK(dj_upload(e, T_K_W, l, w.kw.data(), w.kw.size())); API_OK(dj_upload(e, T_K_B, l, w.kb.data(), d));
+    API_OK(dj_upload(e, T_V_W, l, w.vw.data(), w.vw.size())); API_OK(dj_upload(e, T_V_B, l, w.vb.data(), d));
+    API_OK(dj_upload(e, T_O_W, l, w.ow.data(), w.ow.size())); API_OK(dj_upload(e, T_O_B, l, w.ob.data(), d));
+    API_OK(dj_upload(e, T_FC1_W, l, w.w1.data(), w.w1.size())); API_OK(dj_upload(e, T_FC1_B, l, w.b1.data(), ffn));
+    API_OK(dj_upload(e, T_FC2_W, l, w.w2.data(), w.w2.size())); API_OK(dj_upload(e, T_FC2_B, l, w.b2.data(), d));
+  }
+  // Predictors for the sparse graph: attention of layer l from att_in of l-1 (lookahead; layer 0 from its own),
+  // MLP from att_in of the same layer (runs beside attention). Rank 16, k = 3 heads / 10% neurons.
+  int rank = 16, kH = 3, kM = ffn / 10;
+  std::vector<std::vector<float>> pa1(m.L), pa2(m.L), pm1(m.L), pm2(m.L);
+  for (int l = 0; l < m.L; l++) {
+    pa1[l] = r16(randv((size_t)rank * d, sd)); pa2[l] = r16(randv((size_t)m.H * rank, 0.25f));
+    pm1[l] = r16(randv((size_t)rank * d, sd)); pm2[l] = r16(randv((size_t)ffn * rank, 0.25f));
+    API_OK(dj_set_predictor(e, l, 0, TAP_ATT_IN, l > 0 ? l - 1 : 0, pa1[l].data(), pa2[l].data(), rank, kH, l == 1));
+    API_OK(dj_set_predictor(e, l, 1, TAP_ATT_IN, l, pm1[l].data(), pm2[l].data(), rank, kM, l == 2));
+  }
+  API_OK(dj_build(e));
+  int counts[4];
+  for (int md = 0; md < 4; md++) API_OK(dj_graph_kernels(e, md, &counts[md]));
+  printf("  kernels per step: dense %d, sparse %d, fixed %d, predictors-only %d\n", counts[0], counts[1], counts[2], counts[3]);
+
+  std::vector<int> prompt(12);
+  for (auto& t : prompt) t = rng() % m.V;
+  int n_prompt = (int)prompt.size(), gen = 8;
+  std::vector<float> gl(m.V);
+  // ---- dense: prompt + greedy generation by graph replays, logits compared at every step ----
+  API_OK(dj_set_prompt(e, prompt.data(), n_prompt));
+  m.reset();
+  std::vector<int> toks = prompt;
+  std::vector<float> all_g;
+  std::vector<double> all_r;
+  bool tokens_ok = true;
+  for (int pos = 0; pos < n_prompt + gen; pos++) {
+    API_OK(dj_run(e, M_DENSE, 1, nullptr));
+    API_OK(dj_get_logits(e, gl.data()));
+    auto rl = m.step(toks[pos], pos, nullptr, nullptr);
+    all_g.insert(all_g.end(), gl.begin(), gl.end());
+    all_r.insert(all_r.end(), rl.begin(), rl.end());
+    int am = (int)(std::max_element(gl.begin(), gl.end()) - gl.begin());
+    if (pos + 1 >= n_prompt) toks.push_back(am);  // continue on the GPU's own choice
+    int p2;
+    std::vector<int> dt(m.maxT + 1);
+    API_OK(dj_get_state(e, &p2, dt.data(), m.maxT + 1));
+    tokens_ok &= p2 == pos + 1 && (pos + 1 >= (int)toks.size() || dt[pos + 1] == toks[pos + 1]);
+  }
+  expect("dense decode (prompt 12 + 8 greedy), logits every step", all_g, all_r);
+  expect_true("  ... device state: positions and greedy tokens follow the graph", tokens_ok);
+
+  // ---- sparse, fixed selections changing every step, under both KV policies ----
+  for (int policy = 1; policy >= 0; policy--) {
+  API_OK(dj_set_kv_policy(e, policy));
+  API_OK(dj_build(e));
+  m.kv_all = policy == 1;
+  API_OK(dj_set_pos(e, n_prompt));
+  m.reset();
+  for (int pos = 0; pos < n_prompt; pos++) m.step(toks[pos], pos, nullptr, nullptr);
+  all_g.clear(); all_r.clear();
+  for (int pos = n_prompt; pos < n_prompt + gen; pos++) {
+    std::vector<std::vector<int>> sh(m.L), sn(m.L);
+    for (int l = 0; l < m.L; l++) {
+      std::vector<int> hh(m.H), nn(ffn);
+      for (int i = 0; i < m.H; i++) hh[i] = i;
+      for (int i = 0; i < ffn; i++) nn[i] = i;
+      std::shuffle(hh.begin(), hh.end(), rng);
+      std::shuffle(nn.begin(), nn.end(), rng);
+      sh[l].assign(hh.begin(), hh.begin() + kH);
+      sn[l].assign(nn.begin(), nn.begin() + kM);
+      API_OK(dj_set_selection(e, l, sh[l].data(), kH, sn[l].data(), kM));
+    }
+    API_OK(dj_run(e, M_FIXED, 1, nullptr));
+    API_OK(dj_get_logits(e, gl.data()));
+    auto rl = m.step(toks[pos], pos, &sh, &sn);
+    all_g.insert(all_g.end(), gl.begin(), gl.end());
+    all_r.insert(all_r.end(), rl.begin(), rl.end());
+    int am = (int)(std::max_element(gl.begin(), gl.end()) - gl.begin());
+    toks[pos + 1] = am;
+  }
+  expect(policy ? "sparse fixed, KV policy all (3/8 heads, 10% neurons, new picks/step)" : "sparse fixed, KV policy selected (masked holes), new picks/step", all_g, all_r);
+
+  }
+  m.kv_all = false;
+  // ---- sparse with predictors on the GPU: selections read back, fed to the reference; predictor picks checked ----
+  API_OK(dj_set_pos(e, n_prompt));
+  m.reset();
+  for (int pos = 0; pos < n_prompt; pos++) m.step(toks[pos], pos, nullptr, nullptr);
+  all_g.clear(); all_r.clear();
+  int pick_mismatch = 0, picks = 0;
+  std::vector<std::vector<double>> att_in(m.L), mlp_in(m.L);
+  for (int pos = n_prompt; pos < n_prompt + gen; pos++) {
+    API_OK(dj_run(e, M_SPARSE, 1, nullptr));
+    API_OK(dj_get_logits(e, gl.data()));
+    std::vector<std::vector<int>> sh(m.L), sn(m.L);
+    for (int l = 0; l < m.L; l++) {
+      sh[l].resize(kH); sn[l].resize(kM);
+      API_OK(dj_get_selection(e, l, sh[l].data(), sn[l].data()));
+    }
+    auto rl = m.step(toks[pos], pos, &sh, &sn, &att_in, &mlp_in);
+    // The picks the reference predictors make from the reference taps (may differ only at near-ties).
+    for (int l = 0; l < m.L; l++) {
+      auto topk = [&](const std::vector<float>& w1, const std::vector<float>& w2, std::vector<double> x, int n, int k, bool norm) {
+        if (norm) {  // parameter-free LayerNorm
+          std::vector<float> xf(x.begin(), x.end()), one(d, 1.f), zero(d, 0.f);
+          ref_layernorm(xf.data(), one.data(), zero.data(), d, 1e-5f, x);
+        }
+        std::vector<double> t(rank), s(n);
+        for (int r = 0; r < rank; r++) t[r] = ref_dot(&w1[(size_t)r * d], x.data(), d);
+        for (int j = 0; j < n; j++) { double v = 0; for (int r = 0; r < rank; r++) v += (double)w2[(size_t)j * rank + r] * (float)t[r]; s[j] = v; }
+        std::vector<int> idx(n);
+        for (int i = 0; i < n; i++) idx[i] = i;
+        std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return s[a] > s[b]; });
+        std::vector<int> out(idx.begin(), idx.begin() + k);
+        std::sort(out.begin(), out.end());
+        return out;
+      };
+      auto ra = topk(pa1[l], pa2[l], att_in[l > 0 ? l - 1 : 0], m.H, kH, l == 1);
+      auto rm = topk(pm1[l], pm2[l], att_in[l], ffn, kM, l == 2);
+      for (int i = 0; i < kH; i++) pick_mismatch += !std::binary_search(ra.begin(), ra.end(), sh[l][i]);
+      for (int i = 0; i < kM; i++) pick_mismatch += !std::binary_search(rm.begin(), rm.end(), sn[l][i]);
+      picks += kH + kM;
+    }
+    all_g.insert(all_g.end(), gl.begin(), gl.end());
+    all_r.insert(all_r.end(), rl.begin(), rl.end());
+    toks[pos + 1] = (int)(std::max_element(gl.begin(), gl.end()) - gl.begin());
+  }
+  expect("sparse with GPU predictors + top-k (same picks given to ref)", all_g, all_r);
+  printf("  predictor picks differing from the fp64 reference's: %d of %d\n", pick_mismatch, picks);
+  expect_true("  ... picks agree (<= 1% differ, near-ties only)", pick_mismatch * 100 <= picks);
+  dj_destroy(e);
+}
+
+int main(int argc, char** argv) {
+  uint64_t seed = argc > 1 ? strtoull(argv[1], nullptr, 10)
+                           : (uint64_t)std::chrono::high_resolution_clock::now().time_since_epoch().count();
+  rng.seed(seed);
+  char name[256];
+  int n;
+  long long mem;
+  API_OK(dj_device_info(name, sizeof name, &n, &mem));
+  printf("cuda-check on %s (%d SMs, %.1f GiB), seed %llu\n", name, n, mem / 1073741824.0, (unsigned long long)seed);
+  test_embed();
+  test_rows(384, 1000, 1000, false, MAP_ID, EPI_PLAIN, "rows K=384 n=1000 plain");
+  test_rows(5120, 3000, 3000, true, MAP_ID, EPI_PLAIN, "rows K=5120 n=3000 LN prologue");
+  test_rows(5120, 20480, 1024, true, MAP_LIST, EPI_RELU, "rows K=5120 gathered 1024 of 20480 (fc1) LN+ReLU");
+  test_rows(5120, 128, 128, false, MAP_ID, EPI_PLAIN, "rows K=5120 n=128 (predictor w1, split rows)");
+  test_rows(64, 500, 500, false, MAP_ID, EPI_PLAIN, "rows K=64 n=500 (short rows)");
+  test_rows(9216, 777, 777, true, MAP_ID, EPI_RELU, "rows K=9216 n=777 LN+ReLU");
+  test_qkv(384, 12, 12, false);
+  test_qkv(384, 12, 5, true);
+  test_qkv(1024, 8, 3, true);
+  test_cols(5120, 5120, MAP_ID, 0, 128, "cols dense 5120->5120 (out_proj^T) + bias + residual");
+  test_cols(5120, 5120, MAP_QKV, 8, 128, "cols 8 of 40 heads (out_proj^T rows) + residual");
+  test_cols(20480, 5120, MAP_LIST, 1024, 128, "cols 1024 of 20480 neurons (fc2^T rows) + residual");
+  test_cols(1536, 384, MAP_LIST, 150, 32, "cols 150 of 1536 neurons d=384");
+  test_cols(1000, 9216, MAP_LIST, 13, 128, "cols 13 rows d=9216");
+  test_attention<128>(40, 40, 256, false);
+  test_attention<128>(40, 8, 200, true);
+  test_attention<64>(16, 5, 37, true);
+  test_attention<32>(12, 12, 1, false);
+  test_attention<32>(12, 6, 129, true);
+  test_topk(40, 128, 8);
+  test_topk(20480, 128, 1024);
+  test_topk(36864, 256, 1843);
+  test_topk(1536, 16, 154);
+  test_topk(100, 8, 100);
+  test_lmhead(50272, 5120, 1, 3);
+  test_lmhead(8192, 384, 10, 3);
+  test_engine(32);
+  test_engine(128);
+  printf("cuda-check: %s (%d failures, worst relative error %.2e)\n", failures ? "FAILED" : "PASSED", failures, worst);
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,149 @@
+/**
+ * koffi binding to runtime/cuda/build/libdejavu_cuda.so (built by `npm run build:cuda`). Thin: one JS function per C
+ * entry point, each turning a non-zero status into a DejavuError with the library's message. No tfjs, no arrow: this
+ * module runs on the GPU machine with a pruned node_modules (koffi only).
+ */
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DejavuError } from '../../common/errors.js';
+
+/** Decode modes, one CUDA graph each (engine.cu `Mode`). */
+export const MODE = { dense: 0, sparse: 1, fixed: 2, predictors: 3 } as const;
+export type Mode = keyof typeof MODE;
+
+/** Tensor ids for `upload` (engine.cu `Tensor`). */
+export const TENSOR = {
+  embed: 0, positions: 1, lnfW: 2, lnfB: 3, lmHead: 4,
+  ln1W: 10, ln1B: 11, qW: 12, qB: 13, kW: 14, kB: 15, vW: 16, vB: 17, oW: 18, oB: 19,
+  ln2W: 20, ln2B: 21, fc1W: 22, fc1B: 23, fc2W: 24, fc2B: 25,
+} as const;
+
+/** Where the residual stream is read by a predictor. */
+export const TAP = { att_in: 0, mlp_in: 1 } as const;
+
+type Fn = (...args: unknown[]) => unknown;
+
+export interface CudaLib {
+  path: string;
+  deviceInfo(): { name: string; sms: number; memBytes: number };
+  create(c: { vocab: number; d: number; layers: number; heads: number; ffn: number; maxPos: number; maxT: number; eps: number }): unknown;
+  destroy(h: unknown): void;
+  fillRandom(h: unknown, seed: number): void;
+  upload(h: unknown, tensor: number, layer: number, data: Float32Array): void;
+  setK(h: unknown, layer: number, kH: number, kM: number): void;
+  setSelection(h: unknown, layer: number, heads: Int32Array, neurons: Int32Array): void;
+  getSelection(h: unknown, layer: number, heads: Int32Array, neurons: Int32Array): void;
+  /** w1/w2 null = random predictor weights (shape benchmarks). */
+  setPredictor(h: unknown, layer: number, target: 0 | 1, tap: number, srcLayer: number, w1: Float32Array | null, w2: Float32Array | null, rank: number, k: number): void;
+  build(h: unknown): void;
+  graphKernels(h: unknown, mode: Mode): number;
+  setPrompt(h: unknown, ids: Int32Array): void;
+  setPos(h: unknown, pos: number): void;
+  getState(h: unknown, tokens: Int32Array): number;
+  getLogits(h: unknown, out: Float32Array): void;
+  /** Replay `steps` decode steps; returns device milliseconds (CUDA events). */
+  run(h: unknown, mode: Mode, steps: number): number;
+  copyBandwidth(bytes: number, reps: number): number;
+}
+
+export function defaultLibPath(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  // Source tree (runtime/cuda) or compiled tree (dist/runtime/cuda, .devnm/dist/runtime/cuda): the .so lives in the
+  // source tree's runtime/cuda/build/.
+  const candidates = [
+    process.env.DEJAVU_CUDA_LIB,
+    join(here, 'build', 'libdejavu_cuda.so'),
+    resolve(here, '..', '..', '..', 'runtime', 'cuda', 'build', 'libdejavu_cuda.so'),
+    resolve(here, '..', '..', '..', '..', 'runtime', 'cuda', 'build', 'libdejavu_cuda.so'),
+  ].filter((p): p is string => !!p);
+  return candidates.find((p) => existsSync(p)) ?? candidates[candidates.length - 1];
+}
+
+let cached: CudaLib | undefined;
+
+export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
+  if (cached) return cached;
+  if (!existsSync(path))
+    throw new DejavuError(`${path}: CUDA library not built; run \`npm run build:cuda\` on a machine with nvcc (CUDA 12+) and an sm_90 GPU`);
+  const koffi = (await import('koffi')).default;
+  let lib: { func(def: string): Fn };
+  try {
+    lib = koffi.load(path) as unknown as { func(def: string): Fn };
+  } catch (e) {
+    throw new DejavuError(`${path}: cannot load the CUDA library (${(e as Error).message}); is the NVIDIA driver installed?`);
+  }
+  const f = (def: string) => lib.func(def);
+  const lastError = f('const char* dj_last_error()');
+  const ok = (what: string, rc: unknown) => {
+    if (rc !== 0) throw new DejavuError(`${path}: ${what} failed: ${lastError() as string}`);
+  };
+  const c = {
+    deviceInfo: f('int dj_device_info(_Out_ uint8_t* name, int n, _Out_ int* sms, _Out_ int64_t* mem)'),
+    create: f('void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, float eps)'),
+    destroy: f('int dj_destroy(void* e)'),
+    fillRandom: f('int dj_fill_random(void* e, uint32_t seed)'),
+    upload: f('int dj_upload(void* e, int tensor, int layer, const float* data, int64_t n)'),
+    setK: f('int dj_set_k(void* e, int layer, int kH, int kM)'),
+    setSelection: f('int dj_set_selection(void* e, int layer, const int* heads, int kH, const int* neurons, int kM)'),
+    getSelection: f('int dj_get_selection(void* e, int layer, int* heads, int* neurons)'),
+    setPredictor: f('int dj_set_predictor(void* e, int layer, int target, int tap, int src, const float* w1, const float* w2, int rank, int k)'),
+    build: f('int dj_build(void* e)'),
+    graphKernels: f('int dj_graph_kernels(void* e, int mode, _Out_ int* count)'),
+    setPrompt: f('int dj_set_prompt(void* e, const int* ids, int n)'),
+    setPos: f('int dj_set_pos(void* e, int pos)'),
+    getState: f('int dj_get_state(void* e, _Out_ int* pos, int* tokens, int n)'),
+    getLogits: f('int dj_get_logits(void* e, float* out)'),
+    run: f('int dj_run(void* e, int mode, int steps, float* ms)'),
+    copyBandwidth: f('int dj_copy_bandwidth(int64_t bytes, int reps, _Out_ double* gbps)'),
+  };
+  cached = {
+    path,
+    deviceInfo() {
+      const name = Buffer.alloc(256);
+      const sms = [0];
+      const mem = [0];
+      ok('dj_device_info', c.deviceInfo(name, 256, sms, mem));
+      return { name: name.toString('utf8').replace(/\0.*$/s, ''), sms: Number(sms[0]), memBytes: Number(mem[0]) };
+    },
+    create(cfg) {
+      const h = c.create(cfg.vocab, cfg.d, cfg.layers, cfg.heads, cfg.ffn, cfg.maxPos, cfg.maxT, cfg.eps);
+      if (!h) throw new DejavuError(`${path}: dj_create failed: ${lastError() as string}`);
+      return h;
+    },
+    destroy: (h) => void c.destroy(h),
+    fillRandom: (h, seed) => ok('dj_fill_random', c.fillRandom(h, seed)),
+    upload: (h, tensor, layer, data) => ok(`dj_upload(tensor ${tensor}, layer ${layer})`, c.upload(h, tensor, layer, data, data.length)),
+    setK: (h, layer, kH, kM) => ok('dj_set_k', c.setK(h, layer, kH, kM)),
+    setSelection: (h, layer, heads, neurons) =>
+      ok('dj_set_selection', c.setSelection(h, layer, heads, heads.length, neurons, neurons.length)),
+    getSelection: (h, layer, heads, neurons) => ok('dj_get_selection', c.getSelection(h, layer, heads, neurons)),
+    setPredictor: (h, layer, target, tap, src, w1, w2, rank, k) =>
+      ok('dj_set_predictor', c.setPredictor(h, layer, target, tap, src, w1, w2, rank, k)),
+    build: (h) => ok('dj_build', c.build(h)),
+    graphKernels(h, mode) {
+      const n = [0];
+      ok('dj_graph_kernels', c.graphKernels(h, MODE[mode], n));
+      return n[0];
+    },
+    setPrompt: (h, ids) => ok('dj_set_prompt', c.setPrompt(h, ids, ids.length)),
+    setPos: (h, pos) => ok('dj_set_pos', c.setPos(h, pos)),
+    getState(h, tokens) {
+      const pos = [0];
+      ok('dj_get_state', c.getState(h, pos, tokens, tokens.length));
+      return pos[0];
+    },
+    getLogits: (h, out) => ok('dj_get_logits', c.getLogits(h, out)),
+    run(h, mode, steps) {
+      const ms = new Float32Array(1);
+      ok(`dj_run(${mode})`, c.run(h, MODE[mode], steps, ms));
+      return ms[0];
+    },
+    copyBandwidth(bytes, reps) {
+      const g = [0];
+      ok('dj_copy_bandwidth', c.copyBandwidth(bytes, reps, g));
+      return g[0];
+    },
+  };
+  return cached;
+}
