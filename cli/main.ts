@@ -7,8 +7,10 @@ import { Command, CommanderError } from 'commander';
 import { DejavuError } from '../common/errors.js';
 // --- command registrations (one line per command module) ---
 // (helpers: add `import { register as registerX } from './commands/x.js';` here and a call below)
+import { register as registerTrain } from './commands/train.js';
 import { register as registerCollect } from './commands/collect.js';
 import { register as registerBench } from './commands/bench.js';
+import { register as registerExport } from './commands/export.js';
 
 const program = new Command();
 program
@@ -18,8 +20,10 @@ program
   .showHelpAfterError();
 
 // --- register calls ---
+registerTrain(program);
 registerCollect(program);
 registerBench(program);
+registerExport(program);
 
 program.exitOverride();
 try {

@@ -1,0 +1,199 @@
+/**
+ * `dejavu export`: a train output folder (metrics.json + layer_XX.{mlp|attn}.safetensors) -> a bundle (bundle.ts).
+ *
+ * Per (layer, target) the k a decode step keeps is chosen from validation metrics: `--recall 0.99` -> ceil(k99),
+ * `--recall 0.95` -> ceil(k95) (k_Q = mean over validation tokens of the smallest per-token top-k holding Q of the
+ * true positives, train/metrics.ts), or fixed with --mlp-k / --heads-k. A target without a predictor file and without
+ * a metrics entry is marked dense; one with only one of the two is an incomplete training run and is refused.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { SafetensorsFile, type TensorToWrite } from '../checkpoints/safetensors.js';
+import type { OptCheckpoint } from '../checkpoints/types.js';
+import { DejavuError } from '../common/errors.js';
+import {
+  BUNDLE_FORMAT,
+  BUNDLE_VERSION,
+  tensorName,
+  writeBundle,
+  type BundleManifest,
+  type LayerTargetEntry,
+  type Target,
+} from './bundle.js';
+
+export interface ExportOptions {
+  predictors: string;
+  out: string;
+  /** 0.99 or 0.95: pick k from k99 / k95. Default 0.99 when no fixed k is given for a target. */
+  recall?: number;
+  mlpK?: number;
+  headsK?: number;
+}
+
+interface MetricsLayer {
+  layer: number;
+  target: Target;
+  [key: string]: unknown;
+}
+
+const pad = (l: number) => String(l).padStart(2, '0');
+export const predictorFile = (dir: string, layer: number, target: Target) => join(dir, `layer_${pad(layer)}.${target}.safetensors`);
+
+/** Read train's metrics.json: `{model_fingerprint, layers: [{layer, target, k95, k99, ...}]}`. */
+export function readMetrics(dir: string): { model_fingerprint: string; args?: unknown; layers: MetricsLayer[] } {
+  const path = join(dir, 'metrics.json');
+  if (!existsSync(dir)) throw new DejavuError('predictors folder not found', dir);
+  if (!existsSync(path)) throw new DejavuError('missing metrics.json (not a train output folder, or training did not finish)', path);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new DejavuError(`invalid JSON (${(e as Error).message})`, path);
+  }
+  const m = raw as { model_fingerprint?: unknown; layers?: unknown };
+  if (typeof m?.model_fingerprint !== 'string') throw new DejavuError('model_fingerprint missing', path);
+  if (!Array.isArray(m.layers)) throw new DejavuError('layers must be an array', path);
+  m.layers.forEach((e: MetricsLayer, i: number) => {
+    if (!Number.isInteger(e?.layer) || (e.target !== 'mlp' && e.target !== 'attn')) {
+      throw new DejavuError(`layers[${i}] needs an integer layer and target mlp|attn`, path);
+    }
+  });
+  return m as { model_fingerprint: string; layers: MetricsLayer[] };
+}
+
+export interface ExportSummary {
+  bundle: string;
+  model_fingerprint: string;
+  layers: {
+    layer: number;
+    mlp: { dense: true } | { k: number; density: number; rank: number; input: string; lookahead: number; k_rule: string; recall: number | null };
+    attn: { dense: true } | { k: number; density: number; rank: number; input: string; lookahead: number; k_rule: string; recall: number | null };
+  }[];
+  /** Mean over layers of k/ffn (dense layers count 1). */
+  mlp_density: number;
+  head_density: number;
+}
+
+export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSummary {
+  const c = ckpt.config;
+  const d = c.hiddenSize;
+  if (o.recall !== undefined && o.recall !== 0.99 && o.recall !== 0.95) {
+    throw new DejavuError(`${o.recall} is not supported: metrics.json has k95 and k99, so use 0.95 or 0.99 (or --mlp-k/--heads-k)`, '--recall');
+  }
+  const recall = o.recall ?? 0.99;
+  const metrics = readMetrics(o.predictors);
+  const mpath = join(o.predictors, 'metrics.json');
+  if (metrics.model_fingerprint !== ckpt.fingerprint) {
+    throw new DejavuError(
+      `predictors were trained for model fingerprint ${metrics.model_fingerprint.slice(0, 16)}…, but ${ckpt.dir} has ${ckpt.fingerprint.slice(0, 16)}…`,
+      mpath,
+    );
+  }
+  const tensors: Record<string, TensorToWrite> = {};
+  const layers: BundleManifest['layers'] = [];
+  const summary: ExportSummary['layers'] = [];
+  let mlpDen = 0;
+  let headDen = 0;
+
+  for (let l = 0; l < c.numLayers; l++) {
+    const entry = {} as Record<Target, LayerTargetEntry>;
+    const sum = {} as Record<Target, ExportSummary['layers'][number]['mlp']>;
+    for (const target of ['mlp', 'attn'] as const) {
+      const out = target === 'mlp' ? c.ffnDim : c.numHeads;
+      const file = predictorFile(o.predictors, l, target);
+      const m = metrics.layers.find((e) => e.layer === l && e.target === target);
+      const haveFile = existsSync(file);
+      if (!haveFile && !m) {
+        entry[target] = { dense: true, reason: 'no predictor trained' };
+        sum[target] = { dense: true };
+        if (target === 'mlp') mlpDen += 1;
+        else headDen += 1;
+        continue;
+      }
+      if (!haveFile) throw new DejavuError(`metrics.json lists layer ${l} ${target} but its predictor file is missing (training incomplete?)`, file);
+      if (!m) throw new DejavuError(`predictor file present but metrics.json has no entry for layer ${l} ${target}`, mpath);
+
+      const st = SafetensorsFile.open(file);
+      try {
+        const meta = st.metadata;
+        if (meta.model_fingerprint !== ckpt.fingerprint) {
+          throw new DejavuError(`predictor was trained for another model (fingerprint ${String(meta.model_fingerprint).slice(0, 16)}…)`, file);
+        }
+        if (meta.target !== target || Number(meta.layer) !== l) {
+          throw new DejavuError(`metadata says layer ${meta.layer} ${meta.target}, the file name says layer ${l} ${target}`, file);
+        }
+        const input = meta.input;
+        if (input !== 'att_in' && input !== 'mlp_in') throw new DejavuError(`metadata input is ${JSON.stringify(input)}, expected att_in or mlp_in`, file);
+        const lookahead = Number(meta.lookahead);
+        if (!Number.isInteger(lookahead) || lookahead < 0 || lookahead > l) {
+          throw new DejavuError(`metadata lookahead ${JSON.stringify(meta.lookahead)} is not an integer in 0..${l}`, file);
+        }
+        const inputNorm = meta.input_norm ?? 'none';
+        if (inputNorm !== 'none' && inputNorm !== 'layernorm') throw new DejavuError(`metadata input_norm ${JSON.stringify(inputNorm)} unknown`, file);
+        const rank = Number(meta.rank);
+        const check = (name: 'w1' | 'w2', shape: [number, number]) => {
+          if (!st.has(name)) throw new DejavuError(`missing tensor ${name}`, file);
+          const s = st.info(name).shape;
+          if (s.length !== 2 || s[0] !== shape[0] || s[1] !== shape[1]) {
+            throw new DejavuError(`tensor ${name} has shape [${s.join(', ')}], expected [${shape.join(', ')}] (rank ${rank}, d ${d}, out ${out})`, file);
+          }
+        };
+        if (!Number.isInteger(rank) || rank < 1) throw new DejavuError(`metadata rank ${JSON.stringify(meta.rank)} is not a positive integer`, file);
+        check('w1', [rank, d]);
+        check('w2', [out, rank]);
+
+        const fixed = target === 'mlp' ? o.mlpK : o.headsK;
+        let k: number;
+        let rule: string;
+        if (fixed !== undefined) {
+          if (!Number.isInteger(fixed) || fixed < 1 || fixed > out) {
+            throw new DejavuError(`${fixed} must be an integer in 1..${out}`, target === 'mlp' ? '--mlp-k' : '--heads-k');
+          }
+          k = fixed;
+          rule = 'fixed';
+        } else {
+          const key = recall === 0.99 ? 'k99' : 'k95';
+          const kq = m[key];
+          if (typeof kq !== 'number' || !(kq >= 0)) throw new DejavuError(`layer ${l} ${target}: ${key} missing or not a number`, mpath);
+          k = Math.min(out, Math.max(1, Math.ceil(kq)));
+          rule = key;
+        }
+        const w1 = tensorName(l, target, 'w1');
+        const w2 = tensorName(l, target, 'w2');
+        tensors[w1] = { dtype: 'F16', shape: [rank, d], data: st.readFloat32('w1') };
+        tensors[w2] = { dtype: 'F16', shape: [out, rank], data: st.readFloat32('w2') };
+        const keep = ['recall', 'precision', 'f1', 'true_active', 'predicted_active', 'k95', 'k99', 'tokens', 'k_label'];
+        const mm: Record<string, number | null> = {};
+        for (const key of keep) if (key in m) mm[key] = typeof m[key] === 'number' ? (m[key] as number) : null;
+        entry[target] = { dense: false, input, lookahead, rank, k, k_rule: rule, input_norm: inputNorm, w1, w2, metrics: mm };
+        sum[target] = { k, density: k / out, rank, input, lookahead, k_rule: rule, recall: typeof m.recall === 'number' ? m.recall : null };
+        if (target === 'mlp') mlpDen += k / out;
+        else headDen += k / out;
+      } finally {
+        st.close();
+      }
+    }
+    layers.push({ layer: l, mlp: entry.mlp, attn: entry.attn });
+    summary.push({ layer: l, mlp: sum.mlp, attn: sum.attn });
+  }
+
+  const manifest: BundleManifest = {
+    format: BUNDLE_FORMAT,
+    version: BUNDLE_VERSION,
+    model_fingerprint: ckpt.fingerprint,
+    model: { n_layers: c.numLayers, d_model: d, n_heads: c.numHeads, head_dim: c.headDim, ffn_dim: c.ffnDim },
+    dtype: 'float16',
+    created: new Date().toISOString(),
+    source: { predictors: o.predictors, model: ckpt.dir, recall: o.mlpK !== undefined && o.headsK !== undefined ? null : recall, mlp_k: o.mlpK ?? null, heads_k: o.headsK ?? null, train_args: metrics.args ?? null },
+    layers,
+  };
+  writeBundle(o.out, manifest, tensors);
+  const r4 = (v: number) => Math.round(v * 1e4) / 1e4;
+  return {
+    bundle: o.out,
+    model_fingerprint: ckpt.fingerprint,
+    layers: summary,
+    mlp_density: r4(mlpDen / c.numLayers),
+    head_density: r4(headDen / c.numLayers),
+  };
+}
