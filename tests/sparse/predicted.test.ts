@@ -1,0 +1,154 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
+import type { TensorToWrite } from '../../checkpoints/safetensors.js';
+import type { OptCheckpoint } from '../../checkpoints/types.js';
+import { BUNDLE_FORMAT, BUNDLE_VERSION, loadBundle, tensorName, writeBundle, type Bundle, type BundleManifest } from '../../export/bundle.js';
+import { OptModel } from '../../runtime/cpu/model.js';
+import { topK } from '../../runtime/sparse/kernels.js';
+import { SparseOptModel } from '../../runtime/sparse/model.js';
+import { predictorScores } from '../../runtime/sparse/predictor.js';
+import { sparseModePerplexity, densePerplexity } from '../../runtime/sparse/ppl.js';
+import { loadTokenizer } from '../../datasets/tokenizer.js';
+import { HAVE_FIXTURES, OPT_MINI } from '../helpers/fixtures.js';
+
+function rand(n: number, seed: number, scale: number): Float32Array {
+  let s = seed >>> 0;
+  return Float32Array.from({ length: n }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return (s / 2 ** 32 - 0.5) * scale;
+  });
+}
+
+const IDS = Int32Array.from({ length: 20 }, (_, i) => (i === 0 ? 2 : (i * 7919 + 13) % 8192));
+
+describe('predictor application', () => {
+  it('scores = w2 (w1 LN(x)) and top-k of them', () => {
+    const d = 16,
+      r = 3,
+      out = 10;
+    const w1f = rand(r * d, 1, 1),
+      w2f = rand(out * r, 2, 1),
+      x = rand(d, 3, 4);
+    const s = predictorScores({ w1f, w2f, rank: r, out, input_norm: 'layernorm' }, x, new Float32Array(d), new Float32Array(r), new Float32Array(out));
+    const mean = x.reduce((a, b) => a + b, 0) / d;
+    const sd = Math.sqrt(x.reduce((a, b) => a + (b - mean) ** 2, 0) / d + 1e-5);
+    const xn = Array.from(x, (v) => (v - mean) / sd);
+    for (let o = 0; o < out; o++) {
+      let want = 0;
+      for (let j = 0; j < r; j++) {
+        let h = 0;
+        for (let i = 0; i < d; i++) h += w1f[j * d + i] * xn[i];
+        want += w2f[o * r + j] * h;
+      }
+      expect(s[o]).toBeCloseTo(want, 4);
+    }
+  });
+});
+
+describe.skipIf(!HAVE_FIXTURES)('predicted and oracle modes on opt-mini (random predictors)', () => {
+  let ckpt: OptCheckpoint;
+  let bundle: Bundle;
+  const root = mkdtempSync(join(tmpdir(), 'dejavu-pred-'));
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  beforeAll(async () => {
+    ckpt = await loadOptCheckpoint(OPT_MINI, { quiet: true });
+    const c = ckpt.config;
+    const tensors: Record<string, TensorToWrite> = {};
+    const layers: BundleManifest['layers'] = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      if (l === 0) {
+        layers.push({ layer: 0, mlp: { dense: true, reason: 'test' }, attn: { dense: true, reason: 'test' } });
+        continue;
+      }
+      const entry = (target: 'mlp' | 'attn', out: number, k: number) => {
+        const w1 = tensorName(l, target, 'w1');
+        const w2 = tensorName(l, target, 'w2');
+        tensors[w1] = { dtype: 'F16', shape: [8, c.hiddenSize], data: rand(8 * c.hiddenSize, l * 2 + 1, 0.2) };
+        tensors[w2] = { dtype: 'F16', shape: [out, 8], data: rand(out * 8, l * 2 + 2, 0.2) };
+        return {
+          dense: false as const,
+          input: (target === 'mlp' ? 'mlp_in' : 'att_in') as 'mlp_in' | 'att_in',
+          lookahead: target === 'mlp' ? 0 : 1,
+          rank: 8,
+          k,
+          k_rule: 'fixed',
+          input_norm: 'layernorm' as const,
+          w1,
+          w2,
+          metrics: {},
+        };
+      };
+      layers.push({ layer: l, mlp: entry('mlp', c.ffnDim, 200), attn: entry('attn', c.numHeads, 6) });
+    }
+    const dir = join(root, 'bundle');
+    writeBundle(
+      dir,
+      {
+        format: BUNDLE_FORMAT,
+        version: BUNDLE_VERSION,
+        model_fingerprint: ckpt.fingerprint,
+        model: { n_layers: c.numLayers, d_model: c.hiddenSize, n_heads: c.numHeads, head_dim: c.headDim, ffn_dim: c.ffnDim },
+        dtype: 'float16',
+        created: 'test',
+        source: {},
+        layers,
+      },
+      tensors,
+    );
+    bundle = loadBundle(dir, ckpt);
+  });
+
+  it('predicted mode keeps k per layer, and replaying its selections explicitly gives the same logits', () => {
+    const m = new SparseOptModel(ckpt, bundle, { mode: 'predicted' });
+    const replay = new SparseOptModel(ckpt, undefined, { mode: 'dense' });
+    const c1 = m.newCache(32);
+    const c2 = replay.newCache(32);
+    for (const id of IDS) {
+      const a = m.decodeStep(id, c1);
+      expect(m.lastNeurons[0]).toBeNull();
+      expect(m.lastNeurons[3]!.length).toBe(200);
+      expect(m.lastHeads[2]!.length).toBe(6);
+      const sel = { heads: m.lastHeads.map((h) => h?.slice()), neurons: m.lastNeurons.map((n) => n?.slice()) };
+      const b = replay.decodeStep(id, c2, sel);
+      expect(Array.from(b)).toEqual(Array.from(a));
+    }
+    const d = m.densities();
+    expect(d.mlp[0]).toBe(1);
+    expect(d.mlp[1]).toBeCloseTo(200 / 1536, 9);
+    expect(d.heads[5]).toBeCloseTo(0.5, 9);
+  });
+
+  it('the attention selection at layer l is the top-k of the predictor applied to layer l-1 input', () => {
+    // Layer 1's heads come from att_in of layer 0 = the embedding + position of the token, known without running.
+    const m = new SparseOptModel(ckpt, bundle, { mode: 'predicted' });
+    const cache = m.newCache(4);
+    m.decodeStep(IDS[0], cache);
+    const d = ckpt.config.hiddenSize;
+    const x = new Float32Array(d);
+    for (let i = 0; i < d; i++) x[i] = ckpt.weights.embedTokens[IDS[0] * d + i] + ckpt.weights.embedPositions[2 * d + i];
+    const p = bundle.attn[1]!;
+    const s = predictorScores(p, x, new Float32Array(d), new Float32Array(p.rank), new Float32Array(p.out));
+    expect(Array.from(m.lastHeads[1]!)).toEqual(Array.from(topK(s, p.out, p.k, new Int32Array(p.k))));
+  });
+
+  it('oracle and predicted perplexity run through the sparse step; k = everything reproduces dense', async () => {
+    const tok = await loadTokenizer(OPT_MINI);
+    const docs = [
+      tok.encode('The city council met on Tuesday evening to discuss the new budget for the public library and the parks.'),
+      tok.encode('Preheat the oven to 350 degrees. Mix the flour, sugar and butter in a large bowl until smooth.'),
+    ];
+    const dense = await densePerplexity(ckpt, docs, { quiet: true, dense: await OptModel.load(ckpt, { backend: 'js' }) });
+    const full = sparseModePerplexity(ckpt, bundle, docs, 'oracle', { quiet: true, mlpK: 1536, headsK: 12 });
+    expect(Math.abs(full.ppl / dense.ppl - 1)).toBeLessThan(1e-5);
+    expect(full.tokens).toBe(dense.tokens);
+    const oracle = sparseModePerplexity(ckpt, bundle, docs, 'oracle', { quiet: true, mlpK: 150 });
+    const pred = sparseModePerplexity(ckpt, bundle, docs, 'predicted', { quiet: true, mlpK: 150 });
+    // Random predictors pick poorly: worse than the oracle at the same k.
+    expect(pred.ppl).toBeGreaterThan(oracle.ppl);
+    expect(oracle.mlp_density_per_layer![2]).toBeCloseTo(150 / 1536, 9);
+  });
+});
