@@ -13,6 +13,13 @@ export function createReadStats(): ReadStats {
   return { documents: 0, skipped: 0, skippedExamples: [], files: [] };
 }
 
+/** The line commands print on stderr about skipped lines/rows, or null when nothing was skipped. */
+export function describeSkips(stats: ReadStats): string | null {
+  if (stats.skipped === 0) return null;
+  const more = stats.skipped > stats.skippedExamples.length ? `\n  ... and ${stats.skipped - stats.skippedExamples.length} more` : '';
+  return `skipped ${stats.skipped} malformed line${stats.skipped === 1 ? '' : 's'}/rows:\n  ${stats.skippedExamples.join('\n  ')}${more}`;
+}
+
 /** The raw records of one file, whatever its format. */
 function readFile(path: string, onSkip: OnSkip): AsyncGenerator<RawDoc> {
   const fmt = formatOf(path);

@@ -4,7 +4,7 @@ import { basename, join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DejavuError } from '../../common/errors.js';
-import { createReadStats, readDocuments } from '../../datasets/read.js';
+import { createReadStats, describeSkips, readDocuments } from '../../datasets/read.js';
 import type { Document, DocumentSelection, ReadStats } from '../../datasets/types.js';
 import { C4_TRAIN_JSON, C4_VALID_JSON, C4_VALID_PARQUET, HAVE_FIXTURES, REPO_ROOT } from '../helpers/fixtures.js';
 
@@ -51,6 +51,8 @@ describe('JSON lines (no shared fixtures needed)', () => {
       `${p}:line 5: "text" is not a string`,
       `${p}:line 6: not a JSON object`,
     ]);
+    expect(describeSkips(stats)).toBe(`skipped 4 malformed lines/rows:\n  ${stats.skippedExamples.join('\n  ')}`);
+    expect(describeSkips(createReadStats())).toBeNull();
   });
 
   it('.json (plain lines), byte order mark, CRLF line ends, .jsonl.gz and multi-member gzip read the same', async () => {
