@@ -1,0 +1,129 @@
+/**
+ * tfjs backend selection at run time. `auto` tries, in order: tfjs-node-gpu, tfjs-node (optionalDependencies, only
+ * when installed and loadable), WebGPU (Dawn for Node, when a hardware adapter exists), wasm, cpu. Every backend module
+ * is imported dynamically, so a missing optional package is just "not available".
+ */
+import { createRequire } from 'node:module';
+import { dirname, sep } from 'node:path';
+import { DejavuError } from '../common/errors.js';
+import type { Tf } from './model.js';
+
+export type BackendName = 'auto' | 'node-gpu' | 'node' | 'webgpu' | 'wasm' | 'cpu';
+export const BACKENDS: BackendName[] = ['auto', 'node-gpu', 'node', 'webgpu', 'wasm', 'cpu'];
+
+export interface BackendInfo {
+  tf: Tf;
+  /** The backend that was chosen (never 'auto'). */
+  name: Exclude<BackendName, 'auto'>;
+  /** Human-readable, e.g. "webgpu (NVIDIA H100 80GB HBM3, vulkan)". */
+  description: string;
+  /** Why each earlier candidate was skipped (auto only). */
+  skipped: string[];
+}
+
+/**
+ * tfjs-backend-wasm's BatchMatMul is 12-50x slower when an input is transposed (XNNPACK gets a strided operand):
+ * re-register it to transpose explicitly first (a cheap memory pass) and multiply untransposed operands.
+ */
+export function patchWasmBatchMatMul(tf: Tf): void {
+  const orig = tf.getKernel('BatchMatMul', 'wasm');
+  const transposeK = tf.getKernel('Transpose', 'wasm');
+  if (!orig || !transposeK || (orig as { patched?: boolean }).patched) return;
+  tf.unregisterKernel('BatchMatMul', 'wasm');
+  const kernelFunc: TF_KernelFunc = ({ inputs, backend, attrs }) => {
+    const { transposeA, transposeB } = attrs as { transposeA: boolean; transposeB: boolean };
+    if (!transposeA && !transposeB) return orig.kernelFunc({ inputs, backend, attrs });
+    const temps: { dataId: object }[] = [];
+    const tr = (t: TF_TensorInfo): TF_TensorInfo => {
+      const rank = t.shape.length;
+      const perm = [...Array(rank - 2).keys(), rank - 1, rank - 2];
+      const o = transposeK.kernelFunc({ inputs: { x: t }, backend, attrs: { perm } }) as TF_TensorInfo;
+      temps.push(o);
+      return o;
+    };
+    let { a, b } = inputs as { a: TF_TensorInfo; b: TF_TensorInfo };
+    if (transposeA) a = tr(a);
+    if (transposeB) b = tr(b);
+    const out = orig.kernelFunc({ inputs: { a, b }, backend, attrs: { ...attrs, transposeA: false, transposeB: false } });
+    for (const t of temps) (backend as { disposeData(id: object): void }).disposeData(t.dataId);
+    return out;
+  };
+  tf.registerKernel({ ...orig, kernelFunc, patched: true } as Parameters<Tf['registerKernel']>[0]);
+}
+type TF_TensorInfo = import('@tensorflow/tfjs-core').TensorInfo;
+type TF_KernelFunc = Parameters<Tf['registerKernel']>[0]['kernelFunc'];
+
+async function loadCore(): Promise<Tf> {
+  return (await import('@tensorflow/tfjs-core')) as Tf;
+}
+
+async function tryNode(pkg: string, tf: Tf): Promise<string> {
+  // tfjs-node registers the 'tensorflow' backend on import; it must share our tfjs-core instance.
+  await import(pkg);
+  if (!(await tf.setBackend('tensorflow'))) throw new Error(`${pkg} loaded but the tensorflow backend did not initialise`);
+  return pkg;
+}
+
+/** Sets up `navigator.gpu` from Dawn (npm `webgpu`) before tfjs-backend-webgpu loads (it checks at import time). */
+async function tryWebGpu(tf: Tf, allowFallbackAdapter: boolean): Promise<string> {
+  const g = globalThis as unknown as { navigator?: { gpu?: unknown } };
+  if (!g.navigator?.gpu) {
+    const { create, globals } = (await import('webgpu')) as unknown as { create: (o: string[]) => unknown; globals: Record<string, unknown> };
+    Object.assign(globalThis, globals);
+    const gpu = create([]);
+    if (g.navigator) Object.defineProperty(g.navigator, 'gpu', { value: gpu, configurable: true });
+    else Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true, writable: true });
+  }
+  const gpu = g.navigator!.gpu as { requestAdapter(o: object): Promise<null | { info?: Record<string, string>; isFallbackAdapter?: boolean }> };
+  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (!adapter) throw new Error('no WebGPU adapter');
+  const info = adapter.info ?? {};
+  const software = adapter.isFallbackAdapter || /swiftshader|llvmpipe|lavapipe/i.test(`${info.vendor} ${info.architecture} ${info.device} ${info.description}`);
+  if (software && !allowFallbackAdapter) throw new Error(`only a software adapter (${info.description || info.device || 'fallback'})`);
+  await import('@tensorflow/tfjs-backend-webgpu');
+  // Small tensors would otherwise round-trip to the CPU backend (a sync each time).
+  tf.env().set('WEBGPU_CPU_FORWARD', false);
+  if (!(await tf.setBackend('webgpu'))) throw new Error('tfjs webgpu backend did not initialise');
+  return `${info.description || info.device || info.vendor || 'adapter'}${info.backendType ? `, ${info.backendType}` : ''}`;
+}
+
+async function tryWasm(tf: Tf): Promise<string> {
+  const wasm = await import('@tensorflow/tfjs-backend-wasm');
+  const require = createRequire(import.meta.url);
+  wasm.setWasmPaths(dirname(require.resolve('@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-simd.wasm')) + sep);
+  if (!(await tf.setBackend('wasm'))) throw new Error('wasm backend did not initialise');
+  patchWasmBatchMatMul(tf);
+  const simd = tf.env().getBool('WASM_HAS_SIMD_SUPPORT');
+  const mt = tf.env().getBool('WASM_HAS_MULTITHREAD_SUPPORT');
+  return `${simd ? 'simd' : 'no simd'}, ${mt ? `${wasm.getThreadsCount()} threads` : '1 thread'}, BatchMatMul transpose fix`;
+}
+
+async function tryCpu(tf: Tf): Promise<string> {
+  await import('@tensorflow/tfjs-backend-cpu');
+  if (!(await tf.setBackend('cpu'))) throw new Error('cpu backend did not initialise');
+  return 'pure JS';
+}
+
+/** Chooses and initialises a backend. A named backend that fails is an error; `auto` falls through the list. */
+export async function selectBackend(name: BackendName): Promise<BackendInfo> {
+  const tf = await loadCore();
+  const order: Exclude<BackendName, 'auto'>[] = name === 'auto' ? ['node-gpu', 'node', 'webgpu', 'wasm', 'cpu'] : [name];
+  const skipped: string[] = [];
+  for (const b of order) {
+    try {
+      let detail: string;
+      if (b === 'node-gpu') detail = await tryNode('@tensorflow/tfjs-node-gpu', tf);
+      else if (b === 'node') detail = await tryNode('@tensorflow/tfjs-node', tf);
+      else if (b === 'webgpu') detail = await tryWebGpu(tf, name === 'webgpu');
+      else if (b === 'wasm') detail = await tryWasm(tf);
+      else detail = await tryCpu(tf);
+      await tf.ready();
+      return { tf, name: b, description: `${b} (${detail})`, skipped };
+    } catch (e) {
+      const msg = (e as Error).message.split('\n')[0];
+      if (name !== 'auto') throw new DejavuError(`backend ${b} is not available: ${msg}`, '--backend');
+      skipped.push(`${b}: ${msg}`);
+    }
+  }
+  throw new DejavuError(`no tfjs backend could be initialised (${skipped.join('; ')})`, '--backend');
+}

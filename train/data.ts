@@ -1,0 +1,234 @@
+/**
+ * Shards -> training / validation batches for one job, streamed.
+ *
+ * Rows are kept compact until a batch is assembled: the input as fp16 bits, the label as a packed bitmask (the
+ * attention label, top-k heads of head_norm, is computed as rows are read). The training stream goes through a
+ * bounded shuffle buffer (`bufferRows` rows, ~1 KiB each for opt-mini's MLP): shards are visited in a seeded order
+ * and each incoming row swaps out a random buffered row, so memory is bounded whatever the data size. The split is by
+ * document (rng.isValidationDoc), so no validation token's neighbours are trained on.
+ */
+import { f16Table } from '../checkpoints/float16.js';
+import type { Job } from './jobs.js';
+import { Rng, isValidationDoc } from './rng.js';
+import { readAligned, type ColumnView, type ShardSet } from './shard-reader.js';
+
+export interface SplitOptions {
+  seed: number;
+  valFrac: number;
+}
+
+export interface Batch {
+  /** Rows in this batch (the last batch of an epoch may be short). */
+  n: number;
+  /** [n][inDim] fp32 (normalised when inputNorm is layernorm); a view into a reused buffer. */
+  x: Float32Array;
+  /** [n][labelBytes] packed labels (unpacked on the device: 8x less to upload than fp32 0/1). */
+  bits: Uint8Array;
+}
+
+export type InputNorm = 'none' | 'layernorm';
+
+/** Bytes of one packed label row. */
+export const labelBytes = (out: number): number => (out + 7) >>> 3;
+
+/** Top-k of one fp16 row (by value; ties and NaNs resolved towards the lower index) as a bitmask. */
+export function topKBits(f16: Uint16Array, off: number, H: number, k: number, table: Float32Array, out: Uint8Array, outOff: number, scratch: Float32Array): void {
+  for (let h = 0; h < H; h++) {
+    const v = table[f16[off + h]];
+    scratch[h] = v === v ? v : -Infinity;
+  }
+  for (let b = 0; b < labelBytes(H); b++) out[outOff + b] = 0;
+  for (let c = 0; c < Math.min(k, H); c++) {
+    let best = -1;
+    let bv = 0;
+    for (let h = 0; h < H; h++) {
+      if ((out[outOff + (h >>> 3)] >>> (h & 7)) & 1) continue; // already chosen
+      const v = scratch[h];
+      if (best < 0 || v > bv) {
+        best = h;
+        bv = v;
+      }
+    }
+    out[outOff + (best >>> 3)] |= 1 << (best & 7);
+  }
+}
+
+/** Copies one row's label into `out` as packed bits. */
+function packLabel(job: Job, label: ColumnView, row: number, out: Uint8Array, outOff: number, table: Float32Array, scratch: Float32Array): void {
+  if (job.labelColumn === 'mlp_active') {
+    const w = label.width;
+    const src = label.values as Uint8Array;
+    out.set(src.subarray(row * w, row * w + w), outOff);
+  } else {
+    topKBits(label.values as Uint16Array, row * label.width, label.width, job.k, table, out, outOff, scratch);
+  }
+}
+
+/** fp16 row -> fp32 into `dst`, optionally LayerNorm without affine (eps 1e-5, as OPT's LayerNorm). */
+export function decodeInput(src: Uint16Array, srcOff: number, d: number, dst: Float32Array, dstOff: number, norm: InputNorm, table: Float32Array): void {
+  if (norm === 'none') {
+    for (let i = 0; i < d; i++) dst[dstOff + i] = table[src[srcOff + i]];
+    return;
+  }
+  let mean = 0;
+  for (let i = 0; i < d; i++) {
+    const v = table[src[srcOff + i]];
+    dst[dstOff + i] = v;
+    mean += v;
+  }
+  mean /= d;
+  let v2 = 0;
+  for (let i = 0; i < d; i++) {
+    const c = dst[dstOff + i] - mean;
+    v2 += c * c;
+  }
+  const inv = 1 / Math.sqrt(v2 / d + 1e-5);
+  for (let i = 0; i < d; i++) dst[dstOff + i] = (dst[dstOff + i] - mean) * inv;
+}
+
+/** Assembles batches from compact rows. Buffers are reused: consume each batch before asking for the next. */
+class BatchAssembler {
+  readonly x: Float32Array;
+  readonly bits: Uint8Array;
+  n = 0;
+  private readonly table = f16Table();
+  private readonly lb: number;
+  constructor(
+    private readonly job: Job,
+    readonly size: number,
+    private readonly norm: InputNorm,
+  ) {
+    this.lb = labelBytes(job.outDim);
+    this.x = new Float32Array(size * job.inDim);
+    this.bits = new Uint8Array(size * this.lb);
+  }
+  push(xBits: Uint16Array, xOff: number, lab: Uint8Array, labOff: number): boolean {
+    const d = this.job.inDim;
+    const r = this.n++;
+    decodeInput(xBits, xOff, d, this.x, r * d, this.norm, this.table);
+    this.bits.set(lab.subarray(labOff, labOff + this.lb), r * this.lb);
+    return this.n === this.size;
+  }
+  take(): Batch {
+    const n = this.n;
+    this.n = 0;
+    return {
+      n,
+      x: this.x.subarray(0, n * this.job.inDim),
+      bits: this.bits.subarray(0, n * this.lb),
+    };
+  }
+}
+
+/** The shard columns a job reads: [input layer, label layer] (one entry when they coincide). */
+function wantsFor(job: Job): { layer: number; columns: string[] }[] {
+  if (job.inputLayer === job.layer) return [{ layer: job.layer, columns: [job.inputColumn, job.labelColumn] }];
+  return [
+    { layer: job.inputLayer, columns: [job.inputColumn] },
+    { layer: job.layer, columns: [job.labelColumn] },
+  ];
+}
+
+/** Streams (input, label) rows of one split, in file order, shard by shard. */
+async function* rows(
+  set: ShardSet,
+  job: Job,
+  shardOrder: number[],
+  split: SplitOptions,
+  wantVal: boolean,
+): AsyncGenerator<{ x: Uint16Array; xOff: number; lab: Uint8Array; labOff: number }> {
+  const table = f16Table();
+  const lb = labelBytes(job.outDim);
+  const lab = new Uint8Array(lb);
+  const scratch = new Float32Array(job.outDim);
+  const wants = wantsFor(job);
+  const valCache = new Map<number, boolean>();
+  const isVal = (doc: number) => {
+    let v = valCache.get(doc);
+    if (v === undefined) valCache.set(doc, (v = isValidationDoc(doc, split.seed, split.valFrac)));
+    return v;
+  };
+  for (const s of shardOrder) {
+    for await (const blocks of readAligned(set, s, wants)) {
+      const xCol = blocks[0].cols.get(job.inputColumn)!;
+      const lCol = blocks[blocks.length - 1].cols.get(job.labelColumn)!;
+      const doc = blocks[0].doc;
+      const xv = xCol.values as Uint16Array;
+      for (let r = 0; r < blocks[0].rows; r++) {
+        if (isVal(doc[r]) !== wantVal) continue;
+        packLabel(job, lCol, r, lab, 0, table, scratch);
+        yield { x: xv, xOff: r * xCol.width, lab, labOff: 0 };
+      }
+    }
+  }
+}
+
+export interface TrainStreamOptions {
+  batch: number;
+  bufferRows: number;
+  inputNorm: InputNorm;
+  split: SplitOptions;
+  /** Seed of this epoch's shard order and shuffle (derived from seed, job and epoch). */
+  epochSeed: number;
+}
+
+/** One epoch of shuffled training batches. */
+export async function* trainBatches(set: ShardSet, job: Job, o: TrainStreamOptions): AsyncGenerator<Batch> {
+  const rng = new Rng(o.epochSeed);
+  const order = rng.shuffle(set.shards.map((_, i) => i));
+  const d = job.inDim;
+  const lb = labelBytes(job.outDim);
+  const cap = Math.max(1, o.bufferRows);
+  const bx = new Uint16Array(cap * d);
+  const bl = new Uint8Array(cap * lb);
+  let filled = 0;
+  const asm = new BatchAssembler(job, o.batch, o.inputNorm);
+  for await (const r of rows(set, job, order, o.split, false)) {
+    if (filled < cap) {
+      bx.set(r.x.subarray(r.xOff, r.xOff + d), filled * d);
+      bl.set(r.lab.subarray(r.labOff, r.labOff + lb), filled * lb);
+      filled++;
+      continue;
+    }
+    // Full: emit a random buffered row, put the incoming one in its place.
+    const j = rng.int(cap);
+    if (asm.push(bx, j * d, bl, j * lb)) yield asm.take();
+    bx.set(r.x.subarray(r.xOff, r.xOff + d), j * d);
+    bl.set(r.lab.subarray(r.labOff, r.labOff + lb), j * lb);
+  }
+  // Drain what is left in random order.
+  const rest = rng.shuffle(Array.from({ length: filled }, (_, i) => i));
+  for (const j of rest) if (asm.push(bx, j * d, bl, j * lb)) yield asm.take();
+  if (asm.n > 0) yield asm.take();
+}
+
+/** Validation batches, in file order (deterministic). */
+export async function* validationBatches(set: ShardSet, job: Job, o: { batch: number; inputNorm: InputNorm; split: SplitOptions }): AsyncGenerator<Batch> {
+  const asm = new BatchAssembler(job, o.batch, o.inputNorm);
+  for await (const r of rows(set, job, set.shards.map((_, i) => i), o.split, true)) {
+    if (asm.push(r.x, r.xOff, r.lab, r.labOff)) yield asm.take();
+  }
+  if (asm.n > 0) yield asm.take();
+}
+
+/** Counts training / validation rows and positive labels of one job (one pass; used for the no-positive check and logs). */
+export async function countSplit(set: ShardSet, job: Job, split: SplitOptions): Promise<{ train: number; val: number; trainPositives: number; valPositives: number }> {
+  const res = { train: 0, val: 0, trainPositives: 0, valPositives: 0 };
+  const pop = new Uint8Array(256);
+  for (let i = 0; i < 256; i++) pop[i] = (i & 1) + pop[i >>> 1];
+  const lb = labelBytes(job.outDim);
+  for (const wantVal of [false, true]) {
+    for await (const r of rows(set, job, set.shards.map((_, i) => i), split, wantVal)) {
+      let p = 0;
+      for (let b = 0; b < lb; b++) p += pop[r.lab[r.labOff + b]];
+      if (wantVal) {
+        res.val++;
+        res.valPositives += p;
+      } else {
+        res.train++;
+        res.trainPositives += p;
+      }
+    }
+  }
+  return res;
+}

@@ -1,0 +1,98 @@
+/**
+ * What to train: one job per (layer, target). Pure: maps the CLI choices onto shard columns and layers.
+ *
+ * Attention (DejaVu lookahead): layer 0 stays dense; for l >= 1 the predictor reads `att_in` of layer l-1 and labels
+ * are the top k = max(1, round(head_frac * H)) heads of layer l by `head_norm`.
+ * MLP: labels are `mlp_active` of layer l; the input is `mlp_in` of l (default, as DejaVu trained), `att_in` of l
+ * (runs in parallel with attention), or `mlp_in` of l-1 (`prev_mlp_in`, one layer of lookahead; layer 0 has no
+ * previous layer and falls back to its own `mlp_in`).
+ */
+import { DejavuError } from '../common/errors.js';
+import type { ShardDims } from './shard-reader.js';
+
+export type Target = 'mlp' | 'attn';
+export type MlpInput = 'mlp_in' | 'att_in' | 'prev_mlp_in';
+
+export interface Job {
+  layer: number;
+  target: Target;
+  /** Shard column and layer the input comes from. */
+  inputColumn: 'att_in' | 'mlp_in';
+  inputLayer: number;
+  /** layer - inputLayer (what export records). */
+  lookahead: number;
+  /** Label source: `mlp_active` bits, or the top `k` of `head_norm`. */
+  labelColumn: 'mlp_active' | 'head_norm';
+  inDim: number;
+  outDim: number;
+  /** Heads labelled active per token (attn only). */
+  k: number;
+}
+
+export const jobName = (j: { layer: number; target: Target }): string => `layer_${String(j.layer).padStart(2, '0')}.${j.target}`;
+
+export function headK(headFrac: number, H: number): number {
+  return Math.max(1, Math.round(headFrac * H));
+}
+
+/** Parses `--layers`: "all", "1-5", "0,2,4", "1-3,5". */
+export function parseLayers(spec: string | undefined, available: number[]): number[] {
+  if (!spec || spec === 'all') return [...available];
+  const out = new Set<number>();
+  for (const part of spec.split(',')) {
+    const m = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(part);
+    if (!m) throw new DejavuError(`cannot parse "${part}" (use e.g. 1-5 or 0,2,4)`, '--layers');
+    const a = Number(m[1]);
+    const b = m[2] === undefined ? a : Number(m[2]);
+    for (let l = Math.min(a, b); l <= Math.max(a, b); l++) out.add(l);
+  }
+  const layers = [...out].sort((x, y) => x - y);
+  const missing = layers.filter((l) => !available.includes(l));
+  if (missing.length) throw new DejavuError(`layers ${missing.join(', ')} are not in the shards (have ${available.join(', ')})`, '--layers');
+  return layers;
+}
+
+export function planJobs(
+  layers: number[],
+  available: number[],
+  targets: Target[],
+  dims: ShardDims,
+  opts: { headFrac: number; mlpInput: MlpInput },
+): Job[] {
+  const jobs: Job[] = [];
+  const have = (l: number) => available.includes(l);
+  for (const layer of layers) {
+    for (const target of targets) {
+      if (target === 'attn') {
+        if (layer === 0) continue; // dense: nothing earlier to look ahead from
+        if (!have(layer - 1)) throw new DejavuError(`attention of layer ${layer} needs att_in of layer ${layer - 1}, which the shards lack`, '--layers');
+        jobs.push({
+          layer,
+          target,
+          inputColumn: 'att_in',
+          inputLayer: layer - 1,
+          lookahead: 1,
+          labelColumn: 'head_norm',
+          inDim: dims.dModel,
+          outDim: dims.nHeads,
+          k: headK(opts.headFrac, dims.nHeads),
+        });
+      } else {
+        const prev = opts.mlpInput === 'prev_mlp_in' && layer > 0;
+        if (prev && !have(layer - 1)) throw new DejavuError(`prev_mlp_in for layer ${layer} needs layer ${layer - 1}, which the shards lack`, '--mlp-input');
+        jobs.push({
+          layer,
+          target,
+          inputColumn: opts.mlpInput === 'att_in' ? 'att_in' : 'mlp_in',
+          inputLayer: prev ? layer - 1 : layer,
+          lookahead: prev ? 1 : 0,
+          labelColumn: 'mlp_active',
+          inDim: dims.dModel,
+          outDim: dims.ffnDim,
+          k: 0,
+        });
+      }
+    }
+  }
+  return jobs;
+}

@@ -1,0 +1,340 @@
+/**
+ * `dejavu train`: shards -> one low-rank predictor per (layer, target), with per-epoch validation, checkpoint
+ * selection, early stopping, atomic checkpoints and resume. Output per docs/ARCHITECTURE.md ("Predictors").
+ */
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeSafetensors } from '../checkpoints/safetensors.js';
+import { writeJsonAtomic } from '../common/atomic.js';
+import { DejavuError } from '../common/errors.js';
+import { log, progressBar } from '../common/progress.js';
+import { loadCheckpoint, saveCheckpoint, type Checkpoint, type EpochRecord, type JobState } from './checkpoint.js';
+import { countSplit, trainBatches, validationBatches, type InputNorm } from './data.js';
+import { jobName, parseLayers, planJobs, type Job, type MlpInput, type Target } from './jobs.js';
+import { MetricsAccumulator, selectionScore, type LayerMetrics } from './metrics.js';
+import { DEFAULT_ADAMW, Predictor, exportWeights, unpackBits, type Tf } from './model.js';
+import { hashSeed } from './rng.js';
+import { openShardSet, type ShardSet } from './shard-reader.js';
+
+export interface TrainOptions {
+  shards: string;
+  out: string;
+  target: 'mlp' | 'attn' | 'both';
+  layers?: string;
+  rank: number;
+  epochs: number;
+  batch: number;
+  lr: number;
+  weightDecay: number;
+  headFrac: number;
+  mlpInput: MlpInput;
+  inputNorm: InputNorm;
+  seed: number;
+  valFrac: number;
+  bufferRows: number;
+  selectBeta: number;
+  patience: number;
+  resume: boolean;
+  quiet?: boolean;
+}
+
+export const DEFAULTS = {
+  target: 'both' as const,
+  rank: 1000,
+  epochs: 20,
+  batch: 1024,
+  lr: 1e-3,
+  weightDecay: 0.01,
+  headFrac: 0.3,
+  mlpInput: 'mlp_in' as MlpInput,
+  inputNorm: 'layernorm' as InputNorm,
+  seed: 0,
+  valFrac: 0.1,
+  bufferRows: 65536,
+  selectBeta: 2,
+  patience: 3,
+};
+
+export interface LayerResult extends LayerMetrics {
+  layer: number;
+  target: Target;
+  input: string;
+  lookahead: number;
+  input_layer: number;
+  rank: number;
+  input_norm: InputNorm;
+  out: number;
+  k_label: number | null;
+  best_epoch: number;
+  epochs_run: number;
+  train_tokens: number;
+  val_tokens: number;
+  positive_rate: number;
+  history: EpochRecord[];
+}
+
+export interface TrainReport {
+  model_fingerprint: string;
+  args: Record<string, unknown>;
+  backend: string;
+  layers: LayerResult[];
+  skipped: { layer: number; target: Target; reason: string }[];
+  seconds: number;
+}
+
+/** The settings a checkpoint is bound to (not epochs or patience: a resumed run may extend training). */
+function settingsKey(set: ShardSet, job: Job, o: TrainOptions): string {
+  return JSON.stringify({
+    fp: set.fingerprint,
+    job: [job.layer, job.target, job.inputColumn, job.inputLayer, job.k],
+    rank: o.rank,
+    batch: o.batch,
+    lr: o.lr,
+    wd: o.weightDecay,
+    seed: o.seed,
+    val: o.valFrac,
+    buf: o.bufferRows,
+    norm: o.inputNorm,
+    beta: o.selectBeta,
+  });
+}
+
+function round(x: number, digits = 6): number {
+  const p = 10 ** digits;
+  return Math.round(x * p) / p;
+}
+
+async function evaluate(tf: Tf, p: Predictor, set: ShardSet, job: Job, o: TrainOptions): Promise<LayerMetrics> {
+  const acc = new MetricsAccumulator(job.outDim);
+  const split = { seed: o.seed, valFrac: o.valFrac };
+  for await (const b of validationBatches(set, job, { batch: o.batch, inputNorm: o.inputNorm, split })) {
+    const x = tf.tensor2d(b.x, [b.n, job.inDim]);
+    const s = p.predict(x);
+    const scores = (await s.data()) as Float32Array;
+    tf.dispose([x, s]);
+    acc.add(scores, b.bits, b.n);
+  }
+  return acc.result();
+}
+
+/** Trains one job to completion (or resumes it). Returns its result, or a skip reason. */
+export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions): Promise<LayerResult | { skipped: string }> {
+  const name = jobName(job);
+  const split = { seed: o.seed, valFrac: o.valFrac };
+  const counts = await countSplit(set, job, split);
+  if (counts.train === 0) throw new DejavuError(`${name}: no training tokens (every document fell in the validation split; lower --val-frac)`, o.shards);
+  if (counts.val === 0) throw new DejavuError(`${name}: no validation tokens (${counts.train} training tokens; raise --val-frac or collect more documents)`, o.shards);
+  if (counts.trainPositives === 0) {
+    return { skipped: `no positive labels in ${counts.train} training tokens (the ${job.target} of layer ${job.layer} is never active: nothing to predict; keep it dense or drop it)` };
+  }
+  const key = settingsKey(set, job, o);
+  const shapes = { d: job.inDim, r: o.rank, out: job.outDim };
+  const outFile = join(o.out, `${name}.safetensors`);
+  const opt = { ...DEFAULT_ADAMW, lr: o.lr, weightDecay: o.weightDecay };
+
+  let ck: Checkpoint | undefined = o.resume ? loadCheckpoint(o.out, name, key) : undefined;
+  if (ck?.state.done) {
+    // A finished job is skipped unless this run asks for more epochs (and early stopping had not fired).
+    const more = ck.state.epoch < o.epochs && ck.state.badEpochs < o.patience;
+    if (more || !existsSync(outFile)) ck.state.done = false;
+    else log(`${name}: already trained (resume), best epoch ${ck.state.bestEpoch + 1} of ${ck.state.epoch}`);
+  }
+  let predictor: Predictor;
+  let state: JobState;
+  let best: { w1t: Float32Array; w2t: Float32Array };
+  if (ck) {
+    predictor = new Predictor(tf, job.inDim, o.rank, job.outDim, ck.weights, opt);
+    state = ck.state;
+    best = ck.best;
+    if (!state.done) log(`${name}: resuming after epoch ${state.epoch} (step ${state.step})`);
+  } else {
+    predictor = Predictor.fresh(tf, job.inDim, o.rank, job.outDim, hashSeed(o.seed, 'init', name), opt);
+    state = { epoch: 0, step: 0, bestEpoch: -1, bestScore: -1, bestMetrics: null, badEpochs: 0, history: [], done: false, key };
+    best = { w1t: new Float32Array(0), w2t: new Float32Array(0) };
+  }
+
+  try {
+    while (!state.done && state.epoch < o.epochs && state.badEpochs < o.patience) {
+      const e = state.epoch;
+      const t0 = performance.now();
+      const bar = progressBar(`${name} epoch ${e + 1}/${o.epochs}`, counts.train, 'tok', o.quiet);
+      let lossSum: ReturnType<Tf['scalar']> = tf.scalar(0);
+      let lossN = 0;
+      let done = 0;
+      let stepInEpoch = 0;
+      const stream = trainBatches(set, job, {
+        batch: o.batch,
+        bufferRows: o.bufferRows,
+        inputNorm: o.inputNorm,
+        split,
+        epochSeed: hashSeed(o.seed, 'epoch', name, e),
+      });
+      for await (const b of stream) {
+        const x = tf.tensor2d(b.x, [b.n, job.inDim]);
+        const y = unpackBits(tf, b.bits, b.n, job.outDim, predictor.pow2);
+        // The loss is computed on every 8th step only and read once per epoch: no host sync inside the loop
+        // beyond what a backend does by itself.
+        const withLoss = stepInEpoch % 8 === 0;
+        const loss = predictor.trainStep(x, y, o.lr, withLoss);
+        tf.dispose([x, y]);
+        if (loss) {
+          const s = tf.add(lossSum, loss);
+          tf.dispose([lossSum, loss]);
+          lossSum = s as typeof lossSum;
+          lossN++;
+        }
+        stepInEpoch++;
+        done += b.n;
+        bar.update(done);
+      }
+      bar.stop();
+      const meanLoss = lossN > 0 ? ((await lossSum.data())[0] as number) / lossN : null;
+      lossSum.dispose();
+      const m = await evaluate(tf, predictor, set, job, o);
+      const score = selectionScore(m, o.selectBeta);
+      const weights = await predictor.state();
+      if (score > state.bestScore + 1e-9) {
+        state.bestScore = score;
+        state.bestEpoch = e;
+        state.bestMetrics = m;
+        state.badEpochs = 0;
+        best = { w1t: weights.w1t, w2t: weights.w2t };
+      } else {
+        state.badEpochs++;
+      }
+      const seconds = (performance.now() - t0) / 1000;
+      state.history.push({ epoch: e + 1, loss: meanLoss === null ? null : round(meanLoss), score: round(score), recall: round(m.recall), precision: round(m.precision), seconds: round(seconds, 2) });
+      state.epoch = e + 1;
+      state.step = weights.step;
+      if (!o.quiet) {
+        log(
+          `${name} epoch ${e + 1}: loss ${meanLoss?.toFixed(4) ?? '-'}  val recall ${m.recall.toFixed(4)} precision ${m.precision.toFixed(4)} ` +
+            `F${o.selectBeta} ${score.toFixed(4)}  k99 ${m.k99.toFixed(1)}/${job.outDim} (true ${m.true_active.toFixed(1)})  ${seconds.toFixed(1)} s` +
+            (state.badEpochs === 0 ? '  *best' : ''),
+        );
+      }
+      saveCheckpoint(o.out, name, { state, weights, best }, shapes);
+    }
+
+    if (!state.done) {
+      const w = exportWeights(best, job.inDim, o.rank, job.outDim);
+      writeSafetensors(
+        outFile,
+        {
+          w1: { dtype: 'F32', shape: [o.rank, job.inDim], data: w.w1 },
+          w2: { dtype: 'F32', shape: [job.outDim, o.rank], data: w.w2 },
+        },
+        {
+          target: job.target,
+          layer: String(job.layer),
+          input: job.inputColumn,
+          lookahead: String(job.lookahead),
+          rank: String(o.rank),
+          model_fingerprint: set.fingerprint,
+          input_norm: o.inputNorm,
+          ...(job.target === 'attn' ? { k_label: String(job.k) } : {}),
+        },
+      );
+      state.done = true;
+      const weights = await predictor.state();
+      saveCheckpoint(o.out, name, { state, weights, best }, shapes);
+    }
+  } finally {
+    predictor.dispose();
+  }
+
+  const m = state.bestMetrics!;
+  return {
+    layer: job.layer,
+    target: job.target,
+    recall: round(m.recall),
+    precision: round(m.precision),
+    f1: round(m.f1),
+    true_active: round(m.true_active, 4),
+    predicted_active: round(m.predicted_active, 4),
+    k95: round(m.k95, 4),
+    k99: round(m.k99, 4),
+    tokens: m.tokens,
+    input: job.inputColumn,
+    lookahead: job.lookahead,
+    input_layer: job.inputLayer,
+    rank: o.rank,
+    input_norm: o.inputNorm,
+    out: job.outDim,
+    k_label: job.target === 'attn' ? job.k : null,
+    best_epoch: state.bestEpoch + 1,
+    epochs_run: state.epoch,
+    train_tokens: counts.train,
+    val_tokens: counts.val,
+    positive_rate: round(counts.trainPositives / (counts.train * job.outDim)),
+    history: state.history,
+  };
+}
+
+export function argsRecord(o: TrainOptions): Record<string, unknown> {
+  return {
+    shards: o.shards,
+    target: o.target,
+    layers: o.layers ?? 'all',
+    rank: o.rank,
+    epochs: o.epochs,
+    batch: o.batch,
+    lr: o.lr,
+    weight_decay: o.weightDecay,
+    head_frac: o.headFrac,
+    mlp_input: o.mlpInput,
+    input_norm: o.inputNorm,
+    seed: o.seed,
+    val_frac: o.valFrac,
+    buffer_rows: o.bufferRows,
+    select_beta: o.selectBeta,
+    patience: o.patience,
+  };
+}
+
+export async function planFromShards(o: TrainOptions): Promise<{ set: ShardSet; jobs: Job[] }> {
+  const set = await openShardSet(o.shards);
+  const layers = parseLayers(o.layers, set.layers);
+  const targets: Target[] = o.target === 'both' ? ['mlp', 'attn'] : [o.target];
+  const jobs = planJobs(layers, set.layers, targets, set.dims, { headFrac: o.headFrac, mlpInput: o.mlpInput });
+  if (jobs.length === 0) throw new DejavuError('nothing to train (attention of layer 0 stays dense; pick other layers or --target mlp)', '--layers');
+  return { set, jobs };
+}
+
+/** Writes metrics.json from the results so far (atomically; also after each job, so a killed run keeps its metrics). */
+export function writeMetrics(out: string, report: TrainReport): void {
+  const sorted = [...report.layers].sort((a, b) => a.layer - b.layer || a.target.localeCompare(b.target));
+  writeJsonAtomic(join(out, 'metrics.json'), { ...report, layers: sorted });
+}
+
+/** Runs every job in this process, one after the other. */
+export async function train(tf: Tf, backend: string, o: TrainOptions): Promise<TrainReport> {
+  const t0 = performance.now();
+  const { set, jobs } = await planFromShards(o);
+  mkdirSync(o.out, { recursive: true });
+  if (!o.quiet) log(`train: ${jobs.length} predictors (${jobs.map(jobName).join(', ')}) on ${backend}; shards ${set.shards.length} x ${set.layers.length} layers, ${set.rows.reduce((a, b) => a + b, 0)} tokens`);
+  const report: TrainReport = { model_fingerprint: set.fingerprint, args: argsRecord(o), backend, layers: [], skipped: [], seconds: 0 };
+  for (const job of jobs) {
+    const r = await trainJob(tf, set, job, o);
+    if ('skipped' in r) {
+      log(`${jobName(job)}: skipped: ${r.skipped}`);
+      report.skipped.push({ layer: job.layer, target: job.target, reason: r.skipped });
+    } else report.layers.push(r);
+    report.seconds = round((performance.now() - t0) / 1000, 2);
+    writeMetrics(o.out, report);
+  }
+  return report;
+}
+
+/** The metrics table (stderr). */
+export function formatTable(r: TrainReport): string {
+  const head = ['layer', 'target', 'recall', 'precision', 'f1', 'true_act', 'pred_act', 'k95', 'k99', 'out', 'best_ep'];
+  const rows = [...r.layers]
+    .sort((a, b) => a.layer - b.layer || a.target.localeCompare(b.target))
+    .map((l) => [String(l.layer), l.target, l.recall.toFixed(4), l.precision.toFixed(4), l.f1.toFixed(4), l.true_active.toFixed(1), l.predicted_active.toFixed(1), l.k95.toFixed(1), l.k99.toFixed(1), String(l.out), `${l.best_epoch}/${l.epochs_run}`]);
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i])).join('  ');
+  const lines = [line(head), ...rows.map(line)];
+  for (const s of r.skipped) lines.push(`layer ${s.layer} ${s.target}: skipped (${s.reason})`);
+  return lines.join('\n');
+}
