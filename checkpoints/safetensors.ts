@@ -62,6 +62,22 @@ export function readRange(fd: number, position: number, length: number, path: st
   return out;
 }
 
+/** Open a regular file for reading, with errors that name it (missing file, a folder, no permission). */
+export function openForRead(path: string): number {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new DejavuError(code === 'ENOENT' ? 'file not found' : `cannot open (${code ?? String(e)})`, path);
+  }
+  if (!fstatSync(fd).isFile()) {
+    closeSync(fd);
+    throw new DejavuError('not a regular file', path);
+  }
+  return fd;
+}
+
 /** Convert raw little-endian bytes of a float tensor to fp32. `bytes` must start at an aligned offset (ours do). */
 export function bytesToFloat32(bytes: Uint8Array, dtype: StDtype, path: string, name: string): Float32Array {
   const n = bytes.byteLength / DTYPE_SIZE[dtype];
@@ -101,13 +117,7 @@ export class SafetensorsFile {
 
   /** Open `path`, read and validate the header; the fd stays open for readBytes until close(). */
   static open(path: string): SafetensorsFile {
-    let fd: number;
-    try {
-      fd = openSync(path, 'r');
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      throw new DejavuError(code === 'ENOENT' ? 'file not found' : `cannot open (${code ?? String(e)})`, path);
-    }
+    const fd = openForRead(path);
     try {
       const { tensors, metadata, dataStart } = parseHeader(fd, path);
       return new SafetensorsFile(path, fd, tensors, metadata, dataStart);

@@ -3,10 +3,10 @@
  * files over 4 GiB), stored entries (what torch writes) and deflated ones (zlib, in case a tool recompressed the file).
  * Entries are read by offset from an open fd, one at a time, so a multi-GB checkpoint is never loaded whole.
  */
-import { closeSync, fstatSync, openSync } from 'node:fs';
+import { closeSync, fstatSync } from 'node:fs';
 import * as zlib from 'node:zlib';
 import { DejavuError } from '../common/errors.js';
-import { readRange } from './safetensors.js';
+import { openForRead, readRange } from './safetensors.js';
 
 export interface ZipEntry {
   name: string;
@@ -43,13 +43,7 @@ export class ZipReader {
   }
 
   static open(path: string): ZipReader {
-    let fd: number;
-    try {
-      fd = openSync(path, 'r');
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      throw new DejavuError(code === 'ENOENT' ? 'file not found' : `cannot open (${code ?? String(e)})`, path);
-    }
+    const fd = openForRead(path);
     try {
       return new ZipReader(path, fd);
     } catch (e) {

@@ -94,6 +94,8 @@ describe('safetensors bad inputs (error names the file and the problem)', () => 
 
   it('missing path', () => {
     expect(() => SafetensorsFile.open('/nonexistent/x.safetensors')).toThrow('/nonexistent/x.safetensors: file not found');
+    const dir = tempDir('st');
+    expect(() => SafetensorsFile.open(dir)).toThrow(`${dir}: not a regular file`);
   });
 
   it('truncated file: data section cut short', () => {
