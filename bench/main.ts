@@ -10,6 +10,10 @@ type Bench = { name: string; description: string; load: () => Promise<{ run: () 
 
 const BENCHES: Bench[] = [
   // helpers: add { name, description, load: () => import('./x.js') } entries here
+  { name: 'train-wasm', description: 'train step samples/s, one opt-mini layer (384->256->1536, ->12), batch 1024, tfjs-wasm', load: () => import('./train-wasm.js') },
+  { name: 'train-webgpu', description: 'train step samples/s, 4096->1024->16384 at batch 1024, tfjs-webgpu (needs a GPU)', load: () => import('./train-webgpu.js') },
+  { name: 'collect-cpu', description: 'dejavu collect tokens/s and peak RSS, opt-mini, --docs 500 --max-len 2048 on c4mini-train', load: () => import('./collect-cpu.js') },
+  { name: 'prefill-cpu', description: 'dense CPU prefill tokens/s, opt-mini, 512-token sequences', load: () => import('./prefill-cpu.js') },
 ];
 
 const wanted = process.argv.slice(2);
