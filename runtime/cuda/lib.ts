@@ -35,7 +35,9 @@ export interface CudaLib {
   setSelection(h: unknown, layer: number, heads: Int32Array, neurons: Int32Array): void;
   getSelection(h: unknown, layer: number, heads: Int32Array, neurons: Int32Array): void;
   /** w1/w2 null = random predictor weights (shape benchmarks). */
-  setPredictor(h: unknown, layer: number, target: 0 | 1, tap: number, srcLayer: number, w1: Float32Array | null, w2: Float32Array | null, rank: number, k: number): void;
+  setPredictor(h: unknown, layer: number, target: 0 | 1, tap: number, srcLayer: number, w1: Float32Array | null, w2: Float32Array | null, rank: number, k: number, norm: boolean): void;
+  /** KV policy for sparse attention: 'selected' (skipped heads' slots masked later) or 'all' (K/V of every head). */
+  setKvPolicy(h: unknown, policy: 'selected' | 'all'): void;
   build(h: unknown): void;
   graphKernels(h: unknown, mode: Mode): number;
   setPrompt(h: unknown, ids: Int32Array): void;
@@ -87,7 +89,8 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     setK: f('int dj_set_k(void* e, int layer, int kH, int kM)'),
     setSelection: f('int dj_set_selection(void* e, int layer, const int* heads, int kH, const int* neurons, int kM)'),
     getSelection: f('int dj_get_selection(void* e, int layer, int* heads, int* neurons)'),
-    setPredictor: f('int dj_set_predictor(void* e, int layer, int target, int tap, int src, const float* w1, const float* w2, int rank, int k)'),
+    setPredictor: f('int dj_set_predictor(void* e, int layer, int target, int tap, int src, const float* w1, const float* w2, int rank, int k, int norm)'),
+    setKvPolicy: f('int dj_set_kv_policy(void* e, int all)'),
     build: f('int dj_build(void* e)'),
     graphKernels: f('int dj_graph_kernels(void* e, int mode, _Out_ int* count)'),
     setPrompt: f('int dj_set_prompt(void* e, const int* ids, int n)'),
@@ -118,8 +121,9 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     setSelection: (h, layer, heads, neurons) =>
       ok('dj_set_selection', c.setSelection(h, layer, heads, heads.length, neurons, neurons.length)),
     getSelection: (h, layer, heads, neurons) => ok('dj_get_selection', c.getSelection(h, layer, heads, neurons)),
-    setPredictor: (h, layer, target, tap, src, w1, w2, rank, k) =>
-      ok('dj_set_predictor', c.setPredictor(h, layer, target, tap, src, w1, w2, rank, k)),
+    setPredictor: (h, layer, target, tap, src, w1, w2, rank, k, norm) =>
+      ok('dj_set_predictor', c.setPredictor(h, layer, target, tap, src, w1, w2, rank, k, norm ? 1 : 0)),
+    setKvPolicy: (h, policy) => ok('dj_set_kv_policy', c.setKvPolicy(h, policy === 'all' ? 1 : 0)),
     build: (h) => ok('dj_build', c.build(h)),
     graphKernels(h, mode) {
       const n = [0];

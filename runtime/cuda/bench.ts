@@ -1,0 +1,197 @@
+/**
+ * `dejavu bench --device cuda`: per-token decode latency on the GPU, dense vs sparse, against the bandwidth floor
+ * measured in the same run (bytes a step must move / device-to-device copy bandwidth).
+ *
+ * Protocol: prompt tokens are decoded by the dense graph (prefill, which also warms up), then `gen` tokens are
+ * generated greedily by each mode from the same position, each timed with CUDA events over the whole run of graph
+ * replays; 3 repetitions, median reported. Modes: dense; sparse (predictors + top-k + gathered kernels);
+ * fixed (the same sparse kernels on the last predicted selections, predictors left out: the predictor share is
+ * 1 - fixed/sparse); predictors alone (their own time, for reference).
+ */
+import { DejavuError } from '../../common/errors.js';
+import { CudaEngine, type SparsityPlan } from './engine.js';
+import { avgStepBytes, shapeDims, weightBytes, type Dims, type StepSparsity } from './floor.js';
+import { loadCudaLib, type Mode } from './lib.js';
+
+export interface CudaBenchOptions {
+  shape?: string;
+  model?: string;
+  bundle?: string;
+  density?: { mlp: number; heads: number };
+  prompt: number;
+  gen: number;
+  json: boolean;
+  /** Predictor rank for random predictors (shapes / model without bundle). */
+  rank?: number;
+  seed?: number;
+  reps?: number;
+}
+
+const log = (json: boolean, msg: string) => {
+  if (!json || process.env.DEJAVU_VERBOSE) process.stderr.write(`${msg}\n`);
+};
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
+
+export async function runCudaBench(opts: {
+  shape?: string;
+  model?: string;
+  bundle?: string;
+  density?: { mlp: number; heads: number };
+  prompt: number;
+  gen: number;
+  json: boolean;
+}): Promise<Record<string, unknown>> {
+  const o = opts as CudaBenchOptions;
+  const json = o.json;
+  if (!o.shape && !o.model) throw new DejavuError('give --shape opt-13b (random weights) or --model DIR', '--shape');
+  if (o.bundle && !o.model) throw new DejavuError('--bundle needs --model (a bundle is bound to a model)', '--bundle');
+  if (!(Number.isInteger(o.prompt) && o.prompt >= 1)) throw new DejavuError(`${o.prompt}: must be an integer >= 1`, '--prompt');
+  if (!(Number.isInteger(o.gen) && o.gen >= 1)) throw new DejavuError(`${o.gen}: must be an integer >= 1`, '--gen');
+  const density = o.density ?? { mlp: 0.05, heads: 0.2 };
+  for (const [k, v] of Object.entries(density))
+    if (!(v > 0 && v <= 1)) throw new DejavuError(`${k}=${v}: density must be in (0, 1]`, '--density');
+  const rank = o.rank ?? 128;
+  const reps = o.reps ?? 3;
+
+  const lib = await loadCudaLib();
+  const info = lib.deviceInfo();
+  log(json, `device: ${info.name} (${info.sms} SMs, ${(info.memBytes / 2 ** 30).toFixed(1)} GiB)`);
+
+  // ---- model ----
+  let dims: Dims;
+  let ckpt: import('../../checkpoints/types.js').OptCheckpoint | undefined;
+  if (o.model) {
+    const { loadOptCheckpoint } = await import('../../checkpoints/opt-checkpoint.js');
+    ckpt = await loadOptCheckpoint(o.model, { quiet: json });
+    dims = CudaEngine.dimsOf(ckpt);
+  } else {
+    dims = shapeDims(o.shape!);
+  }
+  const maxT = o.prompt + o.gen + 8;
+  if (maxT > dims.maxPos) throw new DejavuError(`prompt + gen = ${o.prompt + o.gen} exceeds ${dims.maxPos} positions`, '--gen');
+  const hd = dims.d / dims.heads;
+  const need = weightBytes(dims) + 2 * 2 * dims.layers * dims.heads * maxT * hd + (1 << 30);
+  if (need > info.memBytes * 0.97)
+    throw new DejavuError(
+      `${o.shape ?? o.model}: needs ${(need / 1e9).toFixed(1)} GB of GPU memory (fp16 weights ${(weightBytes(dims) / 1e9).toFixed(1)} GB), ` +
+        `${info.name} has ${(info.memBytes / 1e9).toFixed(1)} GB`,
+      o.shape ? '--shape' : '--model',
+    );
+
+  const t0 = performance.now();
+  const eng = CudaEngine.create(lib, dims, maxT);
+  try {
+    if (ckpt) eng.uploadCheckpoint(ckpt);
+    else eng.fillRandom(o.seed ?? 1);
+    let plan: SparsityPlan;
+    if (o.bundle) {
+      const { loadBundle } = await import('../../export/bundle.js');
+      plan = eng.applyBundle(loadBundle(o.bundle, ckpt));
+    } else {
+      plan = eng.randomPredictors(density, rank);
+    }
+    eng.build();
+    log(json, `loaded + graphs in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+
+    // Prompt: seeded pseudo-random ids (the timing does not depend on the text).
+    let s = (o.seed ?? 1) >>> 0;
+    const ids = Array.from({ length: o.prompt }, () => {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      return s % dims.vocab;
+    });
+    eng.setPrompt(ids);
+    eng.run('dense', o.prompt); // prefill by decode steps (+ warm-up)
+
+    const time = (mode: Mode, steps: number): number => {
+      const xs: number[] = [];
+      eng.run(mode, 2); // warm-up (graph upload, first replay)
+      eng.setPos(o.prompt);
+      for (let r = 0; r < reps; r++) {
+        xs.push(eng.run(mode, steps) / steps);
+        eng.setPos(o.prompt);
+      }
+      return median(xs);
+    };
+    const denseMs = time('dense', o.gen);
+    const sparseMs = time('sparse', o.gen);
+    const fixedMs = time('fixed', o.gen); // selections left by the last sparse step
+    const predMs = time('predictors', o.gen);
+    eng.setKvPolicy('all');
+    eng.build();
+    const kvAllMs = time('sparse', o.gen);
+    eng.setKvPolicy('selected');
+    eng.build();
+    const kernels = {
+      dense: eng.kernelsPerStep('dense'),
+      sparse: eng.kernelsPerStep('sparse'),
+      predictors: eng.kernelsPerStep('predictors'),
+    };
+
+    // ---- floors ----
+    const bw = lib.copyBandwidth(1 << 30, 10) * 1e9; // bytes/s, read + write counted
+    const sp: StepSparsity = { ...plan, kvPolicy: 'selected' };
+    const dB = avgStepBytes(dims, o.prompt, o.gen);
+    const sB = avgStepBytes(dims, o.prompt, o.gen, sp);
+    const sBall = avgStepBytes(dims, o.prompt, o.gen, { ...sp, kvPolicy: 'all' });
+    const floorMs = (dB.total / bw) * 1e3;
+    const sparseFloorMs = (sB.total / bw) * 1e3;
+    const avg = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+    const result: Record<string, unknown> = {
+      device: info.name,
+      date: new Date().toISOString().slice(0, 10),
+      shape: o.shape ?? null,
+      model: o.model ?? null,
+      bundle: o.bundle ?? null,
+      weights: ckpt ? 'checkpoint (fp16)' : 'random fp16 (GPU hash fill)',
+      dims,
+      prompt: o.prompt,
+      gen: o.gen,
+      batch: 1,
+      density: { mlp: r3(avg(plan.kM) / dims.ffn), heads: r3(avg(plan.kH) / dims.heads) },
+      sparsity_source: plan.source,
+      predictor_rank: { attn: Math.max(...plan.rankAttn), mlp: Math.max(...plan.rankMlp) },
+      kv_policy: 'selected (skipped heads compute no K/V; their slots are masked when picked later)',
+      copy_bandwidth_gbps: r3(bw / 1e9),
+      bytes_per_token: { dense: Math.round(dB.total), sparse: Math.round(sB.total), sparse_predictors: Math.round(sB.predictors) },
+      dense: {
+        ms_per_token: r3(denseMs),
+        tokens_per_s: r3(1000 / denseMs),
+        kernels_per_step: kernels.dense,
+        achieved_gbps: r3(dB.total / (denseMs * 1e-3) / 1e9),
+      },
+      sparse: {
+        ms_per_token: r3(sparseMs),
+        tokens_per_s: r3(1000 / sparseMs),
+        predictor_ms_share: r3(Math.max(0, (sparseMs - fixedMs) / sparseMs)),
+        fixed_selection_ms_per_token: r3(fixedMs),
+        predictors_alone_ms: r3(predMs),
+        kernels_per_step: kernels.sparse,
+        kv_all_ms_per_token: r3(kvAllMs),
+        kv_all_floor_ms: r3((sBall.total / bw) * 1e3),
+        achieved_gbps: r3(sB.total / (sparseMs * 1e-3) / 1e9),
+      },
+      speedup: r3(denseMs / sparseMs),
+      floor_ms: r3(floorMs),
+      dense_vs_floor: r3(denseMs / floorMs),
+      sparse_floor_ms: r3(sparseFloorMs),
+      sparse_vs_sparse_floor: r3(sparseMs / sparseFloorMs),
+      sparse_vs_dense_floor: r3(sparseMs / floorMs),
+      seconds: r3((performance.now() - t0) / 1000),
+    };
+    log(
+      json,
+      `${o.shape ?? o.model}: dense ${denseMs.toFixed(3)} ms/token (floor ${floorMs.toFixed(3)}, x${(denseMs / floorMs).toFixed(2)}), ` +
+        `sparse ${sparseMs.toFixed(3)} ms/token (floor ${sparseFloorMs.toFixed(3)}; ${(sparseMs / floorMs).toFixed(3)} of the dense floor), ` +
+        `speedup ${(denseMs / sparseMs).toFixed(2)}x, predictor share ${(100 * Math.max(0, (sparseMs - fixedMs) / sparseMs)).toFixed(1)}%`,
+    );
+    return result;
+  } finally {
+    eng.destroy();
+  }
+}

@@ -1,0 +1,183 @@
+/**
+ * CudaEngine: an OPT model resident on the GPU (fp16 weights), its KV cache, and one CUDA graph per decode mode.
+ * Weights come from a checkpoint (real model) or a hash fill on the GPU (shape benchmarks). Sparsity comes from a
+ * bundle's predictors, from random predictors at a given density (shape benchmarks), or from explicit selections.
+ * No tfjs / apache-arrow anywhere on this path (the GPU machine carries only koffi).
+ */
+import type { OptCheckpoint } from '../../checkpoints/types.js';
+import { DejavuError } from '../../common/errors.js';
+import type { Bundle } from '../../export/bundle.js';
+import type { Dims } from './floor.js';
+import { TAP, TENSOR, type CudaLib, type Mode } from './lib.js';
+
+/** What the sparse graph does in each layer (kH = heads / kM = ffn means dense). */
+export interface SparsityPlan {
+  kH: number[];
+  kM: number[];
+  rankAttn: number[];
+  rankMlp: number[];
+  /** Human-readable: where the predictors read from. */
+  source: string;
+}
+
+export class CudaEngine {
+  private destroyed = false;
+
+  private constructor(
+    readonly lib: CudaLib,
+    private readonly h: unknown,
+    readonly dims: Dims,
+    readonly maxT: number,
+  ) {}
+
+  static create(lib: CudaLib, dims: Dims, maxT: number, eps = 1e-5): CudaEngine {
+    const h = lib.create({
+      vocab: dims.vocab, d: dims.d, layers: dims.layers, heads: dims.heads, ffn: dims.ffn, maxPos: dims.maxPos, maxT, eps,
+    });
+    return new CudaEngine(lib, h, dims, maxT);
+  }
+
+  static dimsOf(ckpt: Pick<OptCheckpoint, 'config' | 'dir'>): Dims {
+    const c = ckpt.config;
+    if (!c.doLayerNormBefore) throw new DejavuError('the CUDA runtime supports pre-LayerNorm OPT only (do_layer_norm_before: true)', ckpt.dir);
+    if (c.wordEmbedProjDim !== c.hiddenSize) throw new DejavuError('the CUDA runtime does not support project_in/project_out (word_embed_proj_dim != hidden_size)', ckpt.dir);
+    if (!c.hasFinalLayerNorm) throw new DejavuError('the CUDA runtime needs the final LayerNorm', ckpt.dir);
+    return { vocab: c.vocabSize, d: c.hiddenSize, layers: c.numLayers, heads: c.numHeads, ffn: c.ffnDim, maxPos: c.maxPositionEmbeddings };
+  }
+
+  fillRandom(seed: number): void {
+    this.lib.fillRandom(this.h, seed);
+  }
+
+  /** Upload a checkpoint's fp32 weights (converted to fp16 and re-laid-out by the library). */
+  uploadCheckpoint(ckpt: Pick<OptCheckpoint, 'config' | 'weights'>): void {
+    const w = ckpt.weights;
+    const { d, ffn } = this.dims;
+    const up = (t: number, l: number, a: Float32Array | undefined, n: number, fill = 0) =>
+      this.lib.upload(this.h, t, l, a && a.length ? a : new Float32Array(n).fill(fill));
+    up(TENSOR.embed, 0, w.embedTokens, 0);
+    up(TENSOR.positions, 0, w.embedPositions, 0);
+    up(TENSOR.lnfW, 0, w.finalLnW, d, 1);
+    up(TENSOR.lnfB, 0, w.finalLnB, d);
+    if (w.lmHead !== w.embedTokens) up(TENSOR.lmHead, 0, w.lmHead, 0);
+    w.layers.forEach((L, l) => {
+      up(TENSOR.ln1W, l, L.attnLnW, d, 1); up(TENSOR.ln1B, l, L.attnLnB, d);
+      up(TENSOR.qW, l, L.qW, 0); up(TENSOR.qB, l, L.qB, d);
+      up(TENSOR.kW, l, L.kW, 0); up(TENSOR.kB, l, L.kB, d);
+      up(TENSOR.vW, l, L.vW, 0); up(TENSOR.vB, l, L.vB, d);
+      up(TENSOR.oW, l, L.oW, 0); up(TENSOR.oB, l, L.oB, d);
+      up(TENSOR.ln2W, l, L.mlpLnW, d, 1); up(TENSOR.ln2B, l, L.mlpLnB, d);
+      up(TENSOR.fc1W, l, L.fc1W, 0); up(TENSOR.fc1B, l, L.fc1B, ffn);
+      up(TENSOR.fc2W, l, L.fc2W, 0); up(TENSOR.fc2B, l, L.fc2B, d);
+    });
+  }
+
+  /** Predictors of a bundle (k per layer from the manifest unless overridden). */
+  applyBundle(bundle: Bundle, over: { headsK?: number; mlpK?: number } = {}): SparsityPlan {
+    const { layers, heads, ffn } = this.dims;
+    const plan: SparsityPlan = { kH: [], kM: [], rankAttn: [], rankMlp: [], source: `bundle ${bundle.dir}` };
+    for (let l = 0; l < layers; l++) {
+      const a = bundle.attn[l];
+      const m = bundle.mlp[l];
+      let kH = heads;
+      let kM = ffn;
+      if (a) {
+        kH = Math.min(heads, over.headsK ?? a.k);
+        this.lib.setPredictor(this.h, l, 0, TAP[a.input], a.sourceLayer, a.w1f, a.w2f, a.rank, kH, a.input_norm === 'layernorm');
+      }
+      if (m) {
+        kM = Math.min(ffn, over.mlpK ?? m.k);
+        this.lib.setPredictor(this.h, l, 1, TAP[m.input], m.sourceLayer, m.w1f, m.w2f, m.rank, kM, m.input_norm === 'layernorm');
+      }
+      this.lib.setK(this.h, l, kH, kM);
+      plan.kH.push(kH);
+      plan.kM.push(kM);
+      plan.rankAttn.push(a ? a.rank : 0);
+      plan.rankMlp.push(m ? m.rank : 0);
+    }
+    return plan;
+  }
+
+  /**
+   * Random fp16 predictors at a density (shape benchmarks): attention heads of layer l predicted from att_in of
+   * layer l-1 (DejaVu's lookahead; layer 0 from its own), MLP neurons from att_in of the same layer, so both run
+   * on a side stream beside the attention block.
+   */
+  randomPredictors(density: { mlp: number; heads: number }, rank: number): SparsityPlan {
+    const { layers, heads, ffn } = this.dims;
+    const kH = Math.max(1, Math.min(heads, Math.round(density.heads * heads)));
+    const kM = Math.max(1, Math.min(ffn, Math.round(density.mlp * ffn)));
+    const plan: SparsityPlan = {
+      kH: [], kM: [], rankAttn: [], rankMlp: [],
+      source: 'random predictors: attn from att_in of layer l-1 (lookahead), mlp from att_in of layer l',
+    };
+    for (let l = 0; l < layers; l++) {
+      const sparseH = kH < heads;
+      const sparseM = kM < ffn;
+      if (sparseH) this.lib.setPredictor(this.h, l, 0, TAP.att_in, Math.max(0, l - 1), null, null, rank, kH, false);
+      if (sparseM) this.lib.setPredictor(this.h, l, 1, TAP.att_in, l, null, null, rank, kM, false);
+      this.lib.setK(this.h, l, kH, kM);
+      plan.kH.push(kH);
+      plan.kM.push(kM);
+      plan.rankAttn.push(sparseH ? rank : 0);
+      plan.rankMlp.push(sparseM ? rank : 0);
+    }
+    return plan;
+  }
+
+  setSelection(layer: number, heads: Int32Array, neurons: Int32Array): void {
+    this.lib.setSelection(this.h, layer, heads, neurons);
+  }
+
+  getSelection(layer: number, kH: number, kM: number): { heads: Int32Array; neurons: Int32Array } {
+    const heads = new Int32Array(kH);
+    const neurons = new Int32Array(kM);
+    this.lib.getSelection(this.h, layer, heads, neurons);
+    return { heads, neurons };
+  }
+
+  setKvPolicy(p: 'selected' | 'all'): void {
+    this.lib.setKvPolicy(this.h, p);
+  }
+
+  /** Capture the graphs (after weights, k and predictors). */
+  build(): void {
+    this.lib.build(this.h);
+  }
+
+  kernelsPerStep(mode: Mode): number {
+    return this.lib.graphKernels(this.h, mode);
+  }
+
+  /** Prompt tokens (forced while pos < prompt length); resets the position and the KV validity. */
+  setPrompt(ids: ArrayLike<number>): void {
+    this.lib.setPrompt(this.h, Int32Array.from(ids));
+  }
+
+  setPos(pos: number): void {
+    this.lib.setPos(this.h, pos);
+  }
+
+  /** Current position and the token history (prompt + generated). */
+  state(): { pos: number; tokens: Int32Array } {
+    const tokens = new Int32Array(this.maxT + 1);
+    const pos = this.lib.getState(this.h, tokens);
+    return { pos, tokens: tokens.subarray(0, pos + 1) };
+  }
+
+  logits(): Float32Array {
+    const out = new Float32Array(this.dims.vocab);
+    this.lib.getLogits(this.h, out);
+    return out;
+  }
+
+  /** `steps` decode steps of `mode` (graph replays); device milliseconds. */
+  run(mode: Mode, steps: number): number {
+    return this.lib.run(this.h, mode, steps);
+  }
+
+  destroy(): void {
+    if (!this.destroyed) this.lib.destroy(this.h);
+    this.destroyed = true;
+  }
+}

@@ -1,0 +1,52 @@
+// `npm run build:cuda`: compiles runtime/cuda into runtime/cuda/build/ (git-ignored):
+//   libdejavu_cuda.so  the engine loaded by runtime/cuda/lib.ts through koffi
+//   cuda-check         the kernel/engine correctness program run by scripts/cuda-check.sh
+// Needs nvcc (CUDA 12+; sm_90 = Hopper). Compiling needs no GPU; running does.
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const src = join(root, 'runtime', 'cuda');
+const out = join(src, 'build');
+const arch = process.env.DEJAVU_CUDA_ARCH ?? 'sm_90';
+
+function findNvcc() {
+  const candidates = [process.env.NVCC, 'nvcc', '/usr/local/cuda/bin/nvcc'].filter(Boolean);
+  for (const c of candidates) {
+    try {
+      execFileSync(c, ['--version'], { stdio: 'ignore' });
+      return c;
+    } catch {}
+  }
+  return null;
+}
+
+const nvcc = findNvcc();
+if (!nvcc) {
+  console.error('build:cuda: nvcc not found (set NVCC=/path/to/nvcc or put the CUDA toolkit on PATH). ' +
+    'The CUDA runtime is optional: everything else works without it.');
+  process.exit(1);
+}
+mkdirSync(out, { recursive: true });
+const common = ['-O3', `-arch=${arch}`, '-std=c++17', '-lineinfo'];
+const jobs = [
+  ['libdejavu_cuda.so', [...common, '-shared', '-Xcompiler', '-fPIC', '-o', join(out, 'libdejavu_cuda.so'), join(src, 'engine.cu')]],
+  ['cuda-check', [...common, '-o', join(out, 'cuda-check'), join(src, 'check.cu')]],
+];
+const only = process.argv.includes('--lib-only') ? jobs.slice(0, 1) : jobs;
+const results = await Promise.all(only.map(([name, args]) => new Promise((resolve) => {
+  const t0 = Date.now();
+  const p = spawn(nvcc, args, { stdio: ['ignore', 'inherit', 'inherit'] });
+  p.on('close', (code) => {
+    console.error(`build:cuda: ${name} ${code === 0 ? 'built' : 'FAILED'} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    resolve(code === 0);
+  });
+})));
+if (!results.every(Boolean)) process.exit(1);
+let gpu = false;
+try {
+  gpu = execFileSync('nvidia-smi', ['-L'], { encoding: 'utf8' }).includes('GPU');
+} catch {}
+if (!gpu) console.error('build:cuda: built, but no NVIDIA GPU is visible here (nvidia-smi): the library loads only where one is.');

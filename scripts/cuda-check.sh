@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# CUDA correctness + benchmark script.
+#
+#   scripts/cuda-check.sh prep    (here, on the CPU machine) builds .devnm/ (git-ignored) for the GPU machine, which
+#                                 has no Node and no network: the compiled runtime/cuda JS (.devnm/dist), a pruned
+#                                 node_modules (koffi, cli-progress), opt-mini (config + weights + the HF reference
+#                                 logits the check uses) and, if BUNDLE=DIR is set, that bundle.
+#   scripts/cuda-check.sh run     (on the GPU machine; carry .devtools and .devnm) builds the library and the check
+#                                 program with nvcc, runs every kernel check (fresh random inputs, CPU references),
+#                                 the opt-mini end-to-end checks, then the benchmarks for SHAPES.
+# Environment: OUT (output folder, default ./cuda-out), SHAPES (default "opt-6.7b opt-13b opt-30b"), BENCH_ARGS.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+cmd=${1:-run}
+
+if [ "$cmd" = prep ]; then
+  set -e
+  rm -rf .devnm/dist .devnm/node_modules
+  npx tsc -p runtime/cuda/tsconfig.device.json
+  mkdir -p .devnm/node_modules/@koromix .devnm/opt-mini
+  # koffi: the package and its linux-x64 glibc binary only (docs, sources for other platforms and musl left out).
+  cp -r node_modules/koffi .devnm/node_modules/
+  rm -rf .devnm/node_modules/koffi/{doc,vendor,CHANGELOG.md}
+  cp -r node_modules/@koromix/koffi-linux-x64 .devnm/node_modules/@koromix/
+  rm -rf .devnm/node_modules/@koromix/koffi-linux-x64/musl_x64
+  for m in cli-progress string-width strip-ansi ansi-regex emoji-regex is-fullwidth-code-point; do
+    [ -d node_modules/$m ] && cp -r node_modules/$m .devnm/node_modules/
+  done
+  FIX=${FIXTURES:-../shared/fixtures}
+  cp $FIX/opt-mini/config.json $FIX/opt-mini/model.safetensors .devnm/opt-mini/
+  # Only what check-mini reads from the 5 MB reference file: s0.ids and s0.logits16.
+  python3 - "$FIX/opt-mini/reference.safetensors" .devnm/opt-mini/reference.safetensors <<'EOF'
+import json, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+f = open(src, 'rb'); n = struct.unpack('<Q', f.read(8))[0]; h = json.loads(f.read(n)); base = 8 + n
+out, blobs, off = {}, [], 0
+for k in ('s0.ids', 's0.logits16'):
+    a, b = h[k]['data_offsets']; f.seek(base + a); blob = f.read(b - a)
+    out[k] = {'dtype': h[k]['dtype'], 'shape': h[k]['shape'], 'data_offsets': [off, off + len(blob)]}
+    blobs.append(blob); off += len(blob)
+hdr = json.dumps(out).encode(); hdr += b' ' * (-len(hdr) % 8)
+with open(dst, 'wb') as g:
+    g.write(struct.pack('<Q', len(hdr))); g.write(hdr); [g.write(x) for x in blobs]
+EOF
+  if [ -n "${BUNDLE:-}" ]; then rm -rf .devnm/bundle && cp -r "$BUNDLE" .devnm/bundle; fi
+  du -sh .devnm .devtools
+  exit 0
+fi
+
+OUT=${OUT:-$ROOT/cuda-out}
+mkdir -p "$OUT"
+LOG=$OUT/check.log
+exec > >(tee -a "$LOG") 2>&1
+NODE=$(command -v node || true)
+if [ -z "$NODE" ]; then
+  xz -dc .devtools/node-v20.20.2-linux-x64.xz > /tmp/node && chmod +x /tmp/node && NODE=/tmp/node
+fi
+echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader)"
+status=0
+echo "== build"
+"$NODE" scripts/build-cuda.mjs || exit 1
+echo "== kernel + engine checks (CPU references, fresh random inputs)"
+runtime/cuda/build/cuda-check || status=1
+echo "== opt-mini end to end"
+B=""
+[ -d .devnm/bundle ] && B="--bundle .devnm/bundle"
+"$NODE" .devnm/dist/runtime/cuda/check-mini.js .devnm/opt-mini $B > "$OUT/mini.json" || status=1
+cat "$OUT/mini.json"
+for s in ${SHAPES:-opt-6.7b opt-13b opt-30b}; do
+  echo "== bench $s"
+  "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/cuda-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
+done
+echo "== summary"
+"$NODE" -e '
+const fs = require("fs");
+for (const f of fs.readdirSync(process.argv[1]).filter((f) => /^cuda-.*\.json$/.test(f)).sort()) {
+  const r = JSON.parse(fs.readFileSync(process.argv[1] + "/" + f, "utf8"));
+  console.log(`${r.shape ?? r.model}: dense ${r.dense.ms_per_token} ms (floor ${r.floor_ms}, x${r.dense_vs_floor}) | sparse ${r.sparse.ms_per_token} ms (floor ${r.sparse_floor_ms}, ${r.sparse_vs_dense_floor} of dense floor, pred share ${r.sparse.predictor_ms_share}) | speedup ${r.speedup} | bw ${r.copy_bandwidth_gbps} GB/s`);
+}' "$OUT"
+exit $status
