@@ -2,7 +2,7 @@
  * loadOptCheckpoint on small synthetic models (no fixtures needed): every OPT variant the loader supports, the
  * name -> LayerWeights mapping checked against a hand-written table, and every bad input with its error message.
  */
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
@@ -20,8 +20,11 @@ import {
   writeTorchBinFolder,
   type ModelTensor,
   type TinyConfig,
+  removeTempDirs,
 } from './helpers/model-folder.js';
 import { buildTorchZip, PickleBuilder, statePickle, type BinTensor } from './helpers/pickle-writer.js';
+
+afterAll(removeTempDirs);
 
 const PRE: TinyConfig = { vocab: 40, hidden: 16, proj: 16, heads: 2, layers: 2, ffn: 32, maxPos: 12, preLN: true, finalLN: true, lmHead: false };
 const OPT350: TinyConfig = { ...PRE, proj: 8, preLN: false, finalLN: false };

@@ -1,9 +1,11 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { parseOptConfig } from '../../checkpoints/opt-config.js';
 import { HAVE_FIXTURES, OPT_MINI } from '../helpers/fixtures.js';
-import { tempDir, writeConfig } from './helpers/model-folder.js';
+import { tempDir, writeConfig, removeTempDirs } from './helpers/model-folder.js';
+
+afterAll(removeTempDirs);
 
 const base = {
   vocab_size: 100,

@@ -1,8 +1,10 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { readFileSync, readdirSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFile, writeSafetensors } from '../../checkpoints/safetensors.js';
-import { tempDir } from './helpers/model-folder.js';
+import { tempDir, removeTempDirs } from './helpers/model-folder.js';
+
+afterAll(removeTempDirs);
 
 /** Build a safetensors file by hand from a header object and a data section (for corrupt-file tests). */
 function rawSafetensors(header: unknown, data: Uint8Array): Uint8Array {

@@ -3,7 +3,7 @@
  * pytorch_model.bin) must load to the same weights, fingerprint and logits as the original fp16 model.safetensors.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { f32ToBf16 } from '../../checkpoints/float16.js';
 import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
@@ -19,8 +19,10 @@ import {
   writeShardedFolder,
   writeTorchBinFolder,
   type ModelTensor,
+  removeTempDirs,
 } from './helpers/model-folder.js';
-import { readFileSync } from 'node:fs';
+
+afterAll(removeTempDirs);
 
 describe.skipIf(!HAVE_FIXTURES)('opt-mini in every supported layout', () => {
   let original: OptCheckpoint;
@@ -29,11 +31,9 @@ describe.skipIf(!HAVE_FIXTURES)('opt-mini in every supported layout', () => {
   let ids: Int32Array;
   let refLogits: Float32Array;
   let origLogits: Float32Array;
-  const dirs: string[] = [];
 
   const variant = (label: string, cfg: Record<string, unknown>, write: (dir: string) => void) => {
     const dir = tempDir(label);
-    dirs.push(dir);
     writeConfig(dir, cfg);
     write(dir);
     return dir;
@@ -59,7 +59,6 @@ describe.skipIf(!HAVE_FIXTURES)('opt-mini in every supported layout', () => {
     ref.close();
     origLogits = await logitsOf(original);
   });
-  afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
 
   it('the original matches the Hugging Face reference logits (sanity for the comparisons below)', () => {
     expect(relErr(origLogits, refLogits)).toBeLessThanOrEqual(1e-4);

@@ -1,9 +1,11 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ZipReader } from '../../checkpoints/zip.js';
-import { tempDir } from './helpers/model-folder.js';
+import { tempDir, removeTempDirs } from './helpers/model-folder.js';
 import { buildZip } from './helpers/zip-writer.js';
+
+afterAll(removeTempDirs);
 
 const data = Uint8Array.from({ length: 5000 }, (_, i) => (i * 7) % 251);
 const entries = [

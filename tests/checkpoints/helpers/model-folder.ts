@@ -2,7 +2,7 @@
  * Test helpers that write one set of OPT tensors as a Hugging Face model folder in each supported layout: single or
  * sharded safetensors, pytorch_model.bin (our own zip + pickle writers), in F16 / BF16 / F32, with any name prefix.
  */
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { f32ToBf16, f32ToF16 } from '../../../checkpoints/float16.js';
@@ -18,8 +18,17 @@ export interface ModelTensor {
   data: Float32Array;
 }
 
+const created: string[] = [];
+
+/** Remove every folder tempDir() made (call from afterAll, so repeated runs leave nothing in the temp dir). */
+export function removeTempDirs(): void {
+  for (const d of created.splice(0)) rmSync(d, { recursive: true, force: true });
+}
+
 export function tempDir(label: string): string {
-  return mkdtempSync(join(tmpdir(), `dejavu-ckpt-${label}-`));
+  const d = mkdtempSync(join(tmpdir(), `dejavu-ckpt-${label}-`));
+  created.push(d);
+  return d;
 }
 
 export function writeConfig(dir: string, config: Record<string, unknown>): void {
