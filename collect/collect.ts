@@ -162,7 +162,7 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
       writeJsonAtomic(join(out, MANIFEST_FILE), manifest);
       return { manifest, shardsWritten: 0, shardsResumed: done.length, tokensThisRun: 0, secondsThisRun: 0 };
     }
-    state.shards = done;
+    state.shards = [...done]; // a copy: `done` stays the list of shards kept from earlier runs
     state.complete = false;
     rmSync(join(out, MANIFEST_FILE), { force: true });
     removeStale(out, layers, done.length);
