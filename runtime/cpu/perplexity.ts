@@ -82,3 +82,12 @@ export async function perplexity(
     tokens_per_s: seconds > 0 ? tokens / seconds : 0,
   };
 }
+
+/** Documents -> token ids as eval scores them: tokenizer.encode(text, maxLen) (BOS included, counted in maxLen). */
+export async function* encodeDocuments(
+  docs: AsyncIterable<{ text: string }>,
+  tokenizer: { encode(text: string, maxLen?: number): Int32Array },
+  maxLen: number,
+): AsyncGenerator<Int32Array> {
+  for await (const d of docs) yield tokenizer.encode(d.text, maxLen);
+}

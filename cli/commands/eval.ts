@@ -1,0 +1,106 @@
+/**
+ * `dejavu eval ppl`: perplexity of an OPT model on C4 documents. Argument parsing, the progress bar and the summary;
+ * the scoring loop is runtime/cpu/perplexity.ts, which takes any per-document scorer (dense CPU pool here; a sparse
+ * bundle can plug in its own scorer the same way).
+ */
+import type { Command } from 'commander';
+
+interface PplFlags {
+  model: string;
+  data: string[];
+  docs?: string;
+  sample?: string;
+  seed: string;
+  maxLen?: string;
+  threads?: string;
+  backend: string;
+  json?: boolean;
+}
+
+async function intFlag(value: string, flag: string, min: number): Promise<number> {
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min) {
+    const { DejavuError } = await import('../../common/errors.js');
+    throw new DejavuError(`expected an integer >= ${min}, got '${value}'`, flag);
+  }
+  return n;
+}
+
+export function register(program: Command): void {
+  const evalCmd = program.command('eval').description('evaluate a model');
+  evalCmd
+    .command('ppl')
+    .description('perplexity = exp(total NLL / predicted tokens); each document scored as [BOS] + its first max-len - 1 tokens')
+    .requiredOption('--model <dir>', 'Hugging Face OPT model folder')
+    .requiredOption('--data <paths...>', 'C4 files (json.gz, jsonl, parquet), folders or globs')
+    .option('--docs <n>', 'the first N documents in file order')
+    .option('--sample <n>', 'a seeded random sample of N documents (scored in file order)')
+    .option('--seed <s>', 'seed for --sample', '0')
+    .option('--max-len <n>', 'tokens per document, BOS included (default: max_position_embeddings)')
+    .option('--threads <n>', 'worker threads, one document each (default: available cores)')
+    .option('--backend <b>', 'CPU prefill backend: auto, wasm (tfjs-wasm) or js (typed arrays)', 'auto')
+    .option('--json', 'print one JSON object on stdout: {ppl, tokens, docs, seconds, tokens_per_s}')
+    .action(async (f: PplFlags) => {
+      const { DejavuError } = await import('../../common/errors.js');
+      const { log, progressBar } = await import('../../common/progress.js');
+      const { join } = await import('node:path');
+      const { parseOptConfig } = await import('../../checkpoints/opt-config.js');
+      const { createReadStats, loadTokenizer, readDocuments } = await import('../../datasets/index.js');
+      const { PrefillPool } = await import('../../runtime/cpu/pool.js');
+      const { encodeDocuments, perplexity } = await import('../../runtime/cpu/perplexity.js');
+
+      if (f.docs !== undefined && f.sample !== undefined) throw new DejavuError('use --docs or --sample, not both', '--docs');
+      if (!['auto', 'wasm', 'js'].includes(f.backend)) throw new DejavuError(`expected auto, wasm or js, got '${f.backend}'`, '--backend');
+      const docs = f.docs !== undefined ? await intFlag(f.docs, '--docs', 1) : undefined;
+      const sample = f.sample !== undefined ? await intFlag(f.sample, '--sample', 1) : undefined;
+      const seed = await intFlag(f.seed, '--seed', 0);
+      const config = parseOptConfig(join(f.model, 'config.json'));
+      const maxLen = f.maxLen !== undefined ? await intFlag(f.maxLen, '--max-len', 2) : config.maxPositionEmbeddings;
+      if (maxLen > config.maxPositionEmbeddings) {
+        throw new DejavuError(`${maxLen} exceeds the model's max_position_embeddings (${config.maxPositionEmbeddings})`, '--max-len');
+      }
+      const threads = f.threads !== undefined ? await intFlag(f.threads, '--threads', 1) : undefined;
+
+      const tokenizer = await loadTokenizer(f.model);
+      const stats = createReadStats();
+      const selection = docs !== undefined ? { docs } : sample !== undefined ? { sample, seed } : {};
+      // Fewer workers than documents would idle; each worker loads its own model copy.
+      const pool = await PrefillPool.create(f.model, {
+        workers: Math.min(threads ?? (await import('node:os')).availableParallelism(), docs ?? sample ?? Infinity),
+        backend: f.backend as 'auto' | 'wasm' | 'js',
+      });
+      log(`model ${f.model}: ${config.numLayers} layers, d=${config.hiddenSize}; prefill on ${pool.backend}`);
+      const known = docs ?? sample;
+      const bar = progressBar('eval ppl', known ?? 1, 'docs');
+      let result;
+      try {
+        result = await perplexity(encodeDocuments(readDocuments(f.data, selection, stats), tokenizer, maxLen), (ids) => pool.score(ids), {
+          concurrency: pool.size,
+          onDoc: ({ docs: n, tokens, seconds }) => {
+            if (known === undefined) bar.setTotal(n + 1);
+            bar.update(n, { info: `| ${tokens.toLocaleString('en-US')} tok, ${Math.round(tokens / seconds).toLocaleString('en-US')} tok/s` });
+          },
+        });
+      } finally {
+        bar.stop();
+        await pool.close();
+      }
+      if (stats.skipped) log(`skipped ${stats.skipped} malformed lines/rows, e.g. ${stats.skippedExamples[0]}`);
+      if (result.tokens === 0) throw new DejavuError('no predicted tokens (every document is empty or max-len is 1)', '--data');
+      const r = {
+        ppl: result.ppl,
+        tokens: result.tokens,
+        docs: result.docs,
+        seconds: Number(result.seconds.toFixed(3)),
+        tokens_per_s: Math.round(result.tokens_per_s),
+      };
+      if (f.json) {
+        console.log(JSON.stringify(r));
+      } else {
+        console.log(`perplexity  ${r.ppl.toFixed(4)}`);
+        console.log(`tokens      ${r.tokens.toLocaleString('en-US')} predicted (BOS not predicted), max-len ${maxLen}`);
+        console.log(`documents   ${r.docs}`);
+        console.log(`speed       ${r.tokens_per_s.toLocaleString('en-US')} tokens/s (${r.seconds.toFixed(1)} s, ${pool.backend})`);
+      }
+    });
+}
