@@ -11,6 +11,7 @@ import { register as registerTrain } from './commands/train.js';
 import { register as registerCollect } from './commands/collect.js';
 import { register as registerBench } from './commands/bench.js';
 import { register as registerExport } from './commands/export.js';
+import { register as registerDemo } from './commands/demo.js';
 import { register as registerEval } from './commands/eval.js';
 
 const program = new Command();
@@ -25,6 +26,7 @@ registerTrain(program);
 registerCollect(program);
 registerBench(program);
 registerExport(program);
+registerDemo(program);
 registerEval(program);
 
 program.exitOverride();

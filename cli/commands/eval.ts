@@ -15,6 +15,11 @@ interface PplFlags {
   threads?: string;
   backend: string;
   json?: boolean;
+  bundle?: string;
+  headsFrac?: string;
+  mlpK?: string;
+  headsK?: string;
+  modes?: string;
 }
 
 async function intFlag(value: string, flag: string, min: number): Promise<number> {
@@ -40,6 +45,11 @@ export function register(program: Command): void {
     .option('--threads <n>', 'worker threads, one document each (default: available cores)')
     .option('--backend <b>', 'CPU prefill backend: auto, wasm (tfjs-wasm) or js (typed arrays)', 'auto')
     .option('--json', 'print one JSON object on stdout: {ppl, tokens, docs, seconds, tokens_per_s}')
+    .option('--bundle <dir>', 'sparse: dense, oracle and predicted perplexity with this bundle (runtime/sparse/eval.ts)')
+    .option('--heads-frac <f>', 'with --bundle: keep round(F*H) heads in layers with an attention predictor')
+    .option('--mlp-k <n>', 'with --bundle: neurons kept per layer with an MLP predictor (default: the bundle k)')
+    .option('--heads-k <n>', 'with --bundle: heads kept per layer with an attention predictor (default: the bundle k)')
+    .option('--modes <list>', 'with --bundle: comma-separated subset of dense,oracle,predicted', 'dense,oracle,predicted')
     .action(async (f: PplFlags) => {
       const { DejavuError } = await import('../../common/errors.js');
       const { log, progressBar } = await import('../../common/progress.js');
@@ -60,6 +70,10 @@ export function register(program: Command): void {
         throw new DejavuError(`${maxLen} exceeds the model's max_position_embeddings (${config.maxPositionEmbeddings})`, '--max-len');
       }
       const threads = f.threads !== undefined ? await intFlag(f.threads, '--threads', 1) : undefined;
+      if (f.bundle) {
+        const { runBundleCli } = await import('../../runtime/sparse/eval.js');
+        return runBundleCli(f, { selection: docs !== undefined ? { docs } : sample !== undefined ? { sample, seed } : {}, maxLen, threads });
+      }
 
       const tokenizer = await loadTokenizer(f.model);
       const stats = createReadStats();

@@ -1,0 +1,40 @@
+/** `dejavu demo`: argument parsing and the closing table; the pipeline is runtime/sparse/demo.ts. */
+import type { Command } from 'commander';
+import { DejavuError } from '../../common/errors.js';
+
+function int(flag: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new DejavuError(`'${v}' is not a positive integer`, flag);
+    return n;
+  };
+}
+
+export function register(program: Command): void {
+  program
+    .command('demo')
+    .description('collect -> train -> export -> eval -> bench on the bundled example (opt-mini + c4mini), ~10 min on 2 cores')
+    .option('--work <dir>', 'work folder (shards, predictors, bundle, summary.json); rerunning resumes', './dejavu-demo')
+    .option('--examples <dir>', 'examples folder (default: the one shipped with dejavu)')
+    .option('--train-docs <n>', 'c4mini training documents to collect', int('--train-docs'))
+    .option('--eval-docs <n>', 'c4mini validation documents for perplexity', int('--eval-docs'))
+    .option('--max-len <n>', 'tokens per document, BOS included', int('--max-len'))
+    .option('--rank <r>', 'predictor rank', int('--rank'))
+    .option('--epochs <n>', 'predictor training epochs', int('--epochs'))
+    .option('--workers <n>', 'predictor training worker threads', int('--workers'))
+    .option('--json', 'print the summary as one JSON object on stdout')
+    .action(async (f: { work: string; examples?: string; trainDocs?: number; evalDocs?: number; maxLen?: number; rank?: number; epochs?: number; workers?: number; json?: boolean }) => {
+      const { runDemo, formatDemo, DEMO_DEFAULTS } = await import('../../runtime/sparse/demo.js');
+      const s = await runDemo({
+        work: f.work,
+        examples: f.examples,
+        trainDocs: f.trainDocs ?? DEMO_DEFAULTS.trainDocs,
+        evalDocs: f.evalDocs ?? DEMO_DEFAULTS.evalDocs,
+        maxLen: f.maxLen ?? DEMO_DEFAULTS.maxLen,
+        rank: f.rank ?? DEMO_DEFAULTS.rank,
+        epochs: f.epochs ?? DEMO_DEFAULTS.epochs,
+        workers: f.workers ?? DEMO_DEFAULTS.workers,
+      });
+      process.stdout.write((f.json ? JSON.stringify(s) : formatDemo(s)) + '\n');
+    });
+}

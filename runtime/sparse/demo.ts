@@ -1,0 +1,160 @@
+/**
+ * `dejavu demo`: the whole pipeline on the example vendored under examples/ (opt-mini + a c4mini subset), in-process:
+ * collect -> train -> export -> eval ppl (dense / oracle / predicted) -> CPU bench, ending with one summary table.
+ * Sized to finish within 10 minutes on 2 CPU cores; every stage writes under the work folder, and a rerun resumes
+ * collect and train from what is there.
+ */
+import { existsSync, mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
+import { writeJsonAtomic } from '../../common/atomic.js';
+import { DejavuError } from '../../common/errors.js';
+import { log } from '../../common/progress.js';
+import { loadBundle } from '../../export/bundle.js';
+import { exportBundle } from '../../export/export.js';
+import { runCpuBench } from './bench-cpu.js';
+import { runBundlePpl } from './eval.js';
+
+export interface DemoOptions {
+  work: string;
+  /** examples/ folder (default: found next to the installed package). */
+  examples?: string;
+  trainDocs: number;
+  maxLen: number;
+  rank: number;
+  epochs: number;
+  evalDocs: number;
+  workers: number;
+  quiet?: boolean;
+}
+
+export const DEMO_DEFAULTS = { trainDocs: 120, maxLen: 256, rank: 64, epochs: 4, evalDocs: 20, workers: 2 };
+
+/** The examples/ folder: walk up from this module (dist/runtime/sparse or runtime/sparse) to the package root. */
+export function findExamples(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const cand = join(dir, 'examples');
+    if (existsSync(join(cand, 'opt-mini', 'config.json'))) return cand;
+    dir = dirname(dir);
+  }
+  throw new DejavuError('examples/opt-mini not found next to the package (pass --examples DIR)', 'examples');
+}
+
+export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> {
+  const ex = o.examples ?? findExamples();
+  const model = join(ex, 'opt-mini');
+  const trainData = join(ex, 'c4mini', 'c4mini-train-first400.json.gz');
+  const validData = join(ex, 'c4mini', 'c4mini-validation.00000-of-00001.json.gz');
+  for (const p of [model, trainData, validData]) if (!existsSync(p)) throw new DejavuError('missing example file', p);
+  const work = resolve(o.work);
+  mkdirSync(work, { recursive: true });
+  const paths = { shards: join(work, 'shards'), predictors: join(work, 'predictors'), bundle: join(work, 'bundle') };
+  const stages: { stage: string; seconds: number; result: string }[] = [];
+  const t00 = performance.now();
+  const timed = async <T>(stage: string, f: () => Promise<T>, describe: (r: T) => string): Promise<T> => {
+    log(`\n== ${stage}`);
+    const t0 = performance.now();
+    const r = await f();
+    const seconds = Math.round((performance.now() - t0) / 100) / 10;
+    stages.push({ stage, seconds, result: describe(r) });
+    log(`== ${stage}: ${seconds} s`);
+    return r;
+  };
+
+  const { collect } = await import('../../collect/collect.js');
+  const col = await timed(
+    'collect',
+    () => collect({ model, data: [trainData], out: paths.shards, docs: o.trainDocs, maxLen: o.maxLen, quiet: o.quiet }),
+    (r) => `${r.manifest.docs} docs, ${r.manifest.tokens} tokens x ${r.manifest.layers.length} layers`,
+  );
+
+  const { runTrain } = await import('../../train/run.js');
+  const { DEFAULTS } = await import('../../train/trainer.js');
+  const tr = await timed(
+    'train',
+    () =>
+      runTrain({
+        ...DEFAULTS,
+        shards: paths.shards,
+        out: paths.predictors,
+        target: 'both',
+        rank: o.rank,
+        epochs: o.epochs,
+        patience: 2,
+        resume: true,
+        backend: 'auto',
+        workers: o.workers,
+        json: false,
+        quiet: o.quiet,
+      }),
+    (r) => {
+      const mlp = r.layers.filter((l) => l.target === 'mlp');
+      const rec = mlp.reduce((a, l) => a + l.recall, 0) / Math.max(1, mlp.length);
+      return `${r.layers.length} predictors (rank ${o.rank}), mean MLP recall ${rec.toFixed(3)}`;
+    },
+  );
+
+  const ckpt = await loadOptCheckpoint(model, { quiet: true });
+  const ex1 = await timed(
+    'export',
+    async () => exportBundle({ predictors: paths.predictors, out: paths.bundle, recall: 0.99 }, ckpt),
+    (r) => `k from k99: MLP density ${(100 * r.mlp_density).toFixed(1)}%, heads ${(100 * r.head_density).toFixed(1)}%`,
+  );
+  const bundle = loadBundle(paths.bundle, ckpt);
+
+  const ppl = await timed(
+    'eval ppl',
+    () =>
+      runBundlePpl({
+        model,
+        bundle: paths.bundle,
+        data: [validData],
+        selection: { docs: o.evalDocs },
+        maxLen: o.maxLen,
+        quiet: o.quiet,
+        ckpt,
+        loadedBundle: bundle,
+      }),
+    (r) => {
+      const g = (m: string) => (r[m] as { ppl: number }).ppl.toFixed(2);
+      return `${r.docs} validation docs: dense ${g('dense')}, oracle ${g('oracle')}, predicted ${g('predicted')}`;
+    },
+  );
+
+  const bench = await timed(
+    'bench cpu',
+    () => runCpuBench({ model, bundle: paths.bundle, prompt: 64, gen: 32, rounds: 3, quiet: o.quiet, ckpt }),
+    (r) => `dense ${(r.dense as { ms_per_token: number }).ms_per_token} ms/token, sparse ${(r.sparse as { ms_per_token: number }).ms_per_token} ms/token (${r.speedup}x)`,
+  );
+
+  const summary = {
+    work,
+    seconds: Math.round((performance.now() - t00) / 100) / 10,
+    stages,
+    collect: { docs: col.manifest.docs, tokens: col.manifest.tokens },
+    train: tr.layers.map((l) => ({ layer: l.layer, target: l.target, recall: l.recall, precision: l.precision, k99: l.k99 })),
+    export: ex1,
+    ppl,
+    bench: {
+      dense_ms_per_token: (bench.dense as { ms_per_token: number }).ms_per_token,
+      sparse_ms_per_token: (bench.sparse as { ms_per_token: number }).ms_per_token,
+      speedup: bench.speedup,
+      mlp_block_speedup: bench.mlp_block_speedup,
+      mlp_density: bench.mlp_density,
+      head_density: bench.head_density,
+    },
+  };
+  writeJsonAtomic(join(work, 'summary.json'), summary);
+  return summary;
+}
+
+/** The closing table. */
+export function formatDemo(s: Awaited<ReturnType<typeof runDemo>>): string {
+  const stages = s.stages as { stage: string; seconds: number; result: string }[];
+  const lines = ['', 'dejavu demo: opt-mini on c4mini', '', 'stage       seconds  result'];
+  for (const st of stages) lines.push(`${st.stage.padEnd(12)}${String(st.seconds).padStart(7)}  ${st.result}`);
+  lines.push(`${'total'.padEnd(12)}${String(s.seconds).padStart(7)}`, '', `work folder: ${s.work} (summary.json, bundle/, predictors/, shards/)`);
+  return lines.join('\n');
+}

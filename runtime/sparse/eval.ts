@@ -1,0 +1,114 @@
+/**
+ * `dejavu eval ppl --bundle B`: read and tokenize documents, then dense / oracle / predicted perplexity side by side
+ * (runtime/sparse/ppl.ts). cli/commands/eval.ts parses the flags and calls runBundlePpl.
+ */
+import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
+import type { OptCheckpoint } from '../../checkpoints/types.js';
+import { DejavuError } from '../../common/errors.js';
+import { log } from '../../common/progress.js';
+import { createReadStats, readDocuments } from '../../datasets/read.js';
+import { loadTokenizer } from '../../datasets/tokenizer.js';
+import type { DocumentSelection } from '../../datasets/types.js';
+import { loadBundle, type Bundle } from '../../export/bundle.js';
+import type { SparseMode } from './model.js';
+import { bundlePerplexity } from './ppl.js';
+
+export interface BundlePplOptions {
+  model: string;
+  bundle: string;
+  data: string[];
+  selection?: DocumentSelection;
+  /** Tokens per document, BOS included. */
+  maxLen: number;
+  headsFrac?: number;
+  mlpK?: number;
+  headsK?: number;
+  /** Default: dense, oracle, predicted. */
+  modes?: SparseMode[];
+  quiet?: boolean;
+  ckpt?: OptCheckpoint;
+  loadedBundle?: Bundle;
+}
+
+/** Token ids of the selected documents, each `[BOS] + text` cut to maxLen (documents under 2 tokens dropped). */
+export async function tokenizeDocs(model: string, data: string[], selection: DocumentSelection, maxLen: number): Promise<Int32Array[]> {
+  if (!(Number.isInteger(maxLen) && maxLen >= 2)) throw new DejavuError(`${maxLen} must be an integer >= 2`, '--max-len');
+  const tok = await loadTokenizer(model);
+  const stats = createReadStats();
+  const docs: Int32Array[] = [];
+  for await (const doc of readDocuments(data, selection, stats)) {
+    const ids = tok.encode(doc.text, maxLen);
+    if (ids.length >= 2) docs.push(ids);
+  }
+  if (stats.skipped) log(`skipped ${stats.skipped} malformed lines/rows (e.g. ${stats.skippedExamples[0]})`);
+  return docs;
+}
+
+export async function runBundlePpl(o: BundlePplOptions): Promise<Record<string, unknown>> {
+  const t0 = performance.now();
+  const ckpt = o.ckpt ?? (await loadOptCheckpoint(o.model, { quiet: o.quiet }));
+  if (o.maxLen > ckpt.config.maxPositionEmbeddings) {
+    throw new DejavuError(`${o.maxLen} exceeds max_position_embeddings ${ckpt.config.maxPositionEmbeddings}`, '--max-len');
+  }
+  const bundle = o.loadedBundle ?? loadBundle(o.bundle, ckpt);
+  const docs = await tokenizeDocs(o.model, o.data, o.selection ?? {}, o.maxLen);
+  const res = await bundlePerplexity(ckpt, bundle, docs, {
+    modes: o.modes ?? ['dense', 'oracle', 'predicted'],
+    headsFrac: o.headsFrac,
+    mlpK: o.mlpK,
+    headsK: o.headsK,
+    quiet: o.quiet,
+  });
+  return { ...res, max_len: o.maxLen, seconds: Math.round((performance.now() - t0) / 10) / 100 };
+}
+
+/** A short text table of a runBundlePpl result. */
+export function formatBundlePpl(r: Record<string, unknown>): string {
+  const lines = [`documents ${r.docs}, predicted tokens ${r.tokens}`];
+  for (const mode of ['dense', 'oracle', 'predicted']) {
+    const m = r[mode] as { ppl: number; delta_vs_dense?: number } | undefined;
+    if (!m) continue;
+    const delta = m.delta_vs_dense === undefined ? '' : ` (${m.delta_vs_dense >= 0 ? '+' : ''}${(100 * m.delta_vs_dense).toFixed(2)}% vs dense)`;
+    lines.push(`${mode.padEnd(10)} ppl ${m.ppl.toFixed(3)}${delta}`);
+  }
+  const pct = (v: unknown) => (typeof v === 'number' ? `${(100 * v).toFixed(1)}%` : '-');
+  if (r.mlp_density !== undefined) {
+    lines.push(`mean density: mlp ${pct(r.mlp_density)}, heads ${pct(r.head_density)}`);
+    const m = r.mlp_density_per_layer as number[];
+    const h = r.head_density_per_layer as number[];
+    lines.push('per layer (mlp / heads): ' + m.map((v, l) => `L${l} ${pct(v)}/${pct(h[l])}`).join('  '));
+  }
+  return lines.join('\n');
+}
+
+/** The `dejavu eval ppl --bundle` action (flag parsing beyond the dense command's, then print). */
+export async function runBundleCli(
+  f: { model: string; data: string[]; bundle?: string; headsFrac?: string; mlpK?: string; headsK?: string; modes?: string; json?: boolean },
+  common: { selection: DocumentSelection; maxLen: number; threads?: number },
+): Promise<void> {
+  const num = (v: string | undefined, flag: string, int: boolean): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n) || (int && !Number.isInteger(n)) || n <= 0) throw new DejavuError(`'${v}' is not a valid ${int ? 'positive integer' : 'positive number'}`, flag);
+    return n;
+  };
+  const modes = (f.modes ?? 'dense,oracle,predicted').split(',').map((s) => s.trim());
+  for (const m of modes) {
+    if (m !== 'dense' && m !== 'oracle' && m !== 'predicted') throw new DejavuError(`unknown mode '${m}' (dense, oracle, predicted)`, '--modes');
+  }
+  const headsFrac = num(f.headsFrac, '--heads-frac', false);
+  if (headsFrac !== undefined && headsFrac > 1) throw new DejavuError(`${headsFrac} must be in (0, 1]`, '--heads-frac');
+  const r = await runBundlePpl({
+    model: f.model,
+    bundle: f.bundle!,
+    data: f.data,
+    selection: common.selection,
+    maxLen: common.maxLen,
+    headsFrac,
+    mlpK: num(f.mlpK, '--mlp-k', true),
+    headsK: num(f.headsK, '--heads-k', true),
+    modes: modes as SparseMode[],
+    quiet: !!f.json && !process.stderr.isTTY,
+  });
+  process.stdout.write((f.json ? JSON.stringify(r) : formatBundlePpl(r)) + '\n');
+}
