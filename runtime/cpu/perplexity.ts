@@ -56,21 +56,28 @@ export async function perplexity(
   let tokens = 0;
   let done = 0;
   const inFlight = new Set<Promise<void>>();
+  // A scorer can fail while the loop is still reading; remember the first failure and rethrow it at the next wait
+  // (a rejected promise may have left the set before anyone awaited it).
+  let failure: { error: unknown } | undefined;
   let index = 0;
   for await (const ids of docs) {
     const i = index++;
-    const p = Promise.resolve(scorer(ids)).then((s) => {
-      nlls[i] = s.nll;
-      tokens += s.predicted;
-      done++;
-      opts.onDoc?.({ docs: done, tokens, seconds: (performance.now() - t0) / 1000 });
-    });
-    const tracked = p.finally(() => inFlight.delete(tracked));
-    tracked.catch(() => {}); // a failure surfaces through the race/all below, once, not as an unhandled rejection
+    const tracked: Promise<void> = Promise.resolve()
+      .then(() => scorer(ids))
+      .then((s) => {
+        nlls[i] = s.nll;
+        tokens += s.predicted;
+        done++;
+        opts.onDoc?.({ docs: done, tokens, seconds: (performance.now() - t0) / 1000 });
+      })
+      .catch((error) => void (failure ??= { error }))
+      .finally(() => inFlight.delete(tracked));
     inFlight.add(tracked);
     if (inFlight.size >= concurrency) await Promise.race(inFlight);
+    if (failure) break;
   }
   await Promise.all(inFlight);
+  if (failure) throw failure.error;
   let total = 0;
   for (const n of nlls) total += n;
   const seconds = (performance.now() - t0) / 1000;
