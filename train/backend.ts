@@ -48,7 +48,8 @@ export function patchWasmBatchMatMul(tf: Tf): void {
     for (const t of temps) (backend as { disposeData(id: object): void }).disposeData(t.dataId);
     return out;
   };
-  tf.registerKernel({ ...orig, kernelFunc, patched: true } as Parameters<Tf['registerKernel']>[0]);
+  // `stock` keeps the original so a benchmark can compare.
+  tf.registerKernel({ ...orig, kernelFunc, patched: true, stock: orig } as Parameters<Tf['registerKernel']>[0]);
 }
 type TF_TensorInfo = import('@tensorflow/tfjs-core').TensorInfo;
 type TF_KernelFunc = Parameters<Tf['registerKernel']>[0]['kernelFunc'];
@@ -84,7 +85,8 @@ async function tryWebGpu(tf: Tf, allowFallbackAdapter: boolean): Promise<string>
   // Small tensors would otherwise round-trip to the CPU backend (a sync each time).
   tf.env().set('WEBGPU_CPU_FORWARD', false);
   if (!(await tf.setBackend('webgpu'))) throw new Error('tfjs webgpu backend did not initialise');
-  return `${info.description || info.device || info.vendor || 'adapter'}${info.backendType ? `, ${info.backendType}` : ''}`;
+  const name = [info.vendor, info.architecture, info.device].filter(Boolean).join(' ');
+  return `${name || 'adapter'}${info.description ? `, ${info.description}` : ''}${info.backendType ? `, ${info.backendType}` : ''}`;
 }
 
 async function tryWasm(tf: Tf): Promise<string> {

@@ -90,7 +90,12 @@ export class Predictor {
     init: PredictorState,
     readonly opt: AdamWConfig,
   ) {
-    const v = (a: Float32Array, shape: [number, number]) => tf.variable(tf.tensor2d(a, shape), true);
+    const v = (a: Float32Array, shape: [number, number]) => {
+      const t = tf.tensor2d(a, shape);
+      const variable = tf.variable(t, true);
+      t.dispose(); // the variable holds its own reference to the data
+      return variable;
+    };
     this.w1t = v(init.w1t, [d, r]);
     this.w2t = v(init.w2t, [r, out]);
     this.m1 = v(init.m1, [d, r]);

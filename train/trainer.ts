@@ -36,6 +36,8 @@ export interface TrainOptions {
   patience: number;
   resume: boolean;
   quiet?: boolean;
+  /** Called after each epoch's checkpoint is on disk (tests use it to simulate a kill). */
+  onEpochEnd?: (job: string, epochsDone: number) => void;
 }
 
 export const DEFAULTS = {
@@ -158,7 +160,10 @@ export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions)
       const e = state.epoch;
       const t0 = performance.now();
       const bar = progressBar(`${name} epoch ${e + 1}/${o.epochs}`, counts.train, 'tok', o.quiet);
-      let lossSum: ReturnType<Tf['scalar']> = tf.scalar(0);
+      // Loss: computed every 8th step, read back asynchronously (at most two reads in flight), so the host never
+      // waits for the device inside the loop except to bound how far it runs ahead.
+      const pending: Promise<number>[] = [];
+      let lossSum = 0;
       let lossN = 0;
       let done = 0;
       let stepInEpoch = 0;
@@ -172,24 +177,27 @@ export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions)
       for await (const b of stream) {
         const x = tf.tensor2d(b.x, [b.n, job.inDim]);
         const y = unpackBits(tf, b.bits, b.n, job.outDim, predictor.pow2);
-        // The loss is computed on every 8th step only and read once per epoch: no host sync inside the loop
-        // beyond what a backend does by itself.
-        const withLoss = stepInEpoch % 8 === 0;
-        const loss = predictor.trainStep(x, y, o.lr, withLoss);
+        const loss = predictor.trainStep(x, y, o.lr, stepInEpoch % 8 === 0);
         tf.dispose([x, y]);
         if (loss) {
-          const s = tf.add(lossSum, loss);
-          tf.dispose([lossSum, loss]);
-          lossSum = s as typeof lossSum;
-          lossN++;
+          pending.push(loss.data().then((v) => (loss.dispose(), v[0] as number)));
+          if (pending.length > 2) {
+            lossSum += await pending.shift()!;
+            lossN++;
+          }
         }
+        // A macrotask turn per step lets WebGPU (Dawn) deliver its completion callbacks, so freed buffers recycle.
+        await new Promise<void>((r) => setImmediate(r));
         stepInEpoch++;
         done += b.n;
         bar.update(done);
       }
       bar.stop();
-      const meanLoss = lossN > 0 ? ((await lossSum.data())[0] as number) / lossN : null;
-      lossSum.dispose();
+      for (const v of await Promise.all(pending.splice(0))) {
+        lossSum += v;
+        lossN++;
+      }
+      const meanLoss = lossN > 0 ? lossSum / lossN : null;
       const m = await evaluate(tf, predictor, set, job, o);
       const score = selectionScore(m, o.selectBeta);
       const weights = await predictor.state();
@@ -214,6 +222,7 @@ export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions)
         );
       }
       saveCheckpoint(o.out, name, { state, weights, best }, shapes);
+      o.onEpochEnd?.(name, state.epoch);
     }
 
     if (!state.done) {
