@@ -235,45 +235,85 @@ export function attendHeads(
   scores: Float32Array,
   out: Float32Array,
 ): Float32Array {
-  if (acc.length < hd) acc = new Float64Array(hd);
-  const a = acc;
   for (let j = 0; j < k; j++) {
     const qOff = heads[j] * hd;
-    // Scores, with the loops written out: hd is short (32..128), so call overhead per position would dominate.
-    let max = -Infinity;
-    for (let t = 0; t < T; t++) {
-      const ko = t * d + qOff;
+    // Scores, four positions per pass so each q value is loaded once for four keys; hd is short (32..128), so the
+    // loops are written out rather than calling dot() per position.
+    let t = 0;
+    for (; t + 4 <= T; t += 4) {
+      const k0 = t * d + qOff;
+      const k1 = k0 + d;
+      const k2 = k1 + d;
+      const k3 = k2 + d;
       let s0 = 0,
-        s1 = 0;
-      let i = 0;
-      for (; i + 1 < hd; i += 2) {
-        s0 += q[qOff + i] * kCache[ko + i];
-        s1 += q[qOff + i + 1] * kCache[ko + i + 1];
+        s1 = 0,
+        s2 = 0,
+        s3 = 0;
+      for (let i = 0; i < hd; i++) {
+        const qi = q[qOff + i];
+        s0 += qi * kCache[k0 + i];
+        s1 += qi * kCache[k1 + i];
+        s2 += qi * kCache[k2 + i];
+        s3 += qi * kCache[k3 + i];
       }
-      if (i < hd) s0 += q[qOff + i] * kCache[ko + i];
-      const s = (s0 + s1) * scale;
-      scores[t] = s;
-      if (s > max) max = s;
+      scores[t] = s0 * scale;
+      scores[t + 1] = s1 * scale;
+      scores[t + 2] = s2 * scale;
+      scores[t + 3] = s3 * scale;
     }
+    for (; t < T; t++) scores[t] = dot(q, qOff, kCache, t * d + qOff, hd) * scale;
+    let max = -Infinity;
+    for (let t = 0; t < T; t++) if (scores[t] > max) max = scores[t];
     let sum = 0;
     for (let t = 0; t < T; t++) {
       const e = Math.exp(scores[t] - max);
       scores[t] = e;
       sum += e;
     }
-    // Weighted sum of values in a float64 accumulator, normalised once at the end.
-    a.fill(0, 0, hd);
-    for (let t = 0; t < T; t++) {
-      const p = scores[t];
-      const vo = t * d + qOff;
-      for (let i = 0; i < hd; i++) a[i] += p * vCache[vo + i];
-    }
     const inv = 1 / sum;
-    for (let i = 0; i < hd; i++) out[qOff + i] = a[i] * inv;
+    // Weighted sum of values: eight output columns at a time held in registers across all positions (accumulating
+    // into memory instead costs a load and a store per multiply-add).
+    let i = 0;
+    for (; i + 8 <= hd; i += 8) {
+      let a0 = 0,
+        a1 = 0,
+        a2 = 0,
+        a3 = 0,
+        a4 = 0,
+        a5 = 0,
+        a6 = 0,
+        a7 = 0;
+      for (let t = 0; t < T; t++) {
+        const p = scores[t];
+        const vo = t * d + qOff + i;
+        a0 += p * vCache[vo];
+        a1 += p * vCache[vo + 1];
+        a2 += p * vCache[vo + 2];
+        a3 += p * vCache[vo + 3];
+        a4 += p * vCache[vo + 4];
+        a5 += p * vCache[vo + 5];
+        a6 += p * vCache[vo + 6];
+        a7 += p * vCache[vo + 7];
+      }
+      const o = qOff + i;
+      out[o] = a0 * inv;
+      out[o + 1] = a1 * inv;
+      out[o + 2] = a2 * inv;
+      out[o + 3] = a3 * inv;
+      out[o + 4] = a4 * inv;
+      out[o + 5] = a5 * inv;
+      out[o + 6] = a6 * inv;
+      out[o + 7] = a7 * inv;
+    }
+    for (; i < hd; i++) {
+      let a = 0;
+      for (let t = 0; t < T; t++) a += scores[t] * vCache[t * d + qOff + i];
+      out[qOff + i] = a * inv;
+    }
   }
   return out;
 }
-let acc = new Float64Array(128);
+
 
 /**
  * out_proj contribution of the selected heads through oT = out_proj^T [d_in][d_out]: y += sum over the heads' input
