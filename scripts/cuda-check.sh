@@ -71,11 +71,15 @@ for s in ${SHAPES:-opt-6.7b opt-13b opt-30b}; do
   echo "== bench $s"
   "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/cuda-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
 done
+for s in ${NOPDL_SHAPES:-}; do  # the same bench with programmatic dependent launch off, for comparison
+  echo "== bench $s (DEJAVU_CUDA_PDL=0)"
+  DEJAVU_CUDA_PDL=0 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/nopdl-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
+done
 echo "== summary"
 "$NODE" -e '
 const fs = require("fs");
-for (const f of fs.readdirSync(process.argv[1]).filter((f) => /^cuda-.*\.json$/.test(f)).sort()) {
+for (const f of fs.readdirSync(process.argv[1]).filter((f) => /^(cuda|nopdl)-.*\.json$/.test(f)).sort()) {
   const r = JSON.parse(fs.readFileSync(process.argv[1] + "/" + f, "utf8"));
-  console.log(`${r.shape ?? r.model}: dense ${r.dense.ms_per_token} ms (floor ${r.floor_ms}, x${r.dense_vs_floor}) | sparse ${r.sparse.ms_per_token} ms (floor ${r.sparse_floor_ms}, ${r.sparse_vs_dense_floor} of dense floor, pred share ${r.sparse.predictor_ms_share}) | speedup ${r.speedup} | bw ${r.copy_bandwidth_gbps} GB/s`);
+  console.log(`${f.replace(/\.json$/, "")}: dense ${r.dense.ms_per_token} ms (floor ${r.floor_ms}, x${r.dense_vs_floor}) | sparse ${r.sparse.ms_per_token} ms (floor ${r.sparse_floor_ms}, ${r.sparse_vs_dense_floor} of dense floor, pred share ${r.sparse.predictor_ms_share}) | speedup ${r.speedup} | bw ${r.copy_bandwidth_gbps} GB/s`);
 }' "$OUT"
 exit $status

@@ -127,6 +127,15 @@ export async function runCudaBench(opts: {
     const kvAllMs = time('sparse', o.gen);
     eng.setKvPolicy('selected');
     eng.build();
+    // Per-kernel-kind breakdown (eager launches with events: gaps included, so the total exceeds a graph replay).
+    const prof = (mode: Mode) => {
+      const steps = 8;
+      eng.setPos(o.prompt);
+      const p = eng.profile(mode, steps);
+      eng.setPos(o.prompt);
+      return Object.fromEntries(Object.entries(p).filter(([, v]) => v > 0).map(([k, v]) => [k, r3((v / steps) * 1000)]));
+    };
+    const profile = { dense_us_per_step: prof('dense'), sparse_us_per_step: prof('sparse') };
     const kernels = {
       dense: eng.kernelsPerStep('dense'),
       sparse: eng.kernelsPerStep('sparse'),
@@ -176,6 +185,7 @@ export async function runCudaBench(opts: {
         kv_all_floor_ms: r3((sBall.total / bw) * 1e3),
         achieved_gbps: r3(sB.total / (sparseMs * 1e-3) / 1e9),
       },
+      profile,
       speedup: r3(denseMs / sparseMs),
       floor_ms: r3(floorMs),
       dense_vs_floor: r3(denseMs / floorMs),

@@ -264,9 +264,9 @@ static void test_attention(int H, int kH, int T, bool holes) {
   heads.resize(kH);
   std::vector<int> st = {pos, 1, 0, 0};
   float* out = poisoned(d);
-  size_t smem = (maxT + 2048) * sizeof(float);
+  size_t smem = att_smem_floats(maxT) * sizeof(float);
   cudaFuncSetAttribute(k_attention<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(smem, 48 << 10));
-  k_attention<HD><<<kH, 256, smem>>>(dev(q), devh(K), devh(V), dev(valid), dev(heads), dev(st), maxT, out);
+  k_attention<HD><<<kH, ATT_THREADS, smem>>>(dev(q), devh(K), devh(V), dev(valid), dev(heads), dev(st), maxT, out);
   CUDA_OK(cudaGetLastError());
   auto o = host(out, d);
   std::vector<float> got;
@@ -312,11 +312,12 @@ static void test_topk(int n, int r, int k) {
   CUDA_OK(cudaMemset(sel, 0xff, k * sizeof(int)));
   unsigned* counter;
   CUDA_OK(cudaMalloc(&counter, 4)); CUDA_OK(cudaMemset(counter, 0, 4));
-  CUDA_OK(cudaFuncSetAttribute(k_pred_topk, cudaFuncAttributeMaxDynamicSharedMemorySize, std::max(n * 4, 48 << 10)));
   Engine fake{};
   fake.sms = sms();
   Pred p;
   p.w2 = devh(W2); p.t = dev(t); p.rank = r; p.scores = scores; p.counter = counter;
+  std::vector<unsigned> zero_hist(TOPK_BINS, 0);
+  p.hist = dev(zero_hist);
   for (int rep = 0; rep < 2; rep++) launch_topk(&fake, 0, p, n, k, sel);  // twice: the counter must reset itself
   CUDA_OK(cudaGetLastError());
   auto s = host(scores, n);

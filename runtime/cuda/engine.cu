@@ -40,6 +40,18 @@ struct Pred {
   __half *w1 = nullptr, *w2 = nullptr;  // [rank][d], [n][rank]
   float *t = nullptr, *scores = nullptr;
   unsigned* counter = nullptr;
+  unsigned* hist = nullptr;  // [TOPK_BINS] for the top-k kernel
+  float* tg = nullptr;       // where its w1 output lives when stacked with other predictors of the same tap
+};
+
+// Predictors reading the same tap (layer, att_in/mlp_in, norm) share one first-layer GEMV over their stacked w1.
+struct Group {
+  int tap, layer;
+  bool norm;
+  int rows = 0;
+  __half* w1 = nullptr;
+  float* t = nullptr;
+  std::vector<std::pair<int, int>> members;  // (layer, target)
 };
 
 struct Layer {
@@ -66,7 +78,10 @@ struct Engine {
   int *st, *tokens;
   unsigned long long* amax;
   unsigned* lm_counter;
-  cudaStream_t s0 = nullptr, s1 = nullptr;
+  cudaStream_t s0 = nullptr, s1 = nullptr, s2 = nullptr;
+  bool pdl = true;  // programmatic dependent launch on the main stream (env DEJAVU_CUDA_PDL=0 turns it off)
+  std::vector<Group> groups;
+  bool groups_dirty = true;
   cudaGraphExec_t graphs[M_COUNT] = {};
   std::vector<cudaEvent_t> evs;
   cudaEvent_t t0, t1;
@@ -117,6 +132,8 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
     fail("no CUDA device"); delete e; return nullptr;
   }
   e->sms = p.multiProcessorCount;
+  const char* pdl = getenv("DEJAVU_CUDA_PDL");
+  e->pdl = !(pdl && pdl[0] == '0');
   auto bad = [&]() { for (void* v : e->allocs) cudaFree(v); delete e; return (void*)nullptr; };
   if (dalloc(e, &e->E, (size_t)vocab * d) || dalloc(e, &e->P, (size_t)(maxpos + 2) * d) ||
       dalloc(e, &e->lnf_g, d) || dalloc(e, &e->lnf_b, d))
@@ -152,6 +169,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   cudaMemset(e->lm_counter, 0, sizeof(unsigned));
   if (cudaStreamCreateWithFlags(&e->s0, cudaStreamNonBlocking) != cudaSuccess ||
       cudaStreamCreateWithFlags(&e->s1, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaStreamCreateWithFlags(&e->s2, cudaStreamNonBlocking) != cudaSuccess ||
       cudaEventCreate(&e->t0) != cudaSuccess || cudaEventCreate(&e->t1) != cudaSuccess) {
     fail("stream/event creation failed");
     return bad();
@@ -168,6 +186,7 @@ int dj_destroy(void* ev) {
   for (void* v : e->allocs) cudaFree(v);
   cudaStreamDestroy(e->s0);
   cudaStreamDestroy(e->s1);
+  cudaStreamDestroy(e->s2);
   delete e;
   return 0;
 }
@@ -299,9 +318,10 @@ static int alloc_pred(Engine* e, Pred& p, int rank, int n, int tap, int src_laye
   if (src_layer < 0 || src_layer >= e->L) return fail("predictor source layer %d out of range", src_layer);
   if (!p.on || p.rank != rank) {
     if (dalloc(e, &p.w1, (size_t)rank * e->d) || dalloc(e, &p.w2, (size_t)n * rank) || dalloc(e, &p.t, rank) ||
-        dalloc(e, &p.scores, n) || dalloc(e, &p.counter, 1))
+        dalloc(e, &p.scores, n) || dalloc(e, &p.counter, 1) || dalloc(e, &p.hist, TOPK_BINS))
       return -1;
     CK(cudaMemset(p.counter, 0, sizeof(unsigned)));
+    CK(cudaMemset(p.hist, 0, TOPK_BINS * sizeof(unsigned)));
   }
   p.on = true; p.rank = rank; p.tap = tap; p.src_layer = src_layer;
   return 0;
@@ -321,6 +341,7 @@ int dj_set_predictor(void* ev, int layer, int target, int tap, int src_layer, co
   int n = target == 0 ? e->H : e->ffn;
   if (k < 1 || k > n) return fail("layer %d: k %d out of range", layer, k);
   if (alloc_pred(e, p, rank, n, tap, src_layer)) return -1;
+  e->groups_dirty = true;
   p.norm = norm != 0;
   if (w1 && (up_half(p.w1, w1, (size_t)rank * e->d) || up_half(p.w2, w2, (size_t)n * rank))) return -1;
   if (!w1) {
@@ -379,24 +400,45 @@ static int rows_blocks(Engine* e, const void* kern, int n_out, int K, int* wpr, 
   int nvec = K / 8;
   *lpr = 32;
   *wpr = 1;
-  if (nvec < 32) { int p = 1; while (p < nvec) p <<= 1; *lpr = p; }
-  else while (*wpr < 8 && (long long)n_out * *wpr < (long long)e->sms * 16) *wpr <<= 1;
-  int rpb = (WARPS / *wpr) * (32 / *lpr);
-  int need = (n_out + rpb - 1) / rpb;
   int per_sm = 1;
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, WARPS * 32, K * sizeof(float));
-  int cap = e->sms * std::max(per_sm, 1);
+  per_sm = std::max(per_sm, 1);
+  long long resident_warps = (long long)e->sms * per_sm * WARPS;
+  if (nvec < 32) { int p = 1; while (p < nvec) p <<= 1; *lpr = p; }
+  // Few rows: split each row over more warps (fewer dependent round trips per lane) while the grid still fits.
+  else while (*wpr < 8 && (long long)n_out * *wpr * 2 <= resident_warps) *wpr <<= 1;
+  int rpb = (WARPS / *wpr) * (32 / *lpr);
+  int need = (n_out + rpb - 1) / rpb;
+  int cap = e->sms * per_sm;
   int rounds = (need + cap - 1) / cap;
   return (need + rounds - 1) / rounds;
 }
 
-template <int EPI>
-static void launch_rows(Engine* e, cudaStream_t s, RowsArgs a) {
-  int grid = rows_blocks(e, (const void*)k_rows<EPI>, a.n_out, a.K, &a.wpr, &a.lpr);
-  k_rows<EPI><<<grid, WARPS * 32, a.K * sizeof(float), s>>>(a);
+// Launch on a stream, with programmatic dependent launch when asked (main-stream kernels after another kernel).
+template <typename... KArgs, typename... Args>
+static void launchk(Engine* e, bool pdl, void (*k)(KArgs...), dim3 g, dim3 b, size_t smem, cudaStream_t s, Args... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = g;
+  cfg.blockDim = b;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute at[1];
+  if (pdl && e->pdl) {
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+  }
+  cudaLaunchKernelEx(&cfg, k, args...);
 }
 
-static void launch_cols(Engine* e, cudaStream_t s, ColsArgs a) {
+template <int EPI>
+static void launch_rows(Engine* e, cudaStream_t s, RowsArgs a, bool pdl = false) {
+  int grid = rows_blocks(e, (const void*)k_rows<EPI>, a.n_out, a.K, &a.wpr, &a.lpr);
+  launchk(e, pdl, k_rows<EPI>, dim3(grid), dim3(WARPS * 32), a.K * sizeof(float), s, a);
+}
+
+static void launch_cols(Engine* e, cudaStream_t s, ColsArgs a, bool pdl = false) {
   int nv = a.n_cols / 8;
   int tiles = (nv + COLS_THREADS - 1) / COLS_THREADS;
   long long target = (long long)e->sms * 8;
@@ -404,35 +446,91 @@ static void launch_cols(Engine* e, cudaStream_t s, ColsArgs a) {
   R = std::min(256, std::max(8, (R + 7) / 8 * 8));
   a.R = R;
   dim3 grid(tiles, (a.n_rows + R - 1) / R);
-  k_cols<<<grid, COLS_THREADS, 0, s>>>(a);
+  launchk(e, pdl, k_cols, grid, dim3(COLS_THREADS), 0, s, a);
 }
 
-static void launch_attention(Engine* e, cudaStream_t s, Layer& l, const int* sel, int nh) {
-  size_t smem = (size_t)(e->maxT + 2048) * sizeof(float);
-  if (e->hd == 128) k_attention<128><<<nh, 256, smem, s>>>(e->q, l.kc, l.vc, l.valid, sel, e->st, e->maxT, e->att);
-  else if (e->hd == 64) k_attention<64><<<nh, 256, smem, s>>>(e->q, l.kc, l.vc, l.valid, sel, e->st, e->maxT, e->att);
-  else k_attention<32><<<nh, 256, smem, s>>>(e->q, l.kc, l.vc, l.valid, sel, e->st, e->maxT, e->att);
+static void launch_attention(Engine* e, cudaStream_t s, Layer& l, const int* sel, int nh, bool pdl = false) {
+  size_t smem = (size_t)att_smem_floats(e->maxT) * sizeof(float);
+  const float* q = e->q;
+  const __half *kc = l.kc, *vc = l.vc;
+  const uint8_t* valid = l.valid;
+  const int* st = e->st;
+  float* att = e->att;
+  int maxT = e->maxT;
+  if (e->hd == 128) launchk(e, pdl, k_attention<128>, dim3(nh), dim3(ATT_THREADS), smem, s, q, kc, vc, valid, sel, st, maxT, att);
+  else if (e->hd == 64) launchk(e, pdl, k_attention<64>, dim3(nh), dim3(ATT_THREADS), smem, s, q, kc, vc, valid, sel, st, maxT, att);
+  else launchk(e, pdl, k_attention<32>, dim3(nh), dim3(ATT_THREADS), smem, s, q, kc, vc, valid, sel, st, maxT, att);
 }
 
-static void launch_pred1(Engine* e, cudaStream_t s, Pred& p) {
+static void launch_pred1(Engine* e, cudaStream_t s, const __half* w1, int rows, bool norm, float* t) {
   RowsArgs a{};
-  a.W = p.w1; a.K = e->d; a.n_out = p.rank; a.x = e->x; a.map = MAP_ID; a.y = p.t;
-  if (p.norm) { a.ln_g = e->ones; a.ln_b = e->zeros; a.ln_eps = e->eps; }
+  a.W = w1; a.K = e->d; a.n_out = rows; a.x = e->x; a.map = MAP_ID; a.y = t;
+  if (norm) { a.ln_g = e->ones; a.ln_b = e->zeros; a.ln_eps = e->eps; }
   launch_rows<EPI_PLAIN>(e, s, a);
 }
 static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* sel) {
   TopkArgs a{};
-  a.W2 = p.w2; a.t = p.t; a.n = n; a.r = p.rank; a.k = k; a.lpr = std::min(32, p.rank / 8);
-  a.scores = p.scores; a.sel = sel; a.counter = p.counter;
+  a.W2 = p.w2; a.t = p.tg ? p.tg : p.t; a.n = n; a.r = p.rank; a.k = k; a.lpr = std::min(32, p.rank / 8);
+  a.scores = p.scores; a.sel = sel; a.counter = p.counter; a.hist = p.hist;
   int rpb = (TOPK_THREADS / 32) * (32 / a.lpr);
   int grid = std::min((n + rpb - 1) / rpb, e->sms * 2);
-  k_pred_topk<<<grid, TOPK_THREADS, (size_t)n * sizeof(uint32_t), s>>>(a);
+  k_pred_topk<<<grid, TOPK_THREADS, 0, s>>>(a);
+}
+
+// Stack the w1 of predictors that read the same tap (one GEMV for all of them).
+static int build_groups(Engine* e) {
+  if (!e->groups_dirty) return 0;
+  e->groups.clear();
+  for (int li = 0; li < e->L; li++)
+    for (int tg = 0; tg < 2; tg++) {
+      Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
+      p.tg = nullptr;
+      if (!p.on) continue;
+      Group* g = nullptr;
+      for (auto& gg : e->groups)
+        if (gg.tap == p.tap && gg.layer == p.src_layer && gg.norm == p.norm) g = &gg;
+      if (!g) {
+        e->groups.push_back(Group{});
+        g = &e->groups.back();
+        g->tap = p.tap; g->layer = p.src_layer; g->norm = p.norm;
+      }
+      g->members.push_back({li, tg});
+      g->rows += p.rank;
+    }
+  for (auto& g : e->groups) {
+    if (g.members.size() == 1) continue;  // single predictor: its own w1 and t
+    if (dalloc(e, &g.w1, (size_t)g.rows * e->d) || dalloc(e, &g.t, g.rows)) return -1;
+    int off = 0;
+    for (auto [li, tg] : g.members) {
+      Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
+      CK(cudaMemcpy(g.w1 + (size_t)off * e->d, p.w1, (size_t)p.rank * e->d * sizeof(__half), cudaMemcpyDeviceToDevice));
+      p.tg = g.t + off;
+      off += p.rank;
+    }
+  }
+  e->groups_dirty = false;
+  return 0;
 }
 
 // Record the whole decode step for `mode` on s0 (predictors fork onto s1 and join back before their consumers).
-static int record_step(Engine* e, int mode) {
+// Profiling (dj_profile): launches go eagerly to one stream, with a timing event after each, tagged by kind.
+enum ProfKind { P_EMBED, P_QKV, P_ATT, P_OUT, P_FC1, P_FC2, P_LM, P_PRED1, P_TOPK_ATTN, P_TOPK_MLP, P_COUNT };
+struct Prof {
+  std::vector<cudaEvent_t> evs;
+  std::vector<int> kinds;
+  size_t used = 0;
+};
+
+static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   const int d = e->d, H = e->H, hd = e->hd, ffn = e->ffn;
-  cudaStream_t s0 = e->s0, s1 = e->s1;
+  cudaStream_t s0 = e->s0, s1 = prof ? e->s0 : e->s1, s2 = prof ? e->s0 : e->s2;
+  auto mark = [&](int kind) {
+    if (!prof) return;
+    if (prof->used == prof->evs.size()) { cudaEvent_t v; cudaEventCreate(&v); prof->evs.push_back(v); prof->kinds.push_back(0); }
+    prof->kinds[prof->used] = kind;
+    cudaEventRecord(prof->evs[prof->used++], s0);
+  };
+  mark(-1);
   const bool preds = mode == M_SPARSE || mode == M_PRED;
   const bool compute = mode != M_PRED;
   const bool sparse = mode == M_SPARSE || mode == M_FIXED;
@@ -443,25 +541,35 @@ static int record_step(Engine* e, int mode) {
   std::vector<Join> joins;
   std::vector<cudaEvent_t> read_done;  // predictors that still read x: wait before x changes
 
-  // Launch the predictors whose source is (tap, layer): they read x now.
+  // Launch the predictor groups whose source is (tap, layer): one stacked first-layer GEMV reads x now (on s1),
+  // then each member's scores + top-k (alternating s1 / s2 so two run side by side).
   auto fire_tap = [&](int tap, int layer) {
     if (!preds) return;
-    for (int li = 0; li < e->L; li++) {
-      Layer& l = e->layers[li];
-      for (int tg = 0; tg < 2; tg++) {
+    for (auto& g : e->groups) {
+      if (g.tap != tap || g.layer != layer) continue;
+      cudaEvent_t fork = ev();
+      cudaEventRecord(fork, s0);
+      cudaStreamWaitEvent(s1, fork, 0);
+      if (g.members.size() > 1) launch_pred1(e, s1, g.w1, g.rows, g.norm, g.t);
+      else {
+        Pred& p = g.members[0].second == 0 ? e->layers[g.members[0].first].pa : e->layers[g.members[0].first].pm;
+        launch_pred1(e, s1, p.w1, p.rank, p.norm, p.t);
+      }
+      mark(P_PRED1);
+      cudaEvent_t rd = ev();
+      cudaEventRecord(rd, s1);
+      read_done.push_back(rd);
+      int m = 0;
+      for (auto [li, tg] : g.members) {
+        Layer& l = e->layers[li];
         Pred& p = tg == 0 ? l.pa : l.pm;
-        if (!p.on || p.tap != tap || p.src_layer != layer) continue;
-        cudaEvent_t fork = ev();
-        cudaEventRecord(fork, s0);
-        cudaStreamWaitEvent(s1, fork, 0);
-        launch_pred1(e, s1, p);
-        cudaEvent_t rd = ev();
-        cudaEventRecord(rd, s1);
-        read_done.push_back(rd);
-        if (tg == 0) launch_topk(e, s1, p, H, l.kH, l.hsel);
-        else launch_topk(e, s1, p, ffn, l.kM, l.nsel);
+        cudaStream_t ss = (m++ % 2 == 0) ? s1 : s2;
+        if (ss != s1) cudaStreamWaitEvent(ss, rd, 0);
+        if (tg == 0) launch_topk(e, ss, p, H, l.kH, l.hsel);
+        else launch_topk(e, ss, p, ffn, l.kM, l.nsel);
+        mark(tg == 0 ? P_TOPK_ATTN : P_TOPK_MLP);
         cudaEvent_t done = ev();
-        cudaEventRecord(done, s1);
+        cudaEventRecord(done, ss);
         joins.push_back({done, li, tg});
       }
     }
@@ -480,6 +588,7 @@ static int record_step(Engine* e, int mode) {
   };
 
   k_embed<<<(d + 255) / 256, 256, 0, s0>>>(e->E, e->P, e->tokens, e->st, d, e->x);
+  mark(P_EMBED);
   for (int li = 0; li < e->L; li++) {
     Layer& l = e->layers[li];
     const int kH = sparse ? l.kH : H, kM = sparse ? l.kM : ffn;
@@ -495,15 +604,18 @@ static int record_step(Engine* e, int mode) {
       else if (e->kv_all) a.map = MAP_Q_KVALL;
       a.y = e->q; a.q_scale = 1.f / sqrtf((float)hd); a.kc = l.kc; a.vc = l.vc; a.valid = l.valid; a.maxT = e->maxT;
       a.st = e->st;
-      launch_rows<EPI_QKV>(e, s0, a);
-      launch_attention(e, s0, l, hs ? l.hsel : nullptr, kH);
+      launch_rows<EPI_QKV>(e, s0, a, true);
+      mark(P_QKV);
+      launch_attention(e, s0, l, hs ? l.hsel : nullptr, kH, true);
+      mark(P_ATT);
     }
     before_x_write();
     if (compute) {
       ColsArgs c{};
       c.WT = l.WoT; c.n_cols = d; c.n_rows = kH * hd; c.map = hs ? MAP_QKV : MAP_ID; c.sel = l.hsel; c.hd = hd;
       c.in = e->att; c.bias = l.bo; c.y = e->x;
-      launch_cols(e, s0, c);
+      launch_cols(e, s0, c, true);
+      mark(P_OUT);
     }
     // ---- MLP block ----
     fire_tap(TAP_MLP_IN, li);
@@ -512,14 +624,16 @@ static int record_step(Engine* e, int mode) {
       RowsArgs a{};
       a.W = l.W1; a.b = l.b1; a.K = d; a.n_out = kM; a.x = e->x; a.ln_g = l.ln2_g; a.ln_b = l.ln2_b;
       a.ln_eps = e->eps; a.map = ns ? MAP_LIST : MAP_ID; a.sel = l.nsel; a.y = e->h;
-      launch_rows<EPI_RELU>(e, s0, a);
+      launch_rows<EPI_RELU>(e, s0, a, true);
+      mark(P_FC1);
     }
     before_x_write();
     if (compute) {
       ColsArgs c{};
       c.WT = l.W2T; c.n_cols = d; c.n_rows = kM; c.map = ns ? MAP_LIST : MAP_ID; c.sel = l.nsel; c.hd = hd;
       c.in = e->h; c.bias = l.b2; c.y = e->x;
-      launch_cols(e, s0, c);
+      launch_cols(e, s0, c, true);
+      mark(P_FC2);
     }
   }
   for (auto& j : joins) cudaStreamWaitEvent(s0, j.done, 0);
@@ -529,7 +643,8 @@ static int record_step(Engine* e, int mode) {
     a.W = e->lm; a.K = d; a.n_out = e->vocab; a.x = e->x; a.ln_g = e->lnf_g; a.ln_b = e->lnf_b; a.ln_eps = e->eps;
     a.map = MAP_ID; a.y = e->logits; a.st = e->st; a.maxT = e->maxT; a.amax = e->amax; a.counter = e->lm_counter;
     a.tokens = e->tokens;
-    launch_rows<EPI_ARGMAX>(e, s0, a);
+    launch_rows<EPI_ARGMAX>(e, s0, a, true);
+    mark(P_LM);
   }
   return 0;
 }
@@ -545,9 +660,8 @@ int dj_build(void* ev) {
     CK(cudaEventCreateWithFlags(&v, cudaEventDisableTiming));
     e->evs.push_back(v);
   }
-  size_t need = (size_t)e->ffn * sizeof(uint32_t);
-  CK(cudaFuncSetAttribute(k_pred_topk, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(need, 48 << 10)));
-  size_t att = (size_t)(e->maxT + 2048) * sizeof(float);
+  if (build_groups(e)) return -1;
+  size_t att = (size_t)att_smem_floats(e->maxT) * sizeof(float);
   CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(att, 48 << 10)));
   CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(att, 48 << 10)));
   CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(att, 48 << 10)));
@@ -569,6 +683,7 @@ int dj_build(void* ev) {
 int dj_graph_kernels(void* ev, int mode, int* count) {
   Engine* e = (Engine*)ev;
   cudaGraph_t g;
+  if (build_groups(e)) return -1;
   CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
   record_step(e, mode);
   CK(cudaStreamEndCapture(e->s0, &g));
@@ -584,6 +699,35 @@ int dj_graph_kernels(void* ev, int mode, int* count) {
   }
   cudaGraphDestroy(g);
   *count = k;
+  return 0;
+}
+
+// Per-kernel-kind device time of `steps` eager decode steps of `mode` (one stream, an event after each launch):
+// ms[P_COUNT] = {embed, qkv, attention, out_proj, fc1, fc2, lm_head, predictor w1, top-k attn, top-k mlp}, summed
+// over the steps. Eager launches leave gaps between kernels that graph replays do not have; the sum is reported
+// beside them (*total) so the two can be compared.
+int dj_profile(void* ev, int mode, int steps, float* ms, float* total) {
+  Engine* e = (Engine*)ev;
+  if (build_groups(e)) return -1;
+  Prof prof;
+  for (int i = 0; i < P_COUNT; i++) ms[i] = 0.f;
+  *total = 0.f;
+  bool pdl = e->pdl;
+  e->pdl = false;
+  for (int st = 0; st < steps; st++) {
+    prof.used = 0;
+    record_step(e, mode, &prof);
+    CK(cudaStreamSynchronize(e->s0));
+    CK(cudaGetLastError());
+    for (size_t i = 1; i < prof.used; i++) {
+      float t;
+      CK(cudaEventElapsedTime(&t, prof.evs[i - 1], prof.evs[i]));
+      ms[prof.kinds[i]] += t;
+      *total += t;
+    }
+  }
+  e->pdl = pdl;
+  for (auto v : prof.evs) cudaEventDestroy(v);
   return 0;
 }
 

@@ -176,6 +176,11 @@ export class CudaEngine {
     return this.lib.run(this.h, mode, steps);
   }
 
+  /** Per-kernel-kind device ms of `steps` eager steps (see engine.cu dj_profile). */
+  profile(mode: Mode, steps: number): Record<string, number> {
+    return this.lib.profile(this.h, mode, steps);
+  }
+
   destroy(): void {
     if (!this.destroyed) this.lib.destroy(this.h);
     this.destroyed = true;

@@ -47,7 +47,11 @@ export interface CudaLib {
   /** Replay `steps` decode steps; returns device milliseconds (CUDA events). */
   run(h: unknown, mode: Mode, steps: number): number;
   copyBandwidth(bytes: number, reps: number): number;
+  /** Eager steps with an event after every launch: device ms per kernel kind, summed over the steps. */
+  profile(h: unknown, mode: Mode, steps: number): Record<string, number>;
 }
+
+export const PROFILE_KINDS = ['embed', 'qkv', 'attention', 'out_proj', 'fc1', 'fc2', 'lm_head', 'pred_w1', 'topk_attn', 'topk_mlp'] as const;
 
 export function defaultLibPath(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -99,6 +103,7 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     getLogits: f('int dj_get_logits(void* e, float* out)'),
     run: f('int dj_run(void* e, int mode, int steps, float* ms)'),
     copyBandwidth: f('int dj_copy_bandwidth(int64_t bytes, int reps, _Out_ double* gbps)'),
+    profile: f('int dj_profile(void* e, int mode, int steps, float* ms, _Out_ float* total)'),
   };
   cached = {
     path,
@@ -142,6 +147,14 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
       const ms = new Float32Array(1);
       ok(`dj_run(${mode})`, c.run(h, MODE[mode], steps, ms));
       return ms[0];
+    },
+    profile(h, mode, steps) {
+      const ms = new Float32Array(PROFILE_KINDS.length);
+      const total = [0];
+      ok('dj_profile', c.profile(h, MODE[mode], steps, ms, total));
+      const out: Record<string, number> = { total: total[0] };
+      PROFILE_KINDS.forEach((k, i) => (out[k] = ms[i]));
+      return out;
     },
     copyBandwidth(bytes, reps) {
       const g = [0];
