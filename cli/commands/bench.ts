@@ -45,16 +45,6 @@ interface BenchFlags {
   json?: boolean;
 }
 
-type CudaBench = (opts: {
-  shape?: string;
-  model?: string;
-  bundle?: string;
-  density?: Density;
-  prompt: number;
-  gen: number;
-  json: boolean;
-}) => Promise<Record<string, unknown>>;
-
 export function register(program: Command): void {
   program
     .command('bench')
@@ -72,14 +62,8 @@ export function register(program: Command): void {
       const density = f.density ? parseDensity(f.density) : undefined;
       let result: Record<string, unknown>;
       if (f.device === 'cuda') {
-        // A variable specifier: the CUDA module is built separately and may be absent from a CPU-only checkout.
-        const spec = '../../runtime/cuda/bench.js';
-        let mod: { runCudaBench: CudaBench };
-        try {
-          mod = (await import(spec)) as { runCudaBench: CudaBench };
-        } catch (e) {
-          throw new DejavuError(`the CUDA bench is not available in this build (${(e as Error).message})`, '--device cuda');
-        }
+        // Imported here, not at top level: the CPU bench's dependencies stay off the CUDA machine and vice versa.
+        const mod = await import('../../runtime/cuda/bench.js');
         result = await mod.runCudaBench({
           shape: f.shape,
           model: f.model,
