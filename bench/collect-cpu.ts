@@ -4,17 +4,19 @@
  * 2-core machine's wall clock depends on its neighbours), peak RSS, and RSS samples along the run to show that memory
  * does not grow with the number of documents. Shards go to a temporary folder that is deleted afterwards.
  *
- * Env: DEJAVU_BENCH_COLLECT_DOCS (default 500), DEJAVU_BENCH_COLLECT_OUT (parent folder, default the OS temp dir),
- * DEJAVU_FIXTURES (default ../shared/fixtures).
+ * Env: DEJAVU_BENCH_COLLECT_DOCS (default 500), DEJAVU_BENCH_COLLECT_WORKERS (forward threads, default the number
+ * of cores), DEJAVU_BENCH_COLLECT_OUT (parent folder, default the OS temp dir), DEJAVU_FIXTURES (default
+ * ../shared/fixtures).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import { cpus, loadavg, tmpdir } from 'node:os';
+import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { collect } from '../collect/collect.js';
 
 export async function run(): Promise<Record<string, unknown>> {
   const fixtures = process.env.DEJAVU_FIXTURES ?? resolve(process.cwd(), '..', 'shared', 'fixtures');
   const docs = Number(process.env.DEJAVU_BENCH_COLLECT_DOCS ?? 500);
+  const workers = Number(process.env.DEJAVU_BENCH_COLLECT_WORKERS ?? availableParallelism());
   const out = mkdtempSync(join(process.env.DEJAVU_BENCH_COLLECT_OUT ?? tmpdir(), 'dejavu-bench-collect-'));
   const samples: { docs: number; tokens: number; rss_mib: number; heap_mib: number }[] = [];
   const mib = (b: number) => Math.round((b / 2 ** 20) * 10) / 10;
@@ -28,6 +30,7 @@ export async function run(): Promise<Record<string, unknown>> {
       out,
       docs,
       maxLen: 2048,
+      workers,
       quiet: false,
       onDocument: (p) => {
         if (p.docs % 25 === 0 || p.docs === 1) {
@@ -44,7 +47,8 @@ export async function run(): Promise<Record<string, unknown>> {
     const rss = samples.map((s) => s.rss_mib);
     return {
       device: `${cpus()[0]?.model ?? 'cpu'} (${cpus().length} cores)`,
-      command: `dejavu collect --model opt-mini --data c4mini-train --docs ${docs} --max-len 2048 (all ${m.layers.length} layers)`,
+      command: `dejavu collect --model opt-mini --data c4mini-train --docs ${docs} --max-len 2048 --workers ${workers} (all ${m.layers.length} layers)`,
+      workers,
       docs: m.docs,
       tokens: m.tokens,
       seconds: Math.round(seconds * 10) / 10,

@@ -7,18 +7,22 @@
  * resumed run (which skips the documents of finished shards and recomputes the rest) writes the same bytes as an
  * uninterrupted one.
  *
- * Memory: weights + the runtime's activations for one document (<= max_len tokens) + one chunk of `batch_rows` rows
- * per collected layer. Nothing grows with the number of documents.
+ * Memory: per forward thread, weights + the runtime's activations for one document (<= max_len tokens); up to two
+ * documents' rows per thread in flight; one chunk of `batch_rows` rows per collected layer. Nothing grows with the
+ * number of documents.
  */
+import { mkdirSync, rmSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { OptCheckpoint } from '../checkpoints/types.js';
 import { DejavuError } from '../common/errors.js';
 import { writeJsonAtomic } from '../common/atomic.js';
 import { log, progressBar, type Progress } from '../common/progress.js';
-import type { ForwardHooks } from '../runtime/hooks.js';
 import { dataEntries, parseLayers, type CollectArgs } from './args.js';
 import { ArrowFileWriter } from './arrow-file.js';
 import { LayerChunk } from './chunk.js';
+import type { LayerRows } from './doc-rows.js';
+import { createForward, type DocForward } from './forward.js';
 import {
   acquireLock,
   ensureWritable,
@@ -35,7 +39,6 @@ import {
   type ShardRecord,
 } from './output.js';
 import { rowBytes, shardSchema, type ShardDims } from './schema.js';
-import { mkdirSync, rmSync } from 'node:fs';
 
 export interface CollectOptions {
   model: string;
@@ -50,6 +53,8 @@ export interface CollectOptions {
   shardTokens?: number;
   mlpTopk?: number;
   force?: boolean;
+  /** Forward threads (default: the number of cores); 1 = in the main thread. Not part of the arguments: same rows. */
+  workers?: number;
   /** No progress bar, no summary lines (the CLI's --json still prints its object). */
   quiet?: boolean;
   /** Called after every document (benchmarks sample memory here). */
@@ -142,6 +147,7 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
 
   const release = acquireLock(out);
   const writers: ArrowFileWriter[] = [];
+  let forward: DocForward | undefined;
   // An interrupt between documents: drop the open temp files so no partial shard survives, then exit as killed.
   const onSignal = (sig: NodeJS.Signals) => {
     for (const w of writers) w.abort();
@@ -172,17 +178,10 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     }
 
     const tokenizer = await loadTokenizer(opts.model);
-    const { OptModel } = await import('../runtime/cpu/model.js');
-    const model = await OptModel.load(ckpt);
+    forward = await createForward(ckpt, layers, dims, opts.workers ?? availableParallelism());
+    if (!opts.quiet) log(`forward: ${forward.describe}`);
 
-    const chunks = layers.map((l) => new LayerChunk(l, dims, batchRows));
-    const byLayer = new Map(layers.map((l, i) => [l, chunks[i]]));
-    const hooks: ForwardHooks = {
-      attIn: (l, x, T) => byLayer.get(l)?.putAttIn(x, T),
-      mlpIn: (l, x, T) => byLayer.get(l)?.putMlpIn(x, T),
-      headOut: (l, h, T) => byLayer.get(l)?.putHeadOut(h, T),
-      fc1Act: (l, a, T) => byLayer.get(l)?.putFc1Act(a, T),
-    };
+    const chunks = layers.map(() => new LayerChunk(dims, batchRows));
     const schemas = layers.map((l) => shardSchema(dims, { modelFingerprint: ckpt.fingerprint, layer: l, collectArgs: args }));
 
     // The shard being written (all layers at once).
@@ -218,37 +217,48 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     let tokensRun = 0;
     let docsRun = 0;
     let shardsWritten = 0;
-    for await (const doc of readDocuments(files, selection, stats)) {
-      const o = ordinal++;
-      if (o < skipDocs) continue;
-      const ids = tokenizer.encode(doc.text, maxLen);
-      const T = ids.length;
-      if (T === 0) continue; // only without a BOS and with empty text: no token, no row
+    // Documents in flight on the forward threads, consumed strictly in reading order: shard and batch boundaries
+    // are decided here, in order, so they do not depend on which thread finished first.
+    type Job = { index: number; ordinal: number; T: number; rows: Promise<LayerRows[]> };
+    const inflight: Job[] = [];
+    const consume = async (job: Job) => {
+      const rows = await job.rows;
+      const T = job.T;
       if (cur && cur.rows + T > shardTokens) {
-        closeShard(o);
+        closeShard(job.ordinal);
         shardsWritten++;
       }
       if (!cur) {
         const index = state.shards.length;
-        cur = { index, rows: 0, docs: 0, first_doc: doc.index, last_doc: doc.index };
+        cur = { index, rows: 0, docs: 0, first_doc: job.index, last_doc: job.index };
         for (let i = 0; i < layers.length; i++) {
           mkdirSync(join(out, layerDirName(layers[i])), { recursive: true });
           writers.push(ArrowFileWriter.create(shardPath(out, layers[i], index), schemas[i]));
         }
       }
       if (!chunks[0].fits(T)) flush();
-      for (const ch of chunks) ch.beginDoc(doc.index, T);
-      await model.prefill(ids, { hooks, logits: 'none' });
-      for (const ch of chunks) ch.endDoc(T);
+      chunks.forEach((ch, i) => ch.append(job.index, T, rows[i]));
       cur.rows += T;
       cur.docs++;
-      cur.last_doc = doc.index;
+      cur.last_doc = job.index;
       tokensRun += T;
       docsRun++;
       const s = (performance.now() - tRun) / 1000;
       bar.increment(1, { info: `| ${tokensRun.toLocaleString('en-US')} tok, ${Math.round(tokensRun / s)} tok/s, shard ${cur.index}` });
       opts.onDocument?.({ docs: docsRun, tokens: tokensRun, shards: state.shards.length });
+    };
+    for await (const doc of readDocuments(files, selection, stats)) {
+      const o = ordinal++;
+      if (o < skipDocs) continue;
+      const ids = tokenizer.encode(doc.text, maxLen);
+      if (ids.length === 0) continue; // only without a BOS and with empty text: no token, no row
+      const job: Job = { index: doc.index, ordinal: o, T: ids.length, rows: forward.rows(ids) };
+      job.rows.catch(() => {}); // rejections surface when consumed, in order
+      inflight.push(job);
+      // Two documents per thread keep every thread busy while this one writes.
+      if (inflight.length >= 2 * forward.parallel) await consume(inflight.shift()!);
     }
+    while (inflight.length) await consume(inflight.shift()!);
     bar.stop();
     if (cur) {
       closeShard(ordinal);
@@ -262,7 +272,6 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     saveState(out, state);
     const manifest = buildManifest(ckpt, state);
     writeJsonAtomic(join(out, MANIFEST_FILE), manifest);
-    model.dispose();
     return {
       manifest,
       shardsWritten,
@@ -274,6 +283,7 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     for (const w of writers) w.abort();
     throw e;
   } finally {
+    await forward?.close();
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
     release();

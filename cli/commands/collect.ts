@@ -15,6 +15,7 @@ interface Flags {
   mlpTopk: string;
   force?: boolean;
   json?: boolean;
+  workers?: string;
 }
 
 export function register(program: Command): void {
@@ -31,6 +32,7 @@ export function register(program: Command): void {
     .option('--layers <spec>', "layers to record: 'all' or e.g. 0,3-5", 'all')
     .option('--shard-tokens <n>', 'tokens per shard (shards hold whole documents)', '65536')
     .option('--mlp-topk <k>', 'also store the top-K fc1 activations and their indices per token (0 = off)', '0')
+    .option('--workers <n>', 'forward threads, one document each (default: the number of cores; the rows do not depend on it)')
     .option('--force', 'replace an output folder collected from another model or with other arguments')
     .option('--json', 'print one JSON object on stdout')
     .action(async (f: Flags) => {
@@ -52,6 +54,7 @@ export function register(program: Command): void {
         shardTokens: positiveInt(f.shardTokens, '--shard-tokens'),
         mlpTopk: positiveInt(f.mlpTopk, '--mlp-topk', 0),
         force: f.force,
+        workers: f.workers !== undefined ? positiveInt(f.workers, '--workers') : undefined,
         quiet: false,
       });
       const m = r.manifest;

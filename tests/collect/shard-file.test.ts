@@ -6,6 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { f16BitsToF32, f32ToF16 } from '../../checkpoints/float16.js';
 import { ArrowFileWriter } from '../../collect/arrow-file.js';
 import { LayerChunk } from '../../collect/chunk.js';
+import { forwardRows, type HookedModel } from '../../collect/doc-rows.js';
 import { maskBytes, unpackActive } from '../../collect/labels.js';
 import { readShard } from '../../collect/read-shard.js';
 import { rowBytes, shardSchema, SHARD_FORMAT, type ShardDims } from '../../collect/schema.js';
@@ -21,19 +22,29 @@ function rng(seed: number): () => number {
   return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296) * 2 - 1;
 }
 
-/** One synthetic document through a chunk exactly as the hooks would deliver it; returns the fp32 inputs. */
+/**
+ * One synthetic document through forwardRows + a chunk, exactly as collect does it: a stand-in model calls the hooks
+ * (for layer 3, not collected, and layer 4), the hook arrays become compact rows, the rows go into the chunk.
+ */
 function feedDoc(c: LayerChunk, doc: number, T: number, r: () => number) {
   const { dModel: d, ffnDim: ffn } = dims;
   const att = Float32Array.from({ length: T * d }, r);
   const heads = Float32Array.from({ length: T * d }, r);
   const mlp = Float32Array.from({ length: T * d }, () => r() * 100);
   const act = Float32Array.from({ length: T * ffn }, () => Math.max(0, r()));
-  c.beginDoc(doc, T);
-  c.putAttIn(att, T);
-  c.putHeadOut(heads, T);
-  c.putMlpIn(mlp, T);
-  c.putFc1Act(act, T);
-  c.endDoc(T);
+  const model: HookedModel = {
+    prefill(ids, { hooks }) {
+      expect(ids.length).toBe(T);
+      for (const l of [3, 4]) {
+        hooks.attIn!(l, att, T);
+        hooks.headOut!(l, heads, T);
+        hooks.mlpIn!(l, mlp, T);
+        hooks.fc1Act!(l, act, T);
+      }
+    },
+  };
+  const [rows] = forwardRows(model, new Int32Array(T), [4], dims);
+  c.append(doc, T, rows);
   return { att, heads, mlp, act };
 }
 
@@ -41,7 +52,7 @@ describe('shard file (Arrow IPC file, batch by batch)', () => {
   const schema = shardSchema(dims, meta);
   const path = join(dir, 'shard_00000.arrow');
   const r = rng(3);
-  const chunk = new LayerChunk(4, dims, 16);
+  const chunk = new LayerChunk(dims, 16);
   const w = ArrowFileWriter.create(path, schema);
   const docs = [
     { index: 7, T: 5 },
@@ -114,6 +125,11 @@ describe('shard file (Arrow IPC file, batch by batch)', () => {
     expect(bytes).toBeGreaterThan(data);
     // Framing: magic, footer with schema + metadata, per-batch message headers and 8-byte padding per buffer.
     expect(bytes - data).toBeLessThan(4096);
+  });
+
+  it('forwardRows refuses a runtime whose hooks miss rows', () => {
+    const partial: HookedModel = { prefill: (_ids, { hooks }) => hooks.attIn!(4, new Float32Array(8 * 3), 3) };
+    expect(() => forwardRows(partial, new Int32Array(3), [4], dims)).toThrow(/layer 4: the runtime's hooks delivered att_in 3, mlp_in 0, head 0, fc1 0 rows for 3 tokens/);
   });
 
   it('abort() removes the temporary file and leaves no shard', () => {

@@ -1,0 +1,138 @@
+/**
+ * Runs documents through the model for collect: in this thread, or on N worker threads (one model and one
+ * single-threaded tfjs-wasm instance each: whole-document parallelism is how prefill uses several cores). Results
+ * come back as LayerRows; collect consumes them in document order, so the output does not depend on which thread
+ * computed what.
+ *
+ * Workers need the compiled worker script (dist/collect/forward-worker.js); code run from TypeScript sources (vitest)
+ * uses the in-thread path.
+ */
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import type { OptCheckpoint } from '../checkpoints/types.js';
+import { DejavuError } from '../common/errors.js';
+import { forwardRows, type LayerRows } from './doc-rows.js';
+import type { ShardDims } from './schema.js';
+
+export interface WorkerData {
+  modelDir: string;
+  layers: number[];
+  dims: ShardDims;
+}
+export interface WorkerRequest {
+  id: number;
+  ids: Int32Array;
+}
+export type WorkerMessage =
+  | { type: 'ready'; fingerprint: string; backend: string }
+  | { type: 'fatal'; message: string; dejavu: boolean }
+  | { type: 'rows'; id: number; rows: LayerRows[] }
+  | { type: 'error'; id: number; message: string; dejavu: boolean };
+
+export interface DocForward {
+  /** How many documents it computes at once. */
+  readonly parallel: number;
+  /** e.g. "2 worker threads x tfjs-wasm (simd, 1 thread)". */
+  readonly describe: string;
+  rows(ids: Int32Array): Promise<LayerRows[]>;
+  close(): Promise<void>;
+}
+
+export async function createForward(
+  ckpt: OptCheckpoint,
+  layers: number[],
+  dims: ShardDims,
+  workers: number,
+): Promise<DocForward> {
+  const script = fileURLToPath(new URL('./forward-worker.js', import.meta.url));
+  if (workers > 1 && existsSync(script)) return workerForward(script, ckpt, layers, dims, workers);
+  const { OptModel } = await import('../runtime/cpu/model.js');
+  const model = await OptModel.load(ckpt);
+  return {
+    parallel: 1,
+    describe: `${model.backend}, in the main thread`,
+    rows: async (ids) => forwardRows(model, ids, layers, dims),
+    close: async () => model.dispose(),
+  };
+}
+
+async function workerForward(script: string, ckpt: OptCheckpoint, layers: number[], dims: ShardDims, n: number): Promise<DocForward> {
+  const data: WorkerData = { modelDir: ckpt.dir, layers, dims };
+  const workers = Array.from({ length: n }, () => new Worker(script, { workerData: data }));
+  let backend = '';
+  try {
+    const ready = await Promise.all(workers.map(waitReady));
+    // Each worker read the folder again: it must be the model the main thread fingerprinted.
+    for (const r of ready) {
+      if (r.fingerprint !== ckpt.fingerprint) throw new DejavuError('the model files changed while collect started', ckpt.dir);
+    }
+    backend = ready[0].backend;
+  } catch (e) {
+    await Promise.all(workers.map((w) => w.terminate()));
+    throw e;
+  }
+  type Task = { ids: Int32Array; resolve: (r: LayerRows[]) => void; reject: (e: Error) => void };
+  const idle = [...workers];
+  const queue: Task[] = [];
+  const pending = new Map<number, Task>();
+  let nextId = 0;
+  let broken: Error | null = null;
+  const pump = () => {
+    while (idle.length && queue.length) {
+      const w = idle.pop()!;
+      const task = queue.shift()!;
+      const id = nextId++;
+      pending.set(id, task);
+      w.postMessage({ id, ids: task.ids } satisfies WorkerRequest);
+    }
+  };
+  for (const w of workers) {
+    w.on('message', (m: WorkerMessage) => {
+      if (m.type !== 'rows' && m.type !== 'error') return;
+      const task = pending.get(m.id);
+      pending.delete(m.id);
+      idle.push(w);
+      if (m.type === 'rows') task?.resolve(m.rows);
+      else task?.reject(m.dejavu ? new DejavuError(m.message) : new Error(m.message));
+      pump();
+    });
+    const die = (e: Error) => {
+      broken = e;
+      for (const t of [...pending.values(), ...queue]) t.reject(e);
+      pending.clear();
+      queue.length = 0;
+    };
+    w.on('error', die);
+    w.on('exit', (code) => {
+      if (code !== 0) die(new Error(`a collect worker exited with code ${code}`));
+    });
+  }
+  return {
+    parallel: n,
+    describe: `${n} worker threads x ${backend}`,
+    rows: (ids) =>
+      new Promise<LayerRows[]>((resolve, reject) => {
+        if (broken) return reject(broken);
+        queue.push({ ids, resolve, reject });
+        pump();
+      }),
+    close: async () => {
+      for (const w of workers) w.removeAllListeners('exit');
+      await Promise.all(workers.map((w) => w.terminate()));
+    },
+  };
+}
+
+function waitReady(w: Worker): Promise<{ fingerprint: string; backend: string }> {
+  return new Promise((resolve, reject) => {
+    const onMsg = (m: WorkerMessage) => {
+      if (m.type === 'ready') resolve(m);
+      else if (m.type === 'fatal') reject(m.dejavu ? new DejavuError(m.message) : new Error(m.message));
+      else return;
+      w.off('message', onMsg);
+    };
+    w.on('message', onMsg);
+    w.once('error', reject);
+  });
+}
