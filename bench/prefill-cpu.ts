@@ -4,7 +4,7 @@
  * tfjs-wasm worker per core) and, for reference, one worker. Model: $DEJAVU_BENCH_MODEL or the opt-mini fixture.
  */
 import { existsSync } from 'node:fs';
-import { availableParallelism, cpus } from 'node:os';
+import { availableParallelism, cpus, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { log } from '../common/progress.js';
@@ -42,33 +42,54 @@ async function sequences(modelDir: string, count: number, vocab: number): Promis
   return out;
 }
 
-/** Wall-clock throughput of `pool` over `seqs` (all submitted at once), best-effort median over ROUNDS. */
-async function measure(pool: PrefillPool, seqs: Int32Array[]): Promise<{ rounds: number[]; median: number }> {
+interface Measured {
+  /** Wall-clock tokens/s of each round. */
+  rounds: number[];
+  median: number;
+  /** Tokens per CPU-second of this process (all its threads), median round: what one core gives when it is ours. */
+  tokensPerCpuS: number;
+  /** CPU-seconds / wall-seconds of the median round: ~workers on an idle machine, less when others share the cores. */
+  cpuUtilization: number;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/** Throughput of `pool` over `seqs` (all submitted at once), median over ROUNDS after a warm-up. */
+async function measure(pool: PrefillPool, seqs: Int32Array[]): Promise<Measured> {
   await Promise.all(Array.from({ length: pool.size }, (_, i) => pool.prefill(seqs[i % seqs.length]))); // warm-up
   const rounds: number[] = [];
+  const perCpu: number[] = [];
+  const util: number[] = [];
   for (let r = 0; r < ROUNDS; r++) {
+    const c0 = process.cpuUsage();
     const t0 = performance.now();
     await Promise.all(seqs.map((s) => pool.prefill(s, 'all')));
     const sec = (performance.now() - t0) / 1000;
+    const c = process.cpuUsage(c0);
+    const cpuSec = (c.user + c.system) / 1e6;
     rounds.push(Math.round((seqs.length * SEQ_LEN) / sec));
+    perCpu.push(Math.round((seqs.length * SEQ_LEN) / cpuSec));
+    util.push(Number((cpuSec / sec).toFixed(2)));
   }
-  const sorted = [...rounds].sort((a, b) => a - b);
-  return { rounds, median: sorted[Math.floor(sorted.length / 2)] };
+  const m = median(rounds);
+  const i = rounds.indexOf(m);
+  return { rounds, median: m, tokensPerCpuS: perCpu[i], cpuUtilization: util[i] };
 }
 
 export async function run(): Promise<Record<string, unknown>> {
   const modelDir = process.env.DEJAVU_BENCH_MODEL ?? join(fixtures, 'opt-mini');
   const cores = availableParallelism();
+  const load0 = loadavg()[0];
   const all = await PrefillPool.create(modelDir, { workers: cores });
   log(`   backend: ${all.backend}`);
   const seqs = await sequences(modelDir, 4 * all.size, 8192);
   const multi = await measure(all, seqs);
   await all.close();
-  log(`   ${all.size} worker(s): ${multi.median} tokens/s (rounds ${multi.rounds.join(', ')})`);
+  log(`   ${all.size} worker(s): ${multi.median} tokens/s (rounds ${multi.rounds.join(', ')}; ${multi.tokensPerCpuS} tokens/cpu-s, cpu utilisation ${multi.cpuUtilization})`);
   const one = await PrefillPool.create(modelDir, { workers: 1 });
   const single = await measure(one, seqs.slice(0, 4));
   await one.close();
-  log(`   1 worker: ${single.median} tokens/s (rounds ${single.rounds.join(', ')})`);
+  log(`   1 worker: ${single.median} tokens/s (rounds ${single.rounds.join(', ')}; ${single.tokensPerCpuS} tokens/cpu-s)`);
   return {
     tokens_per_s: multi.median,
     seq_len: SEQ_LEN,
@@ -78,8 +99,13 @@ export async function run(): Promise<Record<string, unknown>> {
     backend: all.backend,
     logits: 'all positions',
     rounds_tokens_per_s: multi.rounds,
+    tokens_per_cpu_s: multi.tokensPerCpuS,
+    cpu_utilization: multi.cpuUtilization,
     single_worker_tokens_per_s: single.median,
     single_worker_rounds: single.rounds,
+    single_worker_tokens_per_cpu_s: single.tokensPerCpuS,
+    // Other processes on the machine during the run (1-minute load average before and after): context for the figures.
+    load_avg_1m: [Number(load0.toFixed(2)), Number(loadavg()[0].toFixed(2))],
     model: modelDir.split(/[\\/]/).slice(-1)[0],
     cpu: cpus()[0]?.model ?? 'unknown',
     node: process.version,
