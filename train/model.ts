@@ -128,25 +128,32 @@ export class Predictor {
     const bc1 = 1 - Math.pow(beta1, this.step);
     const bc2 = 1 - Math.pow(beta2, this.step);
     return tf.tidy(() => {
-      const n = x.shape[0];
-      const h = tf.matMul(x, this.w1t); // [n][r]
-      const z = tf.matMul(h, this.w2t); // [n][out]
-      const p = tf.add(tf.mean(y), 0.005);
-      const wgt = tf.add(tf.mul(y, tf.sub(1, p)), p); // 1 for positives, p for negatives
-      const g = tf.mul(tf.mul(wgt, tf.sub(tf.sigmoid(z), y)), 1 / (n * this.out)); // dL/dz
-      let loss: TF.Scalar | null = null;
-      if (withLoss) {
-        // Stable BCE with logits: max(z,0) - z*y + log(1 + exp(-|z|))
-        const bce = tf.add(tf.sub(tf.relu(z), tf.mul(z, y)), tf.softplus(tf.neg(tf.abs(z))));
-        loss = tf.keep(tf.mean(tf.mul(wgt, bce)) as TF.Scalar);
-      }
-      const gW2t = tf.matMul(h, g, true, false); // [r][out]
-      const dh = tf.matMul(g, this.w2t, false, true); // [n][r]
-      const gW1t = tf.matMul(x, dh, true, false); // [d][r]
+      const { loss, gW1t, gW2t } = this.lossAndGrads(x, y, withLoss);
       this.adamw(this.w1t, this.m1, this.v1, gW1t, lr, bc1, bc2, eps, weightDecay, beta1, beta2);
       this.adamw(this.w2t, this.m2, this.v2, gW2t, lr, bc1, bc2, eps, weightDecay, beta1, beta2);
-      return loss as TF.Scalar;
+      return (loss ? tf.keep(loss) : null) as TF.Scalar;
     });
+  }
+
+  /** Weighted-BCE loss (when asked) and its gradients w.r.t. W1t and W2t. Call inside a tidy. */
+  lossAndGrads(x: TF.Tensor2D, y: TF.Tensor2D, withLoss: boolean): { loss: TF.Scalar | null; gW1t: TF.Tensor; gW2t: TF.Tensor } {
+    const tf = this.tf;
+    const n = x.shape[0];
+    const h = tf.matMul(x, this.w1t); // [n][r]
+    const z = tf.matMul(h, this.w2t); // [n][out]
+    const p = tf.add(tf.mean(y), 0.005);
+    const wgt = tf.add(tf.mul(y, tf.sub(1, p)), p); // 1 for positives, p for negatives
+    const g = tf.mul(tf.mul(wgt, tf.sub(tf.sigmoid(z), y)), 1 / (n * this.out)); // dL/dz
+    let loss: TF.Scalar | null = null;
+    if (withLoss) {
+      // Stable BCE with logits: max(z,0) - z*y + log(1 + exp(-|z|))
+      const bce = tf.add(tf.sub(tf.relu(z), tf.mul(z, y)), tf.softplus(tf.neg(tf.abs(z))));
+      loss = tf.mean(tf.mul(wgt, bce)) as TF.Scalar;
+    }
+    const gW2t = tf.matMul(h, g, true, false); // [r][out]
+    const dh = tf.matMul(g, this.w2t, false, true); // [n][r]
+    const gW1t = tf.matMul(x, dh, true, false); // [d][r]
+    return { loss, gW1t, gW2t };
   }
 
   private adamw(w: TF.Variable, m: TF.Variable, v: TF.Variable, g: TF.Tensor, lr: number, bc1: number, bc2: number, eps: number, wd: number, b1: number, b2: number): void {

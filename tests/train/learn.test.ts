@@ -43,9 +43,7 @@ describe('train on synthetic shards with planted structure', () => {
     const attn = r.layers.filter((l) => l.target === 'attn');
     expect(mlp.map((l) => l.layer)).toEqual([0, 1, 2]);
     expect(attn.map((l) => l.layer)).toEqual([1, 2]); // layer 0 attention stays dense
-    for (const l of attn) console.log(JSON.stringify({ ...l, history: undefined }));
     for (const l of mlp) {
-      console.log(JSON.stringify({ ...l, history: undefined }));
       expect(l.recall).toBeGreaterThan(0.8);
       expect(l.precision).toBeGreaterThan(1.5 * l.positive_rate);
       expect(l.k99).toBeLessThan(2 * l.true_active);

@@ -1,6 +1,6 @@
 /**
- * Small synthetic shard folders with planted structure, written with collect's own writer (LayerChunk +
- * ArrowFileWriter + shardSchema), so train is tested against the real format.
+ * Small synthetic shard folders with planted structure, written with collect's own schema (shardSchema), label math
+ * (packActive, headNorms) and Arrow file writer (ArrowFileWriter), so train is tested against the real format.
  *
  * Per token and layer l: att_in and mlp_in are random normal vectors. Labels are learnable functions of the inputs:
  *   mlp_active[l] = relu(A_l · mlp_in[l] + b_l) > 0 (b_l < 0, so ~20% of neurons are active);
@@ -9,8 +9,10 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { makeData, RecordBatch, Struct, type Data, type Schema } from 'apache-arrow';
+import { f32ToF16 } from '../../checkpoints/float16.js';
 import { ArrowFileWriter } from '../../collect/arrow-file.js';
-import { LayerChunk } from '../../collect/chunk.js';
+import { headNorms, maskBytes, packActive } from '../../collect/labels.js';
 import { shardSchema, type ShardDims } from '../../collect/schema.js';
 import { Rng } from '../../train/rng.js';
 
@@ -37,6 +39,40 @@ function normal(rng: Rng): number {
   return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng.next());
 }
 
+/** Rows of one layer pending for the current shard file. */
+class Rows {
+  doc: number[] = [];
+  pos: number[] = [];
+  att: Uint16Array[] = [];
+  mlp: Uint16Array[] = [];
+  head: Uint16Array[] = [];
+  act: Uint8Array[] = [];
+  get length(): number {
+    return this.doc.length;
+  }
+  toBatch(schema: Schema): RecordBatch {
+    const n = this.doc.length;
+    const f = schema.fields;
+    const cat = <T extends Uint16Array | Uint8Array>(parts: T[], C: new (n: number) => T): T => {
+      const out = new C(parts.reduce((a, p) => a + p.length, 0));
+      let o = 0;
+      for (const p of parts) (out.set(p as never, o), (o += p.length));
+      return out;
+    };
+    const list = (i: number, values: Uint16Array | Uint8Array): Data =>
+      makeData({ type: f[i].type, length: n, nullCount: 0, child: makeData({ type: f[i].type.children[0].type, length: values.length, nullCount: 0, data: values }) });
+    const children: Data[] = [
+      makeData({ type: f[0].type, length: n, nullCount: 0, data: Int32Array.from(this.doc) }),
+      makeData({ type: f[1].type, length: n, nullCount: 0, data: Int32Array.from(this.pos) }),
+      list(2, cat(this.att, Uint16Array)),
+      list(3, cat(this.mlp, Uint16Array)),
+      list(4, cat(this.head, Uint16Array)),
+      list(5, cat(this.act, Uint8Array)),
+    ];
+    return new RecordBatch(schema, makeData({ type: new Struct(f), length: n, nullCount: 0, children }));
+  }
+}
+
 export async function writeSyntheticShards(o: SyntheticOptions): Promise<{ dir: string; dims: ShardDims; tokens: number }> {
   const L = o.layers ?? 3;
   const d = o.d ?? 16;
@@ -53,10 +89,10 @@ export async function writeSyntheticShards(o: SyntheticOptions): Promise<{ dir: 
   const A = Array.from({ length: L }, () => Float32Array.from({ length: ffn * d }, () => normal(prng) / Math.sqrt(d)));
   const bias = Array.from({ length: L }, () => Float32Array.from({ length: ffn }, () => -0.85 + 0.1 * normal(prng)));
   const C = Array.from({ length: L }, () => Float32Array.from({ length: H * d }, () => normal(prng) / Math.sqrt(d)));
-  const hd = d / H; // LayerChunk.putHeadOut reads [T][H * (d / H)]
+  const hd = d / H;
   const rng = new Rng(o.seed ?? 7);
   mkdirSync(o.dir, { recursive: true });
-  const chunks = Array.from({ length: L }, (_, l) => new LayerChunk(l, dims, perShard * T));
+  const chunks = Array.from({ length: L }, () => new Rows());
   const schemas = Array.from({ length: L }, (_, l) => shardSchema(dims, { modelFingerprint: fp, layer: l, collectArgs: { synthetic: true } }));
   for (let l = 0; l < L; l++) mkdirSync(join(o.dir, `layer_${String(l).padStart(2, '0')}`), { recursive: true });
   let shard = 0;
@@ -65,7 +101,7 @@ export async function writeSyntheticShards(o: SyntheticOptions): Promise<{ dir: 
       const w = ArrowFileWriter.create(join(o.dir, `layer_${String(l).padStart(2, '0')}`, `shard_${String(shard).padStart(5, '0')}.arrow`), schemas[l]);
       w.write(chunks[l].toBatch(schemas[l]));
       w.commit();
-      chunks[l].reset();
+      chunks[l] = new Rows();
     }
     shard++;
   };
@@ -75,9 +111,6 @@ export async function writeSyntheticShards(o: SyntheticOptions): Promise<{ dir: 
     const mlp = Array.from({ length: L }, () => Float32Array.from({ length: T * d }, () => normal(rng)));
     for (let l = 0; l < L; l++) {
       const c = chunks[l];
-      c.beginDoc(doc, T);
-      c.putAttIn(att[l], T);
-      c.putMlpIn(mlp[l], T);
       const src = att[Math.max(0, l - 1)];
       const heads = new Float32Array(T * H * hd);
       const act = new Float32Array(T * ffn);
@@ -100,13 +133,22 @@ export async function writeSyntheticShards(o: SyntheticOptions): Promise<{ dir: 
           act[t * ffn + j] = dead.has(l) ? 0 : Math.max(0, s);
         }
       }
-      c.putHeadOut(heads, T);
-      c.putFc1Act(act, T);
-      c.endDoc(T);
+      const norms = new Float32Array(T * H);
+      headNorms(heads, T, H, hd, norms, 0);
+      const bits = new Uint8Array(T * maskBytes(ffn));
+      packActive(act, T, ffn, bits, 0);
+      for (let t = 0; t < T; t++) {
+        c.doc.push(doc);
+        c.pos.push(t);
+      }
+      c.att.push(f32ToF16(att[l]));
+      c.mlp.push(f32ToF16(mlp[l]));
+      c.head.push(f32ToF16(norms));
+      c.act.push(bits);
     }
-    if (!chunks[0].fits(T)) flush();
+    if (chunks[0].length + T > perShard * T) flush();
   }
-  if (chunks[0].rows > 0) flush();
+  if (chunks[0].length > 0) flush();
   writeFileSync(join(o.dir, 'manifest.json'), JSON.stringify({ synthetic: true, model_fingerprint: fp, layers: L }));
   return { dir: o.dir, dims, tokens: docs * T };
 }

@@ -1,0 +1,109 @@
+import { copyFileSync, cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DejavuError } from '../../common/errors.js';
+import { selectBackend } from '../../train/backend.js';
+import type { Tf } from '../../train/model.js';
+import { openShardSet } from '../../train/shard-reader.js';
+import { DEFAULTS, train, type TrainOptions } from '../../train/trainer.js';
+import { parseLayers } from '../../train/jobs.js';
+import { writeSyntheticShards } from './synthetic.js';
+
+let tmp: string;
+let tf: Tf;
+let good: string;
+
+const opts = (shards: string, out: string, over: Partial<TrainOptions> = {}): TrainOptions => ({
+  ...DEFAULTS,
+  shards,
+  out,
+  rank: 4,
+  epochs: 2,
+  batch: 32,
+  lr: 1e-2,
+  valFrac: 0.25,
+  bufferRows: 64,
+  quiet: true,
+  resume: false,
+  ...over,
+});
+
+beforeAll(async () => {
+  tmp = mkdtempSync(join(tmpdir(), 'dejavu-bad-'));
+  good = (await writeSyntheticShards({ dir: join(tmp, 'good'), docs: 24, tokens: 16, docsPerShard: 8 })).dir;
+  tf = (await selectBackend('wasm')).tf;
+});
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+describe('bad shard folders', () => {
+  it('shards from two different models mixed: a DejavuError naming the file and both fingerprints', async () => {
+    const other = (await writeSyntheticShards({ dir: join(tmp, 'other'), docs: 24, tokens: 16, docsPerShard: 8, fingerprint: 'a'.repeat(64) })).dir;
+    const mixed = join(tmp, 'mixed');
+    cpSync(good, mixed, { recursive: true });
+    copyFileSync(join(other, 'layer_01', 'shard_00001.arrow'), join(mixed, 'layer_01', 'shard_00001.arrow'));
+    const err = await openShardSet(mixed).catch((e) => e);
+    expect(err).toBeInstanceOf(DejavuError);
+    expect(err.message).toContain(join(mixed, 'layer_01', 'shard_00001.arrow'));
+    expect(err.message).toMatch(/two different models.*aaaaaaaa.*ffffffff/);
+    await expect(train(tf, 'wasm', opts(mixed, join(tmp, 'out-mixed')))).rejects.toThrow(/two different models/);
+  });
+
+  it('a truncated shard: a DejavuError naming the file, before any training', async () => {
+    const cut = join(tmp, 'cut');
+    cpSync(good, cut, { recursive: true });
+    const f = join(cut, 'layer_02', 'shard_00000.arrow');
+    truncateSync(f, Math.floor(statSync(f).size * 0.6));
+    const err = await openShardSet(cut).catch((e) => e);
+    expect(err).toBeInstanceOf(DejavuError);
+    expect(err.message).toContain(f);
+    expect(err.message).toMatch(/truncated/);
+    const out = join(tmp, 'out-cut');
+    await expect(train(tf, 'wasm', opts(cut, out))).rejects.toThrow(/truncated/);
+    expect(existsSync(join(out, 'metrics.json'))).toBe(false);
+  });
+
+  it('not an Arrow file, a missing shard in one layer, a layer folder mislabelled', async () => {
+    const junk = join(tmp, 'junk');
+    cpSync(good, junk, { recursive: true });
+    const f = join(junk, 'layer_00', 'shard_00002.arrow');
+    const bytes = readFileSync(f);
+    bytes.write('NOTARR', 0, 'latin1');
+    writeFileSync(f, bytes);
+    await expect(openShardSet(junk)).rejects.toThrow(/not an Arrow IPC file/);
+
+    const missing = join(tmp, 'missing');
+    cpSync(good, missing, { recursive: true });
+    rmSync(join(missing, 'layer_02', 'shard_00001.arrow'));
+    await expect(openShardSet(missing)).rejects.toThrow(/layer_02: has shards/);
+
+    const moved = join(tmp, 'moved');
+    cpSync(good, moved, { recursive: true });
+    copyFileSync(join(moved, 'layer_01', 'shard_00000.arrow'), join(moved, 'layer_02', 'shard_00000.arrow'));
+    await expect(openShardSet(moved)).rejects.toThrow(/schema says layer 1 but the file is under layer_02/);
+    await expect(openShardSet(join(tmp, 'nope'))).rejects.toThrow(/shard folder not found/);
+  });
+
+  it('a layer with no positive labels is skipped with a reason; the others are trained', async () => {
+    const dead = (await writeSyntheticShards({ dir: join(tmp, 'dead'), docs: 24, tokens: 16, docsPerShard: 8, deadMlpLayers: [1] })).dir;
+    const out = join(tmp, 'out-dead');
+    const r = await train(tf, 'wasm', opts(dead, out, { target: 'mlp' }));
+    expect(r.layers.map((l) => l.layer)).toEqual([0, 2]);
+    expect(r.skipped).toHaveLength(1);
+    expect(r.skipped[0]).toMatchObject({ layer: 1, target: 'mlp' });
+    expect(r.skipped[0].reason).toMatch(/no positive labels/);
+    expect(existsSync(join(out, 'layer_01.mlp.safetensors'))).toBe(false);
+    const metrics = JSON.parse(readFileSync(join(out, 'metrics.json'), 'utf8'));
+    expect(metrics.skipped[0].layer).toBe(1);
+    expect(metrics.layers.map((l: { layer: number }) => l.layer)).toEqual([0, 2]);
+  });
+
+  it('bad --layers specs and a validation split with no documents', async () => {
+    expect(() => parseLayers('1-x', [0, 1, 2])).toThrow(/--layers/);
+    expect(() => parseLayers('5', [0, 1, 2])).toThrow(/not in the shards/);
+    expect(parseLayers('0,2', [0, 1, 2])).toEqual([0, 2]);
+    expect(parseLayers('2-1', [0, 1, 2])).toEqual([1, 2]);
+    await expect(train(tf, 'wasm', opts(good, join(tmp, 'out-noval'), { valFrac: 0, layers: '1', target: 'mlp' }))).rejects.toThrow(/no validation tokens/);
+    await expect(train(tf, 'wasm', opts(good, join(tmp, 'out-l0'), { layers: '0', target: 'attn' }))).rejects.toThrow(/nothing to train/);
+  });
+});
