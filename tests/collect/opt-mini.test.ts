@@ -2,6 +2,7 @@
  * Acceptance on the real opt-mini checkpoint: `--docs 1 --max-len 64` on the c4mini validation file reproduces the
  * Hugging Face reference activations (reference.safetensors, sequence s0) in every layer after fp16 storage.
  */
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -93,6 +94,43 @@ describe.skipIf(!HAVE_FIXTURES)('collect on opt-mini vs the Hugging Face referen
       );
     });
   }
+
+  const havePyarrow = spawnSync('python3', ['-c', 'import pyarrow, numpy'], { encoding: 'utf8' }).status === 0;
+  it.skipIf(!havePyarrow)('pyarrow reads every layer and gets the same agreement with the reference', () => {
+    // numpy reads the reference safetensors directly (8-byte header length, JSON header, raw little-endian data).
+    const script = `
+import json, struct, sys, numpy as np, pyarrow as pa
+out, ref = sys.argv[1], sys.argv[2]
+raw = open(ref, 'rb').read(); n = struct.unpack('<Q', raw[:8])[0]; hdr = json.loads(raw[8:8 + n])
+def tensor(k):
+    a, b = hdr[k]['data_offsets']; return np.frombuffer(raw[8 + n + a:8 + n + b], dtype=np.float32).reshape(hdr[k]['shape'])
+res = []
+for l in range(6):
+    with pa.ipc.open_file(f'{out}/layer_{l:02d}/shard_00000.arrow') as r:
+        t = r.read_all(); md = {k.decode(): v.decode() for k, v in r.schema.metadata.items()}
+    rows = t.num_rows
+    err = {}
+    for c in ['att_in', 'mlp_in', 'head_norm']:
+        a = t.column(c).combine_chunks().flatten().to_numpy().astype(np.float32).reshape(rows, -1)
+        b = tensor(f's0.layer{l}.{c}')
+        err[c] = float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    bits = t.column('mlp_active').combine_chunks().flatten().to_numpy().reshape(rows, -1)
+    active = np.unpackbits(bits, axis=1, bitorder='little')[:, :1536].astype(bool)
+    act = tensor(f's0.layer{l}.fc1_relu')
+    bad = int(((active != (act > 0)) & ~((act > 0) & (act < 1e-3))).sum())
+    res.append({'layer': int(md['dejavu.layer']), 'rows': rows, 'err': err, 'bad': bad})
+print(json.dumps(res))
+`;
+    const res = spawnSync('python3', ['-c', script, out, join(OPT_MINI, 'reference.safetensors')], { encoding: 'utf8' });
+    expect(res.stderr).toBe('');
+    const layers = JSON.parse(res.stdout) as { layer: number; rows: number; err: Record<string, number>; bad: number }[];
+    expect(layers.map((x) => x.layer)).toEqual([0, 1, 2, 3, 4, 5]);
+    for (const x of layers) {
+      expect(x.rows).toBe(64);
+      for (const e of Object.values(x.err)) expect(e).toBeLessThanOrEqual(1e-3);
+      expect(x.bad).toBe(0);
+    }
+  });
 
   it('rows are the tokens of reference s0: document 0 of the validation file, BOS first, 64 tokens', async () => {
     const { loadTokenizer, readDocuments } = await import('../../datasets/index.js');
