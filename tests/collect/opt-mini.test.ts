@@ -95,6 +95,32 @@ describe.skipIf(!HAVE_FIXTURES)('collect on opt-mini vs the Hugging Face referen
     });
   }
 
+  it('--mlp-topk 16 --layers 3: the stored top-16 are the reference top-16 activations', async () => {
+    const out2 = mkdtempSync(join(tmpdir(), 'dejavu-collect-topk-'));
+    try {
+      const r2 = await collect({ model: OPT_MINI, data: [C4_VALID_JSON], out: out2, docs: 1, maxLen: 64, mlpTopk: 16, layers: '3', quiet: true });
+      expect(r2.manifest.layers).toEqual([3]);
+      const s = readShard(join(out2, 'layer_03', 'shard_00000.arrow'));
+      const vals = fp16(s.columns.get('mlp_topk_val')!.values as Uint16Array);
+      const idx = s.columns.get('mlp_topk_idx')!.values as Int32Array;
+      const act = ref.readFloat32('s0.layer3.fc1_relu');
+      const want = new Float32Array(64 * 16);
+      const atIdx = new Float32Array(64 * 16);
+      for (let t = 0; t < 64; t++) {
+        const row = Array.from(act.subarray(t * 1536, (t + 1) * 1536)).sort((a, b) => b - a);
+        for (let k = 0; k < 16; k++) {
+          want[t * 16 + k] = row[k];
+          atIdx[t * 16 + k] = act[t * 1536 + idx[t * 16 + k]];
+          if (k) expect(vals[t * 16 + k]).toBeLessThanOrEqual(vals[t * 16 + k - 1]); // descending
+        }
+      }
+      expect(relErr(vals, want)).toBeLessThanOrEqual(1e-3); // the right values...
+      expect(relErr(atIdx, want)).toBeLessThanOrEqual(1e-3); // ...at the right neurons
+    } finally {
+      rmSync(out2, { recursive: true, force: true });
+    }
+  });
+
   const havePyarrow = spawnSync('python3', ['-c', 'import pyarrow, numpy'], { encoding: 'utf8' }).status === 0;
   it.skipIf(!havePyarrow)('pyarrow reads every layer and gets the same agreement with the reference', () => {
     // numpy reads the reference safetensors directly (8-byte header length, JSON header, raw little-endian data).
