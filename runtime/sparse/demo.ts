@@ -4,7 +4,7 @@
  * Sized to finish within 10 minutes on 2 CPU cores; every stage writes under the work folder, and a rerun resumes
  * collect and train from what is there.
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
@@ -51,6 +51,19 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
   const work = resolve(o.work);
   mkdirSync(work, { recursive: true });
   const paths = { shards: join(work, 'shards'), predictors: join(work, 'predictors'), bundle: join(work, 'bundle') };
+  // A rerun with the same settings resumes collect and train; other settings start over (stale stages removed).
+  const args = { trainDocs: o.trainDocs, maxLen: o.maxLen, rank: o.rank, epochs: o.epochs, examples: ex };
+  const argsPath = join(work, 'demo-args.json');
+  let prev: unknown = null;
+  try {
+    prev = JSON.parse(readFileSync(argsPath, 'utf8'));
+  } catch {
+    prev = null;
+  }
+  if (JSON.stringify(prev) !== JSON.stringify(args)) {
+    for (const p of Object.values(paths)) rmSync(p, { recursive: true, force: true });
+  }
+  writeJsonAtomic(argsPath, args);
   const stages: { stage: string; seconds: number; result: string }[] = [];
   const t00 = performance.now();
   const timed = async <T>(stage: string, f: () => Promise<T>, describe: (r: T) => string): Promise<T> => {
