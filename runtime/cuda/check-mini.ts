@@ -7,7 +7,7 @@
  *   4. with --bundle: CUDA sparse with the bundle's predictors and top-k on the GPU; the selections it made are read
  *      back and given to the CPU sparse runtime (logits compared), and compared with the CPU's own predicted picks.
  * Relative error = ||cuda - ref|| / ||ref|| over all compared logits; pass <= 1e-2. Prints one JSON object.
- * Usage: node dist/runtime/cuda/check-mini.js MODEL_DIR [--bundle B]
+ * Usage: node dist/runtime/cuda/check-mini.js MODEL_DIR [--bundle B] [--ref reference.safetensors]
  */
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
@@ -54,13 +54,15 @@ async function main(): Promise<void> {
   const dir = process.argv[2];
   const bi = process.argv.indexOf('--bundle');
   const bundleDir = bi > 0 ? process.argv[bi + 1] : undefined;
+  const ri = process.argv.indexOf('--ref');
+  const refPath = ri > 0 ? process.argv[ri + 1] : join(dir, 'reference.safetensors');
   const out: Record<string, unknown> = {};
   const lib = await loadCudaLib();
   out.device = lib.deviceInfo().name;
   const ckpt = await loadOptCheckpoint(dir, { quiet: true });
   const dims = CudaEngine.dimsOf(ckpt);
   const { heads: H, ffn, layers: L } = dims;
-  const ref = SafetensorsFile.open(join(dir, 'reference.safetensors'));
+  const ref = SafetensorsFile.open(refPath);
   const idsBytes = ref.readBytes('s0.ids');
   const ids = Array.from(new BigInt64Array(idsBytes.buffer, idsBytes.byteOffset, idsBytes.byteLength / 8), Number);
   const hfBytes = ref.readBytes('s0.logits16');

@@ -105,25 +105,48 @@ static double ref_dot(const float* w, const double* x, int K) {
   return s;
 }
 
+// CPU LayerNorm outputs of one finished residual vector, compared with the kernel's fp16 xn / xr / xp.
+static void check_lnout(const char* what, const __half* xn, const __half* xr, const __half* xp, const std::vector<double>& x,
+                        const std::vector<float>& g, const std::vector<float>& b) {
+  int d = (int)x.size();
+  std::vector<float> xf(x.begin(), x.end()), one(d, 1.f), zero(d, 0.f);
+  std::vector<double> rn, rp;
+  ref_layernorm(xf.data(), g.data(), b.data(), d, 1e-5f, rn);
+  ref_layernorm(xf.data(), one.data(), zero.data(), d, 1e-5f, rp);
+  std::string w(what);
+  expect((w + ": LN(x)*g+b -> fp16 xn").c_str(), hostf16(xn, d), rn);
+  expect((w + ": x -> fp16 xr").c_str(), hostf16(xr, d), x);
+  expect((w + ": LN(x) -> fp16 xp").c_str(), hostf16(xp, d), rp);
+}
+static __half* poisoned_h(size_t n) {
+  __half* p;
+  CUDA_OK(cudaMalloc(&p, n * 2));
+  CUDA_OK(cudaMemset(p, 0xff, n * 2));  // NaN
+  return p;
+}
+
 static void test_embed() {
   int V = 300, d = 384, maxpos = 64;
   auto E = r16(randv((size_t)V * d)), P = r16(randv((size_t)(maxpos + 2) * d));
+  auto g = randv(d, 0.2f, 1.f), be = randv(d, 0.1f);
   std::vector<int> toks(maxpos);
   for (auto& t : toks) t = rng() % V;
   int pos = rng() % maxpos;
   std::vector<int> st = {pos, 1, 0, 0};
   float* x = poisoned(d);
-  k_embed<<<2, 256>>>(devh(E), devh(P), dev(toks), dev(st), d, x);
+  LnOut ln{dev(g), dev(be), 1e-5f, poisoned_h(d), poisoned_h(d), poisoned_h(d)};
+  k_embed<<<1, 1024>>>(devh(E), devh(P), dev(toks), dev(st), d, x, ln);
   CUDA_OK(cudaGetLastError());
   std::vector<double> ref(d);
   for (int i = 0; i < d; i++) ref[i] = E[(size_t)toks[pos] * d + i] + P[(size_t)(pos + 2) * d + i];
   expect("embed: E[tokens[pos]] + P[pos+2]", host(x, d), ref);
+  check_lnout("embed", ln.xn, ln.xr, ln.xp, ref, g, be);
 }
 
-// Row GEMV: plain / LN prologue / gathered rows / ReLU / short rows.
-static void test_rows(int K, int n_rows, int n_out, bool ln, int map, int epi, const char* name) {
+// Row GEMV: plain / gathered rows / ReLU / split rows / short rows; fp16 input vector.
+static void test_rows(int K, int n_rows, int n_out, int map, int epi, const char* name) {
   auto W = r16(randv((size_t)n_rows * K, 1.f / std::sqrt((float)K)));
-  auto b = randv(n_rows, 0.1f), x = randv(K, 2.f, 0.3f), g = randv(K, 0.2f, 1.f), be = randv(K, 0.1f);
+  auto b = randv(n_rows, 0.1f), x = r16(randv(K, 2.f, 0.3f));
   std::vector<int> sel(n_out);
   if (map == MAP_LIST) {  // distinct random rows
     std::vector<int> all(n_rows);
@@ -132,18 +155,14 @@ static void test_rows(int K, int n_rows, int n_out, bool ln, int map, int epi, c
     for (int i = 0; i < n_out; i++) sel[i] = all[i];
   } else for (int i = 0; i < n_out; i++) sel[i] = i;
   RowsArgs a{};
-  a.W = devh(W); a.b = dev(b); a.K = K; a.n_out = n_out; a.x = dev(x);
-  if (ln) { a.ln_g = dev(g); a.ln_b = dev(be); }
-  a.ln_eps = 1e-5f; a.map = map; a.sel = dev(sel);
+  a.W = devh(W); a.b = dev(b); a.K = K; a.n_out = n_out; a.x = devh(x); a.map = map; a.sel = dev(sel);
   float* y = poisoned(n_out);
   a.y = y;
   Engine fake{};
   fake.sms = sms();
   if (epi == EPI_PLAIN) launch_rows<EPI_PLAIN>(&fake, 0, a); else launch_rows<EPI_RELU>(&fake, 0, a);
   CUDA_OK(cudaGetLastError());
-  std::vector<double> xin(K);
-  if (ln) ref_layernorm(x.data(), g.data(), be.data(), K, 1e-5f, xin);
-  else for (int i = 0; i < K; i++) xin[i] = x[i];
+  std::vector<double> xin(x.begin(), x.end());
   std::vector<double> ref(n_out);
   for (int j = 0; j < n_out; j++) {
     double v = ref_dot(&W[(size_t)sel[j] * K], xin.data(), K) + b[sel[j]];
@@ -156,7 +175,7 @@ static void test_rows(int K, int n_rows, int n_out, bool ln, int map, int epi, c
 static void test_qkv(int d, int H, int kH, bool sparse) {
   int hd = d / H, maxT = 40, pos = rng() % maxT;
   auto W = r16(randv((size_t)3 * d * d, 1.f / std::sqrt((float)d)));
-  auto b = randv(3 * d, 0.1f), x = randv(d, 1.f, 0.2f), g = randv(d, 0.2f, 1.f), be = randv(d, 0.1f);
+  auto b = randv(3 * d, 0.1f), x = r16(randv(d, 1.f, 0.2f));
   std::vector<int> heads(H);
   for (int i = 0; i < H; i++) heads[i] = i;
   if (sparse) std::shuffle(heads.begin(), heads.end(), rng); else kH = H;
@@ -170,15 +189,13 @@ static void test_qkv(int d, int H, int kH, bool sparse) {
   CUDA_OK(cudaMalloc(&valid, H * maxT)); CUDA_OK(cudaMemset(valid, 0, H * maxT));
   float* q = poisoned(d);
   RowsArgs a{};
-  a.W = devh(W); a.b = dev(b); a.K = d; a.n_out = 3 * kH * hd; a.x = dev(x); a.ln_g = dev(g); a.ln_b = dev(be);
-  a.ln_eps = 1e-5f; a.map = sparse ? MAP_QKV : MAP_ID; a.sel = dev(heads); a.kH = kH; a.hd = hd; a.d = d; a.y = q;
+  a.W = devh(W); a.b = dev(b); a.K = d; a.n_out = 3 * kH * hd; a.x = devh(x); a.map = sparse ? MAP_QKV : MAP_ID; a.sel = dev(heads); a.kH = kH; a.hd = hd; a.d = d; a.y = q;
   a.q_scale = 1.f / std::sqrt((float)hd); a.kc = kc; a.vc = vc; a.valid = valid; a.maxT = maxT; a.st = dev(st);
   Engine fake{};
   fake.sms = sms();
   launch_rows<EPI_QKV>(&fake, 0, a);
   CUDA_OK(cudaGetLastError());
-  std::vector<double> xin;
-  ref_layernorm(x.data(), g.data(), be.data(), d, 1e-5f, xin);
+  std::vector<double> xin(x.begin(), x.end());
   auto qh = host(q, d);
   auto kh = hostf16(kc, cache), vh = hostf16(vc, cache);
   auto vd = host(valid, H * maxT);
@@ -208,7 +225,7 @@ static void test_qkv(int d, int H, int kH, bool sparse) {
 }
 
 // Column GEMV into the residual: dense, neuron list, head list.
-static void test_cols(int n_in, int d, int map, int n_sel, int hd, const char* name) {
+static void test_cols(int n_in, int d, int map, int n_sel, int hd, const char* name, bool ln = false) {
   auto WT = r16(randv((size_t)n_in * d, 1.f / std::sqrt((float)n_in)));
   auto in = randv(n_in, 1.f), bias = randv(d, 0.1f), y0 = randv(d, 1.f);
   std::vector<int> sel;
@@ -236,6 +253,12 @@ static void test_cols(int n_in, int d, int map, int n_sel, int hd, const char* n
   c.in = dev(cin); c.bias = dev(bias);
   float* y = dev(y0);
   c.y = y;
+  auto g = randv(d, 0.2f, 1.f), be = randv(d, 0.1f);
+  if (ln) {
+    std::vector<unsigned> zero(1, 0);
+    c.counter = dev(zero);
+    c.ln = LnOut{dev(g), dev(be), 1e-5f, poisoned_h(d), poisoned_h(d), poisoned_h(d)};
+  }
   Engine fake{};
   fake.sms = sms();
   launch_cols(&fake, 0, c);
@@ -247,6 +270,10 @@ static void test_cols(int n_in, int d, int map, int n_sel, int hd, const char* n
     ref[j] = s;
   }
   expect(name, host(y, d), ref);
+  if (ln) {
+    check_lnout("  ... last block", c.ln.xn, c.ln.xr, c.ln.xp, ref, g, be);
+    expect_true("  ... counter reset", host(c.counter, 1)[0] == 0);
+  }
 }
 
 // Attention over the cache with a head list and random validity holes (the KV policy).
@@ -264,7 +291,7 @@ static void test_attention(int H, int kH, int T, bool holes) {
   heads.resize(kH);
   std::vector<int> st = {pos, 1, 0, 0};
   float* out = poisoned(d);
-  size_t smem = att_smem_floats(maxT) * sizeof(float);
+  size_t smem = att_smem_floats(HD) * sizeof(float);
   cudaFuncSetAttribute(k_attention<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(smem, 48 << 10));
   k_attention<HD><<<kH, ATT_THREADS, smem>>>(dev(q), devh(K), devh(V), dev(valid), dev(heads), dev(st), maxT, out);
   CUDA_OK(cudaGetLastError());
@@ -300,46 +327,54 @@ static void test_attention(int H, int kH, int T, bool holes) {
   expect_true("  ... unselected heads untouched", untouched);
 }
 
-// Predictor scores + exact top-k (selection checked against a CPU top-k of the GPU's own scores, so fp32
-// summation-order differences cannot flip a near-tie; scores themselves checked against fp64).
-static void test_topk(int n, int r, int k) {
+// Predictor scores + exact top-k. The selection is checked against the GPU's own scores (so fp32 summation-order
+// differences cannot flip a near-tie): exactly k distinct indices, every selected score >= every unselected one.
+// Scores themselves are checked against fp64. Run twice: the state must leave itself ready for the next launch.
+static void test_topk(int n, int r, int k, bool degenerate = false) {
   auto W2 = r16(randv((size_t)n * r, 1.f / std::sqrt((float)r)));
   auto t = randv(r, 1.f);
   if (n > 1000) for (int i = 0; i < 50; i++) { size_t j = rng() % n; for (int c = 0; c < r; c++) W2[j * r + c] = W2[(j + 1) % n * r + c]; }  // exact ties
+  if (degenerate) for (int j = 0; j < n; j += 2) for (int c = 0; c < r; c++) W2[(size_t)j * r + c] = W2[c];  // half the scores equal
   float* scores = poisoned(n);
   int* sel;
   CUDA_OK(cudaMalloc(&sel, k * sizeof(int)));
-  CUDA_OK(cudaMemset(sel, 0xff, k * sizeof(int)));
-  unsigned* counter;
-  CUDA_OK(cudaMalloc(&counter, 4)); CUDA_OK(cudaMemset(counter, 0, 4));
+  TopkState* state;
+  CUDA_OK(cudaMalloc(&state, sizeof(TopkState)));
+  CUDA_OK(cudaMemset(state, 0, sizeof(TopkState)));
   Engine fake{};
   fake.sms = sms();
   Pred p;
-  p.w2 = devh(W2); p.t = dev(t); p.rank = r; p.scores = scores; p.counter = counter;
-  std::vector<unsigned> zero_hist(TOPK_BINS, 0);
-  p.hist = dev(zero_hist);
-  for (int rep = 0; rep < 2; rep++) launch_topk(&fake, 0, p, n, k, sel);  // twice: the counter must reset itself
-  CUDA_OK(cudaGetLastError());
-  auto s = host(scores, n);
-  std::vector<double> ref(n);
-  for (int j = 0; j < n; j++) { double v = 0; for (int c = 0; c < r; c++) v += (double)W2[(size_t)j * r + c] * t[c]; ref[j] = v; }
-  char name[128];
-  snprintf(name, sizeof name, "predictor scores n=%d r=%d", n, r);
-  expect(name, s, ref);
-  std::vector<int> idx(n);
-  for (int i = 0; i < n; i++) idx[i] = i;
-  std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return s[a] > s[b]; });
-  std::vector<int> want(idx.begin(), idx.begin() + k);
-  std::sort(want.begin(), want.end());
-  auto got = host(sel, k);
-  snprintf(name, sizeof name, "top-k n=%d k=%d: exact set, ascending, ties to lower index", n, k);
-  expect_true(name, got == want);
+  p.w2 = devh(W2); p.t = dev(t); p.rank = r; p.scores = scores; p.topk = state;
+  bool ok = true;
+  char name[160];
+  for (int rep = 0; rep < 2; rep++) {
+    CUDA_OK(cudaMemset(sel, 0xff, k * sizeof(int)));
+    launch_topk(&fake, 0, p, n, k, sel);
+    CUDA_OK(cudaGetLastError());
+    auto s = host(scores, n);
+    auto got = host(sel, k);
+    std::vector<char> chosen(n, 0);
+    for (int i : got) { if (i < 0 || i >= n || chosen[i]) ok = false; else chosen[i] = 1; }
+    if (ok) {
+      float lo = 1e30f, hi = -1e30f;
+      for (int i = 0; i < n; i++) { if (chosen[i]) lo = std::min(lo, s[i]); else hi = std::max(hi, s[i]); }
+      ok = k == n || lo >= hi;
+    }
+    if (rep == 0) {
+      std::vector<double> ref(n);
+      for (int j = 0; j < n; j++) { double v = 0; for (int c = 0; c < r; c++) v += (double)W2[(size_t)j * r + c] * t[c]; ref[j] = v; }
+      snprintf(name, sizeof name, "predictor scores n=%d r=%d", n, r);
+      expect(name, s, ref);
+    }
+  }
+  snprintf(name, sizeof name, "top-k n=%d k=%d%s: k distinct, all picked >= all others, x2", n, k, degenerate ? " (half tied)" : "");
+  expect_true(name, ok);
 }
 
 // LM head: logits + argmax + device state update (next token, position).
 static void test_lmhead(int V, int d, int n_prompt, int pos) {
   auto W = r16(randv((size_t)V * d, 1.f / std::sqrt((float)d)));
-  auto x = randv(d, 1.f), g = randv(d, 0.2f, 1.f), be = randv(d, 0.1f);
+  auto x = r16(randv(d, 1.f));
   std::vector<int> st = {pos, n_prompt, 0, 0};
   std::vector<int> toks(64, 7);
   unsigned long long* amax;
@@ -350,18 +385,16 @@ static void test_lmhead(int V, int d, int n_prompt, int pos) {
   int* dst = dev(st);
   int* dtok = dev(toks);
   RowsArgs a{};
-  a.W = devh(W); a.K = d; a.n_out = V; a.x = dev(x); a.ln_g = dev(g); a.ln_b = dev(be); a.ln_eps = 1e-5f;
-  a.map = MAP_ID; a.y = logits; a.st = dst; a.maxT = 64; a.amax = amax; a.counter = counter; a.tokens = dtok;
+  a.W = devh(W); a.K = d; a.n_out = V; a.x = devh(x); a.map = MAP_ID; a.y = logits; a.st = dst; a.maxT = 64; a.amax = amax; a.counter = counter; a.tokens = dtok;
   Engine fake{};
   fake.sms = sms();
   launch_rows<EPI_ARGMAX>(&fake, 0, a);
   CUDA_OK(cudaGetLastError());
-  std::vector<double> xin;
-  ref_layernorm(x.data(), g.data(), be.data(), d, 1e-5f, xin);
+  std::vector<double> xin(x.begin(), x.end());
   std::vector<double> ref(V);
   for (int j = 0; j < V; j++) ref[j] = ref_dot(&W[(size_t)j * d], xin.data(), d);
   auto l = host(logits, V);
-  expect("lm head: final LN + logits", l, ref);
+  expect("lm head: logits", l, ref);
   int am = (int)(std::max_element(l.begin(), l.end()) - l.begin());
   auto st2 = host(dst, 4);
   auto t2 = host(dtok, 64);
@@ -634,30 +667,33 @@ int main(int argc, char** argv) {
   API_OK(dj_device_info(name, sizeof name, &n, &mem));
   printf("cuda-check on %s (%d SMs, %.1f GiB), seed %llu\n", name, n, mem / 1073741824.0, (unsigned long long)seed);
   test_embed();
-  test_rows(384, 1000, 1000, false, MAP_ID, EPI_PLAIN, "rows K=384 n=1000 plain");
-  test_rows(5120, 3000, 3000, true, MAP_ID, EPI_PLAIN, "rows K=5120 n=3000 LN prologue");
-  test_rows(5120, 20480, 1024, true, MAP_LIST, EPI_RELU, "rows K=5120 gathered 1024 of 20480 (fc1) LN+ReLU");
-  test_rows(5120, 128, 128, false, MAP_ID, EPI_PLAIN, "rows K=5120 n=128 (predictor w1, split rows)");
-  test_rows(64, 500, 500, false, MAP_ID, EPI_PLAIN, "rows K=64 n=500 (short rows)");
-  test_rows(9216, 777, 777, true, MAP_ID, EPI_RELU, "rows K=9216 n=777 LN+ReLU");
+  test_rows(384, 1000, 1000, MAP_ID, EPI_PLAIN, "rows K=384 n=1000 plain");
+  test_rows(5120, 3000, 3000, MAP_ID, EPI_PLAIN, "rows K=5120 n=3000");
+  test_rows(5120, 20480, 1024, MAP_LIST, EPI_RELU, "rows K=5120 gathered 1024 of 20480 (fc1) + ReLU");
+  test_rows(5120, 256, 256, MAP_ID, EPI_PLAIN, "rows K=5120 n=256 (predictor w1, split rows)");
+  test_rows(64, 500, 500, MAP_ID, EPI_PLAIN, "rows K=64 n=500 (short rows)");
+  test_rows(9216, 777, 777, MAP_ID, EPI_RELU, "rows K=9216 n=777 + ReLU");
   test_qkv(384, 12, 12, false);
   test_qkv(384, 12, 5, true);
   test_qkv(1024, 8, 3, true);
-  test_cols(5120, 5120, MAP_ID, 0, 128, "cols dense 5120->5120 (out_proj^T) + bias + residual");
-  test_cols(5120, 5120, MAP_QKV, 8, 128, "cols 8 of 40 heads (out_proj^T rows) + residual");
-  test_cols(20480, 5120, MAP_LIST, 1024, 128, "cols 1024 of 20480 neurons (fc2^T rows) + residual");
-  test_cols(1536, 384, MAP_LIST, 150, 32, "cols 150 of 1536 neurons d=384");
+  test_cols(5120, 5120, MAP_ID, 0, 128, "cols dense 5120->5120 (out_proj^T) + bias + residual", true);
+  test_cols(5120, 5120, MAP_QKV, 8, 128, "cols 8 of 40 heads (out_proj^T rows) + residual", true);
+  test_cols(20480, 5120, MAP_LIST, 1024, 128, "cols 1024 of 20480 neurons (fc2^T rows) + residual", true);
+  test_cols(1536, 384, MAP_LIST, 150, 32, "cols 150 of 1536 neurons d=384", true);
   test_cols(1000, 9216, MAP_LIST, 13, 128, "cols 13 rows d=9216");
   test_attention<128>(40, 40, 256, false);
   test_attention<128>(40, 8, 200, true);
   test_attention<64>(16, 5, 37, true);
   test_attention<32>(12, 12, 1, false);
   test_attention<32>(12, 6, 129, true);
+  test_attention<128>(72, 72, 1000, true);
   test_topk(40, 128, 8);
+  test_topk(512, 64, 100);
   test_topk(20480, 128, 1024);
   test_topk(36864, 256, 1843);
   test_topk(1536, 16, 154);
   test_topk(100, 8, 100);
+  test_topk(20480, 128, 1024, true);
   test_lmhead(50272, 5120, 1, 3);
   test_lmhead(8192, 384, 10, 3);
   test_engine(32);

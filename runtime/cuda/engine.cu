@@ -39,8 +39,7 @@ struct Pred {
   int rank = 0, tap = 0, src_layer = 0;
   __half *w1 = nullptr, *w2 = nullptr;  // [rank][d], [n][rank]
   float *t = nullptr, *scores = nullptr;
-  unsigned* counter = nullptr;
-  unsigned* hist = nullptr;  // [TOPK_BINS] for the top-k kernel
+  TopkState* topk = nullptr;
   float* tg = nullptr;       // where its w1 output lives when stacked with other predictors of the same tap
 };
 
@@ -69,12 +68,13 @@ struct Engine {
   float eps = 1e-5f;
   int sms = 0;
   bool kv_all = false;  // KV policy for sparse attention (kernels.cuh, k_attention)
-  float *ones = nullptr, *zeros = nullptr;
   std::vector<void*> allocs;
   __half *E = nullptr, *P = nullptr, *lm = nullptr;
   float *lnf_g = nullptr, *lnf_b = nullptr;
   std::vector<Layer> layers;
   float *x, *q, *att, *h, *logits;
+  __half *xn, *xr, *xp;    // fp16 GEMV inputs: LN(x), x, LN(x) without affine (kernels.cuh header)
+  unsigned* cols_counter;  // last-block counter of the column GEMVs on the main stream
   int *st, *tokens;
   unsigned long long* amax;
   unsigned* lm_counter;
@@ -156,9 +156,9 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
     cudaMemcpy(l.nsel, id.data(), ffn * sizeof(int), cudaMemcpyHostToDevice);
     cudaMemset(l.valid, 0, (size_t)H * maxT);
   }
-  if (dalloc(e, &e->ones, d) || dalloc(e, &e->zeros, d)) return bad();
-  fill_f(e->ones, d, 0, 0.f, 1.f);
-  cudaMemset(e->zeros, 0, d * sizeof(float));
+  if (dalloc(e, &e->xn, d) || dalloc(e, &e->xr, d) || dalloc(e, &e->xp, d) || dalloc(e, &e->cols_counter, 1))
+    return bad();
+  cudaMemset(e->cols_counter, 0, sizeof(unsigned));
   if (dalloc(e, &e->x, d) || dalloc(e, &e->q, d) || dalloc(e, &e->att, d) || dalloc(e, &e->h, ffn) ||
       dalloc(e, &e->logits, vocab) || dalloc(e, &e->st, 4) || dalloc(e, &e->tokens, maxT + 1) ||
       dalloc(e, &e->amax, 1) || dalloc(e, &e->lm_counter, 1))
@@ -318,10 +318,9 @@ static int alloc_pred(Engine* e, Pred& p, int rank, int n, int tap, int src_laye
   if (src_layer < 0 || src_layer >= e->L) return fail("predictor source layer %d out of range", src_layer);
   if (!p.on || p.rank != rank) {
     if (dalloc(e, &p.w1, (size_t)rank * e->d) || dalloc(e, &p.w2, (size_t)n * rank) || dalloc(e, &p.t, rank) ||
-        dalloc(e, &p.scores, n) || dalloc(e, &p.counter, 1) || dalloc(e, &p.hist, TOPK_BINS))
+        dalloc(e, &p.scores, n) || dalloc(e, &p.topk, 1))
       return -1;
-    CK(cudaMemset(p.counter, 0, sizeof(unsigned)));
-    CK(cudaMemset(p.hist, 0, TOPK_BINS * sizeof(unsigned)));
+    CK(cudaMemset(p.topk, 0, sizeof(TopkState)));
   }
   p.on = true; p.rank = rank; p.tap = tap; p.src_layer = src_layer;
   return 0;
@@ -401,7 +400,7 @@ static int rows_blocks(Engine* e, const void* kern, int n_out, int K, int* wpr, 
   *lpr = 32;
   *wpr = 1;
   int per_sm = 1;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, WARPS * 32, K * sizeof(float));
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, WARPS * 32, 0);
   per_sm = std::max(per_sm, 1);
   long long resident_warps = (long long)e->sms * per_sm * WARPS;
   if (nvec < 32) { int p = 1; while (p < nvec) p <<= 1; *lpr = p; }
@@ -435,7 +434,7 @@ static void launchk(Engine* e, bool pdl, void (*k)(KArgs...), dim3 g, dim3 b, si
 template <int EPI>
 static void launch_rows(Engine* e, cudaStream_t s, RowsArgs a, bool pdl = false) {
   int grid = rows_blocks(e, (const void*)k_rows<EPI>, a.n_out, a.K, &a.wpr, &a.lpr);
-  launchk(e, pdl, k_rows<EPI>, dim3(grid), dim3(WARPS * 32), a.K * sizeof(float), s, a);
+  launchk(e, pdl, k_rows<EPI>, dim3(grid), dim3(WARPS * 32), 0, s, a);
 }
 
 static void launch_cols(Engine* e, cudaStream_t s, ColsArgs a, bool pdl = false) {
@@ -450,7 +449,7 @@ static void launch_cols(Engine* e, cudaStream_t s, ColsArgs a, bool pdl = false)
 }
 
 static void launch_attention(Engine* e, cudaStream_t s, Layer& l, const int* sel, int nh, bool pdl = false) {
-  size_t smem = (size_t)att_smem_floats(e->maxT) * sizeof(float);
+  size_t smem = (size_t)att_smem_floats(e->hd) * sizeof(float);
   const float* q = e->q;
   const __half *kc = l.kc, *vc = l.vc;
   const uint8_t* valid = l.valid;
@@ -464,17 +463,17 @@ static void launch_attention(Engine* e, cudaStream_t s, Layer& l, const int* sel
 
 static void launch_pred1(Engine* e, cudaStream_t s, const __half* w1, int rows, bool norm, float* t) {
   RowsArgs a{};
-  a.W = w1; a.K = e->d; a.n_out = rows; a.x = e->x; a.map = MAP_ID; a.y = t;
-  if (norm) { a.ln_g = e->ones; a.ln_b = e->zeros; a.ln_eps = e->eps; }
+  a.W = w1; a.K = e->d; a.n_out = rows; a.x = norm ? e->xp : e->xr; a.map = MAP_ID; a.y = t;
   launch_rows<EPI_PLAIN>(e, s, a);
 }
 static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* sel) {
   TopkArgs a{};
   a.W2 = p.w2; a.t = p.tg ? p.tg : p.t; a.n = n; a.r = p.rank; a.k = k; a.lpr = std::min(32, p.rank / 8);
-  a.scores = p.scores; a.sel = sel; a.counter = p.counter; a.hist = p.hist;
+  a.scores = p.scores; a.sel = sel; a.s = p.topk;
   int rpb = (TOPK_THREADS / 32) * (32 / a.lpr);
   int grid = std::min((n + rpb - 1) / rpb, e->sms * 2);
-  k_pred_topk<<<grid, TOPK_THREADS, 0, s>>>(a);
+  k_pred_scores<<<grid, TOPK_THREADS, 0, s>>>(a);
+  if (n > TOPK_THREADS) k_topk_select<<<(n + TOPK_THREADS - 1) / TOPK_THREADS, TOPK_THREADS, 0, s>>>(a);
 }
 
 // Stack the w1 of predictors that read the same tap (one GEMV for all of them).
@@ -587,7 +586,8 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     }
   };
 
-  k_embed<<<(d + 255) / 256, 256, 0, s0>>>(e->E, e->P, e->tokens, e->st, d, e->x);
+  auto lnout = [&](const float* g, const float* b) { return LnOut{g, b, e->eps, e->xn, e->xr, e->xp}; };
+  k_embed<<<1, 1024, 0, s0>>>(e->E, e->P, e->tokens, e->st, d, e->x, lnout(e->layers[0].ln1_g, e->layers[0].ln1_b));
   mark(P_EMBED);
   for (int li = 0; li < e->L; li++) {
     Layer& l = e->layers[li];
@@ -598,8 +598,8 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     consume(li, 0);
     if (compute) {
       RowsArgs a{};
-      a.W = l.Wqkv; a.b = l.bqkv; a.K = d; a.n_out = e->kv_all && hs ? kH * hd + 2 * d : 3 * kH * hd; a.x = e->x; a.ln_g = l.ln1_g; a.ln_b = l.ln1_b;
-      a.ln_eps = e->eps; a.map = MAP_QKV; a.sel = hs ? l.hsel : nullptr; a.kH = kH; a.hd = hd; a.d = d;
+      a.W = l.Wqkv; a.b = l.bqkv; a.K = d; a.n_out = e->kv_all && hs ? kH * hd + 2 * d : 3 * kH * hd; a.x = e->xn;
+      a.map = MAP_QKV; a.sel = hs ? l.hsel : nullptr; a.kH = kH; a.hd = hd; a.d = d;
       if (!hs) a.map = MAP_ID;
       else if (e->kv_all) a.map = MAP_Q_KVALL;
       a.y = e->q; a.q_scale = 1.f / sqrtf((float)hd); a.kc = l.kc; a.vc = l.vc; a.valid = l.valid; a.maxT = e->maxT;
@@ -614,6 +614,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       ColsArgs c{};
       c.WT = l.WoT; c.n_cols = d; c.n_rows = kH * hd; c.map = hs ? MAP_QKV : MAP_ID; c.sel = l.hsel; c.hd = hd;
       c.in = e->att; c.bias = l.bo; c.y = e->x;
+      c.counter = e->cols_counter; c.ln = lnout(l.ln2_g, l.ln2_b);
       launch_cols(e, s0, c, true);
       mark(P_OUT);
     }
@@ -622,8 +623,8 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     consume(li, 1);
     if (compute) {
       RowsArgs a{};
-      a.W = l.W1; a.b = l.b1; a.K = d; a.n_out = kM; a.x = e->x; a.ln_g = l.ln2_g; a.ln_b = l.ln2_b;
-      a.ln_eps = e->eps; a.map = ns ? MAP_LIST : MAP_ID; a.sel = l.nsel; a.y = e->h;
+      a.W = l.W1; a.b = l.b1; a.K = d; a.n_out = kM; a.x = e->xn;
+      a.map = ns ? MAP_LIST : MAP_ID; a.sel = l.nsel; a.y = e->h;
       launch_rows<EPI_RELU>(e, s0, a, true);
       mark(P_FC1);
     }
@@ -632,6 +633,8 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       ColsArgs c{};
       c.WT = l.W2T; c.n_cols = d; c.n_rows = kM; c.map = ns ? MAP_LIST : MAP_ID; c.sel = l.nsel; c.hd = hd;
       c.in = e->h; c.bias = l.b2; c.y = e->x;
+      c.counter = e->cols_counter;
+      c.ln = li + 1 < e->L ? lnout(e->layers[li + 1].ln1_g, e->layers[li + 1].ln1_b) : lnout(e->lnf_g, e->lnf_b);
       launch_cols(e, s0, c, true);
       mark(P_FC2);
     }
@@ -640,7 +643,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   before_x_write();
   if (compute) {
     RowsArgs a{};
-    a.W = e->lm; a.K = d; a.n_out = e->vocab; a.x = e->x; a.ln_g = e->lnf_g; a.ln_b = e->lnf_b; a.ln_eps = e->eps;
+    a.W = e->lm; a.K = d; a.n_out = e->vocab; a.x = e->xn;
     a.map = MAP_ID; a.y = e->logits; a.st = e->st; a.maxT = e->maxT; a.amax = e->amax; a.counter = e->lm_counter;
     a.tokens = e->tokens;
     launch_rows<EPI_ARGMAX>(e, s0, a, true);
@@ -661,10 +664,9 @@ int dj_build(void* ev) {
     e->evs.push_back(v);
   }
   if (build_groups(e)) return -1;
-  size_t att = (size_t)att_smem_floats(e->maxT) * sizeof(float);
-  CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(att, 48 << 10)));
-  CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(att, 48 << 10)));
-  CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(att, 48 << 10)));
+  CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem_floats(128) * 4));
+  CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem_floats(64) * 4));
+  CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem_floats(32) * 4));
   for (int m = 0; m < M_COUNT; m++) {
     if (e->graphs[m]) { cudaGraphExecDestroy(e->graphs[m]); e->graphs[m] = nullptr; }
     cudaGraph_t g;

@@ -8,6 +8,10 @@
 //   W2T  [ffn][d]  fc2 stored TRANSPOSED: a neuron's output weights = one contiguous row
 //   K/V cache [H][maxT][hd] fp16 per layer, valid [H][maxT] uint8 per layer (KV policy, see k_attention)
 // Device state int32 st[0] = pos (position of the token being decoded), st[1] = prompt length; tokens[maxT].
+// Activations: the residual stream x is fp32 [d]; the GEMV inputs are fp16 copies made once per block boundary:
+//   xn = LayerNorm(x) (the next block's LN), xr = x (raw, for predictors), xp = LayerNorm without affine (predictors
+//   trained on normalised input). They are written by the kernel that finishes x (embed, or the last block of a
+//   column GEMV), so no GEMV recomputes a LayerNorm.
 #pragma once
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -85,40 +89,77 @@ __device__ __forceinline__ float key2f(uint32_t k) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Embedding: x = E[tokens[pos]] + P[pos + 2] (OPT's learned positions carry an offset of 2).
-__global__ void k_embed(const __half* __restrict__ E, const __half* __restrict__ P, const int* __restrict__ tokens,
-                        const int* __restrict__ st, int d, float* __restrict__ x) {
+// LayerNorm of the finished residual stream into the fp16 GEMV inputs (one block; single pass sum/sum-of-squares).
+struct LnOut {
+  const float* g;
+  const float* b;
+  float eps;
+  __half* xn;  // LN(x) * g + b
+  __half* xr;  // x
+  __half* xp;  // LN(x) without affine (may be null)
+};
+
+__device__ void block_layernorm(const float* x, int d, const LnOut& o) {
+  __shared__ float red2[2][32];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = (blockDim.x + 31) >> 5;
+  float s = 0.f, s2 = 0.f;
+  for (int i = tid; i < d; i += blockDim.x) { float v = __ldcg(x + i); s += v; s2 += v * v; }
+  s = warp_sum(s);
+  s2 = warp_sum(s2);
+  __syncthreads();
+  if (lane == 0) { red2[0][w] = s; red2[1][w] = s2; }
+  __syncthreads();
+  s = lane < nw ? red2[0][lane] : 0.f;
+  s2 = lane < nw ? red2[1][lane] : 0.f;
+  s = warp_sum(s);
+  s2 = warp_sum(s2);
+  const float mean = s / d;
+  const float rstd = rsqrtf(fmaxf(s2 / d - mean * mean, 0.f) + o.eps);
+  for (int i = tid; i < d; i += blockDim.x) {
+    float v = __ldcg(x + i), z = (v - mean) * rstd;
+    o.xr[i] = __float2half(v);
+    o.xn[i] = __float2half(z * o.g[i] + o.b[i]);
+    if (o.xp) o.xp[i] = __float2half(z);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Embedding: x = E[tokens[pos]] + P[pos + 2] (OPT's learned positions carry an offset of 2), then layer 0's LN.
+// One block.
+__global__ void __launch_bounds__(1024) k_embed(const __half* __restrict__ E, const __half* __restrict__ P,
+                                                const int* __restrict__ tokens, const int* __restrict__ st, int d,
+                                                float* __restrict__ x, LnOut ln) {
   pdl_trigger();
   pdl_wait();
   int pos = st[0];
   int tok = tokens[pos];
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < d; i += gridDim.x * blockDim.x)
+  for (int i = threadIdx.x; i < d; i += blockDim.x)
     x[i] = __half2float(E[(size_t)tok * d + i]) + __half2float(P[(size_t)(pos + 2) * d + i]);
+  __threadfence_block();
+  __syncthreads();
+  block_layernorm(x, d, ln);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Row GEMV with an optional LayerNorm prologue and a fused epilogue:
-//   y[j] = dot(W[row(j)], LN(x)) + b[row(j)]
+// Row GEMV with a fused epilogue: y[j] = dot(W[row(j)], xh) + b[row(j)], xh fp16 (already normalised).
 // `row(j)` gathers: identity, a neuron list (fc1), or the q/k/v rows of a head list (sparse attention).
-// Each block normalises x into shared memory once, then its warps stream whole weight rows with 16-byte loads
-// (WPR warps split one long row when there are few rows; LPR lanes take one short row when rows are short).
+// Warps stream whole weight rows with 16-byte loads, the matching 16 bytes of xh coming from L1 (every warp of an SM
+// reads the same xh); WPR warps split one long row when there are few rows, LPR lanes take one short row when rows
+// are short. No shared-memory prologue, no barrier before the first weight load.
 enum { MAP_ID = 0, MAP_LIST = 1, MAP_QKV = 2, MAP_Q_KVALL = 3 };
 enum { EPI_PLAIN = 0, EPI_RELU = 1, EPI_QKV = 2, EPI_ARGMAX = 3 };
 
 struct RowsArgs {
   const __half* W;
-  const float* b;  // may be null
-  int K;           // input width (multiple of 8)
-  int n_out;       // number of output rows
-  const float* x;  // [K]
-  const float* ln_g;
-  const float* ln_b;  // LayerNorm when ln_g != null
-  float ln_eps;
+  const float* b;   // may be null
+  int K;            // input width (multiple of 8)
+  int n_out;        // number of output rows
+  const __half* x;  // [K] fp16 input
   int map;
-  const int* sel;  // MAP_LIST: [n_out] rows; MAP_QKV: [kH] heads
-  int kH, hd, d;   // MAP_QKV / EPI_QKV
-  int wpr, lpr;    // warps per row (1,2,4,8), lanes per row (1..32, power of two; lpr < 32 only when wpr == 1)
-  float* y;        // PLAIN/RELU: [n_out]; QKV: q [d] (absolute head positions); ARGMAX: logits [n_out]
+  const int* sel;   // MAP_LIST: [n_out] rows; MAP_QKV / MAP_Q_KVALL: [kH] heads
+  int kH, hd, d;    // MAP_QKV / EPI_QKV
+  int wpr, lpr;     // warps per row (1,2,4,8), lanes per row (1..32, power of two; lpr < 32 only when wpr == 1)
+  float* y;         // PLAIN/RELU: [n_out]; QKV: q [d] (absolute head positions); ARGMAX: logits [n_out]
   float q_scale;
   __half* kc;
   __half* vc;
@@ -146,13 +187,24 @@ __device__ __forceinline__ int rows_map(const RowsArgs& a, int j) {
   return p * a.d + a.sel[hi] * a.hd + i;
 }
 
+__device__ __forceinline__ float dot8h(const uint4& w, const uint4& x) {
+  const __half2* hw = reinterpret_cast<const __half2*>(&w);
+  const __half2* hx = reinterpret_cast<const __half2*>(&x);
+  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    float2 a = __half22float2(hw[i]), b = __half22float2(hx[i]);
+    acc = fmaf(a.x, b.x, acc);
+    acc = fmaf(a.y, b.y, acc);
+  }
+  return acc;
+}
+
 template <int EPI>
 __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
-  extern __shared__ float xs[];  // [K]
-  __shared__ float red[32];
   __shared__ unsigned long long best_s[WARPS];
+  __shared__ float part_s[WARPS];
   const int K = a.K, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-
   const int nvec = K >> 3;
   const int wpr = a.wpr, lpr = a.lpr;
   const int rows_per_warp = 32 / lpr;                 // > 1 only for short rows
@@ -161,12 +213,10 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
   const int grp = warp / wpr, wi = warp % wpr;        // row group within the block, warp within the group
   const int step = wpr * lpr;                         // vectors advanced per iteration by the row's lanes
   unsigned long long best = 0ull;
-  __shared__ float part_s[WARPS][32];
+  const uint4* xv = reinterpret_cast<const uint4*>(a.x);
 
-  // Prefetch this lane's part of its first row into L2 before touching x: weights (and row selections, which are
-  // produced on another stream and joined by a full dependency) never depend on the kernel before us, so their DRAM
-  // latency overlaps the LayerNorm prologue and, with PDL, the previous kernel's tail. (L2, not registers: keeps
-  // the main loop's register budget and occupancy.)
+  // Prefetch this lane's part of its first row into L2 before waiting on the previous kernel: weights (and row
+  // selections, produced on another stream and joined by a full dependency) never depend on it.
   pdl_trigger();
   {
     int j = blockIdx.x * rows_per_block + grp * rows_per_warp + sub;
@@ -177,20 +227,6 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
   }
   pdl_wait();
 
-  // Prologue: x (optionally LayerNorm'd) into shared memory. Two-pass variance for stability.
-  if (a.ln_g) {
-    float s = 0.f;
-    for (int i = tid; i < K; i += blockDim.x) { float v = a.x[i]; xs[i] = v; s += v; }
-    float mean = block_sum(s, red) / K;
-    float s2 = 0.f;
-    for (int i = tid; i < K; i += blockDim.x) { float v = xs[i] - mean; s2 += v * v; }
-    float rstd = rsqrtf(block_sum(s2, red) / K + a.ln_eps);
-    for (int i = tid; i < K; i += blockDim.x) xs[i] = (xs[i] - mean) * rstd * a.ln_g[i] + a.ln_b[i];
-  } else {
-    for (int i = tid; i < K; i += blockDim.x) xs[i] = a.x[i];
-  }
-  __syncthreads();
-
   for (int base = blockIdx.x * rows_per_block; base < a.n_out; base += gridDim.x * rows_per_block) {
     int j = base + grp * rows_per_warp + sub;
     bool active = j < a.n_out;
@@ -199,23 +235,23 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
     if (active) {
       const uint4* wr = reinterpret_cast<const uint4*>(a.W + (size_t)row * K);
       int c = wi * lpr + sl;
-      // 4 independent 16-byte loads in flight per lane.
+      // 4 independent 16-byte weight loads (+ 4 L1-resident input loads) in flight per lane.
       for (; c + 3 * step < nvec; c += 4 * step) {
         uint4 w0 = ld_stream(wr + c), w1 = ld_stream(wr + c + step);
         uint4 w2 = ld_stream(wr + c + 2 * step), w3 = ld_stream(wr + c + 3 * step);
-        acc += dot8(w0, xs + 8 * c) + dot8(w1, xs + 8 * (c + step));
-        acc += dot8(w2, xs + 8 * (c + 2 * step)) + dot8(w3, xs + 8 * (c + 3 * step));
+        uint4 x0 = __ldg(xv + c), x1 = __ldg(xv + c + step), x2 = __ldg(xv + c + 2 * step), x3 = __ldg(xv + c + 3 * step);
+        acc += dot8h(w0, x0) + dot8h(w1, x1);
+        acc += dot8h(w2, x2) + dot8h(w3, x3);
       }
-      for (; c < nvec; c += step) acc += dot8(ld_stream(wr + c), xs + 8 * c);
+      for (; c < nvec; c += step) acc += dot8h(ld_stream(wr + c), __ldg(xv + c));
     }
     // Reduce over the lpr lanes of this row (xor stays inside aligned groups of lpr lanes).
     for (int o = lpr >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     if (wpr > 1) {
-      if (lane == 0) part_s[warp][0] = acc;
+      if (lane == 0) part_s[warp] = acc;
       __syncthreads();
-      if (wi == 0 && lane == 0) {
-        for (int w = 1; w < wpr; w++) acc += part_s[warp + w][0];
-      }
+      if (wi == 0 && lane == 0)
+        for (int w = 1; w < wpr; w++) acc += part_s[warp + w];
       __syncthreads();
     }
     if (active && wi == 0 && sl == 0) {
@@ -251,14 +287,12 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
     }
     if (lane == 0) best_s[warp] = best;
     __syncthreads();
-    __shared__ bool last;
     if (tid == 0) {
       unsigned long long m = 0;
       for (int w = 0; w < WARPS; w++) m = best_s[w] > m ? best_s[w] : m;
       atomicMax(a.amax, m);
       __threadfence();
-      last = atomicAdd(a.counter, 1u) == gridDim.x - 1;
-      if (last) {
+      if (atomicAdd(a.counter, 1u) == gridDim.x - 1) {
         __threadfence();
         unsigned long long m2 = atomicAdd(a.amax, 0ull);
         int tok = (int)(0xffffffffu - (uint32_t)(m2 & 0xffffffffu));
@@ -277,18 +311,21 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
 //   y[c] += sum_j a_j * WT[row(j)][c]   (+ bias[c], added once by the blocks of chunk 0)
 // Rows: identity (dense), a neuron list (fc2: a_j = h[j], compact), or the hd rows of each listed head
 // (out_proj: a_j = attn[row]). Each thread owns 8 consecutive output columns (one 16-byte vector per row);
-// blockIdx.y takes a chunk of R selected rows; partial sums land with vector float4 atomics.
+// blockIdx.y takes a chunk of R selected rows; partial sums land with vector float4 atomics. The last block to
+// finish (counter) writes the LayerNorm'd fp16 inputs of the next GEMV (LnOut), so no GEMV recomputes them.
 struct ColsArgs {
   const __half* WT;
   int n_cols;       // d (multiple of 8)
   int n_rows;       // number of selected rows (compact)
-  int map;          // MAP_ID, MAP_LIST (neurons), MAP_QKV (heads; reused name: head blocks of hd rows)
+  int map;          // MAP_ID, MAP_LIST (neurons), MAP_QKV (heads: blocks of hd rows)
   const int* sel;
   int hd;
   const float* in;  // MAP_ID/MAP_QKV: indexed by the weight row; MAP_LIST: compact [n_rows]
   const float* bias;
   float* y;
-  int R;            // rows per chunk (multiple of 8)
+  int R;            // rows per chunk (multiple of 8, <= 256)
+  unsigned* counter;  // null: no LayerNorm epilogue
+  LnOut ln;
 };
 
 constexpr int COLS_THREADS = 128;
@@ -296,6 +333,7 @@ constexpr int COLS_THREADS = 128;
 __global__ void __launch_bounds__(COLS_THREADS) k_cols(ColsArgs a) {
   __shared__ int rows_s[256];
   __shared__ float in_s[256];
+  __shared__ bool last;
   pdl_trigger();
   const int r0 = blockIdx.y * a.R;
   const int nr = min(a.R, a.n_rows - r0);
@@ -317,47 +355,58 @@ __global__ void __launch_bounds__(COLS_THREADS) k_cols(ColsArgs a) {
   pdl_wait();
   for (int t = threadIdx.x; t < nr; t += blockDim.x) in_s[t] = a.map == MAP_LIST ? a.in[r0 + t] : a.in[rows_s[t]];
   __syncthreads();
-  if (!live) return;
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  auto fma8 = [&](const uint4& wv, float s) {
-    const __half2* h = reinterpret_cast<const __half2*>(&wv);
+  if (live) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    auto fma8 = [&](const uint4& wv, float s) {
+      const __half2* h = reinterpret_cast<const __half2*>(&wv);
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      float2 f = __half22float2(h[i]);
-      acc[2 * i] = fmaf(f.x, s, acc[2 * i]);
-      acc[2 * i + 1] = fmaf(f.y, s, acc[2 * i + 1]);
+      for (int i = 0; i < 4; i++) {
+        float2 f = __half22float2(h[i]);
+        acc[2 * i] = fmaf(f.x, s, acc[2 * i]);
+        acc[2 * i + 1] = fmaf(f.y, s, acc[2 * i + 1]);
+      }
+    };
+#pragma unroll
+    for (int u = 0; u < 8; u++)
+      if (u < nr) fma8(w[u], in_s[u]);
+    int t = 8;
+    for (; t + 8 <= nr; t += 8) {
+#pragma unroll
+      for (int u = 0; u < 8; u++) w[u] = ld_stream(reinterpret_cast<const uint4*>(a.WT + (size_t)rows_s[t + u] * a.n_cols) + cv);
+#pragma unroll
+      for (int u = 0; u < 8; u++) fma8(w[u], in_s[t + u]);
     }
-  };
+    for (; t < nr; t++) fma8(ld_stream(reinterpret_cast<const uint4*>(a.WT + (size_t)rows_s[t] * a.n_cols) + cv), in_s[t]);
+    if (blockIdx.y == 0 && a.bias) {
 #pragma unroll
-  for (int u = 0; u < 8; u++)
-    if (u < nr) fma8(w[u], in_s[u]);
-  int t = 8;
-  for (; t + 8 <= nr; t += 8) {
-#pragma unroll
-    for (int u = 0; u < 8; u++) w[u] = ld_stream(reinterpret_cast<const uint4*>(a.WT + (size_t)rows_s[t + u] * a.n_cols) + cv);
-#pragma unroll
-    for (int u = 0; u < 8; u++) fma8(w[u], in_s[t + u]);
+      for (int i = 0; i < 8; i++) acc[i] += a.bias[cv * 8 + i];
+    }
+    float4* y4 = reinterpret_cast<float4*>(a.y + cv * 8);
+    atomicAdd(y4, make_float4(acc[0], acc[1], acc[2], acc[3]));
+    atomicAdd(y4 + 1, make_float4(acc[4], acc[5], acc[6], acc[7]));
   }
-  for (; t < nr; t++) fma8(ld_stream(reinterpret_cast<const uint4*>(a.WT + (size_t)rows_s[t] * a.n_cols) + cv), in_s[t]);
-  if (blockIdx.y == 0 && a.bias) {
-#pragma unroll
-    for (int i = 0; i < 8; i++) acc[i] += a.bias[cv * 8 + i];
-  }
-  float4* y4 = reinterpret_cast<float4*>(a.y + cv * 8);
-  atomicAdd(y4, make_float4(acc[0], acc[1], acc[2], acc[3]));
-  atomicAdd(y4 + 1, make_float4(acc[4], acc[5], acc[6], acc[7]));
+  if (!a.counter) return;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(a.counter, 1u) == gridDim.x * gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  block_layernorm(a.y, a.n_cols, a.ln);
+  if (threadIdx.x == 0) *a.counter = 0u;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Attention decode for one head per block over the K/V cache, positions 0..pos.
+// Attention decode for one head per block over the K/V cache, positions 0..pos (flash-decoding inside a block:
+// each warp runs an online softmax over its own positions, K and V rows of a chunk requested together, so a
+// head's history costs about one memory round trip; one barrier, then the warps' partial states are merged).
 // KV policy for sparse attention, policy "selected" (default): a head skipped at step t computes no K/V at t; its
 // slot stays marked invalid (valid[h][t] = 0) and is masked out whenever that head is selected later. Policy "all"
 // (MAP_Q_KVALL, what runtime/sparse does): K/V rows of every head are projected each step, so every slot is valid.
 // Dense steps write every head.
-// 1024 threads, 4 keys (or V rows) in flight per lane: a head's whole history is requested in ~one memory round trip.
 constexpr int ATT_THREADS = 1024;
-constexpr int ATT_U = 4;
-__host__ __device__ constexpr int att_smem_floats(int maxT) { return maxT + ATT_THREADS * 8; }
+constexpr int ATT_U = 4;  // keys per lane per round
+__host__ __device__ constexpr int att_smem_floats(int hd) { return (ATT_THREADS / 32) * (32 / (hd / 8)) * (hd + 2); }
 
 template <int HD>
 __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restrict__ q, const __half* __restrict__ kc,
@@ -365,15 +414,16 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restri
                                                    const int* __restrict__ sel, const int* __restrict__ st, int maxT,
                                                    float* __restrict__ out) {
   constexpr int LPK = HD / 8;        // lanes per key (16 bytes each)
-  constexpr int KPW = 32 / LPK;      // keys per warp per load
-  extern __shared__ float sc[];      // [maxT] scores, then [groups][HD] partial outputs
-  __shared__ float red[32];
+  constexpr int KPW = 32 / LPK;      // key slots per warp
+  constexpr int NSLOT = (ATT_THREADS / 32) * KPW;
+  extern __shared__ float sm[];      // [NSLOT][HD + 2]: acc, m, l per slot
   pdl_trigger();
   pdl_wait();
   const int h = sel ? sel[blockIdx.x] : blockIdx.x;
   const int T = st[0] + 1;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int sl = lane % LPK, kw = lane / LPK;
+  const int slot = warp * KPW + kw;
   const __half* K = kc + (size_t)h * maxT * HD;
   const __half* V = vc + (size_t)h * maxT * HD;
   const uint8_t* ok = valid + (size_t)h * maxT;
@@ -382,87 +432,84 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restri
 #pragma unroll
   for (int i = 0; i < 8; i++) qv[i] = q[h * HD + sl * 8 + i];
 
-  float mx = NEG_INF;
-  for (int t0 = warp * KPW * ATT_U; t0 < T; t0 += nwarps * KPW * ATT_U) {
-    uint4 kv[ATT_U];
+  float m = -1e30f, l = 0.f;
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int t0 = slot; t0 < T; t0 += NSLOT * ATT_U) {
+    uint4 kv[ATT_U], vv[ATT_U];
 #pragma unroll
     for (int u = 0; u < ATT_U; u++) {
-      int t = t0 + u * KPW + kw;
-      if (t < T) kv[u] = *reinterpret_cast<const uint4*>(K + (size_t)t * HD + sl * 8);
+      int t = t0 + u * NSLOT;
+      if (t < T) {
+        kv[u] = *reinterpret_cast<const uint4*>(K + (size_t)t * HD + sl * 8);
+        vv[u] = *reinterpret_cast<const uint4*>(V + (size_t)t * HD + sl * 8);
+      }
     }
 #pragma unroll
     for (int u = 0; u < ATT_U; u++) {
-      int t = t0 + u * KPW + kw;
+      int t = t0 + u * NSLOT;
       float s = t < T ? dot8(kv[u], qv) : 0.f;
       for (int o = LPK >> 1; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-      if (t < T && sl == 0) {
-        s = ok[t] ? s : NEG_INF;
-        sc[t] = s;
-        mx = fmaxf(mx, s);
+      if (t < T && ok[t]) {
+        float mn = fmaxf(m, s);
+        float corr = __expf(m - mn), p = __expf(s - mn);
+        l = l * corr + p;
+        const __half2* hv = reinterpret_cast<const __half2*>(&vv[u]);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          float2 f = __half22float2(hv[i]);
+          acc[2 * i] = fmaf(p, f.x, acc[2 * i] * corr);
+          acc[2 * i + 1] = fmaf(p, f.y, acc[2 * i + 1] * corr);
+        }
+        m = mn;
       }
     }
   }
-  mx = block_max(mx, red);
-  float sum = 0.f;
-  for (int t = tid; t < T; t += blockDim.x) {
-    float e = sc[t] == NEG_INF ? 0.f : __expf(sc[t] - mx);
-    sc[t] = e;
-    sum += e;
-  }
-  sum = block_sum(sum, red);  // ends with __syncthreads inside: sc[] complete
-  const float inv = 1.f / sum;
-
-  // out[i] = sum_t p_t V[t][i]: LPK lanes cover a row of V, groups of LPK lanes split the positions.
-  const int groups = blockDim.x / LPK, g = tid / LPK;
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int t0 = g; t0 < T; t0 += groups * ATT_U) {
-    uint4 w[ATT_U];
+  float* st_s = sm + slot * (HD + 2);
 #pragma unroll
-    for (int u = 0; u < ATT_U; u++) {
-      int t = t0 + u * groups;
-      if (t < T) w[u] = *reinterpret_cast<const uint4*>(V + (size_t)t * HD + sl * 8);
-    }
-#pragma unroll
-    for (int u = 0; u < ATT_U; u++) {
-      int t = t0 + u * groups;
-      if (t >= T) break;
-      float p = sc[t];
-      const __half2* hv = reinterpret_cast<const __half2*>(&w[u]);
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        float2 f = __half22float2(hv[i]);
-        acc[2 * i] = fmaf(p, f.x, acc[2 * i]);
-        acc[2 * i + 1] = fmaf(p, f.y, acc[2 * i + 1]);
-      }
-    }
-  }
-  float* part = sc + maxT;  // [groups][HD]
-#pragma unroll
-  for (int i = 0; i < 8; i++) part[g * HD + sl * 8 + i] = acc[i];
+  for (int i = 0; i < 8; i++) st_s[sl * 8 + i] = acc[i];
+  if (sl == 0) { st_s[HD] = m; st_s[HD + 1] = l; }
   __syncthreads();
-  // HD outputs, each a sum over `groups` partials: split each sum over 1024/HD threads, then shuffle-reduce.
-  constexpr int SPLIT = ATT_THREADS / HD;  // 8 (HD=128) .. 32 (HD=32): consecutive lanes
-  {
-    const int i = tid / SPLIT, part_id = tid % SPLIT;
-    float s = 0.f;
-    for (int gg = part_id; gg < groups; gg += SPLIT) s += part[gg * HD + i];
-    for (int o = SPLIT >> 1; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (part_id == 0) out[h * HD + i] = s * inv;
+  // Merge the NSLOT partial states: SPLIT threads per output dimension, then a shuffle reduction.
+  constexpr int SPLIT = ATT_THREADS / HD;
+  const int i = tid / SPLIT, pid = tid % SPLIT;
+  float M = -1e30f;
+  for (int s2 = pid; s2 < NSLOT; s2 += SPLIT) M = fmaxf(M, sm[s2 * (HD + 2) + HD]);
+  for (int o = SPLIT >> 1; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+  float num = 0.f, den = 0.f;
+  for (int s2 = pid; s2 < NSLOT; s2 += SPLIT) {
+    const float* p = sm + s2 * (HD + 2);
+    float c = __expf(p[HD] - M);
+    num += p[i] * c;
+    den += p[HD + 1] * c;
   }
+  for (int o = SPLIT >> 1; o > 0; o >>= 1) {
+    num += __shfl_xor_sync(0xffffffffu, num, o);
+    den += __shfl_xor_sync(0xffffffffu, den, o);
+  }
+  if (pid == 0) out[h * HD + i] = num / den;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Predictor second layer + top-k in one launch: scores[j] = dot(W2[j], t) for j < n (t = W1 x, rank r), then the
-// last block to finish selects the k largest scores exactly and writes their indices in ascending order to
-// sel[0..k) (ties broken towards the smaller index). sigmoid is monotone, so top-k of the logits = top-k of
-// DejaVu's sigmoid outputs.
-//   n <= TOPK_THREADS: every score gets its rank by counting (one pass over n in shared memory).
-//   larger n: while scoring, every block adds its scores to a global histogram of the top 12 bits of an
-//   order-preserving key; the last block finds the bin holding the k-th largest, collects that bin's keys
-//   (a few hundred for k = 5% of 20480), finishes the radix select on them, then writes the indices.
+// Predictor second layer + exact top-k, all on the GPU (sigmoid is monotone, so top-k of the logits = top-k of
+// DejaVu's sigmoid outputs). Two launches:
+//   k_pred_scores: scores[j] = dot(W2[j], t) (t = W1 x, rank r). For n > TOPK_THREADS every block also adds its
+//     scores to a global histogram of the top 12 bits of an order-preserving key; the last block to finish finds
+//     the bin holding the k-th largest score (state: bin, how many to take from it) and clears the histogram.
+//     For n <= TOPK_THREADS the last block selects directly (rank by counting) and no second launch is needed.
+//   k_topk_select: one thread per score: keys above the bin are selected at once (appended with warp-aggregated
+//     atomics), keys in the bin become candidates (a few hundred for k = 5% of 20480); the last block finishes the
+//     radix select on the candidates' low 20 bits and appends the rest. Exactly k indices, in no particular order;
+//     equal scores at the threshold are taken in arrival order.
 constexpr int TOPK_THREADS = 512;
 constexpr int TOPK_BINS = 4096;   // top 12 bits of the key
-constexpr int TOPK_CAND = 4096;   // candidates held in shared memory; more (degenerate scores) -> slower exact path
+constexpr int TOPK_CAND = 4096;   // candidates held for the last block; more (degenerate scores) -> slower exact path
+
+struct TopkState {
+  unsigned cnt_scores, cnt_select, n_sel, n_cand, bin, rem, taken_eq, pad;
+  unsigned hist[TOPK_BINS];
+  uint32_t cand_key[TOPK_CAND];
+  int cand_idx[TOPK_CAND];
+};
 
 struct TopkArgs {
   const __half* W2;  // [n][r]
@@ -471,8 +518,7 @@ struct TopkArgs {
   int lpr;           // lanes per row: min(32, r/8)
   float* scores;     // [n]
   int* sel;          // [k]
-  unsigned int* counter;
-  unsigned int* hist;  // [TOPK_BINS], zero between launches (the last block re-zeroes it)
+  TopkState* s;      // zero-initialised once; every launch pair leaves it ready for the next
 };
 
 __device__ __forceinline__ int block_excl_scan(int v, int* tmp, int* total) {
@@ -505,7 +551,8 @@ __device__ __forceinline__ int block_excl_scan(int v, int* tmp, int* total) {
 }
 
 // Radix-select passes (8-bit digits at `shifts`) over keys matching (key & mask) == prefix; keys come from `get(i)`,
-// i < n. Finds the threshold key and how many keys equal to it are taken (*rem on entry: how many still to take).
+// i < n. Narrows prefix to the threshold key; *s_rem (how many still to take) ends as the number of keys equal to
+// the threshold to take.
 template <class Get>
 __device__ void radix_passes(Get get, int n, const int* shifts, int nshift, uint32_t& prefix, uint32_t& mask,
                              int (*hist)[256], int* s_digit, int* s_rem) {
@@ -552,19 +599,28 @@ __device__ void radix_passes(Get get, int n, const int* shifts, int nshift, uint
   }
 }
 
-__global__ void __launch_bounds__(TOPK_THREADS) k_pred_topk(TopkArgs a) {
+// Append `take` (per thread) to out[] through one atomic per warp; returns nothing, writes idx where take.
+__device__ __forceinline__ void warp_append(bool take, int idx, unsigned* counter, int* out) {
+  const int lane = threadIdx.x & 31;
+  unsigned m = __ballot_sync(0xffffffffu, take);
+  if (!m) return;
+  unsigned base = 0;
+  int leader = __ffs(m) - 1;
+  if (lane == leader) base = atomicAdd(counter, (unsigned)__popc(m));
+  base = __shfl_sync(0xffffffffu, base, leader);
+  if (take) out[base + __popc(m & ((1u << lane) - 1))] = idx;
+}
+
+__global__ void __launch_bounds__(TOPK_THREADS) k_pred_scores(TopkArgs a) {
   __shared__ float ts[1024];
-  __shared__ int hist[TOPK_THREADS / 32][256];
-  __shared__ uint32_t cand[TOPK_CAND];
+  __shared__ uint32_t keys[TOPK_THREADS];
   __shared__ int tmp[33];
-  __shared__ int s_digit, s_rem, s_ncand;
   __shared__ bool last;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   const bool small = a.n <= TOPK_THREADS;
+  TopkState* S = a.s;
   for (int i = tid; i < a.r; i += blockDim.x) ts[i] = a.t[i];
   __syncthreads();
-
-  // Scores: lpr lanes per row (+ global histogram of the top 12 key bits for large n).
   const int lpr = a.lpr, rpw = 32 / lpr, sub = lane / lpr, sl = lane % lpr, nvec = a.r >> 3;
   for (int base = (blockIdx.x * nwarps + warp) * rpw; base < a.n; base += gridDim.x * nwarps * rpw) {
     int j = base + sub;
@@ -576,20 +632,18 @@ __global__ void __launch_bounds__(TOPK_THREADS) k_pred_topk(TopkArgs a) {
     for (int o = lpr >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     if (j < a.n && sl == 0) {
       a.scores[j] = acc;
-      if (!small) atomicAdd(&a.hist[f2key(acc) >> 20], 1u);
+      if (!small) atomicAdd(&S->hist[f2key(acc) >> 20], 1u);
     }
   }
   __threadfence();
   __syncthreads();
-  if (tid == 0) last = atomicAdd(a.counter, 1u) == gridDim.x - 1;
+  if (tid == 0) last = atomicAdd(&S->cnt_scores, 1u) == gridDim.x - 1;
   __syncthreads();
   if (!last) return;
   __threadfence();
-
   const int n = a.n, k = a.k;
   if (small) {
-    // Rank by counting: rank(i) = #{j : key_j > key_i or (key_j == key_i and j < i)}; keep rank < k.
-    uint32_t* keys = cand;
+    // Rank by counting: rank(i) = #{j : key_j > key_i or (key_j == key_i and j < i)}; keep rank < k (index order).
     for (int i = tid; i < n; i += blockDim.x) keys[i] = f2key(__ldcg(a.scores + i));
     __syncthreads();
     int keep = 0;
@@ -602,72 +656,93 @@ __global__ void __launch_bounds__(TOPK_THREADS) k_pred_topk(TopkArgs a) {
     int tot;
     int pos = block_excl_scan(keep, tmp, &tot);
     if (keep) a.sel[pos] = tid;
-    if (tid == 0) *a.counter = 0u;
+    if (tid == 0) S->cnt_scores = 0u;
     return;
   }
-
-  // 1. Threshold bin from the global histogram: thread t owns bins 4095-8t .. 4088-8t (descending).
-  if (tid == 0) s_ncand = 0;
+  // Threshold bin: thread t owns bins 4095-8t .. 4088-8t (descending); a block scan finds where k is reached.
   int c[8], tot8 = 0;
 #pragma unroll
-  for (int i = 0; i < 8; i++) { c[i] = (int)__ldcg(a.hist + TOPK_BINS - 1 - 8 * tid - i); tot8 += c[i]; }
+  for (int i = 0; i < 8; i++) { c[i] = (int)__ldcg(&S->hist[TOPK_BINS - 1 - 8 * tid - i]); tot8 += c[i]; }
   int total;
   int above = block_excl_scan(tot8, tmp, &total);
   if (above < k && above + tot8 >= k) {
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-      if (above < k && above + c[i] >= k) { s_digit = TOPK_BINS - 1 - 8 * tid - i; s_rem = k - above; }
+      if (above < k && above + c[i] >= k) { S->bin = TOPK_BINS - 1 - 8 * tid - i; S->rem = k - above; }
       above += c[i];
     }
   }
   __syncthreads();
-  const uint32_t bin = (uint32_t)s_digit;
-  uint32_t prefix = bin << 20, mask = 0xfff00000u;
-  // 2. Collect the keys of that bin (warp-aggregated appends).
-  for (int i0 = 0; i0 < n; i0 += blockDim.x) {
-    int i = i0 + tid;
-    uint32_t kk = i < n ? f2key(__ldcg(a.scores + i)) : 0u;
-    bool in = i < n && (kk >> 20) == bin;
-    unsigned m = __ballot_sync(0xffffffffu, in);
-    int basei = 0;
-    if (lane == 0 && m) basei = atomicAdd(&s_ncand, __popc(m));
-    basei = __shfl_sync(0xffffffffu, basei, 0);
-    int slot = basei + __popc(m & ((1u << lane) - 1));
-    if (in && slot < TOPK_CAND) cand[slot] = kk;
-  }
-  __syncthreads();
-  const int ncand = s_ncand;
-  // 3. Finish the radix select on the remaining 20 bits (bits 19..12, 11..4, 7..0).
-  const int shifts_c[3] = {12, 4, 0};
-  const int shifts_all[4] = {24, 16, 8, 0};
-  if (ncand <= TOPK_CAND) {
-    radix_passes([&](int i) { return cand[i]; }, ncand, shifts_c, 3, prefix, mask, hist, &s_digit, &s_rem);
-  } else {  // degenerate score distribution: exact passes over all keys from L2
-    prefix = 0; mask = 0;
-    if (tid == 0) s_rem = k;
-    __syncthreads();
-    radix_passes([&](int i) { return f2key(__ldcg(a.scores + i)); }, n, shifts_all, 4, prefix, mask, hist, &s_digit, &s_rem);
-  }
-  // 4. prefix = threshold key T: take every key > T and the first s_rem keys == T (by index), in index order.
-  const int take_eq = s_rem;
-  const int per = (n + blockDim.x - 1) / blockDim.x;
-  const int lo = tid * per, hi = min(n, lo + per);
-  int gt = 0, eq = 0;
-  for (int i = lo; i < hi; i++) { uint32_t kk = f2key(__ldcg(a.scores + i)); gt += kk > prefix; eq += kk == prefix; }
-  int tt;
-  int gt_before = block_excl_scan(gt, tmp, &tt);
-  int eq_before = block_excl_scan(eq, tmp, &tt);
-  for (int i = lo; i < hi; i++) {
-    uint32_t kk = f2key(__ldcg(a.scores + i));
-    if (kk > prefix) { a.sel[gt_before + min(eq_before, take_eq)] = i; gt_before++; }
-    else if (kk == prefix) {
-      if (eq_before < take_eq) a.sel[gt_before + eq_before] = i;
-      eq_before++;
+  for (int i = tid; i < TOPK_BINS; i += blockDim.x) S->hist[i] = 0u;
+  if (tid == 0) { S->cnt_scores = 0u; S->n_sel = 0u; S->n_cand = 0u; S->taken_eq = 0u; }
+}
+
+__global__ void __launch_bounds__(TOPK_THREADS) k_topk_select(TopkArgs a) {
+  __shared__ int hist[TOPK_THREADS / 32][256];
+  __shared__ uint32_t ck[TOPK_CAND];
+  __shared__ int s_digit, s_rem;
+  __shared__ bool last;
+  TopkState* S = a.s;
+  const int tid = threadIdx.x, i = blockIdx.x * blockDim.x + tid;
+  const uint32_t bin = __ldcg(&S->bin);
+  uint32_t key = i < a.n ? f2key(__ldcg(a.scores + i)) : 0u;
+  const bool in_bin = i < a.n && (key >> 20) == bin;
+  warp_append(i < a.n && (key >> 20) > bin, i, &S->n_sel, a.sel);
+  {
+    // Candidates: keys and indices (the key array doubles as the append target through a cast-free second call).
+    const int lane = tid & 31;
+    unsigned m = __ballot_sync(0xffffffffu, in_bin);
+    if (m) {
+      int leader = __ffs(m) - 1;
+      unsigned base = 0;
+      if (lane == leader) base = atomicAdd(&S->n_cand, (unsigned)__popc(m));
+      base = __shfl_sync(0xffffffffu, base, leader);
+      unsigned slot = base + __popc(m & ((1u << lane) - 1));
+      if (in_bin && slot < TOPK_CAND) { S->cand_key[slot] = key; S->cand_idx[slot] = i; }
     }
   }
-  // 5. Leave the histogram and the counter zeroed for the next launch.
-  for (int i = tid; i < TOPK_BINS; i += blockDim.x) a.hist[i] = 0u;
-  if (tid == 0) *a.counter = 0u;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(&S->cnt_select, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int nc = (int)__ldcg(&S->n_cand);
+  uint32_t prefix = bin << 20, mask = 0xfff00000u;
+  if (tid == 0) s_rem = (int)__ldcg(&S->rem);
+  const int shifts[3] = {12, 4, 0};
+  if (nc <= TOPK_CAND) {
+    for (int j = tid; j < nc; j += blockDim.x) ck[j] = __ldcg(&S->cand_key[j]);
+    __syncthreads();
+    radix_passes([&](int j) { return ck[j]; }, nc, shifts, 3, prefix, mask, hist, &s_digit, &s_rem);
+    const int take_eq = s_rem;
+    for (int j0 = 0; j0 < nc; j0 += blockDim.x) {
+      int j = j0 + tid;
+      bool take = false;
+      if (j < nc) {
+        uint32_t kk = ck[j];
+        take = kk > prefix || (kk == prefix && (int)atomicAdd(&S->taken_eq, 1u) < take_eq);
+      }
+      warp_append(take, j < nc ? __ldcg(&S->cand_idx[j]) : 0, &S->n_sel, a.sel);
+    }
+  } else {
+    // Degenerate scores (thousands in one bin): the same passes straight over all keys of the bin, from L2.
+    __syncthreads();
+    auto get = [&](int j) { uint32_t kk = f2key(__ldcg(a.scores + j)); return (kk >> 20) == bin ? kk : 0u; };
+    radix_passes(get, a.n, shifts, 3, prefix, mask, hist, &s_digit, &s_rem);
+    const int take_eq = s_rem;
+    for (int j0 = 0; j0 < a.n; j0 += blockDim.x) {
+      int j = j0 + tid;
+      bool take = false;
+      if (j < a.n) {
+        uint32_t kk = get(j);
+        take = (kk >> 20) == bin && (kk > prefix || (kk == prefix && (int)atomicAdd(&S->taken_eq, 1u) < take_eq));
+      }
+      warp_append(take, j, &S->n_sel, a.sel);
+    }
+  }
+  __syncthreads();
+  if (tid == 0) { S->cnt_select = 0u; S->n_sel = 0u; S->n_cand = 0u; S->taken_eq = 0u; }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
