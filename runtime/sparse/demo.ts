@@ -127,6 +127,7 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
         selection: { docs: o.evalDocs },
         maxLen: o.maxLen,
         quiet: o.quiet,
+        threads: o.workers,
         ckpt,
         loadedBundle: bundle,
       }),

@@ -2,6 +2,7 @@
  * `dejavu eval ppl --bundle B`: read and tokenize documents, then dense / oracle / predicted perplexity side by side
  * (runtime/sparse/ppl.ts). cli/commands/eval.ts parses the flags and calls runBundlePpl.
  */
+import { availableParallelism } from 'node:os';
 import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
 import type { OptCheckpoint } from '../../checkpoints/types.js';
 import { DejavuError } from '../../common/errors.js';
@@ -26,6 +27,8 @@ export interface BundlePplOptions {
   /** Default: dense, oracle, predicted. */
   modes?: SparseMode[];
   quiet?: boolean;
+  /** Worker threads for the sparse modes. */
+  threads?: number;
   ckpt?: OptCheckpoint;
   loadedBundle?: Bundle;
 }
@@ -58,6 +61,7 @@ export async function runBundlePpl(o: BundlePplOptions): Promise<Record<string, 
     mlpK: o.mlpK,
     headsK: o.headsK,
     quiet: o.quiet,
+    threads: o.threads,
   });
   return { ...res, max_len: o.maxLen, seconds: Math.round((performance.now() - t0) / 10) / 100 };
 }
@@ -108,6 +112,7 @@ export async function runBundleCli(
     mlpK: num(f.mlpK, '--mlp-k', true),
     headsK: num(f.headsK, '--heads-k', true),
     modes: modes as SparseMode[],
+    threads: common.threads ?? availableParallelism(),
     quiet: !!f.json && !process.stderr.isTTY,
   });
   process.stdout.write((f.json ? JSON.stringify(r) : formatBundlePpl(r)) + '\n');

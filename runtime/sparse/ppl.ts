@@ -5,7 +5,11 @@
  *
  * ppl = exp(total NLL / predicted tokens), each document scored as its ids[0..T) (BOS first), predicting ids[1..T).
  */
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import type { OptCheckpoint } from '../../checkpoints/types.js';
+import { DejavuError } from '../../common/errors.js';
 import { progressBar } from '../../common/progress.js';
 import type { Bundle } from '../../export/bundle.js';
 import { OptModel } from '../cpu/model.js';
@@ -20,6 +24,10 @@ export interface SparsePplOptions {
   quiet?: boolean;
   /** A dense model already loaded (reused for the dense mode). */
   dense?: OptModel;
+  /** Worker threads for the sparse modes (documents split between them); 1 = in this thread. */
+  threads?: number;
+  /** Progress callback (predicted tokens done), used by the worker threads. */
+  onTokens?: (n: number) => void;
 }
 
 export interface ModeResult {
@@ -87,9 +95,13 @@ export function sparseModePerplexity(
     const rows = ids.length - 1;
     for (let t = 0; t < rows; t++) {
       hidden.set(model.decodeHidden(ids[t], cache), t * p);
-      if ((t & 63) === 63) bar.increment(64);
+      if ((t & 63) === 63) {
+        bar.increment(64);
+        opts.onTokens?.(64);
+      }
     }
     bar.increment(rows & 63);
+    opts.onTokens?.(rows & 63);
     // The LM head is dense in every mode: batched over the document's positions (a GEMM, not T GEMVs).
     const CH = 64;
     for (let r0 = 0; r0 < rows; r0 += CH) {
@@ -111,6 +123,65 @@ export function sparseModePerplexity(
   };
 }
 
+/**
+ * sparseModePerplexity over `threads` worker threads, each with its own model copy, documents dealt out longest first
+ * to the least-loaded worker. Sums are exact regardless of the split: NLL adds up, and densities are averaged per
+ * decode step (one step per predicted token). Falls back to this thread when threads <= 1 or when running from the
+ * TypeScript sources (no compiled worker script).
+ */
+export async function parallelSparsePerplexity(
+  ckpt: OptCheckpoint,
+  bundle: Bundle,
+  docs: Int32Array[],
+  mode: SparseMode,
+  opts: Omit<SparsePplOptions, 'modes'>,
+): Promise<ModeResult> {
+  const script = fileURLToPath(new URL('./ppl-worker.js', import.meta.url));
+  const threads = Math.min(opts.threads ?? 1, docs.length);
+  if (threads <= 1 || !existsSync(script)) return sparseModePerplexity(ckpt, bundle, docs, mode, opts);
+  const parts: Int32Array[][] = Array.from({ length: threads }, () => []);
+  const load = new Array(threads).fill(0);
+  for (const d of [...docs].sort((a, b) => b.length - a.length)) {
+    const w = load.indexOf(Math.min(...load));
+    parts[w].push(d);
+    load[w] += d.length;
+  }
+  const t0 = performance.now();
+  const bar = progressBar(`ppl ${mode} (${threads} threads)`, docs.reduce((a, d) => a + d.length - 1, 0), 'tok', opts.quiet);
+  const results = await Promise.all(
+    parts.map(
+      (part) =>
+        new Promise<ModeResult>((resolve, reject) => {
+          const w = new Worker(script, {
+            workerData: { modelDir: ckpt.dir, bundleDir: bundle.dir, mode, docs: part, headsFrac: opts.headsFrac, mlpK: opts.mlpK, headsK: opts.headsK },
+          });
+          w.on('message', (m: { progress?: number; result?: ModeResult; error?: string; dejavu?: boolean }) => {
+            if (m.progress) bar.increment(m.progress);
+            else if (m.result) resolve(m.result);
+            else if (m.error) reject(m.dejavu ? new DejavuError(m.error) : new Error(m.error));
+          });
+          w.on('error', reject);
+          w.on('exit', (code) => {
+            if (code !== 0) reject(new Error(`ppl worker exited with code ${code}`));
+          });
+        }),
+    ),
+  );
+  bar.stop();
+  const tokens = results.reduce((a, r) => a + r.tokens, 0);
+  const nll = results.reduce((a, r) => a + r.nll, 0);
+  const avg = (key: 'mlp_density_per_layer' | 'head_density_per_layer') =>
+    results[0][key]!.map((_, l) => results.reduce((a, r) => a + r[key]![l] * r.tokens, 0) / tokens);
+  return {
+    ppl: Math.exp(nll / tokens),
+    nll,
+    tokens,
+    seconds: (performance.now() - t0) / 1000,
+    mlp_density_per_layer: avg('mlp_density_per_layer'),
+    head_density_per_layer: avg('head_density_per_layer'),
+  };
+}
+
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 const r4 = (v: number) => Math.round(v * 1e4) / 1e4;
 
@@ -127,7 +198,7 @@ export async function bundlePerplexity(
   const out: Record<string, unknown> = {};
   let densSrc: ModeResult | undefined;
   for (const mode of opts.modes) {
-    const r = mode === 'dense' ? await densePerplexity(ckpt, docs, opts) : sparseModePerplexity(ckpt, bundle, docs, mode, opts);
+    const r = mode === 'dense' ? await densePerplexity(ckpt, docs, opts) : await parallelSparsePerplexity(ckpt, bundle, docs, mode, opts);
     out[mode] = { ppl: r4(r.ppl), tokens: r.tokens, seconds: r4(r.seconds) };
     if (r.mlp_density_per_layer && (!densSrc || mode === 'predicted')) densSrc = r;
   }
@@ -148,5 +219,6 @@ export async function bundlePerplexity(
   out.mlp_k = opts.mlpK ?? null;
   out.heads_k = opts.headsK ?? null;
   out.bundle = bundle.dir;
+  out.threads = opts.threads ?? 1;
   return out;
 }
