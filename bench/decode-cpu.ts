@@ -2,7 +2,8 @@
  * CPU decode latency, dense vs sparse (runtime/sparse/bench-cpu.ts), one thread, batch 1, prompt 128 + 128 generated:
  *  - mlp=0.1, heads=1.0: the issue's acceptance point (MLP block >= 5x, whole token >= 1.5x; Amdahl bound beside it);
  *  - mlp=0.1, heads=0.5: attention sparsity too, and the measured cost of the KV policy (K/V rows of skipped heads);
- *  - with $DEJAVU_BENCH_BUNDLE: the bundle's own predicted selections, predictor cost included.
+ *  - with $DEJAVU_BENCH_BUNDLE: the bundle's predictors select (cost included), at MLP 10% / heads 100% and at the
+ *    bundle's own k.
  * Model: $DEJAVU_BENCH_MODEL or the vendored examples/opt-mini.
  */
 import { cpus } from 'node:os';
@@ -21,6 +22,10 @@ export async function run(): Promise<Record<string, unknown>> {
   runs['mlp0.1_heads1.0'] = await runCpuBench({ ...common, density: { mlp: 0.1, heads: 1.0 } });
   runs['mlp0.1_heads0.5'] = await runCpuBench({ ...common, density: { mlp: 0.1, heads: 0.5 } });
   const bundle = process.env.DEJAVU_BENCH_BUNDLE;
-  if (bundle) runs.bundle = await runCpuBench({ ...common, bundle });
+  if (bundle) {
+    // The bundle's predictors pick the neurons (their cost included); heads dense, as in the acceptance point.
+    runs['bundle_mlp0.1_heads1.0'] = await runCpuBench({ ...common, bundle, density: { mlp: 0.1, heads: 1.0 } });
+    runs.bundle_own_k = await runCpuBench({ ...common, bundle });
+  }
   return { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version, model, runs };
 }

@@ -150,13 +150,16 @@ export class SparseOptModel {
         throw new DejavuError(`${v} must be an integer in 1..${max}`, name);
       }
     }
+    // k = everything is dense: the dense GEMV path, and the predictor is not run at all.
     this.headK = Array.from({ length: n }, (_, l) => {
       const p = bundle?.attn[l];
-      return p ? (headsOverride ?? p.k) : null;
+      const k = p ? (headsOverride ?? p.k) : null;
+      return k === H ? null : k;
     });
     this.mlpK = Array.from({ length: n }, (_, l) => {
       const p = bundle?.mlp[l];
-      return p ? (opts.mlpK ?? p.k) : null;
+      const k = p ? (opts.mlpK ?? p.k) : null;
+      return k === ffn ? null : k;
     });
 
     // Predictors grouped by the hidden state they read, so each runs as soon as its input exists.
@@ -167,7 +170,7 @@ export class SparseOptModel {
     }
     let maxRank = 1;
     for (const p of [...(bundle?.attn ?? []), ...(bundle?.mlp ?? [])]) {
-      if (!p) continue;
+      if (!p || (p.target === 'mlp' ? this.mlpK : this.headK)[p.layer] === null) continue;
       this.predictorsBySource[p.input][p.sourceLayer].push(p);
       maxRank = Math.max(maxRank, p.rank);
     }
