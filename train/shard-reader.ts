@@ -7,7 +7,7 @@
  * and that every layer has the same shard names with the same row counts, so a bad folder fails before training
  * starts, with the file named.
  */
-import { closeSync, existsSync, openSync, readSync, readdirSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync, readdirSync, statSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RecordBatchReader, type Data, type RecordBatch } from 'apache-arrow';
@@ -147,6 +147,19 @@ function metaInt(meta: Map<string, string>, key: string, path: string): number {
  */
 export async function openShardSet(dir: string): Promise<ShardSet> {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new DejavuError('shard folder not found', dir);
+  // collect writes manifest.json last, as its "done" marker (docs/shards.md): a folder without it is a collection
+  // still running or killed before its end, whose last shard may be missing in some layers.
+  const manifestPath = join(dir, 'manifest.json');
+  if (!existsSync(manifestPath)) {
+    throw new DejavuError('no manifest.json: the collection is not complete (rerun dejavu collect with the same arguments to finish it)', dir);
+  }
+  let manifest: { complete?: boolean; model_fingerprint?: string; shards?: { file: string; rows: number }[] };
+  try {
+    manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
+  } catch (e) {
+    throw new DejavuError(`not valid JSON (${(e as Error).message})`, manifestPath);
+  }
+  if (manifest.complete !== true) throw new DejavuError('the collection is not complete ("complete" is not true)', manifestPath);
   const layerDirs = readdirSync(dir)
     .map((n) => /^layer_(\d+)$/.exec(n))
     .filter((m): m is RegExpExecArray => m !== null)
@@ -210,6 +223,14 @@ export async function openShardSet(dir: string): Promise<ShardSet> {
     }
   }
   const shardNames = shards!;
+  if (manifest.model_fingerprint !== undefined && manifest.model_fingerprint !== fingerprint) {
+    throw new DejavuError(`shards from two different models: the manifest says ${manifest.model_fingerprint.slice(0, 16)}..., the shards ${fingerprint!.slice(0, 16)}...`, manifestPath);
+  }
+  if (manifest.shards) {
+    const listed = manifest.shards.map((s) => `${s.file}:${s.rows}`).join(', ');
+    const found = shardNames.map((n, i) => `${n}:${rows[i]}`).join(', ');
+    if (listed !== found) throw new DejavuError(`lists shards [${listed}] but the layer folders hold [${found}]`, manifestPath);
+  }
   return {
     dir,
     fingerprint: fingerprint!,

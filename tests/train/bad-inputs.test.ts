@@ -82,6 +82,14 @@ describe('bad shard folders', () => {
     copyFileSync(join(moved, 'layer_01', 'shard_00000.arrow'), join(moved, 'layer_02', 'shard_00000.arrow'));
     await expect(openShardSet(moved)).rejects.toThrow(/schema says layer 1 but the file is under layer_02/);
     await expect(openShardSet(join(tmp, 'nope'))).rejects.toThrow(/shard folder not found/);
+
+    // A collection that never finished: no manifest.json (collect writes it last), or one not marked complete.
+    const unfinished = join(tmp, 'unfinished');
+    cpSync(good, unfinished, { recursive: true });
+    rmSync(join(unfinished, 'manifest.json'));
+    await expect(openShardSet(unfinished)).rejects.toThrow(/no manifest.json: the collection is not complete/);
+    writeFileSync(join(unfinished, 'manifest.json'), JSON.stringify({ complete: false }));
+    await expect(openShardSet(unfinished)).rejects.toThrow(/not complete/);
   });
 
   it('a layer with no positive labels is skipped with a reason; the others are trained', async () => {

@@ -96,7 +96,9 @@ export async function writeSyntheticShards(o: SyntheticOptions): Promise<{ dir: 
   const schemas = Array.from({ length: L }, (_, l) => shardSchema(dims, { modelFingerprint: fp, layer: l, collectArgs: { synthetic: true } }));
   for (let l = 0; l < L; l++) mkdirSync(join(o.dir, `layer_${String(l).padStart(2, '0')}`), { recursive: true });
   let shard = 0;
+  const shardRows: number[] = [];
   const flush = () => {
+    shardRows.push(chunks[0].length);
     for (let l = 0; l < L; l++) {
       const w = ArrowFileWriter.create(join(o.dir, `layer_${String(l).padStart(2, '0')}`, `shard_${String(shard).padStart(5, '0')}.arrow`), schemas[l]);
       w.write(chunks[l].toBatch(schemas[l]));
@@ -149,6 +151,7 @@ export async function writeSyntheticShards(o: SyntheticOptions): Promise<{ dir: 
     if (chunks[0].length + T > perShard * T) flush();
   }
   if (chunks[0].length > 0) flush();
-  writeFileSync(join(o.dir, 'manifest.json'), JSON.stringify({ synthetic: true, model_fingerprint: fp, layers: L }));
+  const shards = shardRows.map((rows, i) => ({ file: `shard_${String(i).padStart(5, '0')}.arrow`, rows }));
+  writeFileSync(join(o.dir, 'manifest.json'), JSON.stringify({ format: 'dejavu-shards/1', complete: true, synthetic: true, model_fingerprint: fp, layers: Array.from({ length: L }, (_, l) => l), shards }));
   return { dir: o.dir, dims, tokens: docs * T };
 }
