@@ -29,7 +29,7 @@ async function trainInWorkers(o: RunOptions): Promise<TrainReport> {
   const { backend: _b, workers: _w, json: _j, ...trainOpts } = o;
   await Promise.all(
     Array.from({ length: n }, (_, wi) => new Promise<void>((resolve, reject) => {
-      const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { options: { ...trainOpts, quiet: o.quiet || wi > 0 ? o.quiet : false }, backend: o.backend } });
+      const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { options: { ...trainOpts, noProgress: true }, backend: o.backend } });
       const next = () => {
         const job = queue.shift();
         if (job) w.postMessage({ job });

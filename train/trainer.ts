@@ -36,6 +36,8 @@ export interface TrainOptions {
   patience: number;
   resume: boolean;
   quiet?: boolean;
+  /** No progress bar (worker threads: several bars would interleave on one terminal); epoch logs stay. */
+  noProgress?: boolean;
   /** Called after each epoch's checkpoint is on disk (tests use it to simulate a kill). */
   onEpochEnd?: (job: string, epochsDone: number) => void;
 }
@@ -159,7 +161,7 @@ export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions)
     while (!state.done && state.epoch < o.epochs && state.badEpochs < o.patience) {
       const e = state.epoch;
       const t0 = performance.now();
-      const bar = progressBar(`${name} epoch ${e + 1}/${o.epochs}`, counts.train, 'tok', o.quiet);
+      const bar = progressBar(`${name} epoch ${e + 1}/${o.epochs}`, counts.train, 'tok', o.quiet || o.noProgress);
       // Loss: computed every 8th step, read back asynchronously (at most two reads in flight), so the host never
       // waits for the device inside the loop except to bound how far it runs ahead.
       const pending: Promise<number>[] = [];
@@ -312,8 +314,10 @@ export async function planFromShards(o: TrainOptions): Promise<{ set: ShardSet; 
 
 /** Writes metrics.json from the results so far (atomically; also after each job, so a killed run keeps its metrics). */
 export function writeMetrics(out: string, report: TrainReport): void {
-  const sorted = [...report.layers].sort((a, b) => a.layer - b.layer || a.target.localeCompare(b.target));
-  writeJsonAtomic(join(out, 'metrics.json'), { ...report, layers: sorted });
+  // Layer order, attn before mlp, whatever order the jobs (or workers) finished in.
+  report.layers.sort((a, b) => a.layer - b.layer || a.target.localeCompare(b.target));
+  report.skipped.sort((a, b) => a.layer - b.layer || a.target.localeCompare(b.target));
+  writeJsonAtomic(join(out, 'metrics.json'), report);
 }
 
 /** Runs every job in this process, one after the other. */
