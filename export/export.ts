@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { SafetensorsFile, type TensorToWrite } from '../checkpoints/safetensors.js';
 import type { OptCheckpoint } from '../checkpoints/types.js';
 import { DejavuError } from '../common/errors.js';
+import { parseLayers } from '../train/jobs.js';
 import {
   BUNDLE_FORMAT,
   BUNDLE_VERSION,
@@ -28,6 +29,8 @@ export interface ExportOptions {
   recall?: number;
   mlpK?: number;
   headsK?: number;
+  /** Layers to sparsify ("all", "1-5", "0,2,4"); the others are marked dense even when a predictor exists. */
+  layers?: string;
 }
 
 interface MetricsLayer {
@@ -89,6 +92,8 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
       mpath,
     );
   }
+  const all = Array.from({ length: c.numLayers }, (_, l) => l);
+  const chosen = new Set(parseLayers(o.layers, all));
   const tensors: Record<string, TensorToWrite> = {};
   const layers: BundleManifest['layers'] = [];
   const summary: ExportSummary['layers'] = [];
@@ -103,6 +108,13 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
       const file = predictorFile(o.predictors, l, target);
       const m = metrics.layers.find((e) => e.layer === l && e.target === target);
       const haveFile = existsSync(file);
+      if (!chosen.has(l)) {
+        entry[target] = { dense: true, reason: `left dense by --layers ${o.layers}` };
+        sum[target] = { dense: true };
+        if (target === 'mlp') mlpDen += 1;
+        else headDen += 1;
+        continue;
+      }
       if (!haveFile && !m) {
         entry[target] = { dense: true, reason: 'no predictor trained' };
         sum[target] = { dense: true };
@@ -184,7 +196,7 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
     model: { n_layers: c.numLayers, d_model: d, n_heads: c.numHeads, head_dim: c.headDim, ffn_dim: c.ffnDim },
     dtype: 'float16',
     created: new Date().toISOString(),
-    source: { predictors: o.predictors, model: ckpt.dir, recall: o.mlpK !== undefined && o.headsK !== undefined ? null : recall, mlp_k: o.mlpK ?? null, heads_k: o.headsK ?? null, train_args: metrics.args ?? null },
+    source: { predictors: o.predictors, model: ckpt.dir, recall: o.mlpK !== undefined && o.headsK !== undefined ? null : recall, layers: o.layers ?? 'all', mlp_k: o.mlpK ?? null, heads_k: o.headsK ?? null, train_args: metrics.args ?? null },
     layers,
   };
   writeBundle(o.out, manifest, tensors);

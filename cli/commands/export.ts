@@ -9,6 +9,7 @@ interface Flags {
   recall?: string;
   mlpK?: string;
   headsK?: string;
+  layers?: string;
   json?: boolean;
 }
 
@@ -29,6 +30,7 @@ export function register(program: Command): void {
     .option('--recall <q>', 'pick each k to reach this validation recall: 0.99 (k99) or 0.95 (k95)')
     .option('--mlp-k <n>', 'fixed number of MLP neurons per layer (instead of --recall)')
     .option('--heads-k <n>', 'fixed number of attention heads per layer (instead of --recall)')
+    .option('--layers <spec>', "layers to sparsify: 'all' or e.g. 1-5, 0,2,4 (the others are marked dense)", 'all')
     .option('--json', 'print one JSON object on stdout')
     .action(async (f: Flags) => {
       const recall = f.recall === undefined ? undefined : Number(f.recall);
@@ -37,7 +39,7 @@ export function register(program: Command): void {
       const { exportBundle } = await import('../../export/export.js');
       const ckpt = await loadOptCheckpoint(f.model, { quiet: !!f.json });
       const s = exportBundle(
-        { predictors: f.predictors, out: f.out, recall, mlpK: int(f.mlpK, '--mlp-k'), headsK: int(f.headsK, '--heads-k') },
+        { predictors: f.predictors, out: f.out, recall, mlpK: int(f.mlpK, '--mlp-k'), headsK: int(f.headsK, '--heads-k'), layers: f.layers },
         ckpt,
       );
       if (f.json) {

@@ -81,6 +81,11 @@ describe('dejavu export', () => {
     const sf = exportBundle({ predictors: p, out: join(root, 'bundle-c'), mlpK: 3, headsK: 2 }, ckpt);
     expect(sf.layers[2].mlp).toMatchObject({ k: 3, k_rule: 'fixed' });
     expect(sf.layers[1].attn).toMatchObject({ k: 2, k_rule: 'fixed' });
+    const sl = exportBundle({ predictors: p, out: join(root, 'bundle-d'), layers: '1-2', mlpK: 5 }, ckpt);
+    expect(sl.layers[0].mlp).toEqual({ dense: true });
+    expect(sl.layers[1].mlp).toMatchObject({ k: 5 });
+    expect(loadBundle(join(root, 'bundle-d'), ckpt).manifest.layers[0].mlp).toEqual({ dense: true, reason: 'left dense by --layers 1-2' });
+    expect(() => exportBundle({ predictors: p, out: join(root, 'x'), layers: '7' }, ckpt)).toThrow(/--layers: layers 7 are not/);
     expect(() => exportBundle({ predictors: p, out: join(root, 'x'), recall: 0.9 }, ckpt)).toThrow(/--recall: 0.9 is not supported/);
     expect(() => exportBundle({ predictors: p, out: join(root, 'x'), headsK: 5 }, ckpt)).toThrow(/--heads-k: 5 must be an integer in 1\.\.4/);
   });
