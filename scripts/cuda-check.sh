@@ -28,7 +28,9 @@ if [ "$cmd" = prep ]; then
     [ -d node_modules/$m ] && cp -r node_modules/$m .devnm/node_modules/
   done
   FIX=${FIXTURES:-../shared/fixtures}
-  cp $FIX/opt-mini/config.json $FIX/opt-mini/model.safetensors .devnm/opt-mini/
+  # The model travels in the tracked examples/opt-mini when it is there (the 64 MiB transfer limit).
+  rm -f .devnm/opt-mini/model.safetensors
+  [ -f examples/opt-mini/model.safetensors ] || cp $FIX/opt-mini/config.json $FIX/opt-mini/model.safetensors .devnm/opt-mini/
   # Only what check-mini reads from the 5 MB reference file: s0.ids and s0.logits16.
   python3 - "$FIX/opt-mini/reference.safetensors" .devnm/opt-mini/reference.safetensors <<'EOF'
 import json, struct, sys
@@ -61,19 +63,21 @@ status=0
 echo "== build"
 "$NODE" scripts/build-cuda.mjs || exit 1
 echo "== kernel + engine checks (CPU references, fresh random inputs)"
-runtime/cuda/build/cuda-check || status=1
+timeout 180 runtime/cuda/build/cuda-check || status=1
 echo "== opt-mini end to end"
 B=""
 [ -d .devnm/bundle ] && B="--bundle .devnm/bundle"
-"$NODE" .devnm/dist/runtime/cuda/check-mini.js .devnm/opt-mini $B > "$OUT/mini.json" || status=1
+MINI=.devnm/opt-mini
+[ -f examples/opt-mini/model.safetensors ] && MINI=examples/opt-mini
+timeout 120 "$NODE" .devnm/dist/runtime/cuda/check-mini.js $MINI --ref .devnm/opt-mini/reference.safetensors $B > "$OUT/mini.json" || status=1
 cat "$OUT/mini.json"
 for s in ${SHAPES:-opt-6.7b opt-13b opt-30b}; do
   echo "== bench $s"
-  "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/cuda-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
+  timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/cuda-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
 done
 for s in ${NOPDL_SHAPES:-}; do  # the same bench with programmatic dependent launch off, for comparison
   echo "== bench $s (DEJAVU_CUDA_PDL=0)"
-  DEJAVU_CUDA_PDL=0 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/nopdl-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
+  DEJAVU_CUDA_PDL=0 timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/nopdl-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
 done
 echo "== summary"
 "$NODE" -e '

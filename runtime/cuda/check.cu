@@ -661,6 +661,7 @@ int main(int argc, char** argv) {
   uint64_t seed = argc > 1 ? strtoull(argv[1], nullptr, 10)
                            : (uint64_t)std::chrono::high_resolution_clock::now().time_since_epoch().count();
   rng.seed(seed);
+  setvbuf(stdout, nullptr, _IONBF, 0);  // a hang or crash still shows how far the checks got
   char name[256];
   int n;
   long long mem;

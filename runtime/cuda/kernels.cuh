@@ -434,7 +434,9 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restri
 
   float m = -1e30f, l = 0.f;
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int t0 = slot; t0 < T; t0 += NSLOT * ATT_U) {
+  // The loop bound is per warp (all lanes iterate together: the shuffles below need the whole warp).
+  for (int w0 = warp * KPW; w0 < T; w0 += NSLOT * ATT_U) {
+    const int t0 = w0 + kw;
     uint4 kv[ATT_U], vv[ATT_U];
 #pragma unroll
     for (int u = 0; u < ATT_U; u++) {
