@@ -434,6 +434,7 @@ static void launchk(Engine* e, bool pdl, void (*k)(KArgs...), dim3 g, dim3 b, si
 template <int EPI>
 static void launch_rows(Engine* e, cudaStream_t s, RowsArgs a, bool pdl = false) {
   int grid = rows_blocks(e, (const void*)k_rows<EPI>, a.n_out, a.K, &a.wpr, &a.lpr);
+  a.prefetch = (double)a.n_out * a.K * 2 <= 24e6;  // the whole GEMV fits in L2 several times over
   launchk(e, pdl, k_rows<EPI>, dim3(grid), dim3(WARPS * 32), 0, s, a);
 }
 

@@ -99,11 +99,31 @@ struct LnOut {
   __half* xp;  // LN(x) without affine (may be null)
 };
 
+// Each thread holds up to V float4 of x in registers per batch, all requested at once (one L2 round trip per batch;
+// one batch covers d <= 4 * V * blockDim, the common case, and then x is read once).
+template <int V>
 __device__ void block_layernorm(const float* x, int d, const LnOut& o) {
   __shared__ float red2[2][32];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = (blockDim.x + 31) >> 5;
+  const int n4 = d >> 2, per_batch = V * blockDim.x;
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  float4 v[V];
   float s = 0.f, s2 = 0.f;
-  for (int i = tid; i < d; i += blockDim.x) { float v = __ldcg(x + i); s += v; s2 += v * v; }
+  for (int b0 = 0; b0 < n4; b0 += per_batch) {
+#pragma unroll
+    for (int u = 0; u < V; u++) {
+      int i = b0 + u * blockDim.x + tid;
+      if (i < n4) v[u] = __ldcg(x4 + i);
+    }
+#pragma unroll
+    for (int u = 0; u < V; u++) {
+      int i = b0 + u * blockDim.x + tid;
+      if (i < n4) {
+        s += v[u].x + v[u].y + v[u].z + v[u].w;
+        s2 += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+      }
+    }
+  }
   s = warp_sum(s);
   s2 = warp_sum(s2);
   __syncthreads();
@@ -115,11 +135,34 @@ __device__ void block_layernorm(const float* x, int d, const LnOut& o) {
   s2 = warp_sum(s2);
   const float mean = s / d;
   const float rstd = rsqrtf(fmaxf(s2 / d - mean * mean, 0.f) + o.eps);
-  for (int i = tid; i < d; i += blockDim.x) {
-    float v = __ldcg(x + i), z = (v - mean) * rstd;
-    o.xr[i] = __float2half(v);
-    o.xn[i] = __float2half(z * o.g[i] + o.b[i]);
-    if (o.xp) o.xp[i] = __float2half(z);
+  const bool one_batch = n4 <= per_batch;
+  for (int b0 = 0; b0 < n4; b0 += per_batch) {
+    if (!one_batch) {
+#pragma unroll
+      for (int u = 0; u < V; u++) {
+        int i = b0 + u * blockDim.x + tid;
+        if (i < n4) v[u] = __ldcg(x4 + i);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < V; u++) {
+      int i = b0 + u * blockDim.x + tid;
+      if (i >= n4) continue;
+      float xv[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+      float4 g = reinterpret_cast<const float4*>(o.g)[i], bb = reinterpret_cast<const float4*>(o.b)[i];
+      float gv[4] = {g.x, g.y, g.z, g.w}, bv[4] = {bb.x, bb.y, bb.z, bb.w};
+      __align__(8) __half hn[4], hr[4], hp[4];
+#pragma unroll
+      for (int c = 0; c < 4; c++) {
+        float z = (xv[c] - mean) * rstd;
+        hr[c] = __float2half(xv[c]);
+        hn[c] = __float2half(z * gv[c] + bv[c]);
+        hp[c] = __float2half(z);
+      }
+      reinterpret_cast<uint2*>(o.xr)[i] = *reinterpret_cast<uint2*>(hr);
+      reinterpret_cast<uint2*>(o.xn)[i] = *reinterpret_cast<uint2*>(hn);
+      if (o.xp) reinterpret_cast<uint2*>(o.xp)[i] = *reinterpret_cast<uint2*>(hp);
+    }
   }
 }
 
@@ -137,7 +180,7 @@ __global__ void __launch_bounds__(1024) k_embed(const __half* __restrict__ E, co
     x[i] = __half2float(E[(size_t)tok * d + i]) + __half2float(P[(size_t)(pos + 2) * d + i]);
   __threadfence_block();
   __syncthreads();
-  block_layernorm(x, d, ln);
+  block_layernorm<4>(x, d, ln);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -159,6 +202,7 @@ struct RowsArgs {
   const int* sel;   // MAP_LIST: [n_out] rows; MAP_QKV / MAP_Q_KVALL: [kH] heads
   int kH, hd, d;    // MAP_QKV / EPI_QKV
   int wpr, lpr;     // warps per row (1,2,4,8), lanes per row (1..32, power of two; lpr < 32 only when wpr == 1)
+  int prefetch;     // prefetch the first rows into L2 before waiting on the previous kernel
   float* y;         // PLAIN/RELU: [n_out]; QKV: q [d] (absolute head positions); ARGMAX: logits [n_out]
   float q_scale;
   __half* kc;
@@ -218,7 +262,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
   // Prefetch this lane's part of its first row into L2 before waiting on the previous kernel: weights (and row
   // selections, produced on another stream and joined by a full dependency) never depend on it.
   pdl_trigger();
-  {
+  if (a.prefetch) {  // only for small (latency-bound) GEMVs: in a streaming one, prefetched lines would be evicted
     int j = blockIdx.x * rows_per_block + grp * rows_per_warp + sub;
     if (j < a.n_out) {
       const uint4* wr = reinterpret_cast<const uint4*>(a.W + (size_t)rows_map(a, j) * K);
@@ -235,15 +279,16 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
     if (active) {
       const uint4* wr = reinterpret_cast<const uint4*>(a.W + (size_t)row * K);
       int c = wi * lpr + sl;
-      // 4 independent 16-byte weight loads (+ 4 L1-resident input loads) in flight per lane.
-      for (; c + 3 * step < nvec; c += 4 * step) {
-        uint4 w0 = ld_stream(wr + c), w1 = ld_stream(wr + c + step);
-        uint4 w2 = ld_stream(wr + c + 2 * step), w3 = ld_stream(wr + c + 3 * step);
-        uint4 x0 = __ldg(xv + c), x1 = __ldg(xv + c + step), x2 = __ldg(xv + c + 2 * step), x3 = __ldg(xv + c + 3 * step);
-        acc += dot8h(w0, x0) + dot8h(w1, x1);
-        acc += dot8h(w2, x2) + dot8h(w3, x3);
+      // 8 independent 16-byte weight loads in flight per lane; the input's 16 bytes come from L1 afterwards.
+      for (; c < nvec; c += 8 * step) {
+        uint4 wv[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+          if (c + u * step < nvec) wv[u] = ld_stream(wr + c + u * step);
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+          if (c + u * step < nvec) acc += dot8h(wv[u], __ldg(xv + c + u * step));
       }
-      for (; c < nvec; c += step) acc += dot8h(ld_stream(wr + c), __ldg(xv + c));
     }
     // Reduce over the lpr lanes of this row (xor stays inside aligned groups of lpr lanes).
     for (int o = lpr >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
@@ -392,7 +437,7 @@ __global__ void __launch_bounds__(COLS_THREADS) k_cols(ColsArgs a) {
   __syncthreads();
   if (!last) return;
   __threadfence();
-  block_layernorm(a.y, a.n_cols, a.ln);
+  block_layernorm<10>(a.y, a.n_cols, a.ln);
   if (threadIdx.x == 0) *a.counter = 0u;
 }
 
