@@ -38,7 +38,7 @@ export type LogitsMode = 'all' | 'last' | 'none';
 
 const LN_EPS = 1e-5;
 /** Query block of the attention (see attention()). */
-const ATT_BLOCK = Number(process.env.DEJAVU_ATT_BLOCK ?? 128);
+const ATT_BLOCK = Number(process.env.DEJAVU_ATT_BLOCK ?? 256);
 
 export class TfjsForward {
   private readonly layers: LayerTensors[] = [];
@@ -130,7 +130,9 @@ export class TfjsForward {
   /**
    * Causal attention with per-head 2-D matmuls (the wasm BatchMatMul with a batch dimension is ~7x slower than one
    * 2-D matMul per head: measured 172 vs 25 ms for 12 heads x 512^2 x 32). Queries go in blocks of ATT_BLOCK so a
-   * block only multiplies against the keys it can see, which skips ~40% of the T^2 work at T=512. The per-head
+   * block only multiplies against the keys it can see (256: skips 25% of the T^2 work at T=512). Each (head, block)
+   * also pays a fixed ~0.3 ms (operand uploads, XNNPACK packing a fresh operand ~90 us per matMul, mask add, softmax),
+   * so 128-query blocks (37.5% skipped) come out slower by the per-op timings; 512 (nothing skipped) too. The per-head
    * operands are cut out on the JS side: tfjs Slice/Unpack cost ~0.1 ms per call (measured ~100 ms per prefill).
    * Q [T][d] (pre-scaled), K/V [Tk][d] with Tk = past+T (typed arrays). Returns the head outputs [T][d].
    */

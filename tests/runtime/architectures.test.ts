@@ -181,6 +181,22 @@ describe('OPT variants vs an independent float64 reference', () => {
     });
   });
 
+  it('long inputs: several attention query blocks, with and without cached positions, match the reference', async () => {
+    const c = makeConfig({ maxPositionEmbeddings: 640, wordEmbedProjDim: 12 });
+    const W = makeWeights(c, 4242);
+    const ids = Array.from({ length: 600 }, (_, i) => (i * 17 + 3) % c.vocabSize);
+    const want = reference(c, W, ids).flat();
+    const m = await OptModel.load({ config: c, weights: W }, { backend: 'wasm' });
+    loaded.push(m);
+    expect(relErr(m.prefill(ids), want)).toBeLessThanOrEqual(1e-5);
+    const cache = m.newCache(600);
+    const a = m.prefill(ids.slice(0, 300), { cache });
+    const b = m.prefill(ids.slice(300), { cache });
+    const e = relErr([...a, ...b], want);
+    console.log(`600 tokens as 300 + 300 cached: rel err ${e.toExponential(2)}`);
+    expect(e).toBeLessThanOrEqual(1e-5);
+  });
+
   it('rejects weights whose shapes disagree with the config, and tokens outside the vocabulary', async () => {
     const c = makeConfig({});
     const W = makeWeights(c, 7);
