@@ -21,9 +21,14 @@ export function register(program: Command): void {
     .option('--max-len <n>', 'tokens per document, BOS included', int('--max-len'))
     .option('--rank <r>', 'predictor rank', int('--rank'))
     .option('--epochs <n>', 'predictor training epochs', int('--epochs'))
-    .option('--workers <n>', 'predictor training worker threads', int('--workers'))
+    .option('--workers <n>', 'worker threads (training, perplexity)', int('--workers'))
+    .option('--mlp-density <f>', 'MLP density kept in layers 1-5 (default 0.15)', (v: string) => {
+      const x = Number(v);
+      if (!(x > 0 && x <= 1)) throw new DejavuError(`'${v}' must be in (0, 1]`, '--mlp-density');
+      return x;
+    })
     .option('--json', 'print the summary as one JSON object on stdout')
-    .action(async (f: { work: string; examples?: string; trainDocs?: number; evalDocs?: number; maxLen?: number; rank?: number; epochs?: number; workers?: number; json?: boolean }) => {
+    .action(async (f: { work: string; examples?: string; trainDocs?: number; evalDocs?: number; maxLen?: number; rank?: number; epochs?: number; workers?: number; mlpDensity?: number; json?: boolean }) => {
       const { runDemo, formatDemo, DEMO_DEFAULTS } = await import('../../runtime/sparse/demo.js');
       const s = await runDemo({
         work: f.work,
@@ -34,6 +39,7 @@ export function register(program: Command): void {
         rank: f.rank ?? DEMO_DEFAULTS.rank,
         epochs: f.epochs ?? DEMO_DEFAULTS.epochs,
         workers: f.workers ?? DEMO_DEFAULTS.workers,
+        mlpDensity: f.mlpDensity ?? DEMO_DEFAULTS.mlpDensity,
       });
       process.stdout.write((f.json ? JSON.stringify(s) : formatDemo(s)) + '\n');
     });
