@@ -79,6 +79,23 @@ for s in ${NOPDL_SHAPES:-}; do  # the same bench with programmatic dependent lau
   echo "== bench $s (DEJAVU_CUDA_PDL=0)"
   DEJAVU_CUDA_PDL=0 timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/nopdl-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
 done
+if [ -n "${NCU:-}" ]; then  # per-kernel durations of one sparse step under Nsight Compute (kernels serialised)
+  echo "== ncu (opt-13b, sparse step, kernels $NCU)"
+  ncu --clock-control none -k 'regex:k_(rows|cols|attention|pred|topk|embed)' --launch-skip ${NCU%%:*} --launch-count ${NCU##*:} \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape opt-13b \
+    --prompt 1 --gen 1 --reps 1 > "$OUT/ncu.csv" 2> "$OUT/ncu.err" || echo "ncu failed: $(tail -3 "$OUT/ncu.err")"
+  "$NODE" -e '
+const lines = require("fs").readFileSync(process.argv[1], "utf8").split("\n").filter((l) => l.startsWith("\"") && !l.startsWith("\"ID"));
+const by = {};
+for (const l of lines) {
+  const c = l.split("\",\"").map((x) => x.replace(/"/g, ""));
+  const name = c[4].replace(/\(.*$/, "").replace(/^.*dj::/, ""), metric = c[c.length - 3], val = Number(c[c.length - 1].replace(/,/g, ""));
+  const k = name + " grid " + c[8] + " " + metric;
+  (by[k] ??= []).push(val);
+}
+for (const [k, v] of Object.entries(by)) console.log(k.padEnd(60), "n", v.length, "median", v.sort((a, b) => a - b)[v.length >> 1], "min", v[0], "max", v[v.length - 1]);
+' "$OUT/ncu.csv"
+fi
 echo "== summary"
 "$NODE" -e '
 const fs = require("fs");
