@@ -1,8 +1,9 @@
 /**
  * The prefill forward pass on tfjs (wasm backend): the same math as model.ts's typed-array path, expressed as tfjs ops
  * so the large matmuls run in XNNPACK. Weights are uploaded once, transposed to [in][out], because the wasm
- * BatchMatMul is 12-50x slower with a transposed operand (measured: 2.2 vs 28 GFLOP/s), and q/k/v are fused into one
- * [d][3d] matmul. The 1/sqrt(headDim) scaling is folded into the q weights and bias.
+ * BatchMatMul is 12-50x slower with a transposed operand (measured: 2.2 vs 28 GFLOP/s). q, k and v are three matmuls
+ * (one fused [d][3d] matmul plus a tfjs split measured slower). The 1/sqrt(headDim) scaling is folded into the q
+ * weights and bias.
  *
  * Only `import type` from tfjs here: the module object arrives through the constructor (see wasm-backend.ts).
  */
@@ -38,7 +39,10 @@ export type LogitsMode = 'all' | 'last' | 'none';
 
 const LN_EPS = 1e-5;
 /** Query block of the attention (see attention()). */
-const ATT_BLOCK = Number(process.env.DEJAVU_ATT_BLOCK ?? 256);
+const ATT_BLOCK = (() => {
+  const n = Number(process.env.DEJAVU_ATT_BLOCK ?? 256); // override only for measurements
+  return Number.isInteger(n) && n > 0 ? n : 256;
+})();
 
 export class TfjsForward {
   private readonly layers: LayerTensors[] = [];
