@@ -79,6 +79,11 @@ for s in ${NOPDL_SHAPES:-}; do  # the same bench with programmatic dependent lau
   echo "== bench $s (DEJAVU_CUDA_PDL=0)"
   DEJAVU_CUDA_PDL=0 timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/nopdl-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
 done
+for v in ${VARIANTS:-}; do  # NAME:VAR=VAL,VAR=VAL -> the opt-13b bench under those engine knobs
+  name=${v%%:*}; envs=${v#*:}
+  echo "== bench opt-13b variant $name ($envs)"
+  env ${envs//,/ } timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape opt-13b --json --out "$OUT/var-$name.json" ${BENCH_ARGS:-} > /dev/null || status=1
+done
 if [ -n "${NCU:-}" ]; then  # per-kernel durations of one sparse step under Nsight Compute (kernels serialised)
   echo "== ncu (opt-13b, sparse step, kernels $NCU)"
   ncu --clock-control none -k 'regex:k_(rows|cols|attention|pred|topk|embed)' --launch-skip ${NCU%%:*} --launch-count ${NCU##*:} \
@@ -99,7 +104,7 @@ fi
 echo "== summary"
 "$NODE" -e '
 const fs = require("fs");
-for (const f of fs.readdirSync(process.argv[1]).filter((f) => /^(cuda|nopdl)-.*\.json$/.test(f)).sort()) {
+for (const f of fs.readdirSync(process.argv[1]).filter((f) => /^(cuda|nopdl|var)-.*\.json$/.test(f)).sort()) {
   const r = JSON.parse(fs.readFileSync(process.argv[1] + "/" + f, "utf8"));
   console.log(`${f.replace(/\.json$/, "")}: dense ${r.dense.ms_per_token} ms (floor ${r.floor_ms}, x${r.dense_vs_floor}) | sparse ${r.sparse.ms_per_token} ms (floor ${r.sparse_floor_ms}, ${r.sparse_vs_dense_floor} of dense floor, pred share ${r.sparse.predictor_ms_share}) | speedup ${r.speedup} | bw ${r.copy_bandwidth_gbps} GB/s`);
 }' "$OUT"

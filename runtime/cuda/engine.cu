@@ -79,6 +79,8 @@ struct Engine {
   unsigned long long* amax;
   unsigned* lm_counter;
   cudaStream_t s0 = nullptr, s1 = nullptr, s2 = nullptr;
+  int rows_waves = 1;  // row GEMV: split rows over more warps while n_out * wpr * 2 <= resident warps * this
+  int cols_bps = 8;    // column GEMV: aim for this many blocks per SM (sets the rows per chunk)
   bool pdl = true;  // programmatic dependent launch on the main stream (env DEJAVU_CUDA_PDL=0 turns it off)
   std::vector<Group> groups;
   bool groups_dirty = true;
@@ -134,6 +136,9 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   e->sms = p.multiProcessorCount;
   const char* pdl = getenv("DEJAVU_CUDA_PDL");
   e->pdl = !(pdl && pdl[0] == '0');
+  // Tuning knobs for experiments (bench/results record which values ran).
+  if (const char* v = getenv("DEJAVU_CUDA_ROWS_WAVES")) e->rows_waves = std::max(1, atoi(v));
+  if (const char* v = getenv("DEJAVU_CUDA_COLS_BPS")) e->cols_bps = std::max(1, atoi(v));
   auto bad = [&]() { for (void* v : e->allocs) cudaFree(v); delete e; return (void*)nullptr; };
   if (dalloc(e, &e->E, (size_t)vocab * d) || dalloc(e, &e->P, (size_t)(maxpos + 2) * d) ||
       dalloc(e, &e->lnf_g, d) || dalloc(e, &e->lnf_b, d))
@@ -405,7 +410,7 @@ static int rows_blocks(Engine* e, const void* kern, int n_out, int K, int* wpr, 
   long long resident_warps = (long long)e->sms * per_sm * WARPS;
   if (nvec < 32) { int p = 1; while (p < nvec) p <<= 1; *lpr = p; }
   // Few rows: split each row over more warps (fewer dependent round trips per lane) while the grid still fits.
-  else while (*wpr < 8 && (long long)n_out * *wpr * 2 <= resident_warps) *wpr <<= 1;
+  else while (*wpr < 8 && (long long)n_out * *wpr * 2 <= resident_warps * e->rows_waves) *wpr <<= 1;
   int rpb = (WARPS / *wpr) * (32 / *lpr);
   int need = (n_out + rpb - 1) / rpb;
   int cap = e->sms * per_sm;
@@ -441,7 +446,7 @@ static void launch_rows(Engine* e, cudaStream_t s, RowsArgs a, bool pdl = false)
 static void launch_cols(Engine* e, cudaStream_t s, ColsArgs a, bool pdl = false) {
   int nv = a.n_cols / 8;
   int tiles = (nv + COLS_THREADS - 1) / COLS_THREADS;
-  long long target = (long long)e->sms * 8;
+  long long target = (long long)e->sms * e->cols_bps;
   int R = (int)(((long long)a.n_rows * tiles + target - 1) / target);
   R = std::min(256, std::max(8, (R + 7) / 8 * 8));
   a.R = R;

@@ -21,11 +21,14 @@ namespace dj {
 constexpr int WARPS = 8;  // warps per block of the row kernels
 #define NEG_INF (-__int_as_float(0x7f800000))
 
-// Streaming 16-byte load: weights are read once per token, keep them out of L1.
+// Streaming 16-byte load: weights are read once per token; keep them out of L1 and first in line for eviction from
+// L2, so activations, biases, selections and the KV cache stay cached across kernels.
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint64_t pol;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));  // pure: hoisted/merged by the compiler
   uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p), "l"(pol));
   return r;
 }
 
@@ -270,12 +273,15 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
     }
   }
   pdl_wait();
+  const int pos = EPI == EPI_QKV ? a.st[0] : 0;
 
   for (int base = blockIdx.x * rows_per_block; base < a.n_out; base += gridDim.x * rows_per_block) {
     int j = base + grp * rows_per_warp + sub;
     bool active = j < a.n_out;
     int row = active ? rows_map(a, j) : 0;
     float acc = 0.f;
+    // The bias is requested together with the weights, not after the reduction.
+    const float bias = active && a.b && wi == 0 && sl == 0 ? __ldg(a.b + row) : 0.f;
     if (active) {
       const uint4* wr = reinterpret_cast<const uint4*>(a.W + (size_t)row * K);
       int c = wi * lpr + sl;
@@ -300,13 +306,12 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
       __syncthreads();
     }
     if (active && wi == 0 && sl == 0) {
-      float v = acc + (a.b ? a.b[row] : 0.f);
+      float v = acc + bias;
       if constexpr (EPI == EPI_PLAIN) {
         a.y[j] = v;
       } else if constexpr (EPI == EPI_RELU) {
         a.y[j] = fmaxf(v, 0.f);
       } else if constexpr (EPI == EPI_QKV) {
-        int pos = a.st[0];
         int part = row / a.d, r = row - part * a.d;  // q/k/v, and the row within it: h*hd + i
         int h = r / a.hd, i = r - h * a.hd;
         size_t ci = ((size_t)h * a.maxT + pos) * a.hd + i;
@@ -397,6 +402,11 @@ __global__ void __launch_bounds__(COLS_THREADS) k_cols(ColsArgs a) {
     for (int u = 0; u < 8; u++)
       if (u < nr) w[u] = ld_stream(reinterpret_cast<const uint4*>(a.WT + (size_t)rows_s[u] * a.n_cols) + cv);
   }
+  float bias[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (live && blockIdx.y == 0 && a.bias) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) bias[i] = __ldg(a.bias + cv * 8 + i);
+  }
   pdl_wait();
   for (int t = threadIdx.x; t < nr; t += blockDim.x) in_s[t] = a.map == MAP_LIST ? a.in[r0 + t] : a.in[rows_s[t]];
   __syncthreads();
@@ -422,10 +432,8 @@ __global__ void __launch_bounds__(COLS_THREADS) k_cols(ColsArgs a) {
       for (int u = 0; u < 8; u++) fma8(w[u], in_s[t + u]);
     }
     for (; t < nr; t++) fma8(ld_stream(reinterpret_cast<const uint4*>(a.WT + (size_t)rows_s[t] * a.n_cols) + cv), in_s[t]);
-    if (blockIdx.y == 0 && a.bias) {
 #pragma unroll
-      for (int i = 0; i < 8; i++) acc[i] += a.bias[cv * 8 + i];
-    }
+    for (int i = 0; i < 8; i++) acc[i] += bias[i];
     float4* y4 = reinterpret_cast<float4*>(a.y + cv * 8);
     atomicAdd(y4, make_float4(acc[0], acc[1], acc[2], acc[3]));
     atomicAdd(y4 + 1, make_float4(acc[4], acc[5], acc[6], acc[7]));
