@@ -276,6 +276,37 @@ static void test_cols(int n_in, int d, int map, int n_sel, int hd, const char* n
   }
 }
 
+// Fused sparse MLP: gathered fc1 rows + bias + ReLU, gathered fc2^T rows, + b2, into the residual; LN epilogue.
+static void test_mlp_sparse(int d, int ffn, int kM) {
+  auto W1 = r16(randv((size_t)ffn * d, 1.f / std::sqrt((float)d))), W2T = r16(randv((size_t)ffn * d, 1.f / std::sqrt((float)kM)));
+  auto b1 = randv(ffn, 0.1f), b2 = randv(d, 0.1f), x = r16(randv(d, 1.f)), y0 = randv(d, 1.f);
+  auto g = randv(d, 0.2f, 1.f), be = randv(d, 0.1f);
+  std::vector<int> all(ffn);
+  for (int i = 0; i < ffn; i++) all[i] = i;
+  std::shuffle(all.begin(), all.end(), rng);
+  std::vector<int> sel(all.begin(), all.begin() + kM);
+  std::vector<unsigned> zero(1, 0);
+  MlpArgs m{};
+  m.W1 = devh(W1); m.b1 = dev(b1); m.W2T = devh(W2T); m.b2 = dev(b2); m.x = devh(x); m.sel = dev(sel); m.kM = kM; m.d = d;
+  float* y = dev(y0);
+  m.y = y;
+  m.counter = dev(zero);
+  m.ln = LnOut{dev(g), dev(be), 1e-5f, poisoned_h(d), poisoned_h(d), poisoned_h(d)};
+  k_mlp_sparse<<<(kM + MLP_NPB - 1) / MLP_NPB, MLP_THREADS>>>(m);
+  CUDA_OK(cudaGetLastError());
+  std::vector<double> xin(x.begin(), x.end()), ref(d);
+  for (int c = 0; c < d; c++) ref[c] = y0[c] + b2[c];
+  for (int j : sel) {
+    double h = std::max(0.0, ref_dot(&W1[(size_t)j * d], xin.data(), d) + b1[j]);
+    for (int c = 0; c < d; c++) ref[c] += h * W2T[(size_t)j * d + c];
+  }
+  char name[128];
+  snprintf(name, sizeof name, "fused sparse MLP d=%d: %d of %d neurons + residual", d, kM, ffn);
+  expect(name, host(y, d), ref);
+  check_lnout("  ... last block", m.ln.xn, m.ln.xr, m.ln.xp, ref, g, be);
+  expect_true("  ... counter reset", host(m.counter, 1)[0] == 0);
+}
+
 // Attention over the cache with a head list and random validity holes (the KV policy).
 template <int HD>
 static void test_attention(int H, int kH, int T, bool holes) {
@@ -682,6 +713,9 @@ int main(int argc, char** argv) {
   test_cols(20480, 5120, MAP_LIST, 1024, 128, "cols 1024 of 20480 neurons (fc2^T rows) + residual", true);
   test_cols(1536, 384, MAP_LIST, 150, 32, "cols 150 of 1536 neurons d=384", true);
   test_cols(1000, 9216, MAP_LIST, 13, 128, "cols 13 rows d=9216");
+  test_mlp_sparse(5120, 20480, 1024);
+  test_mlp_sparse(384, 1536, 150);
+  test_mlp_sparse(9216, 36864, 1843);
   test_attention<128>(40, 40, 256, false);
   test_attention<128>(40, 8, 200, true);
   test_attention<64>(16, 5, 37, true);

@@ -80,8 +80,10 @@ struct Engine {
   unsigned* lm_counter;
   cudaStream_t s0 = nullptr, s1 = nullptr, s2 = nullptr;
   int rows_waves = 1;  // row GEMV: split rows over more warps while n_out * wpr * 2 <= resident warps * this
-  int cols_bps = 8;    // column GEMV: aim for this many blocks per SM (sets the rows per chunk)
-  bool pdl = true;  // programmatic dependent launch on the main stream (env DEJAVU_CUDA_PDL=0 turns it off)
+  int cols_bps = 8;    // dense column GEMV: aim for this many blocks per SM (sets the rows per chunk)
+  int cols_bps_sparse = 4;  // gathered column GEMV: fewer, longer blocks (fewer atomics) measured faster
+  bool fused_mlp = true;    // sparse MLP as one kernel (k_mlp_sparse) instead of k_rows + k_cols
+  bool pdl = false;  // programmatic dependent launch on the main stream (env DEJAVU_CUDA_PDL=1 turns it on)
   std::vector<Group> groups;
   bool groups_dirty = true;
   cudaGraphExec_t graphs[M_COUNT] = {};
@@ -135,10 +137,12 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   }
   e->sms = p.multiProcessorCount;
   const char* pdl = getenv("DEJAVU_CUDA_PDL");
-  e->pdl = !(pdl && pdl[0] == '0');
+  e->pdl = pdl && pdl[0] == '1';  // measured neutral-to-slower on an H200 (docs/cuda.md): off unless asked
   // Tuning knobs for experiments (bench/results record which values ran).
   if (const char* v = getenv("DEJAVU_CUDA_ROWS_WAVES")) e->rows_waves = std::max(1, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_COLS_BPS")) e->cols_bps = std::max(1, atoi(v));
+  if (const char* v = getenv("DEJAVU_CUDA_COLS_BPS_SPARSE")) e->cols_bps_sparse = std::max(1, atoi(v));
+  if (const char* v = getenv("DEJAVU_CUDA_FUSED_MLP")) e->fused_mlp = v[0] != '0';
   auto bad = [&]() { for (void* v : e->allocs) cudaFree(v); delete e; return (void*)nullptr; };
   if (dalloc(e, &e->E, (size_t)vocab * d) || dalloc(e, &e->P, (size_t)(maxpos + 2) * d) ||
       dalloc(e, &e->lnf_g, d) || dalloc(e, &e->lnf_b, d))
@@ -446,7 +450,7 @@ static void launch_rows(Engine* e, cudaStream_t s, RowsArgs a, bool pdl = false)
 static void launch_cols(Engine* e, cudaStream_t s, ColsArgs a, bool pdl = false) {
   int nv = a.n_cols / 8;
   int tiles = (nv + COLS_THREADS - 1) / COLS_THREADS;
-  long long target = (long long)e->sms * e->cols_bps;
+  long long target = (long long)e->sms * (a.map == MAP_ID ? e->cols_bps : e->cols_bps_sparse);
   int R = (int)(((long long)a.n_rows * tiles + target - 1) / target);
   R = std::min(256, std::max(8, (R + 7) / 8 * 8));
   a.R = R;
@@ -519,7 +523,7 @@ static int build_groups(Engine* e) {
 
 // Record the whole decode step for `mode` on s0 (predictors fork onto s1 and join back before their consumers).
 // Profiling (dj_profile): launches go eagerly to one stream, with a timing event after each, tagged by kind.
-enum ProfKind { P_EMBED, P_QKV, P_ATT, P_OUT, P_FC1, P_FC2, P_LM, P_PRED1, P_TOPK_ATTN, P_TOPK_MLP, P_COUNT };
+enum ProfKind { P_EMBED, P_QKV, P_ATT, P_OUT, P_FC1, P_FC2, P_LM, P_PRED1, P_TOPK_ATTN, P_TOPK_MLP, P_MLP, P_COUNT };
 struct Prof {
   std::vector<cudaEvent_t> evs;
   std::vector<int> kinds;
@@ -627,6 +631,17 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     // ---- MLP block ----
     fire_tap(TAP_MLP_IN, li);
     consume(li, 1);
+    const LnOut next_ln = li + 1 < e->L ? lnout(e->layers[li + 1].ln1_g, e->layers[li + 1].ln1_b) : lnout(e->lnf_g, e->lnf_b);
+    if (compute && ns && e->fused_mlp) {
+      // Sparse MLP: gathered fc1 + ReLU + gathered fc2 in one launch (reads xn, adds into x).
+      before_x_write();
+      MlpArgs m{};
+      m.W1 = l.W1; m.b1 = l.b1; m.W2T = l.W2T; m.b2 = l.b2; m.x = e->xn; m.sel = l.nsel; m.kM = kM; m.d = d; m.y = e->x;
+      m.counter = e->cols_counter; m.ln = next_ln;
+      launchk(e, true, k_mlp_sparse, dim3((kM + MLP_NPB - 1) / MLP_NPB), dim3(MLP_THREADS), 0, s0, m);
+      mark(P_MLP);
+      continue;
+    }
     if (compute) {
       RowsArgs a{};
       a.W = l.W1; a.b = l.b1; a.K = d; a.n_out = kM; a.x = e->xn;
@@ -640,7 +655,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       c.WT = l.W2T; c.n_cols = d; c.n_rows = kM; c.map = ns ? MAP_LIST : MAP_ID; c.sel = l.nsel; c.hd = hd;
       c.in = e->h; c.bias = l.b2; c.y = e->x;
       c.counter = e->cols_counter;
-      c.ln = li + 1 < e->L ? lnout(e->layers[li + 1].ln1_g, e->layers[li + 1].ln1_b) : lnout(e->lnf_g, e->lnf_b);
+      c.ln = next_ln;
       launch_cols(e, s0, c, true);
       mark(P_FC2);
     }

@@ -450,6 +450,111 @@ __global__ void __launch_bounds__(COLS_THREADS) k_cols(ColsArgs a) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Sparse MLP in one launch: for the selected neurons j (MLP_NPB per block, MLP_WPN warps each)
+//   h_j = ReLU(dot(W1[j], xn) + b1[j]);   y[c] += sum_j h_j * W2T[j][c]  (+ b2 once, by block 0)
+// A neuron's fc2 contribution needs only its own h_j, so fc1 and fc2 need no grid-wide barrier between them:
+// the block's W2T rows are prefetched into L2 while its warps compute the h_j. Partial sums land with float4
+// atomics; the last block writes the next LayerNorm's fp16 inputs, as k_cols does.
+constexpr int MLP_NPB = 8, MLP_WPN = 2, MLP_THREADS = MLP_NPB * MLP_WPN * 32;
+
+struct MlpArgs {
+  const __half* W1;   // [ffn][d]
+  const float* b1;
+  const __half* W2T;  // [ffn][d]
+  const float* b2;
+  const __half* x;    // [d] fp16 LN'd input
+  const int* sel;     // [kM]
+  int kM, d;
+  float* y;           // residual stream [d]
+  unsigned* counter;
+  LnOut ln;
+};
+
+__global__ void __launch_bounds__(MLP_THREADS) k_mlp_sparse(MlpArgs a) {
+  __shared__ float h_s[MLP_NPB];
+  __shared__ int idx_s[MLP_NPB];
+  __shared__ float part_s[MLP_NPB * MLP_WPN];
+  __shared__ bool last;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int nb = min(MLP_NPB, a.kM - (int)blockIdx.x * MLP_NPB);
+  const int nvec = a.d >> 3;
+  pdl_trigger();
+  if (tid < MLP_NPB) idx_s[tid] = tid < nb ? a.sel[blockIdx.x * MLP_NPB + tid] : 0;
+  __syncthreads();
+  // Phase 2's rows into L2 now (they do not depend on h).
+  for (int r = 0; r < nb; r++) {
+    const uint4* w2 = reinterpret_cast<const uint4*>(a.W2T + (size_t)idx_s[r] * a.d);
+    for (int c = tid; c < nvec; c += MLP_THREADS) prefetch_l2(w2 + c);
+  }
+  pdl_wait();
+  // Phase 1: neuron n = warp / MLP_WPN, MLP_WPN warps split its row.
+  {
+    const int n = warp / MLP_WPN, wi = warp % MLP_WPN, step = MLP_WPN * 32;
+    float acc = 0.f;
+    if (n < nb) {
+      const uint4* wr = reinterpret_cast<const uint4*>(a.W1 + (size_t)idx_s[n] * a.d);
+      const uint4* xv = reinterpret_cast<const uint4*>(a.x);
+      for (int c = wi * 32 + lane; c < nvec; c += 8 * step) {
+        uint4 wv[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+          if (c + u * step < nvec) wv[u] = ld_stream(wr + c + u * step);
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+          if (c + u * step < nvec) acc += dot8h(wv[u], __ldg(xv + c + u * step));
+      }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) part_s[warp] = acc;
+    __syncthreads();
+    if (tid < MLP_NPB) {
+      float v = 0.f;
+      if (tid < nb) {
+        for (int w = 0; w < MLP_WPN; w++) v += part_s[tid * MLP_WPN + w];
+        v = fmaxf(v + __ldg(a.b1 + idx_s[tid]), 0.f);
+      }
+      h_s[tid] = v;
+    }
+    __syncthreads();
+  }
+  // Phase 2: each thread owns 8-column vectors, sums the block's rows, one float4 pair of atomics per vector.
+  for (int cv = tid; cv < nvec; cv += MLP_THREADS) {
+    uint4 w[MLP_NPB];
+#pragma unroll
+    for (int r = 0; r < MLP_NPB; r++)
+      if (r < nb) w[r] = ld_stream(reinterpret_cast<const uint4*>(a.W2T + (size_t)idx_s[r] * a.d) + cv);
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (blockIdx.x == 0 && a.b2) {
+#pragma unroll
+      for (int i = 0; i < 8; i++) acc[i] = __ldg(a.b2 + cv * 8 + i);
+    }
+#pragma unroll
+    for (int r = 0; r < MLP_NPB; r++) {
+      if (r >= nb) continue;
+      const __half2* hh = reinterpret_cast<const __half2*>(&w[r]);
+      float s = h_s[r];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        float2 f = __half22float2(hh[i]);
+        acc[2 * i] = fmaf(f.x, s, acc[2 * i]);
+        acc[2 * i + 1] = fmaf(f.y, s, acc[2 * i + 1]);
+      }
+    }
+    float4* y4 = reinterpret_cast<float4*>(a.y + cv * 8);
+    atomicAdd(y4, make_float4(acc[0], acc[1], acc[2], acc[3]));
+    atomicAdd(y4 + 1, make_float4(acc[4], acc[5], acc[6], acc[7]));
+  }
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(a.counter, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  block_layernorm<3>(a.y, a.d, a.ln);
+  if (tid == 0) *a.counter = 0u;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Attention decode for one head per block over the K/V cache, positions 0..pos (flash-decoding inside a block:
 // each warp runs an online softmax over its own positions, K and V rows of a chunk requested together, so a
 // head's history costs about one memory round trip; one barrier, then the warps' partial states are merged).
