@@ -83,6 +83,7 @@ struct Engine {
   int cols_bps = 8;    // dense column GEMV: aim for this many blocks per SM (sets the rows per chunk)
   int cols_bps_sparse = 4;  // gathered column GEMV: fewer, longer blocks (fewer atomics) measured faster
   bool fused_mlp = true;    // sparse MLP as one kernel (k_mlp_sparse) instead of k_rows + k_cols
+  bool l2_prefetch = true;  // sparse kernels request the next kernel's rows into L2 (L2Prefetch)
   bool pdl = false;  // programmatic dependent launch on the main stream (env DEJAVU_CUDA_PDL=1 turns it on)
   std::vector<Group> groups;
   bool groups_dirty = true;
@@ -143,6 +144,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_COLS_BPS")) e->cols_bps = std::max(1, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_COLS_BPS_SPARSE")) e->cols_bps_sparse = std::max(1, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_FUSED_MLP")) e->fused_mlp = v[0] != '0';
+  if (const char* v = getenv("DEJAVU_CUDA_L2_PREFETCH")) e->l2_prefetch = v[0] != '0';
   auto bad = [&]() { for (void* v : e->allocs) cudaFree(v); delete e; return (void*)nullptr; };
   if (dalloc(e, &e->E, (size_t)vocab * d) || dalloc(e, &e->P, (size_t)(maxpos + 2) * d) ||
       dalloc(e, &e->lnf_g, d) || dalloc(e, &e->lnf_b, d))
@@ -612,6 +614,10 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       a.map = MAP_QKV; a.sel = hs ? l.hsel : nullptr; a.kH = kH; a.hd = hd; a.d = d;
       if (!hs) a.map = MAP_ID;
       else if (e->kv_all) a.map = MAP_Q_KVALL;
+      if (hs && e->l2_prefetch) {  // out_proj^T rows of the selected heads: hd contiguous rows each
+        a.next.base = l.WoT; a.next.sel = l.hsel; a.next.n = kH; a.next.per_sel = 1;
+        a.next.sel_stride = (long long)hd * d; a.next.bytes = (uint32_t)((size_t)hd * d * 2);
+      }
       a.y = e->q; a.q_scale = 1.f / sqrtf((float)hd); a.kc = l.kc; a.vc = l.vc; a.valid = l.valid; a.maxT = e->maxT;
       a.st = e->st;
       launch_rows<EPI_QKV>(e, s0, a, true);
@@ -638,6 +644,16 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       MlpArgs m{};
       m.W1 = l.W1; m.b1 = l.b1; m.W2T = l.W2T; m.b2 = l.b2; m.x = e->xn; m.sel = l.nsel; m.kM = kM; m.d = d; m.y = e->x;
       m.counter = e->cols_counter; m.ln = next_ln;
+      if (li + 1 < e->L && e->l2_prefetch) {
+        Layer& nl = e->layers[li + 1];
+        const int nkH = sparse ? nl.kH : H;
+        if (nkH < H) {  // next layer's q, k, v rows of its selected heads (its head selection must exist by now)
+          consume(li + 1, 0);
+          m.next.base = nl.Wqkv; m.next.sel = nl.hsel; m.next.n = 3 * nkH; m.next.per_sel = 3;
+          m.next.sel_stride = (long long)hd * d; m.next.part_stride = (long long)d * d;
+          m.next.bytes = (uint32_t)((size_t)hd * d * 2);
+        }
+      }
       launchk(e, true, k_mlp_sparse, dim3((kM + MLP_NPB - 1) / MLP_NPB), dim3(MLP_THREADS), 0, s0, m);
       mark(P_MLP);
       continue;

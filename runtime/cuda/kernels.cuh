@@ -38,6 +38,27 @@ __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;"
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+// Hopper bulk prefetch of a contiguous range into L2 (one instruction, no registers, no completion to wait for).
+__device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
+
+// Cross-kernel prefetch: a latency-bound sparse kernel asks L2 for the rows the NEXT kernel will stream (selections
+// are known by then), so that kernel reads L2 instead of HBM. Item i = base + sel[i / per_sel] * sel_stride +
+// (i % per_sel) * part_stride elements, `bytes` long; block b issues item b.
+struct L2Prefetch {
+  const __half* base = nullptr;
+  const int* sel = nullptr;
+  int n = 0, per_sel = 1;
+  long long sel_stride = 0, part_stride = 0;
+  uint32_t bytes = 0;
+};
+__device__ __forceinline__ void issue_prefetch(const L2Prefetch& f) {
+  if (threadIdx.x == 0 && (int)blockIdx.x < f.n) {
+    int i = blockIdx.x, h = f.sel[i / f.per_sel];
+    prefetch_l2_bulk(f.base + (size_t)h * f.sel_stride + (size_t)(i % f.per_sel) * f.part_stride, f.bytes);
+  }
+}
 
 __device__ __forceinline__ float dot8(const uint4& w, const float* x) {
   const __half2* h = reinterpret_cast<const __half2*>(&w);
@@ -206,6 +227,7 @@ struct RowsArgs {
   int kH, hd, d;    // MAP_QKV / EPI_QKV
   int wpr, lpr;     // warps per row (1,2,4,8), lanes per row (1..32, power of two; lpr < 32 only when wpr == 1)
   int prefetch;     // prefetch the first rows into L2 before waiting on the previous kernel
+  L2Prefetch next;  // rows of the next kernel to request into L2
   float* y;         // PLAIN/RELU: [n_out]; QKV: q [d] (absolute head positions); ARGMAX: logits [n_out]
   float q_scale;
   __half* kc;
@@ -272,6 +294,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
       for (int c = wi * lpr + sl; c < nvec; c += step) prefetch_l2(wr + c);
     }
   }
+  issue_prefetch(a.next);
   pdl_wait();
   const int pos = EPI == EPI_QKV ? a.st[0] : 0;
 
@@ -468,6 +491,7 @@ struct MlpArgs {
   float* y;           // residual stream [d]
   unsigned* counter;
   LnOut ln;
+  L2Prefetch next;
 };
 
 __global__ void __launch_bounds__(MLP_THREADS) k_mlp_sparse(MlpArgs a) {
@@ -480,6 +504,7 @@ __global__ void __launch_bounds__(MLP_THREADS) k_mlp_sparse(MlpArgs a) {
   const int nvec = a.d >> 3;
   pdl_trigger();
   if (tid < MLP_NPB) idx_s[tid] = tid < nb ? a.sel[blockIdx.x * MLP_NPB + tid] : 0;
+  issue_prefetch(a.next);
   __syncthreads();
   // Phase 2's rows into L2 now (they do not depend on h).
   for (int r = 0; r < nb; r++) {
