@@ -84,6 +84,7 @@ struct Engine {
   int cols_bps_sparse = 4;  // gathered column GEMV: fewer, longer blocks (fewer atomics) measured faster
   bool fused_mlp = true;    // sparse MLP as one kernel (k_mlp_sparse) instead of k_rows + k_cols
   bool l2_prefetch = true;  // sparse kernels request the next kernel's rows into L2 (L2Prefetch)
+  bool skip_ln = false;     // TIMING EXPERIMENT ONLY (wrong results): column GEMVs skip the LayerNorm epilogue
   bool pdl = false;  // programmatic dependent launch on the main stream (env DEJAVU_CUDA_PDL=1 turns it on)
   std::vector<Group> groups;
   bool groups_dirty = true;
@@ -145,6 +146,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_COLS_BPS_SPARSE")) e->cols_bps_sparse = std::max(1, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_FUSED_MLP")) e->fused_mlp = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_L2_PREFETCH")) e->l2_prefetch = v[0] != '0';
+  if (const char* v = getenv("DEJAVU_CUDA_SKIP_LN_EXPERIMENT")) e->skip_ln = v[0] == '1';
   auto bad = [&]() { for (void* v : e->allocs) cudaFree(v); delete e; return (void*)nullptr; };
   if (dalloc(e, &e->E, (size_t)vocab * d) || dalloc(e, &e->P, (size_t)(maxpos + 2) * d) ||
       dalloc(e, &e->lnf_g, d) || dalloc(e, &e->lnf_b, d))
@@ -630,7 +632,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       ColsArgs c{};
       c.WT = l.WoT; c.n_cols = d; c.n_rows = kH * hd; c.map = hs ? MAP_QKV : MAP_ID; c.sel = l.hsel; c.hd = hd;
       c.in = e->att; c.bias = l.bo; c.y = e->x;
-      c.counter = e->cols_counter; c.ln = lnout(l.ln2_g, l.ln2_b);
+      c.counter = e->skip_ln ? nullptr : e->cols_counter; c.ln = lnout(l.ln2_g, l.ln2_b);
       launch_cols(e, s0, c, true);
       mark(P_OUT);
     }
@@ -670,7 +672,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       ColsArgs c{};
       c.WT = l.W2T; c.n_cols = d; c.n_rows = kM; c.map = ns ? MAP_LIST : MAP_ID; c.sel = l.nsel; c.hd = hd;
       c.in = e->h; c.bias = l.b2; c.y = e->x;
-      c.counter = e->cols_counter;
+      c.counter = e->skip_ln ? nullptr : e->cols_counter;
       c.ln = next_ln;
       launch_cols(e, s0, c, true);
       mark(P_FC2);

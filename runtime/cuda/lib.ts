@@ -66,10 +66,11 @@ export function defaultLibPath(): string {
   return candidates.find((p) => existsSync(p)) ?? candidates[candidates.length - 1];
 }
 
-let cached: CudaLib | undefined;
+const cache = new Map<string, CudaLib>();
 
 export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
-  if (cached) return cached;
+  const hit = cache.get(path);
+  if (hit) return hit;
   if (!existsSync(path))
     throw new DejavuError(`${path}: CUDA library not built; run \`npm run build:cuda\` on a machine with nvcc (CUDA 12+) and an sm_90 GPU`);
   const koffi = (await import('koffi')).default;
@@ -105,7 +106,7 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     copyBandwidth: f('int dj_copy_bandwidth(int64_t bytes, int reps, _Out_ double* gbps)'),
     profile: f('int dj_profile(void* e, int mode, int steps, float* ms, _Out_ float* total)'),
   };
-  cached = {
+  const api: CudaLib = {
     path,
     deviceInfo() {
       const name = Buffer.alloc(256);
@@ -162,5 +163,6 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
       return g[0];
     },
   };
-  return cached;
+  cache.set(path, api);
+  return api;
 }

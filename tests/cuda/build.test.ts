@@ -1,0 +1,46 @@
+/**
+ * Compiles the CUDA library with nvcc when nvcc is installed (CI machines without CUDA skip), then loads it through
+ * the koffi binding: koffi resolves every declared entry point at load, so a signature or symbol mismatch between
+ * lib.ts and engine.cu fails here. Without a GPU the first call must fail with a clear DejavuError.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { REPO_ROOT } from '../helpers/fixtures.js';
+import { DejavuError } from '../../common/errors.js';
+import { loadCudaLib } from '../../runtime/cuda/lib.js';
+
+function has(cmd: string, args: string[]): boolean {
+  try {
+    execFileSync(cmd, args, { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+const NVCC = has('nvcc', ['--version']);
+const GPU = has('nvidia-smi', ['-L']);
+
+describe.skipIf(!NVCC)('CUDA library build (nvcc present)', () => {
+  it('npm run build:cuda compiles runtime/cuda/engine.cu for sm_90', () => {
+    const r = spawnSync(process.execPath, [join(REPO_ROOT, 'scripts', 'build-cuda.mjs'), '--lib-only'], { encoding: 'utf8' });
+    expect(r.stderr).toMatch(/libdejavu_cuda\.so built/);
+    expect(r.status).toBe(0);
+    expect(existsSync(join(REPO_ROOT, 'runtime', 'cuda', 'build', 'libdejavu_cuda.so'))).toBe(true);
+  }, 120_000);
+
+  it.skipIf(GPU)('the binding loads every entry point; without a GPU the first call is a clear DejavuError', async () => {
+    const lib = await loadCudaLib(join(REPO_ROOT, 'runtime', 'cuda', 'build', 'libdejavu_cuda.so'));
+    expect(() => lib.deviceInfo()).toThrow(DejavuError);
+    expect(() => lib.deviceInfo()).toThrow(/dj_device_info failed: .*(driver|device)/i);
+  });
+});
+
+describe('CUDA library missing', () => {
+  it('loadCudaLib names the file and how to build it', async () => {
+    const path = join(mkdtempSync(join(tmpdir(), 'dj-cuda-')), 'libdejavu_cuda.so');
+    await expect(loadCudaLib(path)).rejects.toThrow(/not built; run `npm run build:cuda`/);
+  });
+});
