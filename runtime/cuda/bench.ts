@@ -92,7 +92,12 @@ export async function runCudaBench(opts: {
     let plan: SparsityPlan;
     if (o.bundle) {
       const { loadBundle } = await import('../../export/bundle.js');
-      plan = eng.applyBundle(loadBundle(o.bundle, ckpt));
+      const b = loadBundle(o.bundle, ckpt);
+      // --density with a bundle overrides its k (in the layers it has predictors for).
+      const over = o.density
+        ? { headsK: Math.max(1, Math.round(o.density.heads * dims.heads)), mlpK: Math.max(1, Math.round(o.density.mlp * dims.ffn)) }
+        : {};
+      plan = eng.applyBundle(b, over);
     } else {
       plan = eng.randomPredictors(density, rank);
     }

@@ -80,8 +80,8 @@ struct Engine {
   unsigned* lm_counter;
   cudaStream_t s0 = nullptr, s1 = nullptr, s2 = nullptr;
   int rows_waves = 1;  // row GEMV: split rows over more warps while n_out * wpr * 2 <= resident warps * this
-  int cols_bps = 8;    // dense column GEMV: aim for this many blocks per SM (sets the rows per chunk)
-  int cols_bps_sparse = 4;  // gathered column GEMV: fewer, longer blocks (fewer atomics) measured faster
+  int cols_bps = 1;         // dense column GEMV: waves of resident blocks to aim for (sets the rows per chunk)
+  int cols_bps_sparse = 1;  // gathered column GEMV: the same
   bool fused_mlp = true;    // sparse MLP as one kernel (k_mlp_sparse) instead of k_rows + k_cols
   bool l2_prefetch = true;  // sparse kernels request the next kernel's rows into L2 (L2Prefetch)
   bool skip_ln = false;     // TIMING EXPERIMENT ONLY (wrong results): column GEMVs skip the LayerNorm epilogue
@@ -452,14 +452,17 @@ static void launch_rows(Engine* e, cudaStream_t s, RowsArgs a, bool pdl = false)
 }
 
 static void launch_cols(Engine* e, cudaStream_t s, ColsArgs a, bool pdl = false) {
-  int nv = a.n_cols / 8;
-  int tiles = (nv + COLS_THREADS - 1) / COLS_THREADS;
-  long long target = (long long)e->sms * (a.map == MAP_ID ? e->cols_bps : e->cols_bps_sparse);
+  const int nv = a.n_cols / 8, threads = cols_threads(a.n_cols);
+  const int tiles = (nv + threads - 1) / threads;
+  int per_sm = 1;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_cols, threads, 0);
+  // One wave of blocks: rows per chunk so that chunks x tiles fill the resident slots (x the tuning factor).
+  long long target = (long long)e->sms * std::max(per_sm, 1) * (a.map == MAP_ID ? e->cols_bps : e->cols_bps_sparse);
   int R = (int)(((long long)a.n_rows * tiles + target - 1) / target);
   R = std::min(256, std::max(8, (R + 7) / 8 * 8));
   a.R = R;
   dim3 grid(tiles, (a.n_rows + R - 1) / R);
-  launchk(e, pdl, k_cols, grid, dim3(COLS_THREADS), 0, s, a);
+  launchk(e, pdl, k_cols, grid, dim3(threads), 0, s, a);
 }
 
 static void launch_attention(Engine* e, cudaStream_t s, Layer& l, const int* sel, int nh, bool pdl = false) {
