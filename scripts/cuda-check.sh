@@ -75,6 +75,10 @@ for s in ${SHAPES:-opt-6.7b opt-13b opt-30b}; do
   echo "== bench $s"
   timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/cuda-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
 done
+if [ -n "${MODEL_BENCH:-}" ]; then  # real weights: the opt-mini checkpoint with the carried bundle
+  echo "== bench --model $MINI ${B}"
+  timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --model $MINI $B --json --out "$OUT/cuda-opt-mini.json" ${BENCH_ARGS:-} > /dev/null || status=1
+fi
 for s in ${NOPDL_SHAPES:-}; do  # the same bench with programmatic dependent launch off, for comparison
   echo "== bench $s (DEJAVU_CUDA_PDL=0)"
   DEJAVU_CUDA_PDL=0 timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/nopdl-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
