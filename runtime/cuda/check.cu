@@ -727,6 +727,7 @@ int main(int argc, char** argv) {
   test_topk(20480, 128, 1024);
   test_topk(36864, 256, 1843);
   test_topk(1536, 16, 154);
+  test_topk(1536, 24, 154);  // rank 24: 3 vectors per row, 4 lanes
   test_topk(100, 8, 100);
   test_topk(20480, 128, 1024, true);
   test_lmhead(50272, 5120, 1, 3);

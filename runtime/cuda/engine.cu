@@ -485,7 +485,9 @@ static void launch_pred1(Engine* e, cudaStream_t s, const __half* w1, int rows, 
 }
 static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* sel) {
   TopkArgs a{};
-  a.W2 = p.w2; a.t = p.tg ? p.tg : p.t; a.n = n; a.r = p.rank; a.k = k; a.lpr = std::min(32, p.rank / 8);
+  a.W2 = p.w2; a.t = p.tg ? p.tg : p.t; a.n = n; a.r = p.rank; a.k = k;
+  a.lpr = 1;  // lanes per row: a power of two (shuffle reduction), at most 32, at least the row's 16-byte vectors
+  while (a.lpr < std::min(32, p.rank / 8)) a.lpr <<= 1;
   a.scores = p.scores; a.sel = sel; a.s = p.topk;
   int rpb = (TOPK_THREADS / 32) * (32 / a.lpr);
   int grid = std::min((n + rpb - 1) / rpb, e->sms * 2);

@@ -707,7 +707,7 @@ struct TopkArgs {
   const __half* W2;  // [n][r]
   const float* t;    // [r]
   int n, r, k;
-  int lpr;           // lanes per row: min(32, r/8)
+  int lpr;           // lanes per row: power of two >= min(32, r/8)
   float* scores;     // [n]
   int* sel;          // [k]
   TopkState* s;      // zero-initialised once; every launch pair leaves it ready for the next
