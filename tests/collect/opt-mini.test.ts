@@ -3,7 +3,7 @@
  * Hugging Face reference activations (reference.safetensors, sequence s0) in every layer after fp16 storage.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -118,6 +118,21 @@ describe.skipIf(!HAVE_FIXTURES)('collect on opt-mini vs the Hugging Face referen
       expect(relErr(atIdx, want)).toBeLessThanOrEqual(1e-3); // ...at the right neurons
     } finally {
       rmSync(out2, { recursive: true, force: true });
+    }
+  });
+
+  it('bytes per token per layer stay under 2*d*2 + 2*H + ceil(ffn/8) + 16 once the fixed footer is amortised', async () => {
+    const out3 = mkdtempSync(join(tmpdir(), 'dejavu-collect-size-'));
+    try {
+      const m = (await collect({ model: OPT_MINI, data: [C4_VALID_JSON], out: out3, docs: 10, maxLen: 512, layers: '5', quiet: true })).manifest;
+      expect(m.tokens).toBeGreaterThan(3000);
+      expect(m.bound_bytes_per_token_per_layer).toBe(2 * 384 * 2 + 2 * 12 + 1536 / 8 + 16);
+      expect(m.bytes).toBe(statSync(join(out3, 'layer_05', 'shard_00000.arrow')).size);
+      expect(m.bytes_per_token_per_layer).toBeCloseTo(m.bytes / m.tokens, 2);
+      expect(m.bytes_per_token_per_layer).toBeGreaterThan(m.row_bytes);
+      expect(m.bytes_per_token_per_layer).toBeLessThanOrEqual(m.bound_bytes_per_token_per_layer);
+    } finally {
+      rmSync(out3, { recursive: true, force: true });
     }
   });
 
