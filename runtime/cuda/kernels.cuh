@@ -34,6 +34,8 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
 
 // Programmatic dependent launch (no-ops unless the launch allowed it): a kernel may start while its predecessor
 // in the stream finishes, prefetch its weights (which no kernel writes), then wait before reading activations.
+// Every kernel triggers once its main memory work is issued (not at entry, so waiting dependents do not take
+// resources the predecessor still needs); pdl_wait always waits for the predecessor's full completion.
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
@@ -196,12 +198,12 @@ __device__ void block_layernorm(const float* x, int d, const LnOut& o) {
 __global__ void __launch_bounds__(1024) k_embed(const __half* __restrict__ E, const __half* __restrict__ P,
                                                 const int* __restrict__ tokens, const int* __restrict__ st, int d,
                                                 float* __restrict__ x, LnOut ln) {
-  pdl_trigger();
   pdl_wait();
   int pos = st[0];
   int tok = tokens[pos];
   for (int i = threadIdx.x; i < d; i += blockDim.x)
     x[i] = __half2float(E[(size_t)tok * d + i]) + __half2float(P[(size_t)(pos + 2) * d + i]);
+  pdl_trigger();
   __threadfence_block();
   __syncthreads();
   block_layernorm<4>(x, d, ln);
@@ -286,7 +288,6 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
 
   // Prefetch this lane's part of its first row into L2 before waiting on the previous kernel: weights (and row
   // selections, produced on another stream and joined by a full dependency) never depend on it.
-  pdl_trigger();
   if (a.prefetch) {  // only for small (latency-bound) GEMVs: in a streaming one, prefetched lines would be evicted
     int j = blockIdx.x * rows_per_block + grp * rows_per_warp + sub;
     if (j < a.n_out) {
@@ -352,6 +353,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
     }
   }
 
+  pdl_trigger();  // this block's weight streaming is done: let the next kernel launch and prefetch
   if constexpr (EPI == EPI_ARGMAX) {
     // Block max -> one atomic; the last block to finish turns it into the next token and advances the position.
     for (int o = 16; o > 0; o >>= 1) {
@@ -414,7 +416,6 @@ __global__ void __launch_bounds__(COLS_MAX_THREADS) k_cols(ColsArgs a) {
   __shared__ int rows_s[256];
   __shared__ float in_s[256];
   __shared__ bool last;
-  pdl_trigger();
   const int r0 = blockIdx.y * a.R;
   const int nr = min(a.R, a.n_rows - r0);
   // Row indices first (selections come from another stream through a full dependency), then the first 8 weight
@@ -468,6 +469,7 @@ __global__ void __launch_bounds__(COLS_MAX_THREADS) k_cols(ColsArgs a) {
     atomicAdd(y4, make_float4(acc[0], acc[1], acc[2], acc[3]));
     atomicAdd(y4 + 1, make_float4(acc[4], acc[5], acc[6], acc[7]));
   }
+  pdl_trigger();  // (dependents still wait for our completion, LayerNorm epilogue included, before reading)
   if (!a.counter) return;
   __threadfence();
   __syncthreads();
@@ -509,7 +511,6 @@ __global__ void __launch_bounds__(MLP_THREADS) k_mlp_sparse(MlpArgs a) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int nb = min(MLP_NPB, a.kM - (int)blockIdx.x * MLP_NPB);
   const int nvec = a.d >> 3;
-  pdl_trigger();
   if (tid < MLP_NPB) idx_s[tid] = tid < nb ? a.sel[blockIdx.x * MLP_NPB + tid] : 0;
   issue_prefetch(a.next);
   __syncthreads();
@@ -576,6 +577,7 @@ __global__ void __launch_bounds__(MLP_THREADS) k_mlp_sparse(MlpArgs a) {
     atomicAdd(y4, make_float4(acc[0], acc[1], acc[2], acc[3]));
     atomicAdd(y4 + 1, make_float4(acc[4], acc[5], acc[6], acc[7]));
   }
+  pdl_trigger();
   __threadfence();
   __syncthreads();
   if (tid == 0) last = atomicAdd(a.counter, 1u) == gridDim.x - 1;
@@ -607,7 +609,6 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restri
   constexpr int KPW = 32 / LPK;      // key slots per warp
   constexpr int NSLOT = (ATT_THREADS / 32) * KPW;
   extern __shared__ float sm[];      // [NSLOT][HD + 2]: acc, m, l per slot
-  pdl_trigger();
   pdl_wait();
   const int h = sel ? sel[blockIdx.x] : blockIdx.x;
   const int T = st[0] + 1;
@@ -660,6 +661,7 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restri
 #pragma unroll
   for (int i = 0; i < 8; i++) st_s[sl * 8 + i] = acc[i];
   if (sl == 0) { st_s[HD] = m; st_s[HD + 1] = l; }
+  pdl_trigger();
   __syncthreads();
   // Merge the NSLOT partial states: SPLIT threads per output dimension, then a shuffle reduction.
   constexpr int SPLIT = ATT_THREADS / HD;
