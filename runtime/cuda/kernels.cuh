@@ -288,11 +288,12 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
 
   // Prefetch this lane's part of its first row into L2 before waiting on the previous kernel: weights (and row
   // selections, produced on another stream and joined by a full dependency) never depend on it.
-  if (a.prefetch) {  // only for small (latency-bound) GEMVs: in a streaming one, prefetched lines would be evicted
+  {  // small GEMVs: the lane's whole first row; large ones: only its first round of loads (the rest would be evicted)
     int j = blockIdx.x * rows_per_block + grp * rows_per_warp + sub;
     if (j < a.n_out) {
       const uint4* wr = reinterpret_cast<const uint4*>(a.W + (size_t)rows_map(a, j) * K);
-      for (int c = wi * lpr + sl; c < nvec; c += step) prefetch_l2(wr + c);
+      const int lim = a.prefetch ? nvec : min(nvec, wi * lpr + sl + 8 * step);
+      for (int c = wi * lpr + sl; c < lim; c += step) prefetch_l2(wr + c);
     }
   }
   issue_prefetch(a.next);
@@ -609,7 +610,8 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restri
   constexpr int KPW = 32 / LPK;      // key slots per warp
   constexpr int NSLOT = (ATT_THREADS / 32) * KPW;
   extern __shared__ float sm[];      // [NSLOT][HD + 2]: acc, m, l per slot
-  pdl_wait();
+  // Before waiting on the QKV kernel: the head list (joined by a full dependency), the position (changed only by the
+  // previous step's LM head) and an L2 prefetch of this lane's K/V rows.
   const int h = sel ? sel[blockIdx.x] : blockIdx.x;
   const int T = st[0] + 1;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -618,6 +620,11 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restri
   const __half* K = kc + (size_t)h * maxT * HD;
   const __half* V = vc + (size_t)h * maxT * HD;
   const uint8_t* ok = valid + (size_t)h * maxT;
+  for (int t = slot; t < T; t += NSLOT) {
+    prefetch_l2(K + (size_t)t * HD + sl * 8);
+    prefetch_l2(V + (size_t)t * HD + sl * 8);
+  }
+  pdl_wait();
 
   float qv[8];
 #pragma unroll
