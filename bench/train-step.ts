@@ -29,6 +29,8 @@ export interface StepBenchResult {
   samples_per_s: number;
   /** fwd + bwd matmul FLOPs per second (6 * batch * (d*r + r*out) per step). */
   matmul_tflops: number;
+  cpu_seconds: number;
+  samples_per_cpu_s: number;
 }
 
 const tick = () => new Promise<void>((r) => setImmediate(r));
@@ -64,10 +66,13 @@ export async function benchTrainStep(tf: Tf, o: StepBenchOptions): Promise<StepB
   for (let i = 0; i < o.warmup; i++) await step(i);
   await Promise.all(pending.splice(0));
   const t0 = performance.now();
+  const c0 = process.cpuUsage();
   for (let i = 0; i < o.steps; i++) await step(i);
   await Promise.all(pending.splice(0));
   await p.w2t.data(); // the last step's update has finished
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(c0);
+  const cpuSeconds = (cpu.user + cpu.system) / 1e6;
   p.dispose();
   for (const r of resident) tf.dispose([r.x, r.y]);
   const flops = 6 * o.batch * (o.d * o.r + o.r * o.out) * o.steps;
@@ -78,6 +83,10 @@ export async function benchTrainStep(tf: Tf, o: StepBenchOptions): Promise<StepB
     seconds: Math.round(seconds * 1000) / 1000,
     ms_per_step: Math.round((seconds / o.steps) * 1e5) / 100,
     samples_per_s: Math.round((o.batch * o.steps) / seconds),
+    // This process's CPU time over the timed steps: on a shared machine, samples per CPU-second is what the code
+    // does with the CPU it gets (wall-clock samples/s also depends on the neighbours' load).
+    cpu_seconds: Math.round(cpuSeconds * 1000) / 1000,
+    samples_per_cpu_s: Math.round((o.batch * o.steps) / cpuSeconds),
     matmul_tflops: Math.round((flops / seconds / 1e12) * 1000) / 1000,
   };
 }
