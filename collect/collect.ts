@@ -22,7 +22,7 @@ import { dataEntries, parseLayers, type CollectArgs } from './args.js';
 import { ArrowFileWriter } from './arrow-file.js';
 import { LayerChunk } from './chunk.js';
 import type { LayerRows } from './doc-rows.js';
-import { createForward, type DocForward } from './forward.js';
+import { inThreadForward, workerForward, workersAvailable, type DocForward, type ModelInfo } from './forward.js';
 import {
   acquireLock,
   ensureWritable,
@@ -124,7 +124,10 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
   ensureWritable(out);
 
   const { loadOptCheckpoint } = await import('../checkpoints/opt-checkpoint.js');
-  const ckpt: OptCheckpoint = await loadOptCheckpoint(opts.model, { quiet: opts.quiet });
+  // The weights are needed in this thread only without workers; with workers this reference is dropped before they
+  // load their own copies, so the model's weights are held N times, not N + 1.
+  let loaded: OptCheckpoint | undefined = await loadOptCheckpoint(opts.model, { quiet: opts.quiet });
+  const ckpt: ModelInfo = { dir: loaded.dir, config: loaded.config, fingerprint: loaded.fingerprint };
   const c = ckpt.config;
   if (maxLen < 1 || maxLen > c.maxPositionEmbeddings) {
     throw new DejavuError(`must be 1..${c.maxPositionEmbeddings} (the model's max_position_embeddings), got ${maxLen}`, '--max-len');
@@ -178,7 +181,14 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     }
 
     const tokenizer = await loadTokenizer(opts.model);
-    forward = await createForward(ckpt, layers, dims, opts.workers ?? availableParallelism());
+    const threads = opts.workers ?? availableParallelism();
+    if (threads > 1 && workersAvailable()) {
+      loaded = undefined;
+      forward = await workerForward(ckpt, layers, dims, threads);
+    } else {
+      forward = await inThreadForward(loaded!, layers, dims);
+      loaded = undefined;
+    }
     if (!opts.quiet) log(`forward: ${forward.describe}`);
 
     const chunks = layers.map(() => new LayerChunk(dims, batchRows));
@@ -290,7 +300,7 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
   }
 }
 
-function buildManifest(ckpt: OptCheckpoint, state: CollectState): CollectManifest {
+function buildManifest(ckpt: ModelInfo, state: CollectState): CollectManifest {
   const c = ckpt.config;
   const a = state.args;
   const dims: ShardDims = { dModel: c.hiddenSize, nHeads: c.numHeads, ffnDim: c.ffnDim, topK: a.mlp_topk };

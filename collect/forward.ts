@@ -39,14 +39,18 @@ export interface DocForward {
   close(): Promise<void>;
 }
 
-export async function createForward(
-  ckpt: OptCheckpoint,
-  layers: number[],
-  dims: ShardDims,
-  workers: number,
-): Promise<DocForward> {
-  const script = fileURLToPath(new URL('./forward-worker.js', import.meta.url));
-  if (workers > 1 && existsSync(script)) return workerForward(script, ckpt, layers, dims, workers);
+/** What the main thread keeps of the model when workers hold the weights. */
+export type ModelInfo = Pick<OptCheckpoint, 'dir' | 'config' | 'fingerprint'>;
+
+const WORKER_SCRIPT = fileURLToPath(new URL('./forward-worker.js', import.meta.url));
+
+/** Worker threads are possible when the compiled worker script exists (not under vitest's TypeScript sources). */
+export function workersAvailable(): boolean {
+  return existsSync(WORKER_SCRIPT);
+}
+
+/** The model in this thread (it keeps `ckpt`'s weights). */
+export async function inThreadForward(ckpt: OptCheckpoint, layers: number[], dims: ShardDims): Promise<DocForward> {
   const { OptModel } = await import('../runtime/cpu/model.js');
   const model = await OptModel.load(ckpt);
   return {
@@ -57,9 +61,10 @@ export async function createForward(
   };
 }
 
-async function workerForward(script: string, ckpt: OptCheckpoint, layers: number[], dims: ShardDims, n: number): Promise<DocForward> {
+/** `n` worker threads, each loading the model folder itself. */
+export async function workerForward(ckpt: ModelInfo, layers: number[], dims: ShardDims, n: number): Promise<DocForward> {
   const data: WorkerData = { modelDir: ckpt.dir, layers, dims };
-  const workers = Array.from({ length: n }, () => new Worker(script, { workerData: data }));
+  const workers = Array.from({ length: n }, () => new Worker(WORKER_SCRIPT, { workerData: data }));
   let backend = '';
   try {
     const ready = await Promise.all(workers.map(waitReady));
