@@ -87,6 +87,17 @@ describe.skipIf(!HAVE_FIXTURES)('collect refuses bad inputs', () => {
     await expect(collect({ ...base, out: foreign })).rejects.toThrow(/foreign: holds layer_00 but no collect-state\.json; use --force/);
   });
 
+  it('a folder another live collect is writing to (its lock names a running pid); a dead pid is taken over', async () => {
+    const out = join(root, 'locked');
+    mkdirSync(out);
+    writeFileSync(join(out, '.collect.lock'), String(process.ppid)); // a live process other than this one
+    await expect(collect({ ...base, out })).rejects.toThrow(new RegExp(`locked: another collect \\(pid ${process.ppid}\\) is writing here`));
+    writeFileSync(join(out, '.collect.lock'), '999999999'); // no such process: a leftover of a killed run
+    const r = await collect({ ...base, out });
+    expect(r.manifest.tokens).toBe(16);
+    expect(existsSync(join(out, '.collect.lock'))).toBe(false);
+  });
+
   it('a corrupt state file', async () => {
     const out = join(root, 'corrupt');
     mkdirSync(out);
