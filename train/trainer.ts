@@ -9,7 +9,7 @@ import { writeJsonAtomic } from '../common/atomic.js';
 import { DejavuError } from '../common/errors.js';
 import { log, progressBar } from '../common/progress.js';
 import { loadCheckpoint, saveCheckpoint, type Checkpoint, type EpochRecord, type JobState } from './checkpoint.js';
-import { countSplit, trainBatches, validationBatches, type InputNorm } from './data.js';
+import { countSplit, labelBytes, trainBatches, validationBatches, type InputNorm } from './data.js';
 import { jobName, parseLayers, planJobs, type Job, type MlpInput, type Target } from './jobs.js';
 import { MetricsAccumulator, selectionScore, type LayerMetrics } from './metrics.js';
 import { DEFAULT_ADAMW, Predictor, exportWeights, unpackBits, type Tf } from './model.js';
@@ -31,6 +31,7 @@ export interface TrainOptions {
   inputNorm: InputNorm;
   seed: number;
   valFrac: number;
+  /** Shuffle buffer in rows; 0 = auto: 65,536 rows or 256 MiB of compact rows, whichever is smaller. */
   bufferRows: number;
   selectBeta: number;
   patience: number;
@@ -54,7 +55,7 @@ export const DEFAULTS = {
   inputNorm: 'layernorm' as InputNorm,
   seed: 0,
   valFrac: 0.1,
-  bufferRows: 65536,
+  bufferRows: 0,
   selectBeta: 2,
   patience: 3,
 };
@@ -86,6 +87,13 @@ export interface TrainReport {
   seconds: number;
 }
 
+/** The shuffle buffer of one job in rows (see TrainOptions.bufferRows). */
+export function bufferRowsFor(job: Job, o: { bufferRows: number }): number {
+  if (o.bufferRows > 0) return o.bufferRows;
+  const rowBytes = 2 * job.inDim + labelBytes(job.outDim);
+  return Math.max(1, Math.min(65536, Math.floor((256 * 2 ** 20) / rowBytes)));
+}
+
 /** The settings a checkpoint is bound to (not epochs or patience: a resumed run may extend training). */
 function settingsKey(set: ShardSet, job: Job, o: TrainOptions): string {
   return JSON.stringify({
@@ -97,7 +105,7 @@ function settingsKey(set: ShardSet, job: Job, o: TrainOptions): string {
     wd: o.weightDecay,
     seed: o.seed,
     val: o.valFrac,
-    buf: o.bufferRows,
+    buf: bufferRowsFor(job, o),
     norm: o.inputNorm,
     beta: o.selectBeta,
   });
@@ -171,7 +179,7 @@ export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions)
       let stepInEpoch = 0;
       const stream = trainBatches(set, job, {
         batch: o.batch,
-        bufferRows: o.bufferRows,
+        bufferRows: bufferRowsFor(job, o),
         inputNorm: o.inputNorm,
         split,
         epochSeed: hashSeed(o.seed, 'epoch', name, e),
@@ -297,7 +305,7 @@ export function argsRecord(o: TrainOptions): Record<string, unknown> {
     input_norm: o.inputNorm,
     seed: o.seed,
     val_frac: o.valFrac,
-    buffer_rows: o.bufferRows,
+    buffer_rows: o.bufferRows || 'auto',
     select_beta: o.selectBeta,
     patience: o.patience,
   };

@@ -34,7 +34,7 @@ export function register(program: Command): void {
     .addOption(new Option('--input-norm <n>', 'predictor input preprocessing (recorded for export)').choices(['layernorm', 'none']).default('layernorm'))
     .addOption(new Option('--backend <b>', 'tfjs backend').choices(['auto', 'node-gpu', 'node', 'webgpu', 'wasm', 'cpu']).default('auto'))
     .option('--val-frac <x>', 'fraction of documents held out for validation (split by document, seeded)', num('--val-frac', { min: 0, max: 1 }), 0.1)
-    .option('--buffer-rows <n>', 'shuffle buffer size in tokens (bounded memory)', num('--buffer-rows', { int: true, min: 1 }), 65536)
+    .option('--buffer-rows <n>', 'shuffle buffer size in tokens (bounded memory; default: 65536 or 256 MiB of rows, whichever is smaller)', num('--buffer-rows', { int: true, min: 1 }), 0)
     .option('--select-beta <b>', 'checkpoint selection: F-beta on validation (beta > 1 favours recall)', num('--select-beta', { min: 0 }), 2)
     .option('--patience <n>', 'early stopping: epochs without a better F-beta', num('--patience', { int: true, min: 1 }), 3)
     .option('--workers <n>', 'predictors trained in parallel worker threads (wasm/cpu; default: 1)', num('--workers', { int: true, min: 1 }), 1)
