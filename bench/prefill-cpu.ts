@@ -4,7 +4,7 @@
  * tfjs-wasm worker per core) and, for reference, one worker. Model: $DEJAVU_BENCH_MODEL or the opt-mini fixture.
  */
 import { existsSync } from 'node:fs';
-import { availableParallelism, cpus, loadavg } from 'node:os';
+import { availableParallelism, cpus, getPriority, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { log } from '../common/progress.js';
@@ -106,6 +106,9 @@ export async function run(): Promise<Record<string, unknown>> {
     single_worker_tokens_per_cpu_s: single.tokensPerCpuS,
     // Other processes on the machine during the run (1-minute load average before and after): context for the figures.
     load_avg_1m: [Number(load0.toFixed(2)), Number(loadavg()[0].toFixed(2))],
+    // The scheduling priority the bench ran at (`nice` value; 0 = default). On a shared machine a negative value is
+    // how the bench gets its cores while other jobs keep running.
+    nice: getPriority(),
     model: modelDir.split(/[\\/]/).slice(-1)[0],
     cpu: cpus()[0]?.model ?? 'unknown',
     node: process.version,
