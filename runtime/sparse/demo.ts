@@ -31,7 +31,7 @@ export interface DemoOptions {
   quiet?: boolean;
 }
 
-export const DEMO_DEFAULTS = { trainDocs: 120, maxLen: 256, rank: 64, epochs: 4, evalDocs: 20, workers: 2, mlpDensity: 0.15 };
+export const DEMO_DEFAULTS = { trainDocs: 120, maxLen: 256, rank: 64, epochs: 4, evalDocs: 12, workers: 2, mlpDensity: 0.15 };
 
 /** The examples/ folder: walk up from this module (dist/runtime/sparse or runtime/sparse) to the package root. */
 export function findExamples(): string {
