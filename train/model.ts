@@ -68,10 +68,23 @@ export function unpackBits(tf: Tf, bits: Uint8Array, n: number, out: number, pow
     // CPU backends: a JS loop is ~100x faster than tfjs-wasm's broadcasting int32 floorDiv/mod (~0.5 s for
     // 1024 x 1536 labels), and the upload is a memcpy anyway.
     const y = new Float32Array(n * out);
+    const full = out >>> 3;
     for (let t = 0; t < n; t++) {
       const bo = t * nb;
-      const yo = t * out;
-      for (let j = 0; j < out; j++) y[yo + j] = (bits[bo + (j >>> 3)] >>> (j & 7)) & 1;
+      let yo = t * out;
+      // Unrolled per byte: this loop touches every label of every batch.
+      for (let i = 0; i < full; i++, yo += 8) {
+        const b = bits[bo + i];
+        y[yo] = b & 1;
+        y[yo + 1] = (b >>> 1) & 1;
+        y[yo + 2] = (b >>> 2) & 1;
+        y[yo + 3] = (b >>> 3) & 1;
+        y[yo + 4] = (b >>> 4) & 1;
+        y[yo + 5] = (b >>> 5) & 1;
+        y[yo + 6] = (b >>> 6) & 1;
+        y[yo + 7] = b >>> 7;
+      }
+      for (let j = full << 3; j < out; j++) y[t * out + j] = (bits[bo + (j >>> 3)] >>> (j & 7)) & 1;
     }
     return tf.tensor2d(y, [n, out]);
   }
