@@ -9,6 +9,8 @@
 #                                 program with nvcc, runs every kernel check (fresh random inputs, CPU references),
 #                                 the opt-mini end-to-end checks, then the benchmarks for SHAPES.
 # Environment: OUT (output folder, default ./cuda-out), SHAPES (default "opt-6.7b opt-13b opt-30b"), BENCH_ARGS.
+# Engine knobs (DEJAVU_CUDA_*, docs/cuda.md) pass through to every step; VARIANTS="NAME:VAR=VAL,VAR=VAL ..." reruns the
+# opt-13b bench under other knobs (e.g. perop:DEJAVU_CUDA_PERSIST=0). The kernel checks cover both dense paths.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -177,6 +177,8 @@ export async function runCudaBench(opts: {
         ms_per_token: r3(denseMs),
         tokens_per_s: r3(1000 / denseMs),
         kernels_per_step: kernels.dense,
+        // 4 kernels = embed, the persistent layers kernel (k_step_dense), final LayerNorm, LM head
+        path: kernels.dense === 4 ? 'persistent step kernel (DEJAVU_CUDA_PERSIST=1)' : 'per-op kernels',
         achieved_gbps: r3(dB.total / (denseMs * 1e-3) / 1e9),
       },
       sparse: {

@@ -533,6 +533,49 @@ struct RefModel {
 };
 
 
+// The persistent dense layer kernel (k_layer_dense, DEJAVU_CUDA_PERSIST=1) against the per-op kernels above on the
+// same hash-filled weights, at real OPT widths (multi-round row/column loops, long contexts, d up to 9216): logits
+// at every decode step of a forced prompt, then the greedy tokens of a few generated steps.
+static void test_persist(int d, int H, int ffn, int L, int steps) {
+  printf("persistent dense layer vs per-op kernels: d=%d H=%d ffn=%d L=%d, %d steps\n", d, H, ffn, L, steps);
+  const int V = 1000, maxT = steps + 8;
+  void* e[2];
+  for (int p = 0; p < 2; p++) {
+    setenv("DEJAVU_CUDA_PERSIST", p ? "1" : "0", 1);
+    e[p] = dj_create(V, d, L, H, ffn, 2048, maxT, 1e-5f);
+    if (!e[p]) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
+    API_OK(dj_fill_random(e[p], 4242));
+    API_OK(dj_build(e[p]));
+  }
+  unsetenv("DEJAVU_CUDA_PERSIST");
+  expect_true("engine flags (per-op, persistent)", !((Engine*)e[0])->persist && ((Engine*)e[1])->persist);
+  int kd[2];
+  for (int p = 0; p < 2; p++) API_OK(dj_graph_kernels(e[p], M_DENSE, &kd[p]));
+  printf("  dense kernels per step: per-op %d, persistent %d\n", kd[0], kd[1]);
+  expect_true("persistent graph: 4 kernels (embed, layers, final LN, LM head)", kd[1] == 4);
+  std::vector<int> prompt(steps - 4);
+  for (auto& t : prompt) t = rng() % V;
+  std::vector<float> all[2];
+  std::vector<int> toks[2];
+  for (int p = 0; p < 2; p++) {
+    API_OK(dj_set_prompt(e[p], prompt.data(), (int)prompt.size()));
+    std::vector<float> gl(V);
+    for (int s = 0; s < steps; s++) {
+      API_OK(dj_run(e[p], M_DENSE, 1, nullptr));
+      API_OK(dj_get_logits(e[p], gl.data()));
+      all[p].insert(all[p].end(), gl.begin(), gl.end());
+    }
+    int pos;
+    toks[p].resize(steps + 1);
+    API_OK(dj_get_state(e[p], &pos, toks[p].data(), steps + 1));
+    toks[p].push_back(pos);
+  }
+  std::vector<double> ref(all[0].begin(), all[0].end());
+  expect("logits at every step, persistent vs per-op", all[1], ref, 1e-2);
+  expect_true("greedy tokens and position agree", toks[0] == toks[1]);
+  for (int p = 0; p < 2; p++) dj_destroy(e[p]);
+}
+
 static void test_engine(int hd) {
   RefModel m;
   m.V = 512; m.d = 8 * hd; m.L = 3; m.H = 8; m.hd = hd; m.ffn = 4 * m.d; m.maxpos = 64; m.maxT = 40;
@@ -732,8 +775,20 @@ int main(int argc, char** argv) {
   test_topk(20480, 128, 1024, true);
   test_lmhead(50272, 5120, 1, 3);
   test_lmhead(8192, 384, 10, 3);
-  test_engine(32);
-  test_engine(128);
+  // The whole-engine checks under both dense paths (per-op kernels, persistent layer kernel); the sparse graphs do
+  // not depend on the flag, so they simply run twice.
+  const char* persist_env = getenv("DEJAVU_CUDA_PERSIST");
+  const std::string persist_saved = persist_env ? persist_env : "";
+  for (const char* p : {"0", "1"}) {
+    setenv("DEJAVU_CUDA_PERSIST", p, 1);
+    printf("-- engine with DEJAVU_CUDA_PERSIST=%s\n", p);
+    test_engine(32);
+    test_engine(128);
+  }
+  if (persist_env) setenv("DEJAVU_CUDA_PERSIST", persist_saved.c_str(), 1); else unsetenv("DEJAVU_CUDA_PERSIST");
+  test_persist(1024, 16, 4096, 2, 40);      // hd 64
+  test_persist(5120, 40, 20480, 2, 200);    // opt-13b layer widths, context up to 200
+  test_persist(9216, 72, 36864, 1, 24);     // opt-66b widths: LayerNorm's 5th float4 per thread
   printf("cuda-check: %s (%d failures, worst relative error %.2e)\n", failures ? "FAILED" : "PASSED", failures, worst);
   return failures ? 1 : 0;
 }

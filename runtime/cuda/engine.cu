@@ -86,6 +86,11 @@ struct Engine {
   bool l2_prefetch = true;  // sparse kernels request the next kernel's rows into L2 (L2Prefetch)
   bool skip_ln = false;     // TIMING EXPERIMENT ONLY (wrong results): column GEMVs skip the LayerNorm epilogue
   bool pdl = true;  // programmatic dependent launch on the main stream (env DEJAVU_CUDA_PDL=0 turns it off)
+  bool persist = false;  // dense step's layers as one persistent kernel (k_step_dense; env DEJAVU_CUDA_PERSIST=1)
+  unsigned* grid_bar = nullptr;  // k_step_dense's grid barrier word
+  LayerArgs* step_args = nullptr;  // k_step_dense's per-layer arguments (device)
+  int persist_pf = 0;    // k_step_dense's L2 prefetch mode (LayerArgs::pf; env DEJAVU_CUDA_PERSIST_PF; 0 measured fastest)
+  int persist_skip = 0;  // TIMING EXPERIMENT ONLY (wrong results): stages k_step_dense skips (DEJAVU_CUDA_PERSIST_SKIP)
   std::vector<Group> groups;
   bool groups_dirty = true;
   cudaGraphExec_t graphs[M_COUNT] = {};
@@ -147,6 +152,10 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_FUSED_MLP")) e->fused_mlp = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_L2_PREFETCH")) e->l2_prefetch = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_SKIP_LN_EXPERIMENT")) e->skip_ln = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_PERSIST")) e->persist = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_PERSIST_PF")) e->persist_pf = std::min(3, std::max(0, atoi(v)));
+  if (const char* v = getenv("DEJAVU_CUDA_PERSIST_SKIP")) e->persist_skip = atoi(v);
+  if (d > 4 * PL_V * PL_THREADS) e->persist = false;  // pl_layernorm holds x in PL_V float4 per thread
   auto bad = [&]() { for (void* v : e->allocs) cudaFree(v); delete e; return (void*)nullptr; };
   if (dalloc(e, &e->E, (size_t)vocab * d) || dalloc(e, &e->P, (size_t)(maxpos + 2) * d) ||
       dalloc(e, &e->lnf_g, d) || dalloc(e, &e->lnf_b, d))
@@ -169,8 +178,10 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
     cudaMemcpy(l.nsel, id.data(), ffn * sizeof(int), cudaMemcpyHostToDevice);
     cudaMemset(l.valid, 0, (size_t)H * maxT);
   }
-  if (dalloc(e, &e->xn, d) || dalloc(e, &e->xr, d) || dalloc(e, &e->xp, d) || dalloc(e, &e->cols_counter, 1))
+  if (dalloc(e, &e->xn, d) || dalloc(e, &e->xr, d) || dalloc(e, &e->xp, d) || dalloc(e, &e->cols_counter, 1) ||
+      dalloc(e, &e->grid_bar, 1))
     return bad();
+  cudaMemset(e->grid_bar, 0, sizeof(unsigned));
   cudaMemset(e->cols_counter, 0, sizeof(unsigned));
   if (dalloc(e, &e->x, d) || dalloc(e, &e->q, d) || dalloc(e, &e->att, d) || dalloc(e, &e->h, ffn) ||
       dalloc(e, &e->logits, vocab) || dalloc(e, &e->st, 4) || dalloc(e, &e->tokens, maxT + 1) ||
@@ -495,6 +506,44 @@ static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* s
   if (n > TOPK_THREADS) k_topk_select<<<(n + TOPK_THREADS - 1) / TOPK_THREADS, TOPK_THREADS, 0, s>>>(a);
 }
 
+// Persistent dense step: one block per resident slot (all co-resident: the grid barrier needs it). Returns the grid.
+static int step_grid(Engine* e) {
+  int per_sm = 0;
+  size_t smem = pl_smem_bytes(e->hd, e->d);
+  if (e->hd == 128) cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_step_dense<128>, PL_THREADS, smem);
+  else if (e->hd == 64) cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_step_dense<64>, PL_THREADS, smem);
+  else cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_step_dense<32>, PL_THREADS, smem);
+  return e->sms * per_sm;
+}
+// The per-layer arguments of k_step_dense, in device memory (before any capture: a copy cannot be captured).
+static int prep_step_args(Engine* e) {
+  if (!e->persist) return 0;
+  if (!e->step_args && dalloc(e, &e->step_args, e->L)) return -1;
+  std::vector<LayerArgs> v(e->L);
+  for (int li = 0; li < e->L; li++) {
+    Layer& l = e->layers[li];
+    LayerArgs& a = v[li];
+    a.Wqkv = l.Wqkv; a.WoT = l.WoT; a.W1 = l.W1; a.W2T = l.W2T;
+    a.bqkv = l.bqkv; a.bo = l.bo; a.b1 = l.b1; a.b2 = l.b2;
+    a.ln1_g = l.ln1_g; a.ln1_b = l.ln1_b; a.ln2_g = l.ln2_g; a.ln2_b = l.ln2_b;
+    a.kc = l.kc; a.vc = l.vc; a.valid = l.valid;
+    a.d = e->d; a.H = e->H; a.ffn = e->ffn; a.maxT = e->maxT; a.eps = e->eps; a.q_scale = 1.f / sqrtf((float)e->hd);
+    a.x = e->x; a.q = e->q; a.att = e->att; a.h = e->h; a.st = e->st; a.bar = e->grid_bar;
+    a.pf = e->persist_pf; a.skip = e->persist_skip;
+  }
+  CK(cudaMemcpy(e->step_args, v.data(), v.size() * sizeof(LayerArgs), cudaMemcpyHostToDevice));
+  return 0;
+}
+static void launch_step_dense(Engine* e, cudaStream_t s, int grid) {
+  size_t smem = pl_smem_bytes(e->hd, e->d);
+  const LayerArgs* la = e->step_args;
+  int L = e->L;
+  // No programmatic launch: every block must find a free slot, so the previous kernel must be gone.
+  if (e->hd == 128) launchk(e, false, k_step_dense<128>, dim3(grid), dim3(PL_THREADS), smem, s, la, L);
+  else if (e->hd == 64) launchk(e, false, k_step_dense<64>, dim3(grid), dim3(PL_THREADS), smem, s, la, L);
+  else launchk(e, false, k_step_dense<32>, dim3(grid), dim3(PL_THREADS), smem, s, la, L);
+}
+
 // Stack the w1 of predictors that read the same tap (one GEMV for all of them).
 static int build_groups(Engine* e) {
   if (!e->groups_dirty) return 0;
@@ -532,7 +581,7 @@ static int build_groups(Engine* e) {
 
 // Record the whole decode step for `mode` on s0 (predictors fork onto s1 and join back before their consumers).
 // Profiling (dj_profile): launches go eagerly to one stream, with a timing event after each, tagged by kind.
-enum ProfKind { P_EMBED, P_QKV, P_ATT, P_OUT, P_FC1, P_FC2, P_LM, P_PRED1, P_TOPK_ATTN, P_TOPK_MLP, P_MLP, P_COUNT };
+enum ProfKind { P_EMBED, P_QKV, P_ATT, P_OUT, P_FC1, P_FC2, P_LM, P_PRED1, P_TOPK_ATTN, P_TOPK_MLP, P_MLP, P_LAYER, P_FLN, P_COUNT };
 struct Prof {
   std::vector<cudaEvent_t> evs;
   std::vector<int> kinds;
@@ -608,6 +657,22 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   auto lnout = [&](const float* g, const float* b) { return LnOut{g, b, e->eps, e->xn, e->xr, e->xp}; };
   k_embed<<<1, 1024, 0, s0>>>(e->E, e->P, e->tokens, e->st, d, e->x, lnout(e->layers[0].ln1_g, e->layers[0].ln1_b));
   mark(P_EMBED);
+  if (mode == M_DENSE && e->persist) {
+    const int grid = step_grid(e);
+    if (grid < 1) return fail("persistent dense step kernel: no resident slot (occupancy 0)");
+    if (!e->step_args) return fail("persistent dense step kernel: arguments not prepared");
+    launch_step_dense(e, s0, grid);
+    mark(P_LAYER);
+    k_layernorm<<<1, 1024, 0, s0>>>(e->x, d, lnout(e->lnf_g, e->lnf_b));
+    mark(P_FLN);
+    RowsArgs a{};
+    a.W = e->lm; a.K = d; a.n_out = e->vocab; a.x = e->xn;
+    a.map = MAP_ID; a.y = e->logits; a.st = e->st; a.maxT = e->maxT; a.amax = e->amax; a.counter = e->lm_counter;
+    a.tokens = e->tokens;
+    launch_rows<EPI_ARGMAX>(e, s0, a, true);
+    mark(P_LM);
+    return 0;
+  }
   for (int li = 0; li < e->L; li++) {
     Layer& l = e->layers[li];
     const int kH = sparse ? l.kH : H, kM = sparse ? l.kM : ffn;
@@ -707,7 +772,7 @@ int dj_build(void* ev) {
     CK(cudaEventCreateWithFlags(&v, cudaEventDisableTiming));
     e->evs.push_back(v);
   }
-  if (build_groups(e)) return -1;
+  if (build_groups(e) || prep_step_args(e)) return -1;
   CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem_floats(128) * 4));
   CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem_floats(64) * 4));
   CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem_floats(32) * 4));
@@ -715,8 +780,9 @@ int dj_build(void* ev) {
     if (e->graphs[m]) { cudaGraphExecDestroy(e->graphs[m]); e->graphs[m] = nullptr; }
     cudaGraph_t g;
     CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
-    record_step(e, m);
+    const int rc = record_step(e, m);
     cudaError_t ce = cudaStreamEndCapture(e->s0, &g);
+    if (rc) { if (ce == cudaSuccess) cudaGraphDestroy(g); return -1; }
     if (ce != cudaSuccess) return fail("capture of mode %d failed: %s", m, cudaGetErrorString(ce));
     CK(cudaGraphInstantiate(&e->graphs[m], g, 0));
     cudaGraphDestroy(g);
@@ -729,7 +795,7 @@ int dj_build(void* ev) {
 int dj_graph_kernels(void* ev, int mode, int* count) {
   Engine* e = (Engine*)ev;
   cudaGraph_t g;
-  if (build_groups(e)) return -1;
+  if (build_groups(e) || prep_step_args(e)) return -1;
   CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
   record_step(e, mode);
   CK(cudaStreamEndCapture(e->s0, &g));
@@ -754,7 +820,7 @@ int dj_graph_kernels(void* ev, int mode, int* count) {
 // beside them (*total) so the two can be compared.
 int dj_profile(void* ev, int mode, int steps, float* ms, float* total) {
   Engine* e = (Engine*)ev;
-  if (build_groups(e)) return -1;
+  if (build_groups(e) || prep_step_args(e)) return -1;
   Prof prof;
   for (int i = 0; i < P_COUNT; i++) ms[i] = 0.f;
   *total = 0.f;

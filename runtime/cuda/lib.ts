@@ -51,7 +51,7 @@ export interface CudaLib {
   profile(h: unknown, mode: Mode, steps: number): Record<string, number>;
 }
 
-export const PROFILE_KINDS = ['embed', 'qkv', 'attention', 'out_proj', 'fc1', 'fc2', 'lm_head', 'pred_w1', 'topk_attn', 'topk_mlp', 'mlp_fused'] as const;
+export const PROFILE_KINDS = ['embed', 'qkv', 'attention', 'out_proj', 'fc1', 'fc2', 'lm_head', 'pred_w1', 'topk_attn', 'topk_mlp', 'mlp_fused', 'layers_persistent', 'final_ln'] as const;
 
 export function defaultLibPath(): string {
   const here = dirname(fileURLToPath(import.meta.url));
