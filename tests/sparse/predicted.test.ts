@@ -11,8 +11,9 @@ import { topK } from '../../runtime/sparse/kernels.js';
 import { SparseOptModel } from '../../runtime/sparse/model.js';
 import { predictorScores } from '../../runtime/sparse/predictor.js';
 import { sparseModePerplexity, densePerplexity } from '../../runtime/sparse/ppl.js';
+import { runBundlePpl } from '../../runtime/sparse/eval.js';
 import { loadTokenizer } from '../../datasets/tokenizer.js';
-import { HAVE_FIXTURES, OPT_MINI } from '../helpers/fixtures.js';
+import { C4_VALID_JSON, HAVE_FIXTURES, OPT_MINI } from '../helpers/fixtures.js';
 
 function rand(n: number, seed: number, scale: number): Float32Array {
   let s = seed >>> 0;
@@ -150,5 +151,15 @@ describe.skipIf(!HAVE_FIXTURES)('predicted and oracle modes on opt-mini (random 
     // Random predictors pick poorly: worse than the oracle at the same k.
     expect(pred.ppl).toBeGreaterThan(oracle.ppl);
     expect(oracle.mlp_density_per_layer![2]).toBeCloseTo(150 / 1536, 9);
+  });
+
+  it('eval ppl --bundle result has the documented keys (dense/oracle/predicted, densities)', async () => {
+    const r = (await runBundlePpl({ model: OPT_MINI, bundle: bundle.dir, data: [C4_VALID_JSON], selection: { docs: 2 }, maxLen: 24, quiet: true, ckpt, loadedBundle: bundle })) as Record<string, any>;
+    for (const m of ['dense', 'oracle', 'predicted']) expect(r[m].ppl).toBeGreaterThan(1);
+    expect(r.tokens).toBe(2 * 23);
+    expect(r.docs).toBe(2);
+    expect(r.mlp_density).toBeCloseTo((1 + 5 * (200 / 1536)) / 6, 4);
+    expect(r.head_density).toBeCloseTo((1 + 5 * 0.5) / 6, 4);
+    expect(r.oracle.delta_vs_dense).toBeCloseTo(r.oracle.ppl / r.dense.ppl - 1, 3);
   });
 });
