@@ -64,13 +64,25 @@ export function readMetrics(dir: string): { model_fingerprint: string; args?: un
   return m as { model_fingerprint: string; layers: MetricsLayer[] };
 }
 
+export interface TargetSummary {
+  k: number;
+  density: number;
+  rank: number;
+  input: string;
+  lookahead: number;
+  k_rule: string;
+  recall: number | null;
+  /** The validation metrics from metrics.json (recall, precision, f1, true_active, predicted_active, k95, k99, ...). */
+  metrics: Record<string, number | null>;
+}
+
 export interface ExportSummary {
   bundle: string;
   model_fingerprint: string;
   layers: {
     layer: number;
-    mlp: { dense: true } | { k: number; density: number; rank: number; input: string; lookahead: number; k_rule: string; recall: number | null };
-    attn: { dense: true } | { k: number; density: number; rank: number; input: string; lookahead: number; k_rule: string; recall: number | null };
+    mlp: { dense: true } | TargetSummary;
+    attn: { dense: true } | TargetSummary;
   }[];
   /** Mean over layers of k/ffn (dense layers count 1). */
   mlp_density: number;
@@ -178,7 +190,7 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
         const mm: Record<string, number | null> = {};
         for (const key of keep) if (key in m) mm[key] = typeof m[key] === 'number' ? (m[key] as number) : null;
         entry[target] = { dense: false, input, lookahead, rank, k, k_rule: rule, input_norm: inputNorm, w1, w2, metrics: mm };
-        sum[target] = { k, density: k / out, rank, input, lookahead, k_rule: rule, recall: typeof m.recall === 'number' ? m.recall : null };
+        sum[target] = { k, density: k / out, rank, input, lookahead, k_rule: rule, recall: typeof m.recall === 'number' ? m.recall : null, metrics: mm };
         if (target === 'mlp') mlpDen += k / out;
         else headDen += k / out;
       } finally {
