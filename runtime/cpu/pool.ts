@@ -51,6 +51,16 @@ export class PrefillPool {
     const queue: Task[] = [];
     const pending = new Map<number, Task>();
     let nextId = 0;
+    // A worker that dies (crash, out of memory) fails every outstanding and later request instead of leaving it
+    // waiting forever on a thread that will never answer.
+    let broken: Error | undefined;
+    let closing = false;
+    const fail = (e: Error) => {
+      broken ??= e;
+      for (const t of pending.values()) t.reject(broken);
+      pending.clear();
+      for (const t of queue.splice(0)) t.reject(broken);
+    };
     const pump = () => {
       while (idle.length && queue.length) {
         const w = idle.pop()!;
@@ -70,17 +80,19 @@ export class PrefillPool {
         else task?.reject(m.dejavu ? new DejavuError(m.message) : new Error(m.message));
         pump();
       });
-      w.on('error', (e) => {
-        for (const t of pending.values()) t.reject(e);
-        pending.clear();
+      w.on('error', (e) => fail(e));
+      w.on('exit', (code) => {
+        if (!closing) fail(new Error(`a prefill worker exited unexpectedly (code ${code})`));
       });
     }
     const run = (req: WorkerJob) =>
       new Promise<unknown>((resolve, reject) => {
+        if (broken) return reject(broken);
         queue.push({ req, resolve, reject });
         pump();
       });
     return new PrefillPool(n, `${n} x ${backendName} worker thread${n > 1 ? 's' : ''}`, run, async () => {
+      closing = true;
       await Promise.all(workers.map((w) => w.terminate()));
     });
   }
