@@ -1,4 +1,4 @@
-/** `dejavu demo`: argument parsing and the closing table; the pipeline is runtime/sparse/demo.ts. */
+/** `dejavu demo`: argument parsing and the closing table; the pipeline is cli/demo.ts. */
 import type { Command } from 'commander';
 import { DejavuError } from '../../common/errors.js';
 
@@ -29,7 +29,7 @@ export function register(program: Command): void {
     })
     .option('--json', 'print the summary as one JSON object on stdout')
     .action(async (f: { work: string; examples?: string; trainDocs?: number; evalDocs?: number; maxLen?: number; rank?: number; epochs?: number; workers?: number; mlpDensity?: number; json?: boolean }) => {
-      const { runDemo, formatDemo, DEMO_DEFAULTS } = await import('../../runtime/sparse/demo.js');
+      const { runDemo, formatDemo, DEMO_DEFAULTS } = await import('../demo.js');
       const s = await runDemo({
         work: f.work,
         examples: f.examples,

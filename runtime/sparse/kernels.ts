@@ -184,15 +184,8 @@ export function axpyRows(WT: Float32Array, rows: number, cols: number, a: Float3
   return y;
 }
 
-/** Transpose a row-major [rows][cols] matrix into [cols][rows]. */
-export function transpose(W: Float32Array, rows: number, cols: number): Float32Array {
-  const T = new Float32Array(W.length);
-  for (let r = 0; r < rows; r++) {
-    const base = r * cols;
-    for (let c = 0; c < cols; c++) T[c * rows + r] = W[base + c];
-  }
-  return T;
-}
+/** Transpose lives with the dense ops; re-exported for the sparse model's load-time fc2ᵀ / out_projᵀ. */
+export { transpose } from '../cpu/ops.js';
 
 /**
  * Projection rows of the selected heads: for each head h in heads[0..k), out[h*hd + i] = W[h*hd + i] . x + b[h*hd+i]

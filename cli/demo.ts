@@ -7,14 +7,14 @@
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
-import { writeJsonAtomic } from '../../common/atomic.js';
-import { DejavuError } from '../../common/errors.js';
-import { log } from '../../common/progress.js';
-import { loadBundle } from '../../export/bundle.js';
-import { exportBundle } from '../../export/export.js';
-import { runCpuBench } from './bench-cpu.js';
-import { runBundlePpl } from './eval.js';
+import { loadOptCheckpoint } from '../checkpoints/opt-checkpoint.js';
+import { writeJsonAtomic } from '../common/atomic.js';
+import { DejavuError } from '../common/errors.js';
+import { log } from '../common/progress.js';
+import { loadBundle } from '../export/bundle.js';
+import { exportBundle } from '../export/export.js';
+import { runCpuBench } from '../runtime/sparse/bench-cpu.js';
+import { runBundlePpl } from '../runtime/sparse/eval.js';
 
 export interface DemoOptions {
   work: string;
@@ -33,7 +33,7 @@ export interface DemoOptions {
 
 export const DEMO_DEFAULTS = { trainDocs: 120, maxLen: 256, rank: 64, epochs: 4, evalDocs: 12, workers: 2, mlpDensity: 0.15 };
 
-/** The examples/ folder: walk up from this module (dist/runtime/sparse or runtime/sparse) to the package root. */
+/** The examples/ folder: walk up from this module (dist/cli or cli) to the package root. */
 export function findExamples(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 5; i++) {
@@ -78,15 +78,15 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
     return r;
   };
 
-  const { collect } = await import('../../collect/collect.js');
+  const { collect } = await import('../collect/collect.js');
   const col = await timed(
     'collect',
     () => collect({ model, data: [trainData], out: paths.shards, docs: o.trainDocs, maxLen: o.maxLen, quiet: o.quiet }),
     (r) => `${r.manifest.docs} docs, ${r.manifest.tokens} tokens x ${r.manifest.layers.length} layers`,
   );
 
-  const { runTrain } = await import('../../train/run.js');
-  const { DEFAULTS } = await import('../../train/trainer.js');
+  const { runTrain } = await import('../train/run.js');
+  const { DEFAULTS } = await import('../train/trainer.js');
   const tr = await timed(
     'train',
     () =>
