@@ -112,7 +112,17 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
       const name = Buffer.alloc(256);
       const sms = [0];
       const mem = [0];
-      ok('dj_device_info', c.deviceInfo(name, 256, sms, mem));
+      // The first CUDA call is where a machine without a usable GPU shows up: say that plainly.
+      if (c.deviceInfo(name, 256, sms, mem) !== 0) {
+        const why = lastError() as string;
+        const noGpu = /driver version is insufficient|no CUDA-capable device|cudaErrorNoDevice|initialization error/i.test(why);
+        throw new DejavuError(
+          noGpu
+            ? `no usable CUDA GPU on this machine (${why.replace(/^.*?: /, '')}); dejavu bench --device cuda needs an NVIDIA GPU and driver`
+            : `dj_device_info failed: ${why}`,
+          path,
+        );
+      }
       return { name: name.toString('utf8').replace(/\0.*$/s, ''), sms: Number(sms[0]), memBytes: Number(mem[0]) };
     },
     create(cfg) {
