@@ -12,23 +12,10 @@
  *    prefill and a sparse decode share one cache). Attention for a subset of heads reads only those heads' columns.
  */
 
-/** Dot product of a[aOff..aOff+n) and b[bOff..bOff+n), four accumulators (fewer dependent adds per iteration). */
-export function dot(a: Float32Array, aOff: number, b: Float32Array, bOff: number, n: number): number {
-  let s0 = 0,
-    s1 = 0,
-    s2 = 0,
-    s3 = 0;
-  let i = 0;
-  const n4 = n - (n & 3);
-  for (; i < n4; i += 4) {
-    s0 += a[aOff + i] * b[bOff + i];
-    s1 += a[aOff + i + 1] * b[bOff + i + 1];
-    s2 += a[aOff + i + 2] * b[bOff + i + 2];
-    s3 += a[aOff + i + 3] * b[bOff + i + 3];
-  }
-  for (; i < n; i++) s0 += a[aOff + i] * b[bOff + i];
-  return s0 + s1 + (s2 + s3);
-}
+// dot and transpose live with the dense ops (runtime/cpu/ops.ts): shared so both runtimes multiply identically, and
+// re-exported for the sparse model's load-time fc2ᵀ / out_projᵀ.
+import { dot } from '../cpu/ops.js';
+export { dot, transpose } from '../cpu/ops.js';
 
 /** y[o] += alpha * x[xOff + o] for o < n (y at yOff). */
 export function axpy(alpha: number, x: Float32Array, xOff: number, y: Float32Array, yOff: number, n: number): void {
@@ -184,8 +171,6 @@ export function axpyRows(WT: Float32Array, rows: number, cols: number, a: Float3
   return y;
 }
 
-/** Transpose lives with the dense ops; re-exported for the sparse model's load-time fc2ᵀ / out_projᵀ. */
-export { transpose } from '../cpu/ops.js';
 
 /**
  * Projection rows of the selected heads: for each head h in heads[0..k), out[h*hd + i] = W[h*hd + i] . x + b[h*hd+i]
