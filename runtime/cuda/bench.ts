@@ -38,16 +38,7 @@ function median(xs: number[]): number {
 
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
 
-export async function runCudaBench(opts: {
-  shape?: string;
-  model?: string;
-  bundle?: string;
-  density?: { mlp: number; heads: number };
-  prompt: number;
-  gen: number;
-  json: boolean;
-}): Promise<Record<string, unknown>> {
-  const o = opts as CudaBenchOptions;
+export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, unknown>> {
   const json = o.json;
   if (!o.shape && !o.model) throw new DejavuError('give --shape opt-13b (random weights) or --model DIR', '--shape');
   if (o.bundle && !o.model) throw new DejavuError('--bundle needs --model (a bundle is bound to a model)', '--bundle');

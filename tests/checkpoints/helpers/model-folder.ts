@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { f32ToBf16, f32ToF16 } from '../../../checkpoints/float16.js';
 import { writeSafetensors, type TensorToWrite } from '../../../checkpoints/safetensors.js';
 import { buildTorchZip, type BinTensor } from './pickle-writer.js';
+import { mulberry32 } from '../../../datasets/select.js';
 
 export type FloatDtype = 'F16' | 'BF16' | 'F32';
 
@@ -93,17 +94,8 @@ function prefixed(name: string, prefix: string): string {
   return name === 'lm_head.weight' ? name : prefix + name;
 }
 
-/** A seeded generator (mulberry32) so synthetic models are reproducible. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A seeded generator so synthetic models are reproducible: the datasets' mulberry32. */
+export const rng = mulberry32;
 
 export interface TinyConfig {
   vocab: number;
