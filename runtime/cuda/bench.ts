@@ -168,8 +168,7 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
         ms_per_token: r3(denseMs),
         tokens_per_s: r3(1000 / denseMs),
         kernels_per_step: kernels.dense,
-        // 4 kernels = embed, the persistent layers kernel (k_step_dense), final LayerNorm, LM head
-        path: kernels.dense === 4 ? 'persistent step kernel (DEJAVU_CUDA_PERSIST=1)' : 'per-op kernels',
+        path: enginePath(kernels.dense),
         achieved_gbps: r3(dB.total / (denseMs * 1e-3) / 1e9),
       },
       sparse: {
@@ -190,6 +189,7 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
       sparse_floor_ms: r3(sparseFloorMs),
       sparse_vs_sparse_floor: r3(sparseMs / sparseFloorMs),
       sparse_vs_dense_floor: r3(sparseMs / floorMs),
+      engine_env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('DEJAVU_CUDA_'))),
       seconds: r3((performance.now() - t0) / 1000),
     };
     log(
@@ -202,4 +202,11 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
   } finally {
     eng.destroy();
   }
+}
+
+/** Which dense path ran (docs/cuda.md): the streamed kernels unless DEJAVU_CUDA_TMA=0 chose the older ones. */
+function enginePath(denseKernels: number): string {
+  if (process.env.DEJAVU_CUDA_TMA !== '0') return 'streamed (copy engine into shared memory; QKV, attention+out_proj, MLP per layer)';
+  // 4 kernels = embed, the persistent layers kernel (k_step_dense), final LayerNorm, LM head
+  return denseKernels === 4 ? 'persistent step kernel (DEJAVU_CUDA_PERSIST=1)' : 'per-op kernels';
 }

@@ -4,6 +4,7 @@
 // CPU reference of the OPT decode step on a small random model: dense, sparse with fixed selections that change every
 // step, and sparse with predictors (selections read back and fed to the reference).
 // Build: nvcc -O3 -arch=sm_90 -o check runtime/cuda/check.cu    Run: ./check [seed]
+#include <numeric>
 #include "engine.cu"
 #include <random>
 #include <cstdlib>
@@ -533,29 +534,48 @@ struct RefModel {
 };
 
 
-// The persistent dense layer kernel (k_layer_dense, DEJAVU_CUDA_PERSIST=1) against the per-op kernels above on the
-// same hash-filled weights, at real OPT widths (multi-round row/column loops, long contexts, d up to 9216): logits
-// at every decode step of a forced prompt, then the greedy tokens of a few generated steps.
-static void test_persist(int d, int H, int ffn, int L, int steps) {
-  printf("persistent dense layer vs per-op kernels: d=%d H=%d ffn=%d L=%d, %d steps\n", d, H, ffn, L, steps);
-  const int V = 1000, maxT = steps + 8;
+// Two engine paths on the same hash-filled weights at real OPT widths (multi-round loops, long contexts, d up to
+// 9216): A = the reference path, B = the path under test, each selected by DEJAVU_CUDA_* settings ("VAR=VAL,...").
+// Dense logits at every step of a forced prompt and the greedy tokens; then (sparse = true) steps of the fixed-selection
+// sparse graph with new random heads (20%) and neurons (5%) every step, the same for both.
+static void set_envs(const char* envs, bool on) {
+  std::string s(envs);
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    std::string kv = s.substr(i, j - i);
+    size_t eq = kv.find('=');
+    if (eq != std::string::npos) {
+      if (on) setenv(kv.substr(0, eq).c_str(), kv.substr(eq + 1).c_str(), 1);
+      else unsetenv(kv.substr(0, eq).c_str());
+    }
+    i = j + 1;
+  }
+}
+static void test_paths(const char* label, const char* envA, const char* envB, int d, int H, int ffn, int L, int steps,
+                       bool sparse, int want_kernels_b = -1) {
+  printf("%s: d=%d H=%d ffn=%d L=%d, %d steps%s\n", label, d, H, ffn, L, steps, sparse ? " (+ sparse)" : "");
+  const int V = 1000, maxT = 2 * steps + 8;
+  const int kH = std::max(1, H / 5), kM = std::max(1, ffn / 20);
   void* e[2];
   for (int p = 0; p < 2; p++) {
-    setenv("DEJAVU_CUDA_PERSIST", p ? "1" : "0", 1);
+    set_envs(p ? envB : envA, true);
     e[p] = dj_create(V, d, L, H, ffn, 2048, maxT, 1e-5f);
+    set_envs(p ? envB : envA, false);
     if (!e[p]) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
     API_OK(dj_fill_random(e[p], 4242));
+    if (sparse)
+      for (int l = 0; l < L; l++) API_OK(dj_set_k(e[p], l, kH, kM));
     API_OK(dj_build(e[p]));
   }
-  unsetenv("DEJAVU_CUDA_PERSIST");
-  expect_true("engine flags (per-op, persistent)", !((Engine*)e[0])->persist && ((Engine*)e[1])->persist);
   int kd[2];
   for (int p = 0; p < 2; p++) API_OK(dj_graph_kernels(e[p], M_DENSE, &kd[p]));
-  printf("  dense kernels per step: per-op %d, persistent %d\n", kd[0], kd[1]);
-  expect_true("persistent graph: 4 kernels (embed, layers, final LN, LM head)", kd[1] == 4);
+  printf("  dense kernels per step: A %d, B %d\n", kd[0], kd[1]);
+  if (want_kernels_b >= 0) expect_true("kernels per dense step of B", kd[1] == want_kernels_b);
   std::vector<int> prompt(steps - 4);
   for (auto& t : prompt) t = rng() % V;
-  std::vector<float> all[2];
+  std::vector<float> all[2], sp[2];
   std::vector<int> toks[2];
   for (int p = 0; p < 2; p++) {
     API_OK(dj_set_prompt(e[p], prompt.data(), (int)prompt.size()));
@@ -571,8 +591,28 @@ static void test_persist(int d, int H, int ffn, int L, int steps) {
     toks[p].push_back(pos);
   }
   std::vector<double> ref(all[0].begin(), all[0].end());
-  expect("logits at every step, persistent vs per-op", all[1], ref, 1e-2);
+  expect("dense logits at every step, B vs A", all[1], ref, 1e-2);
   expect_true("greedy tokens and position agree", toks[0] == toks[1]);
+  if (sparse) {
+    std::vector<int> heads(H), neurons(ffn);
+    std::vector<float> gl(V);
+    for (int s = 0; s < steps; s++) {
+      for (int l = 0; l < L; l++) {
+        std::iota(heads.begin(), heads.end(), 0);
+        std::iota(neurons.begin(), neurons.end(), 0);
+        std::shuffle(heads.begin(), heads.end(), rng);
+        std::shuffle(neurons.begin(), neurons.end(), rng);
+        for (int p = 0; p < 2; p++) API_OK(dj_set_selection(e[p], l, heads.data(), kH, neurons.data(), kM));
+      }
+      for (int p = 0; p < 2; p++) {
+        API_OK(dj_run(e[p], M_FIXED, 1, nullptr));
+        API_OK(dj_get_logits(e[p], gl.data()));
+        sp[p].insert(sp[p].end(), gl.begin(), gl.end());
+      }
+    }
+    std::vector<double> sref(sp[0].begin(), sp[0].end());
+    expect("sparse (fixed selections) logits at every step, B vs A", sp[1], sref, 1e-2);
+  }
   for (int p = 0; p < 2; p++) dj_destroy(e[p]);
 }
 
@@ -775,20 +815,20 @@ int main(int argc, char** argv) {
   test_topk(20480, 128, 1024, true);
   test_lmhead(50272, 5120, 1, 3);
   test_lmhead(8192, 384, 10, 3);
-  // The whole-engine checks under both dense paths (per-op kernels, persistent layer kernel); the sparse graphs do
-  // not depend on the flag, so they simply run twice.
-  const char* persist_env = getenv("DEJAVU_CUDA_PERSIST");
-  const std::string persist_saved = persist_env ? persist_env : "";
-  for (const char* p : {"0", "1"}) {
-    setenv("DEJAVU_CUDA_PERSIST", p, 1);
-    printf("-- engine with DEJAVU_CUDA_PERSIST=%s\n", p);
+  // The whole-engine checks under each path: streamed (default), per-op kernels, persistent dense layer kernel.
+  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=0", "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1"}) {
+    printf("-- engine with %s\n", envs);
+    set_envs(envs, true);
     test_engine(32);
     test_engine(128);
+    set_envs(envs, false);
   }
-  if (persist_env) setenv("DEJAVU_CUDA_PERSIST", persist_saved.c_str(), 1); else unsetenv("DEJAVU_CUDA_PERSIST");
-  test_persist(1024, 16, 4096, 2, 40);      // hd 64
-  test_persist(5120, 40, 20480, 2, 200);    // opt-13b layer widths, context up to 200
-  test_persist(9216, 72, 36864, 1, 24);     // opt-66b widths: LayerNorm's 5th float4 per thread
+  const char* perop = "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=0";
+  test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 1024, 16, 4096, 2, 40, true, 2 + 3 * 2);  // hd 64
+  test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 5120, 40, 20480, 2, 200, true, 2 + 3 * 2);
+  test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 9216, 72, 36864, 1, 24, true, 2 + 3);
+  test_paths("persistent vs per-op", perop, "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1", 1024, 16, 4096, 2, 40, false, 4);
+  test_paths("persistent vs per-op", perop, "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1", 5120, 40, 20480, 2, 200, false, 4);
   printf("cuda-check: %s (%d failures, worst relative error %.2e)\n", failures ? "FAILED" : "PASSED", failures, worst);
   return failures ? 1 : 0;
 }

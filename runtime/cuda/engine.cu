@@ -11,6 +11,7 @@
 #include <vector>
 #include <algorithm>
 #include "kernels.cuh"
+#include "fused.cuh"
 
 using namespace dj;
 
@@ -51,6 +52,7 @@ struct Group {
   __half* w1 = nullptr;
   float* t = nullptr;
   std::vector<std::pair<int, int>> members;  // (layer, target)
+  __half* xh = nullptr;  // streamed path: the tap's input (raw or parameter-free LN) as fp16, written on the side stream
 };
 
 struct Layer {
@@ -91,6 +93,11 @@ struct Engine {
   LayerArgs* step_args = nullptr;  // k_step_dense's per-layer arguments (device)
   int persist_pf = 0;    // k_step_dense's L2 prefetch mode (LayerArgs::pf; env DEJAVU_CUDA_PERSIST_PF; 0 measured fastest)
   int persist_skip = 0;  // TIMING EXPERIMENT ONLY (wrong results): stages k_step_dense skips (DEJAVU_CUDA_PERSIST_SKIP)
+  // Streamed path (fused.cuh; default): residual points X / deltas D, each [(2L+1)][d]; stream geometry.
+  bool tma = true;        // env DEJAVU_CUDA_TMA=0: the per-op kernels above instead
+  float *X = nullptr, *D = nullptr;
+  TGeo geo{};             // rows of length d: segments per row, ring stages
+  int ring_bytes = 160 * 1024, seg_bytes = 5120, smem_optin = 0;
   std::vector<Group> groups;
   bool groups_dirty = true;
   cudaGraphExec_t graphs[M_COUNT] = {};
@@ -156,6 +163,20 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_PERSIST_PF")) e->persist_pf = std::min(3, std::max(0, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_PERSIST_SKIP")) e->persist_skip = atoi(v);
   if (d > 4 * PL_V * PL_THREADS) e->persist = false;  // pl_layernorm holds x in PL_V float4 per thread
+  if (const char* v = getenv("DEJAVU_CUDA_TMA")) e->tma = v[0] != '0';
+  if (const char* v = getenv("DEJAVU_CUDA_RING_KB")) e->ring_bytes = std::max(16, atoi(v)) * 1024;
+  if (const char* v = getenv("DEJAVU_CUDA_SEG_BYTES")) e->seg_bytes = std::max(256, atoi(v));
+  e->smem_optin = (int)p.sharedMemPerBlockOptin;
+  if (d > 4 * T_XV * TC) e->tma = false;  // t_load_input holds x in T_XV float4 per consumer thread
+  if (e->tma) {
+    // Segments of at most seg_bytes that split the row into whole 16-byte vectors; as many stages as the ring holds.
+    int seg = std::max(1, (2 * d + e->seg_bytes - 1) / e->seg_bytes);
+    while (seg <= T_SEGMAX && d % (8 * seg)) seg++;
+    const int ring = std::min(e->ring_bytes, e->smem_optin - 4 * d - 8192);
+    const int stage = TW * (2 * d / std::max(seg, 1));
+    if (seg > T_SEGMAX || ring < 2 * stage) e->tma = false;
+    else e->geo = TGeo{seg, std::min(T_MAX_STAGES, ring / stage)};
+  }
   auto bad = [&]() { for (void* v : e->allocs) cudaFree(v); delete e; return (void*)nullptr; };
   if (dalloc(e, &e->E, (size_t)vocab * d) || dalloc(e, &e->P, (size_t)(maxpos + 2) * d) ||
       dalloc(e, &e->lnf_g, d) || dalloc(e, &e->lnf_b, d))
@@ -187,6 +208,9 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
       dalloc(e, &e->logits, vocab) || dalloc(e, &e->st, 4) || dalloc(e, &e->tokens, maxT + 1) ||
       dalloc(e, &e->amax, 1) || dalloc(e, &e->lm_counter, 1))
     return bad();
+  if (dalloc(e, &e->X, (size_t)(2 * L + 1) * d) || dalloc(e, &e->D, (size_t)(2 * L + 1) * d)) return bad();
+  cudaMemset(e->X, 0, (size_t)(2 * L + 1) * d * sizeof(float));
+  cudaMemset(e->D, 0, (size_t)(2 * L + 1) * d * sizeof(float));
   cudaMemset(e->st, 0, 4 * sizeof(int));
   cudaMemset(e->tokens, 0, (maxT + 1) * sizeof(int));
   cudaMemset(e->amax, 0, sizeof(unsigned long long));
@@ -489,9 +513,9 @@ static void launch_attention(Engine* e, cudaStream_t s, Layer& l, const int* sel
   else launchk(e, pdl, k_attention<32>, dim3(nh), dim3(ATT_THREADS), smem, s, q, kc, vc, valid, sel, st, maxT, att);
 }
 
-static void launch_pred1(Engine* e, cudaStream_t s, const __half* w1, int rows, bool norm, float* t) {
+static void launch_pred1(Engine* e, cudaStream_t s, const __half* w1, int rows, bool norm, float* t, const __half* xin) {
   RowsArgs a{};
-  a.W = w1; a.K = e->d; a.n_out = rows; a.x = norm ? e->xp : e->xr; a.map = MAP_ID; a.y = t;
+  a.W = w1; a.K = e->d; a.n_out = rows; a.x = xin ? xin : norm ? e->xp : e->xr; a.map = MAP_ID; a.y = t;
   launch_rows<EPI_PLAIN>(e, s, a);
 }
 static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* sel) {
@@ -504,6 +528,71 @@ static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* s
   int grid = std::min((n + rpb - 1) / rpb, e->sms * 2);
   k_pred_scores<<<grid, TOPK_THREADS, 0, s>>>(a);
   if (n > TOPK_THREADS) k_topk_select<<<(n + TOPK_THREADS - 1) / TOPK_THREADS, TOPK_THREADS, 0, s>>>(a);
+}
+
+// ---- streamed path (fused.cuh) ----------------------------------------------------------------------------------
+// Geometry for a row kernel over rows of K elements, `per` rows per block: segments of at most seg_bytes (whole
+// 16-byte vectors), stages of min(TW, per) row segments, as many stages as the ring holds (at most T_MAX_STAGES).
+static TGeo make_geo(Engine* e, int K, int per) {
+  int seg = std::max(1, (2 * K + e->seg_bytes - 1) / e->seg_bytes);
+  while (K % (8 * seg)) seg++;
+  const int rows = std::max(1, std::min(TW, per));
+  const int stage = rows * (2 * K / seg);
+  const int ring = std::min(e->ring_bytes, e->smem_optin - 4 * K - 8192);
+  return TGeo{seg, std::max(1, std::min(T_MAX_STAGES, ring / stage)), rows};
+}
+static size_t geo_smem(const TGeo& g, int K) { return (size_t)K * 4 + (size_t)g.S * g.rows * (2 * K / g.seg); }
+
+template <int EPI>
+static void launch_rows_tma(Engine* e, cudaStream_t s, RowsArgs a, XIn in, bool pdl) {
+  const int grid = std::min(e->sms, a.n_out);
+  const TGeo g = make_geo(e, a.K, (a.n_out + grid - 1) / grid);
+  launchk(e, pdl, k_rows_tma<EPI>, dim3(grid), dim3(T_THREADS), geo_smem(g, a.K), s, a, in, g);
+}
+static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool pdl) {
+  const int grid = std::min(e->sms, a.n);
+  const TGeo g = make_geo(e, a.d, (a.n + grid - 1) / grid);
+  launchk(e, pdl, k_mlp_tma, dim3(grid), dim3(T_THREADS), geo_smem(g, a.d), s, a, in, g);
+}
+// Attention + out_proj: `slices` column slices per head so that heads x slices fill the SMs once; R rows of a slice
+// per stage (<= 32 KB), as many stages as the ring holds.
+static void launch_attn_out(Engine* e, cudaStream_t s, AttnOutArgs a, int nheads, bool pdl) {
+  const int hd = e->hd, nv = e->d / 8;
+  a.slices = std::max(1, std::min(nv, e->sms / nheads));
+  const int rowbytes = (nv + a.slices - 1) / a.slices * 16;
+  int R = hd;
+  while (R > 1 && R * rowbytes > 32768) R /= 2;
+  const int ring = std::min(e->ring_bytes, e->smem_optin - ao_att_floats(hd) * 4 - 8192);
+  a.R = R;
+  a.S = std::max(1, std::min({T_MAX_STAGES, hd / R, ring / (R * rowbytes)}));
+  const size_t smem = (size_t)ao_att_floats(hd) * 4 + (size_t)a.S * R * rowbytes;
+  const dim3 grid(nheads * a.slices), block(T_THREADS);
+  if (hd == 128) launchk(e, pdl, k_attn_out<128>, grid, block, smem, s, a);
+  else if (hd == 64) launchk(e, pdl, k_attn_out<64>, grid, block, smem, s, a);
+  else launchk(e, pdl, k_attn_out<32>, grid, block, smem, s, a);
+}
+// The residual stream at point r (fused.cuh header): X[r-1] + D[r] (X[0] alone at r = 0).
+static XIn point_in(Engine* e, int r, const float* g, const float* b, int norm, bool materialise) {
+  const size_t d = e->d;
+  XIn in{};
+  in.base = r == 0 ? e->X : e->X + (r - 1) * d;
+  in.delta = r == 0 ? nullptr : e->D + r * d;
+  in.out = materialise && r > 0 ? e->X + r * d : nullptr;
+  in.g = g; in.b = b; in.eps = e->eps; in.norm = norm;
+  return in;
+}
+static int set_tma_attrs(Engine* e) {
+  auto raise = [&](const void* k) -> int {
+    cudaFuncAttributes at;
+    CK(cudaFuncGetAttributes(&at, k));
+    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, e->smem_optin - (int)at.sharedSizeBytes));
+    return 0;
+  };
+  if (raise((const void*)k_rows_tma<EPI_QKV>) || raise((const void*)k_rows_tma<EPI_ARGMAX>) ||
+      raise((const void*)k_rows_tma<EPI_PLAIN>) || raise((const void*)k_mlp_tma) || raise((const void*)k_attn_out<128>) ||
+      raise((const void*)k_attn_out<64>) || raise((const void*)k_attn_out<32>))
+    return -1;
+  return 0;
 }
 
 // Persistent dense step: one block per resident slot (all co-resident: the grid barrier needs it). Returns the grid.
@@ -565,6 +654,7 @@ static int build_groups(Engine* e) {
       g->rows += p.rank;
     }
   for (auto& g : e->groups) {
+    if (dalloc(e, &g.xh, e->d)) return -1;
     if (g.members.size() == 1) continue;  // single predictor: its own w1 and t
     if (dalloc(e, &g.w1, (size_t)g.rows * e->d) || dalloc(e, &g.t, g.rows)) return -1;
     int off = 0;
@@ -617,10 +707,16 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       cudaEvent_t fork = ev();
       cudaEventRecord(fork, s0);
       cudaStreamWaitEvent(s1, fork, 0);
-      if (g.members.size() > 1) launch_pred1(e, s1, g.w1, g.rows, g.norm, g.t);
+      const __half* xin = nullptr;  // per-op path: the fp16 copies the last column GEMV wrote
+      if (e->tma) {  // streamed path: this tap's input, from the immutable (X[r-1], D[r]), into the group's buffer
+        k_snap_input<<<1, 1024, 0, s1>>>(point_in(e, tap == TAP_ATT_IN ? 2 * layer : 2 * layer + 1, nullptr, nullptr,
+                                                  g.norm, false), d, g.xh);
+        xin = g.xh;
+      }
+      if (g.members.size() > 1) launch_pred1(e, s1, g.w1, g.rows, g.norm, g.t, xin);
       else {
         Pred& p = g.members[0].second == 0 ? e->layers[g.members[0].first].pa : e->layers[g.members[0].first].pm;
-        launch_pred1(e, s1, p.w1, p.rank, p.norm, p.t);
+        launch_pred1(e, s1, p.w1, p.rank, p.norm, p.t, xin);
       }
       mark(P_PRED1);
       cudaEvent_t rd = ev();
@@ -654,6 +750,53 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     }
   };
 
+  if (e->tma) {
+    // Streamed path: 3 kernels per layer (fused.cuh), no in-place residual update, so no read-before-write waits.
+    const float qs = 1.f / sqrtf((float)hd);
+    launchk(e, false, k_embed_tma, dim3(e->sms), dim3(256), 0, s0, (const __half*)e->E, (const __half*)e->P,
+            (const int*)e->tokens, (const int*)e->st, d, e->X, e->D + d, (size_t)2 * e->L * d);
+    mark(P_EMBED);
+    for (int li = 0; li < e->L; li++) {
+      Layer& l = e->layers[li];
+      const int kH = sparse ? l.kH : H, kM = sparse ? l.kM : ffn;
+      const bool hs = kH < H, ns = kM < ffn;
+      fire_tap(TAP_ATT_IN, li);
+      consume(li, 0);
+      if (compute) {
+        RowsArgs a{};
+        a.W = l.Wqkv; a.b = l.bqkv; a.K = d; a.n_out = e->kv_all && hs ? kH * hd + 2 * d : 3 * kH * hd;
+        a.map = !hs ? MAP_ID : e->kv_all ? MAP_Q_KVALL : MAP_QKV; a.sel = hs ? l.hsel : nullptr; a.kH = kH; a.hd = hd;
+        a.d = d; a.y = e->q; a.q_scale = qs; a.kc = l.kc; a.vc = l.vc; a.valid = l.valid; a.maxT = e->maxT; a.st = e->st;
+        launch_rows_tma<EPI_QKV>(e, s0, a, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), true);
+        mark(P_QKV);
+        AttnOutArgs o{};
+        o.q = e->q; o.kc = l.kc; o.vc = l.vc; o.valid = l.valid; o.sel = hs ? l.hsel : nullptr; o.st = e->st;
+        o.maxT = e->maxT; o.d = d; o.WoT = l.WoT; o.bias = l.bo; o.y = e->D + (size_t)(2 * li + 1) * d;
+        launch_attn_out(e, s0, o, kH, true);
+        mark(P_ATT);
+      }
+      fire_tap(TAP_MLP_IN, li);
+      consume(li, 1);
+      if (compute) {
+        MlpTmaArgs m{};
+        m.W1 = l.W1; m.b1 = l.b1; m.W2T = l.W2T; m.b2 = l.b2; m.sel = ns ? l.nsel : nullptr; m.n = kM; m.d = d;
+        m.y = e->D + (size_t)(2 * li + 2) * d;
+        launch_mlp_tma(e, s0, m, point_in(e, 2 * li + 1, l.ln2_g, l.ln2_b, 1, true), true);
+        mark(P_MLP);
+      }
+    }
+    for (auto& j : joins) cudaStreamWaitEvent(s0, j.done, 0);
+    for (auto rd : read_done) cudaStreamWaitEvent(s0, rd, 0);
+    if (compute) {
+      RowsArgs a{};
+      a.W = e->lm; a.K = d; a.n_out = e->vocab;
+      a.map = MAP_ID; a.y = e->logits; a.st = e->st; a.maxT = e->maxT; a.amax = e->amax; a.counter = e->lm_counter;
+      a.tokens = e->tokens;
+      launch_rows_tma<EPI_ARGMAX>(e, s0, a, point_in(e, 2 * e->L, e->lnf_g, e->lnf_b, 1, false), true);
+      mark(P_LM);
+    }
+    return 0;
+  }
   auto lnout = [&](const float* g, const float* b) { return LnOut{g, b, e->eps, e->xn, e->xr, e->xp}; };
   k_embed<<<1, 1024, 0, s0>>>(e->E, e->P, e->tokens, e->st, d, e->x, lnout(e->layers[0].ln1_g, e->layers[0].ln1_b));
   mark(P_EMBED);
@@ -772,7 +915,7 @@ int dj_build(void* ev) {
     CK(cudaEventCreateWithFlags(&v, cudaEventDisableTiming));
     e->evs.push_back(v);
   }
-  if (build_groups(e) || prep_step_args(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e)) return -1;
   CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem_floats(128) * 4));
   CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem_floats(64) * 4));
   CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem_floats(32) * 4));
@@ -795,7 +938,7 @@ int dj_build(void* ev) {
 int dj_graph_kernels(void* ev, int mode, int* count) {
   Engine* e = (Engine*)ev;
   cudaGraph_t g;
-  if (build_groups(e) || prep_step_args(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e)) return -1;
   CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
   record_step(e, mode);
   CK(cudaStreamEndCapture(e->s0, &g));
@@ -820,7 +963,7 @@ int dj_graph_kernels(void* ev, int mode, int* count) {
 // beside them (*total) so the two can be compared.
 int dj_profile(void* ev, int mode, int steps, float* ms, float* total) {
   Engine* e = (Engine*)ev;
-  if (build_groups(e) || prep_step_args(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e)) return -1;
   Prof prof;
   for (int i = 0; i < P_COUNT; i++) ms[i] = 0.f;
   *total = 0.f;

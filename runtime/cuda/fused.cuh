@@ -1,0 +1,582 @@
+// The streamed decode path (default; DEJAVU_CUDA_TMA=0 selects the per-op kernels of kernels.cuh): three kernels
+// per layer, every weight byte brought in by the copy engine (tma.cuh) into a shared-memory ring.
+//   k_rows_tma<QKV>   LN1 prologue, then q/k/v rows (all, a head list's, or a head list's q + every k/v)
+//   k_attn_out<HD>    a block per (head, column slice): that head's attention (recomputed by each of its slices,
+//                     K/V from L2), then its out_proj rows restricted to the slice -> atomics into the residual delta
+//   k_mlp_tma         LN2 prologue, then per chunk of 16 neurons: fc1 rows -> h = ReLU(.) -> fc2^T rows scaled by h,
+//                     accumulated in registers over the block's neurons -> one set of atomics
+// plus k_embed_tma (x0, and the step's delta buffers zeroed) and k_rows_tma<ARGMAX / PLAIN> (LM head, predictors).
+//
+// Residual stream without in-place updates. Point r = 0 is att_in of layer 0, r = 2l+1 mlp_in of layer l, r = 2l+2
+// att_in of layer l+1 (r = 2L: the final LayerNorm's input). x_r = X[r-1] + D[r]: D[r] is accumulated by the kernel
+// that produces point r (float atomics into a buffer the embedding kernel zeroed), X[r] is x_r materialised by the
+// kernel that consumes point r (each of its blocks writes a slice; it computes x_r anyway for its LayerNorm). No
+// buffer is written twice in a step, so a kernel may read its input while its own blocks already add to the next
+// delta, and predictors on side streams read (X[r-1], D[r]) at their tap with no write-after-read hazard.
+// Why a LayerNorm prologue in every block, not an epilogue by the last block: the epilogue was a serial ~3.5 us
+// per column GEMV; 20-40 KB of x from L2 per block costs ~1 us and overlaps the weight stream's ramp.
+#pragma once
+#include "kernels.cuh"
+#include "tma.cuh"
+
+namespace dj {
+
+constexpr int TW = 16;                      // consumer warps per block
+constexpr int TC = TW * 32;                 // consumer threads
+constexpr int T_THREADS = TC + 32;          // + one producer warp
+constexpr int T_MAX_STAGES = 8;
+constexpr int T_XV = 5;                     // float4 of x per consumer thread: d <= 4 * 5 * 512 = 10240
+constexpr int T_SEGMAX = 8;                 // row segments per row (segment <= segment bytes target)
+constexpr int T_VPT = 3;                    // column vectors per thread in k_attn_out (d / 8 <= 3 * 512)
+
+__device__ __forceinline__ void cbar() { asm volatile("bar.sync 1, %0;" ::"r"(TC) : "memory"); }  // consumers only
+
+// Where a kernel's input vector comes from, and what it makes of it (see the header).
+struct XIn {
+  const float* base;   // X[r-1] (or x_0 itself when delta is null)
+  const float* delta;  // D[r], may be null
+  float* out;          // X[r]: this block writes its slice; may be null
+  const float* g;      // LayerNorm affine (null: no affine)
+  const float* b;
+  float eps;
+  int norm;            // 0: raw x, 1: LayerNorm
+};
+
+// Stream geometry of a row kernel: rows cut into `seg` segments; a stage holds one segment of each of `rows`
+// (<= TW) rows, consumer warp w owning row w; S stages. Chosen per launch (engine.cu, make_geo) so that a block with
+// few rows still fills its ring.
+struct TGeo {
+  int seg, S, rows;
+};
+
+// Consumer prologue: x = base + delta into registers, optional LayerNorm, written to shared memory as two float4
+// planes (lo[c] = x[8c..8c+3], hi[c] = x[8c+4..8c+7]) so lane c's 32 bytes come without bank conflicts; this
+// block's slice of X[r] written. Consumer threads only (named barrier 1).
+__device__ void t_load_input(const XIn& in, int d, float4* xs) {
+  __shared__ float red[2][TW];
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, n4 = d >> 2;
+  float4 v[T_XV];
+  float s = 0.f, s2 = 0.f;
+  const float4* b4 = reinterpret_cast<const float4*>(in.base);
+  const float4* d4 = reinterpret_cast<const float4*>(in.delta);
+#pragma unroll
+  for (int u = 0; u < T_XV; u++) {
+    int i = tid + u * TC;
+    if (i < n4) {
+      float4 a = __ldcg(b4 + i);
+      if (in.delta) {
+        float4 c = __ldcg(d4 + i);
+        a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
+      }
+      v[u] = a;
+      s += a.x + a.y + a.z + a.w;
+      s2 += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    }
+  }
+  if (in.out) {  // this block's slice of X[r]
+    const int per = (n4 + gridDim.x - 1) / gridDim.x, i0 = blockIdx.x * per, i1 = min(n4, i0 + per);
+#pragma unroll
+    for (int u = 0; u < T_XV; u++) {
+      int i = tid + u * TC;
+      if (i >= i0 && i < i1) reinterpret_cast<float4*>(in.out)[i] = v[u];
+    }
+  }
+  float mean = 0.f, rstd = 1.f;
+  if (in.norm) {
+    s = warp_sum(s);
+    s2 = warp_sum(s2);
+    if (lane == 0) { red[0][w] = s; red[1][w] = s2; }
+    cbar();
+    s = 0.f; s2 = 0.f;
+#pragma unroll
+    for (int k = 0; k < TW; k++) { s += red[0][k]; s2 += red[1][k]; }
+    mean = s / d;
+    rstd = rsqrtf(fmaxf(s2 / d - mean * mean, 0.f) + in.eps);
+  }
+#pragma unroll
+  for (int u = 0; u < T_XV; u++) {
+    int i = tid + u * TC;
+    if (i >= n4) continue;
+    float4 a = v[u];
+    if (in.norm) {
+      a.x = (a.x - mean) * rstd; a.y = (a.y - mean) * rstd; a.z = (a.z - mean) * rstd; a.w = (a.w - mean) * rstd;
+      if (in.g) {
+        float4 g = __ldg(reinterpret_cast<const float4*>(in.g) + i), bb = __ldg(reinterpret_cast<const float4*>(in.b) + i);
+        a.x = a.x * g.x + bb.x; a.y = a.y * g.y + bb.y; a.z = a.z * g.z + bb.z; a.w = a.w * g.w + bb.w;
+      }
+    }
+    xs[(i & 1) ? (d >> 3) + (i >> 1) : (i >> 1)] = a;
+  }
+  cbar();
+}
+
+// dot of 16 bytes of fp16 weights (vector c of the row) with x from the planes
+__device__ __forceinline__ float t_dot(const uint4& w, const float4* xs, int d, int c) {
+  const float4 a = xs[c], b = xs[(d >> 3) + c];
+  const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+  return dot8(w, x);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Row GEMV, streamed: block b takes rows [b*per, (b+1)*per) of the (mapped) output; the producer warp streams them
+// in groups of TW rows, one segment per stage; consumer warp w owns row w of each group.
+template <int EPI>
+__global__ void __launch_bounds__(T_THREADS, 1) k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
+  extern __shared__ __align__(128) unsigned char t_sm[];
+  __shared__ Ring<T_MAX_STAGES> ring;
+  __shared__ unsigned long long best_s[TW];
+  const int K = a.K, seg = geo.seg, S = geo.S, segel = K / seg, segbytes = segel * 2, stage_bytes = geo.rows * segbytes, RS = geo.rows;
+  float4* xs = reinterpret_cast<float4*>(t_sm);
+  unsigned char* stages = t_sm + (size_t)K * 4;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int per = (a.n_out + gridDim.x - 1) / gridDim.x, j0 = blockIdx.x * per, j1 = min(a.n_out, j0 + per);
+  if (threadIdx.x == 0) { ring.init(TW); mbar_fence_init(); }
+  __syncthreads();
+  if (warp == TW) {  // producer: weights and row selections only (never written by the kernel before us)
+    if (lane == 0) {
+      const uint64_t pol = policy_evict_first();
+      int it = 0;
+      for (int g = j0; g < j1; g += RS)
+        for (int sg = 0; sg < seg; sg++, it++) {
+          const int s = it % S;
+          if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
+          const int nr = min(RS, j1 - g);
+          mbar_expect_tx(&ring.full[s], nr * segbytes);
+          for (int r = 0; r < nr; r++)
+            bulk_g2s(stages + (size_t)s * stage_bytes + r * segbytes, a.W + (size_t)rows_map(a, g + r) * K + sg * segel,
+                     segbytes, &ring.full[s], pol);
+        }
+    }
+    pdl_trigger();
+    return;
+  }
+  pdl_trigger();
+  pdl_wait();
+  t_load_input(in, K, xs);
+  const int pos = EPI == EPI_QKV ? a.st[0] : 0;
+  unsigned long long best = 0ull;
+  const int segvec = segbytes >> 4;
+  int it = 0;
+  for (int g = j0; g < j1; g += RS) {
+    const int nr = min(RS, j1 - g), j = g + warp;
+    const bool active = warp < nr;
+    const int row = active ? rows_map(a, j) : 0;
+    const float bias = active && a.b && lane == 0 ? __ldg(a.b + row) : 0.f;
+    float acc = 0.f;
+    for (int sg = 0; sg < seg; sg++, it++) {
+      const int s = it % S;
+      mbar_wait(&ring.full[s], (it / S) & 1);
+      if (active) {
+        const uint4* src = reinterpret_cast<const uint4*>(stages + (size_t)s * stage_bytes + warp * segbytes);
+        const int c0 = sg * (segel >> 3);
+        for (int c = lane; c < segvec; c += 32) acc += t_dot(src[c], xs, K, c0 + c);
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&ring.empty[s]);
+    }
+    acc = warp_sum(acc);
+    if (active && lane == 0) {
+      float v = acc + bias;
+      if constexpr (EPI == EPI_PLAIN) {
+        a.y[j] = v;
+      } else if constexpr (EPI == EPI_RELU) {
+        a.y[j] = fmaxf(v, 0.f);
+      } else if constexpr (EPI == EPI_QKV) {
+        int part = row / a.d, r = row - part * a.d;
+        int h = r / a.hd, i = r - h * a.hd;
+        size_t ci = ((size_t)h * a.maxT + pos) * a.hd + i;
+        if (part == 0) a.y[r] = v * a.q_scale;
+        else if (part == 1) a.kc[ci] = __float2half(v);
+        else {
+          a.vc[ci] = __float2half(v);
+          if (i == 0) a.valid[(size_t)h * a.maxT + pos] = 1;
+        }
+      } else {
+        a.y[j] = v;
+        unsigned long long key = ((unsigned long long)f2key(v) << 32) | (0xffffffffu - (uint32_t)j);
+        best = key > best ? key : best;
+      }
+    }
+  }
+  if constexpr (EPI == EPI_ARGMAX) {
+    if (lane == 0) best_s[warp] = best;
+    cbar();
+    if (threadIdx.x == 0) {
+      unsigned long long m = 0;
+      for (int w = 0; w < TW; w++) m = best_s[w] > m ? best_s[w] : m;
+      atomicMax(a.amax, m);
+      __threadfence();
+      if (atomicAdd(a.counter, 1u) == gridDim.x - 1) {
+        __threadfence();
+        unsigned long long m2 = atomicAdd(a.amax, 0ull);
+        int tok = (int)(0xffffffffu - (uint32_t)(m2 & 0xffffffffu));
+        int p = a.st[0];
+        if (p + 1 < a.maxT && p + 1 >= a.st[1]) a.tokens[p + 1] = tok;  // prompt tokens stay forced
+        a.st[0] = p + 1;
+        *a.amax = 0ull;
+        *a.counter = 0u;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Attention + out_proj, fused per head: block (hi, slice) computes head h = sel[hi] (or hi) over the K/V cache
+// (what k_attention does, with TC threads), then y[c] += sum_i o[i] * WoT[h*hd + i][c] for the columns c of its
+// slice, streamed by the producer (row pieces of the slice, R rows per stage) while the attention runs.
+struct AttnOutArgs {
+  const float* q;       // [d], scaled, absolute head positions
+  const __half* kc;
+  const __half* vc;
+  const uint8_t* valid;
+  const int* sel;       // head list (null: all heads)
+  const int* st;
+  int maxT, d, slices, R, S;
+  const __half* WoT;    // [d][d] (out_proj transposed)
+  const float* bias;    // [d] added by the slices of list entry 0
+  float* y;             // D[2l+1]
+};
+
+__host__ __device__ constexpr int ao_att_floats(int hd) { return TW * (32 / (hd / 8)) * (hd + 2); }
+
+template <int HD>
+__global__ void __launch_bounds__(T_THREADS, 1) k_attn_out(AttnOutArgs a) {
+  extern __shared__ __align__(128) unsigned char t_sm[];
+  __shared__ Ring<T_MAX_STAGES> ring;
+  __shared__ float o_s[HD];
+  constexpr int LPK = HD / 8, KPW = 32 / LPK, NSLOT = TW * KPW;
+  const int hi = blockIdx.x / a.slices, sl_i = blockIdx.x % a.slices;
+  const int h = a.sel ? a.sel[hi] : hi;
+  const int nv_all = a.d >> 3, v0 = sl_i * nv_all / a.slices, v1 = (sl_i + 1) * nv_all / a.slices, nv = v1 - v0;
+  const int rowbytes = nv * 16, stage_bytes = a.R * rowbytes, nst = HD / a.R;
+  float* att_sm = reinterpret_cast<float*>(t_sm);                                    // attention merge / reduction
+  unsigned char* stages = t_sm + (size_t)ao_att_floats(HD) * 4;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  if (tid == 0) { ring.init(TW); mbar_fence_init(); }
+  __syncthreads();
+  if (warp == TW) {
+    if (lane == 0) {
+      const uint64_t pol = policy_evict_first();
+      const __half* base = a.WoT + (size_t)h * HD * a.d + (size_t)v0 * 8;
+      for (int it = 0; it < nst; it++) {
+        const int s = it % a.S;
+        if (it >= a.S) mbar_wait(&ring.empty[s], ((it / a.S) & 1) ^ 1);
+        mbar_expect_tx(&ring.full[s], stage_bytes);
+        for (int r = 0; r < a.R; r++)
+          bulk_g2s(stages + (size_t)s * stage_bytes + r * rowbytes, base + (size_t)(it * a.R + r) * a.d, rowbytes,
+                   &ring.full[s], pol);
+      }
+    }
+    pdl_trigger();
+    return;
+  }
+  pdl_trigger();
+  // ---- attention (as k_attention, with TC threads) ----
+  const int T = a.st[0] + 1;
+  const int sl = lane % LPK, kw = lane / LPK, slot = warp * KPW + kw;
+  const __half* K = a.kc + (size_t)h * a.maxT * HD;
+  const __half* V = a.vc + (size_t)h * a.maxT * HD;
+  const uint8_t* ok = a.valid + (size_t)h * a.maxT;
+  pdl_wait();
+  {
+    float qv[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) qv[i] = __ldcg(a.q + h * HD + sl * 8 + i);
+    float m = -1e30f, l = 0.f;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int w0 = warp * KPW; w0 < T; w0 += NSLOT * ATT_U) {
+      const int t0 = w0 + kw;
+      uint4 kv[ATT_U], vv[ATT_U];
+#pragma unroll
+      for (int u = 0; u < ATT_U; u++) {
+        int t = t0 + u * NSLOT;
+        if (t < T) {
+          kv[u] = __ldcg(reinterpret_cast<const uint4*>(K + (size_t)t * HD + sl * 8));
+          vv[u] = __ldcg(reinterpret_cast<const uint4*>(V + (size_t)t * HD + sl * 8));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < ATT_U; u++) {
+        int t = t0 + u * NSLOT;
+        float s = t < T ? dot8(kv[u], qv) : 0.f;
+        for (int o = LPK >> 1; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (t < T && __ldcg(ok + t)) {
+          float mn = fmaxf(m, s);
+          float corr = __expf(m - mn), p = __expf(s - mn);
+          l = l * corr + p;
+          const __half2* hv = reinterpret_cast<const __half2*>(&vv[u]);
+#pragma unroll
+          for (int i = 0; i < 4; i++) {
+            float2 f = __half22float2(hv[i]);
+            acc[2 * i] = fmaf(p, f.x, acc[2 * i] * corr);
+            acc[2 * i + 1] = fmaf(p, f.y, acc[2 * i + 1] * corr);
+          }
+          m = mn;
+        }
+      }
+    }
+    float* st_s = att_sm + slot * (HD + 2);
+#pragma unroll
+    for (int i = 0; i < 8; i++) st_s[sl * 8 + i] = acc[i];
+    if (sl == 0) { st_s[HD] = m; st_s[HD + 1] = l; }
+    cbar();
+    constexpr int SPLIT = TC / HD;
+    const int i = tid / SPLIT, pid = tid % SPLIT;
+    float M = -1e30f;
+    for (int s2 = pid; s2 < NSLOT; s2 += SPLIT) M = fmaxf(M, att_sm[s2 * (HD + 2) + HD]);
+    for (int o = SPLIT >> 1; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    float num = 0.f, den = 0.f;
+    for (int s2 = pid; s2 < NSLOT; s2 += SPLIT) {
+      const float* p = att_sm + s2 * (HD + 2);
+      float c = __expf(p[HD] - M);
+      num += p[i] * c;
+      den += p[HD + 1] * c;
+    }
+    for (int o = SPLIT >> 1; o > 0; o >>= 1) {
+      num += __shfl_xor_sync(0xffffffffu, num, o);
+      den += __shfl_xor_sync(0xffffffffu, den, o);
+    }
+    if (pid == 0) o_s[i] = num / den;
+    cbar();
+  }
+  // ---- out_proj over the slice: thread -> (vector group of up to T_VPT vectors, row group) ----
+  const int G = nv >= TC ? 1 : TC / nv;           // row groups
+  const int vt = nv >= TC ? tid : tid % nv, grp = nv >= TC ? 0 : tid / nv;
+  const bool live = grp < G && vt < nv;
+  float acc[T_VPT][8];
+#pragma unroll
+  for (int u = 0; u < T_VPT; u++)
+#pragma unroll
+    for (int i = 0; i < 8; i++) acc[u][i] = 0.f;
+  for (int it = 0; it < nst; it++) {
+    const int s = it % a.S;
+    mbar_wait(&ring.full[s], (it / a.S) & 1);
+    if (live) {
+      const unsigned char* st = stages + (size_t)s * stage_bytes;
+      for (int r = grp; r < a.R; r += G) {
+        const float sc = o_s[it * a.R + r];
+        const uint4* row = reinterpret_cast<const uint4*>(st + r * rowbytes);
+#pragma unroll
+        for (int u = 0; u < T_VPT; u++) {
+          const int v = vt + u * TC;
+          if (v < nv) {
+            uint4 w = row[v];
+            const __half2* hh = reinterpret_cast<const __half2*>(&w);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+              float2 f = __half22float2(hh[i]);
+              acc[u][2 * i] = fmaf(f.x, sc, acc[u][2 * i]);
+              acc[u][2 * i + 1] = fmaf(f.y, sc, acc[u][2 * i + 1]);
+            }
+          }
+        }
+      }
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&ring.empty[s]);
+  }
+  // Reduce the row groups through shared memory (the attention area is free again), then one atomic per vector.
+  float* red = att_sm;  // [G][nv][8] <= TC * 8 floats
+  if (G > 1) {
+    if (live)
+#pragma unroll
+      for (int i = 0; i < 8; i++) red[((size_t)grp * nv + vt) * 8 + i] = acc[0][i];
+    cbar();
+    if (tid < nv) {
+      for (int g2 = 1; g2 < G; g2++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[0][i] += red[((size_t)g2 * nv + tid) * 8 + i];
+    }
+  }
+  const bool first = hi == 0;
+#pragma unroll
+  for (int u = 0; u < T_VPT; u++) {
+    const int v = (G > 1 ? tid : vt) + u * TC;
+    if ((G > 1 && (u > 0 || tid >= nv)) || (G == 1 && v >= nv)) continue;
+    const int col = (v0 + v) * 8;
+    if (first && a.bias) {
+#pragma unroll
+      for (int i = 0; i < 8; i++) acc[u][i] += __ldg(a.bias + col + i);
+    }
+    float4* y4 = reinterpret_cast<float4*>(a.y + col);
+    atomicAdd(y4, make_float4(acc[u][0], acc[u][1], acc[u][2], acc[u][3]));
+    atomicAdd(y4 + 1, make_float4(acc[u][4], acc[u][5], acc[u][6], acc[u][7]));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// MLP, streamed and fused: block b takes neurons [b*per, (b+1)*per) of the list (or of all, dense). Per chunk of TW
+// neurons the producer streams their fc1 rows (segments), then their fc2^T rows; consumer warp w computes
+// h_w = ReLU(W1[j_w] . xn + b1) (segments of its row), then every consumer thread adds h_r * W2T[j_r][c] for its
+// columns c of each segment (registers, over all the block's chunks); one set of atomics at the end.
+struct MlpTmaArgs {
+  const __half* W1;
+  const float* b1;
+  const __half* W2T;
+  const float* b2;     // added by block 0
+  const int* sel;      // null: identity
+  int n, d;
+  float* y;            // D[2l+2]
+};
+
+__global__ void __launch_bounds__(T_THREADS, 1) k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
+  extern __shared__ __align__(128) unsigned char t_sm[];
+  __shared__ Ring<T_MAX_STAGES> ring;
+  __shared__ float h_s[2][TW];
+  const int K = a.d, seg = geo.seg, S = geo.S, segel = K / seg, segbytes = segel * 2, stage_bytes = geo.rows * segbytes, RS = geo.rows;
+  float4* xs = reinterpret_cast<float4*>(t_sm);
+  unsigned char* stages = t_sm + (size_t)K * 4;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int per = (a.n + gridDim.x - 1) / gridDim.x, j0 = blockIdx.x * per, j1 = min(a.n, j0 + per);
+  if (tid == 0) { ring.init(TW); mbar_fence_init(); }
+  __syncthreads();
+  if (warp == TW) {
+    if (lane == 0) {
+      const uint64_t pol = policy_evict_first();
+      int it = 0;
+      for (int g = j0; g < j1; g += RS) {
+        const int nr = min(RS, j1 - g);
+        for (int m = 0; m < 2; m++) {
+          const __half* W = m == 0 ? a.W1 : a.W2T;
+          for (int sg = 0; sg < seg; sg++, it++) {
+            const int s = it % S;
+            if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
+            mbar_expect_tx(&ring.full[s], nr * segbytes);
+            for (int r = 0; r < nr; r++) {
+              const int row = a.sel ? a.sel[g + r] : g + r;
+              bulk_g2s(stages + (size_t)s * stage_bytes + r * segbytes, W + (size_t)row * K + sg * segel, segbytes,
+                       &ring.full[s], pol);
+            }
+          }
+        }
+      }
+    }
+    pdl_trigger();
+    return;
+  }
+  pdl_trigger();
+  pdl_wait();
+  t_load_input(in, K, xs);
+  const int segvec = segbytes >> 4;  // <= TC (host checks)
+  float acc[T_SEGMAX][8];
+#pragma unroll
+  for (int s = 0; s < T_SEGMAX; s++)
+#pragma unroll
+    for (int i = 0; i < 8; i++) acc[s][i] = 0.f;
+  int it = 0, chunk = 0;
+  for (int g = j0; g < j1; g += RS, chunk++) {
+    const int nr = min(RS, j1 - g);
+    const bool active = warp < nr;
+    const int row = active ? (a.sel ? a.sel[g + warp] : g + warp) : 0;
+    const float b1 = active ? __ldg(a.b1 + row) : 0.f;
+    float dot = 0.f;
+    for (int sg = 0; sg < seg; sg++, it++) {
+      const int s = it % S;
+      mbar_wait(&ring.full[s], (it / S) & 1);
+      if (active) {
+        const uint4* src = reinterpret_cast<const uint4*>(stages + (size_t)s * stage_bytes + warp * segbytes);
+        const int c0 = sg * (segel >> 3);
+        for (int c = lane; c < segvec; c += 32) dot += t_dot(src[c], xs, K, c0 + c);
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&ring.empty[s]);
+    }
+    dot = warp_sum(dot);
+    float* hs = h_s[chunk & 1];
+    if (lane == 0) hs[warp] = active ? fmaxf(dot + b1, 0.f) : 0.f;
+    cbar();  // h of the chunk complete (and the other buffer no longer read: every thread passed its chunk)
+#pragma unroll
+    for (int sg = 0; sg < T_SEGMAX; sg++) {
+      if (sg >= seg) break;
+      const int s = it % S;
+      mbar_wait(&ring.full[s], (it / S) & 1);
+      if (tid < segvec) {
+        const unsigned char* st = stages + (size_t)s * stage_bytes;
+        for (int r = 0; r < nr; r++) {
+          const float sc = hs[r];
+          uint4 w = reinterpret_cast<const uint4*>(st + r * segbytes)[tid];
+          const __half2* hh = reinterpret_cast<const __half2*>(&w);
+#pragma unroll
+          for (int i = 0; i < 4; i++) {
+            float2 f = __half22float2(hh[i]);
+            acc[sg][2 * i] = fmaf(f.x, sc, acc[sg][2 * i]);
+            acc[sg][2 * i + 1] = fmaf(f.y, sc, acc[sg][2 * i + 1]);
+          }
+        }
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&ring.empty[s]);
+      it++;
+    }
+  }
+  if (tid < segvec && j0 < j1) {
+#pragma unroll
+    for (int sg = 0; sg < T_SEGMAX; sg++) {
+      if (sg >= seg) break;
+      const int col = sg * segel + tid * 8;
+      if (blockIdx.x == 0 && a.b2) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[sg][i] += __ldg(a.b2 + col + i);
+      }
+      float4* y4 = reinterpret_cast<float4*>(a.y + col);
+      atomicAdd(y4, make_float4(acc[sg][0], acc[sg][1], acc[sg][2], acc[sg][3]));
+      atomicAdd(y4 + 1, make_float4(acc[sg][4], acc[sg][5], acc[sg][6], acc[sg][7]));
+    }
+  } else if (tid < segvec && blockIdx.x == 0 && a.b2) {  // block 0 without neurons still owes the bias
+    for (int sg = 0; sg < seg; sg++) {
+      const int col = sg * segel + tid * 8;
+      float4* y4 = reinterpret_cast<float4*>(a.y + col);
+      atomicAdd(y4, make_float4(a.b2[col], a.b2[col + 1], a.b2[col + 2], a.b2[col + 3]));
+      atomicAdd(y4 + 1, make_float4(a.b2[col + 4], a.b2[col + 5], a.b2[col + 6], a.b2[col + 7]));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Embedding into X[0], and the step's delta buffers D[1..2L] zeroed (grid-stride; before any kernel adds to them).
+__global__ void __launch_bounds__(256) k_embed_tma(const __half* __restrict__ E, const __half* __restrict__ P,
+                                                   const int* __restrict__ tokens, const int* __restrict__ st, int d,
+                                                   float* __restrict__ x0, float* __restrict__ deltas, size_t n_delta) {
+  pdl_wait();
+  const int pos = st[0], tok = tokens[pos];
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)d; i += stride)
+    x0[i] = __half2float(E[(size_t)tok * d + i]) + __half2float(P[(size_t)(pos + 2) * d + i]);
+  float4* d4 = reinterpret_cast<float4*>(deltas);
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n_delta / 4; i += stride)
+    d4[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  pdl_trigger();
+}
+
+// A predictor tap's input as fp16 for the register-streaming k_rows (predictor w1 runs on a side stream beside the
+// main kernels, so it keeps k_rows' small footprint instead of a shared-memory ring): raw x or LN(x) without affine.
+__global__ void __launch_bounds__(1024) k_snap_input(XIn in, int d, __half* __restrict__ out) {
+  __shared__ float red[32];
+  const int n4 = d >> 2;
+  auto load = [&](int i) {
+    float4 a = __ldcg(reinterpret_cast<const float4*>(in.base) + i);
+    if (in.delta) {
+      float4 c = __ldcg(reinterpret_cast<const float4*>(in.delta) + i);
+      a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
+    }
+    return a;
+  };
+  float s = 0.f, s2 = 0.f;
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    float4 a = load(i);
+    s += a.x + a.y + a.z + a.w;
+    s2 += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+  }
+  s = block_sum(s, red);
+  s2 = block_sum(s2, red);
+  const float mean = in.norm ? s / d : 0.f;
+  const float rstd = in.norm ? rsqrtf(fmaxf(s2 / d - mean * mean, 0.f) + in.eps) : 1.f;
+  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+    float4 a = load(i);
+    __align__(8) __half hv[4] = {__float2half((a.x - mean) * rstd), __float2half((a.y - mean) * rstd),
+                                 __float2half((a.z - mean) * rstd), __float2half((a.w - mean) * rstd)};
+    reinterpret_cast<uint2*>(out)[i] = *reinterpret_cast<uint2*>(hv);
+  }
+}
+
+}  // namespace dj
