@@ -816,7 +816,8 @@ int main(int argc, char** argv) {
   test_lmhead(50272, 5120, 1, 3);
   test_lmhead(8192, 384, 10, 3);
   // The whole-engine checks under each path: streamed (default), per-op kernels, persistent dense layer kernel.
-  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=0", "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1"}) {
+  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88",
+                           "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=0", "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1"}) {
     printf("-- engine with %s\n", envs);
     set_envs(envs, true);
     test_engine(32);
@@ -827,6 +828,9 @@ int main(int argc, char** argv) {
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 1024, 16, 4096, 2, 40, true, 2 + 3 * 2);  // hd 64
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 5120, 40, 20480, 2, 200, true, 2 + 3 * 2);
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 9216, 72, 36864, 1, 24, true, 2 + 3);
+  const char* w8 = "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88";
+  test_paths("streamed (8 warps, 88 KB ring) vs per-op", perop, w8, 5120, 40, 20480, 2, 120, true, 2 + 3 * 2);
+  test_paths("streamed (8 warps, 88 KB ring) vs per-op", perop, w8, 9216, 72, 36864, 1, 24, true, 2 + 3);
   test_paths("persistent vs per-op", perop, "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1", 1024, 16, 4096, 2, 40, false, 4);
   test_paths("persistent vs per-op", perop, "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1", 5120, 40, 20480, 2, 200, false, 4);
   printf("cuda-check: %s (%d failures, worst relative error %.2e)\n", failures ? "FAILED" : "PASSED", failures, worst);

@@ -88,6 +88,11 @@ struct Engine {
   bool l2_prefetch = true;  // sparse kernels request the next kernel's rows into L2 (L2Prefetch)
   bool skip_ln = false;     // TIMING EXPERIMENT ONLY (wrong results): column GEMVs skip the LayerNorm epilogue
   bool pdl = true;  // programmatic dependent launch on the main stream (env DEJAVU_CUDA_PDL=0 turns it off)
+  // PDL in graphs whose predictors run on side streams (modes sparse, predictors). Off by default: early-launched
+  // main kernels hold SMs while they wait, and the predictor kernels then wait for SMs (13B streamed path, H200:
+  // sparse 2.34 ms without, 2.77 ms with; env DEJAVU_CUDA_PDL_SPARSE=1 turns it on).
+  bool pdl_side = false;
+  bool pdl_now = true;  // what launchk uses while a graph is recorded
   bool persist = false;  // dense step's layers as one persistent kernel (k_step_dense; env DEJAVU_CUDA_PERSIST=1)
   unsigned* grid_bar = nullptr;  // k_step_dense's grid barrier word
   LayerArgs* step_args = nullptr;  // k_step_dense's per-layer arguments (device)
@@ -96,8 +101,8 @@ struct Engine {
   // Streamed path (fused.cuh; default): residual points X / deltas D, each [(2L+1)][d]; stream geometry.
   bool tma = true;        // env DEJAVU_CUDA_TMA=0: the per-op kernels above instead
   float *X = nullptr, *D = nullptr;
-  TGeo geo{};             // rows of length d: segments per row, ring stages
   int ring_bytes = 160 * 1024, seg_bytes = 5120, smem_optin = 0;
+  int tw = 16;            // consumer warps per streamed block (env DEJAVU_CUDA_TMA_WARPS: 16 or 8)
   std::vector<Group> groups;
   bool groups_dirty = true;
   cudaGraphExec_t graphs[M_COUNT] = {};
@@ -166,17 +171,10 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_TMA")) e->tma = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_RING_KB")) e->ring_bytes = std::max(16, atoi(v)) * 1024;
   if (const char* v = getenv("DEJAVU_CUDA_SEG_BYTES")) e->seg_bytes = std::max(256, atoi(v));
+  if (const char* v = getenv("DEJAVU_CUDA_PDL_SPARSE")) e->pdl_side = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_TMA_WARPS")) e->tw = atoi(v) == 8 ? 8 : 16;
   e->smem_optin = (int)p.sharedMemPerBlockOptin;
-  if (d > 4 * T_XV * TC) e->tma = false;  // t_load_input holds x in T_XV float4 per consumer thread
-  if (e->tma) {
-    // Segments of at most seg_bytes that split the row into whole 16-byte vectors; as many stages as the ring holds.
-    int seg = std::max(1, (2 * d + e->seg_bytes - 1) / e->seg_bytes);
-    while (seg <= T_SEGMAX && d % (8 * seg)) seg++;
-    const int ring = std::min(e->ring_bytes, e->smem_optin - 4 * d - 8192);
-    const int stage = TW * (2 * d / std::max(seg, 1));
-    if (seg > T_SEGMAX || ring < 2 * stage) e->tma = false;
-    else e->geo = TGeo{seg, std::min(T_MAX_STAGES, ring / stage)};
-  }
+  if (d > T_DMAX) e->tma = false;  // t_load_input holds x in registers
   auto bad = [&]() { for (void* v : e->allocs) cudaFree(v); delete e; return (void*)nullptr; };
   if (dalloc(e, &e->E, (size_t)vocab * d) || dalloc(e, &e->P, (size_t)(maxpos + 2) * d) ||
       dalloc(e, &e->lnf_g, d) || dalloc(e, &e->lnf_b, d))
@@ -470,7 +468,7 @@ static void launchk(Engine* e, bool pdl, void (*k)(KArgs...), dim3 g, dim3 b, si
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
   cudaLaunchAttribute at[1];
-  if (pdl && e->pdl) {
+  if (pdl && e->pdl && e->pdl_now) {
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
@@ -533,10 +531,16 @@ static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* s
 // ---- streamed path (fused.cuh) ----------------------------------------------------------------------------------
 // Geometry for a row kernel over rows of K elements, `per` rows per block: segments of at most seg_bytes (whole
 // 16-byte vectors), stages of min(TW, per) row segments, as many stages as the ring holds (at most T_MAX_STAGES).
+// k_mlp_tma's fc2 phase gives each consumer thread one 16-byte vector of a segment: segment <= 16 * 32 * NW bytes.
+static int tw_for(Engine* e, int K) { return e->tw == 8 && 2 * K / T_SEGMAX <= 16 * 32 * 8 ? 8 : 16; }
 static TGeo make_geo(Engine* e, int K, int per) {
-  int seg = std::max(1, (2 * K + e->seg_bytes - 1) / e->seg_bytes);
-  while (K % (8 * seg)) seg++;
-  const int rows = std::max(1, std::min(TW, per));
+  const int tw = tw_for(e, K);
+  const int target = std::min(e->seg_bytes, 16 * 32 * tw);
+  int seg = std::max(1, (2 * K + target - 1) / target);
+  while (seg < T_SEGMAX && K % (8 * seg)) seg++;
+  seg = std::min(seg, T_SEGMAX);
+  while (K % (8 * seg)) seg--;  // K % 8 == 0, so this ends at 1 at the latest
+  const int rows = std::max(1, std::min(tw, per));
   const int stage = rows * (2 * K / seg);
   const int ring = std::min(e->ring_bytes, e->smem_optin - 4 * K - 8192);
   return TGeo{seg, std::max(1, std::min(T_MAX_STAGES, ring / stage)), rows};
@@ -547,12 +551,16 @@ template <int EPI>
 static void launch_rows_tma(Engine* e, cudaStream_t s, RowsArgs a, XIn in, bool pdl) {
   const int grid = std::min(e->sms, a.n_out);
   const TGeo g = make_geo(e, a.K, (a.n_out + grid - 1) / grid);
-  launchk(e, pdl, k_rows_tma<EPI>, dim3(grid), dim3(T_THREADS), geo_smem(g, a.K), s, a, in, g);
+  const size_t smem = geo_smem(g, a.K);
+  if (tw_for(e, a.K) == 8) launchk(e, pdl, k_rows_tma<EPI, 8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
+  else launchk(e, pdl, k_rows_tma<EPI, 16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
 }
 static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool pdl) {
   const int grid = std::min(e->sms, a.n);
   const TGeo g = make_geo(e, a.d, (a.n + grid - 1) / grid);
-  launchk(e, pdl, k_mlp_tma, dim3(grid), dim3(T_THREADS), geo_smem(g, a.d), s, a, in, g);
+  const size_t smem = geo_smem(g, a.d);
+  if (tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
+  else launchk(e, pdl, k_mlp_tma<16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
 }
 // Attention + out_proj: `slices` column slices per head so that heads x slices fill the SMs once; R rows of a slice
 // per stage (<= 32 KB), as many stages as the ring holds.
@@ -562,14 +570,22 @@ static void launch_attn_out(Engine* e, cudaStream_t s, AttnOutArgs a, int nheads
   const int rowbytes = (nv + a.slices - 1) / a.slices * 16;
   int R = hd;
   while (R > 1 && R * rowbytes > 32768) R /= 2;
-  const int ring = std::min(e->ring_bytes, e->smem_optin - ao_att_floats(hd) * 4 - 8192);
+  const int tw = tw_for(e, e->d);
+  const int att = ao_att_floats(hd, tw) * 4;
+  const int ring = std::min(e->ring_bytes, e->smem_optin - att - 8192);
   a.R = R;
   a.S = std::max(1, std::min({T_MAX_STAGES, hd / R, ring / (R * rowbytes)}));
-  const size_t smem = (size_t)ao_att_floats(hd) * 4 + (size_t)a.S * R * rowbytes;
-  const dim3 grid(nheads * a.slices), block(T_THREADS);
-  if (hd == 128) launchk(e, pdl, k_attn_out<128>, grid, block, smem, s, a);
-  else if (hd == 64) launchk(e, pdl, k_attn_out<64>, grid, block, smem, s, a);
-  else launchk(e, pdl, k_attn_out<32>, grid, block, smem, s, a);
+  const size_t smem = (size_t)att + (size_t)a.S * R * rowbytes;
+  const dim3 grid(nheads * a.slices), block(t_threads(tw));
+  if (tw == 8) {
+    if (hd == 128) launchk(e, pdl, k_attn_out<128, 8>, grid, block, smem, s, a);
+    else if (hd == 64) launchk(e, pdl, k_attn_out<64, 8>, grid, block, smem, s, a);
+    else launchk(e, pdl, k_attn_out<32, 8>, grid, block, smem, s, a);
+  } else {
+    if (hd == 128) launchk(e, pdl, k_attn_out<128, 16>, grid, block, smem, s, a);
+    else if (hd == 64) launchk(e, pdl, k_attn_out<64, 16>, grid, block, smem, s, a);
+    else launchk(e, pdl, k_attn_out<32, 16>, grid, block, smem, s, a);
+  }
 }
 // The residual stream at point r (fused.cuh header): X[r-1] + D[r] (X[0] alone at r = 0).
 static XIn point_in(Engine* e, int r, const float* g, const float* b, int norm, bool materialise) {
@@ -588,9 +604,12 @@ static int set_tma_attrs(Engine* e) {
     CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, e->smem_optin - (int)at.sharedSizeBytes));
     return 0;
   };
-  if (raise((const void*)k_rows_tma<EPI_QKV>) || raise((const void*)k_rows_tma<EPI_ARGMAX>) ||
-      raise((const void*)k_rows_tma<EPI_PLAIN>) || raise((const void*)k_mlp_tma) || raise((const void*)k_attn_out<128>) ||
-      raise((const void*)k_attn_out<64>) || raise((const void*)k_attn_out<32>))
+  if (raise((const void*)k_rows_tma<EPI_QKV, 16>) || raise((const void*)k_rows_tma<EPI_ARGMAX, 16>) ||
+      raise((const void*)k_mlp_tma<16>) || raise((const void*)k_attn_out<128, 16>) ||
+      raise((const void*)k_attn_out<64, 16>) || raise((const void*)k_attn_out<32, 16>) ||
+      raise((const void*)k_rows_tma<EPI_QKV, 8>) || raise((const void*)k_rows_tma<EPI_ARGMAX, 8>) ||
+      raise((const void*)k_mlp_tma<8>) || raise((const void*)k_attn_out<128, 8>) ||
+      raise((const void*)k_attn_out<64, 8>) || raise((const void*)k_attn_out<32, 8>))
     return -1;
   return 0;
 }
@@ -689,6 +708,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   };
   mark(-1);
   const bool preds = mode == M_SPARSE || mode == M_PRED;
+  e->pdl_now = !preds || e->pdl_side;
   const bool compute = mode != M_PRED;
   const bool sparse = mode == M_SPARSE || mode == M_FIXED;
   size_t evi = 0;
@@ -709,7 +729,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       cudaStreamWaitEvent(s1, fork, 0);
       const __half* xin = nullptr;  // per-op path: the fp16 copies the last column GEMV wrote
       if (e->tma) {  // streamed path: this tap's input, from the immutable (X[r-1], D[r]), into the group's buffer
-        k_snap_input<<<1, 1024, 0, s1>>>(point_in(e, tap == TAP_ATT_IN ? 2 * layer : 2 * layer + 1, nullptr, nullptr,
+        k_snap_input<<<1, 256, 0, s1>>>(point_in(e, tap == TAP_ATT_IN ? 2 * layer : 2 * layer + 1, nullptr, nullptr,
                                                   g.norm, false), d, g.xh);
         xin = g.xh;
       }

@@ -21,15 +21,18 @@
 
 namespace dj {
 
-constexpr int TW = 16;                      // consumer warps per block
-constexpr int TC = TW * 32;                 // consumer threads
-constexpr int T_THREADS = TC + 32;          // + one producer warp
+// NW consumer warps per block (a template parameter: 16, or 8 so that two blocks fit an SM and the next kernel's
+// producer can start streaming beside the running one); + one producer warp.
+constexpr int TWMAX = 16;
 constexpr int T_MAX_STAGES = 8;
-constexpr int T_XV = 5;                     // float4 of x per consumer thread: d <= 4 * 5 * 512 = 10240
-constexpr int T_SEGMAX = 8;                 // row segments per row (segment <= segment bytes target)
-constexpr int T_VPT = 3;                    // column vectors per thread in k_attn_out (d / 8 <= 3 * 512)
-
-__device__ __forceinline__ void cbar() { asm volatile("bar.sync 1, %0;" ::"r"(TC) : "memory"); }  // consumers only
+constexpr int T_DMAX = 10240;               // x held in registers by the prologue: d <= T_DMAX
+constexpr int T_SEGMAX = 4;                 // row segments per row (segment <= segment bytes target)
+__host__ __device__ constexpr int t_threads(int nw) { return nw * 32 + 32; }
+// Register cap: a 544-thread block at <= 72 registers leaves ~25K registers of the SM to the predictor kernels on the
+// side streams (k_rows / k_pred_scores / k_topk_select blocks), so they run beside a streamed block instead of
+// waiting for an SM to empty (measured: with 96 registers the predictors added 33% to a 13B sparse step).
+#define T_REGS __maxnreg__(72)
+template <int NW> __device__ __forceinline__ void cbar() { asm volatile("bar.sync 1, %0;" ::"n"(NW * 32) : "memory"); }
 
 // Where a kernel's input vector comes from, and what it makes of it (see the header).
 struct XIn {
@@ -52,8 +55,10 @@ struct TGeo {
 // Consumer prologue: x = base + delta into registers, optional LayerNorm, written to shared memory as two float4
 // planes (lo[c] = x[8c..8c+3], hi[c] = x[8c+4..8c+7]) so lane c's 32 bytes come without bank conflicts; this
 // block's slice of X[r] written. Consumer threads only (named barrier 1).
+template <int NW>
 __device__ void t_load_input(const XIn& in, int d, float4* xs) {
-  __shared__ float red[2][TW];
+  constexpr int TC = NW * 32, T_XV = T_DMAX / 4 / TC;
+  __shared__ float red[2][NW];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, n4 = d >> 2;
   float4 v[T_XV];
   float s = 0.f, s2 = 0.f;
@@ -86,10 +91,10 @@ __device__ void t_load_input(const XIn& in, int d, float4* xs) {
     s = warp_sum(s);
     s2 = warp_sum(s2);
     if (lane == 0) { red[0][w] = s; red[1][w] = s2; }
-    cbar();
+    cbar<NW>();
     s = 0.f; s2 = 0.f;
 #pragma unroll
-    for (int k = 0; k < TW; k++) { s += red[0][k]; s2 += red[1][k]; }
+    for (int k = 0; k < NW; k++) { s += red[0][k]; s2 += red[1][k]; }
     mean = s / d;
     rstd = rsqrtf(fmaxf(s2 / d - mean * mean, 0.f) + in.eps);
   }
@@ -107,7 +112,7 @@ __device__ void t_load_input(const XIn& in, int d, float4* xs) {
     }
     xs[(i & 1) ? (d >> 3) + (i >> 1) : (i >> 1)] = a;
   }
-  cbar();
+  cbar<NW>();
 }
 
 // dot of 16 bytes of fp16 weights (vector c of the row) with x from the planes
@@ -120,8 +125,9 @@ __device__ __forceinline__ float t_dot(const uint4& w, const float4* xs, int d, 
 // ---------------------------------------------------------------------------------------------------------------
 // Row GEMV, streamed: block b takes rows [b*per, (b+1)*per) of the (mapped) output; the producer warp streams them
 // in groups of TW rows, one segment per stage; consumer warp w owns row w of each group.
-template <int EPI>
-__global__ void __launch_bounds__(T_THREADS, 1) k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
+template <int EPI, int NW>
+__global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
+  constexpr int TW = NW;
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ unsigned long long best_s[TW];
@@ -152,7 +158,7 @@ __global__ void __launch_bounds__(T_THREADS, 1) k_rows_tma(RowsArgs a, XIn in, T
   }
   pdl_trigger();
   pdl_wait();
-  t_load_input(in, K, xs);
+  t_load_input<NW>(in, K, xs);
   const int pos = EPI == EPI_QKV ? a.st[0] : 0;
   unsigned long long best = 0ull;
   const int segvec = segbytes >> 4;
@@ -200,7 +206,7 @@ __global__ void __launch_bounds__(T_THREADS, 1) k_rows_tma(RowsArgs a, XIn in, T
   }
   if constexpr (EPI == EPI_ARGMAX) {
     if (lane == 0) best_s[warp] = best;
-    cbar();
+    cbar<NW>();
     if (threadIdx.x == 0) {
       unsigned long long m = 0;
       for (int w = 0; w < TW; w++) m = best_s[w] > m ? best_s[w] : m;
@@ -237,10 +243,11 @@ struct AttnOutArgs {
   float* y;             // D[2l+1]
 };
 
-__host__ __device__ constexpr int ao_att_floats(int hd) { return TW * (32 / (hd / 8)) * (hd + 2); }
+__host__ __device__ constexpr int ao_att_floats(int hd, int nw) { return nw * (32 / (hd / 8)) * (hd + 2); }
 
-template <int HD>
-__global__ void __launch_bounds__(T_THREADS, 1) k_attn_out(AttnOutArgs a) {
+template <int HD, int NW>
+__global__ void T_REGS k_attn_out(AttnOutArgs a) {
+  constexpr int TW = NW, TC = NW * 32, T_VPT = (T_DMAX / 8 + TC - 1) / TC;  // column vectors per thread
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float o_s[HD];
@@ -250,7 +257,7 @@ __global__ void __launch_bounds__(T_THREADS, 1) k_attn_out(AttnOutArgs a) {
   const int nv_all = a.d >> 3, v0 = sl_i * nv_all / a.slices, v1 = (sl_i + 1) * nv_all / a.slices, nv = v1 - v0;
   const int rowbytes = nv * 16, stage_bytes = a.R * rowbytes, nst = HD / a.R;
   float* att_sm = reinterpret_cast<float*>(t_sm);                                    // attention merge / reduction
-  unsigned char* stages = t_sm + (size_t)ao_att_floats(HD) * 4;
+  unsigned char* stages = t_sm + (size_t)ao_att_floats(HD, NW) * 4;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   if (tid == 0) { ring.init(TW); mbar_fence_init(); }
   __syncthreads();
@@ -319,7 +326,7 @@ __global__ void __launch_bounds__(T_THREADS, 1) k_attn_out(AttnOutArgs a) {
 #pragma unroll
     for (int i = 0; i < 8; i++) st_s[sl * 8 + i] = acc[i];
     if (sl == 0) { st_s[HD] = m; st_s[HD + 1] = l; }
-    cbar();
+    cbar<NW>();
     constexpr int SPLIT = TC / HD;
     const int i = tid / SPLIT, pid = tid % SPLIT;
     float M = -1e30f;
@@ -337,7 +344,7 @@ __global__ void __launch_bounds__(T_THREADS, 1) k_attn_out(AttnOutArgs a) {
       den += __shfl_xor_sync(0xffffffffu, den, o);
     }
     if (pid == 0) o_s[i] = num / den;
-    cbar();
+    cbar<NW>();
   }
   // ---- out_proj over the slice: thread -> (vector group of up to T_VPT vectors, row group) ----
   const int G = nv >= TC ? 1 : TC / nv;           // row groups
@@ -381,7 +388,7 @@ __global__ void __launch_bounds__(T_THREADS, 1) k_attn_out(AttnOutArgs a) {
     if (live)
 #pragma unroll
       for (int i = 0; i < 8; i++) red[((size_t)grp * nv + vt) * 8 + i] = acc[0][i];
-    cbar();
+    cbar<NW>();
     if (tid < nv) {
       for (int g2 = 1; g2 < G; g2++)
 #pragma unroll
@@ -389,10 +396,11 @@ __global__ void __launch_bounds__(T_THREADS, 1) k_attn_out(AttnOutArgs a) {
     }
   }
   const bool first = hi == 0;
+  // Owners: thread tid holds vector tid + u * TC (after the reduction when G > 1; when nv < TC only u = 0 exists).
 #pragma unroll
   for (int u = 0; u < T_VPT; u++) {
-    const int v = (G > 1 ? tid : vt) + u * TC;
-    if ((G > 1 && (u > 0 || tid >= nv)) || (G == 1 && v >= nv)) continue;
+    const int v = tid + u * TC;
+    if (v >= nv) continue;
     const int col = (v0 + v) * 8;
     if (first && a.bias) {
 #pragma unroll
@@ -419,7 +427,9 @@ struct MlpTmaArgs {
   float* y;            // D[2l+2]
 };
 
-__global__ void __launch_bounds__(T_THREADS, 1) k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
+template <int NW>
+__global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
+  constexpr int TW = NW, TC = NW * 32;
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float h_s[2][TW];
@@ -456,8 +466,8 @@ __global__ void __launch_bounds__(T_THREADS, 1) k_mlp_tma(MlpTmaArgs a, XIn in, 
   }
   pdl_trigger();
   pdl_wait();
-  t_load_input(in, K, xs);
-  const int segvec = segbytes >> 4;  // <= TC (host checks)
+  t_load_input<NW>(in, K, xs);
+  const int segvec = segbytes >> 4;
   float acc[T_SEGMAX][8];
 #pragma unroll
   for (int s = 0; s < T_SEGMAX; s++)
@@ -484,7 +494,7 @@ __global__ void __launch_bounds__(T_THREADS, 1) k_mlp_tma(MlpTmaArgs a, XIn in, 
     dot = warp_sum(dot);
     float* hs = h_s[chunk & 1];
     if (lane == 0) hs[warp] = active ? fmaxf(dot + b1, 0.f) : 0.f;
-    cbar();  // h of the chunk complete (and the other buffer no longer read: every thread passed its chunk)
+    cbar<NW>();  // h of the chunk complete (and the other buffer no longer read: every thread passed its chunk)
 #pragma unroll
     for (int sg = 0; sg < T_SEGMAX; sg++) {
       if (sg >= seg) break;
@@ -550,7 +560,7 @@ __global__ void __launch_bounds__(256) k_embed_tma(const __half* __restrict__ E,
 
 // A predictor tap's input as fp16 for the register-streaming k_rows (predictor w1 runs on a side stream beside the
 // main kernels, so it keeps k_rows' small footprint instead of a shared-memory ring): raw x or LN(x) without affine.
-__global__ void __launch_bounds__(1024) k_snap_input(XIn in, int d, __half* __restrict__ out) {
+__global__ void __launch_bounds__(256) k_snap_input(XIn in, int d, __half* __restrict__ out) {
   __shared__ float red[32];
   const int n4 = d >> 2;
   auto load = [&](int i) {
