@@ -101,7 +101,7 @@ struct Engine {
   // Streamed path (fused.cuh; default): residual points X / deltas D, each [(2L+1)][d]; stream geometry.
   bool tma = true;        // env DEJAVU_CUDA_TMA=0: the per-op kernels above instead
   float *X = nullptr, *D = nullptr;
-  int ring_bytes = 160 * 1024, seg_bytes = 5120, smem_optin = 0;
+  int ring_bytes = 200 * 1024, seg_bytes = 5120, smem_optin = 0;  // ring: at most this, and what fits beside x
   int tw = 16;            // consumer warps per streamed block (env DEJAVU_CUDA_TMA_WARPS: 16 or 8)
   std::vector<Group> groups;
   bool groups_dirty = true;
