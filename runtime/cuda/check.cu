@@ -323,7 +323,7 @@ static void test_attention(int H, int kH, int T, bool holes) {
   heads.resize(kH);
   std::vector<int> st = {pos, 1, 0, 0};
   float* out = poisoned(d);
-  size_t smem = att_smem_floats(HD) * sizeof(float);
+  size_t smem = att_state_floats(HD, ATT_THREADS / 32) * sizeof(float);
   cudaFuncSetAttribute(k_attention<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)std::max<size_t>(smem, 48 << 10));
   k_attention<HD><<<kH, ATT_THREADS, smem>>>(dev(q), devh(K), devh(V), dev(valid), dev(heads), dev(st), maxT, out);
   CUDA_OK(cudaGetLastError());

@@ -499,7 +499,7 @@ static void launch_cols(Engine* e, cudaStream_t s, ColsArgs a, bool pdl = false)
 }
 
 static void launch_attention(Engine* e, cudaStream_t s, Layer& l, const int* sel, int nh, bool pdl = false) {
-  size_t smem = (size_t)att_smem_floats(e->hd) * sizeof(float);
+  size_t smem = (size_t)att_state_floats(e->hd, ATT_THREADS / 32) * sizeof(float);
   const float* q = e->q;
   const __half *kc = l.kc, *vc = l.vc;
   const uint8_t* valid = l.valid;
@@ -571,7 +571,7 @@ static void launch_attn_out(Engine* e, cudaStream_t s, AttnOutArgs a, int nheads
   int R = hd;
   while (R > 1 && R * rowbytes > 32768) R /= 2;
   const int tw = tw_for(e, e->d);
-  const int att = ao_att_floats(hd, tw) * 4;
+  const int att = att_state_floats(hd, tw) * 4;
   const int ring = std::min(e->ring_bytes, e->smem_optin - att - 8192);
   a.R = R;
   a.S = std::max(1, std::min({T_MAX_STAGES, hd / R, ring / (R * rowbytes)}));
@@ -936,9 +936,9 @@ int dj_build(void* ev) {
     e->evs.push_back(v);
   }
   if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e)) return -1;
-  CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem_floats(128) * 4));
-  CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem_floats(64) * 4));
-  CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_smem_floats(32) * 4));
+  CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(128, ATT_THREADS / 32) * 4));
+  CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(64, ATT_THREADS / 32) * 4));
+  CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(32, ATT_THREADS / 32) * 4));
   for (int m = 0; m < M_COUNT; m++) {
     if (e->graphs[m]) { cudaGraphExecDestroy(e->graphs[m]); e->graphs[m] = nullptr; }
     cudaGraph_t g;

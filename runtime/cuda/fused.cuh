@@ -122,6 +122,42 @@ __device__ __forceinline__ float t_dot(const uint4& w, const float4* xs, int d, 
   return dot8(w, x);
 }
 
+// The ring protocol of the row kernels. A group = `nr` rows, each cut into `seg` segments of segbytes; stage `it`
+// (mod S) holds segment sg of every row of the group. Producer (one thread): wait until the consumers released the
+// stage's previous use, announce its bytes, issue one bulk copy per row. `row(r)` = start of row r of the group.
+template <class Row>
+__device__ __forceinline__ void t_produce_group(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes,
+                                                int segbytes, int segel, int seg, int S, int nr, Row row, uint64_t pol,
+                                                int& it) {
+  for (int sg = 0; sg < seg; sg++, it++) {
+    const int s = it % S;
+    if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
+    mbar_expect_tx(&ring.full[s], nr * segbytes);
+    for (int r = 0; r < nr; r++)
+      bulk_g2s(stages + (size_t)s * stage_bytes + r * segbytes, row(r) + sg * segel, segbytes, &ring.full[s], pol);
+  }
+}
+// Consumer warp: the dot of its row of the group (warp index = row; `active` = the row exists) with x over the
+// group's seg stages, summed over the warp; every warp releases every stage.
+__device__ __forceinline__ float t_consume_row(Ring<T_MAX_STAGES>& ring, const unsigned char* stages, int stage_bytes,
+                                               int segbytes, int segel, int seg, int S, const float4* xs, int K,
+                                               bool active, int& it) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, segvec = segbytes >> 4;
+  float acc = 0.f;
+  for (int sg = 0; sg < seg; sg++, it++) {
+    const int s = it % S;
+    mbar_wait(&ring.full[s], (it / S) & 1);
+    if (active) {
+      const uint4* src = reinterpret_cast<const uint4*>(stages + (size_t)s * stage_bytes + warp * segbytes);
+      const int c0 = sg * (segel >> 3);
+      for (int c = lane; c < segvec; c += 32) acc += t_dot(src[c], xs, K, c0 + c);
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&ring.empty[s]);
+  }
+  return warp_sum(acc);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Row GEMV, streamed: block b takes rows [b*per, (b+1)*per) of the (mapped) output; the producer warp streams them
 // in groups of TW rows, one segment per stage; consumer warp w owns row w of each group.
@@ -143,15 +179,8 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       const uint64_t pol = policy_evict_first();
       int it = 0;
       for (int g = j0; g < j1; g += RS)
-        for (int sg = 0; sg < seg; sg++, it++) {
-          const int s = it % S;
-          if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
-          const int nr = min(RS, j1 - g);
-          mbar_expect_tx(&ring.full[s], nr * segbytes);
-          for (int r = 0; r < nr; r++)
-            bulk_g2s(stages + (size_t)s * stage_bytes + r * segbytes, a.W + (size_t)rows_map(a, g + r) * K + sg * segel,
-                     segbytes, &ring.full[s], pol);
-        }
+        t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, min(RS, j1 - g),
+                        [&](int r) { return a.W + (size_t)rows_map(a, g + r) * K; }, pol, it);
     }
     pdl_trigger();
     return;
@@ -161,48 +190,14 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   t_load_input<NW>(in, K, xs);
   const int pos = EPI == EPI_QKV ? a.st[0] : 0;
   unsigned long long best = 0ull;
-  const int segvec = segbytes >> 4;
   int it = 0;
   for (int g = j0; g < j1; g += RS) {
     const int nr = min(RS, j1 - g), j = g + warp;
     const bool active = warp < nr;
     const int row = active ? rows_map(a, j) : 0;
     const float bias = active && a.b && lane == 0 ? __ldg(a.b + row) : 0.f;
-    float acc = 0.f;
-    for (int sg = 0; sg < seg; sg++, it++) {
-      const int s = it % S;
-      mbar_wait(&ring.full[s], (it / S) & 1);
-      if (active) {
-        const uint4* src = reinterpret_cast<const uint4*>(stages + (size_t)s * stage_bytes + warp * segbytes);
-        const int c0 = sg * (segel >> 3);
-        for (int c = lane; c < segvec; c += 32) acc += t_dot(src[c], xs, K, c0 + c);
-      }
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&ring.empty[s]);
-    }
-    acc = warp_sum(acc);
-    if (active && lane == 0) {
-      float v = acc + bias;
-      if constexpr (EPI == EPI_PLAIN) {
-        a.y[j] = v;
-      } else if constexpr (EPI == EPI_RELU) {
-        a.y[j] = fmaxf(v, 0.f);
-      } else if constexpr (EPI == EPI_QKV) {
-        int part = row / a.d, r = row - part * a.d;
-        int h = r / a.hd, i = r - h * a.hd;
-        size_t ci = ((size_t)h * a.maxT + pos) * a.hd + i;
-        if (part == 0) a.y[r] = v * a.q_scale;
-        else if (part == 1) a.kc[ci] = __float2half(v);
-        else {
-          a.vc[ci] = __float2half(v);
-          if (i == 0) a.valid[(size_t)h * a.maxT + pos] = 1;
-        }
-      } else {
-        a.y[j] = v;
-        unsigned long long key = ((unsigned long long)f2key(v) << 32) | (0xffffffffu - (uint32_t)j);
-        best = key > best ? key : best;
-      }
-    }
+    const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
+    if (active && lane == 0) row_epilogue<EPI>(a, j, row, acc + bias, pos, best);
   }
   if constexpr (EPI == EPI_ARGMAX) {
     if (lane == 0) best_s[warp] = best;
@@ -210,18 +205,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
     if (threadIdx.x == 0) {
       unsigned long long m = 0;
       for (int w = 0; w < TW; w++) m = best_s[w] > m ? best_s[w] : m;
-      atomicMax(a.amax, m);
-      __threadfence();
-      if (atomicAdd(a.counter, 1u) == gridDim.x - 1) {
-        __threadfence();
-        unsigned long long m2 = atomicAdd(a.amax, 0ull);
-        int tok = (int)(0xffffffffu - (uint32_t)(m2 & 0xffffffffu));
-        int p = a.st[0];
-        if (p + 1 < a.maxT && p + 1 >= a.st[1]) a.tokens[p + 1] = tok;  // prompt tokens stay forced
-        a.st[0] = p + 1;
-        *a.amax = 0ull;
-        *a.counter = 0u;
-      }
+      argmax_finish(a, m);
     }
   }
 }
@@ -243,21 +227,18 @@ struct AttnOutArgs {
   float* y;             // D[2l+1]
 };
 
-__host__ __device__ constexpr int ao_att_floats(int hd, int nw) { return nw * (32 / (hd / 8)) * (hd + 2); }
-
 template <int HD, int NW>
 __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   constexpr int TW = NW, TC = NW * 32, T_VPT = (T_DMAX / 8 + TC - 1) / TC;  // column vectors per thread
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float o_s[HD];
-  constexpr int LPK = HD / 8, KPW = 32 / LPK, NSLOT = TW * KPW;
   const int hi = blockIdx.x / a.slices, sl_i = blockIdx.x % a.slices;
   const int h = a.sel ? a.sel[hi] : hi;
   const int nv_all = a.d >> 3, v0 = sl_i * nv_all / a.slices, v1 = (sl_i + 1) * nv_all / a.slices, nv = v1 - v0;
   const int rowbytes = nv * 16, stage_bytes = a.R * rowbytes, nst = HD / a.R;
   float* att_sm = reinterpret_cast<float*>(t_sm);                                    // attention merge / reduction
-  unsigned char* stages = t_sm + (size_t)ao_att_floats(HD, NW) * 4;
+  unsigned char* stages = t_sm + (size_t)att_state_floats(HD, NW) * 4;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   if (tid == 0) { ring.init(TW); mbar_fence_init(); }
   __syncthreads();
@@ -278,74 +259,11 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
     return;
   }
   pdl_trigger();
-  // ---- attention (as k_attention, with TC threads) ----
-  const int T = a.st[0] + 1;
-  const int sl = lane % LPK, kw = lane / LPK, slot = warp * KPW + kw;
-  const __half* K = a.kc + (size_t)h * a.maxT * HD;
-  const __half* V = a.vc + (size_t)h * a.maxT * HD;
-  const uint8_t* ok = a.valid + (size_t)h * a.maxT;
+  // ---- attention (kernels.cuh head_attention, with the consumer warps) ----
   pdl_wait();
-  {
-    float qv[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) qv[i] = __ldcg(a.q + h * HD + sl * 8 + i);
-    float m = -1e30f, l = 0.f;
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int w0 = warp * KPW; w0 < T; w0 += NSLOT * ATT_U) {
-      const int t0 = w0 + kw;
-      uint4 kv[ATT_U], vv[ATT_U];
-#pragma unroll
-      for (int u = 0; u < ATT_U; u++) {
-        int t = t0 + u * NSLOT;
-        if (t < T) {
-          kv[u] = __ldcg(reinterpret_cast<const uint4*>(K + (size_t)t * HD + sl * 8));
-          vv[u] = __ldcg(reinterpret_cast<const uint4*>(V + (size_t)t * HD + sl * 8));
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < ATT_U; u++) {
-        int t = t0 + u * NSLOT;
-        float s = t < T ? dot8(kv[u], qv) : 0.f;
-        for (int o = LPK >> 1; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (t < T && __ldcg(ok + t)) {
-          float mn = fmaxf(m, s);
-          float corr = __expf(m - mn), p = __expf(s - mn);
-          l = l * corr + p;
-          const __half2* hv = reinterpret_cast<const __half2*>(&vv[u]);
-#pragma unroll
-          for (int i = 0; i < 4; i++) {
-            float2 f = __half22float2(hv[i]);
-            acc[2 * i] = fmaf(p, f.x, acc[2 * i] * corr);
-            acc[2 * i + 1] = fmaf(p, f.y, acc[2 * i + 1] * corr);
-          }
-          m = mn;
-        }
-      }
-    }
-    float* st_s = att_sm + slot * (HD + 2);
-#pragma unroll
-    for (int i = 0; i < 8; i++) st_s[sl * 8 + i] = acc[i];
-    if (sl == 0) { st_s[HD] = m; st_s[HD + 1] = l; }
-    cbar<NW>();
-    constexpr int SPLIT = TC / HD;
-    const int i = tid / SPLIT, pid = tid % SPLIT;
-    float M = -1e30f;
-    for (int s2 = pid; s2 < NSLOT; s2 += SPLIT) M = fmaxf(M, att_sm[s2 * (HD + 2) + HD]);
-    for (int o = SPLIT >> 1; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-    float num = 0.f, den = 0.f;
-    for (int s2 = pid; s2 < NSLOT; s2 += SPLIT) {
-      const float* p = att_sm + s2 * (HD + 2);
-      float c = __expf(p[HD] - M);
-      num += p[i] * c;
-      den += p[HD + 1] * c;
-    }
-    for (int o = SPLIT >> 1; o > 0; o >>= 1) {
-      num += __shfl_xor_sync(0xffffffffu, num, o);
-      den += __shfl_xor_sync(0xffffffffu, den, o);
-    }
-    if (pid == 0) o_s[i] = num / den;
-    cbar<NW>();
-  }
+  head_attention<HD, NW>(a.q + h * HD, a.kc + (size_t)h * a.maxT * HD, a.vc + (size_t)h * a.maxT * HD,
+                         a.valid + (size_t)h * a.maxT, a.st[0] + 1, att_sm, o_s, [] { cbar<NW>(); });
+  cbar<NW>();
   // ---- out_proj over the slice: thread -> (vector group of up to T_VPT vectors, row group) ----
   const int G = nv >= TC ? 1 : TC / nv;           // row groups
   const int vt = nv >= TC ? tid : tid % nv, grp = nv >= TC ? 0 : tid / nv;
@@ -429,7 +347,7 @@ struct MlpTmaArgs {
 
 template <int NW>
 __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
-  constexpr int TW = NW, TC = NW * 32;
+  constexpr int TW = NW;
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float h_s[2][TW];
@@ -446,18 +364,10 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
       int it = 0;
       for (int g = j0; g < j1; g += RS) {
         const int nr = min(RS, j1 - g);
-        for (int m = 0; m < 2; m++) {
+        for (int m = 0; m < 2; m++) {  // the chunk's fc1 rows, then its fc2^T rows
           const __half* W = m == 0 ? a.W1 : a.W2T;
-          for (int sg = 0; sg < seg; sg++, it++) {
-            const int s = it % S;
-            if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
-            mbar_expect_tx(&ring.full[s], nr * segbytes);
-            for (int r = 0; r < nr; r++) {
-              const int row = a.sel ? a.sel[g + r] : g + r;
-              bulk_g2s(stages + (size_t)s * stage_bytes + r * segbytes, W + (size_t)row * K + sg * segel, segbytes,
-                       &ring.full[s], pol);
-            }
-          }
+          t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, nr,
+                          [&](int r) { return W + (size_t)(a.sel ? a.sel[g + r] : g + r) * K; }, pol, it);
         }
       }
     }
@@ -479,19 +389,7 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
     const bool active = warp < nr;
     const int row = active ? (a.sel ? a.sel[g + warp] : g + warp) : 0;
     const float b1 = active ? __ldg(a.b1 + row) : 0.f;
-    float dot = 0.f;
-    for (int sg = 0; sg < seg; sg++, it++) {
-      const int s = it % S;
-      mbar_wait(&ring.full[s], (it / S) & 1);
-      if (active) {
-        const uint4* src = reinterpret_cast<const uint4*>(stages + (size_t)s * stage_bytes + warp * segbytes);
-        const int c0 = sg * (segel >> 3);
-        for (int c = lane; c < segvec; c += 32) dot += t_dot(src[c], xs, K, c0 + c);
-      }
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&ring.empty[s]);
-    }
-    dot = warp_sum(dot);
+    const float dot = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
     float* hs = h_s[chunk & 1];
     if (lane == 0) hs[warp] = active ? fmaxf(dot + b1, 0.f) : 0.f;
     cbar<NW>();  // h of the chunk complete (and the other buffer no longer read: every thread passed its chunk)

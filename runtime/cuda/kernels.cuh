@@ -271,6 +271,46 @@ __device__ __forceinline__ float dot8h(const uint4& w, const uint4& x) {
   return acc;
 }
 
+// The row kernels' epilogues (k_rows here, k_rows_tma in fused.cuh): output j = mapped weight row `row`, value v.
+template <int EPI>
+__device__ __forceinline__ void row_epilogue(const RowsArgs& a, int j, int row, float v, int pos, unsigned long long& best) {
+  if constexpr (EPI == EPI_PLAIN) {
+    a.y[j] = v;
+  } else if constexpr (EPI == EPI_RELU) {
+    a.y[j] = fmaxf(v, 0.f);
+  } else if constexpr (EPI == EPI_QKV) {
+    int part = row / a.d, r = row - part * a.d;  // q/k/v, and the row within it: h*hd + i
+    int h = r / a.hd, i = r - h * a.hd;
+    size_t ci = ((size_t)h * a.maxT + pos) * a.hd + i;
+    if (part == 0) a.y[r] = v * a.q_scale;
+    else if (part == 1) a.kc[ci] = __float2half(v);
+    else {
+      a.vc[ci] = __float2half(v);
+      if (i == 0) a.valid[(size_t)h * a.maxT + pos] = 1;  // this head's K/V at pos now exist
+    }
+  } else {  // EPI_ARGMAX: logits + packed (value, smallest index on ties) running max
+    a.y[j] = v;
+    unsigned long long key = ((unsigned long long)f2key(v) << 32) | (0xffffffffu - (uint32_t)j);
+    best = key > best ? key : best;
+  }
+}
+// LM head, one thread per block with the block's max: one atomic; the last block to finish turns it into the next
+// token (prompt tokens stay forced), advances the position and resets the accumulator for the next step.
+__device__ __forceinline__ void argmax_finish(const RowsArgs& a, unsigned long long m) {
+  atomicMax(a.amax, m);
+  __threadfence();
+  if (atomicAdd(a.counter, 1u) == gridDim.x - 1) {
+    __threadfence();
+    unsigned long long m2 = atomicAdd(a.amax, 0ull);
+    int tok = (int)(0xffffffffu - (uint32_t)(m2 & 0xffffffffu));
+    int pos = a.st[0];
+    if (pos + 1 < a.maxT && pos + 1 >= a.st[1]) a.tokens[pos + 1] = tok;
+    a.st[0] = pos + 1;
+    *a.amax = 0ull;
+    *a.counter = 0u;
+  }
+}
+
 template <int EPI>
 __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
   __shared__ unsigned long long best_s[WARPS];
@@ -330,28 +370,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
         for (int w = 1; w < wpr; w++) acc += part_s[warp + w];
       __syncthreads();
     }
-    if (active && wi == 0 && sl == 0) {
-      float v = acc + bias;
-      if constexpr (EPI == EPI_PLAIN) {
-        a.y[j] = v;
-      } else if constexpr (EPI == EPI_RELU) {
-        a.y[j] = fmaxf(v, 0.f);
-      } else if constexpr (EPI == EPI_QKV) {
-        int part = row / a.d, r = row - part * a.d;  // q/k/v, and the row within it: h*hd + i
-        int h = r / a.hd, i = r - h * a.hd;
-        size_t ci = ((size_t)h * a.maxT + pos) * a.hd + i;
-        if (part == 0) a.y[r] = v * a.q_scale;
-        else if (part == 1) a.kc[ci] = __float2half(v);
-        else {
-          a.vc[ci] = __float2half(v);
-          if (i == 0) a.valid[(size_t)h * a.maxT + pos] = 1;  // this head's K/V at pos now exist
-        }
-      } else {  // EPI_ARGMAX: logits + packed (value, smallest index on ties) running max
-        a.y[j] = v;
-        unsigned long long key = ((unsigned long long)f2key(v) << 32) | (0xffffffffu - (uint32_t)j);
-        best = key > best ? key : best;
-      }
-    }
+    if (active && wi == 0 && sl == 0) row_epilogue<EPI>(a, j, row, acc + bias, pos, best);
   }
 
   pdl_trigger();  // this block's weight streaming is done: let the next kernel launch and prefetch
@@ -366,18 +385,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_rows(RowsArgs a) {
     if (tid == 0) {
       unsigned long long m = 0;
       for (int w = 0; w < WARPS; w++) m = best_s[w] > m ? best_s[w] : m;
-      atomicMax(a.amax, m);
-      __threadfence();
-      if (atomicAdd(a.counter, 1u) == gridDim.x - 1) {
-        __threadfence();
-        unsigned long long m2 = atomicAdd(a.amax, 0ull);
-        int tok = (int)(0xffffffffu - (uint32_t)(m2 & 0xffffffffu));
-        int pos = a.st[0];
-        if (pos + 1 < a.maxT && pos + 1 >= a.st[1]) a.tokens[pos + 1] = tok;  // prompt tokens stay forced
-        a.st[0] = pos + 1;
-        *a.amax = 0ull;
-        *a.counter = 0u;
-      }
+      argmax_finish(a, m);
     }
   }
 }
@@ -599,37 +607,24 @@ __global__ void __launch_bounds__(MLP_THREADS) k_mlp_sparse(MlpArgs a) {
 // Dense steps write every head.
 constexpr int ATT_THREADS = 1024;
 constexpr int ATT_U = 4;  // keys per lane per round
-__host__ __device__ constexpr int att_smem_floats(int hd) { return (ATT_THREADS / 32) * (32 / (hd / 8)) * (hd + 2); }
 
-template <int HD>
-__global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restrict__ q, const __half* __restrict__ kc,
-                                                   const __half* __restrict__ vc, const uint8_t* __restrict__ valid,
-                                                   const int* __restrict__ sel, const int* __restrict__ st, int maxT,
-                                                   float* __restrict__ out) {
+// One head's attention over positions 0..T-1 with the first NW warps of the block: each warp an online softmax over
+// its key slots, the NW partial states merged through `sm` (>= NW * (32 / (HD / 8)) * (HD + 2) floats); o[i] is
+// written to out[i] (global or shared memory). `bar` is a barrier over those NW warps. Shared by k_attention and
+// the streamed path's k_attn_out (fused.cuh).
+__host__ __device__ constexpr int att_state_floats(int hd, int nw) { return nw * (32 / (hd / 8)) * (hd + 2); }
+
+template <int HD, int NW, class Bar>
+__device__ __forceinline__ void head_attention(const float* q, const __half* K, const __half* V, const uint8_t* ok,
+                                               int T, float* sm, float* out, Bar bar) {
   constexpr int LPK = HD / 8;        // lanes per key (16 bytes each)
   constexpr int KPW = 32 / LPK;      // key slots per warp
-  constexpr int NSLOT = (ATT_THREADS / 32) * KPW;
-  extern __shared__ float sm[];      // [NSLOT][HD + 2]: acc, m, l per slot
-  // Before waiting on the QKV kernel: the head list (joined by a full dependency), the position (changed only by the
-  // previous step's LM head) and an L2 prefetch of this lane's K/V rows.
-  const int h = sel ? sel[blockIdx.x] : blockIdx.x;
-  const int T = st[0] + 1;
+  constexpr int NSLOT = NW * KPW;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int sl = lane % LPK, kw = lane / LPK;
-  const int slot = warp * KPW + kw;
-  const __half* K = kc + (size_t)h * maxT * HD;
-  const __half* V = vc + (size_t)h * maxT * HD;
-  const uint8_t* ok = valid + (size_t)h * maxT;
-  for (int t = slot; t < T; t += NSLOT) {
-    prefetch_l2(K + (size_t)t * HD + sl * 8);
-    prefetch_l2(V + (size_t)t * HD + sl * 8);
-  }
-  pdl_wait();
-
+  const int sl = lane % LPK, kw = lane / LPK, slot = warp * KPW + kw;
   float qv[8];
 #pragma unroll
-  for (int i = 0; i < 8; i++) qv[i] = q[h * HD + sl * 8 + i];
-
+  for (int i = 0; i < 8; i++) qv[i] = __ldcg(q + sl * 8 + i);
   float m = -1e30f, l = 0.f;
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   // The loop bound is per warp (all lanes iterate together: the shuffles below need the whole warp).
@@ -637,11 +632,11 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restri
     const int t0 = w0 + kw;
     uint4 kv[ATT_U], vv[ATT_U];
 #pragma unroll
-    for (int u = 0; u < ATT_U; u++) {
+    for (int u = 0; u < ATT_U; u++) {  // K and V rows of the round requested together: one memory round trip
       int t = t0 + u * NSLOT;
       if (t < T) {
-        kv[u] = *reinterpret_cast<const uint4*>(K + (size_t)t * HD + sl * 8);
-        vv[u] = *reinterpret_cast<const uint4*>(V + (size_t)t * HD + sl * 8);
+        kv[u] = __ldcg(reinterpret_cast<const uint4*>(K + (size_t)t * HD + sl * 8));
+        vv[u] = __ldcg(reinterpret_cast<const uint4*>(V + (size_t)t * HD + sl * 8));
       }
     }
 #pragma unroll
@@ -649,7 +644,7 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restri
       int t = t0 + u * NSLOT;
       float s = t < T ? dot8(kv[u], qv) : 0.f;
       for (int o = LPK >> 1; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-      if (t < T && ok[t]) {
+      if (t < T && __ldcg(ok + t)) {
         float mn = fmaxf(m, s);
         float corr = __expf(m - mn), p = __expf(s - mn);
         l = l * corr + p;
@@ -668,10 +663,9 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restri
 #pragma unroll
   for (int i = 0; i < 8; i++) st_s[sl * 8 + i] = acc[i];
   if (sl == 0) { st_s[HD] = m; st_s[HD + 1] = l; }
-  pdl_trigger();
-  __syncthreads();
+  bar();
   // Merge the NSLOT partial states: SPLIT threads per output dimension, then a shuffle reduction.
-  constexpr int SPLIT = ATT_THREADS / HD;
+  constexpr int SPLIT = NW * 32 / HD;
   const int i = tid / SPLIT, pid = tid % SPLIT;
   float M = -1e30f;
   for (int s2 = pid; s2 < NSLOT; s2 += SPLIT) M = fmaxf(M, sm[s2 * (HD + 2) + HD]);
@@ -687,7 +681,31 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restri
     num += __shfl_xor_sync(0xffffffffu, num, o);
     den += __shfl_xor_sync(0xffffffffu, den, o);
   }
-  if (pid == 0) out[h * HD + i] = num / den;
+  if (pid == 0) out[i] = num / den;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restrict__ q, const __half* __restrict__ kc,
+                                                   const __half* __restrict__ vc, const uint8_t* __restrict__ valid,
+                                                   const int* __restrict__ sel, const int* __restrict__ st, int maxT,
+                                                   float* __restrict__ out) {
+  extern __shared__ float sm[];
+  // Before waiting on the QKV kernel: the head list (joined by a full dependency), the position (changed only by the
+  // previous step's LM head) and an L2 prefetch of this lane's K/V rows.
+  const int h = sel ? sel[blockIdx.x] : blockIdx.x;
+  const int T = st[0] + 1;
+  constexpr int LPK = HD / 8, KPW = 32 / LPK, NSLOT = (ATT_THREADS / 32) * KPW;
+  const int lane = threadIdx.x & 31, slot = (threadIdx.x >> 5) * KPW + lane / LPK, sl = lane % LPK;
+  const __half* K = kc + (size_t)h * maxT * HD;
+  const __half* V = vc + (size_t)h * maxT * HD;
+  for (int t = slot; t < T; t += NSLOT) {
+    prefetch_l2(K + (size_t)t * HD + sl * 8);
+    prefetch_l2(V + (size_t)t * HD + sl * 8);
+  }
+  pdl_wait();
+  pdl_trigger();
+  head_attention<HD, ATT_THREADS / 32>(q + h * HD, K, V, valid + (size_t)h * maxT, T, sm, out + h * HD,
+                                       [] { __syncthreads(); });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
