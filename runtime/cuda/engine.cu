@@ -63,6 +63,7 @@ struct Layer {
   int kH, kM;
   int *hsel, *nsel;
   Pred pa, pm;
+  float *c1q = nullptr, *c2q = nullptr, *c1m = nullptr, *c2m = nullptr;  // deferred LayerNorm constants (k_ln_fold)
 };
 
 struct Engine {
@@ -102,7 +103,13 @@ struct Engine {
   bool tma = true;        // env DEJAVU_CUDA_TMA=0: the per-op kernels above instead
   float *X = nullptr, *D = nullptr;
   int ring_bytes = 200 * 1024, seg_bytes = 5120, smem_optin = 0;  // ring: at most this, and what fits beside x
+  bool ln_defer = true;   // LayerNorm applied in the row epilogue (fused.cuh t_load_input; env DEJAVU_CUDA_LN_DEFER=0: off)
+  float *c1lm = nullptr, *c2lm = nullptr;  // the LM head's constants for it
+  int lead = -1;          // stages a streamed kernel issues before its input is ready (env DEJAVU_CUDA_LEAD; -1: all)
+  int lead_att = 4;       // the same for attention + out_proj (env DEJAVU_CUDA_LEAD_ATT; 4 measured best on 13B, -1..4)
   int tw = 16;            // consumer warps per streamed block (env DEJAVU_CUDA_TMA_WARPS: 16 or 8)
+  bool trace = false;     // number the streamed launches for the timeline trace (bench/cuda/trace.cu, DJ_TRACE builds)
+  int tr_next = -1;       // next trace id while a step is recorded
   std::vector<Group> groups;
   bool groups_dirty = true;
   cudaGraphExec_t graphs[M_COUNT] = {};
@@ -173,6 +180,9 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_SEG_BYTES")) e->seg_bytes = std::max(256, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_PDL_SPARSE")) e->pdl_side = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_TMA_WARPS")) e->tw = atoi(v) == 8 ? 8 : 16;
+  if (const char* v = getenv("DEJAVU_CUDA_LEAD")) e->lead = atoi(v);
+  if (const char* v = getenv("DEJAVU_CUDA_LN_DEFER")) e->ln_defer = v[0] != '0';
+  if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
   e->smem_optin = (int)p.sharedMemPerBlockOptin;
   if (d > T_DMAX) e->tma = false;  // t_load_input holds x in registers
   auto bad = [&]() { for (void* v : e->allocs) cudaFree(v); delete e; return (void*)nullptr; };
@@ -543,7 +553,7 @@ static TGeo make_geo(Engine* e, int K, int per) {
   const int rows = std::max(1, std::min(tw, per));
   const int stage = rows * (2 * K / seg);
   const int ring = std::min(e->ring_bytes, e->smem_optin - 4 * K - 8192);
-  return TGeo{seg, std::max(1, std::min(T_MAX_STAGES, ring / stage)), rows};
+  return TGeo{seg, std::max(1, std::min(T_MAX_STAGES, ring / stage)), rows, e->lead};
 }
 static size_t geo_smem(const TGeo& g, int K) { return (size_t)K * 4 + (size_t)g.S * g.rows * (2 * K / g.seg); }
 
@@ -575,6 +585,7 @@ static void launch_attn_out(Engine* e, cudaStream_t s, AttnOutArgs a, int nheads
   const int ring = std::min(e->ring_bytes, e->smem_optin - att - 8192);
   a.R = R;
   a.S = std::max(1, std::min({T_MAX_STAGES, hd / R, ring / (R * rowbytes)}));
+  a.lead = e->lead_att;
   const size_t smem = (size_t)att + (size_t)a.S * R * rowbytes;
   const dim3 grid(nheads * a.slices), block(t_threads(tw));
   if (tw == 8) {
@@ -595,6 +606,27 @@ static XIn point_in(Engine* e, int r, const float* g, const float* b, int norm, 
   in.delta = r == 0 ? nullptr : e->D + r * d;
   in.out = materialise && r > 0 ? e->X + r * d : nullptr;
   in.g = g; in.b = b; in.eps = e->eps; in.norm = norm;
+  in.tr = e->tr_next >= 0 ? e->tr_next++ : -1;
+  return in;
+}
+// The deferred LayerNorm's constants of every streamed row kernel that normalises its input (QKV, fc1, LM head).
+static int fold_ln(Engine* e) {
+  if (!e->tma || !e->ln_defer) return 0;
+  auto fold = [&](const __half* W, int rows, const float* g, const float* b, float** c1, float** c2) -> int {
+    if (!*c1 && (dalloc(e, c1, rows) || dalloc(e, c2, rows))) return -1;
+    k_ln_fold<<<(rows + 7) / 8, 256>>>(W, rows, e->d, g, b, *c1, *c2);
+    return 0;
+  };
+  for (auto& l : e->layers)
+    if (fold(l.Wqkv, 3 * e->d, l.ln1_g, l.ln1_b, &l.c1q, &l.c2q) || fold(l.W1, e->ffn, l.ln2_g, l.ln2_b, &l.c1m, &l.c2m))
+      return -1;
+  if (fold(e->lm, e->vocab, e->lnf_g, e->lnf_b, &e->c1lm, &e->c2lm)) return -1;
+  CK(cudaDeviceSynchronize());
+  return 0;
+}
+// An input point with the deferred LayerNorm's constants (when on).
+static XIn folded(Engine* e, XIn in, const float* c1, const float* c2) {
+  if (e->ln_defer && c1) { in.c1 = c1; in.c2 = c2; }
   return in;
 }
 static int set_tma_attrs(Engine* e) {
@@ -707,6 +739,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     cudaEventRecord(prof->evs[prof->used++], s0);
   };
   mark(-1);
+  e->tr_next = e->trace ? 0 : -1;
   const bool preds = mode == M_SPARSE || mode == M_PRED;
   e->pdl_now = !preds || e->pdl_side;
   const bool compute = mode != M_PRED;
@@ -729,8 +762,9 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       cudaStreamWaitEvent(s1, fork, 0);
       const __half* xin = nullptr;  // per-op path: the fp16 copies the last column GEMV wrote
       if (e->tma) {  // streamed path: this tap's input, from the immutable (X[r-1], D[r]), into the group's buffer
-        k_snap_input<<<1, 256, 0, s1>>>(point_in(e, tap == TAP_ATT_IN ? 2 * layer : 2 * layer + 1, nullptr, nullptr,
-                                                  g.norm, false), d, g.xh);
+        XIn tin = point_in(e, tap == TAP_ATT_IN ? 2 * layer : 2 * layer + 1, nullptr, nullptr, g.norm, false);
+        if (tin.tr >= 0) { tin.tr = -1; e->tr_next--; }  // side kernels are not traced
+        k_snap_input<<<1, 256, 0, s1>>>(tin, d, g.xh);
         xin = g.xh;
       }
       if (g.members.size() > 1) launch_pred1(e, s1, g.w1, g.rows, g.norm, g.t, xin);
@@ -787,11 +821,12 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         a.W = l.Wqkv; a.b = l.bqkv; a.K = d; a.n_out = e->kv_all && hs ? kH * hd + 2 * d : 3 * kH * hd;
         a.map = !hs ? MAP_ID : e->kv_all ? MAP_Q_KVALL : MAP_QKV; a.sel = hs ? l.hsel : nullptr; a.kH = kH; a.hd = hd;
         a.d = d; a.y = e->q; a.q_scale = qs; a.kc = l.kc; a.vc = l.vc; a.valid = l.valid; a.maxT = e->maxT; a.st = e->st;
-        launch_rows_tma<EPI_QKV>(e, s0, a, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), true);
+        launch_rows_tma<EPI_QKV>(e, s0, a, folded(e, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), l.c1q, l.c2q), true);
         mark(P_QKV);
         AttnOutArgs o{};
         o.q = e->q; o.kc = l.kc; o.vc = l.vc; o.valid = l.valid; o.sel = hs ? l.hsel : nullptr; o.st = e->st;
         o.maxT = e->maxT; o.d = d; o.WoT = l.WoT; o.bias = l.bo; o.y = e->D + (size_t)(2 * li + 1) * d;
+        o.tr = e->tr_next >= 0 ? e->tr_next++ : -1;
         launch_attn_out(e, s0, o, kH, true);
         mark(P_ATT);
       }
@@ -801,7 +836,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         MlpTmaArgs m{};
         m.W1 = l.W1; m.b1 = l.b1; m.W2T = l.W2T; m.b2 = l.b2; m.sel = ns ? l.nsel : nullptr; m.n = kM; m.d = d;
         m.y = e->D + (size_t)(2 * li + 2) * d;
-        launch_mlp_tma(e, s0, m, point_in(e, 2 * li + 1, l.ln2_g, l.ln2_b, 1, true), true);
+        launch_mlp_tma(e, s0, m, folded(e, point_in(e, 2 * li + 1, l.ln2_g, l.ln2_b, 1, true), l.c1m, l.c2m), true);
         mark(P_MLP);
       }
     }
@@ -812,7 +847,8 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       a.W = e->lm; a.K = d; a.n_out = e->vocab;
       a.map = MAP_ID; a.y = e->logits; a.st = e->st; a.maxT = e->maxT; a.amax = e->amax; a.counter = e->lm_counter;
       a.tokens = e->tokens;
-      launch_rows_tma<EPI_ARGMAX>(e, s0, a, point_in(e, 2 * e->L, e->lnf_g, e->lnf_b, 1, false), true);
+      launch_rows_tma<EPI_ARGMAX>(e, s0, a, folded(e, point_in(e, 2 * e->L, e->lnf_g, e->lnf_b, 1, false), e->c1lm, e->c2lm),
+                                  true);
       mark(P_LM);
     }
     return 0;
@@ -935,7 +971,7 @@ int dj_build(void* ev) {
     CK(cudaEventCreateWithFlags(&v, cudaEventDisableTiming));
     e->evs.push_back(v);
   }
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e)) return -1;
   CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(128, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(64, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(32, ATT_THREADS / 32) * 4));
@@ -958,7 +994,7 @@ int dj_build(void* ev) {
 int dj_graph_kernels(void* ev, int mode, int* count) {
   Engine* e = (Engine*)ev;
   cudaGraph_t g;
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e)) return -1;
   CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
   record_step(e, mode);
   CK(cudaStreamEndCapture(e->s0, &g));
@@ -983,7 +1019,7 @@ int dj_graph_kernels(void* ev, int mode, int* count) {
 // beside them (*total) so the two can be compared.
 int dj_profile(void* ev, int mode, int steps, float* ms, float* total) {
   Engine* e = (Engine*)ev;
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e)) return -1;
   Prof prof;
   for (int i = 0; i < P_COUNT; i++) ms[i] = 0.f;
   *total = 0.f;

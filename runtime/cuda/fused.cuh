@@ -32,6 +32,21 @@ __host__ __device__ constexpr int t_threads(int nw) { return nw * 32 + 32; }
 // side streams (k_rows / k_pred_scores / k_topk_select blocks), so they run beside a streamed block instead of
 // waiting for an SM to empty (measured: with 96 registers the predictors added 33% to a 13B sparse step).
 #define T_REGS __maxnreg__(72)
+
+// Timeline trace (bench/cuda/trace.cu builds with -DDJ_TRACE): thread 0 of each block writes %globaltimer at a few
+// points of each traced launch (id `tr` >= 0) into g_trace[tr][block][point]. Compiled out otherwise.
+constexpr int TR_MAXB = 256, TR_N = 6;  // points: 0 entry, 1 previous grid done (pdl_wait), 2 input ready, 3 end,
+                                        // 4 input loaded, 5 LayerNorm statistics ready
+#ifdef DJ_TRACE
+__device__ unsigned long long* g_trace;
+__device__ __forceinline__ void tr_mark(int tr, int k) {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  if (g_trace && tr >= 0 && blockIdx.x < TR_MAXB) g_trace[((size_t)tr * TR_MAXB + blockIdx.x) * TR_N + k] = t;
+}
+#else
+__device__ __forceinline__ void tr_mark(int, int) {}
+#endif
 template <int NW> __device__ __forceinline__ void cbar() { asm volatile("bar.sync 1, %0;" ::"n"(NW * 32) : "memory"); }
 
 // Where a kernel's input vector comes from, and what it makes of it (see the header).
@@ -43,6 +58,9 @@ struct XIn {
   const float* b;
   float eps;
   int norm;            // 0: raw x, 1: LayerNorm
+  const float* c1;     // deferred LayerNorm (t_load_input): per weight row W . g and W . b; null: LN in the prologue
+  const float* c2;
+  int tr;              // trace id (-1: none; DJ_TRACE builds only)
 };
 
 // Stream geometry of a row kernel: rows cut into `seg` segments; a stage holds one segment of each of `rows`
@@ -50,16 +68,37 @@ struct XIn {
 // few rows still fills its ring.
 struct TGeo {
   int seg, S, rows;
+  int lead;  // stages the producer may issue before the consumers' input is ready (-1: no limit); see t_produce_group
 };
 
-// Consumer prologue: x = base + delta into registers, optional LayerNorm, written to shared memory as two float4
-// planes (lo[c] = x[8c..8c+3], hi[c] = x[8c+4..8c+7]) so lane c's 32 bytes come without bank conflicts; this
-// block's slice of X[r] written. Consumer threads only (named barrier 1).
+// Consumer prologue: x = base + delta into registers, written to shared memory as two float4 planes (lo[c] =
+// x[8c..8c+3], hi[c] = x[8c+4..8c+7]) so lane c's 32 bytes come without bank conflicts; this block's slice of X[r]
+// written. Consumer threads only (named barrier 1). Two forms of the LayerNorm:
+//   in.c1 null: the planes hold LN(x) (statistics, a barrier, then the affine: two round trips, two barriers).
+//   in.c1 set (deferred): the planes hold g * x, and the row epilogue applies the rest (t_ln_row):
+//     W . (g * (x - mean) * rstd + b) = rstd * (W . (g * x) - mean * c1) + c2,  c1 = W . g, c2 = W . b per row,
+//   so the dots start after one round trip (x; g is loaded before pdl_wait) and one barrier. Why: the prologue is
+//   on the critical path of every kernel (3.5-6 us measured with bench/cuda/trace.cu), the weight ring is full then.
+template <int NW> __host__ __device__ constexpr int t_xv() { return T_DMAX / 4 / (NW * 32); }
+struct LnStat {
+  float mean, rstd;
+};
 template <int NW>
-__device__ void t_load_input(const XIn& in, int d, float4* xs) {
-  constexpr int TC = NW * 32, T_XV = T_DMAX / 4 / TC;
+__device__ __forceinline__ void t_pre_input(const XIn& in, int d, float4 (&gv)[t_xv<NW>()]) {
+  constexpr int TC = NW * 32;
+  if (!in.c1) return;
+#pragma unroll
+  for (int u = 0; u < t_xv<NW>(); u++) {
+    const int i = threadIdx.x + u * TC;
+    if (i < (d >> 2)) gv[u] = __ldg(reinterpret_cast<const float4*>(in.g) + i);
+  }
+}
+template <int NW>
+__device__ LnStat t_load_input(const XIn& in, int d, float4* xs, const float4 (&gv)[t_xv<NW>()]) {
+  constexpr int TC = NW * 32, T_XV = t_xv<NW>();
   __shared__ float red[2][NW];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, n4 = d >> 2;
+  const bool defer = in.c1 != nullptr;
   float4 v[T_XV];
   float s = 0.f, s2 = 0.f;
   const float4* b4 = reinterpret_cast<const float4*>(in.base);
@@ -78,6 +117,7 @@ __device__ void t_load_input(const XIn& in, int d, float4* xs) {
       s2 += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
     }
   }
+  if (tid == 0) tr_mark(in.tr, 4);
   if (in.out) {  // this block's slice of X[r]
     const int per = (n4 + gridDim.x - 1) / gridDim.x, i0 = blockIdx.x * per, i1 = min(n4, i0 + per);
 #pragma unroll
@@ -86,24 +126,38 @@ __device__ void t_load_input(const XIn& in, int d, float4* xs) {
       if (i >= i0 && i < i1) reinterpret_cast<float4*>(in.out)[i] = v[u];
     }
   }
-  float mean = 0.f, rstd = 1.f;
+  LnStat st{0.f, 1.f};
   if (in.norm) {
     s = warp_sum(s);
     s2 = warp_sum(s2);
     if (lane == 0) { red[0][w] = s; red[1][w] = s2; }
+  }
+  if (defer) {  // planes = g * x now; the statistics after the one barrier below
+#pragma unroll
+    for (int u = 0; u < T_XV; u++) {
+      int i = tid + u * TC;
+      if (i >= n4) continue;
+      const float4 a = v[u], g = gv[u];
+      xs[(i & 1) ? (d >> 3) + (i >> 1) : (i >> 1)] = make_float4(a.x * g.x, a.y * g.y, a.z * g.z, a.w * g.w);
+    }
+  }
+  if (in.norm) {
     cbar<NW>();
     s = 0.f; s2 = 0.f;
 #pragma unroll
     for (int k = 0; k < NW; k++) { s += red[0][k]; s2 += red[1][k]; }
-    mean = s / d;
-    rstd = rsqrtf(fmaxf(s2 / d - mean * mean, 0.f) + in.eps);
+    st.mean = s / d;
+    st.rstd = rsqrtf(fmaxf(s2 / d - st.mean * st.mean, 0.f) + in.eps);
   }
+  if (tid == 0) tr_mark(in.tr, 5);
+  if (defer) return st;
 #pragma unroll
   for (int u = 0; u < T_XV; u++) {
     int i = tid + u * TC;
     if (i >= n4) continue;
     float4 a = v[u];
     if (in.norm) {
+      const float mean = st.mean, rstd = st.rstd;
       a.x = (a.x - mean) * rstd; a.y = (a.y - mean) * rstd; a.z = (a.z - mean) * rstd; a.w = (a.w - mean) * rstd;
       if (in.g) {
         float4 g = __ldg(reinterpret_cast<const float4*>(in.g) + i), bb = __ldg(reinterpret_cast<const float4*>(in.b) + i);
@@ -113,6 +167,11 @@ __device__ void t_load_input(const XIn& in, int d, float4* xs) {
     xs[(i & 1) ? (d >> 3) + (i >> 1) : (i >> 1)] = a;
   }
   cbar<NW>();
+  return st;
+}
+// The deferred LayerNorm's row epilogue (see t_load_input); c1r, c2r = c1[row], c2[row], loaded ahead.
+__device__ __forceinline__ float t_ln_row(const XIn& in, LnStat st, float dot, float c1r, float c2r) {
+  return in.c1 ? st.rstd * (dot - st.mean * c1r) + c2r : dot;
 }
 
 // dot of 16 bytes of fp16 weights (vector c of the row) with x from the planes
@@ -125,12 +184,19 @@ __device__ __forceinline__ float t_dot(const uint4& w, const float4* xs, int d, 
 // The ring protocol of the row kernels. A group = `nr` rows, each cut into `seg` segments of segbytes; stage `it`
 // (mod S) holds segment sg of every row of the group. Producer (one thread): wait until the consumers released the
 // stage's previous use, announce its bytes, issue one bulk copy per row. `row(r)` = start of row r of the group.
+// Lead: an SM's memory requests return roughly in order, so a ring's worth of weight copies issued at kernel entry
+// (~200 KB, ~6 us of the SM's share of bandwidth) delays the loads the consumers need first (x, K/V) by as much.
+// So the producer issues at most `lead` stages, then waits on `go` (consumers arrive once their input is ready).
+__device__ __forceinline__ void t_lead_gate(int it, int lead, uint64_t* go) {
+  if (it == lead) mbar_wait(go, 0);
+}
 template <class Row>
 __device__ __forceinline__ void t_produce_group(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes,
                                                 int segbytes, int segel, int seg, int S, int nr, Row row, uint64_t pol,
-                                                int& it) {
+                                                int& it, int lead, uint64_t* go) {
   for (int sg = 0; sg < seg; sg++, it++) {
     const int s = it % S;
+    t_lead_gate(it, lead, go);
     if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
     mbar_expect_tx(&ring.full[s], nr * segbytes);
     for (int r = 0; r < nr; r++)
@@ -167,12 +233,13 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ unsigned long long best_s[TW];
+  __shared__ uint64_t go;
   const int K = a.K, seg = geo.seg, S = geo.S, segel = K / seg, segbytes = segel * 2, stage_bytes = geo.rows * segbytes, RS = geo.rows;
   float4* xs = reinterpret_cast<float4*>(t_sm);
   unsigned char* stages = t_sm + (size_t)K * 4;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int per = (a.n_out + gridDim.x - 1) / gridDim.x, j0 = blockIdx.x * per, j1 = min(a.n_out, j0 + per);
-  if (threadIdx.x == 0) { ring.init(TW); mbar_fence_init(); }
+  if (threadIdx.x == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
   __syncthreads();
   if (warp == TW) {  // producer: weights and row selections only (never written by the kernel before us)
     if (lane == 0) {
@@ -180,14 +247,18 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       int it = 0;
       for (int g = j0; g < j1; g += RS)
         t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, min(RS, j1 - g),
-                        [&](int r) { return a.W + (size_t)rows_map(a, g + r) * K; }, pol, it);
+                        [&](int r) { return a.W + (size_t)rows_map(a, g + r) * K; }, pol, it, geo.lead, &go);
     }
     pdl_trigger();
     return;
   }
   pdl_trigger();
+  float4 gv[t_xv<NW>()];
+  t_pre_input<NW>(in, K, gv);
   pdl_wait();
-  t_load_input<NW>(in, K, xs);
+  if (threadIdx.x == 0) tr_mark(in.tr, 1);
+  const LnStat lst = t_load_input<NW>(in, K, xs, gv);
+  if (threadIdx.x == 0) { mbar_arrive(&go); tr_mark(in.tr, 2); }
   const int pos = EPI == EPI_QKV ? a.st[0] : 0;
   unsigned long long best = 0ull;
   int it = 0;
@@ -195,9 +266,11 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
     const int nr = min(RS, j1 - g), j = g + warp;
     const bool active = warp < nr;
     const int row = active ? rows_map(a, j) : 0;
-    const float bias = active && a.b && lane == 0 ? __ldg(a.b + row) : 0.f;
+    const bool ld = active && lane == 0;
+    const float bias = ld && a.b ? __ldg(a.b + row) : 0.f;
+    const float c1r = ld && in.c1 ? __ldg(in.c1 + row) : 0.f, c2r = ld && in.c1 ? __ldg(in.c2 + row) : 0.f;
     const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
-    if (active && lane == 0) row_epilogue<EPI>(a, j, row, acc + bias, pos, best);
+    if (ld) row_epilogue<EPI>(a, j, row, t_ln_row(in, lst, acc, c1r, c2r) + bias, pos, best);
   }
   if constexpr (EPI == EPI_ARGMAX) {
     if (lane == 0) best_s[warp] = best;
@@ -208,6 +281,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       argmax_finish(a, m);
     }
   }
+  if (threadIdx.x == 0) tr_mark(in.tr, 3);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -222,9 +296,11 @@ struct AttnOutArgs {
   const int* sel;       // head list (null: all heads)
   const int* st;
   int maxT, d, slices, R, S;
+  int lead;             // stages issued before the attention is done (-1: no limit; t_produce_group)
   const __half* WoT;    // [d][d] (out_proj transposed)
   const float* bias;    // [d] added by the slices of list entry 0
   float* y;             // D[2l+1]
+  int tr;               // trace id (-1: none)
 };
 
 template <int HD, int NW>
@@ -233,6 +309,7 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float o_s[HD];
+  __shared__ uint64_t go;
   const int hi = blockIdx.x / a.slices, sl_i = blockIdx.x % a.slices;
   const int h = a.sel ? a.sel[hi] : hi;
   const int nv_all = a.d >> 3, v0 = sl_i * nv_all / a.slices, v1 = (sl_i + 1) * nv_all / a.slices, nv = v1 - v0;
@@ -240,7 +317,17 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   float* att_sm = reinterpret_cast<float*>(t_sm);                                    // attention merge / reduction
   unsigned char* stages = t_sm + (size_t)att_state_floats(HD, NW) * 4;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  if (tid == 0) { ring.init(TW); mbar_fence_init(); }
+  if (tid == 0) {
+    ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(a.tr, 0);
+    // This head's K/V history into L2 before the weight copies are queued: with the copies gated (a.lead), the
+    // attention's loads are then L2 hits with nothing ahead of them. (st[0] is final here: k_embed_tma triggers
+    // its dependents only after its pdl_wait, i.e. after the previous step's LM head moved the position.)
+    const int past = a.st[0];
+    if (past > 0) {
+      prefetch_l2_bulk(a.kc + (size_t)h * a.maxT * HD, (uint32_t)(past * HD * 2));
+      prefetch_l2_bulk(a.vc + (size_t)h * a.maxT * HD, (uint32_t)(past * HD * 2));
+    }
+  }
   __syncthreads();
   if (warp == TW) {
     if (lane == 0) {
@@ -248,6 +335,7 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
       const __half* base = a.WoT + (size_t)h * HD * a.d + (size_t)v0 * 8;
       for (int it = 0; it < nst; it++) {
         const int s = it % a.S;
+        t_lead_gate(it, a.lead, &go);
         if (it >= a.S) mbar_wait(&ring.empty[s], ((it / a.S) & 1) ^ 1);
         mbar_expect_tx(&ring.full[s], stage_bytes);
         for (int r = 0; r < a.R; r++)
@@ -261,9 +349,11 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   pdl_trigger();
   // ---- attention (kernels.cuh head_attention, with the consumer warps) ----
   pdl_wait();
+  if (tid == 0) tr_mark(a.tr, 1);
   head_attention<HD, NW>(a.q + h * HD, a.kc + (size_t)h * a.maxT * HD, a.vc + (size_t)h * a.maxT * HD,
                          a.valid + (size_t)h * a.maxT, a.st[0] + 1, att_sm, o_s, [] { cbar<NW>(); });
   cbar<NW>();
+  if (tid == 0) { mbar_arrive(&go); tr_mark(a.tr, 2); }
   // ---- out_proj over the slice: thread -> (vector group of up to T_VPT vectors, row group) ----
   const int G = nv >= TC ? 1 : TC / nv;           // row groups
   const int vt = nv >= TC ? tid : tid % nv, grp = nv >= TC ? 0 : tid / nv;
@@ -328,6 +418,7 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
     atomicAdd(y4, make_float4(acc[u][0], acc[u][1], acc[u][2], acc[u][3]));
     atomicAdd(y4 + 1, make_float4(acc[u][4], acc[u][5], acc[u][6], acc[u][7]));
   }
+  if (tid == 0) tr_mark(a.tr, 3);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -351,12 +442,13 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float h_s[2][TW];
+  __shared__ uint64_t go;
   const int K = a.d, seg = geo.seg, S = geo.S, segel = K / seg, segbytes = segel * 2, stage_bytes = geo.rows * segbytes, RS = geo.rows;
   float4* xs = reinterpret_cast<float4*>(t_sm);
   unsigned char* stages = t_sm + (size_t)K * 4;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int per = (a.n + gridDim.x - 1) / gridDim.x, j0 = blockIdx.x * per, j1 = min(a.n, j0 + per);
-  if (tid == 0) { ring.init(TW); mbar_fence_init(); }
+  if (tid == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
   __syncthreads();
   if (warp == TW) {
     if (lane == 0) {
@@ -367,7 +459,8 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
         for (int m = 0; m < 2; m++) {  // the chunk's fc1 rows, then its fc2^T rows
           const __half* W = m == 0 ? a.W1 : a.W2T;
           t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, nr,
-                          [&](int r) { return W + (size_t)(a.sel ? a.sel[g + r] : g + r) * K; }, pol, it);
+                          [&](int r) { return W + (size_t)(a.sel ? a.sel[g + r] : g + r) * K; }, pol, it, geo.lead,
+                          &go);
         }
       }
     }
@@ -375,8 +468,12 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
     return;
   }
   pdl_trigger();
+  float4 gv[t_xv<NW>()];
+  t_pre_input<NW>(in, K, gv);
   pdl_wait();
-  t_load_input<NW>(in, K, xs);
+  if (tid == 0) tr_mark(in.tr, 1);
+  const LnStat lst = t_load_input<NW>(in, K, xs, gv);
+  if (tid == 0) { mbar_arrive(&go); tr_mark(in.tr, 2); }
   const int segvec = segbytes >> 4;
   float acc[T_SEGMAX][8];
 #pragma unroll
@@ -389,9 +486,10 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
     const bool active = warp < nr;
     const int row = active ? (a.sel ? a.sel[g + warp] : g + warp) : 0;
     const float b1 = active ? __ldg(a.b1 + row) : 0.f;
+    const float c1r = active && in.c1 ? __ldg(in.c1 + row) : 0.f, c2r = active && in.c1 ? __ldg(in.c2 + row) : 0.f;
     const float dot = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
     float* hs = h_s[chunk & 1];
-    if (lane == 0) hs[warp] = active ? fmaxf(dot + b1, 0.f) : 0.f;
+    if (lane == 0) hs[warp] = active ? fmaxf(t_ln_row(in, lst, dot, c1r, c2r) + b1, 0.f) : 0.f;
     cbar<NW>();  // h of the chunk complete (and the other buffer no longer read: every thread passed its chunk)
 #pragma unroll
     for (int sg = 0; sg < T_SEGMAX; sg++) {
@@ -438,6 +536,32 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
       atomicAdd(y4 + 1, make_float4(a.b2[col + 4], a.b2[col + 5], a.b2[col + 6], a.b2[col + 7]));
     }
   }
+  if (tid == 0) tr_mark(in.tr, 3);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The deferred LayerNorm's per-row constants (t_load_input): c1[r] = W[r] . g, c2[r] = W[r] . b; a warp per row, fp32
+// over the fp16 weights the kernels stream. Run when a graph is built (weights and LN parameters are final then).
+__global__ void __launch_bounds__(256) k_ln_fold(const __half* __restrict__ W, int rows, int K, const float* __restrict__ g,
+                                                 const float* __restrict__ b, float* __restrict__ c1, float* __restrict__ c2) {
+  const int row = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const uint4* w = reinterpret_cast<const uint4*>(W + (size_t)row * K);
+  float s1 = 0.f, s2 = 0.f;
+  for (int c = lane; c < K / 8; c += 32) {
+    const uint4 v = w[c];
+    const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const float2 f = __half22float2(h[i]);
+      const int k = 8 * c + 2 * i;
+      s1 += f.x * g[k] + f.y * g[k + 1];
+      s2 += f.x * b[k] + f.y * b[k + 1];
+    }
+  }
+  s1 = warp_sum(s1);
+  s2 = warp_sum(s2);
+  if (lane == 0) { c1[row] = s1; c2[row] = s2; }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

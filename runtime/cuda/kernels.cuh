@@ -623,20 +623,25 @@ __device__ __forceinline__ void head_attention(const float* q, const __half* K, 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int sl = lane % LPK, kw = lane / LPK, slot = warp * KPW + kw;
   float qv[8];
-#pragma unroll
-  for (int i = 0; i < 8; i++) qv[i] = __ldcg(q + sl * 8 + i);
+  {
+    const float4 q0 = __ldcg(reinterpret_cast<const float4*>(q + sl * 8)), q1 = __ldcg(reinterpret_cast<const float4*>(q + sl * 8 + 4));
+    qv[0] = q0.x; qv[1] = q0.y; qv[2] = q0.z; qv[3] = q0.w; qv[4] = q1.x; qv[5] = q1.y; qv[6] = q1.z; qv[7] = q1.w;
+  }
   float m = -1e30f, l = 0.f;
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   // The loop bound is per warp (all lanes iterate together: the shuffles below need the whole warp).
   for (int w0 = warp * KPW; w0 < T; w0 += NSLOT * ATT_U) {
     const int t0 = w0 + kw;
     uint4 kv[ATT_U], vv[ATT_U];
+    bool okv[ATT_U];
 #pragma unroll
-    for (int u = 0; u < ATT_U; u++) {  // K and V rows of the round requested together: one memory round trip
-      int t = t0 + u * NSLOT;
+    for (int u = 0; u < ATT_U; u++) {  // K, V rows and valid flags of the round requested together: one round trip
+      int t = t0 + u * NSLOT;          // (the flags loaded one key at a time cost ATT_U more round trips, ~3 us)
+      okv[u] = false;
       if (t < T) {
         kv[u] = __ldcg(reinterpret_cast<const uint4*>(K + (size_t)t * HD + sl * 8));
         vv[u] = __ldcg(reinterpret_cast<const uint4*>(V + (size_t)t * HD + sl * 8));
+        okv[u] = __ldcg(ok + t) != 0;
       }
     }
 #pragma unroll
@@ -644,7 +649,7 @@ __device__ __forceinline__ void head_attention(const float* q, const __half* K, 
       int t = t0 + u * NSLOT;
       float s = t < T ? dot8(kv[u], qv) : 0.f;
       for (int o = LPK >> 1; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-      if (t < T && __ldcg(ok + t)) {
+      if (okv[u]) {
         float mn = fmaxf(m, s);
         float corr = __expf(m - mn), p = __expf(s - mn);
         l = l * corr + p;

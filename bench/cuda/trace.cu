@@ -1,0 +1,134 @@
+// Timeline of one decode step on the streamed path, from inside the kernels: thread 0 of every block of every main
+// kernel (QKV, attention+out_proj, MLP, LM head) stamps %globaltimer at entry, when the previous grid is done
+// (pdl_wait), when its input is ready, and at its end (fused.cuh, tr_mark; this file builds the engine with
+// -DDJ_TRACE). Replays the graph of each mode (random OPT shape, prompt filled by decode steps, random predictors
+// like the bench), then prints per kernel kind the medians over layers of:
+//   gap    previous kernel's last block end -> this kernel's first block entry
+//   wait   first entry -> last pdl_wait release (what the early-launched blocks spent waiting)
+//   in     input ready - pdl_wait (LayerNorm prologue / attention), median over blocks
+//   in:load / in:stat  of `in`: x loaded (base + delta) / LayerNorm statistics reduced (streamed row kernels)
+//   span   first entry -> last end; work = first input ready -> last end; tail = median end -> last end
+// and writes the raw stamps (uint64 ns, [launch][block][4]) to OUT/trace-<mode>.bin.
+// Build: nvcc -O3 -arch=sm_90 -std=c++17 -DDJ_TRACE -o trace bench/cuda/trace.cu   Run: ./trace opt-13b OUTDIR
+#include "../../runtime/cuda/engine.cu"
+#include <random>
+#include <map>
+
+#define OK(x) do { if ((x) != 0) { printf("error at %s:%d: %s\n", __FILE__, __LINE__, dj_last_error()); return 1; } } while (0)
+#define CU(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA %s at %d\n", cudaGetErrorString(e_), __LINE__); return 1; } } while (0)
+
+struct Shape { const char* name; int d, L, H, ffn; };
+static const Shape shapes[] = {{"opt-6.7b", 4096, 32, 32, 16384}, {"opt-13b", 5120, 40, 40, 20480},
+                               {"opt-30b", 7168, 48, 56, 28672}, {"opt-66b", 9216, 64, 72, 36864}};
+
+static double med(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int main(int argc, char** argv) {
+  const char* want = argc > 1 ? argv[1] : "opt-13b";
+  const char* out = argc > 2 ? argv[2] : ".";
+  const Shape* sh = nullptr;
+  for (auto& s : shapes) if (!strcmp(s.name, want)) sh = &s;
+  if (!sh) { printf("unknown shape %s\n", want); return 1; }
+  const int prompt = 128, maxT = prompt + 64;
+  void* ev = dj_create(50272, sh->d, sh->L, sh->H, sh->ffn, 2048, maxT, 1e-5f);
+  if (!ev) { printf("create: %s\n", dj_last_error()); return 1; }
+  Engine* e = (Engine*)ev;
+  OK(dj_fill_random(ev, 1234));
+  const int kH = std::max(1, (int)std::lround(0.2 * sh->H)), kM = (int)std::lround(0.05 * sh->ffn);
+  for (int l = 0; l < sh->L; l++) {
+    OK(dj_set_predictor(ev, l, 0, TAP_ATT_IN, std::max(0, l - 1), nullptr, nullptr, 128, kH, 0));
+    OK(dj_set_predictor(ev, l, 1, TAP_ATT_IN, l, nullptr, nullptr, 128, kM, 0));
+  }
+  std::vector<int> ids(prompt);
+  std::mt19937 rng(7);
+  for (auto& t : ids) t = rng() % 50272;
+  OK(dj_set_prompt(ev, ids.data(), prompt));
+  e->trace = true;
+  OK(dj_build(ev));
+  const int launches = 3 * sh->L + 1;
+  unsigned long long* buf;
+  const size_t n = (size_t)launches * TR_MAXB * TR_N;
+  CU(cudaMalloc(&buf, n * 8));
+  CU(cudaMemcpyToSymbol(g_trace, &buf, sizeof buf));
+  OK(dj_run(ev, M_DENSE, prompt, nullptr));  // prefill by decode steps
+  std::vector<unsigned long long> h(n);
+  const char* names[] = {"dense", "sparse", "fixed"};
+  const int modes[] = {M_DENSE, M_SPARSE, M_FIXED};
+  printf("shape %s, %d SMs, prompt %d; per kind: medians over layers (us)\n", sh->name, e->sms, prompt);
+  for (int mi = 0; mi < 3; mi++) {
+    const int mode = modes[mi];
+    OK(dj_set_pos(ev, prompt));
+    OK(dj_run(ev, mode, 3, nullptr));  // warm-up (and, for fixed, selections from the sparse runs before)
+    CU(cudaMemset(buf, 0, n * 8));
+    float ms;
+    OK(dj_run(ev, mode, 1, &ms));
+    CU(cudaMemcpy(h.data(), buf, n * 8, cudaMemcpyDeviceToHost));
+    char path[512];
+    snprintf(path, sizeof path, "%s/trace-%s-%s.bin", out, sh->name, names[mi]);
+    if (FILE* f = fopen(path, "wb")) { fwrite(h.data(), 8, n, f); fclose(f); }
+    // Per launch: blocks that stamped (entry != 0).
+    struct K { double first_in, last_wait, first_ready, med_ready_gap, last_end, med_end, ld, stats; int blocks; };
+    std::vector<K> ks(launches);
+    unsigned long long t0 = ~0ull;
+    for (size_t i = 0; i < n; i += TR_N) if (h[i]) t0 = std::min(t0, h[i]);
+    for (int k = 0; k < launches; k++) {
+      std::vector<double> in, wt, rd, en, ld, stt;
+      for (int b = 0; b < TR_MAXB; b++) {
+        const unsigned long long* p = &h[((size_t)k * TR_MAXB + b) * TR_N];
+        if (!p[0]) continue;
+        in.push_back((p[0] - t0) / 1e3); wt.push_back((p[1] - t0) / 1e3); rd.push_back((p[2] - t0) / 1e3);
+        en.push_back((p[3] - t0) / 1e3);
+        if (p[4]) { ld.push_back((p[4] - p[1]) / 1e3); stt.push_back((p[5] - p[4]) / 1e3); }
+      }
+      K& q = ks[k];
+      q.blocks = (int)in.size();
+      if (!q.blocks) continue;
+      std::vector<double> gap;
+      for (size_t i = 0; i < in.size(); i++) gap.push_back(rd[i] - wt[i]);
+      q.first_in = *std::min_element(in.begin(), in.end());
+      q.last_wait = *std::max_element(wt.begin(), wt.end());
+      q.first_ready = *std::min_element(rd.begin(), rd.end());
+      q.med_ready_gap = med(gap);
+      q.last_end = *std::max_element(en.begin(), en.end());
+      q.med_end = med(en);
+      q.ld = med(ld); q.stats = med(stt);
+    }
+    printf("\n== %s: step %.3f ms (event), traced span %.1f us\n", names[mi], ms, ks[launches - 1].last_end - ks[0].first_in);
+    const char* kind[] = {"qkv", "attn_out", "mlp"};
+    printf("%-9s %7s %7s %7s %7s %7s %7s %7s %7s %7s\n", "kind", "blocks", "gap", "wait", "in", "in:load", "in:stat", "span", "work", "tail");
+    for (int c = 0; c < 4; c++) {
+      std::vector<double> gap, wait, inn, span, work, tail, ld, stt;
+      int blocks = 0;
+      for (int k = 0; k < launches; k++) {
+        if (c < 3 ? (k == launches - 1 || k % 3 != c) : k != launches - 1) continue;
+        const K& q = ks[k];
+        if (!q.blocks) continue;
+        blocks = q.blocks;
+        if (k > 0 && ks[k - 1].blocks) gap.push_back(q.first_in - ks[k - 1].last_end);
+        wait.push_back(q.last_wait - q.first_in);
+        inn.push_back(q.med_ready_gap);
+        span.push_back(q.last_end - q.first_in);
+        work.push_back(q.last_end - q.first_ready);
+        tail.push_back(q.last_end - q.med_end);
+        ld.push_back(q.ld); stt.push_back(q.stats);
+      }
+      printf("%-9s %7d %7.2f %7.2f %7.2f %7.2f %7.2f %7.2f %7.2f %7.2f\n", c < 3 ? kind[c] : "lm_head", blocks, med(gap),
+             med(wait), med(inn), med(ld), med(stt), med(span), med(work), med(tail));
+    }
+    // Layer 20 in detail (relative to its QKV's first entry).
+    const int L0 = std::min(20, sh->L - 1) * 3;
+    printf("layer %d detail (us from its qkv entry): launch: first entry / last wait release / first ready / median end / last end\n", L0 / 3);
+    for (int k = L0; k < L0 + 4 && k < launches; k++) {
+      const K& q = ks[k];
+      const double z = ks[L0].first_in;
+      printf("  %-9s %8.2f %8.2f %8.2f %8.2f %8.2f\n", k == launches - 1 ? "lm_head" : kind[k % 3], q.first_in - z,
+             q.last_wait - z, q.first_ready - z, q.med_end - z, q.last_end - z);
+    }
+  }
+  dj_destroy(ev);
+  return 0;
+}
