@@ -362,11 +362,20 @@ static void test_attention(int H, int kH, int T, bool holes) {
 // Predictor scores + exact top-k. The selection is checked against the GPU's own scores (so fp32 summation-order
 // differences cannot flip a near-tie): exactly k distinct indices, every selected score >= every unselected one.
 // Scores themselves are checked against fp64. Run twice: the state must leave itself ready for the next launch.
-static void test_topk(int n, int r, int k, bool degenerate = false) {
+// tied_at_k: that many rows copied from the row ranked k-th, so the threshold bin holds > TOPK_CAND_SM candidates
+// (the selection then reads them from L2).
+static void test_topk(int n, int r, int k, bool degenerate = false, int tied_at_k = 0) {
   auto W2 = r16(randv((size_t)n * r, 1.f / std::sqrt((float)r)));
   auto t = randv(r, 1.f);
   if (n > 1000) for (int i = 0; i < 50; i++) { size_t j = rng() % n; for (int c = 0; c < r; c++) W2[j * r + c] = W2[(j + 1) % n * r + c]; }  // exact ties
   if (degenerate) for (int j = 0; j < n; j += 2) for (int c = 0; c < r; c++) W2[(size_t)j * r + c] = W2[c];  // half the scores equal
+  if (tied_at_k) {
+    std::vector<std::pair<double, int>> sc(n);
+    for (int j = 0; j < n; j++) { double v = 0; for (int c = 0; c < r; c++) v += (double)W2[(size_t)j * r + c] * t[c]; sc[j] = {-v, j}; }
+    std::nth_element(sc.begin(), sc.begin() + (k - 1), sc.end());
+    const int q = sc[k - 1].second;
+    for (int i = 0; i < tied_at_k; i++) { size_t j = rng() % n; if ((int)j != q) for (int c = 0; c < r; c++) W2[j * r + c] = W2[(size_t)q * r + c]; }
+  }
   float* scores = poisoned(n);
   int* sel;
   CUDA_OK(cudaMalloc(&sel, k * sizeof(int)));
@@ -399,7 +408,8 @@ static void test_topk(int n, int r, int k, bool degenerate = false) {
       expect(name, s, ref);
     }
   }
-  snprintf(name, sizeof name, "top-k n=%d k=%d%s: k distinct, all picked >= all others, x2", n, k, degenerate ? " (half tied)" : "");
+  snprintf(name, sizeof name, "top-k n=%d k=%d%s: k distinct, all picked >= all others, x2", n, k,
+           degenerate ? " (half tied)" : tied_at_k ? " (~2000 tied at the threshold)" : "");
   expect_true(name, ok);
 }
 
@@ -813,6 +823,7 @@ int main(int argc, char** argv) {
   test_topk(1536, 24, 154);  // rank 24: 3 vectors per row, 4 lanes
   test_topk(100, 8, 100);
   test_topk(20480, 128, 1024, true);
+  test_topk(20480, 128, 1024, false, 2000);
   test_lmhead(50272, 5120, 1, 3);
   test_lmhead(8192, 384, 10, 3);
   // The whole-engine checks under each path: streamed (default), per-op kernels, persistent dense layer kernel.

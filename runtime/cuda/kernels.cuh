@@ -727,6 +727,10 @@ __global__ void __launch_bounds__(ATT_THREADS) k_attention(const float* __restri
 constexpr int TOPK_THREADS = 512;
 constexpr int TOPK_BINS = 4096;   // top 12 bits of the key
 constexpr int TOPK_CAND = 4096;   // candidates held for the last block; more (degenerate scores) -> slower exact path
+constexpr int TOPK_CAND_SM = 1024;  // of those, copied to shared memory (more: read from L2)
+constexpr int TOPK_HG = 4;          // shared histogram copies (warp w uses w % TOPK_HG)
+// Shared memory of k_topk_select stays ~9 KB: with PDL the streamed kernels hold ~200 KB of an SM while they wait,
+// and the predictor kernels must fit beside them.
 
 struct TopkState {
   unsigned cnt_scores, cnt_select, n_sel, n_cand, bin, rem, taken_eq, pad;
@@ -780,19 +784,19 @@ __device__ __forceinline__ int block_excl_scan(int v, int* tmp, int* total) {
 template <class Get>
 __device__ void radix_passes(Get get, int n, const int* shifts, int nshift, uint32_t& prefix, uint32_t& mask,
                              int (*hist)[256], int* s_digit, int* s_rem) {
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   for (int si = 0; si < nshift; si++) {
     const int shift = shifts[si];
-    for (int i = lane; i < 256; i += 32) hist[warp][i] = 0;
+    for (int i = tid; i < TOPK_HG * 256; i += blockDim.x) hist[i >> 8][i & 255] = 0;
     __syncthreads();
     for (int i = tid; i < n; i += blockDim.x) {
       uint32_t kk = get(i);
-      if ((kk & mask) == prefix) atomicAdd(&hist[warp][(kk >> shift) & 255], 1);
+      if ((kk & mask) == prefix) atomicAdd(&hist[warp % TOPK_HG][(kk >> shift) & 255], 1);
     }
     __syncthreads();
     if (tid < 256) {
       int s = 0;
-      for (int w = 0; w < nwarps; w++) s += hist[w][tid];
+      for (int w = 0; w < TOPK_HG; w++) s += hist[w][tid];
       hist[0][tid] = s;  // each thread reads only column tid before writing it
     }
     __syncthreads();
@@ -902,8 +906,8 @@ __global__ void __launch_bounds__(TOPK_THREADS) k_pred_scores(TopkArgs a) {
 }
 
 __global__ void __launch_bounds__(TOPK_THREADS) k_topk_select(TopkArgs a) {
-  __shared__ int hist[TOPK_THREADS / 32][256];
-  __shared__ uint32_t ck[TOPK_CAND];
+  __shared__ int hist[TOPK_HG][256];
+  __shared__ uint32_t ck[TOPK_CAND_SM];
   __shared__ int s_digit, s_rem;
   __shared__ bool last;
   TopkState* S = a.s;
@@ -936,15 +940,18 @@ __global__ void __launch_bounds__(TOPK_THREADS) k_topk_select(TopkArgs a) {
   if (tid == 0) s_rem = (int)__ldcg(&S->rem);
   const int shifts[3] = {12, 4, 0};
   if (nc <= TOPK_CAND) {
-    for (int j = tid; j < nc; j += blockDim.x) ck[j] = __ldcg(&S->cand_key[j]);
+    const bool sm = nc <= TOPK_CAND_SM;
+    if (sm)
+      for (int j = tid; j < nc; j += blockDim.x) ck[j] = __ldcg(&S->cand_key[j]);
     __syncthreads();
-    radix_passes([&](int j) { return ck[j]; }, nc, shifts, 3, prefix, mask, hist, &s_digit, &s_rem);
+    auto key = [&](int j) { return sm ? ck[j] : __ldcg(&S->cand_key[j]); };
+    radix_passes(key, nc, shifts, 3, prefix, mask, hist, &s_digit, &s_rem);
     const int take_eq = s_rem;
     for (int j0 = 0; j0 < nc; j0 += blockDim.x) {
       int j = j0 + tid;
       bool take = false;
       if (j < nc) {
-        uint32_t kk = ck[j];
+        uint32_t kk = key(j);
         take = kk > prefix || (kk == prefix && (int)atomicAdd(&S->taken_eq, 1u) < take_eq);
       }
       warp_append(take, j < nc ? __ldcg(&S->cand_idx[j]) : 0, &S->n_sel, a.sel);
