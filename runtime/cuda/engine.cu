@@ -107,6 +107,7 @@ struct Engine {
   float *c1lm = nullptr, *c2lm = nullptr;  // the LM head's constants for it
   int lead = -1;          // stages a streamed kernel issues before its input is ready (env DEJAVU_CUDA_LEAD; -1: all)
   int lead_att = 4;       // the same for attention + out_proj (env DEJAVU_CUDA_LEAD_ATT; 4 measured best on 13B, -1..4)
+  int rows_cap = 16;      // row segments per stage at most (env DEJAVU_CUDA_TMA_ROWS; fewer: more, smaller stages)
   int tw = 16;            // consumer warps per streamed block (env DEJAVU_CUDA_TMA_WARPS: 16 or 8)
   bool trace = false;     // number the streamed launches for the timeline trace (bench/cuda/trace.cu, DJ_TRACE builds)
   int tr_next = -1;       // next trace id while a step is recorded
@@ -182,6 +183,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_TMA_WARPS")) e->tw = atoi(v) == 8 ? 8 : 16;
   if (const char* v = getenv("DEJAVU_CUDA_LEAD")) e->lead = atoi(v);
   if (const char* v = getenv("DEJAVU_CUDA_LN_DEFER")) e->ln_defer = v[0] != '0';
+  if (const char* v = getenv("DEJAVU_CUDA_TMA_ROWS")) e->rows_cap = std::max(1, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
   e->smem_optin = (int)p.sharedMemPerBlockOptin;
   if (d > T_DMAX) e->tma = false;  // t_load_input holds x in registers
@@ -550,7 +552,7 @@ static TGeo make_geo(Engine* e, int K, int per) {
   while (seg < T_SEGMAX && K % (8 * seg)) seg++;
   seg = std::min(seg, T_SEGMAX);
   while (K % (8 * seg)) seg--;  // K % 8 == 0, so this ends at 1 at the latest
-  const int rows = std::max(1, std::min(tw, per));
+  const int rows = std::max(1, std::min({tw, per, e->rows_cap}));
   const int stage = rows * (2 * K / seg);
   const int ring = std::min(e->ring_bytes, e->smem_optin - 4 * K - 8192);
   return TGeo{seg, std::max(1, std::min(T_MAX_STAGES, ring / stage)), rows, e->lead};
