@@ -105,6 +105,7 @@ struct Engine {
   int ring_bytes = 200 * 1024, seg_bytes = 5120, smem_optin = 0;  // ring: at most this, and what fits beside x
   bool ln_defer = true;   // LayerNorm applied in the row epilogue (fused.cuh t_load_input; env DEJAVU_CUDA_LN_DEFER=0: off)
   float *c1lm = nullptr, *c2lm = nullptr;  // the LM head's constants for it
+  bool rowix = true;      // streamed producers look their selected rows up first (env DEJAVU_CUDA_ROWIX=0: off)
   int lead = -1;          // stages a streamed kernel issues before its input is ready (env DEJAVU_CUDA_LEAD; -1: all)
   int lead_att = 4;       // the same for attention + out_proj (env DEJAVU_CUDA_LEAD_ATT; 4 measured best on 13B, -1..4)
   // Row segments per stage: 0 = automatic (make_geo: for long streams the size that fills the ring best; 13B: 13
@@ -186,6 +187,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_TMA_WARPS")) e->tw = atoi(v) == 8 ? 8 : 16;
   if (const char* v = getenv("DEJAVU_CUDA_LEAD")) e->lead = atoi(v);
   if (const char* v = getenv("DEJAVU_CUDA_LN_DEFER")) e->ln_defer = v[0] != '0';
+  if (const char* v = getenv("DEJAVU_CUDA_ROWIX")) e->rowix = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_TMA_ROWS")) e->rows_cap = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
   e->smem_optin = (int)p.sharedMemPerBlockOptin;
@@ -563,7 +565,7 @@ static TGeo make_geo(Engine* e, int K, int per) {
   else if (per > 2 * tw)  // long streams: a stage of 3/4 tw..tw rows that puts >= 5% more bytes in the ring
     for (int r = tw - 1; r >= 3 * tw / 4; r--)
       if (in_flight(r) > in_flight(rows) * 21 / 20) rows = r;
-  return TGeo{seg, std::max(1, std::min(T_MAX_STAGES, ring / (rows * segb))), rows, e->lead};
+  return TGeo{seg, std::max(1, std::min(T_MAX_STAGES, ring / (rows * segb))), rows, e->lead, e->rowix ? 1 : 0};
 }
 static size_t geo_smem(const TGeo& g, int K) { return (size_t)K * 4 + (size_t)g.S * g.rows * (2 * K / g.seg); }
 

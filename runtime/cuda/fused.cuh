@@ -27,6 +27,7 @@ constexpr int TWMAX = 16;
 constexpr int T_MAX_STAGES = 8;
 constexpr int T_DMAX = 10240;               // x held in registers by the prologue: d <= T_DMAX
 constexpr int T_SEGMAX = 4;                 // row segments per row (segment <= segment bytes target)
+constexpr int T_ROWIX = 512;                // a block's selected row indices held in shared memory (more: looked up)
 __host__ __device__ constexpr int t_threads(int nw) { return nw * 32 + 32; }
 // Register cap: a 544-thread block at <= 72 registers leaves ~25K registers of the SM to the predictor kernels on the
 // side streams (k_rows / k_pred_scores / k_topk_select blocks), so they run beside a streamed block instead of
@@ -69,6 +70,7 @@ struct XIn {
 struct TGeo {
   int seg, S, rows;
   int lead;  // stages the producer may issue before the consumers' input is ready (-1: no limit); see t_produce_group
+  int rowix; // 1: the producer looks the block's selected rows up first (T_ROWIX), 0: one at a time
 };
 
 // Consumer prologue: x = base + delta into registers, written to shared memory as two float4 planes (lo[c] =
@@ -234,6 +236,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ unsigned long long best_s[TW];
   __shared__ uint64_t go;
+  __shared__ int rowix[T_ROWIX];
   const int K = a.K, seg = geo.seg, S = geo.S, segel = K / seg, segbytes = segel * 2, stage_bytes = geo.rows * segbytes, RS = geo.rows;
   float4* xs = reinterpret_cast<float4*>(t_sm);
   unsigned char* stages = t_sm + (size_t)K * 4;
@@ -242,12 +245,19 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   if (threadIdx.x == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
   __syncthreads();
   if (warp == TW) {  // producer: weights and row selections only (never written by the kernel before us)
+    // The block's row indices first, by the whole warp (one round trip): looked up one copy at a time, each
+    // selection load waited behind the previous copy's issue (measured: a 13B sparse QKV block spent ~10 us so).
+    const bool pre = geo.rowix && a.map != MAP_ID && j1 - j0 <= T_ROWIX;
+    if (pre)
+      for (int j = j0 + lane; j < j1; j += 32) rowix[j - j0] = rows_map(a, j);
+    __syncwarp();
     if (lane == 0) {
       const uint64_t pol = policy_evict_first();
       int it = 0;
       for (int g = j0; g < j1; g += RS)
         t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, min(RS, j1 - g),
-                        [&](int r) { return a.W + (size_t)rows_map(a, g + r) * K; }, pol, it, geo.lead, &go);
+                        [&](int r) { return a.W + (size_t)(pre ? rowix[g + r - j0] : rows_map(a, g + r)) * K; }, pol,
+                        it, geo.lead, &go);
     }
     pdl_trigger();
     return;
@@ -443,6 +453,7 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float h_s[2][TW];
   __shared__ uint64_t go;
+  __shared__ int rowix[T_ROWIX];
   const int K = a.d, seg = geo.seg, S = geo.S, segel = K / seg, segbytes = segel * 2, stage_bytes = geo.rows * segbytes, RS = geo.rows;
   float4* xs = reinterpret_cast<float4*>(t_sm);
   unsigned char* stages = t_sm + (size_t)K * 4;
@@ -451,6 +462,10 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   if (tid == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
   __syncthreads();
   if (warp == TW) {
+    const bool pre = geo.rowix && a.sel && j1 - j0 <= T_ROWIX;  // the block's neuron list first (see k_rows_tma)
+    if (pre)
+      for (int j = j0 + lane; j < j1; j += 32) rowix[j - j0] = a.sel[j];
+    __syncwarp();
     if (lane == 0) {
       const uint64_t pol = policy_evict_first();
       int it = 0;
@@ -459,8 +474,8 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
         for (int m = 0; m < 2; m++) {  // the chunk's fc1 rows, then its fc2^T rows
           const __half* W = m == 0 ? a.W1 : a.W2T;
           t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, nr,
-                          [&](int r) { return W + (size_t)(a.sel ? a.sel[g + r] : g + r) * K; }, pol, it, geo.lead,
-                          &go);
+                          [&](int r) { return W + (size_t)(pre ? rowix[g + r - j0] : a.sel ? a.sel[g + r] : g + r) * K; },
+                          pol, it, geo.lead, &go);
         }
       }
     }
