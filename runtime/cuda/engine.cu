@@ -105,7 +105,12 @@ struct Engine {
   int ring_bytes = 200 * 1024, seg_bytes = 5120, smem_optin = 0;  // ring: at most this, and what fits beside x
   bool ln_defer = true;   // LayerNorm applied in the row epilogue (fused.cuh t_load_input; env DEJAVU_CUDA_LN_DEFER=0: off)
   float *c1lm = nullptr, *c2lm = nullptr;  // the LM head's constants for it
-  bool rowix = true;      // streamed producers look their selected rows up first (env DEJAVU_CUDA_ROWIX=0: off)
+  // Streamed producers look the block's selected rows up first (fused.cuh T_ROWIX): bit 0 row kernels, bit 1 MLP.
+  // rowix: graphs without side-stream predictors (env DEJAVU_CUDA_ROWIX); rowix_side: graphs with them (env
+  // DEJAVU_CUDA_ROWIX_SIDE). Measured on the 13B shape (H200): bit 0 makes the fixed-selection step 1.69 -> 1.57 ms,
+  // but with predictors beside it the faster QKV stream delays their loads and the step goes 2.18 -> 2.33 ms; bit 1
+  // changed nothing measurable. So QKV lookups first only where no predictor runs beside it.
+  int rowix = 1, rowix_side = 0, rowix_now = 1;
   int lead = -1;          // stages a streamed kernel issues before its input is ready (env DEJAVU_CUDA_LEAD; -1: all)
   int lead_att = 4;       // the same for attention + out_proj (env DEJAVU_CUDA_LEAD_ATT; 4 measured best on 13B, -1..4)
   // Row segments per stage: 0 = automatic (make_geo: for long streams the size that fills the ring best; 13B: 13
@@ -187,7 +192,8 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_TMA_WARPS")) e->tw = atoi(v) == 8 ? 8 : 16;
   if (const char* v = getenv("DEJAVU_CUDA_LEAD")) e->lead = atoi(v);
   if (const char* v = getenv("DEJAVU_CUDA_LN_DEFER")) e->ln_defer = v[0] != '0';
-  if (const char* v = getenv("DEJAVU_CUDA_ROWIX")) e->rowix = v[0] != '0';
+  if (const char* v = getenv("DEJAVU_CUDA_ROWIX")) e->rowix = atoi(v) & 3;
+  if (const char* v = getenv("DEJAVU_CUDA_ROWIX_SIDE")) e->rowix_side = atoi(v) & 3;
   if (const char* v = getenv("DEJAVU_CUDA_TMA_ROWS")) e->rows_cap = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
   e->smem_optin = (int)p.sharedMemPerBlockOptin;
@@ -230,9 +236,15 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   cudaMemset(e->tokens, 0, (maxT + 1) * sizeof(int));
   cudaMemset(e->amax, 0, sizeof(unsigned long long));
   cudaMemset(e->lm_counter, 0, sizeof(unsigned));
+  // Predictor side streams at the highest priority (env DEJAVU_CUDA_PRED_PRIO=0: default priority): when a main
+  // kernel and a predictor kernel both wait for SMs, the predictor's blocks go first (its top-k gates a main kernel).
+  int prio_lo = 0, prio_hi = 0;
+  cudaDeviceGetStreamPriorityRange(&prio_lo, &prio_hi);
+  const char* pp = getenv("DEJAVU_CUDA_PRED_PRIO");
+  const int side_prio = pp && pp[0] == '0' ? prio_lo : prio_hi;
   if (cudaStreamCreateWithFlags(&e->s0, cudaStreamNonBlocking) != cudaSuccess ||
-      cudaStreamCreateWithFlags(&e->s1, cudaStreamNonBlocking) != cudaSuccess ||
-      cudaStreamCreateWithFlags(&e->s2, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaStreamCreateWithPriority(&e->s1, cudaStreamNonBlocking, side_prio) != cudaSuccess ||
+      cudaStreamCreateWithPriority(&e->s2, cudaStreamNonBlocking, side_prio) != cudaSuccess ||
       cudaEventCreate(&e->t0) != cudaSuccess || cudaEventCreate(&e->t1) != cudaSuccess) {
     fail("stream/event creation failed");
     return bad();
@@ -565,7 +577,7 @@ static TGeo make_geo(Engine* e, int K, int per) {
   else if (per > 2 * tw)  // long streams: a stage of 3/4 tw..tw rows that puts >= 5% more bytes in the ring
     for (int r = tw - 1; r >= 3 * tw / 4; r--)
       if (in_flight(r) > in_flight(rows) * 21 / 20) rows = r;
-  return TGeo{seg, std::max(1, std::min(T_MAX_STAGES, ring / (rows * segb))), rows, e->lead, e->rowix ? 1 : 0};
+  return TGeo{seg, std::max(1, std::min(T_MAX_STAGES, ring / (rows * segb))), rows, e->lead, e->rowix_now};
 }
 static size_t geo_smem(const TGeo& g, int K) { return (size_t)K * 4 + (size_t)g.S * g.rows * (2 * K / g.seg); }
 
@@ -754,6 +766,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   e->tr_next = e->trace ? 0 : -1;
   const bool preds = mode == M_SPARSE || mode == M_PRED;
   e->pdl_now = !preds || e->pdl_side;
+  e->rowix_now = preds ? e->rowix_side : e->rowix;
   const bool compute = mode != M_PRED;
   const bool sparse = mode == M_SPARSE || mode == M_FIXED;
   size_t evi = 0;

@@ -70,7 +70,7 @@ struct XIn {
 struct TGeo {
   int seg, S, rows;
   int lead;  // stages the producer may issue before the consumers' input is ready (-1: no limit); see t_produce_group
-  int rowix; // 1: the producer looks the block's selected rows up first (T_ROWIX), 0: one at a time
+  int rowix; // bit 0 (row kernels) / bit 1 (MLP): the producer looks the block's selected rows up first (T_ROWIX)
 };
 
 // Consumer prologue: x = base + delta into registers, written to shared memory as two float4 planes (lo[c] =
@@ -247,7 +247,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   if (warp == TW) {  // producer: weights and row selections only (never written by the kernel before us)
     // The block's row indices first, by the whole warp (one round trip): looked up one copy at a time, each
     // selection load waited behind the previous copy's issue (measured: a 13B sparse QKV block spent ~10 us so).
-    const bool pre = geo.rowix && a.map != MAP_ID && j1 - j0 <= T_ROWIX;
+    const bool pre = (geo.rowix & 1) && a.map != MAP_ID && j1 - j0 <= T_ROWIX;
     if (pre)
       for (int j = j0 + lane; j < j1; j += 32) rowix[j - j0] = rows_map(a, j);
     __syncwarp();
@@ -462,7 +462,7 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   if (tid == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
   __syncthreads();
   if (warp == TW) {
-    const bool pre = geo.rowix && a.sel && j1 - j0 <= T_ROWIX;  // the block's neuron list first (see k_rows_tma)
+    const bool pre = (geo.rowix & 2) && a.sel && j1 - j0 <= T_ROWIX;  // the block's neuron list first (see k_rows_tma)
     if (pre)
       for (int j = j0 + lane; j < j1; j += 32) rowix[j - j0] = a.sel[j];
     __syncwarp();
