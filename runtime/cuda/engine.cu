@@ -236,15 +236,9 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   cudaMemset(e->tokens, 0, (maxT + 1) * sizeof(int));
   cudaMemset(e->amax, 0, sizeof(unsigned long long));
   cudaMemset(e->lm_counter, 0, sizeof(unsigned));
-  // Predictor side streams at the highest priority (env DEJAVU_CUDA_PRED_PRIO=0: default priority): when a main
-  // kernel and a predictor kernel both wait for SMs, the predictor's blocks go first (its top-k gates a main kernel).
-  int prio_lo = 0, prio_hi = 0;
-  cudaDeviceGetStreamPriorityRange(&prio_lo, &prio_hi);
-  const char* pp = getenv("DEJAVU_CUDA_PRED_PRIO");
-  const int side_prio = pp && pp[0] == '0' ? prio_lo : prio_hi;
   if (cudaStreamCreateWithFlags(&e->s0, cudaStreamNonBlocking) != cudaSuccess ||
-      cudaStreamCreateWithPriority(&e->s1, cudaStreamNonBlocking, side_prio) != cudaSuccess ||
-      cudaStreamCreateWithPriority(&e->s2, cudaStreamNonBlocking, side_prio) != cudaSuccess ||
+      cudaStreamCreateWithFlags(&e->s1, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaStreamCreateWithFlags(&e->s2, cudaStreamNonBlocking) != cudaSuccess ||
       cudaEventCreate(&e->t0) != cudaSuccess || cudaEventCreate(&e->t1) != cudaSuccess) {
     fail("stream/event creation failed");
     return bad();
