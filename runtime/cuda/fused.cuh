@@ -226,6 +226,18 @@ __device__ __forceinline__ float t_consume_row(Ring<T_MAX_STAGES>& ring, const u
   return warp_sum(acc);
 }
 
+// Producer warp: the block's selected row indices j0..j1 into rowix, all lanes at once (one round trip). Looked up
+// one copy at a time instead, each selection load waits behind the previous copy's issue (a 13B sparse QKV block
+// spent ~10 us so). Returns whether rowix holds them (want, and at most T_ROWIX rows).
+template <class Row>
+__device__ __forceinline__ bool t_lookup_rows(bool want, int j0, int j1, int* rowix, Row row) {
+  const bool pre = want && j1 - j0 <= T_ROWIX;
+  if (pre)
+    for (int j = j0 + (threadIdx.x & 31); j < j1; j += 32) rowix[j - j0] = row(j);
+  __syncwarp();
+  return pre;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Row GEMV, streamed: block b takes rows [b*per, (b+1)*per) of the (mapped) output; the producer warp streams them
 // in groups of TW rows, one segment per stage; consumer warp w owns row w of each group.
@@ -245,12 +257,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   if (threadIdx.x == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
   __syncthreads();
   if (warp == TW) {  // producer: weights and row selections only (never written by the kernel before us)
-    // The block's row indices first, by the whole warp (one round trip): looked up one copy at a time, each
-    // selection load waited behind the previous copy's issue (measured: a 13B sparse QKV block spent ~10 us so).
-    const bool pre = (geo.rowix & 1) && a.map != MAP_ID && j1 - j0 <= T_ROWIX;
-    if (pre)
-      for (int j = j0 + lane; j < j1; j += 32) rowix[j - j0] = rows_map(a, j);
-    __syncwarp();
+    const bool pre = t_lookup_rows((geo.rowix & 1) && a.map != MAP_ID, j0, j1, rowix, [&](int j) { return rows_map(a, j); });
     if (lane == 0) {
       const uint64_t pol = policy_evict_first();
       int it = 0;
@@ -462,10 +469,7 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   if (tid == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
   __syncthreads();
   if (warp == TW) {
-    const bool pre = (geo.rowix & 2) && a.sel && j1 - j0 <= T_ROWIX;  // the block's neuron list first (see k_rows_tma)
-    if (pre)
-      for (int j = j0 + lane; j < j1; j += 32) rowix[j - j0] = a.sel[j];
-    __syncwarp();
+    const bool pre = t_lookup_rows((geo.rowix & 2) && a.sel, j0, j1, rowix, [&](int j) { return a.sel[j]; });
     if (lane == 0) {
       const uint64_t pol = policy_evict_first();
       int it = 0;
