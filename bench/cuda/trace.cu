@@ -8,7 +8,9 @@
 //   in     input ready - pdl_wait (LayerNorm prologue / attention), median over blocks
 //   in:load / in:stat  of `in`: x loaded (base + delta) / LayerNorm statistics reduced (streamed row kernels)
 //   span   first entry -> last end; work = first input ready -> last end; tail = median end -> last end
-// and writes the raw stamps (uint64 ns, [launch][block][4]) to OUT/trace-<mode>.bin.
+// and writes the raw stamps (uint64 ns, [launch][block][TR_N]) to OUT/trace-<shape>-<mode>.bin. The step time printed
+// is ONE replay (it moves by ~10% between calls, more for the sparse graph): compare phases within a call and take
+// latencies from the bench (median of 3 x 128 steps).
 // Build: nvcc -O3 -arch=sm_90 -std=c++17 -DDJ_TRACE -o trace bench/cuda/trace.cu   Run: ./trace opt-13b OUTDIR
 #include "../../runtime/cuda/engine.cu"
 #include <random>
