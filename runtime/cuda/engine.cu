@@ -107,10 +107,15 @@ struct Engine {
   float *c1lm = nullptr, *c2lm = nullptr;  // the LM head's constants for it
   // Streamed producers look the block's selected rows up first (fused.cuh T_ROWIX): bit 0 row kernels, bit 1 MLP.
   // rowix: graphs without side-stream predictors (env DEJAVU_CUDA_ROWIX); rowix_side: graphs with them (env
-  // DEJAVU_CUDA_ROWIX_SIDE). Measured on the 13B shape (H200): bit 0 makes the fixed-selection step 1.69 -> 1.57 ms,
-  // but with predictors beside it the faster QKV stream delays their loads and the step goes 2.18 -> 2.33 ms; bit 1
-  // changed nothing measurable. So QKV lookups first only where no predictor runs beside it.
-  int rowix = 1, rowix_side = 0, rowix_now = 1;
+  // DEJAVU_CUDA_ROWIX_SIDE). Measured on the 13B shape (H200): bit 0 makes the fixed-selection step 1.69 -> 1.57 ms;
+  // with predictors beside it on all SMs the faster QKV stream delays their loads (2.18 -> 2.33 ms), with 16 SMs
+  // reserved for them (below) it helps (2.093 -> 2.077). Bit 1 changed nothing measurable.
+  int rowix = 1, rowix_side = 1, rowix_now = 1;
+  // SMs left to the side-stream predictors in graphs with them (env DEJAVU_CUDA_RESERVE_SMS): the streamed kernels
+  // of those graphs use sms - reserve blocks, so the predictor chain's loads are not queued behind a 200 KB ring on
+  // every SM. 13B, H200: reserve 0 / 8 / 16 / 24 / 32 -> 2.178 / 2.120 / 2.093 / 2.140 / 2.193 ms; with 16 the QKV
+  // lookups first pay off beside the predictors too (2.077). sms_now: what the launches use while a graph is recorded.
+  int reserve = 16, sms_now = 0;
   int lead = -1;          // stages a streamed kernel issues before its input is ready (env DEJAVU_CUDA_LEAD; -1: all)
   int lead_att = 4;       // the same for attention + out_proj (env DEJAVU_CUDA_LEAD_ATT; 4 measured best on 13B, -1..4)
   // Row segments per stage: 0 = automatic (make_geo: for long streams the size that fills the ring best; 13B: 13
@@ -172,6 +177,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
     fail("no CUDA device"); delete e; return nullptr;
   }
   e->sms = p.multiProcessorCount;
+  e->sms_now = e->sms;
   const char* pdl = getenv("DEJAVU_CUDA_PDL");
   e->pdl = !(pdl && pdl[0] == '0');  // measured 2% faster on an H200 (docs/cuda.md)
   // Tuning knobs for experiments (bench/results record which values ran).
@@ -194,6 +200,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_LN_DEFER")) e->ln_defer = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_ROWIX")) e->rowix = atoi(v) & 3;
   if (const char* v = getenv("DEJAVU_CUDA_ROWIX_SIDE")) e->rowix_side = atoi(v) & 3;
+  if (const char* v = getenv("DEJAVU_CUDA_RESERVE_SMS")) e->reserve = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_TMA_ROWS")) e->rows_cap = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
   e->smem_optin = (int)p.sharedMemPerBlockOptin;
@@ -577,14 +584,14 @@ static size_t geo_smem(const TGeo& g, int K) { return (size_t)K * 4 + (size_t)g.
 
 template <int EPI>
 static void launch_rows_tma(Engine* e, cudaStream_t s, RowsArgs a, XIn in, bool pdl) {
-  const int grid = std::min(e->sms, a.n_out);
+  const int grid = std::min(e->sms_now, a.n_out);
   const TGeo g = make_geo(e, a.K, (a.n_out + grid - 1) / grid);
   const size_t smem = geo_smem(g, a.K);
   if (tw_for(e, a.K) == 8) launchk(e, pdl, k_rows_tma<EPI, 8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
   else launchk(e, pdl, k_rows_tma<EPI, 16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
 }
 static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool pdl) {
-  const int grid = std::min(e->sms, a.n);
+  const int grid = std::min(e->sms_now, a.n);
   const TGeo g = make_geo(e, a.d, (a.n + grid - 1) / grid);
   const size_t smem = geo_smem(g, a.d);
   if (tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
@@ -594,7 +601,7 @@ static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool
 // per stage (<= 32 KB), as many stages as the ring holds.
 static void launch_attn_out(Engine* e, cudaStream_t s, AttnOutArgs a, int nheads, bool pdl) {
   const int hd = e->hd, nv = e->d / 8;
-  a.slices = std::max(1, std::min(nv, e->sms / nheads));
+  a.slices = std::max(1, std::min(nv, e->sms_now / nheads));
   const int rowbytes = (nv + a.slices - 1) / a.slices * 16;
   int R = hd;
   while (R > 1 && R * rowbytes > 32768) R /= 2;
@@ -761,6 +768,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   const bool preds = mode == M_SPARSE || mode == M_PRED;
   e->pdl_now = !preds || e->pdl_side;
   e->rowix_now = preds ? e->rowix_side : e->rowix;
+  e->sms_now = std::max(1, e->sms - (preds ? e->reserve : 0));
   const bool compute = mode != M_PRED;
   const bool sparse = mode == M_SPARSE || mode == M_FIXED;
   size_t evi = 0;
