@@ -105,6 +105,7 @@ struct Engine {
   int ring_bytes = 200 * 1024, seg_bytes = 5120, smem_optin = 0;  // ring: at most this, and what fits beside x
   bool ln_defer = true;   // LayerNorm applied in the row epilogue (fused.cuh t_load_input; env DEJAVU_CUDA_LN_DEFER=0: off)
   float *c1lm = nullptr, *c2lm = nullptr;  // the LM head's constants for it
+  bool ln_folded = false;  // the constants match the weights (cleared by every upload / fill; fold_ln sets it)
   // Streamed producers look the block's selected rows up first (fused.cuh T_ROWIX): bit 0 row kernels, bit 1 MLP.
   // rowix: graphs without side-stream predictors (env DEJAVU_CUDA_ROWIX); rowix_side: graphs with them (env
   // DEJAVU_CUDA_ROWIX_SIDE). Measured on the 13B shape (H200): bit 0 makes the fixed-selection step 1.69 -> 1.57 ms;
@@ -272,6 +273,7 @@ int dj_destroy(void* ev) {
 // Random weights (hash fill on the GPU): magnitudes like a trained OPT so activations stay finite.
 int dj_fill_random(void* ev, unsigned seed) {
   Engine* e = (Engine*)ev;
+  e->ln_folded = false;
   uint64_t s = (uint64_t)seed << 20;
   int d = e->d, ffn = e->ffn;
   fill_h(e->E, (size_t)e->vocab * d, s++, 0.5f, 0.f);
@@ -319,6 +321,7 @@ static int up_float(float* dst, const float* src, size_t n) {
 // Upload one fp32 tensor of a checkpoint (nn.Linear layout); converted to fp16 and re-laid-out here.
 int dj_upload(void* ev, int tensor, int layer, const float* data, long long n) {
   Engine* e = (Engine*)ev;
+  e->ln_folded = false;  // weights or LayerNorm parameters change: the deferred-LN constants are recomputed before use
   size_t d = e->d, ffn = e->ffn, dd = d * d;
   auto want = [&](size_t m) { return (size_t)n == m ? 0 : fail("tensor %d layer %d: %lld values, expected %zu", tensor, layer, n, m); };
   if (tensor < 10) {
@@ -636,7 +639,7 @@ static XIn point_in(Engine* e, int r, const float* g, const float* b, int norm, 
 }
 // The deferred LayerNorm's constants of every streamed row kernel that normalises its input (QKV, fc1, LM head).
 static int fold_ln(Engine* e) {
-  if (!e->tma || !e->ln_defer) return 0;
+  if (!e->tma || !e->ln_defer || e->ln_folded) return 0;
   auto fold = [&](const __half* W, int rows, const float* g, const float* b, float** c1, float** c2) -> int {
     if (!*c1 && (dalloc(e, c1, rows) || dalloc(e, c2, rows))) return -1;
     k_ln_fold<<<(rows + 7) / 8, 256>>>(W, rows, e->d, g, b, *c1, *c2);
@@ -647,6 +650,7 @@ static int fold_ln(Engine* e) {
       return -1;
   if (fold(e->lm, e->vocab, e->lnf_g, e->lnf_b, &e->c1lm, &e->c2lm)) return -1;
   CK(cudaDeviceSynchronize());
+  e->ln_folded = true;
   return 0;
 }
 // An input point with the deferred LayerNorm's constants (when on).
@@ -1073,6 +1077,7 @@ int dj_profile(void* ev, int mode, int steps, float* ms, float* total) {
 int dj_run(void* ev, int mode, int steps, float* ms) {
   Engine* e = (Engine*)ev;
   if (mode < 0 || mode >= M_COUNT || !e->graphs[mode]) return fail("mode %d not built", mode);
+  if (fold_ln(e)) return -1;  // weights uploaded since the build: refresh the deferred-LN constants (graphs keep pointers)
   CK(cudaEventRecord(e->t0, e->s0));
   for (int i = 0; i < steps; i++) CK(cudaGraphLaunch(e->graphs[mode], e->s0));
   CK(cudaEventRecord(e->t1, e->s0));
