@@ -131,6 +131,48 @@ int main(int argc, char** argv) {
              q.last_wait - z, q.first_ready - z, q.med_end - z, q.last_end - z);
     }
   }
+  if (e->pstep_ok) {  // the persistent sparse step (DEJAVU_CUDA_PSTEP=1): per layer, thread 0 of each block stamps
+    // 0 QKV input ready, 1 QKV signalled, 2 ATT released, 3 ATT signalled, 4 MLP input ready, 5 MLP signalled
+    OK(dj_set_pos(ev, prompt));
+    OK(dj_run(ev, M_FIXED, 3, nullptr));
+    CU(cudaMemset(buf, 0, n * 8));
+    float ms;
+    OK(dj_run(ev, M_FIXED, 1, &ms));
+    CU(cudaMemcpy(h.data(), buf, n * 8, cudaMemcpyDeviceToHost));
+    printf("\n== persistent sparse step (fixed selections): step %.3f ms (event)\n", ms);
+    printf("per layer (medians over layers, us): layer = last MLP signal - previous layer's; release = first block "
+           "released - last block signalled before; work = signal - release (median / max over blocks)\n");
+    std::vector<double> lay, r_att, r_mlp, r_qkv, w_qkv, w_qkvx, w_att, w_attx, w_mlp, w_mlpx;
+    double prev_end = 0;
+    for (int l = 0; l < sh->L; l++) {
+      std::vector<double> s[TR_N];
+      for (int b = 0; b < TR_MAXB; b++) {
+        const unsigned long long* p = &h[((size_t)l * TR_MAXB + b) * TR_N];
+        for (int k = 0; k < TR_N; k++)
+          if (p[k]) s[k].push_back(p[k] / 1e3);
+      }
+      if (s[0].empty() || s[5].empty()) continue;
+      auto mn = [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); };
+      auto mx = [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); };
+      std::vector<double> wq, wa, wm;
+      for (int b = 0, ia = 0; b < TR_MAXB; b++) {
+        const unsigned long long* p = &h[((size_t)l * TR_MAXB + b) * TR_N];
+        if (p[0] && p[1]) wq.push_back((p[1] - p[0]) / 1e3);
+        if (p[2] && p[3]) wa.push_back((p[3] - p[2]) / 1e3), ia++;
+        if (p[4] && p[5]) wm.push_back((p[5] - p[4]) / 1e3);
+      }
+      if (l > 0) { lay.push_back(mx(s[5]) - prev_end); r_qkv.push_back(mn(s[0]) - prev_end); }
+      prev_end = mx(s[5]);
+      if (!s[2].empty()) r_att.push_back(mn(s[2]) - mx(s[1]));
+      r_mlp.push_back(mn(s[4]) - (s[3].empty() ? mx(s[1]) : mx(s[3])));
+      w_qkv.push_back(med(wq)); w_qkvx.push_back(mx(wq));
+      if (!wa.empty()) { w_att.push_back(med(wa)); w_attx.push_back(mx(wa)); }
+      w_mlp.push_back(med(wm)); w_mlpx.push_back(mx(wm));
+    }
+    printf("  layer %.2f | qkv release %.2f work %.2f / %.2f | att release %.2f work %.2f / %.2f | mlp release %.2f "
+           "work %.2f / %.2f\n", med(lay), med(r_qkv), med(w_qkv), med(w_qkvx), med(r_att), med(w_att), med(w_attx),
+           med(r_mlp), med(w_mlp), med(w_mlpx));
+  }
   dj_destroy(ev);
   return 0;
 }

@@ -564,7 +564,7 @@ static void set_envs(const char* envs, bool on) {
   }
 }
 static void test_paths(const char* label, const char* envA, const char* envB, int d, int H, int ffn, int L, int steps,
-                       bool sparse, int want_kernels_b = -1) {
+                       bool sparse, int want_kernels_b = -1, int want_fixed_b = -1) {
   printf("%s: d=%d H=%d ffn=%d L=%d, %d steps%s\n", label, d, H, ffn, L, steps, sparse ? " (+ sparse)" : "");
   const int V = 1000, maxT = 2 * steps + 8;
   const int kH = std::max(1, H / 5), kM = std::max(1, ffn / 20);
@@ -583,6 +583,12 @@ static void test_paths(const char* label, const char* envA, const char* envB, in
   for (int p = 0; p < 2; p++) API_OK(dj_graph_kernels(e[p], M_DENSE, &kd[p]));
   printf("  dense kernels per step: A %d, B %d\n", kd[0], kd[1]);
   if (want_kernels_b >= 0) expect_true("kernels per dense step of B", kd[1] == want_kernels_b);
+  if (want_fixed_b >= 0) {
+    int kf = 0;
+    API_OK(dj_graph_kernels(e[1], M_FIXED, &kf));
+    printf("  fixed-selection sparse kernels per step: B %d\n", kf);
+    expect_true("kernels per fixed-selection step of B", kf == want_fixed_b);
+  }
   std::vector<int> prompt(steps - 4);
   for (auto& t : prompt) t = rng() % V;
   std::vector<float> all[2], sp[2];
@@ -827,7 +833,8 @@ int main(int argc, char** argv) {
   test_lmhead(50272, 5120, 1, 3);
   test_lmhead(8192, 384, 10, 3);
   // The whole-engine checks under each path: streamed (default), per-op kernels, persistent dense layer kernel.
-  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88",
+  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88",
                            "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=0", "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1"}) {
     printf("-- engine with %s\n", envs);
     set_envs(envs, true);
@@ -839,6 +846,10 @@ int main(int argc, char** argv) {
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 1024, 16, 4096, 2, 40, true, 2 + 3 * 2);  // hd 64
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 5120, 40, 20480, 2, 200, true, 2 + 3 * 2);
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 9216, 72, 36864, 1, 24, true, 2 + 3);
+  const char* ps = "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1";  // persistent sparse step (fixed selections)
+  test_paths("persistent sparse step vs per-op", perop, ps, 1024, 16, 4096, 2, 40, true, 2 + 3 * 2, 3);
+  test_paths("persistent sparse step vs per-op", perop, ps, 5120, 40, 20480, 2, 200, true, 2 + 3 * 2, 3);
+  test_paths("persistent sparse step vs per-op", perop, ps, 9216, 72, 36864, 1, 24, true, 2 + 3, 3);
   const char* w8 = "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88";
   test_paths("streamed (8 warps, 88 KB ring) vs per-op", perop, w8, 5120, 40, 20480, 2, 120, true, 2 + 3 * 2);
   test_paths("streamed (8 warps, 88 KB ring) vs per-op", perop, w8, 9216, 72, 36864, 1, 24, true, 2 + 3);

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include "kernels.cuh"
 #include "fused.cuh"
+#include "step.cuh"
 
 using namespace dj;
 
@@ -126,6 +127,15 @@ struct Engine {
   int tw = 16;            // consumer warps per streamed block (env DEJAVU_CUDA_TMA_WARPS: 16 or 8)
   bool trace = false;     // number the streamed launches for the timeline trace (bench/cuda/trace.cu, DJ_TRACE builds)
   int tr_next = -1;       // next trace id while a step is recorded
+  // Persistent sparse step (step.cuh; env DEJAVU_CUDA_PSTEP=1): the fixed-selection graph's layers as one
+  // cooperative kernel whose producers stream across phase and layer boundaries. pstep_ok: prepared for this build.
+  bool pstep = false, pstep_ok = false;
+  int pstep_stages = 5;          // ring stages (env DEJAVU_CUDA_PSTEP_STAGES)
+  bool pstep_nosync = false;     // TIMING EXPERIMENT ONLY (wrong results): no grid waits (DEJAVU_CUDA_PSTEP_NOSYNC=1)
+  SLayer* pslayers = nullptr;    // [L] per-layer arguments (device)
+  unsigned* psync = nullptr;     // [3L] grid counters, zeroed by k_embed_tma
+  StepArgs pargs{};
+  size_t psmem = 0;
   std::vector<Group> groups;
   bool groups_dirty = true;
   cudaGraphExec_t graphs[M_COUNT] = {};
@@ -204,6 +214,9 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_RESERVE_SMS")) e->reserve = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_TMA_ROWS")) e->rows_cap = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
+  if (const char* v = getenv("DEJAVU_CUDA_PSTEP")) e->pstep = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_PSTEP_NOSYNC")) e->pstep_nosync = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_PSTEP_STAGES")) e->pstep_stages = std::max(2, std::min(T_MAX_STAGES, atoi(v)));
   e->smem_optin = (int)p.sharedMemPerBlockOptin;
   if (d > T_DMAX) e->tma = false;  // t_load_input holds x in registers
   auto bad = [&]() { for (void* v : e->allocs) cudaFree(v); delete e; return (void*)nullptr; };
@@ -713,6 +726,101 @@ static void launch_step_dense(Engine* e, cudaStream_t s, int grid) {
   else launchk(e, false, k_step_dense<32>, dim3(grid), dim3(PL_THREADS), smem, s, la, L);
 }
 
+// The persistent sparse step's arguments (step.cuh) for the current k per layer, in device memory (before any
+// capture). Leaves pstep_ok false for what it does not cover (per-op path, LayerNorm in the prologue, KV policy
+// "all", 8 consumer warps, more selected heads than SMs): those builds keep the 3-kernel graph.
+template <int HD>
+static int prep_pstep_hd(Engine* e) {
+  const int W = e->sms, d = e->d, L = e->L;
+  const void* kern = (const void*)k_step_sparse<HD, PSTEP_NW>;
+  int seg = std::max(1, (2 * d + e->seg_bytes - 1) / e->seg_bytes);
+  while (seg < T_SEGMAX && d % (8 * seg)) seg++;
+  seg = std::min(seg, T_SEGMAX);
+  while (d % (8 * seg)) seg--;
+  const int segb = 2 * d / seg;
+  if (segb > 16 * 32 * PSTEP_NW) return 0;  // t_mlp_consume: one 16-byte vector of a segment per consumer thread
+  const int area = (std::max({d * 4, att_state_floats(HD, PSTEP_NW) * 4, PSTEP_NW * 32 * 8 * 4}) + 127) & ~127;
+  cudaFuncAttributes at;
+  CK(cudaFuncGetAttributes(&at, kern));
+  const int ring = std::min(e->ring_bytes, e->smem_optin - (int)at.sharedSizeBytes - area);
+  int S = e->pstep_stages, SB = (ring / S) & ~127;
+  while (S > 2 && SB < segb) SB = (ring / --S) & ~127;
+  if (SB < segb) {
+    fprintf(stderr, "dejavu-cuda: persistent sparse step: ring %d B < 2 segments: 3-kernel graph used\n", ring);
+    return 0;
+  }
+  const int rmax = std::min(PSTEP_NW, SB / segb);
+  auto rows_for = [&](int per) {  // rows per stage: at most rmax, groups of equal size
+    if (per <= 0) return 1;
+    const int ng = (per + rmax - 1) / rmax;
+    return (per + ng - 1) / ng;
+  };
+  std::vector<SLayer> v(L);
+  for (int li = 0; li < L; li++) {
+    Layer& l = e->layers[li];
+    SLayer& y = v[li];
+    if (l.kH > W || !l.c1q || !l.c1m) {
+      fprintf(stderr, "dejavu-cuda: persistent sparse step: layer %d has %d heads for %d blocks: 3-kernel graph used\n",
+              li, l.kH, W);
+      return 0;
+    }
+    y.Wqkv = l.Wqkv; y.WoT = l.WoT; y.W1 = l.W1; y.W2T = l.W2T; y.bqkv = l.bqkv; y.bo = l.bo; y.b1 = l.b1; y.b2 = l.b2;
+    y.ln1_g = l.ln1_g; y.ln2_g = l.ln2_g; y.c1q = l.c1q; y.c2q = l.c2q; y.c1m = l.c1m; y.c2m = l.c2m;
+    y.kc = l.kc; y.vc = l.vc; y.valid = l.valid;
+    y.hsel = l.kH < e->H ? l.hsel : nullptr; y.nsel = l.kM < e->ffn ? l.nsel : nullptr; y.kH = l.kH; y.kM = l.kM;
+    y.rq = rows_for((3 * l.kH * HD + W - 1) / W);
+    y.rm = rows_for((l.kM + W - 1) / W);
+    y.slices = std::max(1, std::min(d / 8, W / l.kH));
+    const int nvmax = (d / 8 + y.slices - 1) / y.slices;
+    y.R = HD;
+    while (y.R > 1 && y.R * nvmax * 16 > SB) y.R /= 2;
+  }
+  if (!e->pslayers && (dalloc(e, &e->pslayers, L) || dalloc(e, &e->psync, 3 * L))) return -1;
+  CK(cudaMemcpy(e->pslayers, v.data(), L * sizeof(SLayer), cudaMemcpyHostToDevice));
+  StepArgs& a = e->pargs;
+  a = StepArgs{};
+  a.layers = e->pslayers; a.L = L; a.d = d; a.hd = HD; a.maxT = e->maxT; a.eps = e->eps; a.q_scale = 1.f / sqrtf((float)HD);
+  a.X = e->X; a.D = e->D; a.q = e->q; a.st = e->st; a.sync = e->psync; a.W = W;
+  a.seg = seg; a.S = S; a.stage_bytes = SB; a.area = area; a.nosync = e->pstep_nosync;
+  e->psmem = (size_t)area + (size_t)S * SB;
+  CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->psmem));
+  int per_sm = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, t_threads(PSTEP_NW), e->psmem));
+  e->pstep_ok = per_sm >= 1;
+  if (!e->pstep_ok)
+    fprintf(stderr, "dejavu-cuda: persistent sparse step not resident (%zu B shared, %d registers): 3-kernel graph used\n",
+            e->psmem, at.numRegs);
+  return 0;
+}
+static int prep_pstep(Engine* e) {
+  e->pstep_ok = false;
+  if (!e->pstep) return 0;
+  if (!e->tma || !e->ln_defer || e->kv_all || e->tw != 16) {
+    fprintf(stderr, "dejavu-cuda: persistent sparse step needs the streamed path, deferred LayerNorm, KV policy "
+                    "\"selected\" and 16 consumer warps: 3-kernel graph used\n");
+    return 0;
+  }
+  return e->hd == 128 ? prep_pstep_hd<128>(e) : e->hd == 64 ? prep_pstep_hd<64>(e) : prep_pstep_hd<32>(e);
+}
+// One cooperative launch: every block must be resident at once (the grid counters spin).
+static int launch_pstep(Engine* e, cudaStream_t s) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(e->pargs.W);
+  cfg.blockDim = dim3(t_threads(PSTEP_NW));
+  cfg.dynamicSmemBytes = e->psmem;
+  cfg.stream = s;
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeCooperative;
+  at[0].val.cooperative = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = 1;
+  cudaError_t r = e->hd == 128 ? cudaLaunchKernelEx(&cfg, k_step_sparse<128, PSTEP_NW>, e->pargs)
+                  : e->hd == 64 ? cudaLaunchKernelEx(&cfg, k_step_sparse<64, PSTEP_NW>, e->pargs)
+                                : cudaLaunchKernelEx(&cfg, k_step_sparse<32, PSTEP_NW>, e->pargs);
+  if (r != cudaSuccess) return fail("persistent sparse step launch (%d blocks, %zu B shared): %s", e->pargs.W, e->psmem, cudaGetErrorString(r));
+  return 0;
+}
+
 // Stack the w1 of predictors that read the same tap (one GEMV for all of them).
 static int build_groups(Engine* e) {
   if (!e->groups_dirty) return 0;
@@ -838,10 +946,18 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   if (e->tma) {
     // Streamed path: 3 kernels per layer (fused.cuh), no in-place residual update, so no read-before-write waits.
     const float qs = 1.f / sqrtf((float)hd);
+    const bool pstep = e->pstep_ok && mode == M_FIXED;
     launchk(e, false, k_embed_tma, dim3(e->sms), dim3(256), 0, s0, (const __half*)e->E, (const __half*)e->P,
-            (const int*)e->tokens, (const int*)e->st, d, e->X, e->D + d, (size_t)2 * e->L * d);
+            (const int*)e->tokens, (const int*)e->st, d, e->X, e->D + d, (size_t)2 * e->L * d, e->psync,
+            pstep ? 3 * e->L : 0);
     mark(P_EMBED);
-    for (int li = 0; li < e->L; li++) {
+    if (pstep) {
+      e->pargs.tr = e->tr_next >= 0;
+      if (launch_pstep(e, s0)) return -1;
+      if (e->tr_next >= 0) e->tr_next = 3 * e->L;  // trace ids 0..L-1 are the step's layers; the LM head's after
+      mark(P_LAYER);
+    }
+    for (int li = 0; li < (pstep ? 0 : e->L); li++) {
       Layer& l = e->layers[li];
       const int kH = sparse ? l.kH : H, kM = sparse ? l.kM : ffn;
       const bool hs = kH < H, ns = kM < ffn;
@@ -1002,7 +1118,7 @@ int dj_build(void* ev) {
     CK(cudaEventCreateWithFlags(&v, cudaEventDisableTiming));
     e->evs.push_back(v);
   }
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(128, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(64, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(32, ATT_THREADS / 32) * 4));
@@ -1025,7 +1141,7 @@ int dj_build(void* ev) {
 int dj_graph_kernels(void* ev, int mode, int* count) {
   Engine* e = (Engine*)ev;
   cudaGraph_t g;
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
   record_step(e, mode);
   CK(cudaStreamEndCapture(e->s0, &g));
@@ -1050,7 +1166,7 @@ int dj_graph_kernels(void* ev, int mode, int* count) {
 // beside them (*total) so the two can be compared.
 int dj_profile(void* ev, int mode, int steps, float* ms, float* total) {
   Engine* e = (Engine*)ev;
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   Prof prof;
   for (int i = 0; i < P_COUNT; i++) ms[i] = 0.f;
   *total = 0.f;

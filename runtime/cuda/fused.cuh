@@ -75,13 +75,13 @@ struct TGeo {
 
 // Consumer prologue: x = base + delta into registers, written to shared memory as two float4 planes (lo[c] =
 // x[8c..8c+3], hi[c] = x[8c+4..8c+7]) so lane c's 32 bytes come without bank conflicts; this block's slice of X[r]
-// written. Consumer threads only (named barrier 1). Two forms of the LayerNorm:
+// written (nb blocks write X[r], this is block bi). Consumer threads only (named barrier 1). Two forms of the LayerNorm:
 //   in.c1 null: the planes hold LN(x) (statistics, a barrier, then the affine: two round trips, two barriers).
 //   in.c1 set (deferred): the planes hold g * x, and the row epilogue applies the rest (t_ln_row):
 //     W . (g * (x - mean) * rstd + b) = rstd * (W . (g * x) - mean * c1) + c2,  c1 = W . g, c2 = W . b per row,
 //   so the dots start after one round trip (x; g is loaded before pdl_wait) and one barrier. Why: the prologue is
 //   on the critical path of every kernel (3.5-6 us measured with bench/cuda/trace.cu), the weight ring is full then.
-template <int NW> __host__ __device__ constexpr int t_xv() { return T_DMAX / 4 / (NW * 32); }
+template <int NW> __host__ __device__ constexpr int t_xv() { return (T_DMAX / 4 + NW * 32 - 1) / (NW * 32); }
 struct LnStat {
   float mean, rstd;
 };
@@ -96,7 +96,7 @@ __device__ __forceinline__ void t_pre_input(const XIn& in, int d, float4 (&gv)[t
   }
 }
 template <int NW>
-__device__ LnStat t_load_input(const XIn& in, int d, float4* xs, const float4 (&gv)[t_xv<NW>()]) {
+__device__ __forceinline__ LnStat t_load_input(const XIn& in, int d, float4* xs, const float4 (&gv)[t_xv<NW>()], int nb, int bi) {
   constexpr int TC = NW * 32, T_XV = t_xv<NW>();
   __shared__ float red[2][NW];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, n4 = d >> 2;
@@ -121,7 +121,7 @@ __device__ LnStat t_load_input(const XIn& in, int d, float4* xs, const float4 (&
   }
   if (tid == 0) tr_mark(in.tr, 4);
   if (in.out) {  // this block's slice of X[r]
-    const int per = (n4 + gridDim.x - 1) / gridDim.x, i0 = blockIdx.x * per, i1 = min(n4, i0 + per);
+    const int per = (n4 + nb - 1) / nb, i0 = bi * per, i1 = min(n4, i0 + per);
 #pragma unroll
     for (int u = 0; u < T_XV; u++) {
       int i = tid + u * TC;
@@ -274,7 +274,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   t_pre_input<NW>(in, K, gv);
   pdl_wait();
   if (threadIdx.x == 0) tr_mark(in.tr, 1);
-  const LnStat lst = t_load_input<NW>(in, K, xs, gv);
+  const LnStat lst = t_load_input<NW>(in, K, xs, gv, gridDim.x, blockIdx.x);
   if (threadIdx.x == 0) { mbar_arrive(&go); tr_mark(in.tr, 2); }
   const int pos = EPI == EPI_QKV ? a.st[0] : 0;
   unsigned long long best = 0ull;
@@ -320,9 +320,98 @@ struct AttnOutArgs {
   int tr;               // trace id (-1: none)
 };
 
+// ---------------------------------------------------------------------------------------------------------------
+// out_proj over one column slice of one head (k_attn_out, and the persistent sparse step in step.cuh): the slice's
+// hd rows of WoT (nv 16-byte vectors each, rowbytes apart in global memory: row stride d), R rows per stage.
+// Producer (one thread): nst = hd / R stages from `it` on.
+__device__ __forceinline__ void t_produce_outproj(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes, int S,
+                                                  int R, int nst, int rowbytes, const __half* base, int d, uint64_t pol,
+                                                  int& it, int lead, uint64_t* go) {
+  for (int n = 0; n < nst; n++, it++) {
+    const int s = it % S;
+    t_lead_gate(n, lead, go);
+    if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
+    mbar_expect_tx(&ring.full[s], R * rowbytes);
+    for (int r = 0; r < R; r++)
+      bulk_g2s(stages + (size_t)s * stage_bytes + r * rowbytes, base + (size_t)(n * R + r) * d, rowbytes, &ring.full[s], pol);
+  }
+}
+// Consumers: y[c] += sum_i o_s[i] * WoT[h*hd + i][c] over the slice's columns (vectors v0..v0+nv-1), + bias once
+// (bias non-null: the caller's slice owes it), float4 atomics. Thread -> (vector group of up to T_VPT vectors, row
+// group); row groups reduced through red_sm (>= NW * 32 * 8 floats; a consumer barrier inside when G > 1).
+template <int NW>
+__device__ __forceinline__ void t_outproj_consume(Ring<T_MAX_STAGES>& ring, const unsigned char* stages, int stage_bytes,
+                                                  int S, int R, int nst, int nv, int rowbytes, const float* o_s,
+                                                  float* red_sm, int v0, const float* bias, float* y, int& it) {
+  constexpr int TC = NW * 32, T_VPT = (T_DMAX / 8 + TC - 1) / TC;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int G = nv >= TC ? 1 : TC / nv;           // row groups
+  const int vt = nv >= TC ? tid : tid % nv, grp = nv >= TC ? 0 : tid / nv;
+  const bool live = grp < G && vt < nv;
+  float acc[T_VPT][8];
+#pragma unroll
+  for (int u = 0; u < T_VPT; u++)
+#pragma unroll
+    for (int i = 0; i < 8; i++) acc[u][i] = 0.f;
+  for (int n = 0; n < nst; n++, it++) {
+    const int s = it % S;
+    mbar_wait(&ring.full[s], (it / S) & 1);
+    if (live) {
+      const unsigned char* st = stages + (size_t)s * stage_bytes;
+      for (int r = grp; r < R; r += G) {
+        const float sc = o_s[n * R + r];
+        const uint4* row = reinterpret_cast<const uint4*>(st + r * rowbytes);
+#pragma unroll
+        for (int u = 0; u < T_VPT; u++) {
+          const int v = vt + u * TC;
+          if (v < nv) {
+            uint4 w = row[v];
+            const __half2* hh = reinterpret_cast<const __half2*>(&w);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+              float2 f = __half22float2(hh[i]);
+              acc[u][2 * i] = fmaf(f.x, sc, acc[u][2 * i]);
+              acc[u][2 * i + 1] = fmaf(f.y, sc, acc[u][2 * i + 1]);
+            }
+          }
+        }
+      }
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&ring.empty[s]);
+  }
+  // Reduce the row groups through shared memory (the attention area is free again), then one atomic per vector.
+  float* red = red_sm;  // [G][nv][8] <= TC * 8 floats
+  if (G > 1) {
+    if (live)
+#pragma unroll
+      for (int i = 0; i < 8; i++) red[((size_t)grp * nv + vt) * 8 + i] = acc[0][i];
+    cbar<NW>();
+    if (tid < nv) {
+      for (int g2 = 1; g2 < G; g2++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[0][i] += red[((size_t)g2 * nv + tid) * 8 + i];
+    }
+  }
+  // Owners: thread tid holds vector tid + u * TC (after the reduction when G > 1; when nv < TC only u = 0 exists).
+#pragma unroll
+  for (int u = 0; u < T_VPT; u++) {
+    const int v = tid + u * TC;
+    if (v >= nv) continue;
+    const int col = (v0 + v) * 8;
+    if (bias) {
+#pragma unroll
+      for (int i = 0; i < 8; i++) acc[u][i] += __ldg(bias + col + i);
+    }
+    float4* y4 = reinterpret_cast<float4*>(y + col);
+    atomicAdd(y4, make_float4(acc[u][0], acc[u][1], acc[u][2], acc[u][3]));
+    atomicAdd(y4 + 1, make_float4(acc[u][4], acc[u][5], acc[u][6], acc[u][7]));
+  }
+}
+
 template <int HD, int NW>
 __global__ void T_REGS k_attn_out(AttnOutArgs a) {
-  constexpr int TW = NW, TC = NW * 32, T_VPT = (T_DMAX / 8 + TC - 1) / TC;  // column vectors per thread
+  constexpr int TW = NW;
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float o_s[HD];
@@ -348,17 +437,9 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   __syncthreads();
   if (warp == TW) {
     if (lane == 0) {
-      const uint64_t pol = policy_evict_first();
-      const __half* base = a.WoT + (size_t)h * HD * a.d + (size_t)v0 * 8;
-      for (int it = 0; it < nst; it++) {
-        const int s = it % a.S;
-        t_lead_gate(it, a.lead, &go);
-        if (it >= a.S) mbar_wait(&ring.empty[s], ((it / a.S) & 1) ^ 1);
-        mbar_expect_tx(&ring.full[s], stage_bytes);
-        for (int r = 0; r < a.R; r++)
-          bulk_g2s(stages + (size_t)s * stage_bytes + r * rowbytes, base + (size_t)(it * a.R + r) * a.d, rowbytes,
-                   &ring.full[s], pol);
-      }
+      int it = 0;
+      t_produce_outproj(ring, stages, stage_bytes, a.S, a.R, nst, rowbytes, a.WoT + (size_t)h * HD * a.d + (size_t)v0 * 8,
+                        a.d, policy_evict_first(), it, a.lead, &go);
     }
     pdl_trigger();
     return;
@@ -371,71 +452,117 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
                          a.valid + (size_t)h * a.maxT, a.st[0] + 1, att_sm, o_s, [] { cbar<NW>(); });
   cbar<NW>();
   if (tid == 0) { mbar_arrive(&go); tr_mark(a.tr, 2); }
-  // ---- out_proj over the slice: thread -> (vector group of up to T_VPT vectors, row group) ----
-  const int G = nv >= TC ? 1 : TC / nv;           // row groups
-  const int vt = nv >= TC ? tid : tid % nv, grp = nv >= TC ? 0 : tid / nv;
-  const bool live = grp < G && vt < nv;
-  float acc[T_VPT][8];
+  int it = 0;
+  t_outproj_consume<NW>(ring, stages, stage_bytes, a.S, a.R, nst, nv, rowbytes, o_s, att_sm, v0, hi == 0 ? a.bias : nullptr,
+                        a.y, it);
+  if (tid == 0) tr_mark(a.tr, 3);
+}
+
+// A consumer warp's row of group/chunk gi, looked up ahead (the persistent step loads them before its grid wait,
+// so no dependent global load sits between two groups): weight row, bias, deferred-LN constants.
+constexpr int T_MG = 4;  // groups per warp held (more: loaded in the loop)
+struct RowMeta {
+  int row;
+  float bias, c1, c2;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// The fused MLP's stream (k_mlp_tma, and the persistent sparse step in step.cuh): neurons j0..j1-1 of a list (row(j) =
+// the weight row of list entry j) in chunks of RS: the chunk's fc1 rows (seg segments), then its fc2^T rows.
+template <class Row>
+__device__ __forceinline__ void t_produce_mlp(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes,
+                                              int segbytes, int segel, int seg, int S, int RS, int j0, int j1,
+                                              const __half* W1, const __half* W2T, int K, Row row, uint64_t pol, int& it,
+                                              int lead, uint64_t* go) {
+  for (int g = j0; g < j1; g += RS) {
+    const int nr = min(RS, j1 - g);
+    for (int m = 0; m < 2; m++) {
+      const __half* W = m == 0 ? W1 : W2T;
+      t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, nr, [&](int r) { return W + (size_t)row(g + r) * K; },
+                      pol, it, lead, go);
+    }
+  }
+}
+// Consumers: warp w computes h_w = ReLU(W1[j_w] . x + b1) for its neuron of each chunk (LayerNorm deferred per `in`),
+// (c1/c2: t_ln_row), then every consumer thread adds h_r * W2T[j_r][c] for its 16-byte vector c of each segment (registers, over all
+// chunks); one set of float4 atomics into y at the end (+ b2 when non-null: the caller owes the bias). meta: the
+// warps' rows of the first T_MG chunks looked up ahead (RowMeta), or null.
+template <int NW>
+__device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const unsigned char* stages, int stage_bytes,
+                                              int segbytes, int segel, int seg, int S, int RS, int j0, int j1,
+                                              const int* sel, const float* b1v, const float4* xs, int K, const float* c1,
+                                              const float* c2, LnStat lst, float (*h_s)[NW], const float* b2, float* y,
+                                              int& it, const RowMeta (*meta)[T_MG] = nullptr) {
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int segvec = segbytes >> 4;
+  float acc[T_SEGMAX][8];
 #pragma unroll
-  for (int u = 0; u < T_VPT; u++)
+  for (int s = 0; s < T_SEGMAX; s++)
 #pragma unroll
-    for (int i = 0; i < 8; i++) acc[u][i] = 0.f;
-  for (int it = 0; it < nst; it++) {
-    const int s = it % a.S;
-    mbar_wait(&ring.full[s], (it / a.S) & 1);
-    if (live) {
-      const unsigned char* st = stages + (size_t)s * stage_bytes;
-      for (int r = grp; r < a.R; r += G) {
-        const float sc = o_s[it * a.R + r];
-        const uint4* row = reinterpret_cast<const uint4*>(st + r * rowbytes);
+    for (int i = 0; i < 8; i++) acc[s][i] = 0.f;
+  int chunk = 0;
+  for (int g = j0; g < j1; g += RS, chunk++) {
+    const int nr = min(RS, j1 - g);
+    const bool active = warp < nr;
+    int row = 0;
+    float b1 = 0.f, c1r = 0.f, c2r = 0.f;
+    if (active && meta && chunk < T_MG) {
+      const RowMeta m = meta[warp][chunk];
+      row = m.row; b1 = m.bias; c1r = m.c1; c2r = m.c2;
+    } else if (active) {
+      row = sel ? sel[g + warp] : g + warp;
+      b1 = __ldg(b1v + row);
+      if (c1) { c1r = __ldg(c1 + row); c2r = __ldg(c2 + row); }
+    }
+    const float dot = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
+    float* hs = h_s[chunk & 1];
+    if (lane == 0) hs[warp] = active ? fmaxf((c1 ? lst.rstd * (dot - lst.mean * c1r) + c2r : dot) + b1, 0.f) : 0.f;
+    cbar<NW>();  // h of the chunk complete (and the other buffer no longer read: every thread passed its chunk)
 #pragma unroll
-        for (int u = 0; u < T_VPT; u++) {
-          const int v = vt + u * TC;
-          if (v < nv) {
-            uint4 w = row[v];
-            const __half2* hh = reinterpret_cast<const __half2*>(&w);
+    for (int sg = 0; sg < T_SEGMAX; sg++) {
+      if (sg >= seg) break;
+      const int s = it % S;
+      mbar_wait(&ring.full[s], (it / S) & 1);
+      if (tid < segvec) {
+        const unsigned char* st = stages + (size_t)s * stage_bytes;
+        for (int r = 0; r < nr; r++) {
+          const float sc = hs[r];
+          uint4 w = reinterpret_cast<const uint4*>(st + r * segbytes)[tid];
+          const __half2* hh = reinterpret_cast<const __half2*>(&w);
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-              float2 f = __half22float2(hh[i]);
-              acc[u][2 * i] = fmaf(f.x, sc, acc[u][2 * i]);
-              acc[u][2 * i + 1] = fmaf(f.y, sc, acc[u][2 * i + 1]);
-            }
+          for (int i = 0; i < 4; i++) {
+            float2 f = __half22float2(hh[i]);
+            acc[sg][2 * i] = fmaf(f.x, sc, acc[sg][2 * i]);
+            acc[sg][2 * i + 1] = fmaf(f.y, sc, acc[sg][2 * i + 1]);
           }
         }
       }
-    }
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&ring.empty[s]);
-  }
-  // Reduce the row groups through shared memory (the attention area is free again), then one atomic per vector.
-  float* red = att_sm;  // [G][nv][8] <= TC * 8 floats
-  if (G > 1) {
-    if (live)
-#pragma unroll
-      for (int i = 0; i < 8; i++) red[((size_t)grp * nv + vt) * 8 + i] = acc[0][i];
-    cbar<NW>();
-    if (tid < nv) {
-      for (int g2 = 1; g2 < G; g2++)
-#pragma unroll
-        for (int i = 0; i < 8; i++) acc[0][i] += red[((size_t)g2 * nv + tid) * 8 + i];
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&ring.empty[s]);
+      it++;
     }
   }
-  const bool first = hi == 0;
-  // Owners: thread tid holds vector tid + u * TC (after the reduction when G > 1; when nv < TC only u = 0 exists).
+  if (tid < segvec && j0 < j1) {
 #pragma unroll
-  for (int u = 0; u < T_VPT; u++) {
-    const int v = tid + u * TC;
-    if (v >= nv) continue;
-    const int col = (v0 + v) * 8;
-    if (first && a.bias) {
+    for (int sg = 0; sg < T_SEGMAX; sg++) {
+      if (sg >= seg) break;
+      const int col = sg * segel + tid * 8;
+      if (b2) {
 #pragma unroll
-      for (int i = 0; i < 8; i++) acc[u][i] += __ldg(a.bias + col + i);
+        for (int i = 0; i < 8; i++) acc[sg][i] += __ldg(b2 + col + i);
+      }
+      float4* y4 = reinterpret_cast<float4*>(y + col);
+      atomicAdd(y4, make_float4(acc[sg][0], acc[sg][1], acc[sg][2], acc[sg][3]));
+      atomicAdd(y4 + 1, make_float4(acc[sg][4], acc[sg][5], acc[sg][6], acc[sg][7]));
     }
-    float4* y4 = reinterpret_cast<float4*>(a.y + col);
-    atomicAdd(y4, make_float4(acc[u][0], acc[u][1], acc[u][2], acc[u][3]));
-    atomicAdd(y4 + 1, make_float4(acc[u][4], acc[u][5], acc[u][6], acc[u][7]));
+  } else if (tid < segvec && b2) {  // block 0 without neurons still owes the bias
+    for (int sg = 0; sg < seg; sg++) {
+      const int col = sg * segel + tid * 8;
+      float4* y4 = reinterpret_cast<float4*>(y + col);
+      atomicAdd(y4, make_float4(b2[col], b2[col + 1], b2[col + 2], b2[col + 3]));
+      atomicAdd(y4 + 1, make_float4(b2[col + 4], b2[col + 5], b2[col + 6], b2[col + 7]));
+    }
   }
-  if (tid == 0) tr_mark(a.tr, 3);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -471,17 +598,9 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   if (warp == TW) {
     const bool pre = t_lookup_rows((geo.rowix & 2) && a.sel, j0, j1, rowix, [&](int j) { return a.sel[j]; });
     if (lane == 0) {
-      const uint64_t pol = policy_evict_first();
       int it = 0;
-      for (int g = j0; g < j1; g += RS) {
-        const int nr = min(RS, j1 - g);
-        for (int m = 0; m < 2; m++) {  // the chunk's fc1 rows, then its fc2^T rows
-          const __half* W = m == 0 ? a.W1 : a.W2T;
-          t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, nr,
-                          [&](int r) { return W + (size_t)(pre ? rowix[g + r - j0] : a.sel ? a.sel[g + r] : g + r) * K; },
-                          pol, it, geo.lead, &go);
-        }
-      }
+      t_produce_mlp(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.W1, a.W2T, K,
+                    [&](int j) { return pre ? rowix[j - j0] : a.sel ? a.sel[j] : j; }, policy_evict_first(), it, geo.lead, &go);
     }
     pdl_trigger();
     return;
@@ -491,70 +610,11 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   t_pre_input<NW>(in, K, gv);
   pdl_wait();
   if (tid == 0) tr_mark(in.tr, 1);
-  const LnStat lst = t_load_input<NW>(in, K, xs, gv);
+  const LnStat lst = t_load_input<NW>(in, K, xs, gv, gridDim.x, blockIdx.x);
   if (tid == 0) { mbar_arrive(&go); tr_mark(in.tr, 2); }
-  const int segvec = segbytes >> 4;
-  float acc[T_SEGMAX][8];
-#pragma unroll
-  for (int s = 0; s < T_SEGMAX; s++)
-#pragma unroll
-    for (int i = 0; i < 8; i++) acc[s][i] = 0.f;
-  int it = 0, chunk = 0;
-  for (int g = j0; g < j1; g += RS, chunk++) {
-    const int nr = min(RS, j1 - g);
-    const bool active = warp < nr;
-    const int row = active ? (a.sel ? a.sel[g + warp] : g + warp) : 0;
-    const float b1 = active ? __ldg(a.b1 + row) : 0.f;
-    const float c1r = active && in.c1 ? __ldg(in.c1 + row) : 0.f, c2r = active && in.c1 ? __ldg(in.c2 + row) : 0.f;
-    const float dot = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
-    float* hs = h_s[chunk & 1];
-    if (lane == 0) hs[warp] = active ? fmaxf(t_ln_row(in, lst, dot, c1r, c2r) + b1, 0.f) : 0.f;
-    cbar<NW>();  // h of the chunk complete (and the other buffer no longer read: every thread passed its chunk)
-#pragma unroll
-    for (int sg = 0; sg < T_SEGMAX; sg++) {
-      if (sg >= seg) break;
-      const int s = it % S;
-      mbar_wait(&ring.full[s], (it / S) & 1);
-      if (tid < segvec) {
-        const unsigned char* st = stages + (size_t)s * stage_bytes;
-        for (int r = 0; r < nr; r++) {
-          const float sc = hs[r];
-          uint4 w = reinterpret_cast<const uint4*>(st + r * segbytes)[tid];
-          const __half2* hh = reinterpret_cast<const __half2*>(&w);
-#pragma unroll
-          for (int i = 0; i < 4; i++) {
-            float2 f = __half22float2(hh[i]);
-            acc[sg][2 * i] = fmaf(f.x, sc, acc[sg][2 * i]);
-            acc[sg][2 * i + 1] = fmaf(f.y, sc, acc[sg][2 * i + 1]);
-          }
-        }
-      }
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&ring.empty[s]);
-      it++;
-    }
-  }
-  if (tid < segvec && j0 < j1) {
-#pragma unroll
-    for (int sg = 0; sg < T_SEGMAX; sg++) {
-      if (sg >= seg) break;
-      const int col = sg * segel + tid * 8;
-      if (blockIdx.x == 0 && a.b2) {
-#pragma unroll
-        for (int i = 0; i < 8; i++) acc[sg][i] += __ldg(a.b2 + col + i);
-      }
-      float4* y4 = reinterpret_cast<float4*>(a.y + col);
-      atomicAdd(y4, make_float4(acc[sg][0], acc[sg][1], acc[sg][2], acc[sg][3]));
-      atomicAdd(y4 + 1, make_float4(acc[sg][4], acc[sg][5], acc[sg][6], acc[sg][7]));
-    }
-  } else if (tid < segvec && blockIdx.x == 0 && a.b2) {  // block 0 without neurons still owes the bias
-    for (int sg = 0; sg < seg; sg++) {
-      const int col = sg * segel + tid * 8;
-      float4* y4 = reinterpret_cast<float4*>(a.y + col);
-      atomicAdd(y4, make_float4(a.b2[col], a.b2[col + 1], a.b2[col + 2], a.b2[col + 3]));
-      atomicAdd(y4 + 1, make_float4(a.b2[col + 4], a.b2[col + 5], a.b2[col + 6], a.b2[col + 7]));
-    }
-  }
+  int it = 0;
+  t_mlp_consume<NW>(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.sel, a.b1, xs, K, in.c1, in.c2, lst, h_s,
+                    blockIdx.x == 0 ? a.b2 : nullptr, a.y, it);
   if (tid == 0) tr_mark(in.tr, 3);
 }
 
@@ -584,10 +644,12 @@ __global__ void __launch_bounds__(256) k_ln_fold(const __half* __restrict__ W, i
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Embedding into X[0], and the step's delta buffers D[1..2L] zeroed (grid-stride; before any kernel adds to them).
+// Embedding into X[0], and the step's delta buffers D[1..2L] and counters (the persistent step's; may be null)
+// zeroed (grid-stride; before any kernel adds to them).
 __global__ void __launch_bounds__(256) k_embed_tma(const __half* __restrict__ E, const __half* __restrict__ P,
                                                    const int* __restrict__ tokens, const int* __restrict__ st, int d,
-                                                   float* __restrict__ x0, float* __restrict__ deltas, size_t n_delta) {
+                                                   float* __restrict__ x0, float* __restrict__ deltas, size_t n_delta,
+                                                   unsigned* __restrict__ counters, int n_counters) {
   pdl_wait();
   const int pos = st[0], tok = tokens[pos];
   const size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -596,6 +658,7 @@ __global__ void __launch_bounds__(256) k_embed_tma(const __half* __restrict__ E,
   float4* d4 = reinterpret_cast<float4*>(deltas);
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n_delta / 4; i += stride)
     d4[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)n_counters; i += stride) counters[i] = 0u;
   pdl_trigger();
 }
 

@@ -671,6 +671,7 @@ __device__ __forceinline__ void head_attention(const float* q, const __half* K, 
   bar();
   // Merge the NSLOT partial states: SPLIT threads per output dimension, then a shuffle reduction.
   constexpr int SPLIT = NW * 32 / HD;
+  static_assert(SPLIT >= 1 && (SPLIT & (SPLIT - 1)) == 0 && SPLIT * HD == NW * 32, "merge: NW * 32 / HD a power of two");
   const int i = tid / SPLIT, pid = tid % SPLIT;
   float M = -1e30f;
   for (int s2 = pid; s2 < NSLOT; s2 += SPLIT) M = fmaxf(M, sm[s2 * (HD + 2) + HD]);
