@@ -192,17 +192,23 @@ __device__ __forceinline__ float t_dot(const uint4& w, const float4* xs, int d, 
 __device__ __forceinline__ void t_lead_gate(int it, int lead, uint64_t* go) {
   if (it == lead) mbar_wait(go, 0);
 }
+// One stage (index it): wait until the consumers released its previous use, announce nr pieces of `bytes`, issue one
+// bulk copy per piece (src(r) = where piece r starts).
+template <class Src>
+__device__ __forceinline__ void t_produce_stage(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes, int S,
+                                                int nr, int bytes, Src src, uint64_t pol, int it) {
+  const int s = it % S;
+  if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
+  mbar_expect_tx(&ring.full[s], nr * bytes);
+  for (int r = 0; r < nr; r++) bulk_g2s(stages + (size_t)s * stage_bytes + r * bytes, src(r), bytes, &ring.full[s], pol);
+}
 template <class Row>
 __device__ __forceinline__ void t_produce_group(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes,
                                                 int segbytes, int segel, int seg, int S, int nr, Row row, uint64_t pol,
                                                 int& it, int lead, uint64_t* go) {
   for (int sg = 0; sg < seg; sg++, it++) {
-    const int s = it % S;
     t_lead_gate(it, lead, go);
-    if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
-    mbar_expect_tx(&ring.full[s], nr * segbytes);
-    for (int r = 0; r < nr; r++)
-      bulk_g2s(stages + (size_t)s * stage_bytes + r * segbytes, row(r) + sg * segel, segbytes, &ring.full[s], pol);
+    t_produce_stage(ring, stages, stage_bytes, S, nr, segbytes, [&](int r) { return row(r) + sg * segel; }, pol, it);
   }
 }
 // Consumer warp: the dot of its row of the group (warp index = row; `active` = the row exists) with x over the
@@ -238,6 +244,20 @@ __device__ __forceinline__ bool t_lookup_rows(bool want, int j0, int j1, int* ro
   return pre;
 }
 
+// The streamed row kernels' consumer prologue: let dependents launch, g before the previous grid is done, then the
+// input (t_load_input); `go` releases a gated producer (t_lead_gate).
+template <int NW>
+__device__ __forceinline__ LnStat t_consumer_prologue(const XIn& in, int K, float4* xs, uint64_t* go) {
+  pdl_trigger();
+  float4 gv[t_xv<NW>()];
+  t_pre_input<NW>(in, K, gv);
+  pdl_wait();
+  if (threadIdx.x == 0) tr_mark(in.tr, 1);
+  const LnStat lst = t_load_input<NW>(in, K, xs, gv, gridDim.x, blockIdx.x);
+  if (threadIdx.x == 0) { mbar_arrive(go); tr_mark(in.tr, 2); }
+  return lst;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Row GEMV, streamed: block b takes rows [b*per, (b+1)*per) of the (mapped) output; the producer warp streams them
 // in groups of TW rows, one segment per stage; consumer warp w owns row w of each group.
@@ -269,13 +289,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
     pdl_trigger();
     return;
   }
-  pdl_trigger();
-  float4 gv[t_xv<NW>()];
-  t_pre_input<NW>(in, K, gv);
-  pdl_wait();
-  if (threadIdx.x == 0) tr_mark(in.tr, 1);
-  const LnStat lst = t_load_input<NW>(in, K, xs, gv, gridDim.x, blockIdx.x);
-  if (threadIdx.x == 0) { mbar_arrive(&go); tr_mark(in.tr, 2); }
+  const LnStat lst = t_consumer_prologue<NW>(in, K, xs, &go);
   const int pos = EPI == EPI_QKV ? a.st[0] : 0;
   unsigned long long best = 0ull;
   int it = 0;
@@ -328,12 +342,8 @@ __device__ __forceinline__ void t_produce_outproj(Ring<T_MAX_STAGES>& ring, unsi
                                                   int R, int nst, int rowbytes, const __half* base, int d, uint64_t pol,
                                                   int& it, int lead, uint64_t* go) {
   for (int n = 0; n < nst; n++, it++) {
-    const int s = it % S;
     t_lead_gate(n, lead, go);
-    if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
-    mbar_expect_tx(&ring.full[s], R * rowbytes);
-    for (int r = 0; r < R; r++)
-      bulk_g2s(stages + (size_t)s * stage_bytes + r * rowbytes, base + (size_t)(n * R + r) * d, rowbytes, &ring.full[s], pol);
+    t_produce_stage(ring, stages, stage_bytes, S, R, rowbytes, [&](int r) { return base + (size_t)(n * R + r) * d; }, pol, it);
   }
 }
 // Consumers: y[c] += sum_i o_s[i] * WoT[h*hd + i][c] over the slice's columns (vectors v0..v0+nv-1), + bias once
@@ -605,13 +615,7 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
     pdl_trigger();
     return;
   }
-  pdl_trigger();
-  float4 gv[t_xv<NW>()];
-  t_pre_input<NW>(in, K, gv);
-  pdl_wait();
-  if (tid == 0) tr_mark(in.tr, 1);
-  const LnStat lst = t_load_input<NW>(in, K, xs, gv, gridDim.x, blockIdx.x);
-  if (tid == 0) { mbar_arrive(&go); tr_mark(in.tr, 2); }
+  const LnStat lst = t_consumer_prologue<NW>(in, K, xs, &go);
   int it = 0;
   t_mlp_consume<NW>(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.sel, a.b1, xs, K, in.c1, in.c2, lst, h_s,
                     blockIdx.x == 0 ? a.b2 : nullptr, a.y, it);
