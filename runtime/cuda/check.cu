@@ -384,6 +384,7 @@ static void test_topk(int n, int r, int k, bool degenerate = false, int tied_at_
   CUDA_OK(cudaMemset(state, 0, sizeof(TopkState)));
   Engine fake{};
   fake.sms = sms();
+  if (const char* v = getenv("DEJAVU_CUDA_PRED_UNROLL")) fake.pred_unroll = atoi(v);
   Pred p;
   p.w2 = devh(W2); p.t = dev(t); p.rank = r; p.scores = scores; p.topk = state;
   bool ok = true;
@@ -408,9 +409,33 @@ static void test_topk(int n, int r, int k, bool degenerate = false, int tied_at_
       expect(name, s, ref);
     }
   }
-  snprintf(name, sizeof name, "top-k n=%d k=%d%s: k distinct, all picked >= all others, x2", n, k,
+  snprintf(name, sizeof name, "top-k n=%d k=%d U=%d%s: k distinct, all picked >= all others, x2", n, k, fake.pred_unroll,
            degenerate ? " (half tied)" : tied_at_k ? " (~2000 tied at the threshold)" : "");
   expect_true(name, ok);
+}
+
+// Predictor first layer with the tap's input computed in every block (predict.cuh): t = w1 . f(base + delta).
+static void test_pred_hidden(int d, int rows, bool norm, bool delta) {
+  auto W = r16(randv((size_t)rows * d, 1.f / std::sqrt((float)d)));
+  auto base = randv(d, 1.f, 0.3f), del = randv(d, 0.5f);
+  std::vector<double> x(d);
+  for (int i = 0; i < d; i++) x[i] = (double)base[i] + (delta ? (double)del[i] : 0.0);
+  if (norm) {
+    std::vector<float> xf(x.begin(), x.end()), one(d, 1.f), zero(d, 0.f);
+    ref_layernorm(xf.data(), one.data(), zero.data(), d, 1e-5f, x);
+  }
+  std::vector<double> ref(rows);
+  for (int j = 0; j < rows; j++) ref[j] = ref_dot(&W[(size_t)j * d], x.data(), d);
+  float* t = poisoned(rows);
+  XIn in{};
+  in.base = dev(base); in.delta = delta ? dev(del) : nullptr; in.norm = norm; in.eps = 1e-5f; in.tr = -1;
+  const int wpb = PH_THREADS / 32;
+  k_pred_hidden<<<(rows + wpb - 1) / wpb, PH_THREADS, (size_t)d * 4>>>(in, d, devh(W), rows, t);
+  CUDA_OK(cudaGetLastError());
+  char name[160];
+  snprintf(name, sizeof name, "predictor w1 with the tap computed in-kernel d=%d rows=%d%s%s", d, rows,
+           norm ? " LN" : " raw", delta ? " x+delta" : "");
+  expect(name, host(t, rows), ref);
 }
 
 // LM head: logits + argmax + device state update (next token, position).
@@ -830,10 +855,19 @@ int main(int argc, char** argv) {
   test_topk(100, 8, 100);
   test_topk(20480, 128, 1024, true);
   test_topk(20480, 128, 1024, false, 2000);
+  setenv("DEJAVU_CUDA_PRED_UNROLL", "1", 1);  // (read by test_topk's engine stand-in)
+  test_topk(20480, 128, 1024);
+  test_topk(1536, 24, 154);
+  unsetenv("DEJAVU_CUDA_PRED_UNROLL");
+  test_pred_hidden(5120, 256, false, true);
+  test_pred_hidden(5120, 128, true, true);
+  test_pred_hidden(384, 40, true, false);
+  test_pred_hidden(9216, 100, false, true);
   test_lmhead(50272, 5120, 1, 3);
   test_lmhead(8192, 384, 10, 3);
   // The whole-engine checks under each path: streamed (default), per-op kernels, persistent dense layer kernel.
-  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1",
+  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PCHAIN=0,DEJAVU_CUDA_PRED_UNROLL=1",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PRED_PDL=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88",
                            "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=0", "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1"}) {
     printf("-- engine with %s\n", envs);

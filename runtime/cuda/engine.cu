@@ -13,6 +13,7 @@
 #include "kernels.cuh"
 #include "fused.cuh"
 #include "step.cuh"
+#include "predict.cuh"
 
 using namespace dj;
 
@@ -118,6 +119,13 @@ struct Engine {
   // every SM. 13B, H200: reserve 0 / 8 / 16 / 24 / 32 -> 2.178 / 2.120 / 2.093 / 2.140 / 2.193 ms; with 16 the QKV
   // lookups first pay off beside the predictors too (2.077). sms_now: what the launches use while a graph is recorded.
   int reserve = 16, sms_now = 0;
+  // Predictor chain of the streamed path (predict.cuh): pchain = the tap's input computed inside the w1 GEMV
+  // (env DEJAVU_CUDA_PCHAIN=0: the earlier one-block snapshot + k_rows); pred_pdl = the chain's kernels on one side
+  // stream launched with PDL (env DEJAVU_CUDA_PRED_PDL); pred_unroll = score rows per lane in flight
+  // (DEJAVU_CUDA_PRED_UNROLL, 1 = the earlier loop).
+  bool pchain = true, pred_pdl = false, pred_avail = false;
+  int pred_unroll = 4;
+  int pred_skip = 0;  // TIMING EXPERIMENT ONLY (wrong selections; env DEJAVU_CUDA_PRED_SKIP): bit 0 w1, 1 scores, 2 select
   int lead = -1;          // stages a streamed kernel issues before its input is ready (env DEJAVU_CUDA_LEAD; -1: all)
   int lead_att = 4;       // the same for attention + out_proj (env DEJAVU_CUDA_LEAD_ATT; 4 measured best on 13B, -1..4)
   // Row segments per stage: 0 = automatic (make_geo: for long streams the size that fills the ring best; 13B: 13
@@ -215,6 +223,12 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_TMA_ROWS")) e->rows_cap = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
   if (const char* v = getenv("DEJAVU_CUDA_PSTEP")) e->pstep = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_PCHAIN")) e->pchain = v[0] != '0';
+  if (const char* v = getenv("DEJAVU_CUDA_PRED_PDL")) e->pred_pdl = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_PRED_UNROLL")) e->pred_unroll = std::max(1, std::min(TOPK_UNROLL, atoi(v)));
+  if (const char* v = getenv("DEJAVU_CUDA_PRED_AVAIL")) e->pred_avail = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_PRED_SKIP")) e->pred_skip = atoi(v) & 7;
+  if (e->pred_skip & 2) e->pred_skip |= 4;  // the select reads the state the scores kernel leaves
   if (const char* v = getenv("DEJAVU_CUDA_PSTEP_NOSYNC")) e->pstep_nosync = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PSTEP_STAGES")) e->pstep_stages = std::max(2, std::min(T_MAX_STAGES, atoi(v)));
   e->smem_optin = (int)p.sharedMemPerBlockOptin;
@@ -562,16 +576,39 @@ static void launch_pred1(Engine* e, cudaStream_t s, const __half* w1, int rows, 
   a.W = w1; a.K = e->d; a.n_out = rows; a.x = xin ? xin : norm ? e->xp : e->xr; a.map = MAP_ID; a.y = t;
   launch_rows<EPI_PLAIN>(e, s, a);
 }
-static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* sel) {
+// Predictor kernels on a side stream; `pdl`: right after a kernel of the same chain on the same stream (e->pred_pdl).
+template <typename... KArgs, typename... Args>
+static void launch_side(Engine* e, bool pdl, void (*k)(KArgs...), dim3 g, dim3 b, size_t smem, cudaStream_t s, Args... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = g;
+  cfg.blockDim = b;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute at[1];
+  if (pdl && e->pred_pdl) {
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+  }
+  cudaLaunchKernelEx(&cfg, k, args...);
+}
+// Scores + top-k of one predictor; after_t: launched right after the kernel that wrote its t on this stream.
+static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* sel, bool after_t = false) {
   TopkArgs a{};
   a.W2 = p.w2; a.t = p.tg ? p.tg : p.t; a.n = n; a.r = p.rank; a.k = k;
   a.lpr = 1;  // lanes per row: a power of two (shuffle reduction), at most 32, at least the row's 16-byte vectors
   while (a.lpr < std::min(32, p.rank / 8)) a.lpr <<= 1;
   a.scores = p.scores; a.sel = sel; a.s = p.topk;
-  int rpb = (TOPK_THREADS / 32) * (32 / a.lpr);
-  int grid = std::min((n + rpb - 1) / rpb, e->sms * 2);
-  k_pred_scores<<<grid, TOPK_THREADS, 0, s>>>(a);
-  if (n > TOPK_THREADS) k_topk_select<<<(n + TOPK_THREADS - 1) / TOPK_THREADS, TOPK_THREADS, 0, s>>>(a);
+  const int U = e->pred_unroll >= 8 ? 8 : e->pred_unroll >= 4 ? 4 : e->pred_unroll >= 2 ? 2 : 1;
+  int rpb = (TOPK_THREADS / 32) * (32 / a.lpr) * U;
+  // at most 2 blocks an SM on all SMs, or (pred_avail) on those the streamed kernels leave free
+  const int avail = e->pred_avail && e->sms_now > 0 && e->sms_now < e->sms ? e->sms - e->sms_now : e->sms;
+  int grid = std::min((n + rpb - 1) / rpb, avail * 2);
+  auto ks = U == 8 ? k_pred_scores<8> : U == 4 ? k_pred_scores<4> : U == 2 ? k_pred_scores<2> : k_pred_scores<1>;
+  if (!(e->pred_skip & 2)) launch_side(e, after_t, ks, dim3(grid), dim3(TOPK_THREADS), 0, s, a);
+  if (n > TOPK_THREADS && !(e->pred_skip & 4))
+    launch_side(e, true, k_topk_select, dim3((n + TOPK_THREADS - 1) / TOPK_THREADS), dim3(TOPK_THREADS), 0, s, a);
 }
 
 // ---- streamed path (fused.cuh) ----------------------------------------------------------------------------------
@@ -900,17 +937,25 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       cudaEventRecord(fork, s0);
       cudaStreamWaitEvent(s1, fork, 0);
       const __half* xin = nullptr;  // per-op path: the fp16 copies the last column GEMV wrote
-      if (e->tma) {  // streamed path: this tap's input, from the immutable (X[r-1], D[r]), into the group's buffer
+      Pred& p0 = g.members[0].second == 0 ? e->layers[g.members[0].first].pa : e->layers[g.members[0].first].pm;
+      const bool stacked = g.members.size() > 1;
+      const __half* w1 = stacked ? g.w1 : p0.w1;
+      const int rows = stacked ? g.rows : p0.rank;
+      float* t = stacked ? g.t : p0.t;
+      if (e->tma) {  // streamed path: this tap's input, from the immutable (X[r-1], D[r])
         XIn tin = point_in(e, tap == TAP_ATT_IN ? 2 * layer : 2 * layer + 1, nullptr, nullptr, g.norm, false);
         if (tin.tr >= 0) { tin.tr = -1; e->tr_next--; }  // side kernels are not traced
-        k_snap_input<<<1, 256, 0, s1>>>(tin, d, g.xh);
-        xin = g.xh;
+        if (e->pred_skip & 1) {
+        } else if (e->pchain) {
+          const int wpb = PH_THREADS / 32;
+          launch_side(e, false, k_pred_hidden, dim3((rows + wpb - 1) / wpb), dim3(PH_THREADS), (size_t)d * 4, s1, tin, d,
+                      w1, rows, t);
+        } else {
+          k_snap_input<<<1, 256, 0, s1>>>(tin, d, g.xh);
+          xin = g.xh;
+        }
       }
-      if (g.members.size() > 1) launch_pred1(e, s1, g.w1, g.rows, g.norm, g.t, xin);
-      else {
-        Pred& p = g.members[0].second == 0 ? e->layers[g.members[0].first].pa : e->layers[g.members[0].first].pm;
-        launch_pred1(e, s1, p.w1, p.rank, p.norm, p.t, xin);
-      }
+      if (!e->tma || (!e->pchain && !(e->pred_skip & 1))) launch_pred1(e, s1, w1, rows, g.norm, t, xin);
       mark(P_PRED1);
       cudaEvent_t rd = ev();
       cudaEventRecord(rd, s1);
@@ -921,8 +966,9 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         Pred& p = tg == 0 ? l.pa : l.pm;
         cudaStream_t ss = (m++ % 2 == 0) ? s1 : s2;
         if (ss != s1) cudaStreamWaitEvent(ss, rd, 0);
-        if (tg == 0) launch_topk(e, ss, p, H, l.kH, l.hsel);
-        else launch_topk(e, ss, p, ffn, l.kM, l.nsel);
+        const bool after_t = ss == s1 && m == 1 && !prof;  // first on s1: right behind the w1 kernel
+        if (tg == 0) launch_topk(e, ss, p, H, l.kH, l.hsel, after_t);
+        else launch_topk(e, ss, p, ffn, l.kM, l.nsel, after_t);
         mark(tg == 0 ? P_TOPK_ATTN : P_TOPK_MLP);
         cudaEvent_t done = ev();
         cudaEventRecord(done, ss);

@@ -730,6 +730,7 @@ constexpr int TOPK_BINS = 4096;   // top 12 bits of the key
 constexpr int TOPK_CAND = 4096;   // candidates held for the last block; more (degenerate scores) -> slower exact path
 constexpr int TOPK_CAND_SM = 1024;  // of those, copied to shared memory (more: read from L2)
 constexpr int TOPK_HG = 4;          // shared histogram copies (warp w uses w % TOPK_HG)
+constexpr int TOPK_UNROLL = 8;      // k_pred_scores<U>: U = 1 or this
 // Shared memory of k_topk_select stays ~9 KB: with PDL the streamed kernels hold ~200 KB of an SM while they wait,
 // and the predictor kernels must fit beside them.
 
@@ -840,7 +841,10 @@ __device__ __forceinline__ void warp_append(bool take, int idx, unsigned* counte
   if (take) out[base + __popc(m & ((1u << lane) - 1))] = idx;
 }
 
-__global__ void __launch_bounds__(TOPK_THREADS) k_pred_scores(TopkArgs a) {
+// U: rows per lane whose first weight vector is loaded before any is used (the loop was one dependent load per
+// row: ~3 round trips per block at 13B; a lane now has all its rows in flight when the grid is one wave).
+template <int U>
+__global__ void __launch_bounds__(TOPK_THREADS, 2) k_pred_scores(TopkArgs a) {
   __shared__ float ts[1024];
   __shared__ uint32_t keys[TOPK_THREADS];
   __shared__ int tmp[33];
@@ -848,22 +852,35 @@ __global__ void __launch_bounds__(TOPK_THREADS) k_pred_scores(TopkArgs a) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   const bool small = a.n <= TOPK_THREADS;
   TopkState* S = a.s;
+  pdl_wait();  // t comes from the kernel before (a no-op unless launched with PDL)
   for (int i = tid; i < a.r; i += blockDim.x) ts[i] = a.t[i];
   __syncthreads();
   const int lpr = a.lpr, rpw = 32 / lpr, sub = lane / lpr, sl = lane % lpr, nvec = a.r >> 3;
-  for (int base = (blockIdx.x * nwarps + warp) * rpw; base < a.n; base += gridDim.x * nwarps * rpw) {
-    int j = base + sub;
-    float acc = 0.f;
-    if (j < a.n) {
-      const uint4* wr = reinterpret_cast<const uint4*>(a.W2 + (size_t)j * a.r);
-      for (int c = sl; c < nvec; c += lpr) acc += dot8(ld_stream(wr + c), ts + 8 * c);
+  const int stride = gridDim.x * nwarps * rpw;
+  for (int base = (blockIdx.x * nwarps + warp) * rpw; base < a.n; base += U * stride) {
+    uint4 w[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int j = base + u * stride + sub;
+      if (j < a.n && sl < nvec) w[u] = ld_stream(reinterpret_cast<const uint4*>(a.W2 + (size_t)j * a.r) + sl);
     }
-    for (int o = lpr >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (j < a.n && sl == 0) {
-      a.scores[j] = acc;
-      if (!small) atomicAdd(&S->hist[f2key(acc) >> 20], 1u);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int j = base + u * stride + sub;
+      float acc = 0.f;
+      if (j < a.n && sl < nvec) {
+        const uint4* wr = reinterpret_cast<const uint4*>(a.W2 + (size_t)j * a.r);
+        acc = dot8(w[u], ts + 8 * sl);
+        for (int c = sl + lpr; c < nvec; c += lpr) acc += dot8(ld_stream(wr + c), ts + 8 * c);
+      }
+      for (int o = lpr >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+      if (j < a.n && sl == 0) {
+        a.scores[j] = acc;
+        if (!small) atomicAdd(&S->hist[f2key(acc) >> 20], 1u);
+      }
     }
   }
+  pdl_trigger();
   __threadfence();
   __syncthreads();
   if (tid == 0) last = atomicAdd(&S->cnt_scores, 1u) == gridDim.x - 1;
@@ -913,6 +930,7 @@ __global__ void __launch_bounds__(TOPK_THREADS) k_topk_select(TopkArgs a) {
   __shared__ bool last;
   TopkState* S = a.s;
   const int tid = threadIdx.x, i = blockIdx.x * blockDim.x + tid;
+  pdl_wait();  // the scores and the bin come from k_pred_scores (a no-op unless launched with PDL)
   const uint32_t bin = __ldcg(&S->bin);
   uint32_t key = i < a.n ? f2key(__ldcg(a.scores + i)) : 0u;
   const bool in_bin = i < a.n && (key >> 20) == bin;
