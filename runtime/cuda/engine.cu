@@ -125,16 +125,6 @@ struct Engine {
   // (DEJAVU_CUDA_PRED_UNROLL, 1 = the earlier loop).
   bool pchain = true, pred_pdl = false, pred_avail = false;
   int pred_unroll = 4;
-  // Persistent predictor (predict.cuh k_pred_step; env DEJAVU_CUDA_PPERSIST=1): one cooperative kernel of `reserve`
-  // blocks per step instead of the side-stream chain, flags instead of graph edges, PDL kept on the main stream.
-  bool ppersist = false, pp_ok = false;
-  PGroup* pp_groups = nullptr;
-  int pp_ng = 0;
-  std::vector<char> pp_point;        // points some group waits on (their producing kernels signal)
-  unsigned* pp_ready = nullptr;      // [2L+1]
-  unsigned* pp_bar = nullptr;        // [2]
-  unsigned* pp_flags = nullptr;      // [L][2]
-  unsigned* stepid = nullptr;        // advanced by the LM head every step
   int pred_skip = 0;  // TIMING EXPERIMENT ONLY (wrong selections; env DEJAVU_CUDA_PRED_SKIP): bit 0 w1, 1 scores, 2 select
   int lead = -1;          // stages a streamed kernel issues before its input is ready (env DEJAVU_CUDA_LEAD; -1: all)
   int lead_att = 4;       // the same for attention + out_proj (env DEJAVU_CUDA_LEAD_ATT; 4 measured best on 13B, -1..4)
@@ -234,7 +224,6 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
   if (const char* v = getenv("DEJAVU_CUDA_PSTEP")) e->pstep = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PCHAIN")) e->pchain = v[0] != '0';
-  if (const char* v = getenv("DEJAVU_CUDA_PPERSIST")) e->ppersist = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PRED_PDL")) e->pred_pdl = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PRED_UNROLL")) e->pred_unroll = std::max(1, std::min(TOPK_UNROLL, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_PRED_AVAIL")) e->pred_avail = v[0] == '1';
@@ -279,13 +268,6 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   cudaMemset(e->X, 0, (size_t)(2 * L + 1) * d * sizeof(float));
   cudaMemset(e->D, 0, (size_t)(2 * L + 1) * d * sizeof(float));
   cudaMemset(e->st, 0, 4 * sizeof(int));
-  if (dalloc(e, &e->pp_ready, 2 * L + 1) || dalloc(e, &e->pp_bar, 2) || dalloc(e, &e->pp_flags, 2 * L) ||
-      dalloc(e, &e->stepid, 1))
-    return bad();
-  cudaMemset(e->pp_ready, 0, (2 * L + 1) * sizeof(unsigned));
-  cudaMemset(e->pp_bar, 0, 2 * sizeof(unsigned));
-  cudaMemset(e->pp_flags, 0, 2 * L * sizeof(unsigned));
-  cudaMemset(e->stepid, 0, sizeof(unsigned));
   cudaMemset(e->tokens, 0, (maxT + 1) * sizeof(int));
   cudaMemset(e->amax, 0, sizeof(unsigned long long));
   cudaMemset(e->lm_counter, 0, sizeof(unsigned));
@@ -654,12 +636,12 @@ static TGeo make_geo(Engine* e, int K, int per) {
 static size_t geo_smem(const TGeo& g, int K) { return (size_t)K * 4 + (size_t)g.S * g.rows * (2 * K / g.seg); }
 
 template <int EPI>
-static void launch_rows_tma(Engine* e, cudaStream_t s, RowsArgs a, XIn in, bool pdl, PSync ps = PSync{}) {
+static void launch_rows_tma(Engine* e, cudaStream_t s, RowsArgs a, XIn in, bool pdl) {
   const int grid = std::min(e->sms_now, a.n_out);
   const TGeo g = make_geo(e, a.K, (a.n_out + grid - 1) / grid);
   const size_t smem = geo_smem(g, a.K);
-  if (tw_for(e, a.K) == 8) launchk(e, pdl, k_rows_tma<EPI, 8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g, ps);
-  else launchk(e, pdl, k_rows_tma<EPI, 16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g, ps);
+  if (tw_for(e, a.K) == 8) launchk(e, pdl, k_rows_tma<EPI, 8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
+  else launchk(e, pdl, k_rows_tma<EPI, 16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
 }
 static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool pdl) {
   const int grid = std::min(e->sms_now, a.n);
@@ -912,79 +894,6 @@ static int build_groups(Engine* e) {
   return 0;
 }
 
-// The persistent predictor's tap groups (device array, ordered by residual point) for the graphs with predictors;
-// pp_ok stays false where it does not apply (per-op path, too few reserved SMs, a group with more than PP_MAXM).
-static int attn_out_blocks(Engine* e, int nheads, int sms_now) {
-  return nheads * std::max(1, std::min(e->d / 8, sms_now / nheads));
-}
-static int prep_ppersist(Engine* e) {
-  e->pp_ok = false;
-  if (!e->ppersist || !e->tma || e->groups.empty()) return 0;
-  const int P = e->reserve, sms_now = std::max(1, e->sms - e->reserve);
-  std::vector<PGroup> hg;
-  e->pp_point.assign(2 * e->L + 1, 0);
-  for (auto& g : e->groups) {
-    if ((int)g.members.size() > PP_MAXM || (int)g.members.size() > P) return 0;
-    PGroup G{};
-    G.r = g.tap == TAP_ATT_IN ? 2 * g.layer : 2 * g.layer + 1;
-    G.norm = g.norm;
-    if (G.r == 0) G.need = e->sms;  // k_embed_tma's blocks
-    else if (G.r % 2 == 0) G.need = std::min(sms_now, e->layers[G.r / 2 - 1].kM);  // MLP of layer r/2 - 1
-    else G.need = attn_out_blocks(e, e->layers[G.r / 2].kH, sms_now);              // attention of layer r/2
-    Pred& p0 = g.members[0].second == 0 ? e->layers[g.members[0].first].pa : e->layers[g.members[0].first].pm;
-    const bool stacked = g.members.size() > 1;
-    G.w1 = stacked ? g.w1 : p0.w1;
-    G.t = stacked ? g.t : p0.t;
-    G.rows = stacked ? g.rows : p0.rank;
-    G.nm = (int)g.members.size();
-    for (int i = 0; i < G.nm; i++) {
-      auto [li, tg] = g.members[i];
-      Layer& l = e->layers[li];
-      Pred& p = tg == 0 ? l.pa : l.pm;
-      PMember& m = G.m[i];
-      m.w2 = p.w2; m.t = p.tg ? p.tg : p.t; m.scores = p.scores; m.sel = tg == 0 ? l.hsel : l.nsel; m.st = p.topk;
-      m.flag = e->pp_flags + 2 * li + tg; m.n = tg == 0 ? e->H : e->ffn; m.k = tg == 0 ? l.kH : l.kM; m.rank = p.rank;
-      if (p.rank > 1024) return 0;
-      m.lpr = 1;
-      while (m.lpr < std::min(32, p.rank / 8)) m.lpr <<= 1;
-    }
-    e->pp_point[G.r] = 1;
-    hg.push_back(G);
-  }
-  std::stable_sort(hg.begin(), hg.end(), [](const PGroup& a, const PGroup& b) { return a.r < b.r; });
-  int per_sm = 0;
-  const size_t smem = (size_t)e->d * 4;
-  CK(cudaFuncSetAttribute(k_pred_step, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_pred_step, PP_THREADS, smem));
-  if (per_sm < 1) return 0;
-  if (e->pp_ng < (int)hg.size()) {
-    if (dalloc(e, &e->pp_groups, hg.size())) return -1;
-  }
-  e->pp_ng = (int)hg.size();
-  CK(cudaMemcpy(e->pp_groups, hg.data(), hg.size() * sizeof(PGroup), cudaMemcpyHostToDevice));
-  e->pp_ok = true;
-  return 0;
-}
-static int launch_ppersist(Engine* e, cudaStream_t s, bool nowait) {
-  PredStepArgs a{};
-  a.g = e->pp_groups; a.ng = e->pp_ng; a.X = e->X; a.D = e->D; a.d = e->d; a.eps = e->eps;
-  a.ready = e->pp_ready; a.npoints = 2 * e->L + 1; a.bar = e->pp_bar; a.stepid = e->stepid; a.nowait = nowait;
-  if (const char* v = getenv("DEJAVU_CUDA_PP_SKIP")) a.skip = atoi(v) & 7;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(e->reserve);
-  cfg.blockDim = dim3(PP_THREADS);
-  cfg.dynamicSmemBytes = (size_t)e->d * 4;
-  cfg.stream = s;
-  cudaLaunchAttribute at[1];
-  at[0].id = cudaLaunchAttributeCooperative;
-  at[0].val.cooperative = 1;
-  cfg.attrs = at;
-  cfg.numAttrs = 1;
-  cudaError_t r = cudaLaunchKernelEx(&cfg, k_pred_step, a);
-  if (r != cudaSuccess) return fail("persistent predictor launch (%d blocks): %s", e->reserve, cudaGetErrorString(r));
-  return 0;
-}
-
 // Record the whole decode step for `mode` on s0 (predictors fork onto s1 and join back before their consumers).
 // Profiling (dj_profile): launches go eagerly to one stream, with a timing event after each, tagged by kind.
 enum ProfKind { P_EMBED, P_QKV, P_ATT, P_OUT, P_FC1, P_FC2, P_LM, P_PRED1, P_TOPK_ATTN, P_TOPK_MLP, P_MLP, P_LAYER, P_FLN, P_COUNT };
@@ -1006,8 +915,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   mark(-1);
   e->tr_next = e->trace ? 0 : -1;
   const bool preds = mode == M_SPARSE || mode == M_PRED;
-  const bool pp = preds && e->pp_ok && !prof;  // persistent predictor instead of the side-stream chain
-  e->pdl_now = !preds || e->pdl_side || pp;
+  e->pdl_now = !preds || e->pdl_side;
   e->rowix_now = preds ? e->rowix_side : e->rowix;
   e->sms_now = std::max(1, e->sms - (preds ? e->reserve : 0));
   const bool compute = mode != M_PRED;
@@ -1022,7 +930,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   // Launch the predictor groups whose source is (tap, layer): one stacked first-layer GEMV reads x now (on s1),
   // then each member's scores + top-k (alternating s1 / s2 so two run side by side).
   auto fire_tap = [&](int tap, int layer) {
-    if (!preds || pp) return;
+    if (!preds) return;
     for (auto& g : e->groups) {
       if (g.tap != tap || g.layer != layer) continue;
       cudaEvent_t fork = ev();
@@ -1085,18 +993,9 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     // Streamed path: 3 kernels per layer (fused.cuh), no in-place residual update, so no read-before-write waits.
     const float qs = 1.f / sqrtf((float)hd);
     const bool pstep = e->pstep_ok && mode == M_FIXED;
-    cudaEvent_t pp_done = nullptr;
-    if (pp) {  // a root of the graph: its blocks are resident before any main kernel can fill the SMs
-      cudaEvent_t fork = ev();
-      cudaEventRecord(fork, s0);
-      cudaStreamWaitEvent(s1, fork, 0);
-      if (launch_ppersist(e, s1, !compute)) return -1;
-      pp_done = ev();
-      cudaEventRecord(pp_done, s1);
-    }
     launchk(e, false, k_embed_tma, dim3(e->sms), dim3(256), 0, s0, (const __half*)e->E, (const __half*)e->P,
             (const int*)e->tokens, (const int*)e->st, d, e->X, e->D + d, (size_t)2 * e->L * d, e->psync,
-            pstep ? 3 * e->L : 0, pp && e->pp_point[0] ? e->pp_ready : nullptr);
+            pstep ? 3 * e->L : 0);
     mark(P_EMBED);
     if (pstep) {
       e->pargs.tr = e->tr_next >= 0;
@@ -1115,17 +1014,12 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         a.W = l.Wqkv; a.b = l.bqkv; a.K = d; a.n_out = e->kv_all && hs ? kH * hd + 2 * d : 3 * kH * hd;
         a.map = !hs ? MAP_ID : e->kv_all ? MAP_Q_KVALL : MAP_QKV; a.sel = hs ? l.hsel : nullptr; a.kH = kH; a.hd = hd;
         a.d = d; a.y = e->q; a.q_scale = qs; a.kc = l.kc; a.vc = l.vc; a.valid = l.valid; a.maxT = e->maxT; a.st = e->st;
-        PSync hps{};  // persistent predictor: this layer's head list comes with a flag
-        if (pp && hs && l.pa.on) { hps.flag = e->pp_flags + 2 * li; hps.stepid = e->stepid; }
-        launch_rows_tma<EPI_QKV>(e, s0, a, folded(e, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), l.c1q, l.c2q), true,
-                                 hps);
+        launch_rows_tma<EPI_QKV>(e, s0, a, folded(e, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), l.c1q, l.c2q), true);
         mark(P_QKV);
         AttnOutArgs o{};
         o.q = e->q; o.kc = l.kc; o.vc = l.vc; o.valid = l.valid; o.sel = hs ? l.hsel : nullptr; o.st = e->st;
         o.maxT = e->maxT; o.d = d; o.WoT = l.WoT; o.bias = l.bo; o.y = e->D + (size_t)(2 * li + 1) * d;
         o.tr = e->tr_next >= 0 ? e->tr_next++ : -1;
-        o.ps = hps;
-        if (pp && e->pp_point[2 * li + 1]) o.ps.done = e->pp_ready + 2 * li + 1;
         launch_attn_out(e, s0, o, kH, true);
         mark(P_ATT);
       }
@@ -1135,20 +1029,17 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         MlpTmaArgs m{};
         m.W1 = l.W1; m.b1 = l.b1; m.W2T = l.W2T; m.b2 = l.b2; m.sel = ns ? l.nsel : nullptr; m.n = kM; m.d = d;
         m.y = e->D + (size_t)(2 * li + 2) * d;
-        if (pp && ns && l.pm.on) { m.ps.flag = e->pp_flags + 2 * li + 1; m.ps.stepid = e->stepid; }
-        if (pp && e->pp_point[2 * li + 2]) m.ps.done = e->pp_ready + 2 * li + 2;
         launch_mlp_tma(e, s0, m, folded(e, point_in(e, 2 * li + 1, l.ln2_g, l.ln2_b, 1, true), l.c1m, l.c2m), true);
         mark(P_MLP);
       }
     }
-    if (pp_done) cudaStreamWaitEvent(s0, pp_done, 0);
     for (auto& j : joins) cudaStreamWaitEvent(s0, j.done, 0);
     for (auto rd : read_done) cudaStreamWaitEvent(s0, rd, 0);
     if (compute) {
       RowsArgs a{};
       a.W = e->lm; a.K = d; a.n_out = e->vocab;
       a.map = MAP_ID; a.y = e->logits; a.st = e->st; a.maxT = e->maxT; a.amax = e->amax; a.counter = e->lm_counter;
-      a.tokens = e->tokens; a.stepid = e->stepid;
+      a.tokens = e->tokens;
       launch_rows_tma<EPI_ARGMAX>(e, s0, a, folded(e, point_in(e, 2 * e->L, e->lnf_g, e->lnf_b, 1, false), e->c1lm, e->c2lm),
                                   true);
       mark(P_LM);
@@ -1169,7 +1060,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     RowsArgs a{};
     a.W = e->lm; a.K = d; a.n_out = e->vocab; a.x = e->xn;
     a.map = MAP_ID; a.y = e->logits; a.st = e->st; a.maxT = e->maxT; a.amax = e->amax; a.counter = e->lm_counter;
-    a.tokens = e->tokens; a.stepid = e->stepid;
+    a.tokens = e->tokens;
     launch_rows<EPI_ARGMAX>(e, s0, a, true);
     mark(P_LM);
     return 0;
@@ -1255,7 +1146,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     RowsArgs a{};
     a.W = e->lm; a.K = d; a.n_out = e->vocab; a.x = e->xn;
     a.map = MAP_ID; a.y = e->logits; a.st = e->st; a.maxT = e->maxT; a.amax = e->amax; a.counter = e->lm_counter;
-    a.tokens = e->tokens; a.stepid = e->stepid;
+    a.tokens = e->tokens;
     launch_rows<EPI_ARGMAX>(e, s0, a, true);
     mark(P_LM);
   }
@@ -1273,7 +1164,7 @@ int dj_build(void* ev) {
     CK(cudaEventCreateWithFlags(&v, cudaEventDisableTiming));
     e->evs.push_back(v);
   }
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e) || prep_ppersist(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(128, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(64, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(32, ATT_THREADS / 32) * 4));
@@ -1296,7 +1187,7 @@ int dj_build(void* ev) {
 int dj_graph_kernels(void* ev, int mode, int* count) {
   Engine* e = (Engine*)ev;
   cudaGraph_t g;
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e) || prep_ppersist(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
   record_step(e, mode);
   CK(cudaStreamEndCapture(e->s0, &g));
@@ -1321,7 +1212,7 @@ int dj_graph_kernels(void* ev, int mode, int* count) {
 // beside them (*total) so the two can be compared.
 int dj_profile(void* ev, int mode, int steps, float* ms, float* total) {
   Engine* e = (Engine*)ev;
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e) || prep_ppersist(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   Prof prof;
   for (int i = 0; i < P_COUNT; i++) ms[i] = 0.f;
   *total = 0.f;

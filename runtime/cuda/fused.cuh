@@ -50,49 +50,6 @@ __device__ __forceinline__ void tr_mark(int, int) {}
 #endif
 template <int NW> __device__ __forceinline__ void cbar() { asm volatile("bar.sync 1, %0;" ::"n"(NW * 32) : "memory"); }
 
-// Persistent predictor (predict.cuh, env DEJAVU_CUDA_PPERSIST): a main kernel whose selection it computes waits for
-// the selection's flag (written as step id + 1 once the selection is in memory), and a main kernel that completes a
-// tap point signals it (one arrival per block). No graph edges between the two, so the main stream keeps PDL.
-struct PSync {
-  const unsigned* flag = nullptr;    // wait until *flag == *stepid + 1 (null: no wait)
-  const unsigned* stepid = nullptr;  // advanced by the LM head at the end of every step
-  unsigned* done = nullptr;          // arrivals of this kernel's blocks (null: none)
-};
-__device__ __forceinline__ unsigned ld_acquire_u32(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ unsigned long long globaltimer() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-// Spin (one thread) until *flag reaches `want`; after 2 s the kernel traps, so a missing writer is an error, not a hang.
-__device__ __forceinline__ void spin_until(const unsigned* flag, unsigned want) {
-  if (ld_acquire_u32(flag) >= want) return;
-  const unsigned long long t0 = globaltimer();
-  while (ld_acquire_u32(flag) < want)
-    if (globaltimer() - t0 > 2000000000ull) __trap();
-}
-// All threads of the block: wait for the selection flag (no-op when none).
-__device__ __forceinline__ void psync_wait(const PSync& p) {
-  if (!p.flag) return;
-  if (threadIdx.x == 0) spin_until(p.flag, ld_acquire_u32(p.stepid) + 1);
-  __syncthreads();
-}
-// Consumer threads at the end of a kernel producing a tap point: their atomics are done, then one arrival.
-template <int NW>
-__device__ __forceinline__ void psync_signal(const PSync& p) {
-  if (!p.done) return;
-  __threadfence();
-  cbar<NW>();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(p.done, 1u);
-  }
-}
-
 // Where a kernel's input vector comes from, and what it makes of it (see the header).
 struct XIn {
   const float* base;   // X[r-1] (or x_0 itself when delta is null)
@@ -305,7 +262,7 @@ __device__ __forceinline__ LnStat t_consumer_prologue(const XIn& in, int K, floa
 // Row GEMV, streamed: block b takes rows [b*per, (b+1)*per) of the (mapped) output; the producer warp streams them
 // in groups of TW rows, one segment per stage; consumer warp w owns row w of each group.
 template <int EPI, int NW>
-__global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo, PSync ps) {
+__global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   constexpr int TW = NW;
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
@@ -318,7 +275,6 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo, PSync ps) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int per = (a.n_out + gridDim.x - 1) / gridDim.x, j0 = blockIdx.x * per, j1 = min(a.n_out, j0 + per);
   if (threadIdx.x == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
-  psync_wait(ps);
   __syncthreads();
   if (warp == TW) {  // producer: weights and row selections only (never written by the kernel before us)
     const bool pre = t_lookup_rows((geo.rowix & 1) && a.map != MAP_ID, j0, j1, rowix, [&](int j) { return rows_map(a, j); });
@@ -376,7 +332,6 @@ struct AttnOutArgs {
   const float* bias;    // [d] added by the slices of list entry 0
   float* y;             // D[2l+1]
   int tr;               // trace id (-1: none)
-  PSync ps;             // persistent predictor: head list's flag, mlp_in tap arrivals
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -471,7 +426,6 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float o_s[HD];
   __shared__ uint64_t go;
-  psync_wait(a.ps);
   const int hi = blockIdx.x / a.slices, sl_i = blockIdx.x % a.slices;
   const int h = a.sel ? a.sel[hi] : hi;
   const int nv_all = a.d >> 3, v0 = sl_i * nv_all / a.slices, v1 = (sl_i + 1) * nv_all / a.slices, nv = v1 - v0;
@@ -511,7 +465,6 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   int it = 0;
   t_outproj_consume<NW>(ring, stages, stage_bytes, a.S, a.R, nst, nv, rowbytes, o_s, att_sm, v0, hi == 0 ? a.bias : nullptr,
                         a.y, it);
-  psync_signal<NW>(a.ps);
   if (tid == 0) tr_mark(a.tr, 3);
 }
 
@@ -635,7 +588,6 @@ struct MlpTmaArgs {
   const int* sel;      // null: identity
   int n, d;
   float* y;            // D[2l+2]
-  PSync ps;            // persistent predictor: neuron list's flag, att_in(l+1) tap arrivals
 };
 
 template <int NW>
@@ -652,7 +604,6 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int per = (a.n + gridDim.x - 1) / gridDim.x, j0 = blockIdx.x * per, j1 = min(a.n, j0 + per);
   if (tid == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
-  psync_wait(a.ps);
   __syncthreads();
   if (warp == TW) {
     const bool pre = t_lookup_rows((geo.rowix & 2) && a.sel, j0, j1, rowix, [&](int j) { return a.sel[j]; });
@@ -668,7 +619,6 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   int it = 0;
   t_mlp_consume<NW>(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.sel, a.b1, xs, K, in.c1, in.c2, lst, h_s,
                     blockIdx.x == 0 ? a.b2 : nullptr, a.y, it);
-  psync_signal<NW>(a.ps);
   if (tid == 0) tr_mark(in.tr, 3);
 }
 
@@ -703,7 +653,7 @@ __global__ void __launch_bounds__(256) k_ln_fold(const __half* __restrict__ W, i
 __global__ void __launch_bounds__(256) k_embed_tma(const __half* __restrict__ E, const __half* __restrict__ P,
                                                    const int* __restrict__ tokens, const int* __restrict__ st, int d,
                                                    float* __restrict__ x0, float* __restrict__ deltas, size_t n_delta,
-                                                   unsigned* __restrict__ counters, int n_counters, unsigned* done) {
+                                                   unsigned* __restrict__ counters, int n_counters) {
   pdl_wait();
   const int pos = st[0], tok = tokens[pos];
   const size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -714,11 +664,6 @@ __global__ void __launch_bounds__(256) k_embed_tma(const __half* __restrict__ E,
     d4[i] = make_float4(0.f, 0.f, 0.f, 0.f);
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)n_counters; i += stride) counters[i] = 0u;
   pdl_trigger();
-  if (done) {  // point 0 is complete once every block arrived (persistent predictor, predict.cuh)
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) atomicAdd(done, 1u);
-  }
 }
 
 // A predictor tap's input as fp16 for the register-streaming k_rows (predictor w1 runs on a side stream beside the

@@ -241,7 +241,6 @@ struct RowsArgs {
   unsigned long long* amax;
   unsigned int* counter;
   int* tokens;
-  unsigned* stepid;  // advanced by the last block (null: not)
 };
 
 __device__ __forceinline__ int rows_map(const RowsArgs& a, int j) {
@@ -307,7 +306,6 @@ __device__ __forceinline__ void argmax_finish(const RowsArgs& a, unsigned long l
     int pos = a.st[0];
     if (pos + 1 < a.maxT && pos + 1 >= a.st[1]) a.tokens[pos + 1] = tok;
     a.st[0] = pos + 1;
-    if (a.stepid) *a.stepid += 1u;  // the step is over: flags of the persistent predictor (fused.cuh PSync) go stale
     *a.amax = 0ull;
     *a.counter = 0u;
   }
@@ -845,20 +843,15 @@ __device__ __forceinline__ void warp_append(bool take, int idx, unsigned* counte
 
 // U: rows per lane whose first weight vector is loaded before any is used (the loop was one dependent load per
 // row: ~3 round trips per block at 13B; a lane now has all its rows in flight when the grid is one wave).
-// The histogram is kept per block in shared memory and added to the global one at the end: scores cluster in a few
-// dozen bins, and hundreds of atomics on one global address serialise at its L2 slice.
 template <int U>
 __global__ void __launch_bounds__(TOPK_THREADS, 2) k_pred_scores(TopkArgs a) {
   __shared__ float ts[1024];
   __shared__ uint32_t keys[TOPK_THREADS];
-  __shared__ unsigned hs[TOPK_BINS];
   __shared__ int tmp[33];
   __shared__ bool last;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   const bool small = a.n <= TOPK_THREADS;
   TopkState* S = a.s;
-  if (!small)
-    for (int i = tid; i < TOPK_BINS; i += blockDim.x) hs[i] = 0u;
   pdl_wait();  // t comes from the kernel before (a no-op unless launched with PDL)
   for (int i = tid; i < a.r; i += blockDim.x) ts[i] = a.t[i];
   __syncthreads();
@@ -883,14 +876,9 @@ __global__ void __launch_bounds__(TOPK_THREADS, 2) k_pred_scores(TopkArgs a) {
       for (int o = lpr >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
       if (j < a.n && sl == 0) {
         a.scores[j] = acc;
-        if (!small) atomicAdd(&hs[f2key(acc) >> 20], 1u);
+        if (!small) atomicAdd(&S->hist[f2key(acc) >> 20], 1u);
       }
     }
-  }
-  if (!small) {
-    __syncthreads();
-    for (int i = tid; i < TOPK_BINS; i += blockDim.x)
-      if (hs[i]) atomicAdd(&S->hist[i], hs[i]);
   }
   pdl_trigger();
   __threadfence();
@@ -935,53 +923,30 @@ __global__ void __launch_bounds__(TOPK_THREADS, 2) k_pred_scores(TopkArgs a) {
   if (tid == 0) { S->cnt_scores = 0u; S->n_sel = 0u; S->n_cand = 0u; S->taken_eq = 0u; }
 }
 
-// Candidates of the threshold bin after radix_passes (key(j), idx(j), j < nc): those above `prefix`, and the first
-// take_eq equal to it in candidate order, written to out[base...]. All threads of the block (two block scans a round
-// of blockDim candidates). Why scans, not an atomic counter: every append on one counter serialises (~1000 a call).
-// valid(j): whether j is a candidate at all (the degenerate path walks every score and keeps the bin's).
-template <class K, class I, class V>
-__device__ void take_candidates(K key, I idx, V valid, int nc, uint32_t prefix, int take_eq, int* out, int base, int* tmp) {
-  int eq_run = 0;
-  for (int j0 = 0; j0 < nc; j0 += blockDim.x) {
-    const int j = j0 + threadIdx.x;
-    const bool ok = j < nc && valid(j);
-    const uint32_t kk = ok ? key(j) : 0u;
-    const bool gt = ok && kk > prefix, eq = ok && kk == prefix;
-    int tot;
-    const int ex = block_excl_scan((int)gt | ((int)eq << 16), tmp, &tot);
-    const bool take = gt || (eq && eq_run + (ex >> 16) < take_eq);
-    int nt;
-    const int pos = block_excl_scan(take ? 1 : 0, tmp, &nt);
-    if (take) out[base + pos] = idx(j);
-    eq_run += tot >> 16;
-    base += nt;
-  }
-}
-
 __global__ void __launch_bounds__(TOPK_THREADS) k_topk_select(TopkArgs a) {
   __shared__ int hist[TOPK_HG][256];
   __shared__ uint32_t ck[TOPK_CAND_SM];
-  __shared__ int s_digit, s_rem, tmp[33];
-  __shared__ unsigned s_base[2];
+  __shared__ int s_digit, s_rem;
   __shared__ bool last;
   TopkState* S = a.s;
   const int tid = threadIdx.x, i = blockIdx.x * blockDim.x + tid;
   pdl_wait();  // the scores and the bin come from k_pred_scores (a no-op unless launched with PDL)
   const uint32_t bin = __ldcg(&S->bin);
   uint32_t key = i < a.n ? f2key(__ldcg(a.scores + i)) : 0u;
-  const bool above = i < a.n && (key >> 20) > bin, in_bin = i < a.n && (key >> 20) == bin;
-  // Keys above the bin -> sel, keys in it -> candidates: block-ordered, one global atomic per block and list.
-  int tot;
-  const int ex = block_excl_scan((int)above | ((int)in_bin << 16), tmp, &tot);
-  if (tid == 0) {
-    s_base[0] = tot & 0xffff ? atomicAdd(&S->n_sel, (unsigned)(tot & 0xffff)) : 0u;
-    s_base[1] = tot >> 16 ? atomicAdd(&S->n_cand, (unsigned)(tot >> 16)) : 0u;
-  }
-  __syncthreads();
-  if (above) a.sel[s_base[0] + (ex & 0xffff)] = i;
-  if (in_bin) {
-    const unsigned slot = s_base[1] + (ex >> 16);
-    if (slot < TOPK_CAND) { S->cand_key[slot] = key; S->cand_idx[slot] = i; }
+  const bool in_bin = i < a.n && (key >> 20) == bin;
+  warp_append(i < a.n && (key >> 20) > bin, i, &S->n_sel, a.sel);
+  {
+    // Candidates: keys and indices (the key array doubles as the append target through a cast-free second call).
+    const int lane = tid & 31;
+    unsigned m = __ballot_sync(0xffffffffu, in_bin);
+    if (m) {
+      int leader = __ffs(m) - 1;
+      unsigned base = 0;
+      if (lane == leader) base = atomicAdd(&S->n_cand, (unsigned)__popc(m));
+      base = __shfl_sync(0xffffffffu, base, leader);
+      unsigned slot = base + __popc(m & ((1u << lane) - 1));
+      if (in_bin && slot < TOPK_CAND) { S->cand_key[slot] = key; S->cand_idx[slot] = i; }
+    }
   }
   __threadfence();
   __syncthreads();
@@ -989,7 +954,7 @@ __global__ void __launch_bounds__(TOPK_THREADS) k_topk_select(TopkArgs a) {
   __syncthreads();
   if (!last) return;
   __threadfence();
-  const int nc = (int)__ldcg(&S->n_cand), base = (int)__ldcg(&S->n_sel);
+  const int nc = (int)__ldcg(&S->n_cand);
   uint32_t prefix = bin << 20, mask = 0xfff00000u;
   if (tid == 0) s_rem = (int)__ldcg(&S->rem);
   const int shifts[3] = {12, 4, 0};
@@ -998,17 +963,33 @@ __global__ void __launch_bounds__(TOPK_THREADS) k_topk_select(TopkArgs a) {
     if (sm)
       for (int j = tid; j < nc; j += blockDim.x) ck[j] = __ldcg(&S->cand_key[j]);
     __syncthreads();
-    auto ckey = [&](int j) { return sm ? ck[j] : __ldcg(&S->cand_key[j]); };
-    radix_passes(ckey, nc, shifts, 3, prefix, mask, hist, &s_digit, &s_rem);
-    take_candidates(ckey, [&](int j) { return __ldcg(&S->cand_idx[j]); }, [](int) { return true; }, nc, prefix, s_rem, a.sel,
-                    base, tmp);
+    auto key = [&](int j) { return sm ? ck[j] : __ldcg(&S->cand_key[j]); };
+    radix_passes(key, nc, shifts, 3, prefix, mask, hist, &s_digit, &s_rem);
+    const int take_eq = s_rem;
+    for (int j0 = 0; j0 < nc; j0 += blockDim.x) {
+      int j = j0 + tid;
+      bool take = false;
+      if (j < nc) {
+        uint32_t kk = key(j);
+        take = kk > prefix || (kk == prefix && (int)atomicAdd(&S->taken_eq, 1u) < take_eq);
+      }
+      warp_append(take, j < nc ? __ldcg(&S->cand_idx[j]) : 0, &S->n_sel, a.sel);
+    }
   } else {
     // Degenerate scores (thousands in one bin): the same passes straight over all keys of the bin, from L2.
     __syncthreads();
     auto get = [&](int j) { uint32_t kk = f2key(__ldcg(a.scores + j)); return (kk >> 20) == bin ? kk : 0u; };
     radix_passes(get, a.n, shifts, 3, prefix, mask, hist, &s_digit, &s_rem);
-    take_candidates(get, [](int j) { return j; }, [&](int j) { return (f2key(__ldcg(a.scores + j)) >> 20) == bin; }, a.n,
-                    prefix, s_rem, a.sel, base, tmp);
+    const int take_eq = s_rem;
+    for (int j0 = 0; j0 < a.n; j0 += blockDim.x) {
+      int j = j0 + tid;
+      bool take = false;
+      if (j < a.n) {
+        uint32_t kk = get(j);
+        take = (kk >> 20) == bin && (kk > prefix || (kk == prefix && (int)atomicAdd(&S->taken_eq, 1u) < take_eq));
+      }
+      warp_append(take, j, &S->n_sel, a.sel);
+    }
   }
   __syncthreads();
   if (tid == 0) { S->cnt_select = 0u; S->n_sel = 0u; S->n_cand = 0u; S->taken_eq = 0u; }
