@@ -519,22 +519,27 @@ static int rows_blocks(Engine* e, const void* kern, int n_out, int K, int* wpr, 
   return (need + rounds - 1) / rounds;
 }
 
-// Launch on a stream, with programmatic dependent launch when asked (main-stream kernels after another kernel).
+// Launch on a stream, with programmatic dependent launch when `pdl`.
 template <typename... KArgs, typename... Args>
-static void launchk(Engine* e, bool pdl, void (*k)(KArgs...), dim3 g, dim3 b, size_t smem, cudaStream_t s, Args... args) {
+static void launch_ex(bool pdl, void (*k)(KArgs...), dim3 g, dim3 b, size_t smem, cudaStream_t s, Args... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = g;
   cfg.blockDim = b;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
   cudaLaunchAttribute at[1];
-  if (pdl && e->pdl && e->pdl_now) {
+  if (pdl) {
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
     cfg.numAttrs = 1;
   }
   cudaLaunchKernelEx(&cfg, k, args...);
+}
+// Main-stream kernels after another kernel: PDL when asked and the graph being recorded allows it.
+template <typename... KArgs, typename... Args>
+static void launchk(Engine* e, bool pdl, void (*k)(KArgs...), dim3 g, dim3 b, size_t smem, cudaStream_t s, Args... args) {
+  launch_ex(pdl && e->pdl && e->pdl_now, k, g, b, smem, s, args...);
 }
 
 template <int EPI>
@@ -579,19 +584,7 @@ static void launch_pred1(Engine* e, cudaStream_t s, const __half* w1, int rows, 
 // Predictor kernels on a side stream; `pdl`: right after a kernel of the same chain on the same stream (e->pred_pdl).
 template <typename... KArgs, typename... Args>
 static void launch_side(Engine* e, bool pdl, void (*k)(KArgs...), dim3 g, dim3 b, size_t smem, cudaStream_t s, Args... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = g;
-  cfg.blockDim = b;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cudaLaunchAttribute at[1];
-  if (pdl && e->pred_pdl) {
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-  }
-  cudaLaunchKernelEx(&cfg, k, args...);
+  launch_ex(pdl && e->pred_pdl, k, g, b, smem, s, args...);
 }
 // Scores + top-k of one predictor; after_t: launched right after the kernel that wrote its t on this stream.
 static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* sel, bool after_t = false) {
