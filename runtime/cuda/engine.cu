@@ -122,7 +122,8 @@ struct Engine {
   // Predictor chain of the streamed path (predict.cuh): pchain = the tap's input computed inside the w1 GEMV
   // (env DEJAVU_CUDA_PCHAIN=0: the earlier one-block snapshot + k_rows); pred_pdl = the chain's kernels on one side
   // stream launched with PDL (env DEJAVU_CUDA_PRED_PDL); pred_unroll = score rows per lane in flight
-  // (DEJAVU_CUDA_PRED_UNROLL, 1 = the earlier loop).
+  // (DEJAVU_CUDA_PRED_UNROLL: 1, 2, 4, 8; 1 = the earlier loop); pred_avail = the score grid sized to the SMs the
+  // streamed kernels leave free (DEJAVU_CUDA_PRED_AVAIL; measured slower).
   bool pchain = true, pred_pdl = false, pred_avail = false;
   int pred_unroll = 4;
   int pred_skip = 0;  // TIMING EXPERIMENT ONLY (wrong selections; env DEJAVU_CUDA_PRED_SKIP): bit 0 w1, 1 scores, 2 select
@@ -935,20 +936,20 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       const __half* w1 = stacked ? g.w1 : p0.w1;
       const int rows = stacked ? g.rows : p0.rank;
       float* t = stacked ? g.t : p0.t;
+      const bool w1_on = !(e->pred_skip & 1);  // (timing experiment: no first layer)
       if (e->tma) {  // streamed path: this tap's input, from the immutable (X[r-1], D[r])
         XIn tin = point_in(e, tap == TAP_ATT_IN ? 2 * layer : 2 * layer + 1, nullptr, nullptr, g.norm, false);
         if (tin.tr >= 0) { tin.tr = -1; e->tr_next--; }  // side kernels are not traced
-        if (e->pred_skip & 1) {
-        } else if (e->pchain) {
-          const int wpb = PH_THREADS / 32;
+        const int wpb = PH_THREADS / 32;
+        if (e->pchain && w1_on)
           launch_side(e, false, k_pred_hidden, dim3((rows + wpb - 1) / wpb), dim3(PH_THREADS), (size_t)d * 4, s1, tin, d,
                       w1, rows, t);
-        } else {
+        if (!e->pchain && w1_on) {
           k_snap_input<<<1, 256, 0, s1>>>(tin, d, g.xh);
           xin = g.xh;
         }
       }
-      if (!e->tma || (!e->pchain && !(e->pred_skip & 1))) launch_pred1(e, s1, w1, rows, g.norm, t, xin);
+      if (w1_on && !(e->tma && e->pchain)) launch_pred1(e, s1, w1, rows, g.norm, t, xin);
       mark(P_PRED1);
       cudaEvent_t rd = ev();
       cudaEventRecord(rd, s1);

@@ -730,7 +730,7 @@ constexpr int TOPK_BINS = 4096;   // top 12 bits of the key
 constexpr int TOPK_CAND = 4096;   // candidates held for the last block; more (degenerate scores) -> slower exact path
 constexpr int TOPK_CAND_SM = 1024;  // of those, copied to shared memory (more: read from L2)
 constexpr int TOPK_HG = 4;          // shared histogram copies (warp w uses w % TOPK_HG)
-constexpr int TOPK_UNROLL = 8;      // k_pred_scores<U>: U = 1 or this
+constexpr int TOPK_UNROLL = 8;      // k_pred_scores<U>: U = 1, 2, 4 or this
 // Shared memory of k_topk_select stays ~9 KB: with PDL the streamed kernels hold ~200 KB of an SM while they wait,
 // and the predictor kernels must fit beside them.
 
@@ -841,8 +841,8 @@ __device__ __forceinline__ void warp_append(bool take, int idx, unsigned* counte
   if (take) out[base + __popc(m & ((1u << lane) - 1))] = idx;
 }
 
-// U: rows per lane whose first weight vector is loaded before any is used (the loop was one dependent load per
-// row: ~3 round trips per block at 13B; a lane now has all its rows in flight when the grid is one wave).
+// U: rows per lane whose first weight vector is loaded before any is used (the loop was one load per row, each
+// waited for before the next was issued).
 template <int U>
 __global__ void __launch_bounds__(TOPK_THREADS, 2) k_pred_scores(TopkArgs a) {
   __shared__ float ts[1024];
