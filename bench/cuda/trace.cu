@@ -73,18 +73,20 @@ int main(int argc, char** argv) {
     snprintf(path, sizeof path, "%s/trace-%s-%s.bin", out, sh->name, names[mi]);
     if (FILE* f = fopen(path, "wb")) { fwrite(h.data(), 8, n, f); fclose(f); }
     // Per launch: blocks that stamped (entry != 0).
-    struct K { double first_in, last_wait, first_ready, med_ready_gap, last_end, med_end, ld, stats; int blocks; };
+    struct K { double first_in, last_wait, first_ready, med_ready_gap, last_end, med_end, ld, stats, max4, max5; int blocks; };
     std::vector<K> ks(launches);
     unsigned long long t0 = ~0ull;
     for (size_t i = 0; i < n; i += TR_N) if (h[i]) t0 = std::min(t0, h[i]);
     for (int k = 0; k < launches; k++) {
-      std::vector<double> in, wt, rd, en, ld, stt;
+      std::vector<double> in, wt, rd, en, ld, stt, a4{0.}, a5{0.};
       for (int b = 0; b < TR_MAXB; b++) {
         const unsigned long long* p = &h[((size_t)k * TR_MAXB + b) * TR_N];
         if (!p[0]) continue;
         in.push_back((p[0] - t0) / 1e3); wt.push_back((p[1] - t0) / 1e3); rd.push_back((p[2] - t0) / 1e3);
         en.push_back((p[3] - t0) / 1e3);
         if (p[4]) { ld.push_back((p[4] - p[1]) / 1e3); stt.push_back((p[5] - p[4]) / 1e3); }
+        if (p[4]) a4.push_back((p[4] - t0) / 1e3);
+        if (p[5]) a5.push_back((p[5] - t0) / 1e3);
       }
       K& q = ks[k];
       q.blocks = (int)in.size();
@@ -98,6 +100,8 @@ int main(int argc, char** argv) {
       q.last_end = *std::max_element(en.begin(), en.end());
       q.med_end = med(en);
       q.ld = med(ld); q.stats = med(stt);
+      q.max4 = *std::max_element(a4.begin(), a4.end());
+      q.max5 = *std::max_element(a5.begin(), a5.end());
     }
     printf("\n== %s: step %.3f ms (event), traced span %.1f us\n", names[mi], ms, ks[launches - 1].last_end - ks[0].first_in);
     const char* kind[] = {"qkv", "attn_out", "mlp"};
@@ -120,6 +124,21 @@ int main(int argc, char** argv) {
       }
       printf("%-9s %7d %7.2f %7.2f %7.2f %7.2f %7.2f %7.2f %7.2f %7.2f\n", c < 3 ? kind[c] : "lm_head", blocks, med(gap),
              med(wait), med(inn), med(ld), med(stt), med(span), med(work), med(tail));
+    }
+    // Fused predictors (DEJAVU_CUDA_PFUSE=1): the attention kernel's predictor warps stamp 4 = threshold known,
+    // 5 = their part done (fused.cuh / pfuse.cuh); per layer, from the kernel's last pdl release.
+    {
+      std::vector<double> thr, done, cons, over;
+      for (int k = 1; k < launches - 1; k += 3) {
+        const K& q = ks[k];
+        if (!q.blocks || q.max5 <= 0) continue;
+        thr.push_back(q.max4 - q.last_wait); done.push_back(q.max5 - q.last_wait);
+        cons.push_back(q.last_end - q.last_wait); over.push_back(q.max5 - q.last_end);
+      }
+      if (!done.empty())
+        printf("fused predictors (medians over layers, us from the attention's last release): threshold known %.2f, "
+               "selection done %.2f, attention+out_proj done %.2f, selection after them %.2f\n",
+               med(thr), med(done), med(cons), med(over));
     }
     // Layer 20 in detail (relative to its QKV's first entry).
     const int L0 = std::min(20, sh->L - 1) * 3;

@@ -391,7 +391,7 @@ static void test_topk(int n, int r, int k, bool degenerate = false, int tied_at_
   char name[160];
   for (int rep = 0; rep < 2; rep++) {
     CUDA_OK(cudaMemset(sel, 0xff, k * sizeof(int)));
-    launch_topk(&fake, 0, p, n, k, sel);
+    launch_topk(&fake, 0, p, p.t, n, k, sel);
     CUDA_OK(cudaGetLastError());
     auto s = host(scores, n);
     auto got = host(sel, k);
@@ -769,6 +769,8 @@ static void test_engine(int hd) {
   for (int pos = 0; pos < n_prompt; pos++) m.step(toks[pos], pos, nullptr, nullptr);
   all_g.clear(); all_r.clear();
   int pick_mismatch = 0, picks = 0;
+  double fz_terr = 0;
+  int fz_bad = 0, fz_diff = 0, fz_picks = 0;
   std::vector<std::vector<double>> att_in(m.L), mlp_in(m.L);
   for (int pos = n_prompt; pos < n_prompt + gen; pos++) {
     API_OK(dj_run(e, M_SPARSE, 1, nullptr));
@@ -779,6 +781,46 @@ static void test_engine(int hd) {
       API_OK(dj_get_selection(e, l, sh[l].data(), sn[l].data()));
     }
     auto rl = m.step(toks[pos], pos, &sh, &sn, &att_in, &mlp_in);
+    // Fused predictors (pfuse.cuh): their t against the reference tap, and their selections against the exact top-k
+    // of the GPU's own t (so only the top-k itself is judged), and valid (k distinct indices in range).
+    for (int src = 0; src < m.L; src++) {
+      Fuse& f = ((Engine*)e)->layers[src].fz;
+      if (!f.on) continue;
+      auto t = host(f.t, f.rows);
+      int off = 0;
+      for (auto [li, tg] : f.members) {
+        const auto& w1 = tg == 0 ? pa1[li] : pm1[li];
+        const auto& w2 = tg == 0 ? pa2[li] : pm2[li];
+        const bool norm = tg == 0 ? li == 1 : li == 2;
+        std::vector<double> x = att_in[src];
+        if (norm) {
+          std::vector<float> xf(x.begin(), x.end()), one(d, 1.f), zero(d, 0.f);
+          ref_layernorm(xf.data(), one.data(), zero.data(), d, 1e-5f, x);
+        }
+        double num = 0, den = 0;
+        for (int r = 0; r < rank; r++) {
+          const double tr = ref_dot(&w1[(size_t)r * d], x.data(), d);
+          num += (t[off + r] - tr) * (t[off + r] - tr); den += tr * tr;
+        }
+        fz_terr = std::max(fz_terr, std::sqrt(num / std::max(den, 1e-30)));
+        const int n = tg == 0 ? m.H : ffn, k = tg == 0 ? kH : kM;
+        std::vector<double> sc(n);
+        for (int j = 0; j < n; j++) { double v = 0; for (int r = 0; r < rank; r++) v += (double)w2[(size_t)j * rank + r] * t[off + r]; sc[j] = v; }
+        std::vector<int> idx(n);
+        for (int i = 0; i < n; i++) idx[i] = i;
+        std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return sc[a] > sc[b]; });
+        std::vector<char> top(n, 0), seen(n, 0);
+        for (int i = 0; i < k; i++) top[idx[i]] = 1;
+        const auto& got = tg == 0 ? sh[li] : sn[li];
+        for (int v : got) {
+          if (v < 0 || v >= n || seen[v]) { fz_bad++; continue; }
+          seen[v] = 1;
+          fz_diff += !top[v];
+        }
+        fz_picks += k;
+        off += rank;
+      }
+    }
     // The picks the reference predictors make from the reference taps (may differ only at near-ties).
     for (int l = 0; l < m.L; l++) {
       auto topk = [&](const std::vector<float>& w1, const std::vector<float>& w2, std::vector<double> x, int n, int k, bool norm) {
@@ -805,6 +847,12 @@ static void test_engine(int hd) {
     all_g.insert(all_g.end(), gl.begin(), gl.end());
     all_r.insert(all_r.end(), rl.begin(), rl.end());
     toks[pos + 1] = (int)(std::max_element(gl.begin(), gl.end()) - gl.begin());
+  }
+  if (fz_picks) {
+    printf("  fused predictors: t vs reference rel %.2e; picks invalid %d, differing from the exact top-k of the GPU's t %d of %d\n",
+           fz_terr, fz_bad, fz_diff, fz_picks);
+    expect_true("  ... fused predictors: t within 1e-2, picks valid, top-k exact (<= 0.5% differ: near-ties)",
+                fz_terr <= 1e-2 && fz_bad == 0 && fz_diff * 200 <= fz_picks);
   }
   expect("sparse with GPU predictors + top-k (same picks given to ref)", all_g, all_r);
   printf("  predictor picks differing from the fp64 reference's: %d of %d\n", pick_mismatch, picks);
@@ -866,7 +914,9 @@ int main(int argc, char** argv) {
   test_lmhead(50272, 5120, 1, 3);
   test_lmhead(8192, 384, 10, 3);
   // The whole-engine checks under each path: streamed (default), per-op kernels, persistent dense layer kernel.
-  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PCHAIN=0,DEJAVU_CUDA_PRED_UNROLL=1",
+  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=2",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PDL_SPARSE=1",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PCHAIN=0,DEJAVU_CUDA_PRED_UNROLL=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PRED_PDL=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88",
                            "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=0", "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1"}) {

@@ -43,7 +43,7 @@ struct Pred {
   __half *w1 = nullptr, *w2 = nullptr;  // [rank][d], [n][rank]
   float *t = nullptr, *scores = nullptr;
   TopkState* topk = nullptr;
-  float* tg = nullptr;       // where its w1 output lives when stacked with other predictors of the same tap
+  bool fused = false;        // rides in the main kernels of the sparse graph (pfuse.cuh; decided by build_groups)
 };
 
 // Predictors reading the same tap (layer, att_in/mlp_in, norm) share one first-layer GEMV over their stacked w1.
@@ -57,6 +57,19 @@ struct Group {
   __half* xh = nullptr;  // streamed path: the tap's input (raw or parameter-free LN) as fp16, written on the side stream
 };
 
+// The predictors fused into layer l's QKV (w1 rows) and attention (w2, top-k) kernels: those reading att_in(l).
+struct Fuse {
+  bool on = false;
+  int rows = 0;
+  __half* w1p = nullptr;                     // stacked w1 / ln1_g of layer l
+  float *c1 = nullptr, *nm = nullptr, *t = nullptr;
+  std::vector<std::pair<int, int>> members;  // (layer, target), in stack order
+  PfState* s = nullptr;                      // the big member's top-k state
+  unsigned *coarse = nullptr, *fine = nullptr;
+  uint32_t* ck = nullptr;
+  int* ci = nullptr;
+};
+
 struct Layer {
   float *ln1_g, *ln1_b, *bqkv, *bo, *ln2_g, *ln2_b, *b1, *b2;
   __half *Wqkv, *WoT, *W1, *W2T;
@@ -65,6 +78,7 @@ struct Layer {
   int kH, kM;
   int *hsel, *nsel;
   Pred pa, pm;
+  Fuse fz;
   float *c1q = nullptr, *c2q = nullptr, *c1m = nullptr, *c2m = nullptr;  // deferred LayerNorm constants (k_ln_fold)
 };
 
@@ -145,8 +159,19 @@ struct Engine {
   unsigned* psync = nullptr;     // [3L] grid counters, zeroed by k_embed_tma
   StepArgs pargs{};
   size_t psmem = 0;
-  std::vector<Group> groups;
+  std::vector<Group> groups;  // every predictor (predictors-only graph; sparse graph when none is fused)
   bool groups_dirty = true;
+  // Fused predictors (pfuse.cuh; env DEJAVU_CUDA_PFUSE=1; off by default: measured slower, docs/cuda.md v15).
+  // groups_side: the sparse graph's side-stream groups beside them; side_early: those all read att_in(0) (they run
+  // before layer 0 only, so the sparse graph keeps PDL and every SM).
+  bool pfuse = false, fused_any = false, side_early = false;
+  bool pfuse_small = false;  // env DEJAVU_CUDA_PFUSE=2: only the small (attention-head) predictors ride along
+  std::vector<Group> groups_side;
+  unsigned* pflags = nullptr;  // [2L] selection flags (layer, target): step serial + 1 once written
+  unsigned* pf_bad = nullptr;
+  int pf_skip = 0;  // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_PF_SKIP): bit 0 the MLP does not wait for its flag,
+                    // bit 1 the predictor warp stops after its scores, bit 2 no w1 rows in the QKV kernel, bit 3 the
+                    // predictor warp does nothing (flags only), bit 4 no head-list flag waits
   cudaGraphExec_t graphs[M_COUNT] = {};
   std::vector<cudaEvent_t> evs;
   cudaEvent_t t0, t1;
@@ -225,6 +250,8 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
   if (const char* v = getenv("DEJAVU_CUDA_PSTEP")) e->pstep = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PCHAIN")) e->pchain = v[0] != '0';
+  if (const char* v = getenv("DEJAVU_CUDA_PFUSE")) { e->pfuse = v[0] != '0'; e->pfuse_small = v[0] == '2'; }
+  if (const char* v = getenv("DEJAVU_CUDA_PF_SKIP")) e->pf_skip = atoi(v) & 31;
   if (const char* v = getenv("DEJAVU_CUDA_PRED_PDL")) e->pred_pdl = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PRED_UNROLL")) e->pred_unroll = std::max(1, std::min(TOPK_UNROLL, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_PRED_AVAIL")) e->pred_avail = v[0] == '1';
@@ -302,6 +329,7 @@ int dj_destroy(void* ev) {
 int dj_fill_random(void* ev, unsigned seed) {
   Engine* e = (Engine*)ev;
   e->ln_folded = false;
+  e->groups_dirty = true;  // new LayerNorm gains: the fused-predictor plan is made again (plan_fused)
   uint64_t s = (uint64_t)seed << 20;
   int d = e->d, ffn = e->ffn;
   fill_h(e->E, (size_t)e->vocab * d, s++, 0.5f, 0.f);
@@ -368,7 +396,8 @@ int dj_upload(void* ev, int tensor, int layer, const float* data, long long n) {
   if (layer < 0 || layer >= e->L) return fail("layer %d out of range", layer);
   Layer& l = e->layers[layer];
   switch (tensor) {
-    case T_LN1_W: return want(d) || up_float(l.ln1_g, data, n);
+    case T_LN1_W: e->groups_dirty = true;  // fused predictors depend on it (plan_fused)
+      return want(d) || up_float(l.ln1_g, data, n);
     case T_LN1_B: return want(d) || up_float(l.ln1_b, data, n);
     case T_Q_W: return want(dd) || up_half(l.Wqkv, data, n);
     case T_K_W: return want(dd) || up_half(l.Wqkv + dd, data, n);
@@ -472,7 +501,7 @@ int dj_set_prompt(void* ev, const int* ids, int n) {
   Engine* e = (Engine*)ev;
   if (n < 1 || n > e->maxT) return fail("prompt length %d out of range (1..%d)", n, e->maxT);
   for (int i = 0; i < n; i++) if (ids[i] < 0 || ids[i] >= e->vocab) return fail("token %d out of range", ids[i]);
-  int st[4] = {0, n, 0, 0};
+  int st[2] = {0, n};  // st[2], the step serial, keeps counting (fused-predictor flags compare against it)
   CK(cudaMemcpy(e->tokens, ids, n * sizeof(int), cudaMemcpyHostToDevice));
   CK(cudaMemcpy(e->st, st, sizeof st, cudaMemcpyHostToDevice));
   for (auto& l : e->layers) CK(cudaMemset(l.valid, 0, (size_t)e->H * e->maxT));
@@ -588,9 +617,9 @@ static void launch_side(Engine* e, bool pdl, void (*k)(KArgs...), dim3 g, dim3 b
   launch_ex(pdl && e->pred_pdl, k, g, b, smem, s, args...);
 }
 // Scores + top-k of one predictor; after_t: launched right after the kernel that wrote its t on this stream.
-static void launch_topk(Engine* e, cudaStream_t s, Pred& p, int n, int k, int* sel, bool after_t = false) {
+static void launch_topk(Engine* e, cudaStream_t s, Pred& p, const float* t, int n, int k, int* sel, bool after_t = false) {
   TopkArgs a{};
-  a.W2 = p.w2; a.t = p.tg ? p.tg : p.t; a.n = n; a.r = p.rank; a.k = k;
+  a.W2 = p.w2; a.t = t; a.n = n; a.r = p.rank; a.k = k;
   a.lpr = 1;  // lanes per row: a power of two (shuffle reduction), at most 32, at least the row's 16-byte vectors
   while (a.lpr < std::min(32, p.rank / 8)) a.lpr <<= 1;
   a.scores = p.scores; a.sel = sel; a.s = p.topk;
@@ -631,17 +660,22 @@ static size_t geo_smem(const TGeo& g, int K) { return (size_t)K * 4 + (size_t)g.
 
 template <int EPI>
 static void launch_rows_tma(Engine* e, cudaStream_t s, RowsArgs a, XIn in, bool pdl) {
-  const int grid = std::min(e->sms_now, a.n_out);
-  const TGeo g = make_geo(e, a.K, (a.n_out + grid - 1) / grid);
+  const int grid = std::min(e->sms_now, a.n_out + a.pn);
+  const TGeo g = make_geo(e, a.K, (a.n_out + a.pn + grid - 1) / grid);
   const size_t smem = geo_smem(g, a.K);
-  if (tw_for(e, a.K) == 8) launchk(e, pdl, k_rows_tma<EPI, 8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
+  const bool pf = EPI == EPI_QKV && (a.pn || a.sel_flag);  // fused predictors: their own instantiation
+  if (pf && tw_for(e, a.K) == 8) launchk(e, pdl, k_rows_tma<EPI, 8, true>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
+  else if (pf) launchk(e, pdl, k_rows_tma<EPI, 16, true>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
+  else if (tw_for(e, a.K) == 8) launchk(e, pdl, k_rows_tma<EPI, 8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
   else launchk(e, pdl, k_rows_tma<EPI, 16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
 }
 static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool pdl) {
   const int grid = std::min(e->sms_now, a.n);
   const TGeo g = make_geo(e, a.d, (a.n + grid - 1) / grid);
   const size_t smem = geo_smem(g, a.d);
-  if (tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
+  if (a.sel_flag && tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8, true>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
+  else if (a.sel_flag) launchk(e, pdl, k_mlp_tma<16, true>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
+  else if (tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
   else launchk(e, pdl, k_mlp_tma<16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
 }
 // Attention + out_proj: `slices` column slices per head so that heads x slices fill the SMs once; R rows of a slice
@@ -654,20 +688,32 @@ static void launch_attn_out(Engine* e, cudaStream_t s, AttnOutArgs a, int nheads
   while (R > 1 && R * rowbytes > 32768) R /= 2;
   const int tw = tw_for(e, e->d);
   const int att = att_state_floats(hd, tw) * 4;
-  const int ring = std::min(e->ring_bytes, e->smem_optin - att - 8192);
+  const dim3 grid(nheads * a.slices), block(t_threads(tw) + (a.pf.on ? 32 : 0));
+  unsigned pfb = 0;  // the fused predictors' warp: its slice of the big member's w2 rows and its work space
+  if (a.pf.on) {
+    a.pf.per = a.pf.nbig ? (a.pf.big.n + (int)grid.x - 1) / (int)grid.x : 0;
+    pfb = pf_layout(a.pf).bytes;
+  }
+  const int ring = std::min(e->ring_bytes, e->smem_optin - att - 8192 - (int)pfb);
+  while (R > 1 && R * rowbytes > ring) R /= 2;
   a.R = R;
   a.S = std::max(1, std::min({T_MAX_STAGES, hd / R, ring / (R * rowbytes)}));
   a.lead = e->lead_att;
-  const size_t smem = (size_t)att + (size_t)a.S * R * rowbytes;
-  const dim3 grid(nheads * a.slices), block(t_threads(tw));
+  size_t smem = (size_t)att + (size_t)a.S * R * rowbytes;
+  if (a.pf.on) {
+    a.pf.smem_off = (unsigned)((smem + 127) & ~(size_t)127);
+    smem = a.pf.smem_off + pfb;
+  }
+  auto go = [&](auto k) { launchk(e, pdl, k, grid, block, smem, s, a); };
+  const bool pf = a.pf.on || a.sel_flag;  // fused predictors: their own instantiation (k_rows_tma says why)
   if (tw == 8) {
-    if (hd == 128) launchk(e, pdl, k_attn_out<128, 8>, grid, block, smem, s, a);
-    else if (hd == 64) launchk(e, pdl, k_attn_out<64, 8>, grid, block, smem, s, a);
-    else launchk(e, pdl, k_attn_out<32, 8>, grid, block, smem, s, a);
+    if (hd == 128) pf ? go(k_attn_out<128, 8, true>) : go(k_attn_out<128, 8>);
+    else if (hd == 64) pf ? go(k_attn_out<64, 8, true>) : go(k_attn_out<64, 8>);
+    else pf ? go(k_attn_out<32, 8, true>) : go(k_attn_out<32, 8>);
   } else {
-    if (hd == 128) launchk(e, pdl, k_attn_out<128, 16>, grid, block, smem, s, a);
-    else if (hd == 64) launchk(e, pdl, k_attn_out<64, 16>, grid, block, smem, s, a);
-    else launchk(e, pdl, k_attn_out<32, 16>, grid, block, smem, s, a);
+    if (hd == 128) pf ? go(k_attn_out<128, 16, true>) : go(k_attn_out<128, 16>);
+    else if (hd == 64) pf ? go(k_attn_out<64, 16, true>) : go(k_attn_out<64, 16>);
+    else pf ? go(k_attn_out<32, 16, true>) : go(k_attn_out<32, 16>);
   }
 }
 // The residual stream at point r (fused.cuh header): X[r-1] + D[r] (X[0] alone at r = 0).
@@ -681,6 +727,7 @@ static XIn point_in(Engine* e, int r, const float* g, const float* b, int norm, 
   in.tr = e->tr_next >= 0 ? e->tr_next++ : -1;
   return in;
 }
+static int pf_prep(Engine* e);
 // The deferred LayerNorm's constants of every streamed row kernel that normalises its input (QKV, fc1, LM head).
 static int fold_ln(Engine* e) {
   if (!e->tma || !e->ln_defer || e->ln_folded) return 0;
@@ -693,6 +740,7 @@ static int fold_ln(Engine* e) {
     if (fold(l.Wqkv, 3 * e->d, l.ln1_g, l.ln1_b, &l.c1q, &l.c2q) || fold(l.W1, e->ffn, l.ln2_g, l.ln2_b, &l.c1m, &l.c2m))
       return -1;
   if (fold(e->lm, e->vocab, e->lnf_g, e->lnf_b, &e->c1lm, &e->c2lm)) return -1;
+  if (pf_prep(e)) return -1;  // the fused predictors' w1 carry 1 / ln1_g
   CK(cudaDeviceSynchronize());
   e->ln_folded = true;
   return 0;
@@ -714,7 +762,12 @@ static int set_tma_attrs(Engine* e) {
       raise((const void*)k_attn_out<64, 16>) || raise((const void*)k_attn_out<32, 16>) ||
       raise((const void*)k_rows_tma<EPI_QKV, 8>) || raise((const void*)k_rows_tma<EPI_ARGMAX, 8>) ||
       raise((const void*)k_mlp_tma<8>) || raise((const void*)k_attn_out<128, 8>) ||
-      raise((const void*)k_attn_out<64, 8>) || raise((const void*)k_attn_out<32, 8>))
+      raise((const void*)k_attn_out<64, 8>) || raise((const void*)k_attn_out<32, 8>) ||
+      raise((const void*)k_rows_tma<EPI_QKV, 16, true>) || raise((const void*)k_rows_tma<EPI_QKV, 8, true>) ||
+      raise((const void*)k_mlp_tma<16, true>) || raise((const void*)k_mlp_tma<8, true>) ||
+      raise((const void*)k_attn_out<128, 16, true>) || raise((const void*)k_attn_out<64, 16, true>) ||
+      raise((const void*)k_attn_out<32, 16, true>) || raise((const void*)k_attn_out<128, 8, true>) ||
+      raise((const void*)k_attn_out<64, 8, true>) || raise((const void*)k_attn_out<32, 8, true>))
     return -1;
   return 0;
 }
@@ -852,27 +905,26 @@ static int launch_pstep(Engine* e, cudaStream_t s) {
   return 0;
 }
 
-// Stack the w1 of predictors that read the same tap (one GEMV for all of them).
-static int build_groups(Engine* e) {
-  if (!e->groups_dirty) return 0;
-  e->groups.clear();
+// Stack the w1 of predictors that read the same tap (one GEMV for all of them); skip_fused: leave out those that
+// ride in the main kernels (the sparse graph's side groups).
+static int make_groups(Engine* e, std::vector<Group>& out, bool skip_fused) {
+  out.clear();
   for (int li = 0; li < e->L; li++)
     for (int tg = 0; tg < 2; tg++) {
       Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
-      p.tg = nullptr;
-      if (!p.on) continue;
+      if (!p.on || (skip_fused && p.fused)) continue;
       Group* g = nullptr;
-      for (auto& gg : e->groups)
+      for (auto& gg : out)
         if (gg.tap == p.tap && gg.layer == p.src_layer && gg.norm == p.norm) g = &gg;
       if (!g) {
-        e->groups.push_back(Group{});
-        g = &e->groups.back();
+        out.push_back(Group{});
+        g = &out.back();
         g->tap = p.tap; g->layer = p.src_layer; g->norm = p.norm;
       }
       g->members.push_back({li, tg});
       g->rows += p.rank;
     }
-  for (auto& g : e->groups) {
+  for (auto& g : out) {
     if (dalloc(e, &g.xh, e->d)) return -1;
     if (g.members.size() == 1) continue;  // single predictor: its own w1 and t
     if (dalloc(e, &g.w1, (size_t)g.rows * e->d) || dalloc(e, &g.t, g.rows)) return -1;
@@ -880,10 +932,124 @@ static int build_groups(Engine* e) {
     for (auto [li, tg] : g.members) {
       Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
       CK(cudaMemcpy(g.w1 + (size_t)off * e->d, p.w1, (size_t)p.rank * e->d * sizeof(__half), cudaMemcpyDeviceToDevice));
-      p.tg = g.t + off;
       off += p.rank;
     }
   }
+  return 0;
+}
+// The fused predictors' first layers for the current weights: w1 / ln1_g and sum(w1) (k_pf_prep).
+static int pf_prep(Engine* e) {
+  if (!e->fused_any) return 0;
+  CK(cudaMemset(e->pf_bad, 0, sizeof(unsigned)));
+  for (int l = 0; l < e->L; l++) {
+    Fuse& f = e->layers[l].fz;
+    if (!f.on) continue;
+    int off = 0;
+    for (auto [li, tg] : f.members) {
+      Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
+      k_pf_prep<<<(p.rank + 7) / 8, 256>>>(p.w1, p.rank, e->d, e->layers[l].ln1_g, f.w1p + (size_t)off * e->d, f.c1 + off,
+                                          e->pf_bad);
+      off += p.rank;
+    }
+  }
+  unsigned bad = 0;
+  CK(cudaMemcpy(&bad, e->pf_bad, sizeof bad, cudaMemcpyDeviceToHost));
+  if (bad)
+    return fail("fused predictors: %u first-layer weights divided by a LayerNorm gain leave the fp16 range (a gain near "
+                "zero); run dj_build again after changing weights, or set DEJAVU_CUDA_PFUSE=0", bad);
+  return 0;
+}
+// Decide which predictors ride in the main kernels (pfuse.cuh): tap att_in(l), selection used at the MLP of l or
+// later, at most one big (n > PF_SMALL_MAX) and PF_MAX_SMALL small ones per tap layer, streamed path with the
+// deferred LayerNorm, and layer l's LayerNorm gain away from zero (the w1 rows are stored divided by it).
+static int plan_fused(Engine* e) {
+  e->fused_any = false;
+  std::vector<float> g(e->d);
+  for (int l = 0; l < e->L; l++) {
+    Layer& src = e->layers[l];
+    src.fz.on = false;
+    src.fz.members.clear();
+    src.fz.rows = 0;
+  }
+  for (auto& l : e->layers) { l.pa.fused = false; l.pm.fused = false; }
+  if (!e->pfuse || !e->tma || !e->ln_defer) return 0;
+  std::vector<int> nbig(e->L, 0), nsmall(e->L, 0), gain_ok(e->L, -1);
+  for (int li = 0; li < e->L; li++)
+    for (int tg = 1; tg >= 0; tg--) {  // MLP first: a layer's big member is its own MLP predictor
+      Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
+      const int l = p.src_layer;
+      if (!p.on || p.tap != TAP_ATT_IN || (tg == 0 ? li < l + 1 : li < l)) continue;
+      const int n = tg == 0 ? e->H : e->ffn;
+      const bool big = n > PF_SMALL_MAX;
+      if (big ? nbig[l] >= 1 || e->pfuse_small : nsmall[l] >= PF_MAX_SMALL) continue;
+      if (gain_ok[l] < 0) {
+        CK(cudaMemcpy(g.data(), e->layers[l].ln1_g, e->d * sizeof(float), cudaMemcpyDeviceToHost));
+        gain_ok[l] = 1;
+        for (float v : g) if (!(std::fabs(v) >= 1e-3f)) gain_ok[l] = 0;
+      }
+      if (!gain_ok[l]) continue;
+      (big ? nbig[l] : nsmall[l])++;
+      p.fused = true;
+      Fuse& f = e->layers[l].fz;
+      f.on = true;
+      f.members.push_back({li, tg});
+      f.rows += p.rank;
+      e->fused_any = true;
+    }
+  if (!e->pflags) {
+    if (dalloc(e, &e->pflags, 2 * e->L) || dalloc(e, &e->pf_bad, 1)) return -1;
+    CK(cudaMemset(e->pflags, 0, 2 * e->L * sizeof(unsigned)));
+  }
+  for (int l = 0; l < e->L; l++) {
+    Fuse& f = e->layers[l].fz;
+    if (!f.on) continue;
+    std::vector<float> nm;
+    for (auto [li, tg] : f.members) {
+      Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
+      nm.insert(nm.end(), p.rank, p.norm ? 1.f : 0.f);
+      const int n = tg == 0 ? e->H : e->ffn;
+      if (n > PF_SMALL_MAX) {  // the big member's top-k state (zero at rest)
+        if (dalloc(e, &f.s, 1) || dalloc(e, &f.coarse, 256) || dalloc(e, &f.fine, PF_FINE) || dalloc(e, &f.ck, n) ||
+            dalloc(e, &f.ci, n))
+          return -1;
+        CK(cudaMemset(f.s, 0, sizeof(PfState)));
+        CK(cudaMemset(f.coarse, 0, 256 * sizeof(unsigned)));
+        CK(cudaMemset(f.fine, 0, PF_FINE * sizeof(unsigned)));
+      }
+    }
+    if (dalloc(e, &f.w1p, (size_t)f.rows * e->d) || dalloc(e, &f.c1, f.rows) || dalloc(e, &f.nm, f.rows) ||
+        dalloc(e, &f.t, f.rows))
+      return -1;
+    CK(cudaMemcpy(f.nm, nm.data(), nm.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  return 0;
+}
+// The fused-predictor arguments of layer l's attention kernel (PredFuse::per is set at launch).
+static PredFuse make_pf(Engine* e, Layer& src) {
+  PredFuse p{};
+  const Fuse& f = src.fz;
+  p.on = 1; p.t = f.t; p.trows = f.rows; p.st = e->st;
+  int off = 0;
+  for (auto [li, tg] : f.members) {
+    Layer& l = e->layers[li];
+    Pred& q = tg == 0 ? l.pa : l.pm;
+    PfMember m{};
+    m.W2 = q.w2; m.n = tg == 0 ? e->H : e->ffn; m.r = q.rank; m.k = tg == 0 ? l.kH : l.kM; m.toff = off;
+    m.sel = tg == 0 ? l.hsel : l.nsel; m.done = e->pflags + 2 * li + tg;
+    if (m.n > PF_SMALL_MAX) {
+      p.nbig = 1; p.big = m; p.s = f.s; p.coarse = f.coarse; p.fine = f.fine; p.cand_key = f.ck; p.cand_idx = f.ci;
+    } else {
+      p.small[p.nsmall++] = m;
+    }
+    off += q.rank;
+  }
+  return p;
+}
+static int build_groups(Engine* e) {
+  if (!e->groups_dirty) return 0;
+  if (plan_fused(e) || make_groups(e, e->groups, false) || make_groups(e, e->groups_side, true) || pf_prep(e)) return -1;
+  e->side_early = true;
+  for (auto& g : e->groups_side) e->side_early &= g.tap == TAP_ATT_IN && g.layer == 0;
   e->groups_dirty = false;
   return 0;
 }
@@ -909,9 +1075,14 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   mark(-1);
   e->tr_next = e->trace ? 0 : -1;
   const bool preds = mode == M_SPARSE || mode == M_PRED;
-  e->pdl_now = !preds || e->pdl_side;
-  e->rowix_now = preds ? e->rowix_side : e->rowix;
-  e->sms_now = std::max(1, e->sms - (preds ? e->reserve : 0));
+  // Fused predictors (pfuse.cuh) in the sparse graph: the side-stream chain keeps only the others; when those all
+  // run before layer 0 (side_early), the graph keeps PDL and every SM like the fixed-selection graph.
+  const bool fuse = mode == M_SPARSE && e->fused_any && e->tma;
+  std::vector<Group>& groups = fuse ? e->groups_side : e->groups;
+  const bool side = preds && !(fuse && e->side_early);  // side-stream predictors beside the layers
+  e->pdl_now = !side || e->pdl_side;
+  e->rowix_now = side ? e->rowix_side : e->rowix;
+  e->sms_now = std::max(1, e->sms - (side ? e->reserve : 0));
   const bool compute = mode != M_PRED;
   const bool sparse = mode == M_SPARSE || mode == M_FIXED;
   size_t evi = 0;
@@ -925,7 +1096,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   // then each member's scores + top-k (alternating s1 / s2 so two run side by side).
   auto fire_tap = [&](int tap, int layer) {
     if (!preds) return;
-    for (auto& g : e->groups) {
+    for (auto& g : groups) {
       if (g.tap != tap || g.layer != layer) continue;
       cudaEvent_t fork = ev();
       cudaEventRecord(fork, s0);
@@ -954,15 +1125,17 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       cudaEvent_t rd = ev();
       cudaEventRecord(rd, s1);
       read_done.push_back(rd);
-      int m = 0;
+      int m = 0, off = 0;
       for (auto [li, tg] : g.members) {
         Layer& l = e->layers[li];
         Pred& p = tg == 0 ? l.pa : l.pm;
+        const float* tm = stacked ? g.t + off : p.t;  // this member's w1 output
+        off += p.rank;
         cudaStream_t ss = (m++ % 2 == 0) ? s1 : s2;
         if (ss != s1) cudaStreamWaitEvent(ss, rd, 0);
         const bool after_t = ss == s1 && m == 1 && !prof;  // first on s1: right behind the w1 kernel
-        if (tg == 0) launch_topk(e, ss, p, H, l.kH, l.hsel, after_t);
-        else launch_topk(e, ss, p, ffn, l.kM, l.nsel, after_t);
+        if (tg == 0) launch_topk(e, ss, p, tm, H, l.kH, l.hsel, after_t);
+        else launch_topk(e, ss, p, tm, ffn, l.kM, l.nsel, after_t);
         mark(tg == 0 ? P_TOPK_ATTN : P_TOPK_MLP);
         cudaEvent_t done = ev();
         cudaEventRecord(done, ss);
@@ -974,13 +1147,18 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     for (auto rd : read_done) cudaStreamWaitEvent(s0, rd, 0);
     read_done.clear();
   };
+  // Returns whether the next kernel joins a side-stream selection: that kernel is launched without PDL, so it
+  // cannot start (and read the selection before its grid dependency) ahead of the side stream's kernels.
   auto consume = [&](int layer, int target) {
+    bool joined = false;
     for (size_t i = 0; i < joins.size();) {
       if (joins[i].layer == layer && joins[i].target == target) {
         cudaStreamWaitEvent(s0, joins[i].done, 0);
         joins.erase(joins.begin() + i);
+        joined = true;
       } else i++;
     }
+    return joined;
   };
 
   if (e->tma) {
@@ -1002,28 +1180,37 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       const int kH = sparse ? l.kH : H, kM = sparse ? l.kM : ffn;
       const bool hs = kH < H, ns = kM < ffn;
       fire_tap(TAP_ATT_IN, li);
-      consume(li, 0);
+      const bool join_h = consume(li, 0);
       if (compute) {
         RowsArgs a{};
         a.W = l.Wqkv; a.b = l.bqkv; a.K = d; a.n_out = e->kv_all && hs ? kH * hd + 2 * d : 3 * kH * hd;
         a.map = !hs ? MAP_ID : e->kv_all ? MAP_Q_KVALL : MAP_QKV; a.sel = hs ? l.hsel : nullptr; a.kH = kH; a.hd = hd;
         a.d = d; a.y = e->q; a.q_scale = qs; a.kc = l.kc; a.vc = l.vc; a.valid = l.valid; a.maxT = e->maxT; a.st = e->st;
-        launch_rows_tma<EPI_QKV>(e, s0, a, folded(e, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), l.c1q, l.c2q), true);
+        const unsigned* hflag = fuse && hs && l.pa.fused && !(e->pf_skip & 16) ? e->pflags + 2 * li : nullptr;
+        a.sel_flag = hflag;
+        if (fuse && l.fz.on && !(e->pf_skip & 4)) {  // the fused predictors reading this layer's att_in: their w1 rows ride along
+          a.pW = l.fz.w1p; a.pn = l.fz.rows; a.pbase = 3 * d; a.pt = l.fz.t; a.pc1 = l.fz.c1; a.pnm = l.fz.nm;
+        }
+        launch_rows_tma<EPI_QKV>(e, s0, a, folded(e, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), l.c1q, l.c2q), !join_h);
         mark(P_QKV);
         AttnOutArgs o{};
         o.q = e->q; o.kc = l.kc; o.vc = l.vc; o.valid = l.valid; o.sel = hs ? l.hsel : nullptr; o.st = e->st;
         o.maxT = e->maxT; o.d = d; o.WoT = l.WoT; o.bias = l.bo; o.y = e->D + (size_t)(2 * li + 1) * d;
         o.tr = e->tr_next >= 0 ? e->tr_next++ : -1;
+        o.sel_flag = hflag;
+        if (fuse && l.fz.on) o.pf = make_pf(e, l);
+        o.pf.skip = e->pf_skip & 10;
         launch_attn_out(e, s0, o, kH, true);
         mark(P_ATT);
       }
       fire_tap(TAP_MLP_IN, li);
-      consume(li, 1);
+      const bool join_m = consume(li, 1);
       if (compute) {
         MlpTmaArgs m{};
         m.W1 = l.W1; m.b1 = l.b1; m.W2T = l.W2T; m.b2 = l.b2; m.sel = ns ? l.nsel : nullptr; m.n = kM; m.d = d;
         m.y = e->D + (size_t)(2 * li + 2) * d;
-        launch_mlp_tma(e, s0, m, folded(e, point_in(e, 2 * li + 1, l.ln2_g, l.ln2_b, 1, true), l.c1m, l.c2m), true);
+        if (fuse && ns && l.pm.fused && !(e->pf_skip & 1)) { m.sel_flag = e->pflags + 2 * li + 1; m.st = e->st; }
+        launch_mlp_tma(e, s0, m, folded(e, point_in(e, 2 * li + 1, l.ln2_g, l.ln2_b, 1, true), l.c1m, l.c2m), !join_m);
         mark(P_MLP);
       }
     }

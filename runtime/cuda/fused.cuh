@@ -49,6 +49,9 @@ __device__ __forceinline__ void tr_mark(int tr, int k) {
 __device__ __forceinline__ void tr_mark(int, int) {}
 #endif
 template <int NW> __device__ __forceinline__ void cbar() { asm volatile("bar.sync 1, %0;" ::"n"(NW * 32) : "memory"); }
+}  // namespace dj
+#include "pfuse.cuh"  // (uses tr_mark)
+namespace dj {
 
 // Where a kernel's input vector comes from, and what it makes of it (see the header).
 struct XIn {
@@ -261,7 +264,9 @@ __device__ __forceinline__ LnStat t_consumer_prologue(const XIn& in, int K, floa
 // ---------------------------------------------------------------------------------------------------------------
 // Row GEMV, streamed: block b takes rows [b*per, (b+1)*per) of the (mapped) output; the producer warp streams them
 // in groups of TW rows, one segment per stage; consumer warp w owns row w of each group.
-template <int EPI, int NW>
+// PF: the launch carries fused-predictor rows or waits for a head list (pfuse.cuh). A separate instantiation: with
+// those paths compiled in, the register allocation of the plain kernel changed and 30B dense lost 7% (measured).
+template <int EPI, int NW, bool PF = false>
 __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   constexpr int TW = NW;
   extern __shared__ __align__(128) unsigned char t_sm[];
@@ -273,18 +278,28 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   float4* xs = reinterpret_cast<float4*>(t_sm);
   unsigned char* stages = t_sm + (size_t)K * 4;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int per = (a.n_out + gridDim.x - 1) / gridDim.x, j0 = blockIdx.x * per, j1 = min(a.n_out, j0 + per);
+  // rows: the n_out mapped rows of W, then (QKV of a layer carrying fused predictors) pn predictor rows of pW;
+  // virtual row ids >= pbase name the latter
+  const int N = PF ? a.n_out + a.pn : a.n_out;
+  const int per = (N + gridDim.x - 1) / gridDim.x, j0 = blockIdx.x * per, j1 = min(N, j0 + per);
+  auto vrow = [&](int j) { return !PF || j < a.n_out ? rows_map(a, j) : a.pbase + (j - a.n_out); };
+  auto wrow = [&](int v) { return PF && a.pn && v >= a.pbase ? a.pW + (size_t)(v - a.pbase) * K : a.W + (size_t)v * K; };
   if (threadIdx.x == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
   __syncthreads();
   if (warp == TW) {  // producer: weights and row selections only (never written by the kernel before us)
-    const bool pre = t_lookup_rows((geo.rowix & 1) && a.map != MAP_ID, j0, j1, rowix, [&](int j) { return rows_map(a, j); });
+    if constexpr (PF) {
+      if (a.sel_flag) {  // the head list comes from a fused predictor of this step (set long before, in practice)
+        if (lane == 0) pf_wait_sel(a.sel_flag, a.st);
+        __syncwarp();
+      }
+    }
+    const bool pre = t_lookup_rows((geo.rowix & 1) && a.map != MAP_ID, j0, j1, rowix, vrow);
     if (lane == 0) {
       const uint64_t pol = policy_evict_first();
       int it = 0;
       for (int g = j0; g < j1; g += RS)
         t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, min(RS, j1 - g),
-                        [&](int r) { return a.W + (size_t)(pre ? rowix[g + r - j0] : rows_map(a, g + r)) * K; }, pol,
-                        it, geo.lead, &go);
+                        [&](int r) { return wrow(pre ? rowix[g + r - j0] : vrow(g + r)); }, pol, it, geo.lead, &go);
     }
     pdl_trigger();
     return;
@@ -296,8 +311,17 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   for (int g = j0; g < j1; g += RS) {
     const int nr = min(RS, j1 - g), j = g + warp;
     const bool active = warp < nr;
-    const int row = active ? rows_map(a, j) : 0;
+    const int row = active ? vrow(j) : 0;
     const bool ld = active && lane == 0;
+    if constexpr (PF && EPI == EPI_QKV) {
+      if (a.pn && row >= a.pbase) {  // fused predictor row: t = w1 . x (planes: g * x, w1 stored / g)
+        const int pr = row - a.pbase;
+        const float c1r = ld ? __ldg(a.pc1 + pr) : 0.f, nm = ld ? __ldg(a.pnm + pr) : 0.f;
+        const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
+        if (ld) a.pt[pr] = nm != 0.f ? lst.rstd * (acc - lst.mean * c1r) : acc;
+        continue;
+      }
+    }
     const float bias = ld && a.b ? __ldg(a.b + row) : 0.f;
     const float c1r = ld && in.c1 ? __ldg(in.c1 + row) : 0.f, c2r = ld && in.c1 ? __ldg(in.c2 + row) : 0.f;
     const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
@@ -332,6 +356,8 @@ struct AttnOutArgs {
   const float* bias;    // [d] added by the slices of list entry 0
   float* y;             // D[2l+1]
   int tr;               // trace id (-1: none)
+  const unsigned* sel_flag;  // the head list comes from a fused predictor of this step: wait for it (null: none)
+  PredFuse pf;          // predictors fused into this kernel (pfuse.cuh): one more warp per block when pf.on
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -419,22 +445,31 @@ __device__ __forceinline__ void t_outproj_consume(Ring<T_MAX_STAGES>& ring, cons
   }
 }
 
-template <int HD, int NW>
+template <int HD, int NW, bool PF = false>  // PF: fused predictors / a flagged head list (own instantiation)
 __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   constexpr int TW = NW;
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float o_s[HD];
-  __shared__ uint64_t go;
+  __shared__ uint64_t go, pbar, kready;
+  __shared__ int h_s;
   const int hi = blockIdx.x / a.slices, sl_i = blockIdx.x % a.slices;
-  const int h = a.sel ? a.sel[hi] : hi;
+  int h = 0;
+  if constexpr (!PF) h = a.sel ? a.sel[hi] : hi;
   const int nv_all = a.d >> 3, v0 = sl_i * nv_all / a.slices, v1 = (sl_i + 1) * nv_all / a.slices, nv = v1 - v0;
   const int rowbytes = nv * 16, stage_bytes = a.R * rowbytes, nst = HD / a.R;
   float* att_sm = reinterpret_cast<float*>(t_sm);                                    // attention merge / reduction
   unsigned char* stages = t_sm + (size_t)att_state_floats(HD, NW) * 4;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   if (tid == 0) {
-    ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(a.tr, 0);
+    ring.init(TW); mbar_init(&go, 1);
+    if constexpr (PF) {
+      mbar_init(&pbar, 1); mbar_init(&kready, 1);
+      if (a.sel_flag) pf_wait_sel(a.sel_flag, a.st);
+      h = a.sel ? a.sel[hi] : hi;
+      h_s = h;
+    }
+    mbar_fence_init(); tr_mark(a.tr, 0);
     // This head's K/V history into L2 before the weight copies are queued: with the copies gated (a.lead), the
     // attention's loads are then L2 hits with nothing ahead of them. (st[0] is final here: k_embed_tma triggers
     // its dependents only after its pdl_wait, i.e. after the previous step's LM head moved the position.)
@@ -445,6 +480,14 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
     }
   }
   __syncthreads();
+  if constexpr (PF) {
+    h = h_s;
+    if (warp == TW + 1) {  // the fused predictors' warp (pfuse.cuh)
+      pdl_trigger();
+      pf_warp(a.pf, t_sm + a.pf.smem_off, &pbar, &kready, a.tr);
+      return;
+    }
+  }
   if (warp == TW) {
     if (lane == 0) {
       int it = 0;
@@ -458,6 +501,8 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   // ---- attention (kernels.cuh head_attention, with the consumer warps) ----
   pdl_wait();
   if (tid == 0) tr_mark(a.tr, 1);
+  if constexpr (PF)
+    if (a.pf.on && !(a.pf.skip & 8)) pf_scores<NW>(a.pf, t_sm + a.pf.smem_off, &pbar, &kready, [] { cbar<NW>(); });
   head_attention<HD, NW>(a.q + h * HD, a.kc + (size_t)h * a.maxT * HD, a.vc + (size_t)h * a.maxT * HD,
                          a.valid + (size_t)h * a.maxT, a.st[0] + 1, att_sm, o_s, [] { cbar<NW>(); });
   cbar<NW>();
@@ -588,9 +633,11 @@ struct MlpTmaArgs {
   const int* sel;      // null: identity
   int n, d;
   float* y;            // D[2l+2]
+  const unsigned* sel_flag;  // the list comes from a fused predictor of this step: wait for it (null: none)
+  const int* st;
 };
 
-template <int NW>
+template <int NW, bool PF = false>  // PF: waits for a fused predictor's selection (see k_rows_tma)
 __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   constexpr int TW = NW;
   extern __shared__ __align__(128) unsigned char t_sm[];
@@ -606,6 +653,10 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   if (tid == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
   __syncthreads();
   if (warp == TW) {
+    if constexpr (PF) {  // the selection is made by the previous kernel's predictor warps: wait for its flag only
+      if (lane == 0) pf_wait_sel(a.sel_flag, a.st);
+      __syncwarp();
+    }
     const bool pre = t_lookup_rows((geo.rowix & 2) && a.sel, j0, j1, rowix, [&](int j) { return a.sel[j]; });
     if (lane == 0) {
       int it = 0;

@@ -241,6 +241,14 @@ struct RowsArgs {
   unsigned long long* amax;
   unsigned int* counter;
   int* tokens;
+  // Fused predictor rows (pfuse.cuh; k_rows_tma<EPI_QKV> only): pn rows of pW after the n_out mapped rows; output
+  // t = pW[j] . planes, or with the parameter-free LayerNorm (pnm[j] = 1) rstd * (that - mean * pc1[j]).
+  const __half* pW;
+  int pn, pbase;     // pbase: rows of W (virtual row ids >= pbase are predictor rows)
+  float* pt;
+  const float* pc1;
+  const float* pnm;
+  const unsigned* sel_flag;  // head list written by a fused predictor of this step: wait for it (null: none)
 };
 
 __device__ __forceinline__ int rows_map(const RowsArgs& a, int j) {
@@ -306,6 +314,7 @@ __device__ __forceinline__ void argmax_finish(const RowsArgs& a, unsigned long l
     int pos = a.st[0];
     if (pos + 1 < a.maxT && pos + 1 >= a.st[1]) a.tokens[pos + 1] = tok;
     a.st[0] = pos + 1;
+    a.st[2] = a.st[2] + 1;  // the step serial: fused-predictor flags hold serial + 1 (pfuse.cuh)
     *a.amax = 0ull;
     *a.counter = 0u;
   }

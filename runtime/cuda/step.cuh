@@ -50,11 +50,7 @@ struct StepArgs {
                    // k = QKV input ready, QKV signalled, ATT released, ATT signalled, MLP input ready, MLP signalled
 };
 
-__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
+// (ld_acquire: pfuse.cuh)
 // Consumer threads only: everyone's writes of the phase are done (barrier), then one release-add per block.
 template <int NW>
 __device__ __forceinline__ void grid_signal(unsigned* c) {
