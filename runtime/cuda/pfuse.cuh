@@ -1,18 +1,20 @@
 // Predictors fused into the main kernels (engine.cu, env DEJAVU_CUDA_PFUSE=1; 2 = the small ones only). OFF by
-// default: correct (runtime/cuda/check.cu checks it), but slower on the 13B shape (H200: 2.27 ms against 2.00 with
-// the side-stream chain; docs/cuda.md v15): the exact top-k's ~13 dependent global round trips through one warp
-// per block outlast the attention they hide behind, and the MLP cannot start before this kernel ends.
-// Why it was tried: on side streams the predictor chain of a tap costs the sparse step its PDL (early-launched
-// main kernels hold the SMs the chain needs), 16 SMs, and a graph edge before every consumer: 13B sparse 1.93 ms
-// against 1.57 with fixed selections (docs/cuda.md v13b). A chain run on 16 SMs by one persistent kernel was slower still (v14: the
-// predictor bytes need the whole GPU's bandwidth). Here the predictor work rides in the kernels that already stream
+// default: correct (runtime/cuda/check.cu checks it), but slower on the 13B shape (H200: 2.21-2.27 ms against
+// 1.93-2.01 with the side-stream chain; docs/cuda.md v15): the top-k's dependent global round trips, issued from SMs
+// with ~100 KB of bulk copies in flight, end ~8 us after the attention they should hide behind, and the MLP cannot
+// start before this kernel ends.
+// Why it was tried: on side streams the predictor chain of a tap costs the sparse step its PDL (early-launched main
+// kernels hold the SMs the chain needs), 16 SMs, and a graph edge before every consumer: 13B sparse 1.93 ms against
+// 1.57 with fixed selections (docs/cuda.md v13b). A chain run on 16 SMs by one persistent kernel was slower still (v14:
+// the predictor bytes need the whole GPU's bandwidth). Here the predictor work rides in the kernels that already stream
 // weights on every SM, and the consumers wait on flags instead of graph edges:
 //   tap att_in(l)  -> k_rows_tma<QKV> of layer l also streams the tap's stacked w1 rows (t = w1 . x, x from the
 //                     same shared-memory planes as q/k/v: the planes hold ln1_g * x, so w1 is stored divided by
 //                     ln1_g, and the parameter-free LayerNorm uses the row epilogue's statistics, c1 = sum w1);
-//   k_attn_out(l)  -> one extra warp per block: its slice of the w2 rows (copied at block entry: weights), the
-//                     scores, and an exact top-k spread over the blocks (below) while the other warps run the
-//                     attention and out_proj; small predictors (heads) are done whole by one block's warp;
+//   k_attn_out(l)  -> its slice of the w2 rows copied at block entry (weights); the consumer warps score them
+//                     right after their grid dependency (pf_scores), then one extra warp per block runs an exact
+//                     top-k spread over the blocks (below) while the others run the attention and out_proj;
+//                     small predictors (heads) are selected whole by one block's extra warp;
 //   consumers      -> the MLP of layer l and the QKV / attention of later layers wait on a per-selection flag
 //                     (step serial + 1) before reading the selection; it is set long before in practice.
 // Only predictors whose tap is att_in(l) and whose selection is used at the MLP of l or later can ride so; others
@@ -203,7 +205,8 @@ __device__ __forceinline__ PfBlk pf_blk(const PredFuse& p) {
 // memory, then the keys of the block's w2 rows (a row per thread: ~0.3 us), and `ready` for the predictor warp.
 // Why here and not in that warp: one warp took ~7 us a layer for them (measured), longer than the attention.
 template <int NW, class Bar>
-__device__ __forceinline__ void pf_scores(const PredFuse& p, unsigned char* area, uint64_t* bar, uint64_t* ready, Bar cbar_nw) {
+__device__ __forceinline__ void pf_scores(const PredFuse& p, unsigned char* area, uint64_t* bar, uint64_t* ready,
+                                          Bar cbar_nw) {
   constexpr int TC = NW * 32;
   const int tid = threadIdx.x, lane = tid & 31;
   const PfLayout L = pf_layout(p);
@@ -395,8 +398,9 @@ __device__ void pf_warp(const PredFuse& p, unsigned char* area, uint64_t* bar, u
 
 // Fused predictor first layers: w1p = w1 / g (g = the tap kernel's LayerNorm gain, which its planes carry),
 // c1 = sum of w1 (the parameter-free LayerNorm's mean term); bad counts entries that do not fit fp16.
-__global__ void __launch_bounds__(256) k_pf_prep(const __half* __restrict__ w1, int rows, int d, const float* __restrict__ g,
-                                                 __half* __restrict__ w1p, float* __restrict__ c1, unsigned* __restrict__ bad) {
+__global__ void __launch_bounds__(256) k_pf_prep(const __half* __restrict__ w1, int rows, int d,
+                                                 const float* __restrict__ g, __half* __restrict__ w1p,
+                                                 float* __restrict__ c1, unsigned* __restrict__ bad) {
   const int row = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
   if (row >= rows) return;
   float s = 0.f;
