@@ -329,7 +329,7 @@ int dj_destroy(void* ev) {
 int dj_fill_random(void* ev, unsigned seed) {
   Engine* e = (Engine*)ev;
   e->ln_folded = false;
-  e->groups_dirty = true;  // new LayerNorm gains: the fused-predictor plan is made again (plan_fused)
+  if (e->pfuse) e->groups_dirty = true;  // new LayerNorm gains: the fused-predictor plan is made again (plan_fused)
   uint64_t s = (uint64_t)seed << 20;
   int d = e->d, ffn = e->ffn;
   fill_h(e->E, (size_t)e->vocab * d, s++, 0.5f, 0.f);
@@ -396,7 +396,7 @@ int dj_upload(void* ev, int tensor, int layer, const float* data, long long n) {
   if (layer < 0 || layer >= e->L) return fail("layer %d out of range", layer);
   Layer& l = e->layers[layer];
   switch (tensor) {
-    case T_LN1_W: e->groups_dirty = true;  // fused predictors depend on it (plan_fused)
+    case T_LN1_W: if (e->pfuse) e->groups_dirty = true;  // fused predictors depend on it (plan_fused)
       return want(d) || up_float(l.ln1_g, data, n);
     case T_LN1_B: return want(d) || up_float(l.ln1_b, data, n);
     case T_Q_W: return want(dd) || up_half(l.Wqkv, data, n);
@@ -1047,7 +1047,10 @@ static PredFuse make_pf(Engine* e, Layer& src) {
 }
 static int build_groups(Engine* e) {
   if (!e->groups_dirty) return 0;
-  if (plan_fused(e) || make_groups(e, e->groups, false) || make_groups(e, e->groups_side, true) || pf_prep(e)) return -1;
+  e->groups_side.clear();  // (only the sparse graph with fused predictors uses it)
+  if (plan_fused(e) || make_groups(e, e->groups, false) || (e->fused_any && make_groups(e, e->groups_side, true)) ||
+      pf_prep(e))
+    return -1;
   e->side_early = true;
   for (auto& g : e->groups_side) e->side_early &= g.tap == TAP_ATT_IN && g.layer == 0;
   e->groups_dirty = false;
@@ -1188,7 +1191,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         a.d = d; a.y = e->q; a.q_scale = qs; a.kc = l.kc; a.vc = l.vc; a.valid = l.valid; a.maxT = e->maxT; a.st = e->st;
         const unsigned* hflag = fuse && hs && l.pa.fused && !(e->pf_skip & 16) ? e->pflags + 2 * li : nullptr;
         a.sel_flag = hflag;
-        if (fuse && l.fz.on && !(e->pf_skip & 4)) {  // the fused predictors reading this layer's att_in: their w1 rows ride along
+        if (fuse && l.fz.on && !(e->pf_skip & 4)) {  // fused predictors reading this att_in: their w1 rows ride along
           a.pW = l.fz.w1p; a.pn = l.fz.rows; a.pbase = 3 * d; a.pt = l.fz.t; a.pc1 = l.fz.c1; a.pnm = l.fz.nm;
         }
         launch_rows_tma<EPI_QKV>(e, s0, a, folded(e, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), l.c1q, l.c2q), !join_h);

@@ -265,7 +265,7 @@ __device__ __forceinline__ LnStat t_consumer_prologue(const XIn& in, int K, floa
 // Row GEMV, streamed: block b takes rows [b*per, (b+1)*per) of the (mapped) output; the producer warp streams them
 // in groups of TW rows, one segment per stage; consumer warp w owns row w of each group.
 // PF: the launch carries fused-predictor rows or waits for a head list (pfuse.cuh). A separate instantiation: with
-// those paths compiled in, the register allocation of the plain kernel changed and 30B dense lost 7% (measured).
+// those paths compiled in, the register allocation of the plain kernel changed and 30B dense lost 9-11% (measured).
 template <int EPI, int NW, bool PF = false>
 __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   constexpr int TW = NW;
@@ -283,7 +283,9 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   const int N = PF ? a.n_out + a.pn : a.n_out;
   const int per = (N + gridDim.x - 1) / gridDim.x, j0 = blockIdx.x * per, j1 = min(N, j0 + per);
   auto vrow = [&](int j) { return !PF || j < a.n_out ? rows_map(a, j) : a.pbase + (j - a.n_out); };
-  auto wrow = [&](int v) { return PF && a.pn && v >= a.pbase ? a.pW + (size_t)(v - a.pbase) * K : a.W + (size_t)v * K; };
+  auto wrow = [&](int v) {
+    return PF && a.pn && v >= a.pbase ? a.pW + (size_t)(v - a.pbase) * K : a.W + (size_t)v * K;
+  };
   if (threadIdx.x == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
   __syncthreads();
   if (warp == TW) {  // producer: weights and row selections only (never written by the kernel before us)

@@ -41,7 +41,7 @@ constexpr int PF_FINE = 65536;     // 16-bit key bins
 
 // Per big member; zero at allocation, and each step leaves it zero (the last blocks reset what they used).
 struct PfState {
-  unsigned cntA, cntB, n_sel, n_cand, T1, rem, flagA, pad;
+  unsigned cntA, cntB, n_sel, n_cand, T1, rem, flagA;
 };
 struct PfMember {
   const __half* W2;  // [n][r]
@@ -65,7 +65,7 @@ struct PredFuse {
   PfMember small[PF_MAX_SMALL];
   int per;           // big rows per block
   unsigned smem_off; // the warp's area in the kernel's dynamic shared memory
-  int skip;          // TIMING EXPERIMENT ONLY (engine pf_skip bit 1): stop after the scores
+  int skip;          // TIMING EXPERIMENT ONLY (engine pf_skip): 2 no top-k after the histograms, 8 no work at all
 };
 
 // Shared-memory area of the predictor warp (host and device agree through this).
@@ -262,8 +262,9 @@ __device__ void pf_warp(const PredFuse& p, unsigned char* area, uint64_t* bar, u
     smalls(target);
     return;
   }
-  // ---- A: scores, keys, histograms. Counts are merged before they go out: every block's scores fall into the
-  // same few coarse bins, and 20480 atomics on ~4 addresses serialise in L2 (measured: ~7 us a layer). ----
+  // ---- A: histograms of the keys, counts merged per warp (fine bins) and per block (coarse bins) before the
+  // global atomics. (Merging measured no faster than an atomic per key, docs/cuda.md v15b: the round trips are the
+  // cost, not contention; kept as the fewer-atomics form.) ----
   PfState* S = p.s;
   uint32_t* keys = reinterpret_cast<uint32_t*>(area + L.keys);
   unsigned* hc = reinterpret_cast<unsigned*>(area + L.hc);
