@@ -296,6 +296,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       }
     }
     const bool pre = t_lookup_rows((geo.rowix & 1) && a.map != MAP_ID, j0, j1, rowix, vrow);
+    if constexpr (PF) l2n_entry(a.nx, lane);
     if (lane == 0) {
       const uint64_t pol = policy_evict_first();
       int it = 0;
@@ -303,6 +304,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
         t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, min(RS, j1 - g),
                         [&](int r) { return wrow(pre ? rowix[g + r - j0] : vrow(g + r)); }, pol, it, geo.lead, &go);
     }
+    if constexpr (PF) l2n_after(a.nx, lane);
     pdl_trigger();
     return;
   }
@@ -360,6 +362,7 @@ struct AttnOutArgs {
   int tr;               // trace id (-1: none)
   const unsigned* sel_flag;  // the head list comes from a fused predictor of this step: wait for it (null: none)
   PredFuse pf;          // predictors fused into this kernel (pfuse.cuh): one more warp per block when pf.on
+  L2NextSet nx;         // rows of later kernels to request into L2 (experiment, kernels.cuh L2Next)
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -491,11 +494,13 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
     }
   }
   if (warp == TW) {
+    if constexpr (PF) l2n_entry(a.nx, lane);
     if (lane == 0) {
       int it = 0;
       t_produce_outproj(ring, stages, stage_bytes, a.S, a.R, nst, rowbytes, a.WoT + (size_t)h * HD * a.d + (size_t)v0 * 8,
                         a.d, policy_evict_first(), it, a.lead, &go);
     }
+    if constexpr (PF) l2n_after(a.nx, lane);
     pdl_trigger();
     return;
   }
@@ -637,6 +642,7 @@ struct MlpTmaArgs {
   float* y;            // D[2l+2]
   const unsigned* sel_flag;  // the list comes from a fused predictor of this step: wait for it (null: none)
   const int* st;
+  const L2NextSet* nx;  // rows of later kernels to request into L2 (experiment, kernels.cuh L2Next; device memory)
 };
 
 template <int NW, bool PF = false>  // PF: waits for a fused predictor's selection (see k_rows_tma)
@@ -660,11 +666,15 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
       __syncwarp();
     }
     const bool pre = t_lookup_rows((geo.rowix & 2) && a.sel, j0, j1, rowix, [&](int j) { return a.sel[j]; });
+    if constexpr (PF)
+      if (a.nx) l2n_entry(*a.nx, lane);
     if (lane == 0) {
       int it = 0;
       t_produce_mlp(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.W1, a.W2T, K,
                     [&](int j) { return pre ? rowix[j - j0] : a.sel ? a.sel[j] : j; }, policy_evict_first(), it, geo.lead, &go);
     }
+    if constexpr (PF)
+      if (a.nx) l2n_after(*a.nx, lane);
     pdl_trigger();
     return;
   }
