@@ -178,6 +178,9 @@ struct Engine {
   std::vector<std::pair<char, char>> l2next;
   int l2next_at = 0;
   L2NextSet* nx_mlp = nullptr;  // [L] (prep_l2next)
+  // QKV + attention + out_proj as one kernel in the sparse graphs (fused.cuh k_qkv_att; env DEJAVU_CUDA_QKV_ATT=1)
+  bool qkv_att = false;
+  unsigned* hcnt = nullptr;  // [L][H] its per-head arrival counters, zeroed by k_embed_tma
   bool force_pf = false;  // env DEJAVU_CUDA_FORCE_PF=1: the PF instantiations with nothing fused (control runs)
   cudaGraphExec_t graphs[M_COUNT] = {};
   std::vector<cudaEvent_t> evs;
@@ -267,6 +270,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   }
   if (const char* v = getenv("DEJAVU_CUDA_L2NEXT_AT")) e->l2next_at = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_FORCE_PF")) e->force_pf = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_QKV_ATT")) e->qkv_att = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PRED_PDL")) e->pred_pdl = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PRED_UNROLL")) e->pred_unroll = std::max(1, std::min(TOPK_UNROLL, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_PRED_AVAIL")) e->pred_avail = v[0] == '1';
@@ -785,7 +789,10 @@ static int set_tma_attrs(Engine* e) {
       raise((const void*)k_mlp_tma<16, true>) || raise((const void*)k_mlp_tma<8, true>) ||
       raise((const void*)k_attn_out<128, 16, true>) || raise((const void*)k_attn_out<64, 16, true>) ||
       raise((const void*)k_attn_out<32, 16, true>) || raise((const void*)k_attn_out<128, 8, true>) ||
-      raise((const void*)k_attn_out<64, 8, true>) || raise((const void*)k_attn_out<32, 8, true>))
+      raise((const void*)k_attn_out<64, 8, true>) || raise((const void*)k_attn_out<32, 8, true>) ||
+      raise((const void*)k_qkv_att<128, 16>) || raise((const void*)k_qkv_att<64, 16>) ||
+      raise((const void*)k_qkv_att<32, 16>) || raise((const void*)k_qkv_att<128, 8>) ||
+      raise((const void*)k_qkv_att<64, 8>) || raise((const void*)k_qkv_att<32, 8>))
     return -1;
   return 0;
 }
@@ -1116,6 +1123,31 @@ static int prep_l2next(Engine* e) {
   return 0;
 }
 
+// k_qkv_att: heads x slices blocks (<= the SMs the graph's streamed kernels use), the q/k/v rows' stage geometry,
+// out_proj R rows per stage of the same ring.
+static int prep_qkv_att(Engine* e) {
+  if (e->qkv_att && !e->hcnt && dalloc(e, &e->hcnt, (size_t)e->L * e->H)) return -1;
+  return 0;
+}
+static void launch_qkv_att(Engine* e, cudaStream_t s, QkvAttArgs a, XIn in, int kH, bool pdl) {
+  const int hd = e->hd, d = e->d, nv_all = d / 8, tw = tw_for(e, d);
+  a.slices = std::max(1, std::min(nv_all, e->sms_now / kH));
+  TGeo g = make_geo(e, d, (3 * hd + a.slices - 1) / a.slices);
+  const int segb = 2 * d / g.seg;
+  a.stage_bytes = g.rows * segb;
+  a.area = (std::max({4 * d, att_state_floats(hd, tw) * 4, tw * 32 * 8 * 4}) + 127) & ~127;
+  const int ring = std::min(e->ring_bytes, e->smem_optin - a.area - 8192);
+  g.S = std::max(1, std::min(T_MAX_STAGES, ring / a.stage_bytes));
+  const int rowbytes = (nv_all + a.slices - 1) / a.slices * 16;
+  a.R = hd;
+  while (a.R > 1 && a.R * rowbytes > a.stage_bytes) a.R /= 2;
+  const size_t smem = (size_t)a.area + (size_t)g.S * a.stage_bytes;
+  const dim3 grid(kH * a.slices), block(t_threads(tw));
+  auto go = [&](auto k) { launchk(e, pdl, k, grid, block, smem, s, a, in, g); };
+  if (tw == 8) hd == 128 ? go(k_qkv_att<128, 8>) : hd == 64 ? go(k_qkv_att<64, 8>) : go(k_qkv_att<32, 8>);
+  else hd == 128 ? go(k_qkv_att<128, 16>) : hd == 64 ? go(k_qkv_att<64, 16>) : go(k_qkv_att<32, 16>);
+}
+
 static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   const int d = e->d, H = e->H, hd = e->hd, ffn = e->ffn;
   cudaStream_t s0 = e->s0, s1 = prof ? e->s0 : e->s1, s2 = prof ? e->s0 : e->s2;
@@ -1220,7 +1252,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     const bool pstep = e->pstep_ok && mode == M_FIXED;
     launchk(e, false, k_embed_tma, dim3(e->sms), dim3(256), 0, s0, (const __half*)e->E, (const __half*)e->P,
             (const int*)e->tokens, (const int*)e->st, d, e->X, e->D + d, (size_t)2 * e->L * d, e->psync,
-            pstep ? 3 * e->L : 0);
+            pstep ? 3 * e->L : 0, e->hcnt, e->hcnt && sparse ? e->L * e->H : 0);
     mark(P_EMBED);
     if (pstep) {
       e->pargs.tr = e->tr_next >= 0;
@@ -1261,8 +1293,17 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         if (fuse && l.fz.on && !(e->pf_skip & 4)) {  // fused predictors reading this att_in: their w1 rows ride along
           a.pW = l.fz.w1p; a.pn = l.fz.rows; a.pbase = 3 * d; a.pt = l.fz.t; a.pc1 = l.fz.c1; a.pnm = l.fz.nm;
         }
+        const XIn qin = folded(e, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), l.c1q, l.c2q);
+        if (e->qkv_att && hs && !e->kv_all && !fuse) {  // one kernel for QKV + attention + out_proj (k_qkv_att)
+          QkvAttArgs qa{};
+          qa.r = a; qa.WoT = l.WoT; qa.bo = l.bo; qa.y = e->D + (size_t)(2 * li + 1) * d; qa.cnt = e->hcnt + (size_t)li * H;
+          launch_qkv_att(e, s0, qa, qin, kH, !join_h);
+          mark(P_QKV);
+          mark(P_ATT);
+          goto mlp;
+        }
         a.nx = nx_for('q', li, false, nullptr);
-        launch_rows_tma<EPI_QKV>(e, s0, a, folded(e, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), l.c1q, l.c2q), !join_h);
+        launch_rows_tma<EPI_QKV>(e, s0, a, qin, !join_h);
         mark(P_QKV);
         AttnOutArgs o{};
         o.q = e->q; o.kc = l.kc; o.vc = l.vc; o.valid = l.valid; o.sel = hs ? l.hsel : nullptr; o.st = e->st;
@@ -1275,6 +1316,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         launch_attn_out(e, s0, o, kH, true);
         mark(P_ATT);
       }
+    mlp:
       fire_tap(TAP_MLP_IN, li);
       bool join_m = consume(li, 1);
       if (compute) {
@@ -1420,7 +1462,7 @@ int dj_build(void* ev) {
     CK(cudaEventCreateWithFlags(&v, cudaEventDisableTiming));
     e->evs.push_back(v);
   }
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e) || prep_l2next(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e) || prep_l2next(e) || prep_qkv_att(e)) return -1;
   CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(128, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(64, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(32, ATT_THREADS / 32) * 4));
@@ -1443,7 +1485,7 @@ int dj_build(void* ev) {
 int dj_graph_kernels(void* ev, int mode, int* count) {
   Engine* e = (Engine*)ev;
   cudaGraph_t g;
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e) || prep_l2next(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e) || prep_l2next(e) || prep_qkv_att(e)) return -1;
   CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
   record_step(e, mode);
   CK(cudaStreamEndCapture(e->s0, &g));
@@ -1468,7 +1510,7 @@ int dj_graph_kernels(void* ev, int mode, int* count) {
 // beside them (*total) so the two can be compared.
 int dj_profile(void* ev, int mode, int steps, float* ms, float* total) {
   Engine* e = (Engine*)ev;
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e) || prep_l2next(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e) || prep_l2next(e) || prep_qkv_att(e)) return -1;
   Prof prof;
   for (int i = 0; i < P_COUNT; i++) ms[i] = 0.f;
   *total = 0.f;
