@@ -1123,12 +1123,13 @@ static int prep_l2next(Engine* e) {
   return 0;
 }
 
-// k_qkv_att: heads x slices blocks (<= the SMs the graph's streamed kernels use), the q/k/v rows' stage geometry,
-// out_proj R rows per stage of the same ring.
+// k_qkv_att's per-head arrival counters.
 static int prep_qkv_att(Engine* e) {
   if (e->qkv_att && !e->hcnt && dalloc(e, &e->hcnt, (size_t)e->L * e->H)) return -1;
   return 0;
 }
+// k_qkv_att: heads x slices blocks (<= the SMs the graph's streamed kernels use: the heads' blocks wait for each
+// other, so all must be resident), the q/k/v rows' stage geometry, out_proj R rows per stage of the same ring.
 static void launch_qkv_att(Engine* e, cudaStream_t s, QkvAttArgs a, XIn in, int kH, bool pdl) {
   const int hd = e->hd, d = e->d, nv_all = d / 8, tw = tw_for(e, d);
   a.slices = std::max(1, std::min(nv_all, e->sms_now / kH));
@@ -1294,7 +1295,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
           a.pW = l.fz.w1p; a.pn = l.fz.rows; a.pbase = 3 * d; a.pt = l.fz.t; a.pc1 = l.fz.c1; a.pnm = l.fz.nm;
         }
         const XIn qin = folded(e, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), l.c1q, l.c2q);
-        if (e->qkv_att && hs && !e->kv_all && !fuse) {  // one kernel for QKV + attention + out_proj (k_qkv_att)
+        if (e->qkv_att && hs && !e->kv_all && !fuse && kH <= e->sms_now) {  // QKV + attention + out_proj: k_qkv_att
           QkvAttArgs qa{};
           qa.r = a; qa.WoT = l.WoT; qa.bo = l.bo; qa.y = e->D + (size_t)(2 * li + 1) * d; qa.cnt = e->hcnt + (size_t)li * H;
           launch_qkv_att(e, s0, qa, qin, kH, !join_h);
