@@ -915,7 +915,7 @@ int main(int argc, char** argv) {
   test_lmhead(8192, 384, 10, 3);
   // The whole-engine checks under each path: streamed (default), per-op kernels, persistent dense layer kernel.
   for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=2",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PDL_SPARSE=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_QKV_ATT=1",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PDL_SPARSE=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PCHAIN=0,DEJAVU_CUDA_PRED_UNROLL=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PRED_PDL=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88",
@@ -934,10 +934,6 @@ int main(int argc, char** argv) {
   test_paths("persistent sparse step vs per-op", perop, ps, 1024, 16, 4096, 2, 40, true, 2 + 3 * 2, 3);
   test_paths("persistent sparse step vs per-op", perop, ps, 5120, 40, 20480, 2, 200, true, 2 + 3 * 2, 3);
   test_paths("persistent sparse step vs per-op", perop, ps, 9216, 72, 36864, 1, 24, true, 2 + 3, 3);
-  const char* qa = "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_QKV_ATT=1";  // QKV + attention + out_proj in one kernel (sparse)
-  test_paths("qkv+attention kernel vs per-op", perop, qa, 1024, 16, 4096, 2, 40, true, 2 + 3 * 2, 2 + 2 * 2);
-  test_paths("qkv+attention kernel vs per-op", perop, qa, 5120, 40, 20480, 2, 200, true, 2 + 3 * 2, 2 + 2 * 2);
-  test_paths("qkv+attention kernel vs per-op", perop, qa, 9216, 72, 36864, 1, 24, true, 2 + 3, 2 + 2);
   const char* w8 = "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88";
   test_paths("streamed (8 warps, 88 KB ring) vs per-op", perop, w8, 5120, 40, 20480, 2, 120, true, 2 + 3 * 2);
   test_paths("streamed (8 warps, 88 KB ring) vs per-op", perop, w8, 9216, 72, 36864, 1, 24, true, 2 + 3);

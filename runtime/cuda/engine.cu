@@ -172,16 +172,6 @@ struct Engine {
   int pf_skip = 0;  // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_PF_SKIP): bit 0 the MLP does not wait for its flag,
                     // bit 1 the predictor warp stops after its scores, bit 2 no w1 rows in the QKV kernel, bit 3 the
                     // predictor warp does nothing (flags only), bit 4 no head-list flag waits
-  // EXPERIMENT (env DEJAVU_CUDA_L2NEXT, e.g. "am/mq"; kernels.cuh L2Next): in sparse graphs, kernel q (QKV), a
-  // (attention + out_proj) or m (MLP) of a layer asks L2 for the rows of the next kernel of kind q, o (out_proj) or
-  // m; at most two pairs per kernel. DEJAVU_CUDA_L2NEXT_AT=1: issued after the block's own copies (default: at entry).
-  std::vector<std::pair<char, char>> l2next;
-  int l2next_at = 0;
-  L2NextSet* nx_mlp = nullptr;  // [L] (prep_l2next)
-  // QKV + attention + out_proj as one kernel in the sparse graphs (fused.cuh k_qkv_att; env DEJAVU_CUDA_QKV_ATT=1)
-  bool qkv_att = false;
-  unsigned* hcnt = nullptr;  // [L][H] its per-head arrival counters, zeroed by k_embed_tma
-  bool force_pf = false;  // env DEJAVU_CUDA_FORCE_PF=1: the PF instantiations with nothing fused (control runs)
   cudaGraphExec_t graphs[M_COUNT] = {};
   std::vector<cudaEvent_t> evs;
   cudaEvent_t t0, t1;
@@ -262,15 +252,6 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_PCHAIN")) e->pchain = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_PFUSE")) { e->pfuse = v[0] != '0'; e->pfuse_small = v[0] == '2'; }
   if (const char* v = getenv("DEJAVU_CUDA_PF_SKIP")) e->pf_skip = atoi(v) & 31;
-  if (const char* v = getenv("DEJAVU_CUDA_L2NEXT")) {
-    for (const char* c = v; c[0];) {  // pairs, any other character between them ("am/mq", "am,mq")
-      if (c[1] && strchr("qam", c[0]) && strchr("qom", c[1])) { e->l2next.push_back({c[0], c[1]}); c += 2; }
-      else c++;
-    }
-  }
-  if (const char* v = getenv("DEJAVU_CUDA_L2NEXT_AT")) e->l2next_at = v[0] == '1';
-  if (const char* v = getenv("DEJAVU_CUDA_FORCE_PF")) e->force_pf = v[0] == '1';
-  if (const char* v = getenv("DEJAVU_CUDA_QKV_ATT")) e->qkv_att = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PRED_PDL")) e->pred_pdl = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PRED_UNROLL")) e->pred_unroll = std::max(1, std::min(TOPK_UNROLL, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_PRED_AVAIL")) e->pred_avail = v[0] == '1';
@@ -682,8 +663,7 @@ static void launch_rows_tma(Engine* e, cudaStream_t s, RowsArgs a, XIn in, bool 
   const int grid = std::min(e->sms_now, a.n_out + a.pn);
   const TGeo g = make_geo(e, a.K, (a.n_out + a.pn + grid - 1) / grid);
   const size_t smem = geo_smem(g, a.K);
-  // fused predictors or L2 requests: their own instantiation
-  const bool pf = EPI == EPI_QKV && (a.pn || a.sel_flag || l2n_on(a.nx) || e->force_pf);
+  const bool pf = EPI == EPI_QKV && (a.pn || a.sel_flag);  // fused predictors: their own instantiation
   if (pf && tw_for(e, a.K) == 8) launchk(e, pdl, k_rows_tma<EPI, 8, true>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
   else if (pf) launchk(e, pdl, k_rows_tma<EPI, 16, true>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
   else if (tw_for(e, a.K) == 8) launchk(e, pdl, k_rows_tma<EPI, 8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
@@ -693,9 +673,8 @@ static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool
   const int grid = std::min(e->sms_now, a.n);
   const TGeo g = make_geo(e, a.d, (a.n + grid - 1) / grid);
   const size_t smem = geo_smem(g, a.d);
-  const bool pf = a.sel_flag || a.nx || e->force_pf;
-  if (pf && tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8, true>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
-  else if (pf) launchk(e, pdl, k_mlp_tma<16, true>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
+  if (a.sel_flag && tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8, true>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
+  else if (a.sel_flag) launchk(e, pdl, k_mlp_tma<16, true>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
   else if (tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
   else launchk(e, pdl, k_mlp_tma<16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
 }
@@ -726,8 +705,7 @@ static void launch_attn_out(Engine* e, cudaStream_t s, AttnOutArgs a, int nheads
     smem = a.pf.smem_off + pfb;
   }
   auto go = [&](auto k) { launchk(e, pdl, k, grid, block, smem, s, a); };
-  // fused predictors or L2 requests: their own instantiation (k_rows_tma says why)
-  const bool pf = a.pf.on || a.sel_flag || l2n_on(a.nx) || e->force_pf;
+  const bool pf = a.pf.on || a.sel_flag;  // fused predictors: their own instantiation (k_rows_tma says why)
   if (tw == 8) {
     if (hd == 128) pf ? go(k_attn_out<128, 8, true>) : go(k_attn_out<128, 8>);
     else if (hd == 64) pf ? go(k_attn_out<64, 8, true>) : go(k_attn_out<64, 8>);
@@ -789,10 +767,7 @@ static int set_tma_attrs(Engine* e) {
       raise((const void*)k_mlp_tma<16, true>) || raise((const void*)k_mlp_tma<8, true>) ||
       raise((const void*)k_attn_out<128, 16, true>) || raise((const void*)k_attn_out<64, 16, true>) ||
       raise((const void*)k_attn_out<32, 16, true>) || raise((const void*)k_attn_out<128, 8, true>) ||
-      raise((const void*)k_attn_out<64, 8, true>) || raise((const void*)k_attn_out<32, 8, true>) ||
-      raise((const void*)k_qkv_att<128, 16>) || raise((const void*)k_qkv_att<64, 16>) ||
-      raise((const void*)k_qkv_att<32, 16>) || raise((const void*)k_qkv_att<128, 8>) ||
-      raise((const void*)k_qkv_att<64, 8>) || raise((const void*)k_qkv_att<32, 8>))
+      raise((const void*)k_attn_out<64, 8, true>) || raise((const void*)k_attn_out<32, 8, true>))
     return -1;
   return 0;
 }
@@ -1091,64 +1066,6 @@ struct Prof {
   size_t used = 0;
 };
 
-// L2 requests for later kernels (experiment, Engine::l2next). Kernel k of layer li names a target kind; its layer is
-// li for a kind later in the layer (q -> o -> m), else li + 1 (none past the last layer).
-static int l2n_layer(char k, int kind, int li) {
-  const int kp = k == 'q' ? 0 : k == 'a' ? 1 : 2, tp = kind == L2N_QKV ? 0 : kind == L2N_OUT ? 1 : 2;
-  return tp <= kp ? li + 1 : li;
-}
-// The targets of kernel k of layer li in the sparse graphs (their lists: the layers' selections).
-static L2NextSet l2n_targets(Engine* e, char k, int li) {
-  L2NextSet set{};
-  set.at = e->l2next_at;
-  int n = 0;
-  for (auto [pk, t] : e->l2next) {
-    const int kind = t == 'm' ? L2N_MLP : t == 'q' ? L2N_QKV : L2N_OUT, tl = l2n_layer(k, kind, li);
-    if (pk != k || n == 2 || tl >= e->L) continue;
-    Layer& y = e->layers[tl];
-    L2Next& f = set.t[n++];
-    f.kind = kind; f.hd = e->hd; f.d = e->d;
-    if (kind == L2N_MLP) { f.A = y.W1; f.B = y.W2T; f.sel = y.kM < e->ffn ? y.nsel : nullptr; f.n = y.kM; }
-    else { f.A = kind == L2N_QKV ? y.Wqkv : y.WoT; f.sel = y.kH < e->H ? y.hsel : nullptr; f.n = y.kH; }
-  }
-  return set;
-}
-// The MLP kernels' targets in device memory (k_mlp_tma takes them by pointer).
-static int prep_l2next(Engine* e) {
-  if (e->l2next.empty()) return 0;
-  if (!e->nx_mlp && dalloc(e, &e->nx_mlp, (size_t)e->L)) return -1;
-  std::vector<L2NextSet> h(e->L);
-  for (int li = 0; li < e->L; li++) h[li] = l2n_targets(e, 'm', li);
-  CK(cudaMemcpy(e->nx_mlp, h.data(), sizeof(L2NextSet) * e->L, cudaMemcpyHostToDevice));
-  return 0;
-}
-
-// k_qkv_att's per-head arrival counters.
-static int prep_qkv_att(Engine* e) {
-  if (e->qkv_att && !e->hcnt && dalloc(e, &e->hcnt, (size_t)e->L * e->H)) return -1;
-  return 0;
-}
-// k_qkv_att: heads x slices blocks (<= the SMs the graph's streamed kernels use: the heads' blocks wait for each
-// other, so all must be resident), the q/k/v rows' stage geometry, out_proj R rows per stage of the same ring.
-static void launch_qkv_att(Engine* e, cudaStream_t s, QkvAttArgs a, XIn in, int kH, bool pdl) {
-  const int hd = e->hd, d = e->d, nv_all = d / 8, tw = tw_for(e, d);
-  a.slices = std::max(1, std::min(nv_all, e->sms_now / kH));
-  TGeo g = make_geo(e, d, (3 * hd + a.slices - 1) / a.slices);
-  const int segb = 2 * d / g.seg;
-  a.stage_bytes = g.rows * segb;
-  a.area = (std::max({4 * d, att_state_floats(hd, tw) * 4, tw * 32 * 8 * 4}) + 127) & ~127;
-  const int ring = std::min(e->ring_bytes, e->smem_optin - a.area - 8192);
-  g.S = std::max(1, std::min(T_MAX_STAGES, ring / a.stage_bytes));
-  const int rowbytes = (nv_all + a.slices - 1) / a.slices * 16;
-  a.R = hd;
-  while (a.R > 1 && a.R * rowbytes > a.stage_bytes) a.R /= 2;
-  const size_t smem = (size_t)a.area + (size_t)g.S * a.stage_bytes;
-  const dim3 grid(kH * a.slices), block(t_threads(tw));
-  auto go = [&](auto k) { launchk(e, pdl, k, grid, block, smem, s, a, in, g); };
-  if (tw == 8) hd == 128 ? go(k_qkv_att<128, 8>) : hd == 64 ? go(k_qkv_att<64, 8>) : go(k_qkv_att<32, 8>);
-  else hd == 128 ? go(k_qkv_att<128, 16>) : hd == 64 ? go(k_qkv_att<64, 16>) : go(k_qkv_att<32, 16>);
-}
-
 static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   const int d = e->d, H = e->H, hd = e->hd, ffn = e->ffn;
   cudaStream_t s0 = e->s0, s1 = prof ? e->s0 : e->s1, s2 = prof ? e->s0 : e->s2;
@@ -1253,7 +1170,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     const bool pstep = e->pstep_ok && mode == M_FIXED;
     launchk(e, false, k_embed_tma, dim3(e->sms), dim3(256), 0, s0, (const __half*)e->E, (const __half*)e->P,
             (const int*)e->tokens, (const int*)e->st, d, e->X, e->D + d, (size_t)2 * e->L * d, e->psync,
-            pstep ? 3 * e->L : 0, e->hcnt, e->hcnt && sparse ? e->L * e->H : 0);
+            pstep ? 3 * e->L : 0);
     mark(P_EMBED);
     if (pstep) {
       e->pargs.tr = e->tr_next >= 0;
@@ -1261,23 +1178,6 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       if (e->tr_next >= 0) e->tr_next = 3 * e->L;  // trace ids 0..L-1 are the step's layers; the LM head's after
       mark(P_LAYER);
     }
-    // L2 requests for later kernels (experiment, Engine::l2next): kernel k of layer li -> the next kernel of kind t.
-    // A target whose selection is still being predicted on a side stream is skipped, unless the kernel may join it
-    // (the MLP kernel joins one anyway); `joined` reports that a join was added.
-    auto nx_for = [&](char k, int li, bool may_join, bool* joined) {
-      L2NextSet set{};
-      if (!sparse || fuse) return set;
-      set = l2n_targets(e, k, li);
-      for (auto& f : set.t) {
-        if (f.kind == L2N_NONE) continue;
-        const int tl = l2n_layer(k, f.kind, li), tg = f.kind == L2N_MLP ? 1 : 0;
-        bool pending = false;
-        for (auto& j : joins) pending |= j.layer == tl && j.target == tg;
-        if (pending && !may_join) f = L2Next{};
-        else if (pending && consume(tl, tg) && joined) *joined = true;
-      }
-      return set;
-    };
     for (int li = 0; li < (pstep ? 0 : e->L); li++) {
       Layer& l = e->layers[li];
       const int kH = sparse ? l.kH : H, kM = sparse ? l.kM : ffn;
@@ -1294,17 +1194,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         if (fuse && l.fz.on && !(e->pf_skip & 4)) {  // fused predictors reading this att_in: their w1 rows ride along
           a.pW = l.fz.w1p; a.pn = l.fz.rows; a.pbase = 3 * d; a.pt = l.fz.t; a.pc1 = l.fz.c1; a.pnm = l.fz.nm;
         }
-        const XIn qin = folded(e, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), l.c1q, l.c2q);
-        if (e->qkv_att && hs && !e->kv_all && !fuse && kH <= e->sms_now) {  // QKV + attention + out_proj: k_qkv_att
-          QkvAttArgs qa{};
-          qa.r = a; qa.WoT = l.WoT; qa.bo = l.bo; qa.y = e->D + (size_t)(2 * li + 1) * d; qa.cnt = e->hcnt + (size_t)li * H;
-          launch_qkv_att(e, s0, qa, qin, kH, !join_h);
-          mark(P_QKV);
-          mark(P_ATT);
-          goto mlp;
-        }
-        a.nx = nx_for('q', li, false, nullptr);
-        launch_rows_tma<EPI_QKV>(e, s0, a, qin, !join_h);
+        launch_rows_tma<EPI_QKV>(e, s0, a, folded(e, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), l.c1q, l.c2q), !join_h);
         mark(P_QKV);
         AttnOutArgs o{};
         o.q = e->q; o.kc = l.kc; o.vc = l.vc; o.valid = l.valid; o.sel = hs ? l.hsel : nullptr; o.st = e->st;
@@ -1313,18 +1203,13 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         o.sel_flag = hflag;
         if (fuse && l.fz.on) o.pf = make_pf(e, l);
         o.pf.skip = e->pf_skip & 10;
-        o.nx = nx_for('a', li, false, nullptr);
         launch_attn_out(e, s0, o, kH, true);
         mark(P_ATT);
       }
-    mlp:
       fire_tap(TAP_MLP_IN, li);
-      bool join_m = consume(li, 1);
+      const bool join_m = consume(li, 1);
       if (compute) {
         MlpTmaArgs m{};
-        // (by pointer: a bigger argument struct changed the plain kernel's register allocation; the contents were
-        // written by prep_l2next; nx_for, which may join, keeps every target of an MLP kernel)
-        if (l2n_on(nx_for('m', li, true, &join_m))) m.nx = e->nx_mlp + li;
         m.W1 = l.W1; m.b1 = l.b1; m.W2T = l.W2T; m.b2 = l.b2; m.sel = ns ? l.nsel : nullptr; m.n = kM; m.d = d;
         m.y = e->D + (size_t)(2 * li + 2) * d;
         if (fuse && ns && l.pm.fused && !(e->pf_skip & 1)) { m.sel_flag = e->pflags + 2 * li + 1; m.st = e->st; }
@@ -1463,7 +1348,7 @@ int dj_build(void* ev) {
     CK(cudaEventCreateWithFlags(&v, cudaEventDisableTiming));
     e->evs.push_back(v);
   }
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e) || prep_l2next(e) || prep_qkv_att(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(128, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(64, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(32, ATT_THREADS / 32) * 4));
@@ -1486,7 +1371,7 @@ int dj_build(void* ev) {
 int dj_graph_kernels(void* ev, int mode, int* count) {
   Engine* e = (Engine*)ev;
   cudaGraph_t g;
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e) || prep_l2next(e) || prep_qkv_att(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
   record_step(e, mode);
   CK(cudaStreamEndCapture(e->s0, &g));
@@ -1511,7 +1396,7 @@ int dj_graph_kernels(void* ev, int mode, int* count) {
 // beside them (*total) so the two can be compared.
 int dj_profile(void* ev, int mode, int steps, float* ms, float* total) {
   Engine* e = (Engine*)ev;
-  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e) || prep_l2next(e) || prep_qkv_att(e)) return -1;
+  if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   Prof prof;
   for (int i = 0; i < P_COUNT; i++) ms[i] = 0.f;
   *total = 0.f;

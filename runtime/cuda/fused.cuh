@@ -296,7 +296,6 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       }
     }
     const bool pre = t_lookup_rows((geo.rowix & 1) && a.map != MAP_ID, j0, j1, rowix, vrow);
-    if constexpr (PF) l2n_entry(a.nx, lane);
     if (lane == 0) {
       const uint64_t pol = policy_evict_first();
       int it = 0;
@@ -304,7 +303,6 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
         t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, min(RS, j1 - g),
                         [&](int r) { return wrow(pre ? rowix[g + r - j0] : vrow(g + r)); }, pol, it, geo.lead, &go);
     }
-    if constexpr (PF) l2n_after(a.nx, lane);
     pdl_trigger();
     return;
   }
@@ -362,7 +360,6 @@ struct AttnOutArgs {
   int tr;               // trace id (-1: none)
   const unsigned* sel_flag;  // the head list comes from a fused predictor of this step: wait for it (null: none)
   PredFuse pf;          // predictors fused into this kernel (pfuse.cuh): one more warp per block when pf.on
-  L2NextSet nx;         // rows of later kernels to request into L2 (experiment, kernels.cuh L2Next)
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -494,13 +491,11 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
     }
   }
   if (warp == TW) {
-    if constexpr (PF) l2n_entry(a.nx, lane);
     if (lane == 0) {
       int it = 0;
       t_produce_outproj(ring, stages, stage_bytes, a.S, a.R, nst, rowbytes, a.WoT + (size_t)h * HD * a.d + (size_t)v0 * 8,
                         a.d, policy_evict_first(), it, a.lead, &go);
     }
-    if constexpr (PF) l2n_after(a.nx, lane);
     pdl_trigger();
     return;
   }
@@ -518,95 +513,6 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   t_outproj_consume<NW>(ring, stages, stage_bytes, a.S, a.R, nst, nv, rowbytes, o_s, att_sm, v0, hi == 0 ? a.bias : nullptr,
                         a.y, it);
   if (tid == 0) tr_mark(a.tr, 3);
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// QKV + attention + out_proj of a head list in ONE kernel (sparse graphs; env DEJAVU_CUDA_QKV_ATT=1, engine.cu).
-// Why: with k_rows_tma<QKV> then k_attn_out, every layer pays a kernel boundary between the q/k/v rows and the
-// attention (the ring drains, the attention kernel's blocks start and wait), and the out_proj slice streams only
-// after it. Here block (hi, sl) computes rows [sl, sl+1) * 3hd / slices of head h = sel[hi]'s q/k/v rows, counts
-// itself in cnt[hi], waits until the head's `slices` blocks are counted (they are co-resident: kH * slices <= SMs,
-// one block per SM, launched in index order), then runs the head's attention (each block of the head recomputes it,
-// as k_attn_out does) and y += o . WoT over column slice sl; its producer streams the q/k/v rows, then the out_proj
-// slice, into one ring without a pause. KV policy "all" (K/V rows of every head) is not covered: engine.cu keeps
-// the two kernels there.
-struct QkvAttArgs {
-  RowsArgs r;           // W = Wqkv, b, sel (head list), kH, hd, d, y = q, q_scale, kc, vc, valid, maxT, st
-  const __half* WoT;    // [d][d]
-  const float* bo;      // added by the slices of list entry 0
-  float* y;             // D[2l+1]
-  unsigned* cnt;        // [kH] blocks of each head whose q/k/v rows are written (zeroed by k_embed_tma)
-  int slices, R, stage_bytes, area;  // out_proj rows per stage; ring stage bytes; shared bytes before the ring
-};
-template <int HD, int NW>
-__global__ void T_REGS k_qkv_att(QkvAttArgs a, XIn in, TGeo geo) {
-  constexpr int TW = NW;
-  extern __shared__ __align__(128) unsigned char t_sm[];
-  __shared__ Ring<T_MAX_STAGES> ring;
-  __shared__ float o_s[HD];
-  __shared__ uint64_t go;
-  const RowsArgs& ra = a.r;
-  const int K = ra.K, d = ra.d, seg = geo.seg, S = geo.S, segel = K / seg, segbytes = segel * 2, SB = a.stage_bytes;
-  const int RS = geo.rows;
-  float4* xs = reinterpret_cast<float4*>(t_sm);      // x planes, then (after the rows) the attention state
-  float* att_sm = reinterpret_cast<float*>(t_sm);
-  unsigned char* stages = t_sm + a.area;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int hi = blockIdx.x / a.slices, sl = blockIdx.x % a.slices;
-  const int h = ra.sel ? ra.sel[hi] : hi;
-  const int j0 = sl * 3 * HD / a.slices, j1 = (sl + 1) * 3 * HD / a.slices;  // rows of the head: q, k, v (hd each)
-  auto wrow = [&](int j) { const int part = j / HD; return part * d + h * HD + (j - part * HD); };
-  const int nv_all = d >> 3, v0 = sl * nv_all / a.slices, nv = (sl + 1) * nv_all / a.slices - v0;
-  if (threadIdx.x == 0) {
-    ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0);
-    const int past = ra.st[0];  // (final here: see k_attn_out)
-    if (past > 0) {             // the head's K/V history into L2 while the rows stream
-      prefetch_l2_bulk(ra.kc + (size_t)h * ra.maxT * HD, (uint32_t)(past * HD * 2));
-      prefetch_l2_bulk(ra.vc + (size_t)h * ra.maxT * HD, (uint32_t)(past * HD * 2));
-    }
-  }
-  __syncthreads();
-  if (warp == TW) {  // producer: weights only
-    if (lane == 0) {
-      const uint64_t pol = policy_evict_first();
-      int it = 0;
-      for (int g = j0; g < j1; g += RS)
-        t_produce_group(ring, stages, SB, segbytes, segel, seg, S, min(RS, j1 - g),
-                        [&](int r) { return ra.W + (size_t)wrow(g + r) * K; }, pol, it, geo.lead, &go);
-      t_produce_outproj(ring, stages, SB, S, a.R, HD / a.R, nv * 16, a.WoT + (size_t)h * HD * d + (size_t)v0 * 8, d, pol,
-                        it, -1, nullptr);
-    }
-    pdl_trigger();
-    return;
-  }
-  const LnStat lst = t_consumer_prologue<NW>(in, K, xs, &go);
-  const int pos = ra.st[0];
-  unsigned long long best = 0ull;
-  int it = 0;
-  for (int g = j0; g < j1; g += RS) {
-    const int nr = min(RS, j1 - g), j = g + warp;
-    const bool active = warp < nr, ld = active && lane == 0;
-    const int row = active ? wrow(j) : 0;
-    const float bias = ld && ra.b ? __ldg(ra.b + row) : 0.f;
-    const float c1r = ld && in.c1 ? __ldg(in.c1 + row) : 0.f, c2r = ld && in.c1 ? __ldg(in.c2 + row) : 0.f;
-    const float acc = t_consume_row(ring, stages, SB, segbytes, segel, seg, S, xs, K, active, it);
-    if (ld) row_epilogue<EPI_QKV>(ra, j, row, t_ln_row(in, lst, acc, c1r, c2r) + bias, pos, best);
-  }
-  // This block's q/k/v rows are written: count it for the head, wait for the head's other blocks.
-  cbar<NW>();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(a.cnt + hi, 1u);
-    while (ld_acquire(a.cnt + hi) < (unsigned)a.slices) {
-    }
-  }
-  cbar<NW>();
-  head_attention<HD, NW>(ra.y + h * HD, ra.kc + (size_t)h * ra.maxT * HD, ra.vc + (size_t)h * ra.maxT * HD,
-                         ra.valid + (size_t)h * ra.maxT, pos + 1, att_sm, o_s, [] { cbar<NW>(); });
-  cbar<NW>();
-  t_outproj_consume<NW>(ring, stages, SB, S, a.R, HD / a.R, nv, nv * 16, o_s, att_sm, v0, hi == 0 ? a.bo : nullptr, a.y,
-                        it);
-  if (threadIdx.x == 0) tr_mark(in.tr, 3);
 }
 
 // A consumer warp's row of group/chunk gi, looked up ahead (the persistent step loads them before its grid wait,
@@ -731,7 +637,6 @@ struct MlpTmaArgs {
   float* y;            // D[2l+2]
   const unsigned* sel_flag;  // the list comes from a fused predictor of this step: wait for it (null: none)
   const int* st;
-  const L2NextSet* nx;  // rows of later kernels to request into L2 (experiment, kernels.cuh L2Next; device memory)
 };
 
 template <int NW, bool PF = false>  // PF: waits for a fused predictor's selection (see k_rows_tma)
@@ -755,15 +660,11 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
       __syncwarp();
     }
     const bool pre = t_lookup_rows((geo.rowix & 2) && a.sel, j0, j1, rowix, [&](int j) { return a.sel[j]; });
-    if constexpr (PF)
-      if (a.nx) l2n_entry(*a.nx, lane);
     if (lane == 0) {
       int it = 0;
       t_produce_mlp(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.W1, a.W2T, K,
                     [&](int j) { return pre ? rowix[j - j0] : a.sel ? a.sel[j] : j; }, policy_evict_first(), it, geo.lead, &go);
     }
-    if constexpr (PF)
-      if (a.nx) l2n_after(*a.nx, lane);
     pdl_trigger();
     return;
   }
@@ -805,8 +706,7 @@ __global__ void __launch_bounds__(256) k_ln_fold(const __half* __restrict__ W, i
 __global__ void __launch_bounds__(256) k_embed_tma(const __half* __restrict__ E, const __half* __restrict__ P,
                                                    const int* __restrict__ tokens, const int* __restrict__ st, int d,
                                                    float* __restrict__ x0, float* __restrict__ deltas, size_t n_delta,
-                                                   unsigned* __restrict__ counters, int n_counters,
-                                                   unsigned* __restrict__ counters2, int n_counters2) {
+                                                   unsigned* __restrict__ counters, int n_counters) {
   pdl_wait();
   const int pos = st[0], tok = tokens[pos];
   const size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -816,7 +716,6 @@ __global__ void __launch_bounds__(256) k_embed_tma(const __half* __restrict__ E,
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n_delta / 4; i += stride)
     d4[i] = make_float4(0.f, 0.f, 0.f, 0.f);
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)n_counters; i += stride) counters[i] = 0u;
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)n_counters2; i += stride) counters2[i] = 0u;
   pdl_trigger();
 }
 

@@ -62,55 +62,6 @@ __device__ __forceinline__ void issue_prefetch(const L2Prefetch& f) {
   }
 }
 
-// Streamed path (fused.cuh), experiment DEJAVU_CUDA_L2NEXT (engine.cu): a kernel's producer warp asks L2 for rows a
-// LATER kernel of the step streams, so that kernel's copies hit L2 while HBM would otherwise idle (the sparse step's
-// kernels are latency-bound: ~37 us per 13B layer for ~15 us of bytes). Never changes results. Targets: an MLP's
-// fc1 and fc2^T rows of listed neurons (A = W1, B = W2T), the q/k/v rows of listed heads (A = Wqkv), the out_proj^T
-// rows of listed heads (A = WoT); items of one row (MLP) or L2N_CHUNK rows (heads), spread over blocks and lanes.
-enum { L2N_NONE = 0, L2N_MLP = 1, L2N_QKV = 2, L2N_OUT = 3 };
-struct L2Next {
-  const __half* A = nullptr;
-  const __half* B = nullptr;
-  const int* sel = nullptr;  // null: identity
-  int kind = L2N_NONE, n = 0, hd = 0, d = 0;  // n: list length (neurons or heads)
-};
-constexpr int L2N_CHUNK = 8;
-__device__ __forceinline__ int l2n_items(const L2Next& f) {
-  if (f.kind == L2N_MLP) return 2 * f.n;
-  const int per = f.hd / L2N_CHUNK;
-  return f.kind == L2N_QKV ? 3 * f.n * per : f.kind == L2N_OUT ? f.n * per : 0;
-}
-// Lane `lane` of `lanes` issuing lanes in each block.
-__device__ __forceinline__ void l2n_issue(const L2Next& f, int lane, int lanes) {
-  const int N = l2n_items(f);
-  const size_t rowel = (size_t)f.d;
-  for (int i = blockIdx.x * lanes + lane; i < N; i += gridDim.x * lanes) {
-    if (f.kind == L2N_MLP) {
-      const int j = f.sel ? f.sel[i >> 1] : i >> 1;
-      prefetch_l2_bulk(((i & 1) ? f.B : f.A) + (size_t)j * rowel, (uint32_t)(rowel * 2));
-    } else {
-      const int per = f.hd / L2N_CHUNK, perh = f.kind == L2N_QKV ? 3 * per : per;
-      const int hi = i / perh, r = i - hi * perh, h = f.sel ? f.sel[hi] : hi;
-      const int part = r / per, c = r - part * per;  // QKV: part 0/1/2 = q/k/v rows
-      const size_t r0 = (size_t)part * f.d + (size_t)h * f.hd + (size_t)c * L2N_CHUNK;
-      prefetch_l2_bulk(f.A + r0 * rowel, (uint32_t)(L2N_CHUNK * rowel * 2));
-    }
-  }
-}
-// Up to two targets per kernel; at = 0: issued at the producer's entry by lanes 1..31 (beside lane 0's copies),
-// 1: by all lanes after the block's last copy is issued.
-struct L2NextSet {
-  L2Next t[2];
-  int at = 0;
-};
-__host__ __device__ __forceinline__ bool l2n_on(const L2NextSet& s) { return s.t[0].kind != L2N_NONE || s.t[1].kind != L2N_NONE; }
-__device__ __forceinline__ void l2n_entry(const L2NextSet& s, int lane) {
-  if (l2n_on(s) && s.at == 0 && lane > 0) { l2n_issue(s.t[0], lane - 1, 31); l2n_issue(s.t[1], lane - 1, 31); }
-}
-__device__ __forceinline__ void l2n_after(const L2NextSet& s, int lane) {
-  if (l2n_on(s) && s.at == 1) { __syncwarp(); l2n_issue(s.t[0], lane, 32); l2n_issue(s.t[1], lane, 32); }
-}
-
 __device__ __forceinline__ float dot8(const uint4& w, const float* x) {
   const __half2* h = reinterpret_cast<const __half2*>(&w);
   float acc = 0.f;
@@ -279,7 +230,6 @@ struct RowsArgs {
   int wpr, lpr;     // warps per row (1,2,4,8), lanes per row (1..32, power of two; lpr < 32 only when wpr == 1)
   int prefetch;     // prefetch the first rows into L2 before waiting on the previous kernel
   L2Prefetch next;  // rows of the next kernel to request into L2
-  L2NextSet nx;     // streamed path: rows of later kernels to request into L2 (experiment, L2Next)
   float* y;         // PLAIN/RELU: [n_out]; QKV: q [d] (absolute head positions); ARGMAX: logits [n_out]
   float q_scale;
   __half* kc;
