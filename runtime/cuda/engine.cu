@@ -128,6 +128,8 @@ struct Engine {
   // with predictors beside it on all SMs the faster QKV stream delays their loads (2.18 -> 2.33 ms), with 16 SMs
   // reserved for them (below) it helps (2.093 -> 2.077). Bit 1 changed nothing measurable.
   int rowix = 1, rowix_side = 1, rowix_now = 1;
+  int mlp_cluster = 2;     // 2: the MLP kernel in clusters of 2 that pre-add their partials (DEJAVU_CUDA_MLP_CLUSTER)
+  bool mlp_nored = false;  // TIMING ONLY (wrong results): the MLP kernel skips its atomics (DEJAVU_CUDA_MLP_NORED=1)
   // SMs left to the side-stream predictors in graphs with them (env DEJAVU_CUDA_RESERVE_SMS): the streamed kernels
   // of those graphs use sms - reserve blocks, so the predictor chain's loads are not queued behind a 200 KB ring on
   // every SM. 13B, H200: reserve 0 / 8 / 16 / 24 / 32 -> 2.178 / 2.120 / 2.093 / 2.140 / 2.193 ms; with 16 the QKV
@@ -245,6 +247,8 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_LN_DEFER")) e->ln_defer = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_ROWIX")) e->rowix = atoi(v) & 3;
   if (const char* v = getenv("DEJAVU_CUDA_ROWIX_SIDE")) e->rowix_side = atoi(v) & 3;
+  if (const char* v = getenv("DEJAVU_CUDA_MLP_CLUSTER")) e->mlp_cluster = atoi(v) == 2 ? 2 : 1;
+  if (const char* v = getenv("DEJAVU_CUDA_MLP_NORED")) e->mlp_nored = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_RESERVE_SMS")) e->reserve = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_TMA_ROWS")) e->rows_cap = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
@@ -549,22 +553,32 @@ static int rows_blocks(Engine* e, const void* kern, int n_out, int K, int* wpr, 
   return (need + rounds - 1) / rounds;
 }
 
-// Launch on a stream, with programmatic dependent launch when `pdl`.
+// Launch on a stream, with programmatic dependent launch when `pdl`, in clusters of `cl` blocks when cl > 1.
 template <typename... KArgs, typename... Args>
-static void launch_ex(bool pdl, void (*k)(KArgs...), dim3 g, dim3 b, size_t smem, cudaStream_t s, Args... args) {
+static void launch_cl(bool pdl, int cl, void (*k)(KArgs...), dim3 g, dim3 b, size_t smem, cudaStream_t s, Args... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = g;
   cfg.blockDim = b;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
-  cudaLaunchAttribute at[1];
+  cudaLaunchAttribute at[2];
+  int n = 0;
   if (pdl) {
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
+    at[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[n++].val.programmaticStreamSerializationAllowed = 1;
   }
+  if (cl > 1) {
+    at[n].id = cudaLaunchAttributeClusterDimension;
+    at[n].val.clusterDim.x = cl; at[n].val.clusterDim.y = 1; at[n].val.clusterDim.z = 1;
+    n++;
+  }
+  cfg.attrs = n ? at : nullptr;
+  cfg.numAttrs = n;
   cudaLaunchKernelEx(&cfg, k, args...);
+}
+template <typename... KArgs, typename... Args>
+static void launch_ex(bool pdl, void (*k)(KArgs...), dim3 g, dim3 b, size_t smem, cudaStream_t s, Args... args) {
+  launch_cl(pdl, 1, k, g, b, smem, s, args...);
 }
 // Main-stream kernels after another kernel: PDL when asked and the graph being recorded allows it.
 template <typename... KArgs, typename... Args>
@@ -670,12 +684,17 @@ static void launch_rows_tma(Engine* e, cudaStream_t s, RowsArgs a, XIn in, bool 
   else launchk(e, pdl, k_rows_tma<EPI, 16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
 }
 static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool pdl) {
-  const int grid = std::min(e->sms_now, a.n);
-  const TGeo g = make_geo(e, a.d, (a.n + grid - 1) / grid);
+  int grid = std::min(e->sms_now, a.n);
+  // Pairs for neuron lists only: the dense MLP (~95 us of streaming) measured 0.2-0.4% slower with them.
+  const bool pair = e->mlp_cluster == 2 && a.sel && !a.sel_flag && tw_for(e, a.d) == 16 && grid >= 2;
+  if (pair) grid &= ~1;
+  TGeo g = make_geo(e, a.d, (a.n + grid - 1) / grid);
+  if (e->mlp_nored) g.rowix |= 4;
   const size_t smem = geo_smem(g, a.d);
   if (a.sel_flag && tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8, true>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
   else if (a.sel_flag) launchk(e, pdl, k_mlp_tma<16, true>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
   else if (tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
+  else if (pair) launch_cl(pdl && e->pdl && e->pdl_now, 2, k_mlp_tma<16, false, 2>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
   else launchk(e, pdl, k_mlp_tma<16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
 }
 // Attention + out_proj: `slices` column slices per head so that heads x slices fill the SMs once; R rows of a slice
@@ -758,7 +777,7 @@ static int set_tma_attrs(Engine* e) {
     return 0;
   };
   if (raise((const void*)k_rows_tma<EPI_QKV, 16>) || raise((const void*)k_rows_tma<EPI_ARGMAX, 16>) ||
-      raise((const void*)k_mlp_tma<16>) || raise((const void*)k_attn_out<128, 16>) ||
+      raise((const void*)k_mlp_tma<16>) || raise((const void*)k_mlp_tma<16, false, 2>) || raise((const void*)k_attn_out<128, 16>) ||
       raise((const void*)k_attn_out<64, 16>) || raise((const void*)k_attn_out<32, 16>) ||
       raise((const void*)k_rows_tma<EPI_QKV, 8>) || raise((const void*)k_rows_tma<EPI_ARGMAX, 8>) ||
       raise((const void*)k_mlp_tma<8>) || raise((const void*)k_attn_out<128, 8>) ||

@@ -36,8 +36,10 @@ __host__ __device__ constexpr int t_threads(int nw) { return nw * 32 + 32; }
 
 // Timeline trace (bench/cuda/trace.cu builds with -DDJ_TRACE): thread 0 of each block writes %globaltimer at a few
 // points of each traced launch (id `tr` >= 0) into g_trace[tr][block][point]. Compiled out otherwise.
-constexpr int TR_MAXB = 256, TR_N = 6;  // points: 0 entry, 1 previous grid done (pdl_wait), 2 input ready, 3 end,
-                                        // 4 input loaded, 5 LayerNorm statistics ready
+constexpr int TR_MAXB = 256, TR_N = 10;  // points: 0 entry, 1 previous grid done (pdl_wait), 2 input ready, 3 end,
+                                        // 4 input loaded, 5 LayerNorm statistics ready, 6 producer issued its last
+                                        // copy, 7 its last stage landed, 8 the SM id (a value, not a time),
+                                        // 9 consumers done with the ring (before the atomics)
 #ifdef DJ_TRACE
 __device__ unsigned long long* g_trace;
 __device__ __forceinline__ void tr_mark(int tr, int k) {
@@ -45,8 +47,28 @@ __device__ __forceinline__ void tr_mark(int tr, int k) {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   if (g_trace && tr >= 0 && blockIdx.x < TR_MAXB) g_trace[((size_t)tr * TR_MAXB + blockIdx.x) * TR_N + k] = t;
 }
+// The producer thread after its last copy: stamps 6, then waits for the last stage (it = stages issued) to land, 7,
+// and records the SM (8). Waiting there is harmless: the producer has nothing left to do.
+__device__ __forceinline__ void tr_producer_done(int tr, uint64_t* full, int it, int S) {
+  tr_mark(tr, 6);
+  pdl_trigger();  // as the warp does right after this (the wait below must not delay the dependents)
+  if (it > 0) {
+    const int s = (it - 1) % S;
+    while (true) {
+      uint32_t ok;
+      asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+                   : "=r"(ok) : "r"((uint32_t)__cvta_generic_to_shared(full + s)), "r"((unsigned)(((it - 1) / S) & 1)) : "memory");
+      if (ok) break;
+    }
+  }
+  tr_mark(tr, 7);
+  unsigned smid;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+  if (g_trace && tr >= 0 && blockIdx.x < TR_MAXB) g_trace[((size_t)tr * TR_MAXB + blockIdx.x) * TR_N + 8] = smid;
+}
 #else
 __device__ __forceinline__ void tr_mark(int, int) {}
+__device__ __forceinline__ void tr_producer_done(int, uint64_t*, int, int) {}
 #endif
 template <int NW> __device__ __forceinline__ void cbar() { asm volatile("bar.sync 1, %0;" ::"n"(NW * 32) : "memory"); }
 }  // namespace dj
@@ -302,6 +324,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       for (int g = j0; g < j1; g += RS)
         t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, min(RS, j1 - g),
                         [&](int r) { return wrow(pre ? rowix[g + r - j0] : vrow(g + r)); }, pol, it, geo.lead, &go);
+      tr_producer_done(in.tr, ring.full, it, S);
     }
     pdl_trigger();
     return;
@@ -495,6 +518,7 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
       int it = 0;
       t_produce_outproj(ring, stages, stage_bytes, a.S, a.R, nst, rowbytes, a.WoT + (size_t)h * HD * a.d + (size_t)v0 * 8,
                         a.d, policy_evict_first(), it, a.lead, &go);
+      tr_producer_done(a.tr, ring.full, it, a.S);
     }
     pdl_trigger();
     return;
@@ -544,12 +568,12 @@ __device__ __forceinline__ void t_produce_mlp(Ring<T_MAX_STAGES>& ring, unsigned
 // (c1/c2: t_ln_row), then every consumer thread adds h_r * W2T[j_r][c] for its 16-byte vector c of each segment (registers, over all
 // chunks); one set of float4 atomics into y at the end (+ b2 when non-null: the caller owes the bias). meta: the
 // warps' rows of the first T_MG chunks looked up ahead (RowMeta), or null.
-template <int NW>
+template <int NW, int CL = 1>
 __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const unsigned char* stages, int stage_bytes,
                                               int segbytes, int segel, int seg, int S, int RS, int j0, int j1,
                                               const int* sel, const float* b1v, const float4* xs, int K, const float* c1,
                                               const float* c2, LnStat lst, float (*h_s)[NW], const float* b2, float* y,
-                                              int& it, const RowMeta (*meta)[T_MG] = nullptr) {
+                                              int& it, const RowMeta (*meta)[T_MG] = nullptr, int tr = -1) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int segvec = segbytes >> 4;
   float acc[T_SEGMAX][8];
@@ -599,7 +623,47 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
       it++;
     }
   }
-  if (tid < segvec && j0 < j1) {
+  if (tid == 0) tr_mark(tr, 9);
+  if constexpr (CL == 2) {
+    // Pairs of blocks (a cluster of 2 on neighbouring SMs) add their partials through distributed shared memory
+    // first, so every column gets half as many atomics. Why: all blocks add into the same d floats, and atomics on
+    // one address are serialised in L2; 132 per address took ~4.5 us to drain (bench/cuda/reduce.cu), on the
+    // critical path of every layer. Each block writes its partial into its own x planes (free: every consumer
+    // warp passed its last fc1 dot at the chunk barrier above), then, after a cluster barrier, adds the partner's
+    // values to the vectors it owns (tid & 1 == rank); a second barrier keeps both blocks resident until the
+    // partner has read. The producer warp takes part in both barriers (k_mlp_tma).
+    float* part = const_cast<float*>(reinterpret_cast<const float*>(xs));
+    if (tid < segvec) {
+#pragma unroll
+      for (int sg = 0; sg < T_SEGMAX; sg++) {
+        if (sg >= seg) break;
+        const int col = sg * segel + tid * 8;
+        if (b2) {
+#pragma unroll
+          for (int i = 0; i < 8; i++) acc[sg][i] += __ldg(b2 + col + i);
+        }
+        float4* p4 = reinterpret_cast<float4*>(part + col);
+        p4[0] = make_float4(acc[sg][0], acc[sg][1], acc[sg][2], acc[sg][3]);
+        p4[1] = make_float4(acc[sg][4], acc[sg][5], acc[sg][6], acc[sg][7]);
+      }
+    }
+    cluster_sync_all();
+    const unsigned rank = cluster_rank();
+    if (y && tid < segvec && (unsigned)(tid & 1) == rank) {
+#pragma unroll
+      for (int sg = 0; sg < T_SEGMAX; sg++) {
+        if (sg >= seg) break;
+        const int col = sg * segel + tid * 8;
+        const float4 a = ld_peer_f4(part + col, rank ^ 1u), b = ld_peer_f4(part + col + 4, rank ^ 1u);
+        float4* y4 = reinterpret_cast<float4*>(y + col);
+        atomicAdd(y4, make_float4(acc[sg][0] + a.x, acc[sg][1] + a.y, acc[sg][2] + a.z, acc[sg][3] + a.w));
+        atomicAdd(y4 + 1, make_float4(acc[sg][4] + b.x, acc[sg][5] + b.y, acc[sg][6] + b.z, acc[sg][7] + b.w));
+      }
+    }
+    cluster_sync_all();
+    return;
+  }
+  if (y && tid < segvec && j0 < j1) {
 #pragma unroll
     for (int sg = 0; sg < T_SEGMAX; sg++) {
       if (sg >= seg) break;
@@ -612,7 +676,7 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
       atomicAdd(y4, make_float4(acc[sg][0], acc[sg][1], acc[sg][2], acc[sg][3]));
       atomicAdd(y4 + 1, make_float4(acc[sg][4], acc[sg][5], acc[sg][6], acc[sg][7]));
     }
-  } else if (tid < segvec && b2) {  // block 0 without neurons still owes the bias
+  } else if (y && tid < segvec && b2) {  // block 0 without neurons still owes the bias
     for (int sg = 0; sg < seg; sg++) {
       const int col = sg * segel + tid * 8;
       float4* y4 = reinterpret_cast<float4*>(y + col);
@@ -639,7 +703,8 @@ struct MlpTmaArgs {
   const int* st;
 };
 
-template <int NW, bool PF = false>  // PF: waits for a fused predictor's selection (see k_rows_tma)
+// CL = 2: launched in clusters of 2 blocks that pre-add their partials (t_mlp_consume).
+template <int NW, bool PF = false, int CL = 1>  // PF: waits for a fused predictor's selection (see k_rows_tma)
 __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   constexpr int TW = NW;
   extern __shared__ __align__(128) unsigned char t_sm[];
@@ -664,14 +729,20 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
       int it = 0;
       t_produce_mlp(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.W1, a.W2T, K,
                     [&](int j) { return pre ? rowix[j - j0] : a.sel ? a.sel[j] : j; }, policy_evict_first(), it, geo.lead, &go);
+      tr_producer_done(in.tr, ring.full, it, S);
     }
     pdl_trigger();
+    if constexpr (CL == 2) {  // the two cluster barriers of t_mlp_consume count every thread of both blocks
+      __syncwarp();
+      cluster_sync_all();
+      cluster_sync_all();
+    }
     return;
   }
   const LnStat lst = t_consumer_prologue<NW>(in, K, xs, &go);
   int it = 0;
-  t_mlp_consume<NW>(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.sel, a.b1, xs, K, in.c1, in.c2, lst, h_s,
-                    blockIdx.x == 0 ? a.b2 : nullptr, a.y, it);
+  t_mlp_consume<NW, CL>(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.sel, a.b1, xs, K, in.c1, in.c2, lst, h_s,
+                    blockIdx.x == 0 ? a.b2 : nullptr, (geo.rowix & 4) ? nullptr : a.y, it, nullptr, in.tr);
   if (tid == 0) tr_mark(in.tr, 3);
 }
 

@@ -52,6 +52,25 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t by
       : "memory");
 }
 
+// Thread-block clusters: barrier over every thread of the cluster (release / acquire: shared-memory writes before it
+// are visible to the other blocks after it), this block's rank, and a 16-byte load from another block's shared
+// memory (the same offset as `p` in block `rank`).
+__device__ __forceinline__ void cluster_sync_all() {
+  asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
+}
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ float4 ld_peer_f4(const float* p, unsigned rank) {
+  uint32_t a;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"(smem_u32(p)), "r"(rank));
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(a) : "memory");
+  return v;
+}
+
 // A ring of S stages in shared memory: full[s] completes when the stage's bytes have landed, empty[s] when all
 // `consumers` (warps) have released it. Parities flip each time a stage index wraps around.
 template <int S>
