@@ -568,6 +568,12 @@ __device__ __forceinline__ void t_produce_mlp(Ring<T_MAX_STAGES>& ring, unsigned
 // (c1/c2: t_ln_row), then every consumer thread adds h_r * W2T[j_r][c] for its 16-byte vector c of each segment (registers, over all
 // chunks); one set of float4 atomics into y at the end (+ b2 when non-null: the caller owes the bias). meta: the
 // warps' rows of the first T_MG chunks looked up ahead (RowMeta), or null.
+// acc[0..7] += b[col..col+7] when b is set (the bias a block owes)
+__device__ __forceinline__ void t_add8(float (&acc)[8], const float* b, int col) {
+  if (!b) return;
+#pragma unroll
+  for (int i = 0; i < 8; i++) acc[i] += __ldg(b + col + i);
+}
 template <int NW, int CL = 1>
 __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const unsigned char* stages, int stage_bytes,
                                               int segbytes, int segel, int seg, int S, int RS, int j0, int j1,
@@ -638,10 +644,7 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
       for (int sg = 0; sg < T_SEGMAX; sg++) {
         if (sg >= seg) break;
         const int col = sg * segel + tid * 8;
-        if (b2) {
-#pragma unroll
-          for (int i = 0; i < 8; i++) acc[sg][i] += __ldg(b2 + col + i);
-        }
+        t_add8(acc[sg], b2, col);
         float4* p4 = reinterpret_cast<float4*>(part + col);
         p4[0] = make_float4(acc[sg][0], acc[sg][1], acc[sg][2], acc[sg][3]);
         p4[1] = make_float4(acc[sg][4], acc[sg][5], acc[sg][6], acc[sg][7]);
@@ -668,10 +671,7 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
     for (int sg = 0; sg < T_SEGMAX; sg++) {
       if (sg >= seg) break;
       const int col = sg * segel + tid * 8;
-      if (b2) {
-#pragma unroll
-        for (int i = 0; i < 8; i++) acc[sg][i] += __ldg(b2 + col + i);
-      }
+      t_add8(acc[sg], b2, col);
       float4* y4 = reinterpret_cast<float4*>(y + col);
       atomicAdd(y4, make_float4(acc[sg][0], acc[sg][1], acc[sg][2], acc[sg][3]));
       atomicAdd(y4 + 1, make_float4(acc[sg][4], acc[sg][5], acc[sg][6], acc[sg][7]));
