@@ -564,16 +564,16 @@ __device__ __forceinline__ void t_produce_mlp(Ring<T_MAX_STAGES>& ring, unsigned
     }
   }
 }
-// Consumers: warp w computes h_w = ReLU(W1[j_w] . x + b1) for its neuron of each chunk (LayerNorm deferred per `in`),
-// (c1/c2: t_ln_row), then every consumer thread adds h_r * W2T[j_r][c] for its 16-byte vector c of each segment (registers, over all
-// chunks); one set of float4 atomics into y at the end (+ b2 when non-null: the caller owes the bias). meta: the
-// warps' rows of the first T_MG chunks looked up ahead (RowMeta), or null.
 // acc[0..7] += b[col..col+7] when b is set (the bias a block owes)
 __device__ __forceinline__ void t_add8(float (&acc)[8], const float* b, int col) {
   if (!b) return;
 #pragma unroll
   for (int i = 0; i < 8; i++) acc[i] += __ldg(b + col + i);
 }
+// Consumers: warp w computes h_w = ReLU(W1[j_w] . x + b1) for its neuron of each chunk (LayerNorm deferred per `in`),
+// (c1/c2: t_ln_row), then every consumer thread adds h_r * W2T[j_r][c] for its 16-byte vector c of each segment (registers, over all
+// chunks); one set of float4 atomics into y at the end (+ b2 when non-null: the caller owes the bias). meta: the
+// warps' rows of the first T_MG chunks looked up ahead (RowMeta), or null.
 template <int NW, int CL = 1>
 __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const unsigned char* stages, int stage_bytes,
                                               int segbytes, int segel, int seg, int S, int RS, int j0, int j1,
