@@ -1,6 +1,7 @@
 // The CUDA decode engine behind runtime/cuda/lib.ts: device weights, KV cache, per-step device state, and one CUDA
 // graph per decode mode (dense, sparse with predictors, sparse with fixed selections, predictors alone).
 // Plain C API (extern "C") for koffi; every call returns 0 on success or -1 with dj_last_error() set.
+#include <cuda.h>
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include "fused.cuh"
 #include "step.cuh"
 #include "predict.cuh"
+#include "chain.cuh"
 
 using namespace dj;
 
@@ -55,6 +57,7 @@ struct Group {
   float* t = nullptr;
   std::vector<std::pair<int, int>> members;  // (layer, target)
   __half* xh = nullptr;  // streamed path: the tap's input (raw or parameter-free LN) as fp16, written on the side stream
+  ChainState* cs = nullptr;  // k_pred_chain's barrier and histograms (green partition)
 };
 
 // The predictors fused into layer l's QKV (w1 rows) and attention (w2, top-k) kernels: those reading att_in(l).
@@ -135,6 +138,17 @@ struct Engine {
   // every SM. 13B, H200: reserve 0 / 8 / 16 / 24 / 32 -> 2.178 / 2.120 / 2.093 / 2.140 / 2.193 ms; with 16 the QKV
   // lookups first pay off beside the predictors too (2.077). sms_now: what the launches use while a graph is recorded.
   int reserve = 16, sms_now = 0;
+  // Green contexts (env DEJAVU_CUDA_GREEN=N, experiment): graphs with side-stream predictors run their main kernels
+  // in a green context of sms - N SMs and the predictor chain in one of N SMs, a hardware partition (CUDA graphs
+  // keep it, bench/cuda/green.cu), so the main stream can keep PDL without its early-launched blocks taking the
+  // predictors' SMs. green_pdl: PDL on the main stream then (DEJAVU_CUDA_GREEN_PDL, default 1); green_join: also on
+  // kernels that join a selection, their join edges made full edges after capture (DEJAVU_CUDA_GREEN_JOIN).
+  int green = 0, green_main = 0;
+  bool green_pdl = true, green_join = false, green_now = false;
+  bool green_chain = true;  // there, each tap group's chain as one kernel (chain.cuh; DEJAVU_CUDA_GREEN_CHAIN=0: 3 kernels)
+  cudaStream_t gm = nullptr, gp1 = nullptr, gp2 = nullptr;
+  // (kernel node that joins a selection, the main-stream node before it): edges to fix after capture
+  std::vector<std::pair<cudaGraphNode_t, cudaGraphNode_t>> join_fix;
   // Predictor chain of the streamed path (predict.cuh): pchain = the tap's input computed inside the w1 GEMV
   // (env DEJAVU_CUDA_PCHAIN=0: the earlier one-block snapshot + k_rows); pred_pdl = the chain's kernels on one side
   // stream launched with PDL (env DEJAVU_CUDA_PRED_PDL); pred_unroll = score rows per lane in flight
@@ -197,6 +211,61 @@ static int dalloc(Engine* e, T** p, size_t n) {
 
 extern "C" {
 
+// Green contexts for the sparse graph (Engine::green): driver entry points through the runtime, so the library
+// needs no -lcuda. The green contexts live as long as the process (the driver keeps the primary context).
+static int setup_green(Engine* e) {
+  auto entry = [](const char* name) -> void* {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    return cudaGetDriverEntryPointByVersion(name, &f, 13000, cudaEnableDefault, &q) == cudaSuccess ? f : nullptr;
+  };
+  auto get_res = (CUresult(*)(CUdevice, CUdevResource*, CUdevResourceType))entry("cuDeviceGetDevResource");
+  auto split = (CUresult(*)(CUdevResource*, unsigned*, const CUdevResource*, CUdevResource*, unsigned, unsigned))
+      entry("cuDevSmResourceSplitByCount");
+  auto gen = (CUresult(*)(CUdevResourceDesc*, CUdevResource*, unsigned))entry("cuDevResourceGenerateDesc");
+  auto create = (CUresult(*)(CUgreenCtx*, CUdevResourceDesc, CUdevice, unsigned))entry("cuGreenCtxCreate");
+  auto stream = (CUresult(*)(CUstream*, CUgreenCtx, unsigned, int))entry("cuGreenCtxStreamCreate");
+  if (!get_res || !split || !gen || !create || !stream) return fail("DEJAVU_CUDA_GREEN: the driver has no green contexts");
+  int dev = 0;
+  CK(cudaGetDevice(&dev));
+  CUdevResource all, grp, rem;
+  unsigned ng = 1;
+  CUdevResourceDesc dg, dr;
+  CUgreenCtx gp, gmc;
+  CUstream a, b, c;
+  if (get_res(dev, &all, CU_DEV_RESOURCE_TYPE_SM) || split(&grp, &ng, &all, &rem, 0, e->green) || ng != 1 ||
+      gen(&dg, &grp, 1) || gen(&dr, &rem, 1) || create(&gp, dg, dev, CU_GREEN_CTX_DEFAULT_STREAM) ||
+      create(&gmc, dr, dev, CU_GREEN_CTX_DEFAULT_STREAM) || stream(&a, gmc, CU_STREAM_NON_BLOCKING, 0) ||
+      stream(&b, gp, CU_STREAM_NON_BLOCKING, 0) || stream(&c, gp, CU_STREAM_NON_BLOCKING, 0))
+    return fail("DEJAVU_CUDA_GREEN=%d: no SM partition of that size on this device", e->green);
+  e->gm = (cudaStream_t)a; e->gp1 = (cudaStream_t)b; e->gp2 = (cudaStream_t)c;
+  e->green = (int)grp.sm.smCount;
+  e->green_main = (int)rem.sm.smCount;
+  fprintf(stderr, "dejavu-cuda: green contexts: main %d SMs, predictors %d SMs\n", e->green_main, e->green);
+  return 0;
+}
+
+// Join edges of kernels launched with PDL in a green graph (Engine::green_join): stream capture gives every
+// incoming edge of such a kernel the programmatic type; only the one from the previous main kernel may keep it, the
+// ones from the predictor chain must be full edges (completion and memory visibility before the kernel starts).
+static int fix_join_edges(Engine* e, cudaGraph_t g) {
+  for (auto [node, prev] : e->join_fix) {
+    size_t n = 0;
+    CK(cudaGraphNodeGetDependencies(node, nullptr, nullptr, &n));
+    std::vector<cudaGraphNode_t> deps(n);
+    std::vector<cudaGraphEdgeData> ed(n);
+    CK(cudaGraphNodeGetDependencies(node, deps.data(), ed.data(), &n));
+    for (size_t i = 0; i < n; i++) {
+      if (deps[i] == prev || (ed[i].type == cudaGraphDependencyTypeDefault && ed[i].from_port == 0)) continue;
+      cudaGraphEdgeData full{};
+      CK(cudaGraphRemoveDependencies(g, &deps[i], &node, &ed[i], 1));
+      CK(cudaGraphAddDependencies(g, &deps[i], &node, &full, 1));
+    }
+  }
+  e->join_fix.clear();
+  return 0;
+}
+
 const char* dj_last_error() { return g_err.c_str(); }
 
 int dj_device_info(char* name, int n, int* sms, long long* mem_total) {
@@ -250,6 +319,10 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_MLP_CLUSTER")) e->mlp_cluster = atoi(v) == 2 ? 2 : 1;
   if (const char* v = getenv("DEJAVU_CUDA_MLP_NORED")) e->mlp_nored = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_RESERVE_SMS")) e->reserve = std::max(0, atoi(v));
+  if (const char* v = getenv("DEJAVU_CUDA_GREEN")) e->green = std::max(0, atoi(v));
+  if (const char* v = getenv("DEJAVU_CUDA_GREEN_PDL")) e->green_pdl = v[0] != '0';
+  if (const char* v = getenv("DEJAVU_CUDA_GREEN_JOIN")) e->green_join = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_GREEN_CHAIN")) e->green_chain = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_TMA_ROWS")) e->rows_cap = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
   if (const char* v = getenv("DEJAVU_CUDA_PSTEP")) e->pstep = v[0] == '1';
@@ -310,6 +383,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
     fail("stream/event creation failed");
     return bad();
   }
+  if (e->green && setup_green(e)) return bad();
   if (cudaGetLastError() != cudaSuccess) { fail("initialisation failed"); return bad(); }
   return e;
 }
@@ -323,6 +397,7 @@ int dj_destroy(void* ev) {
   cudaStreamDestroy(e->s0);
   cudaStreamDestroy(e->s1);
   cudaStreamDestroy(e->s2);
+  if (e->gm) { cudaStreamDestroy(e->gm); cudaStreamDestroy(e->gp1); cudaStreamDestroy(e->gp2); }
   delete e;
   return 0;
 }
@@ -944,7 +1019,8 @@ static int make_groups(Engine* e, std::vector<Group>& out, bool skip_fused) {
       g->rows += p.rank;
     }
   for (auto& g : out) {
-    if (dalloc(e, &g.xh, e->d)) return -1;
+    if (dalloc(e, &g.xh, e->d) || dalloc(e, &g.cs, 1)) return -1;
+    CK(cudaMemset(g.cs, 0, sizeof(ChainState)));
     if (g.members.size() == 1) continue;  // single predictor: its own w1 and t
     if (dalloc(e, &g.w1, (size_t)g.rows * e->d) || dalloc(e, &g.t, g.rows)) return -1;
     int off = 0;
@@ -1076,6 +1152,19 @@ static int build_groups(Engine* e) {
   return 0;
 }
 
+// Whether a tap group's chain fits k_pred_chain (members, ranks, the partition's shared memory).
+static bool chain_fits(Engine* e, const Group& g) {
+  if (g.members.size() > (size_t)PC_MAXM) return false;
+  size_t f = (size_t)e->d + g.rows;
+  for (auto [li, tg] : g.members) {
+    const Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
+    const int n = tg == 0 ? e->H : e->ffn;
+    if (p.rank % 8 || p.rank > PC_MAXR) return false;
+    if (n > PC_SMALL) f += pc_chunk(n, e->green);
+  }
+  return f * 4 <= 160 * 1024;
+}
+
 // Record the whole decode step for `mode` on s0 (predictors fork onto s1 and join back before their consumers).
 // Profiling (dj_profile): launches go eagerly to one stream, with a timing event after each, tagged by kind.
 enum ProfKind { P_EMBED, P_QKV, P_ATT, P_OUT, P_FC1, P_FC2, P_LM, P_PRED1, P_TOPK_ATTN, P_TOPK_MLP, P_MLP, P_LAYER, P_FLN, P_COUNT };
@@ -1087,7 +1176,23 @@ struct Prof {
 
 static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   const int d = e->d, H = e->H, hd = e->hd, ffn = e->ffn;
-  cudaStream_t s0 = e->s0, s1 = prof ? e->s0 : e->s1, s2 = prof ? e->s0 : e->s2;
+  const bool preds = mode == M_SPARSE || mode == M_PRED;
+  // Fused predictors (pfuse.cuh) in the sparse graph: the side-stream chain keeps only the others; when those all
+  // run before layer 0 (side_early), the graph keeps PDL and every SM like the fixed-selection graph.
+  const bool fuse = mode == M_SPARSE && e->fused_any && e->tma;
+  std::vector<Group>& groups = fuse ? e->groups_side : e->groups;
+  const bool side = preds && !(fuse && e->side_early);  // side-stream predictors beside the layers
+  const bool green = side && e->gm && !prof && e->tma;  // main kernels and predictors on their own SMs
+  e->green_now = green;
+  cudaStream_t s0 = green ? e->gm : e->s0, s1 = prof ? e->s0 : green ? e->gp1 : e->s1,
+               s2 = prof ? e->s0 : green ? e->gp2 : e->s2;
+  size_t evi = 0;
+  auto ev = [&]() -> cudaEvent_t { return e->evs[evi++ % e->evs.size()]; };
+  if (green) {  // capture begins on e->s0: fork the green main stream from it (joined back at the end)
+    cudaEvent_t f = ev();
+    cudaEventRecord(f, e->s0);
+    cudaStreamWaitEvent(s0, f, 0);
+  }
   auto mark = [&](int kind) {
     if (!prof) return;
     if (prof->used == prof->evs.size()) { cudaEvent_t v; cudaEventCreate(&v); prof->evs.push_back(v); prof->kinds.push_back(0); }
@@ -1096,19 +1201,11 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   };
   mark(-1);
   e->tr_next = e->trace ? 0 : -1;
-  const bool preds = mode == M_SPARSE || mode == M_PRED;
-  // Fused predictors (pfuse.cuh) in the sparse graph: the side-stream chain keeps only the others; when those all
-  // run before layer 0 (side_early), the graph keeps PDL and every SM like the fixed-selection graph.
-  const bool fuse = mode == M_SPARSE && e->fused_any && e->tma;
-  std::vector<Group>& groups = fuse ? e->groups_side : e->groups;
-  const bool side = preds && !(fuse && e->side_early);  // side-stream predictors beside the layers
-  e->pdl_now = !side || e->pdl_side;
+  e->pdl_now = !side || e->pdl_side || (green && e->green_pdl);
   e->rowix_now = side ? e->rowix_side : e->rowix;
-  e->sms_now = std::max(1, e->sms - (side ? e->reserve : 0));
+  e->sms_now = green ? e->green_main : std::max(1, e->sms - (side ? e->reserve : 0));
   const bool compute = mode != M_PRED;
   const bool sparse = mode == M_SPARSE || mode == M_FIXED;
-  size_t evi = 0;
-  auto ev = [&]() -> cudaEvent_t { return e->evs[evi++ % e->evs.size()]; };
   // Pending joins: (event, layer, target) the main stream must wait on before consuming a selection.
   struct Join { cudaEvent_t done; int layer, target; };
   std::vector<Join> joins;
@@ -1130,6 +1227,27 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       const int rows = stacked ? g.rows : p0.rank;
       float* t = stacked ? g.t : p0.t;
       const bool w1_on = !(e->pred_skip & 1);  // (timing experiment: no first layer)
+      if (green && e->green_chain && e->tma && chain_fits(e, g)) {  // the whole chain as one kernel
+        ChainArgs c{};
+        c.in = point_in(e, tap == TAP_ATT_IN ? 2 * layer : 2 * layer + 1, nullptr, nullptr, g.norm, false);
+        if (c.in.tr >= 0) { c.in.tr = -1; e->tr_next--; }
+        c.d = d; c.rows = rows; c.w1 = w1; c.t = t; c.s = g.cs; c.nm = (int)g.members.size();
+        int off = 0;
+        for (int i = 0; i < c.nm; i++) {
+          auto [li, tg] = g.members[i];
+          Layer& l = e->layers[li];
+          Pred& p = tg == 0 ? l.pa : l.pm;
+          c.m[i] = ChainMember{p.w2, tg == 0 ? H : ffn, p.rank, tg == 0 ? l.kH : l.kM, off, p.scores,
+                               tg == 0 ? l.hsel : l.nsel};
+          off += p.rank;
+        }
+        k_pred_chain<<<e->green, PC_THREADS, pc_smem(c, e->green), s1>>>(c);
+        cudaEvent_t done = ev();
+        cudaEventRecord(done, s1);
+        read_done.push_back(done);
+        for (auto [li, tg] : g.members) joins.push_back({done, li, tg});
+        continue;
+      }
       if (e->tma) {  // streamed path: this tap's input, from the immutable (X[r-1], D[r])
         XIn tin = point_in(e, tap == TAP_ATT_IN ? 2 * layer : 2 * layer + 1, nullptr, nullptr, g.norm, false);
         if (tin.tr >= 0) { tin.tr = -1; e->tr_next--; }  // side kernels are not traced
@@ -1171,16 +1289,37 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   };
   // Returns whether the next kernel joins a side-stream selection: that kernel is launched without PDL, so it
   // cannot start (and read the selection before its grid dependency) ahead of the side stream's kernels.
+  // With green_join the kernel keeps PDL: its main-stream predecessor is noted here and its join edges are made full
+  // edges after capture (fix_join_edges), so the chain's selection is complete and visible before it starts.
+  const bool join_pdl = green && e->green_pdl && e->green_join;
+  cudaGraphNode_t join_prev = nullptr;
   auto consume = [&](int layer, int target) {
     bool joined = false;
+    join_prev = nullptr;
     for (size_t i = 0; i < joins.size();) {
       if (joins[i].layer == layer && joins[i].target == target) {
+        if (join_pdl && !joined) {
+          cudaStreamCaptureStatus cs;
+          const cudaGraphNode_t* deps = nullptr;
+          size_t nd = 0;
+          if (cudaStreamGetCaptureInfo(s0, &cs, nullptr, nullptr, &deps, nullptr, &nd) == cudaSuccess && nd == 1)
+            join_prev = deps[0];
+        }
         cudaStreamWaitEvent(s0, joins[i].done, 0);
         joins.erase(joins.begin() + i);
         joined = true;
       } else i++;
     }
-    return joined;
+    return joined && !join_prev;  // with a noted predecessor the kernel may keep PDL
+  };
+  auto joined_launch = [&]() {  // after a kernel launch that consumed a selection with PDL
+    if (!join_prev) return;
+    cudaStreamCaptureStatus cs;
+    const cudaGraphNode_t* deps = nullptr;
+    size_t nd = 0;
+    if (cudaStreamGetCaptureInfo(s0, &cs, nullptr, nullptr, &deps, nullptr, &nd) == cudaSuccess && nd == 1)
+      e->join_fix.push_back({deps[0], join_prev});
+    join_prev = nullptr;
   };
 
   if (e->tma) {
@@ -1214,6 +1353,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
           a.pW = l.fz.w1p; a.pn = l.fz.rows; a.pbase = 3 * d; a.pt = l.fz.t; a.pc1 = l.fz.c1; a.pnm = l.fz.nm;
         }
         launch_rows_tma<EPI_QKV>(e, s0, a, folded(e, point_in(e, 2 * li, l.ln1_g, l.ln1_b, 1, true), l.c1q, l.c2q), !join_h);
+        joined_launch();
         mark(P_QKV);
         AttnOutArgs o{};
         o.q = e->q; o.kc = l.kc; o.vc = l.vc; o.valid = l.valid; o.sel = hs ? l.hsel : nullptr; o.st = e->st;
@@ -1233,6 +1373,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         m.y = e->D + (size_t)(2 * li + 2) * d;
         if (fuse && ns && l.pm.fused && !(e->pf_skip & 1)) { m.sel_flag = e->pflags + 2 * li + 1; m.st = e->st; }
         launch_mlp_tma(e, s0, m, folded(e, point_in(e, 2 * li + 1, l.ln2_g, l.ln2_b, 1, true), l.c1m, l.c2m), !join_m);
+        joined_launch();
         mark(P_MLP);
       }
     }
@@ -1246,6 +1387,11 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       launch_rows_tma<EPI_ARGMAX>(e, s0, a, folded(e, point_in(e, 2 * e->L, e->lnf_g, e->lnf_b, 1, false), e->c1lm, e->c2lm),
                                   true);
       mark(P_LM);
+    }
+    if (green) {  // join the green main stream back into the capture's origin stream
+      cudaEvent_t j = ev();
+      cudaEventRecord(j, s0);
+      cudaStreamWaitEvent(e->s0, j, 0);
     }
     return 0;
   }
@@ -1368,6 +1514,7 @@ int dj_build(void* ev) {
     e->evs.push_back(v);
   }
   if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
+  CK(cudaFuncSetAttribute(k_pred_chain, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024));
   CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(128, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(64, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(32, ATT_THREADS / 32) * 4));
@@ -1375,10 +1522,12 @@ int dj_build(void* ev) {
     if (e->graphs[m]) { cudaGraphExecDestroy(e->graphs[m]); e->graphs[m] = nullptr; }
     cudaGraph_t g;
     CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
+    e->join_fix.clear();
     const int rc = record_step(e, m);
     cudaError_t ce = cudaStreamEndCapture(e->s0, &g);
     if (rc) { if (ce == cudaSuccess) cudaGraphDestroy(g); return -1; }
     if (ce != cudaSuccess) return fail("capture of mode %d failed: %s", m, cudaGetErrorString(ce));
+    if (fix_join_edges(e, g)) { cudaGraphDestroy(g); return -1; }
     CK(cudaGraphInstantiate(&e->graphs[m], g, 0));
     cudaGraphDestroy(g);
   }
@@ -1393,6 +1542,7 @@ int dj_graph_kernels(void* ev, int mode, int* count) {
   if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
   record_step(e, mode);
+  e->join_fix.clear();
   CK(cudaStreamEndCapture(e->s0, &g));
   size_t n = 0;
   CK(cudaGraphGetNodes(g, nullptr, &n));
