@@ -183,6 +183,8 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
   }
   __syncthreads();
   pc_stamp(a, 1);
+  // (The loop of predict.cuh's k_pred_hidden, repeated: a shared helper changed that default-path kernel's
+  // generated code, which was not re-measured on the GPU.)
   for (int j = blockIdx.x * NW + warp; j < a.rows; j += G * NW) {
     const uint4* wr = reinterpret_cast<const uint4*>(a.w1 + (size_t)j * d);
     float acc = 0.f;
