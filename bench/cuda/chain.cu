@@ -110,10 +110,6 @@ int main() {
     printf("selection: %d invalid, exact top-k of its scores: %s\n", bad, hi <= lo ? "yes" : "NO");
   }
   run("green 16 SMs, beside an HBM stream", (cudaStream_t)g.gp1, g.green, true);
-  opts = 1;
-  run("L2 prefetch: green 16, idle", (cudaStream_t)g.gp1, g.green, false);
-  run("L2 prefetch: green 16, beside HBM stream", (cudaStream_t)g.gp1, g.green, true);
-  run("L2 prefetch: whole GPU, 32 blocks, idle", sfull, 32, false);
   opts = 2;
   run("no histogram (timing): green 16, idle", (cudaStream_t)g.gp1, g.green, false);
   opts = 0;

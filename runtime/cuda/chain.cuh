@@ -50,8 +50,7 @@ struct ChainArgs {
   ChainMember m[PC_MAXM];
   ChainState* s;
   unsigned long long* stamps;  // (bench/cuda/chain.cu only: %globaltimer per block at phase ends, [block][16]; null)
-  int opts;  // bit 0: ask L2 for this block's w1 rows and w2 shares at entry (measured no gain; the engine passes 0);
-             // bit 1 (TIMING ONLY, wrong selections): no histogram counts
+  int opts;  // bit 1 (TIMING ONLY, wrong selections; bench/cuda/chain.cu): no histogram counts; the engine passes 0
 };
 
 // Dynamic shared memory of k_pred_chain: x (d floats), t (rows floats), and each big member's share of the scores.
@@ -143,22 +142,6 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
 
   // Phase 0: the tap's input x = X[r-1] + D[r] (and the parameter-free LayerNorm), then this block's w1 rows.
   pc_stamp(a, 0);
-  if ((a.opts & 1) && warp == 0) {
-    // The copy engine brings this block's weights into L2 while it loads x, runs its w1 rows and waits at the
-    // barrier: the scores' loads then wait on L2, not HBM (bulk prefetches of <= 32 KB, spread over the lanes).
-    auto pf = [&](const __half* p, size_t bytes) {
-      for (size_t o = (size_t)lane * 32768; o < bytes; o += 32 * 32768)
-        prefetch_l2_bulk(reinterpret_cast<const char*>(p) + o, (uint32_t)min((size_t)32768, bytes - o));
-    };
-    const int j0 = blockIdx.x * NW;
-    if (j0 < a.rows) pf(a.w1 + (size_t)j0 * d, (size_t)min(NW, a.rows - j0) * d * 2);
-    for (int mi = 0; mi < a.nm; mi++) {
-      const ChainMember& m = a.m[mi];
-      if (m.n <= PC_SMALL) { if (blockIdx.x == mi % G) pf(m.w2, (size_t)m.n * m.r * 2); continue; }
-      const int chunk = pc_chunk(m.n, G), lo = blockIdx.x * chunk, cnt = min(m.n, lo + chunk) - lo;
-      if (cnt > 0) pf(m.w2 + (size_t)lo * m.r, (size_t)cnt * m.r * 2);
-    }
-  }
   float4* x4 = reinterpret_cast<float4*>(xs);
   float s = 0.f, s2 = 0.f;
   for (int i = tid; i < n4; i += PC_THREADS) {

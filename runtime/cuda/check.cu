@@ -894,6 +894,15 @@ int main(int argc, char** argv) {
   long long mem;
   API_OK(dj_device_info(name, sizeof name, &n, &mem));
   printf("cuda-check on %s (%d SMs, %.1f GiB), seed %llu\n", name, n, mem / 1073741824.0, (unsigned long long)seed);
+  {  // A green partition the device cannot give: dj_create fails and says which setting and why.
+    setenv("DEJAVU_CUDA_GREEN", "100000", 1);
+    void* bad = dj_create(512, 256, 1, 8, 1024, 64, 40, 1e-5f);
+    unsetenv("DEJAVU_CUDA_GREEN");
+    const std::string msg = bad ? "" : dj_last_error();
+    printf("  DEJAVU_CUDA_GREEN=100000: %s\n", bad ? "(created)" : msg.c_str());
+    expect_true("engine refuses an impossible green partition, naming the setting", !bad && msg.find("DEJAVU_CUDA_GREEN=100000") != std::string::npos);
+    if (bad) dj_destroy(bad);
+  }
   test_embed();
   test_rows(384, 1000, 1000, MAP_ID, EPI_PLAIN, "rows K=384 n=1000 plain");
   test_rows(5120, 3000, 3000, MAP_ID, EPI_PLAIN, "rows K=5120 n=3000");

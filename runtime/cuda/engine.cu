@@ -144,9 +144,10 @@ struct Engine {
   // predictors' SMs. green_pdl: PDL on the main stream then (DEJAVU_CUDA_GREEN_PDL, default 1); green_join: also on
   // kernels that join a selection, their join edges made full edges after capture (DEJAVU_CUDA_GREEN_JOIN).
   int green = 0, green_main = 0;
-  bool green_pdl = true, green_join = false, green_now = false;
+  bool green_pdl = true, green_join = false;
   bool green_chain = true;  // there, each tap group's chain as one kernel (chain.cuh; DEJAVU_CUDA_GREEN_CHAIN=0: 3 kernels)
   cudaStream_t gm = nullptr, gp1 = nullptr, gp2 = nullptr;
+  CUgreenCtx gctx[2] = {nullptr, nullptr};  // predictors', main's (destroyed by dj_destroy)
   // (kernel node that joins a selection, the main-stream node before it): edges to fix after capture
   std::vector<std::pair<cudaGraphNode_t, cudaGraphNode_t>> join_fix;
   // Predictor chain of the streamed path (predict.cuh): pchain = the tap's input computed inside the w1 GEMV
@@ -212,13 +213,14 @@ static int dalloc(Engine* e, T** p, size_t n) {
 extern "C" {
 
 // Green contexts for the sparse graph (Engine::green): driver entry points through the runtime, so the library
-// needs no -lcuda. The green contexts live as long as the process (the driver keeps the primary context).
+// needs no -lcuda.
+static void* driver_entry(const char* name) {
+  void* f = nullptr;
+  cudaDriverEntryPointQueryResult q;
+  return cudaGetDriverEntryPointByVersion(name, &f, 13000, cudaEnableDefault, &q) == cudaSuccess ? f : nullptr;
+}
 static int setup_green(Engine* e) {
-  auto entry = [](const char* name) -> void* {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    return cudaGetDriverEntryPointByVersion(name, &f, 13000, cudaEnableDefault, &q) == cudaSuccess ? f : nullptr;
-  };
+  auto entry = driver_entry;
   auto get_res = (CUresult(*)(CUdevice, CUdevResource*, CUdevResourceType))entry("cuDeviceGetDevResource");
   auto split = (CUresult(*)(CUdevResource*, unsigned*, const CUdevResource*, CUdevResource*, unsigned, unsigned))
       entry("cuDevSmResourceSplitByCount");
@@ -231,13 +233,14 @@ static int setup_green(Engine* e) {
   CUdevResource all, grp, rem;
   unsigned ng = 1;
   CUdevResourceDesc dg, dr;
-  CUgreenCtx gp, gmc;
+  CUgreenCtx& gp = e->gctx[0];
+  CUgreenCtx& gmc = e->gctx[1];
   CUstream a, b, c;
   if (get_res(dev, &all, CU_DEV_RESOURCE_TYPE_SM) || split(&grp, &ng, &all, &rem, 0, e->green) || ng != 1 ||
       gen(&dg, &grp, 1) || gen(&dr, &rem, 1) || create(&gp, dg, dev, CU_GREEN_CTX_DEFAULT_STREAM) ||
       create(&gmc, dr, dev, CU_GREEN_CTX_DEFAULT_STREAM) || stream(&a, gmc, CU_STREAM_NON_BLOCKING, 0) ||
       stream(&b, gp, CU_STREAM_NON_BLOCKING, 0) || stream(&c, gp, CU_STREAM_NON_BLOCKING, 0))
-    return fail("DEJAVU_CUDA_GREEN=%d: no SM partition of that size on this device", e->green);
+    return fail("DEJAVU_CUDA_GREEN=%d: no SM partition of that size on this device (%d SMs)", e->green, e->sms);
   e->gm = (cudaStream_t)a; e->gp1 = (cudaStream_t)b; e->gp2 = (cudaStream_t)c;
   e->green = (int)grp.sm.smCount;
   e->green_main = (int)rem.sm.smCount;
@@ -398,6 +401,8 @@ int dj_destroy(void* ev) {
   cudaStreamDestroy(e->s1);
   cudaStreamDestroy(e->s2);
   if (e->gm) { cudaStreamDestroy(e->gm); cudaStreamDestroy(e->gp1); cudaStreamDestroy(e->gp2); }
+  if (auto destroy = (CUresult(*)(CUgreenCtx))driver_entry("cuGreenCtxDestroy"))
+    for (CUgreenCtx g : e->gctx) if (g) destroy(g);
   delete e;
   return 0;
 }
@@ -1183,7 +1188,6 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   std::vector<Group>& groups = fuse ? e->groups_side : e->groups;
   const bool side = preds && !(fuse && e->side_early);  // side-stream predictors beside the layers
   const bool green = side && e->gm && !prof && e->tma;  // main kernels and predictors on their own SMs
-  e->green_now = green;
   cudaStream_t s0 = green ? e->gm : e->s0, s1 = prof ? e->s0 : green ? e->gp1 : e->s1,
                s2 = prof ? e->s0 : green ? e->gp2 : e->s2;
   size_t evi = 0;
