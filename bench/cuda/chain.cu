@@ -22,18 +22,8 @@ __global__ void k_hog(const uint4* w, size_t n16, volatile int* stop, float* out
   if (acc == 1.2345f) out[0] = acc;
 }
 
-// Stands for the kernel writing the tap: lets its dependents launch at entry, then runs ~ns.
-__global__ void k_gate(unsigned long long ns, unsigned long long* end) {
-  pdl_trigger();
-  unsigned long long t0, t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-  do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); while (t - t0 < ns);
-  if (threadIdx.x == 0) *end = t;
-}
-
-int main(int argc, char** argv) {
-  setvbuf(stdout, nullptr, _IOLBF, 0);  // (lines reach a pipe as they are printed, also if a run hangs)
-  const std::string only = argc > 1 ? argv[1] : "";  // "plain" or "early": that part alone
+int main() {
+  setvbuf(stdout, nullptr, _IOLBF, 0);  // (lines reach a pipe as they are printed, also if a run hangs: run it under timeout)
   const int d = 5120, H = 40, F = 20480, r = 128, rows = 2 * r, COPIES = 24;
   Engine g;
   g.green = 16;
@@ -53,29 +43,19 @@ int main(int argc, char** argv) {
   CU(cudaMalloc(&sc0, H * 4)); CU(cudaMalloc(&sc1, F * 4)); CU(cudaMalloc(&sel0, H * 4)); CU(cudaMalloc(&sel1, F * 4));
   CU(cudaMalloc(&S, sizeof(ChainState))); CU(cudaMalloc(&st, 132 * 16 * 8)); CU(cudaMalloc(&hogout, 4));
   CU(cudaMallocManaged(&stop, 4));
-  unsigned long long* gate_end;
-  cudaStream_t gm2;  // a second main-partition stream (the hog occupies g.gm)
-  {
-    auto stream = (CUresult(*)(CUstream*, CUgreenCtx, unsigned, int))driver_entry("cuGreenCtxStreamCreate");
-    CUstream cs;
-    if (!stream || stream(&cs, g.gctx[1], CU_STREAM_NON_BLOCKING, 0)) { printf("no second main stream\n"); return 1; }
-    gm2 = (cudaStream_t)cs;
-  }
-  CU(cudaMalloc(&gate_end, 8));
   { std::vector<float> x(d); for (auto& v : x) v = nd(rng); CU(cudaMemcpy(X, x.data(), d * 4, cudaMemcpyHostToDevice)); CU(cudaMemset(Dl, 0, d * 4)); }
   uint4* hogw;
   const size_t hog_bytes = 2ull << 30;
   CU(cudaMalloc(&hogw, hog_bytes));
   CU(cudaMemset(hogw, 0, hog_bytes));
-  CU(cudaFuncSetAttribute(k_pred_chain, cudaFuncAttributeMaxDynamicSharedMemorySize, PC_SMEM_MAX));
+  CU(cudaFuncSetAttribute(k_pred_chain, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024));
   cudaStream_t sfull, shog;
   CU(cudaStreamCreateWithFlags(&sfull, cudaStreamNonBlocking));
   CU(cudaStreamCreateWithFlags(&shog, cudaStreamNonBlocking));
   cudaEvent_t e0, e1;
   CU(cudaEventCreate(&e0)); CU(cudaEventCreate(&e1));
 
-  int opts = 0, cur_grid = 16;
-  bool w1s_on = true;
+  int opts = 0;
   auto args = [&](int c, bool stamps) {
     ChainArgs a{};
     a.opts = opts;
@@ -83,17 +63,14 @@ int main(int argc, char** argv) {
     a.d = d; a.rows = rows; a.w1 = W + per * c; a.t = t; a.nm = 2; a.s = S; a.stamps = stamps ? st : nullptr;
     a.m[0] = ChainMember{W + per * c + (size_t)rows * d, H, r, 8, 0, sc0, sel0};
     a.m[1] = ChainMember{W + per * c + (size_t)rows * d + (size_t)H * r, F, r, 1024, r, sc1, sel1};
-    a.w1s = w1s_on && pc_w1s(a, cur_grid);
     return a;
   };
   auto run = [&](const char* name, cudaStream_t s, int grid, bool hog) {
     CU(cudaMemset(S, 0, sizeof(ChainState)));
     if (hog) { *stop = 0; CU(cudaDeviceSynchronize()); k_hog<<<g.green_main * 2, 512, 0, g.gm>>>(hogw, hog_bytes / 16, stop, hogout); }
     std::vector<float> ms;
-    cur_grid = grid;
     for (int it = 0; it < 40; it++) {
       ChainArgs a = args(it % COPIES, it == 39);
-      if (it == 39) CU(cudaMemsetAsync(st, 0, 132 * 16 * 8, s));
       CU(cudaEventRecord(e0, s));
       k_pred_chain<<<grid, PC_THREADS, pc_smem(a, grid), s>>>(a);
       CU(cudaEventRecord(e1, s));
@@ -109,9 +86,9 @@ int main(int argc, char** argv) {
     unsigned long long t0 = ~0ull;
     for (int b = 0; b < grid; b++) t0 = std::min(t0, h[b * 16]);
     printf("%-34s grid %3d: %6.1f us/launch (event, median of 35)  phases (us from first entry, median over blocks):", name, grid, ms[ms.size() / 2]);
-    const char* ph[] = {"entry", "x", "w1", "bar1", "t", "sc-loop", "merge", "scores", "last", "end"};
-    const int idx[] = {0, 1, 2, 3, 9, 10, 11, 4, 5, 8};
-    for (int i = 0; i < 10; i++) {
+    const char* ph[] = {"entry", "x", "w1", "bar1", "t", "sc-loop", "merge", "scores", "bar2", "bar3", "bar4", "end"};
+    const int idx[] = {0, 1, 2, 3, 9, 10, 11, 4, 5, 6, 7, 8};
+    for (int i = 0; i < 12; i++) {
       std::vector<double> v;
       for (int b = 0; b < grid; b++) if (h[b * 16 + idx[i]]) v.push_back((h[b * 16 + idx[i]] - t0) / 1e3);
       std::sort(v.begin(), v.end());
@@ -120,7 +97,6 @@ int main(int argc, char** argv) {
     printf("\n");
   };
   // Check the selection once: exact top-k of its own scores.
-  if (only != "early") {
   run("green 16 SMs, idle", (cudaStream_t)g.gp1, g.green, false);
   {
     std::vector<float> s(F);
@@ -140,85 +116,6 @@ int main(int argc, char** argv) {
   opts = 0;
   run("whole GPU, 32 blocks, idle", sfull, 32, false);
   run("whole GPU, 128 blocks, idle", sfull, 128, false);
-  }
-  if (only == "plain") return 0;
-  // Launched ahead of its tap (the engine's DEJAVU_CUDA_GREEN_EARLY): a gate kernel on the main partition stands
-  // for the tap's writer (it triggers its dependents at entry, then runs `gate_us`), the chain hangs off it by a
-  // programmatic edge, prefetches its weights into L2 and waits. Timed: from the gate's end to the selection.
-  auto early = [&](const char* name, bool prog, bool hog) {
-    CU(cudaMemset(S, 0, sizeof(ChainState)));
-    cur_grid = g.green;
-    cudaStream_t sm_ = gm2, sp = (cudaStream_t)g.gp1;
-    const int NG = 8;  // graphs on different weight copies (63 MB: the weights do not stay in L2 between launches)
-    std::vector<cudaGraphExec_t> ex(NG);
-    std::vector<cudaEvent_t> evs;
-    for (int c = 0; c < NG; c++) {
-      ChainArgs a = args(c, true);
-      a.prefetch = prog;
-      cudaGraph_t gr;
-      cudaEvent_t f, j;
-      CU(cudaEventCreateWithFlags(&f, cudaEventDisableTiming)); CU(cudaEventCreateWithFlags(&j, cudaEventDisableTiming));
-      evs.push_back(f); evs.push_back(j);
-      CU(cudaStreamBeginCapture(sm_, cudaStreamCaptureModeThreadLocal));
-      k_gate<<<1, 32, 0, sm_>>>(20000, gate_end);
-      CU(cudaEventRecord(f, sm_)); CU(cudaStreamWaitEvent(sp, f, 0));
-      k_pred_chain<<<g.green, PC_THREADS, pc_smem(a, g.green), sp>>>(a);
-      CU(cudaEventRecord(j, sp)); CU(cudaStreamWaitEvent(sm_, j, 0));
-      CU(cudaStreamEndCapture(sm_, &gr));
-      if (prog) {  // the gate -> chain edge made programmatic
-        size_t n = 0;
-        CU(cudaGraphGetRootNodes(gr, nullptr, &n));
-        std::vector<cudaGraphNode_t> roots(n);
-        CU(cudaGraphGetRootNodes(gr, roots.data(), &n));
-        cudaGraphNode_t gate = roots[0], chain = nullptr;
-        size_t no = 1;
-        CU(cudaGraphNodeGetDependentNodes(gate, &chain, nullptr, &no));
-        cudaGraphEdgeData full{}, pe{};
-        pe.from_port = cudaGraphKernelNodePortProgrammatic; pe.type = cudaGraphDependencyTypeProgrammatic;
-        CU(cudaGraphRemoveDependencies(gr, &gate, &chain, &full, 1));
-        CU(cudaGraphAddDependencies(gr, &gate, &chain, &pe, 1));
-      }
-      CU(cudaGraphInstantiate(&ex[c], gr, 0));
-      cudaGraphDestroy(gr);
-    }
-    if (hog) { *stop = 0; CU(cudaDeviceSynchronize()); k_hog<<<g.green_main * 2, 512, 0, g.gm>>>(hogw, hog_bytes / 16, stop, hogout); }
-    const char* ph[] = {"past-wait", "x", "w1", "bar1", "scores", "last", "end"};
-    const int idx[] = {12, 1, 2, 3, 4, 5, 8};
-    std::vector<std::vector<double>> v(7);
-    std::vector<unsigned long long> h(132 * 16);
-    unsigned long long ge;
-    for (int it = 0; it < 40; it++) {
-      CU(cudaMemsetAsync(st, 0, 132 * 16 * 8, sm_));
-      CU(cudaGraphLaunch(ex[it % NG], sm_));
-      CU(cudaMemcpyAsync(h.data(), st, h.size() * 8, cudaMemcpyDeviceToHost, sm_));
-      CU(cudaMemcpyAsync(&ge, gate_end, 8, cudaMemcpyDeviceToHost, sm_));
-      CU(cudaStreamSynchronize(sm_));
-      if (it < 5) continue;
-      for (int p = 0; p < 7; p++) {  // the median block's stamp (last/end: the last block's), from the gate's end
-        std::vector<double> b;
-        for (int k = 0; k < g.green; k++) if (h[k * 16 + idx[p]]) b.push_back(((double)h[k * 16 + idx[p]] - (double)ge) / 1e3);
-        std::sort(b.begin(), b.end());
-        if (!b.empty()) v[p].push_back(b[b.size() / 2]);
-      }
-    }
-    if (hog) *stop = 1;
-    CU(cudaDeviceSynchronize());
-    for (auto x : ex) cudaGraphExecDestroy(x);
-    for (auto x : evs) cudaEventDestroy(x);
-    printf("%-44s from the gate's end (us, medians):", name);
-    for (int p = 0; p < 7; p++) {
-      std::sort(v[p].begin(), v[p].end());
-      printf(" %s %.1f", ph[p], v[p].empty() ? -1.0 : v[p][v[p].size() / 2]);
-    }
-    printf("\n");
-  };
-  early("after the tap (full edge), idle", false, false);
-  early("ahead of the tap (programmatic edge), idle", true, false);
-  early("after the tap (full edge), beside HBM stream", false, true);
-  early("ahead of the tap (programmatic edge), beside HBM", true, true);
-  w1s_on = false;
-  early("w1 from L2/HBM, after the tap, beside HBM", false, true);
-  early("w1 from L2/HBM, ahead of the tap, beside HBM", true, true);
   printf("chain: done\n");
   return 0;
 }

@@ -1,22 +1,23 @@
 // The whole predictor chain of one tap group as ONE kernel, for the green-context partition (engine.cu
-// Engine::green): the tap's input, the stacked w1 rows, a grid barrier, every member's w2 scores, then an exact
-// top-k done by the last block to finish its scores. Why: on a partition of 16 SMs the three-kernel chain
-// (k_pred_hidden, k_pred_scores, k_topk_select) took ~46 us per tap group (13B, H200), far longer than the ~22 us
-// between a tap and the MLP that needs its selection; its time went to launches, waves and dependent L2 round
-// trips, not to its 7.9 MB of bytes. Under the main stream's HBM traffic every grid-wide round trip costs 2-7 us,
-// so there is one barrier (t is needed whole by every block) and the selection needs none: the other blocks
-// leave after merging their histograms (ninth session; the eighth's three grid-wide histogram rounds took ~24 us).
-// With `prefetch` (engine: DEJAVU_CUDA_GREEN_EARLY) the kernel is launched ahead of its tap and first asks L2
-// for its weights, so the chain after the tap reads L2, not HBM.
+// Engine::green): the tap's input, the stacked w1 rows, every member's w2 scores and an exact top-k, separated by
+// grid barriers instead of kernel boundaries. Why: on a partition of 16 SMs the three-kernel chain (k_pred_hidden,
+// k_pred_scores, k_topk_select) took ~46 us per tap group (13B, H200), far longer than the ~22 us between a tap and
+// the MLP that needs its selection; its time went to launches, waves and dependent L2 round trips (a global
+// histogram with one atomic per score, then a candidate list ranked by one block), not to its 7.9 MB of bytes.
+// Here every block keeps its share of the scores in shared memory, and the threshold is found by three histogram
+// rounds (key bits 31..20, 19..8, 7..0), each one block-local histogram merged into a global one, then read back
+// whole by every block: no block waits on another block's serial work.
 //
 // Grid: at most the blocks that are resident at once (the partition's SMs, one block each), since blocks wait for
 // each other. Members with n <= PC_SMALL (attention heads) are ranked whole by one block, with no barrier.
 //
-// Status: off unless DEJAVU_CUDA_GREEN is set; measurements in docs/cuda.md (v18, v19).
+// Status (eighth session, bench/results/cuda-13b-green-contexts-h200-2026-11-21-s8.txt): correct (cuda-check: every
+// selection an exact top-k of its own scores) but NOT fast enough to be the default: 28.7 us per 13B tap group on
+// 16 idle SMs, ~48 us beside the main stream's HBM traffic, against a ~22 us window; the three histogram rounds and
+// their barriers are about half of it. Off unless DEJAVU_CUDA_GREEN is set.
 #pragma once
 #include "kernels.cuh"
 #include "fused.cuh"
-#include "tma.cuh"
 
 namespace dj {
 
@@ -26,11 +27,11 @@ constexpr int PC_SMALL = 1024;  // members with at most this many outputs: one b
 constexpr int PC_BATCH = 20;    // w1: 16-byte vectors a lane has in flight (13B: a whole 10 KB row a warp)
 constexpr int PC_U = 8;         // scores: rows a lane has in flight (2 vectors each)
 constexpr int PC_MAXR = 128;    // ranks the scores layout covers (8 lanes x 2 vectors x 8 halves)
-constexpr int PC_SMEM_MAX = 200 * 1024;  // dynamic shared memory (beside ~21 KB static, under the 227 KB a block)
 
 struct ChainState {
-  unsigned bar, done;         // grid barrier, blocks done with their scores (both monotone, +G a launch; zeroed once)
-  unsigned h1[PC_MAXM][4096];  // top-12-bit key histograms (zeroed by their reader, the last block)
+  unsigned bar;                       // grid barrier counter (monotone; reset when the graphs are built)
+  unsigned n_sel[PC_MAXM], taken_eq[PC_MAXM];
+  unsigned h1[PC_MAXM][4096], h2[PC_MAXM][4096], h3[PC_MAXM][256];
 };
 
 struct ChainMember {
@@ -50,31 +51,16 @@ struct ChainArgs {
   ChainState* s;
   unsigned long long* stamps;  // (bench/cuda/chain.cu only: %globaltimer per block at phase ends, [block][16]; null)
   int opts;  // bit 1 (TIMING ONLY, wrong selections; bench/cuda/chain.cu): no histogram counts; the engine passes 0
-  int prefetch;  // 1: ask L2 for this block's w2 rows at entry, before waiting for the tap (pdl_wait)
-  int w1s;       // 1: this block's w1 rows copied into shared memory at entry (pc_w1s)
 };
 
-// Dynamic shared memory of k_pred_chain: x (d floats), t (rows floats), then one buffer used twice: this block's
-// w1 rows (copied in at entry, when they fit: w1s) and later, in the last block, the largest big member's keys.
+// Dynamic shared memory of k_pred_chain: x (d floats), t (rows floats), and each big member's share of the scores.
 __host__ __device__ inline int pc_chunk(int n, int grid) { return (n + grid - 1) / grid; }
-__host__ __device__ inline int pc_buf_off(int d, int rows) { return (d + rows + 3) & ~3; }  // floats, 16-byte aligned
-__host__ __device__ inline int pc_w1_rows(int rows, int grid) {  // rows a block owns (warp w: rows b*NW+w+k*G*NW)
-  const int nw = PC_THREADS / 32;
-  return pc_chunk(rows, grid * nw) * nw;
-}
-inline size_t pc_smem_n(int d, int rows, int nmax, int grid, bool w1s) {
-  const size_t w1 = w1s ? (size_t)pc_w1_rows(rows, grid) * d / 2 : 0;  // floats
-  return ((size_t)pc_buf_off(d, rows) + std::max(w1, (size_t)nmax)) * 4;
-}
-inline int pc_nmax(const ChainArgs& a) {
-  int nmax = 0;
+inline size_t pc_smem(const ChainArgs& a, int grid) {
+  size_t f = (size_t)a.d + a.rows;
   for (int i = 0; i < a.nm; i++)
-    if (a.m[i].n > PC_SMALL) nmax = std::max(nmax, a.m[i].n);
-  return nmax;
+    if (a.m[i].n > PC_SMALL) f += pc_chunk(a.m[i].n, grid);
+  return f * 4;
 }
-// Whether this block's w1 rows fit shared memory beside the rest (then they are copied in at entry).
-inline bool pc_w1s(const ChainArgs& a, int grid) { return pc_smem_n(a.d, a.rows, pc_nmax(a), grid, true) <= PC_SMEM_MAX; }
-inline size_t pc_smem(const ChainArgs& a, int grid) { return pc_smem_n(a.d, a.rows, pc_nmax(a), grid, a.w1s); }
 
 // Grid barrier (all blocks resident). A 2 s guard traps instead of hanging when they are not.
 __device__ __forceinline__ void pc_barrier(unsigned* bar) {
@@ -95,17 +81,15 @@ __device__ __forceinline__ void pc_barrier(unsigned* bar) {
   __syncthreads();
 }
 
-// Which bin of a 4096- (or 256-) bin histogram holds the k-th largest: every thread owns up to 8 consecutive bins
-// from the top; returns the bin, and sets *s_rem to how many to take from it. GLOBAL: h is in global memory, filled
-// by other blocks' atomics (read through L2).
-template <bool GLOBAL>
+// Which bin of a 4096- (or 256-) bin histogram, read from global memory, holds the k-th largest: every thread
+// owns 8 consecutive bins from the top; returns the bin, and sets *rem to how many to take from it.
 __device__ int pc_find_bin(const unsigned* h, int nbins, int k, int* tmp, int* s_bin, int* s_rem) {
   const int per = nbins / PC_THREADS > 0 ? nbins / PC_THREADS : 1, tid = threadIdx.x;
   int c[8], tot = 0;
 #pragma unroll
   for (int i = 0; i < 8; i++) {
     const int b = nbins - 1 - per * tid - i;
-    c[i] = i < per && b >= 0 && tid * per < nbins ? (int)(GLOBAL ? __ldcg(h + b) : h[b]) : 0;
+    c[i] = i < per && b >= 0 && tid * per < nbins ? (int)__ldcg(h + b) : 0;
     tot += c[i];
   }
   int total;
@@ -123,6 +107,19 @@ __device__ int pc_find_bin(const unsigned* h, int nbins, int k, int* tmp, int* s
   return b;
 }
 
+// Merge a block-local histogram into the global one (only bins with counts: scores crowd into few bins).
+__device__ __forceinline__ void pc_merge(unsigned* hs, unsigned* hg, int nbins) {
+  __syncthreads();
+  for (int i = threadIdx.x; i < nbins; i += PC_THREADS)
+    if (hs[i]) atomicAdd(hg + i, hs[i]);
+}
+
+// This block's slice of a 4096-bin global histogram, zeroed for the next launch.
+__device__ __forceinline__ void pc_clear(unsigned* h) {
+  const int lo = blockIdx.x * 4096 / gridDim.x, hi = (blockIdx.x + 1) * 4096 / gridDim.x;
+  for (int i = lo + threadIdx.x; i < hi; i += PC_THREADS) h[i] = 0u;
+}
+
 __device__ __forceinline__ void pc_stamp(const ChainArgs& a, int i) {
   if (a.stamps && threadIdx.x == 0) {
     unsigned long long t;
@@ -131,100 +128,20 @@ __device__ __forceinline__ void pc_stamp(const ChainArgs& a, int i) {
   }
 }
 
-// The exact top-k of one big member, by the last block alone: its scores (all blocks') into shared memory as keys,
-// the bin of the k-th largest at bits 31..20 from the global histogram every block merged into, then bits 19..8 and
-// 7..0 from block-local histograms of that bin's keys; keys above the threshold are taken, equal ones while the
-// count allows. Clears the global histogram for the next launch (this block is its only reader).
-__device__ void pc_select(const ChainMember& m, unsigned* hg, uint32_t* ks, unsigned* hs, int* tmp, int* s_bin,
-                          int* s_rem, unsigned* s_cnt) {
-  const int tid = threadIdx.x;
-  // All scores in one round trip (16 float4 a thread in flight): a plain loop issued them one by one, ~23 us.
-  constexpr int LB = 16;
-  const int n4 = m.n >> 2;
-  for (int i0 = tid; i0 < n4; i0 += PC_THREADS * LB) {
-    float4 v[LB];
-#pragma unroll
-    for (int u = 0; u < LB; u++)
-      if (i0 + u * PC_THREADS < n4) v[u] = __ldcg(reinterpret_cast<const float4*>(m.scores) + i0 + u * PC_THREADS);
-#pragma unroll
-    for (int u = 0; u < LB; u++)
-      if (i0 + u * PC_THREADS < n4)
-        reinterpret_cast<uint4*>(ks)[i0 + u * PC_THREADS] = make_uint4(f2key(v[u].x), f2key(v[u].y), f2key(v[u].z), f2key(v[u].w));
-  }
-  for (int i = 4 * n4 + tid; i < m.n; i += PC_THREADS) ks[i] = f2key(__ldcg(m.scores + i));
-  uint32_t pre = (uint32_t)pc_find_bin<true>(hg, 4096, m.k, tmp, s_bin, s_rem) << 20;
-  int rem = *s_rem;
-  for (int i = tid; i < 4096; i += PC_THREADS) { hg[i] = 0u; hs[i] = 0u; }
-  if (tid < 2) s_cnt[tid] = 0u;
-  __syncthreads();
-  for (int i = tid; i < m.n; i += PC_THREADS)
-    if ((ks[i] & 0xfff00000u) == pre) atomicAdd(&hs[(ks[i] >> 8) & 4095], 1u);
-  __syncthreads();
-  pre |= (uint32_t)pc_find_bin<false>(hs, 4096, rem, tmp, s_bin, s_rem) << 8;
-  rem = *s_rem;
-  for (int i = tid; i < 256; i += PC_THREADS) hs[i] = 0u;
-  __syncthreads();
-  for (int i = tid; i < m.n; i += PC_THREADS)
-    if ((ks[i] & 0xffffff00u) == pre) atomicAdd(&hs[ks[i] & 255], 1u);
-  __syncthreads();
-  pre |= (uint32_t)pc_find_bin<false>(hs, 256, rem, tmp, s_bin, s_rem);
-  const int take_eq = *s_rem;
-  for (int i0 = 0; i0 < m.n; i0 += PC_THREADS) {
-    const int i = i0 + tid;
-    bool take = false;
-    if (i < m.n) take = ks[i] > pre || (ks[i] == pre && (int)atomicAdd(&s_cnt[1], 1u) < take_eq);
-    warp_append(take, i, &s_cnt[0], m.sel);
-  }
-  __syncthreads();
-}
-
 __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
   extern __shared__ __align__(16) float sm[];
   __shared__ unsigned hs[4096];
   __shared__ uint32_t keys[PC_SMALL];
   __shared__ int tmp[33], s_bin, s_rem, s_base;
-  __shared__ unsigned s_cnt[2], s_last;
-  __shared__ __align__(8) uint64_t wbar;
   __shared__ float red[32];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, NW = PC_THREADS / 32, G = gridDim.x;
   const int d = a.d, n4 = d >> 2, nvec = d >> 3;
   float* xs = sm;
   float* ts = sm + d;
-  __half* w1b = reinterpret_cast<__half*>(sm + pc_buf_off(d, a.rows));
   ChainState* S = a.s;
 
-  pc_stamp(a, 0);
-  // This block's w1 rows (which no kernel writes) into shared memory by the copy engine, issued before anything
-  // waits: ~160 KB a block in flight at once, where register loads keep far fewer bytes in flight per SM.
-  if (a.w1s && tid == 0) {
-    mbar_init(&wbar, 1);
-    mbar_fence_init();
-    int nr = 0;
-    for (int j = blockIdx.x * NW; j < a.rows; j += G * NW) nr += min(NW, a.rows - j);
-    mbar_expect_tx(&wbar, (unsigned)nr * d * 2);
-    const uint64_t pol = policy_evict_first();
-    for (int j0 = blockIdx.x * NW, k = 0; j0 < a.rows; j0 += G * NW, k++)
-      for (int w = 0; w < NW && j0 + w < a.rows; w++)
-        bulk_g2s(w1b + (size_t)(k * NW + w) * d, a.w1 + (size_t)(j0 + w) * d, (uint32_t)d * 2, &wbar, pol);
-  }
-  // Launched ahead of the tap (engine: a programmatic edge from the kernel that writes it), the blocks first ask
-  // L2 for the weights they will read, which do not depend on the tap, then wait for it. (pdl_wait is a no-op
-  // without such an edge.)
-  if (a.prefetch) {
-    for (int mi = 0; mi < a.nm; mi++) {
-      const ChainMember& m = a.m[mi];
-      if (m.n <= PC_SMALL) continue;
-      const int chunk = pc_chunk(m.n, G), lo = blockIdx.x * chunk, hi = min(m.n, lo + chunk);
-      const size_t bytes = hi > lo ? (size_t)(hi - lo) * m.r * 2 : 0;
-      const char* p = reinterpret_cast<const char*>(m.w2 + (size_t)lo * m.r);
-      for (size_t o = (size_t)tid * 16384; o < bytes; o += (size_t)PC_THREADS * 16384)
-        prefetch_l2_bulk(p + o, (uint32_t)min((size_t)16384, bytes - o));
-    }
-  }
-  pdl_wait();
-  pc_stamp(a, 12);
-
   // Phase 0: the tap's input x = X[r-1] + D[r] (and the parameter-free LayerNorm), then this block's w1 rows.
+  pc_stamp(a, 0);
   float4* x4 = reinterpret_cast<float4*>(xs);
   float s = 0.f, s2 = 0.f;
   for (int i = tid; i < n4; i += PC_THREADS) {
@@ -251,17 +168,9 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
   pc_stamp(a, 1);
   // (The loop of predict.cuh's k_pred_hidden, repeated: a shared helper changed that default-path kernel's
   // generated code, which was not re-measured on the GPU.)
-  if (a.w1s) mbar_wait(&wbar, 0);
-  for (int j = blockIdx.x * NW + warp, k = 0; j < a.rows; j += G * NW, k++) {
-    float acc = 0.f;
-    if (a.w1s) {
-      const uint4* wr = reinterpret_cast<const uint4*>(w1b + (size_t)(k * NW + warp) * d);
-      for (int c = lane; c < nvec; c += 32) acc += dot8(wr[c], xs + 8 * c);
-      acc = warp_sum(acc);
-      if (lane == 0) a.t[j] = acc;
-      continue;
-    }
+  for (int j = blockIdx.x * NW + warp; j < a.rows; j += G * NW) {
     const uint4* wr = reinterpret_cast<const uint4*>(a.w1 + (size_t)j * d);
+    float acc = 0.f;
     for (int c0 = lane; c0 < nvec; c0 += 32 * PC_BATCH) {
       uint4 w[PC_BATCH];
 #pragma unroll
@@ -278,12 +187,15 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
   pc_barrier(&S->bar);
   pc_stamp(a, 3);
 
-  // Phase 1: t into shared memory; scores: small members whole in one block (ranked right here), big ones a share
-  // per block, written out and counted into a block-local histogram of their top 12 key bits, merged into the
-  // global one.
+  // Phase 1: t into shared memory; block 0 clears what phases 3-4 accumulate into (their last readers were the
+  // previous launch); scores: small members whole in one block (ranked right here), big ones a share per block.
+  if (blockIdx.x == 0 && tid < PC_MAXM) { S->n_sel[tid] = 0u; S->taken_eq[tid] = 0u; }
+  if (blockIdx.x == 0)
+    for (int i = tid; i < PC_MAXM * 256; i += PC_THREADS) (&S->h3[0][0])[i] = 0u;
   for (int i = tid; i < a.rows; i += PC_THREADS) ts[i] = __ldcg(a.t + i);
   __syncthreads();
   pc_stamp(a, 9);
+  float* sc = ts + a.rows;  // big members' shares, one after the other
   for (int mi = 0; mi < a.nm; mi++) {
     const ChainMember& m = a.m[mi];
     const bool small = m.n <= PC_SMALL;
@@ -325,13 +237,16 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
         if (j < hi && s8 == 0) {
           m.scores[j] = acc;
           if (small) keys[j] = f2key(acc);
-          else if (!(a.opts & 2)) atomicAdd(&hs[f2key(acc) >> 20], 1u);
+          else {
+            sc[j - lo] = acc;
+            if (!(a.opts & 2)) atomicAdd(&hs[f2key(acc) >> 20], 1u);
+          }
         }
       }
     }
-    __syncthreads();
     if (small) {
       // Rank by counting: rank(i) = #{j : key_j > key_i or (key_j == key_i and j < i)}; keep rank < k.
+      __syncthreads();
       for (int i0 = 0; i0 < m.n; i0 += PC_THREADS) {
         const int i = i0 + tid;
         int keep = 0;
@@ -350,31 +265,70 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
       }
     } else {
       pc_stamp(a, 10);
-      for (int i = tid; i < 4096; i += PC_THREADS)  // only bins with counts: scores crowd into few bins
-        if (hs[i]) atomicAdd(&S->h1[mi][i], hs[i]);
+      pc_merge(hs, S->h1[mi], 4096);
       pc_stamp(a, 11);
+      sc += chunk;
     }
     __syncthreads();
   }
-  pc_stamp(a, 4);
   bool any_big = false;
   for (int mi = 0; mi < a.nm; mi++) any_big |= a.m[mi].n > PC_SMALL;
+  pc_stamp(a, 4);
   if (!any_big) return;
-
-  // The last block to finish its scores selects (no grid barrier: the others leave). The counter is monotone and
-  // every launch adds G, so "last" is the arrival that completes a multiple of G.
-  if (tid == 0) {
-    __threadfence();
-    s_last = (atomicAdd(&S->done, 1u) + 1u) % (unsigned)G == 0u;
-    __threadfence();
-  }
-  __syncthreads();
-  if (!s_last) return;
+  pc_barrier(&S->bar);
   pc_stamp(a, 5);
-  uint32_t* ks = reinterpret_cast<uint32_t*>(w1b);
-  for (int mi = 0; mi < a.nm; mi++)
-    if (a.m[mi].n > PC_SMALL) pc_select(a.m[mi], S->h1[mi], ks, hs, tmp, &s_bin, &s_rem, s_cnt);
-  pc_stamp(a, 8);
+
+  // Phases 2-4, per big member: the bin of the k-th largest key at bits 31..20, then 19..8, then 7..0, each from a
+  // global histogram every block reads whole; then every block appends its keys above the threshold key and takes
+  // keys equal to it while the count allows (arrival order, as the three-kernel chain does).
+  uint32_t pre[PC_MAXM];
+  int rem[PC_MAXM];
+  for (int phase = 2; phase <= 4; phase++) {
+    sc = ts + a.rows;
+    for (int mi = 0; mi < a.nm; mi++) {
+      const ChainMember& m = a.m[mi];
+      if (m.n <= PC_SMALL) continue;
+      const int chunk = pc_chunk(m.n, G), lo = blockIdx.x * chunk, cnt = max(0, min(m.n, lo + chunk) - lo);
+      if (phase == 2) {
+        pre[mi] = (uint32_t)pc_find_bin(S->h1[mi], 4096, m.k, tmp, &s_bin, &s_rem) << 20;
+        rem[mi] = s_rem;
+        for (int i = tid; i < 4096; i += PC_THREADS) hs[i] = 0u;
+        __syncthreads();
+        for (int i = tid; i < cnt; i += PC_THREADS) {
+          const uint32_t kk = f2key(sc[i]);
+          if ((kk & 0xfff00000u) == pre[mi]) atomicAdd(&hs[(kk >> 8) & 4095], 1u);
+        }
+        pc_merge(hs, S->h2[mi], 4096);
+      } else if (phase == 3) {
+        pre[mi] |= (uint32_t)pc_find_bin(S->h2[mi], 4096, rem[mi], tmp, &s_bin, &s_rem) << 8;
+        rem[mi] = s_rem;
+        pc_clear(S->h1[mi]);  // (read in phase 2)
+        for (int i = tid; i < 256; i += PC_THREADS) hs[i] = 0u;
+        __syncthreads();
+        for (int i = tid; i < cnt; i += PC_THREADS) {
+          const uint32_t kk = f2key(sc[i]);
+          if ((kk & 0xffffff00u) == pre[mi]) atomicAdd(&hs[kk & 255], 1u);
+        }
+        pc_merge(hs, S->h3[mi], 256);
+      } else {
+        pre[mi] |= (uint32_t)pc_find_bin(S->h3[mi], 256, rem[mi], tmp, &s_bin, &s_rem);
+        const int take_eq = s_rem;
+        pc_clear(S->h2[mi]);  // (read in phase 3)
+        for (int i0 = 0; i0 < cnt; i0 += PC_THREADS) {
+          const int i = i0 + tid;
+          bool take = false;
+          if (i < cnt) {
+            const uint32_t kk = f2key(sc[i]);
+            take = kk > pre[mi] || (kk == pre[mi] && (int)atomicAdd(&S->taken_eq[mi], 1u) < take_eq);
+          }
+          warp_append(take, lo + i, &S->n_sel[mi], m.sel);
+        }
+      }
+      sc += chunk;
+    }
+    if (phase < 4) pc_barrier(&S->bar);
+    pc_stamp(a, 4 + phase);  // 6, 7: after the barriers of phases 2, 3; 8: the end
+  }
 }
 
 }  // namespace dj

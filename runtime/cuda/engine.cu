@@ -146,11 +146,6 @@ struct Engine {
   int green = 0, green_main = 0;
   bool green_pdl = true, green_join = false;
   bool green_chain = true;  // there, each tap group's chain as one kernel (chain.cuh; DEJAVU_CUDA_GREEN_CHAIN=0: 3 kernels)
-  // green_early (DEJAVU_CUDA_GREEN_EARLY=1): that kernel's edge from the main kernel writing its tap is made a
-  // programmatic edge after capture (fix_early_edges), so its blocks start when that kernel triggers its dependents,
-  // ask L2 for their weights, and wait (pdl_wait) for the tap.
-  bool green_early = false;
-  std::vector<std::pair<cudaGraphNode_t, cudaGraphNode_t>> early_fix;  // (chain kernel, tap writer)
   cudaStream_t gm = nullptr, gp1 = nullptr, gp2 = nullptr;
   CUgreenCtx gctx[2] = {nullptr, nullptr};  // predictors', main's (destroyed by dj_destroy)
   // (kernel node that joins a selection, the main-stream node before it): edges to fix after capture
@@ -274,22 +269,6 @@ static int fix_join_edges(Engine* e, cudaGraph_t g) {
   return 0;
 }
 
-// Edges from a tap's writer to its chain kernel (Engine::green_early): full edges from capture, made programmatic.
-static int fix_early_edges(Engine* e, cudaGraph_t g) {
-  for (auto [node, prev] : e->early_fix) {
-    cudaGraphNodeType ty;
-    CK(cudaGraphNodeGetType(prev, &ty));
-    if (ty != cudaGraphNodeTypeKernel) continue;  // (the first tap's writer may not be a kernel: keep the edge)
-    cudaGraphEdgeData full{}, prog{};
-    prog.from_port = cudaGraphKernelNodePortProgrammatic;
-    prog.type = cudaGraphDependencyTypeProgrammatic;
-    CK(cudaGraphRemoveDependencies(g, &prev, &node, &full, 1));
-    CK(cudaGraphAddDependencies(g, &prev, &node, &prog, 1));
-  }
-  e->early_fix.clear();
-  return 0;
-}
-
 const char* dj_last_error() { return g_err.c_str(); }
 
 int dj_device_info(char* name, int n, int* sms, long long* mem_total) {
@@ -347,7 +326,6 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_GREEN_PDL")) e->green_pdl = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_GREEN_JOIN")) e->green_join = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_GREEN_CHAIN")) e->green_chain = v[0] != '0';
-  if (const char* v = getenv("DEJAVU_CUDA_GREEN_EARLY")) e->green_early = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_TMA_ROWS")) e->rows_cap = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
   if (const char* v = getenv("DEJAVU_CUDA_PSTEP")) e->pstep = v[0] == '1';
@@ -1182,14 +1160,14 @@ static int build_groups(Engine* e) {
 // Whether a tap group's chain fits k_pred_chain (members, ranks, the partition's shared memory).
 static bool chain_fits(Engine* e, const Group& g) {
   if (g.members.size() > (size_t)PC_MAXM) return false;
-  int nmax = 0;
+  size_t f = (size_t)e->d + g.rows;
   for (auto [li, tg] : g.members) {
     const Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
     const int n = tg == 0 ? e->H : e->ffn;
     if (p.rank % 8 || p.rank > PC_MAXR) return false;
-    if (n > PC_SMALL) nmax = std::max(nmax, n);
+    if (n > PC_SMALL) f += pc_chunk(n, e->green);
   }
-  return pc_smem_n(e->d, g.rows, nmax, e->green, false) <= PC_SMEM_MAX;
+  return f * 4 <= 160 * 1024;
 }
 
 // Record the whole decode step for `mode` on s0 (predictors fork onto s1 and join back before their consumers).
@@ -1267,24 +1245,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
                                tg == 0 ? l.hsel : l.nsel};
           off += p.rank;
         }
-        c.prefetch = e->green_early;
-        c.w1s = pc_w1s(c, e->green);
-        cudaGraphNode_t writer = nullptr;
-        if (e->green_early) {  // the tap's writer: the main stream's last node
-          cudaStreamCaptureStatus cs;
-          const cudaGraphNode_t* deps = nullptr;
-          size_t nd = 0;
-          if (cudaStreamGetCaptureInfo(s0, &cs, nullptr, nullptr, &deps, nullptr, &nd) == cudaSuccess && nd == 1)
-            writer = deps[0];
-        }
         k_pred_chain<<<e->green, PC_THREADS, pc_smem(c, e->green), s1>>>(c);
-        if (writer) {
-          cudaStreamCaptureStatus cs;
-          const cudaGraphNode_t* deps = nullptr;
-          size_t nd = 0;
-          if (cudaStreamGetCaptureInfo(s1, &cs, nullptr, nullptr, &deps, nullptr, &nd) == cudaSuccess && nd == 1)
-            e->early_fix.push_back({deps[0], writer});
-        }
         cudaEvent_t done = ev();
         cudaEventRecord(done, s1);
         read_done.push_back(done);
@@ -1557,7 +1518,7 @@ int dj_build(void* ev) {
     e->evs.push_back(v);
   }
   if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
-  CK(cudaFuncSetAttribute(k_pred_chain, cudaFuncAttributeMaxDynamicSharedMemorySize, PC_SMEM_MAX));
+  CK(cudaFuncSetAttribute(k_pred_chain, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024));
   CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(128, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(64, ATT_THREADS / 32) * 4));
   CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(32, ATT_THREADS / 32) * 4));
@@ -1566,12 +1527,11 @@ int dj_build(void* ev) {
     cudaGraph_t g;
     CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
     e->join_fix.clear();
-    e->early_fix.clear();
     const int rc = record_step(e, m);
     cudaError_t ce = cudaStreamEndCapture(e->s0, &g);
     if (rc) { if (ce == cudaSuccess) cudaGraphDestroy(g); return -1; }
     if (ce != cudaSuccess) return fail("capture of mode %d failed: %s", m, cudaGetErrorString(ce));
-    if (fix_join_edges(e, g) || fix_early_edges(e, g)) { cudaGraphDestroy(g); return -1; }
+    if (fix_join_edges(e, g)) { cudaGraphDestroy(g); return -1; }
     CK(cudaGraphInstantiate(&e->graphs[m], g, 0));
     cudaGraphDestroy(g);
   }
@@ -1587,7 +1547,6 @@ int dj_graph_kernels(void* ev, int mode, int* count) {
   CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
   record_step(e, mode);
   e->join_fix.clear();
-  e->early_fix.clear();
   CK(cudaStreamEndCapture(e->s0, &g));
   size_t n = 0;
   CK(cudaGraphGetNodes(g, nullptr, &n));
