@@ -8,7 +8,9 @@
 //   in     input ready - pdl_wait (LayerNorm prologue / attention), median over blocks
 //   in:load / in:stat  of `in`: x loaded (base + delta) / LayerNorm statistics reduced (streamed row kernels)
 //   span   first entry -> last end; work = first input ready -> last end; tail = median end -> last end
-// and writes the raw stamps (uint64 ns, [launch][block][TR_N]) to OUT/trace-<shape>-<mode>.bin. The step time printed
+// and writes the raw stamps (uint64 ns, [launch][block][TR_N]) to OUT/trace-<shape>-<mode>.bin.
+// QKV launches also get per-stage stamps (fused.cuh tr_stage, SM cycles): copy issued / landed / released by warp 0
+// for the first blocks, printed as medians and as layer 20's blocks 0-1 stage by stage. The step time printed
 // is ONE replay (it moves by ~10% between calls, more for the sparse graph): compare phases within a call and take
 // latencies from the bench (median of 3 x 128 steps).
 // Build: nvcc -O3 -arch=sm_90 -std=c++17 -DDJ_TRACE -o trace bench/cuda/trace.cu   Run: ./trace opt-13b OUTDIR
@@ -56,6 +58,11 @@ int main(int argc, char** argv) {
   const size_t n = (size_t)launches * TR_MAXB * TR_N;
   CU(cudaMalloc(&buf, n * 8));
   CU(cudaMemcpyToSymbol(g_trace, &buf, sizeof buf));
+  unsigned long long* sbuf;  // per-stage stamps of k_rows_tma (fused.cuh tr_stage)
+  const size_t ns = (size_t)launches * TS_B * TS_N * 3;
+  CU(cudaMalloc(&sbuf, ns * 8));
+  CU(cudaMemcpyToSymbol(g_stage, &sbuf, sizeof sbuf));
+  std::vector<unsigned long long> hs(ns);
   OK(dj_run(ev, M_DENSE, prompt, nullptr));  // prefill by decode steps
   std::vector<unsigned long long> h(n);
   const char* names[] = {"dense", "sparse", "fixed"};
@@ -66,9 +73,11 @@ int main(int argc, char** argv) {
     OK(dj_set_pos(ev, prompt));
     OK(dj_run(ev, mode, 3, nullptr));  // warm-up (and, for fixed, selections from the sparse runs before)
     CU(cudaMemset(buf, 0, n * 8));
+    CU(cudaMemset(sbuf, 0, ns * 8));
     float ms;
     OK(dj_run(ev, mode, 1, &ms));
     CU(cudaMemcpy(h.data(), buf, n * 8, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hs.data(), sbuf, ns * 8, cudaMemcpyDeviceToHost));
     char path[512];
     snprintf(path, sizeof path, "%s/trace-%s-%s.bin", out, sh->name, names[mi]);
     if (FILE* f = fopen(path, "wb")) { fwrite(h.data(), 8, n, f); fclose(f); }
@@ -148,6 +157,47 @@ int main(int argc, char** argv) {
       const double z = ks[L0].first_in;
       printf("  %-9s %8.2f %8.2f %8.2f %8.2f %8.2f\n", k == launches - 1 ? "lm_head" : kind[k % 3], q.first_in - z,
              q.last_wait - z, q.first_ready - z, q.med_end - z, q.last_end - z);
+    }
+    // QKV stages (k_rows_tma, blocks 0..TS_B-1 of every layer): when each stage's copy was issued, landed and was
+    // released by consumer warp 0, against the block's pdl release and input ready. SM cycles at 1.98 GHz (the
+    // H100/H200 maximum clock; the clock may run lower). Medians over (layer, block).
+    {
+      const double GHZ = 1.98;
+      auto S3 = [&](int k, int b, int it, int c) { return hs[(((size_t)k * TS_B + b) * TS_N + it) * 3 + c] / (GHZ * 1e3); };
+      std::vector<double> nst, pre_rel, pre_ready, lat_pre, lat_post, last_iss, last_land, cons, hold;
+      for (int k = 0; k < launches - 1; k += 3)
+        for (int b = 0; b < TS_B; b++) {
+          if (!S3(k, b, 0, 0) || !S3(k, b, TS_N - 1, 1)) continue;
+          const double rel = S3(k, b, TS_N - 1, 0), rdy = S3(k, b, TS_N - 1, 1);
+          int n_ = 0, a = 0, c = 0;
+          for (int it = 0; it < TS_N - 1 && S3(k, b, it, 0); it++, n_++) {
+            const double is = S3(k, b, it, 0), la = S3(k, b, it, 1), re = S3(k, b, it, 2);
+            a += is <= rel; c += is <= rdy;
+            (is <= rdy ? lat_pre : lat_post).push_back(la - is);
+            cons.push_back(re - std::max(la, rdy));
+          }
+          nst.push_back(n_); pre_rel.push_back(a); pre_ready.push_back(c);
+          last_iss.push_back(S3(k, b, n_ - 1, 0) - rdy);
+          last_land.push_back(S3(k, b, n_ - 1, 1) - rdy);
+          hold.push_back(rdy - rel);
+        }
+      if (!nst.empty()) {
+        printf("qkv stages (blocks 0-%d, all layers; medians; SM cycles at %.2f GHz): %.0f stages, %.0f issued before the "
+               "pdl release, %.0f before input ready (release -> ready %.2f us); copy issue -> landed: %.2f us for those, "
+               "%.2f us for the later ones; warp 0 landed/ready -> released %.2f us; last stage issued %.2f us and landed "
+               "%.2f us after input ready\n", TS_B - 1, GHZ, med(nst), med(pre_rel), med(pre_ready), med(hold),
+               med(lat_pre), med(lat_post), med(cons), med(last_iss), med(last_land));
+        for (int b = 0; b < 2; b++) {  // layer 20, blocks 0 and 1: every stage
+          const int k = L0;
+          if (!S3(k, b, 0, 0) || !S3(k, b, TS_N - 1, 1)) continue;
+          const double rdy = S3(k, b, TS_N - 1, 1);
+          printf("  layer %d qkv block %d, us from input ready (release at %.2f): stage issued/landed/released:", L0 / 3, b,
+                 S3(k, b, TS_N - 1, 0) - rdy);
+          for (int it = 0; it < TS_N - 1 && S3(k, b, it, 0); it++)
+            printf(" %d:%.2f/%.2f/%.2f", it, S3(k, b, it, 0) - rdy, S3(k, b, it, 1) - rdy, S3(k, b, it, 2) - rdy);
+          printf("\n");
+        }
+      }
     }
   }
   if (e->pstep_ok) {  // the persistent sparse step (DEJAVU_CUDA_PSTEP=1): per layer, thread 0 of each block stamps

@@ -40,6 +40,7 @@ constexpr int TR_MAXB = 256, TR_N = 10;  // points: 0 entry, 1 previous grid don
                                         // 4 input loaded, 5 LayerNorm statistics ready, 6 producer issued its last
                                         // copy, 7 its last stage landed, 8 the SM id (a value, not a time),
                                         // 9 consumers done with the ring (before the atomics)
+constexpr int TS_B = 8, TS_N = 64;  // stage trace (tr_stage): blocks, stages (the last slot: release, ready)
 #ifdef DJ_TRACE
 __device__ unsigned long long* g_trace;
 __device__ __forceinline__ void tr_mark(int tr, int k) {
@@ -66,9 +67,20 @@ __device__ __forceinline__ void tr_producer_done(int tr, uint64_t* full, int it,
   asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
   if (g_trace && tr >= 0 && blockIdx.x < TR_MAXB) g_trace[((size_t)tr * TR_MAXB + blockIdx.x) * TR_N + 8] = smid;
 }
+// Per-stage stamps of the streamed row kernel (k_rows_tma; first TS_B blocks, first TS_N - 1 stages of a launch):
+// g_stage[tr][block][stage][0 copy issued (after its slot was free), 1 landed (seen by consumer warp 0), 2 released
+// by warp 0]; slot TS_N - 1 holds [pdl release, input ready]. SM cycles (clock64), not %globaltimer: reading that
+// in the loop slowed the traced step by ~30%. Why: to see what sets the pace of a block's last bytes after its
+// input is ready.
+__device__ unsigned long long* g_stage;
+__device__ __forceinline__ void tr_stage(int tr, int it, int k) {
+  if (g_stage && tr >= 0 && blockIdx.x < TS_B && it < TS_N)
+    g_stage[(((size_t)tr * TS_B + blockIdx.x) * TS_N + it) * 3 + k] = clock64();
+}
 #else
 __device__ __forceinline__ void tr_mark(int, int) {}
 __device__ __forceinline__ void tr_producer_done(int, uint64_t*, int, int) {}
+__device__ __forceinline__ void tr_stage(int, int, int) {}
 #endif
 template <int NW> __device__ __forceinline__ void cbar() { asm volatile("bar.sync 1, %0;" ::"n"(NW * 32) : "memory"); }
 }  // namespace dj
@@ -221,31 +233,33 @@ __device__ __forceinline__ void t_lead_gate(int it, int lead, uint64_t* go) {
 // bulk copy per piece (src(r) = where piece r starts).
 template <class Src>
 __device__ __forceinline__ void t_produce_stage(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes, int S,
-                                                int nr, int bytes, Src src, uint64_t pol, int it) {
+                                                int nr, int bytes, Src src, uint64_t pol, int it, int tr = -1) {
   const int s = it % S;
   if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
+  tr_stage(tr, it, 0);
   mbar_expect_tx(&ring.full[s], nr * bytes);
   for (int r = 0; r < nr; r++) bulk_g2s(stages + (size_t)s * stage_bytes + r * bytes, src(r), bytes, &ring.full[s], pol);
 }
 template <class Row>
 __device__ __forceinline__ void t_produce_group(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes,
                                                 int segbytes, int segel, int seg, int S, int nr, Row row, uint64_t pol,
-                                                int& it, int lead, uint64_t* go) {
+                                                int& it, int lead, uint64_t* go, int tr = -1) {
   for (int sg = 0; sg < seg; sg++, it++) {
     t_lead_gate(it, lead, go);
-    t_produce_stage(ring, stages, stage_bytes, S, nr, segbytes, [&](int r) { return row(r) + sg * segel; }, pol, it);
+    t_produce_stage(ring, stages, stage_bytes, S, nr, segbytes, [&](int r) { return row(r) + sg * segel; }, pol, it, tr);
   }
 }
 // Consumer warp: the dot of its row of the group (warp index = row; `active` = the row exists) with x over the
 // group's seg stages, summed over the warp; every warp releases every stage.
 __device__ __forceinline__ float t_consume_row(Ring<T_MAX_STAGES>& ring, const unsigned char* stages, int stage_bytes,
                                                int segbytes, int segel, int seg, int S, const float4* xs, int K,
-                                               bool active, int& it) {
+                                               bool active, int& it, int tr = -1) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, segvec = segbytes >> 4;
   float acc = 0.f;
   for (int sg = 0; sg < seg; sg++, it++) {
     const int s = it % S;
     mbar_wait(&ring.full[s], (it / S) & 1);
+    if (warp == 0 && lane == 0) tr_stage(tr, it, 1);
     if (active) {
       const uint4* src = reinterpret_cast<const uint4*>(stages + (size_t)s * stage_bytes + warp * segbytes);
       const int c0 = sg * (segel >> 3);
@@ -253,6 +267,7 @@ __device__ __forceinline__ float t_consume_row(Ring<T_MAX_STAGES>& ring, const u
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(&ring.empty[s]);
+    if (warp == 0 && lane == 0) tr_stage(tr, it, 2);
   }
   return warp_sum(acc);
 }
@@ -277,9 +292,9 @@ __device__ __forceinline__ LnStat t_consumer_prologue(const XIn& in, int K, floa
   float4 gv[t_xv<NW>()];
   t_pre_input<NW>(in, K, gv);
   pdl_wait();
-  if (threadIdx.x == 0) tr_mark(in.tr, 1);
+  if (threadIdx.x == 0) { tr_mark(in.tr, 1); tr_stage(in.tr, TS_N - 1, 0); }
   const LnStat lst = t_load_input<NW>(in, K, xs, gv, gridDim.x, blockIdx.x);
-  if (threadIdx.x == 0) { mbar_arrive(go); tr_mark(in.tr, 2); }
+  if (threadIdx.x == 0) { mbar_arrive(go); tr_mark(in.tr, 2); tr_stage(in.tr, TS_N - 1, 1); }
   return lst;
 }
 
@@ -323,7 +338,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       int it = 0;
       for (int g = j0; g < j1; g += RS)
         t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, min(RS, j1 - g),
-                        [&](int r) { return wrow(pre ? rowix[g + r - j0] : vrow(g + r)); }, pol, it, geo.lead, &go);
+                        [&](int r) { return wrow(pre ? rowix[g + r - j0] : vrow(g + r)); }, pol, it, geo.lead, &go, in.tr);
       tr_producer_done(in.tr, ring.full, it, S);
     }
     pdl_trigger();
@@ -342,14 +357,14 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       if (a.pn && row >= a.pbase) {  // fused predictor row: t = w1 . x (planes: g * x, w1 stored / g)
         const int pr = row - a.pbase;
         const float c1r = ld ? __ldg(a.pc1 + pr) : 0.f, nm = ld ? __ldg(a.pnm + pr) : 0.f;
-        const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
+        const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it, in.tr);
         if (ld) a.pt[pr] = nm != 0.f ? lst.rstd * (acc - lst.mean * c1r) : acc;
         continue;
       }
     }
     const float bias = ld && a.b ? __ldg(a.b + row) : 0.f;
     const float c1r = ld && in.c1 ? __ldg(in.c1 + row) : 0.f, c2r = ld && in.c1 ? __ldg(in.c2 + row) : 0.f;
-    const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
+    const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it, in.tr);
     if (ld) row_epilogue<EPI>(a, j, row, t_ln_row(in, lst, acc, c1r, c2r) + bias, pos, best);
   }
   if constexpr (EPI == EPI_ARGMAX) {
