@@ -215,8 +215,13 @@ __device__ __forceinline__ float t_ln_row(const XIn& in, LnStat st, float dot, f
 
 // dot of 16 bytes of fp16 weights (vector c of the row) with x from the planes
 __device__ __forceinline__ float t_dot(const uint4& w, const float4* xs, int d, int c) {
+#ifdef DJ_NOX  // TIMING EXPERIMENT ONLY (wrong results; a separate build): no x from shared memory, to measure
+               // what the consumers' x reads cost (bench/results/cuda-trace-qkv-stages-*-s9.txt)
+  const float x[8] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
+#else
   const float4 a = xs[c], b = xs[(d >> 3) + c];
   const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#endif
   return dot8(w, x);
 }
 
@@ -263,7 +268,9 @@ __device__ __forceinline__ float t_consume_row(Ring<T_MAX_STAGES>& ring, const u
     if (active) {
       const uint4* src = reinterpret_cast<const uint4*>(stages + (size_t)s * stage_bytes + warp * segbytes);
       const int c0 = sg * (segel >> 3);
+#ifndef DJ_NODOT  // (TIMING EXPERIMENT ONLY, a separate build: consumers release stages unread)
       for (int c = lane; c < segvec; c += 32) acc += t_dot(src[c], xs, K, c0 + c);
+#endif
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(&ring.empty[s]);
