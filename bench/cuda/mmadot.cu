@@ -1,0 +1,167 @@
+// Row consumers of a streamed stage, alone (docs/cuda.md "Not done" (1)): one block holds a stage of R rows x E
+// halves in shared memory (row r at r x pitch bytes) and an fp32 x of E; it computes the R dots ITER times.
+//   (a) today's consumer (fused.cuh t_consume_row): warp w = row w, each lane 16-byte weight vectors against x read
+//       from two fp32 planes (2x the weight bytes of shared memory per warp), conversions + FMAs;
+//   (b) a tensor-core consumer: mma.sync m16n8k16 (fp32 accumulate), the stage's rows as A (ldmatrix), x split into
+//       an fp16 high part and the fp16 rest (x - hi) as columns 0 and 1 of B, so ~22 bits of x take part; warps
+//       split over k; each warp's 16 row partials summed across warps in shared memory.
+// Both against a CPU fp64 reference (relative error over the R outputs), then cycles per stage (clock64, mean over
+// ITER), for R = 16 and 8 and a row pitch of E x 2 bytes (a multiple of 128: ldmatrix's 8 row addresses on the same
+// banks) or E x 2 + 16.
+// Written in the ninth session after the device time was spent: compiled, NOT YET RUN.
+// nvcc -O3 -arch=sm_90 -std=c++17 -o /tmp/mmadot bench/cuda/mmadot.cu && /tmp/mmadot
+#include <cuda_fp16.h>
+#include <cstdio>
+#include <cstdint>
+#include <cmath>
+#include <vector>
+#include <random>
+
+#define CU(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA %s at %d\n", cudaGetErrorString(e_), __LINE__); return 1; } } while (0)
+
+constexpr int NW = 16, E = 2560, ITER = 200;  // 16 consumer warps; a 5 KB segment of a 13B row (K 5120, 2 segments)
+
+__device__ __forceinline__ float dot8(const uint4& w, const float* x) {
+  const __half2* h = reinterpret_cast<const __half2*>(&w);
+  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const float2 f = __half22float2(h[i]);
+    acc = fmaf(f.x, x[2 * i], acc);
+    acc = fmaf(f.y, x[2 * i + 1], acc);
+  }
+  return acc;
+}
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// Shared memory: stage (R rows at `pitch`), x as two fp32 planes (lo[c] = x[8c..8c+3], hi[c] = x[8c+4..8c+7], as the
+// engine keeps it), x as fp16 high / rest parts, the cross-warp partials.
+template <bool MMA>
+__global__ void __launch_bounds__(NW * 32, 1) k_consume(const __half* W, const float* x, int R, int pitch, float* out,
+                                                         unsigned long long* cycles) {
+  extern __shared__ __align__(16) unsigned char sm[];
+  float4* xs = reinterpret_cast<float4*>(sm);                    // 2 * E/8 float4
+  __half* xh = reinterpret_cast<__half*>(sm + E * 4);            // E
+  __half* xl = xh + E;                                           // E
+  float* red = reinterpret_cast<float*>(sm + E * 4 + E * 4);     // NW x 16
+  unsigned char* stage = sm + E * 4 + E * 4 + NW * 16 * 4;       // R x pitch (16-byte aligned: all offsets are)
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  for (int i = tid; i < E / 8; i += blockDim.x) {
+    xs[i] = make_float4(x[8 * i], x[8 * i + 1], x[8 * i + 2], x[8 * i + 3]);
+    xs[E / 8 + i] = make_float4(x[8 * i + 4], x[8 * i + 5], x[8 * i + 6], x[8 * i + 7]);
+  }
+  for (int i = tid; i < E; i += blockDim.x) {
+    const __half h = __float2half_rn(x[i]);
+    xh[i] = h;
+    xl[i] = __float2half_rn(x[i] - __half2float(h));
+  }
+  for (int i = tid; i < R * (E / 8); i += blockDim.x) {
+    const int r = i / (E / 8), c = i % (E / 8);
+    reinterpret_cast<uint4*>(stage + (size_t)r * pitch)[c] = reinterpret_cast<const uint4*>(W + (size_t)r * E)[c];
+  }
+  __syncthreads();
+  float result = 0.f;
+  const unsigned long long t0 = clock64();
+  for (int it = 0; it < ITER; it++) {
+    if constexpr (!MMA) {
+      float acc = 0.f;
+      if (warp < R) {
+        const uint4* src = reinterpret_cast<const uint4*>(stage + (size_t)warp * pitch);
+        for (int c = lane; c < E / 8; c += 32) {
+          const float4 a = xs[c], b = xs[E / 8 + c];
+          const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+          acc += dot8(src[c], xv);
+        }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+      result += acc;  // (kept live across iterations; lane 0 of warp r holds row r)
+      __syncthreads();  // (a barrier: the compiler may not hoist the shared-memory reads out of the ITER loop)
+    } else {
+      const int g = lane >> 2, t = lane & 3;
+      // ldmatrix.x4: lanes 0-7 address rows 0-7 at k0, 8-15 rows 8-15 at k0, 16-23 rows 0-7 at k0+8, 24-31 rows
+      // 8-15 at k0+8 -> a0..a3 in mma.m16n8k16's A order. Rows beyond R read row 0 (their outputs are dropped).
+      const int arow = (lane & 7) + ((lane >> 3) & 1) * 8, acol = (lane >> 4) * 8;
+      const uint32_t abase = smem_u32(stage + (size_t)(arow < R ? arow : 0) * pitch + acol * 2);
+      float c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;
+      const int kw = E / NW;  // this warp's k range: [warp * kw, (warp + 1) * kw)
+      for (int k0 = warp * kw; k0 < (warp + 1) * kw; k0 += 16) {
+        uint32_t a0, a1, a2, a3;
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(a0), "=r"(a1), "=r"(a2), "=r"(a3) : "r"(abase + k0 * 2));
+        // B (16 x 8, col): lane (g, t) holds B[2t, 2t+1][g] and B[2t+8, 2t+9][g]; column 0 = hi, 1 = rest, others 0.
+        uint32_t b0 = 0u, b1 = 0u;
+        if (g < 2) {
+          const __half* xv = g == 0 ? xh : xl;
+          b0 = *reinterpret_cast<const uint32_t*>(xv + k0 + 2 * t);
+          b1 = *reinterpret_cast<const uint32_t*>(xv + k0 + 8 + 2 * t);
+        }
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+f"(c0), "+f"(c1), "+f"(c2), "+f"(c3)
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+      }
+      // D[row][col]: lane (g, t) holds rows g, g+8 at columns 2t, 2t+1; t == 0: hi and rest of rows g and g+8.
+      if (t == 0) { red[warp * 16 + g] = c0 + c1; red[warp * 16 + g + 8] = c2 + c3; }
+      __syncthreads();
+      if (tid < R) {
+        float s = 0.f;
+        for (int w = 0; w < NW; w++) s += red[w * 16 + tid];
+        result += s;
+      }
+      __syncthreads();
+    }
+  }
+  const unsigned long long t1 = clock64();
+  if (!MMA && lane == 0 && warp < R) out[warp] = result / ITER;
+  if (MMA && tid < R) out[tid] = result / ITER;
+  if (tid == 0) *cycles = (t1 - t0) / ITER;
+}
+
+int main() {
+  setvbuf(stdout, nullptr, _IOLBF, 0);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<__half> W(16 * E);
+  std::vector<float> x(E), Wf(16 * E);
+  for (int i = 0; i < 16 * E; i++) { W[i] = __float2half(0.02f * nd(rng)); Wf[i] = __half2float(W[i]); }
+  for (auto& v : x) v = 3.f + nd(rng);  // a mean well away from 0: fp16 x alone would lose ~3 decimal digits here
+  __half* dW;
+  float *dx, *dout;
+  unsigned long long* dcy;
+  CU(cudaMalloc(&dW, W.size() * 2)); CU(cudaMalloc(&dx, E * 4)); CU(cudaMalloc(&dout, 16 * 4)); CU(cudaMalloc(&dcy, 8));
+  CU(cudaMemcpy(dW, W.data(), W.size() * 2, cudaMemcpyHostToDevice));
+  CU(cudaMemcpy(dx, x.data(), E * 4, cudaMemcpyHostToDevice));
+  const size_t smax = E * 4 + E * 4 + NW * 16 * 4 + 16 * (E * 2 + 16);
+  CU(cudaFuncSetAttribute(k_consume<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smax));
+  CU(cudaFuncSetAttribute(k_consume<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smax));
+  int failures = 0;
+  for (int R : {16, 8})
+    for (int pad : {0, 16}) {
+      const int pitch = E * 2 + pad;
+      std::vector<double> ref(R);
+      for (int r = 0; r < R; r++) { double s = 0; for (int k = 0; k < E; k++) s += (double)Wf[r * E + k] * x[k]; ref[r] = s; }
+      for (int mma = 0; mma < 2; mma++) {
+        const size_t smem = E * 4 + E * 4 + NW * 16 * 4 + (size_t)R * pitch;
+        CU(cudaMemset(dout, 0xff, 16 * 4));
+        if (mma) k_consume<true><<<1, NW * 32, smem>>>(dW, dx, R, pitch, dout, dcy);
+        else k_consume<false><<<1, NW * 32, smem>>>(dW, dx, R, pitch, dout, dcy);
+        CU(cudaDeviceSynchronize());
+        std::vector<float> got(R);
+        unsigned long long cy;
+        CU(cudaMemcpy(got.data(), dout, R * 4, cudaMemcpyDeviceToHost));
+        CU(cudaMemcpy(&cy, dcy, 8, cudaMemcpyDeviceToHost));
+        double num = 0, den = 0;
+        bool finite = true;
+        for (int r = 0; r < R; r++) { finite &= std::isfinite(got[r]); num += (got[r] - ref[r]) * (got[r] - ref[r]); den += ref[r] * ref[r]; }
+        const double rel = std::sqrt(num / den);
+        const bool ok = finite && rel <= 1e-4;
+        failures += !ok;
+        printf("R %2d pitch %5d %-13s %6llu cycles a stage (%5.0f B/clk of weights)  rel err %.2e %s\n", R, pitch,
+               mma ? "mma.sync" : "warp per row", cy, (double)R * E * 2 / cy, rel, ok ? "ok" : "FAIL");
+      }
+    }
+  printf("mmadot: %s\n", failures ? "FAILED" : "passed");
+  return failures ? 1 : 0;
+}
