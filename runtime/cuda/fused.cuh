@@ -216,7 +216,7 @@ __device__ __forceinline__ float t_ln_row(const XIn& in, LnStat st, float dot, f
 // dot of 16 bytes of fp16 weights (vector c of the row) with x from the planes
 __device__ __forceinline__ float t_dot(const uint4& w, const float4* xs, int d, int c) {
 #ifdef DJ_NOX  // TIMING EXPERIMENT ONLY (wrong results; a separate build): no x from shared memory, to measure
-               // what the consumers' x reads cost (bench/results/cuda-trace-qkv-stages-*-s9.txt)
+               // what the consumers' x reads cost (bench/results/cuda-consumer-cost-*-s9.txt)
   const float x[8] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
 #else
   const float4 a = xs[c], b = xs[(d >> 3) + c];
