@@ -8,7 +8,9 @@
 // Both against a CPU fp64 reference (relative error over the R outputs), then cycles per stage (clock64, mean over
 // ITER), for R = 16 and 8 and a row pitch of E x 2 bytes (a multiple of 128: ldmatrix's 8 row addresses on the same
 // banks) or E x 2 + 16.
-// Written in the ninth session after the device time was spent: compiled, NOT YET RUN.
+// (c) the W-as-B form (rows as B columns, x as A rows 0 / 1; k steps batched BT at a time).
+// Results (H200, tenth session): bench/results/s10-2026-11-21/call{1,2}-mmadot.txt. Padded rows: 16 rows 4080 (today)
+// vs 1674 cycles (a) vs 1929 (c); unpadded, the mma forms are 1.5x slower than today (bank conflicts).
 // nvcc -O3 -arch=sm_90 -std=c++17 -o /tmp/mmadot bench/cuda/mmadot.cu && /tmp/mmadot
 #include <cuda_fp16.h>
 #include <cstdio>
@@ -119,6 +121,93 @@ __global__ void __launch_bounds__(NW * 32, 1) k_consume(const __half* W, const f
   if (tid == 0) *cycles = (t1 - t0) / ITER;
 }
 
+
+// (c) the tensor-core consumer as the engine would use it: W rows as B (ldmatrix, not transposed: a W row is a column
+// of B), x as A (row 0 = fp16 high part, row 1 = the rest, other rows 0) -> D row 0 + row 1 = the dots. R = 8 rows
+// per stage: one ldmatrix.x4 covers 8 rows x 32 k (two mmas); R = 16: 16 rows x 16 k (two mmas, rows 0-7 and 8-15).
+// Warps take k steps round-robin; BT steps are loaded before their mmas (ILP); partials summed across warps.
+template <int R, int BT>
+__global__ void __launch_bounds__(NW * 32, 1) k_consume2(const __half* W, const float* x, int pitch, float* out,
+                                                          unsigned long long* cycles) {
+  extern __shared__ __align__(16) unsigned char sm[];
+  __half* xh = reinterpret_cast<__half*>(sm);                    // E
+  __half* xl = xh + E;                                           // E
+  float* red = reinterpret_cast<float*>(sm + E * 4);             // NW x 16
+  unsigned char* stage = sm + E * 4 + NW * 16 * 4;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  for (int i = tid; i < E; i += blockDim.x) {
+    const __half h = __float2half_rn(x[i]);
+    xh[i] = h;
+    xl[i] = __float2half_rn(x[i] - __half2float(h));
+  }
+  for (int i = tid; i < R * (E / 8); i += blockDim.x) {
+    const int r = i / (E / 8), c = i % (E / 8);
+    reinterpret_cast<uint4*>(stage + (size_t)r * pitch)[c] = reinterpret_cast<const uint4*>(W + (size_t)r * E)[c];
+  }
+  __syncthreads();
+  constexpr int KS = R == 8 ? 32 : 16;  // k per ldmatrix.x4
+  // lane -> the row its ldmatrix address names: matrix m = lane / 8 (R 8: k0 + 8m; R 16: rows 8(m/2).., k0 + 8(m&1))
+  const int m = lane >> 3, lr = lane & 7;
+  const int arow = R == 8 ? lr : lr + (m >> 1) * 8, acol = R == 8 ? m * 8 : (m & 1) * 8;
+  const uint32_t abase = smem_u32(stage + (size_t)arow * pitch + acol * 2);
+  const __half* xp = g == 0 ? xh : xl;
+  const bool xl_ok = g < 2;
+  float result = 0.f;
+  const unsigned long long t0 = clock64();
+  for (int it = 0; it < ITER; it++) {
+    float c[4] = {0.f, 0.f, 0.f, 0.f}, e[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int s0 = warp; s0 < E / KS; s0 += NW * BT) {
+      uint32_t b[BT][4], a[BT][4];
+#pragma unroll
+      for (int u = 0; u < BT; u++) {
+        const int k0 = (s0 + u * NW) * KS;
+        if (s0 + u * NW < E / KS) {
+          asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                       : "=r"(b[u][0]), "=r"(b[u][1]), "=r"(b[u][2]), "=r"(b[u][3]) : "r"(abase + k0 * 2));
+          a[u][0] = xl_ok ? *reinterpret_cast<const uint32_t*>(xp + k0 + 2 * t) : 0u;
+          a[u][1] = xl_ok ? *reinterpret_cast<const uint32_t*>(xp + k0 + 8 + 2 * t) : 0u;
+          a[u][2] = R == 8 && xl_ok ? *reinterpret_cast<const uint32_t*>(xp + k0 + 16 + 2 * t) : 0u;
+          a[u][3] = R == 8 && xl_ok ? *reinterpret_cast<const uint32_t*>(xp + k0 + 24 + 2 * t) : 0u;
+        } else {
+          b[u][0] = b[u][1] = b[u][2] = b[u][3] = 0u;
+          a[u][0] = a[u][1] = a[u][2] = a[u][3] = 0u;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < BT; u++) {
+        // R 16: rows 0-7 (b0, b1) -> c, rows 8-15 (b2, b3) -> e, same x. R 8: k0 (b0, b1; x a0, a1) -> c,
+        // k0 + 16 (b2, b3; x a2, a3) -> e.
+        const uint32_t x0 = a[u][0], x1 = a[u][1], x2 = R == 8 ? a[u][2] : x0, x3 = R == 8 ? a[u][3] : x1;
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(x0), "r"(0u), "r"(x1), "r"(0u), "r"(b[u][0]), "r"(b[u][1]));
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(e[0]), "+f"(e[1]), "+f"(e[2]), "+f"(e[3])
+                     : "r"(x2), "r"(0u), "r"(x3), "r"(0u), "r"(b[u][2]), "r"(b[u][3]));
+      }
+    }
+    // D row g (0: hi, 1: rest) at columns 2t, 2t+1 in c[0], c[1]; lanes t (g 0) + 4 + t (g 1)
+    float v0 = c[0] + __shfl_xor_sync(0xffffffffu, c[0], 4), v1 = c[1] + __shfl_xor_sync(0xffffffffu, c[1], 4);
+    float w0 = e[0] + __shfl_xor_sync(0xffffffffu, e[0], 4), w1 = e[1] + __shfl_xor_sync(0xffffffffu, e[1], 4);
+    if (lane < 4) {
+      if (R == 8) { red[warp * 16 + 2 * t] = v0 + w0; red[warp * 16 + 2 * t + 1] = v1 + w1; }
+      else { red[warp * 16 + 2 * t] = v0; red[warp * 16 + 2 * t + 1] = v1; red[warp * 16 + 8 + 2 * t] = w0; red[warp * 16 + 9 + 2 * t] = w1; }
+    }
+    __syncthreads();
+    // warp r (< R) sums row r over the warps, as the engine's epilogue wants it (lane 0 of warp r)
+    if (warp < R) {
+      float s = lane < NW ? red[lane * 16 + warp] : 0.f;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      result += s;
+    }
+    __syncthreads();
+  }
+  const unsigned long long t1 = clock64();
+  if (lane == 0 && warp < R) out[warp] = result / ITER;
+  if (tid == 0) *cycles = (t1 - t0) / ITER;
+}
+
 int main() {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   std::mt19937 rng(11);
@@ -162,6 +251,35 @@ int main() {
                mma ? "mma.sync" : "warp per row", cy, (double)R * E * 2 / cy, rel, ok ? "ok" : "FAIL");
       }
     }
+  // (c): B = W rows, A = x; R 8 / 16, batches of BT k steps
+  auto run2 = [&](auto kern, int R, int BT, int pitch) -> int {
+    std::vector<double> ref(R);
+    for (int r = 0; r < R; r++) { double s = 0; for (int k = 0; k < E; k++) s += (double)Wf[r * E + k] * x[k]; ref[r] = s; }
+    const size_t smem = E * 4 + NW * 16 * 4 + (size_t)R * pitch;
+    CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    CU(cudaMemset(dout, 0xff, 16 * 4));
+    kern<<<1, NW * 32, smem>>>(dW, dx, pitch, dout, dcy);
+    CU(cudaDeviceSynchronize());
+    std::vector<float> got(R);
+    unsigned long long cy;
+    CU(cudaMemcpy(got.data(), dout, R * 4, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(&cy, dcy, 8, cudaMemcpyDeviceToHost));
+    double num = 0, den = 0;
+    bool finite = true;
+    for (int r = 0; r < R; r++) { finite &= std::isfinite(got[r]); num += (got[r] - ref[r]) * (got[r] - ref[r]); den += ref[r] * ref[r]; }
+    const double rel = std::sqrt(num / den);
+    const bool ok = finite && rel <= 1e-4;
+    failures += !ok;
+    printf("R %2d pitch %5d W-as-B BT %d   %6llu cycles a stage (%5.0f B/clk of weights)  rel err %.2e %s\n", R, pitch, BT,
+           cy, (double)R * E * 2 / cy, rel, ok ? "ok" : "FAIL");
+    return 0;
+  };
+  for (int pad : {0, 16}) {
+    run2(k_consume2<16, 1>, 16, 1, E * 2 + pad); run2(k_consume2<16, 2>, 16, 2, E * 2 + pad);
+    run2(k_consume2<16, 4>, 16, 4, E * 2 + pad);
+    run2(k_consume2<8, 1>, 8, 1, E * 2 + pad); run2(k_consume2<8, 2>, 8, 2, E * 2 + pad);
+    run2(k_consume2<8, 4>, 8, 4, E * 2 + pad);
+  }
   printf("mmadot: %s\n", failures ? "FAILED" : "passed");
   return failures ? 1 : 0;
 }
