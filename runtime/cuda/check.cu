@@ -953,8 +953,7 @@ int main(int argc, char** argv) {
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_CHAIN=0",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PCHAIN=0,DEJAVU_CUDA_PRED_UNROLL=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PRED_PDL=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_MMA=1",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_MMA=2",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88",
                            "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=0", "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1"}) {
     printf("-- engine with %s\n", envs);
     set_envs(envs, true);
@@ -966,10 +965,6 @@ int main(int argc, char** argv) {
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 1024, 16, 4096, 2, 40, true, 2 + 3 * 2);  // hd 64
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 5120, 40, 20480, 2, 200, true, 2 + 3 * 2);
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 9216, 72, 36864, 1, 24, true, 2 + 3);
-  const char* mc = "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_MMA=1";  // tensor-core row consumers (QKV, LM head, MLP fc1)
-  test_paths("streamed, tensor-core consumers, vs per-op", perop, mc, 1024, 16, 4096, 2, 40, true, 2 + 3 * 2);
-  test_paths("streamed, tensor-core consumers, vs per-op", perop, mc, 5120, 40, 20480, 2, 200, true, 2 + 3 * 2);
-  test_paths("streamed, tensor-core consumers, vs per-op", perop, mc, 9216, 72, 36864, 1, 24, true, 2 + 3);
   const char* ps = "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1";  // persistent sparse step (fixed selections)
   test_paths("persistent sparse step vs per-op", perop, ps, 1024, 16, 4096, 2, 40, true, 2 + 3 * 2, 3);
   test_paths("persistent sparse step vs per-op", perop, ps, 5120, 40, 20480, 2, 200, true, 2 + 3 * 2, 3);

@@ -132,11 +132,6 @@ struct Engine {
   // reserved for them (below) it helps (2.093 -> 2.077). Bit 1 changed nothing measurable.
   int rowix = 1, rowix_side = 1, rowix_now = 1;
   int mlp_cluster = 2;     // 2: the MLP kernel in clusters of 2 that pre-add their partials (DEJAVU_CUDA_MLP_CLUSTER)
-  // Tensor-core row consumers (fused.cuh t_consume_row_mc) in the 16-warp row kernels: bit 0 QKV / LM head, bit 1
-  // MLP fc1 (DEJAVU_CUDA_MMA: 0 none, 1 both, 2 QKV / LM head, 3 MLP). Off: QKV / LM head (=2) measured 13B fixed
-  // 1.440 -> 1.417 ms, sparse 1.880 -> 1.872 on an H200, but sparse 2.210 -> 2.243 on an H100 (dense +1%); with
-  // the MLP too, dense was 4% slower (bench/results/cuda-13b-mma-consumer-*-s10.txt).
-  int mma = 0;
   bool mlp_nored = false;  // TIMING ONLY (wrong results): the MLP kernel skips its atomics (DEJAVU_CUDA_MLP_NORED=1)
   // SMs left to the side-stream predictors in graphs with them (env DEJAVU_CUDA_RESERVE_SMS): the streamed kernels
   // of those graphs use sms - reserve blocks, so the predictor chain's loads are not queued behind a 200 KB ring on
@@ -325,10 +320,6 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_ROWIX")) e->rowix = atoi(v) & 3;
   if (const char* v = getenv("DEJAVU_CUDA_ROWIX_SIDE")) e->rowix_side = atoi(v) & 3;
   if (const char* v = getenv("DEJAVU_CUDA_MLP_CLUSTER")) e->mlp_cluster = atoi(v) == 2 ? 2 : 1;
-  if (const char* v = getenv("DEJAVU_CUDA_MMA")) {  // 1: both, 2: QKV / LM head only, 3: MLP only
-    const int m = atoi(v);
-    e->mma = m == 1 ? 3 : m == 2 ? 1 : m == 3 ? 2 : 0;
-  }
   if (const char* v = getenv("DEJAVU_CUDA_MLP_NORED")) e->mlp_nored = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_RESERVE_SMS")) e->reserve = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_GREEN")) e->green = std::max(0, atoi(v));
@@ -742,16 +733,14 @@ static void launch_topk(Engine* e, cudaStream_t s, Pred& p, const float* t, int 
 // 16-byte vectors), stages of min(TW, per) row segments, as many stages as the ring holds (at most T_MAX_STAGES).
 // k_mlp_tma's fc2 phase gives each consumer thread one 16-byte vector of a segment: segment <= 16 * 32 * NW bytes.
 static int tw_for(Engine* e, int K) { return e->tw == 8 && 2 * K / T_SEGMAX <= 16 * 32 * 8 ? 8 : 16; }
-// mc: for the tensor-core consumer (rows t_mc_pitch apart; its k steps of 16 need segments of whole 32-byte units).
-static bool mc_for(Engine* e, int K, int bit) { return (e->mma & bit) && tw_for(e, K) == 16 && K % 16 == 0; }
-static TGeo make_geo(Engine* e, int K, int per, bool mc = false) {
+static TGeo make_geo(Engine* e, int K, int per) {
   const int tw = tw_for(e, K);
   const int target = std::min(e->seg_bytes, 16 * 32 * tw);
   int seg = std::max(1, (2 * K + target - 1) / target);
   while (seg < T_SEGMAX && K % (8 * seg)) seg++;
   seg = std::min(seg, T_SEGMAX);
-  while (K % ((mc ? 16 : 8) * seg)) seg--;  // K % 8 == 0 (mc: 16), so this ends at 1 at the latest
-  const int segb = mc ? t_mc_pitch(2 * K / seg) : 2 * K / seg;  // (bytes a stage row takes in the ring)
+  while (K % (8 * seg)) seg--;  // K % 8 == 0, so this ends at 1 at the latest
+  const int segb = 2 * K / seg;
   const int ring = std::min(e->ring_bytes, e->smem_optin - 4 * K - 8192);
   auto in_flight = [&](int r) { return std::min(T_MAX_STAGES, ring / (r * segb)) * r * segb; };
   int rows = std::max(1, std::min(tw, per));
@@ -759,18 +748,16 @@ static TGeo make_geo(Engine* e, int K, int per, bool mc = false) {
   else if (per > 2 * tw)  // long streams: a stage of 3/4 tw..tw rows that puts >= 5% more bytes in the ring
     for (int r = tw - 1; r >= 3 * tw / 4; r--)
       if (in_flight(r) > in_flight(rows) * 21 / 20) rows = r;
-  return TGeo{seg, std::max(1, std::min(T_MAX_STAGES, ring / (rows * segb))), rows, e->lead, e->rowix_now, segb};
+  return TGeo{seg, std::max(1, std::min(T_MAX_STAGES, ring / (rows * segb))), rows, e->lead, e->rowix_now};
 }
-static size_t geo_smem(const TGeo& g, int K) { return (size_t)K * 4 + (size_t)g.S * g.rows * g.pitch; }
+static size_t geo_smem(const TGeo& g, int K) { return (size_t)K * 4 + (size_t)g.S * g.rows * (2 * K / g.seg); }
 
 template <int EPI>
 static void launch_rows_tma(Engine* e, cudaStream_t s, RowsArgs a, XIn in, bool pdl) {
   const int grid = std::min(e->sms_now, a.n_out + a.pn);
-  const bool pf = EPI == EPI_QKV && (a.pn || a.sel_flag);  // fused predictors: their own instantiation
-  const bool mc = !pf && mc_for(e, a.K, 1);
-  const TGeo g = make_geo(e, a.K, (a.n_out + a.pn + grid - 1) / grid, mc);
+  const TGeo g = make_geo(e, a.K, (a.n_out + a.pn + grid - 1) / grid);
   const size_t smem = geo_smem(g, a.K);
-  if (mc) return launchk(e, pdl, k_rows_tma<EPI, 16, false, true>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
+  const bool pf = EPI == EPI_QKV && (a.pn || a.sel_flag);  // fused predictors: their own instantiation
   if (pf && tw_for(e, a.K) == 8) launchk(e, pdl, k_rows_tma<EPI, 8, true>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
   else if (pf) launchk(e, pdl, k_rows_tma<EPI, 16, true>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
   else if (tw_for(e, a.K) == 8) launchk(e, pdl, k_rows_tma<EPI, 8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
@@ -781,13 +768,9 @@ static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool
   // Pairs for neuron lists only: the dense MLP (~95 us of streaming) measured 0.2-0.4% slower with them.
   const bool pair = e->mlp_cluster == 2 && a.sel && !a.sel_flag && tw_for(e, a.d) == 16 && grid >= 2;
   if (pair) grid &= ~1;
-  const bool mc = !a.sel_flag && mc_for(e, a.d, 2);
-  TGeo g = make_geo(e, a.d, (a.n + grid - 1) / grid, mc);
+  TGeo g = make_geo(e, a.d, (a.n + grid - 1) / grid);
   if (e->mlp_nored) g.rowix |= 4;
   const size_t smem = geo_smem(g, a.d);
-  if (mc && pair) return launch_cl(pdl && e->pdl && e->pdl_now, 2, k_mlp_tma<16, false, 2, true>, dim3(grid), dim3(t_threads(16)),
-                                   smem, s, a, in, g);
-  if (mc) return launchk(e, pdl, k_mlp_tma<16, false, 1, true>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
   if (a.sel_flag && tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8, true>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
   else if (a.sel_flag) launchk(e, pdl, k_mlp_tma<16, true>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
   else if (tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
@@ -883,9 +866,7 @@ static int set_tma_attrs(Engine* e) {
       raise((const void*)k_mlp_tma<16, true>) || raise((const void*)k_mlp_tma<8, true>) ||
       raise((const void*)k_attn_out<128, 16, true>) || raise((const void*)k_attn_out<64, 16, true>) ||
       raise((const void*)k_attn_out<32, 16, true>) || raise((const void*)k_attn_out<128, 8, true>) ||
-      raise((const void*)k_attn_out<64, 8, true>) || raise((const void*)k_attn_out<32, 8, true>) ||
-      raise((const void*)k_rows_tma<EPI_QKV, 16, false, true>) || raise((const void*)k_rows_tma<EPI_ARGMAX, 16, false, true>) ||
-      raise((const void*)k_mlp_tma<16, false, 1, true>) || raise((const void*)k_mlp_tma<16, false, 2, true>))
+      raise((const void*)k_attn_out<64, 8, true>) || raise((const void*)k_attn_out<32, 8, true>))
     return -1;
   return 0;
 }

@@ -108,34 +108,7 @@ struct TGeo {
   int seg, S, rows;
   int lead;  // stages the producer may issue before the consumers' input is ready (-1: no limit); see t_produce_group
   int rowix; // bit 0 (row kernels) / bit 1 (MLP): the producer looks the block's selected rows up first (T_ROWIX)
-  int pitch; // bytes from one row of a stage to the next (the tensor-core consumer's kernels only: t_mc_pitch)
 };
-
-// The tensor-core row consumer (MC kernels, DEJAVU_CUDA_MMA=1; t_consume_row_mc): x kept as an fp16 high part xh[d]
-// and the fp16 rest xl[d] = x - xh (the same d * 4 bytes as the fp32 planes), ~22 bits of x in two mma columns;
-// x scaled by 1/T_MC_SCALE first (and the dots by T_MC_SCALE after), so fp16 overflows only beyond |x| ~ 1e6: with
-// the deferred LayerNorm x is the raw residual stream g * x, whose outlier features can be large.
-// Stage rows an odd number of 16-byte units apart, so ldmatrix's 8 row addresses fall on distinct banks (rows a
-// multiple of 128 bytes apart made it 3.7x slower, bench/cuda/mmadot.cu).
-// (Splitting x in the consumer instead, from the fp32 planes at every k step, made the 13B fixed step 0.1 ms slower.)
-constexpr float T_MC_SCALE = 16.f;
-__host__ __device__ constexpr int t_mc_pitch(int segbytes) { return ((segbytes >> 4) & 1) ? segbytes : segbytes + 16; }
-template <bool MC>
-__device__ __forceinline__ void t_store_x(float4* xs, int d, int i, float4 a) {
-  if constexpr (MC) {
-    constexpr float r = 1.f / T_MC_SCALE;  // (a power of two: exact)
-    a.x *= r; a.y *= r; a.z *= r; a.w *= r;
-    __half* xh = reinterpret_cast<__half*>(xs);
-    const __half2 h0 = __floats2half2_rn(a.x, a.y), h1 = __floats2half2_rn(a.z, a.w);
-    const float2 f0 = __half22float2(h0), f1 = __half22float2(h1);
-    const __half2 l0 = __floats2half2_rn(a.x - f0.x, a.y - f0.y), l1 = __floats2half2_rn(a.z - f1.x, a.w - f1.y);
-    __align__(8) __half2 hv[2] = {h0, h1}, lv[2] = {l0, l1};
-    reinterpret_cast<uint2*>(xh)[i] = *reinterpret_cast<const uint2*>(hv);
-    reinterpret_cast<uint2*>(xh + d)[i] = *reinterpret_cast<const uint2*>(lv);
-  } else {
-    xs[(i & 1) ? (d >> 3) + (i >> 1) : (i >> 1)] = a;
-  }
-}
 
 // Consumer prologue: x = base + delta into registers, written to shared memory as two float4 planes (lo[c] =
 // x[8c..8c+3], hi[c] = x[8c+4..8c+7]) so lane c's 32 bytes come without bank conflicts; this block's slice of X[r]
@@ -159,7 +132,7 @@ __device__ __forceinline__ void t_pre_input(const XIn& in, int d, float4 (&gv)[t
     if (i < (d >> 2)) gv[u] = __ldg(reinterpret_cast<const float4*>(in.g) + i);
   }
 }
-template <int NW, bool MC = false>
+template <int NW>
 __device__ __forceinline__ LnStat t_load_input(const XIn& in, int d, float4* xs, const float4 (&gv)[t_xv<NW>()], int nb, int bi) {
   constexpr int TC = NW * 32, T_XV = t_xv<NW>();
   __shared__ float red[2][NW];
@@ -204,7 +177,7 @@ __device__ __forceinline__ LnStat t_load_input(const XIn& in, int d, float4* xs,
       int i = tid + u * TC;
       if (i >= n4) continue;
       const float4 a = v[u], g = gv[u];
-      t_store_x<MC>(xs, d, i, make_float4(a.x * g.x, a.y * g.y, a.z * g.z, a.w * g.w));
+      xs[(i & 1) ? (d >> 3) + (i >> 1) : (i >> 1)] = make_float4(a.x * g.x, a.y * g.y, a.z * g.z, a.w * g.w);
     }
   }
   if (in.norm) {
@@ -230,7 +203,7 @@ __device__ __forceinline__ LnStat t_load_input(const XIn& in, int d, float4* xs,
         a.x = a.x * g.x + bb.x; a.y = a.y * g.y + bb.y; a.z = a.z * g.z + bb.z; a.w = a.w * g.w + bb.w;
       }
     }
-    t_store_x<MC>(xs, d, i, a);
+    xs[(i & 1) ? (d >> 3) + (i >> 1) : (i >> 1)] = a;
   }
   cbar<NW>();
   return st;
@@ -265,22 +238,20 @@ __device__ __forceinline__ void t_lead_gate(int it, int lead, uint64_t* go) {
 // bulk copy per piece (src(r) = where piece r starts).
 template <class Src>
 __device__ __forceinline__ void t_produce_stage(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes, int S,
-                                                int nr, int bytes, Src src, uint64_t pol, int it, int tr = -1, int pitch = 0) {
+                                                int nr, int bytes, Src src, uint64_t pol, int it, int tr = -1) {
   const int s = it % S;
   if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
   tr_stage(tr, it, 0);
   mbar_expect_tx(&ring.full[s], nr * bytes);
-  const int rp = pitch ? pitch : bytes;  // piece r at r * rp
-  for (int r = 0; r < nr; r++) bulk_g2s(stages + (size_t)s * stage_bytes + r * rp, src(r), bytes, &ring.full[s], pol);
+  for (int r = 0; r < nr; r++) bulk_g2s(stages + (size_t)s * stage_bytes + r * bytes, src(r), bytes, &ring.full[s], pol);
 }
 template <class Row>
 __device__ __forceinline__ void t_produce_group(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes,
                                                 int segbytes, int segel, int seg, int S, int nr, Row row, uint64_t pol,
-                                                int& it, int lead, uint64_t* go, int tr = -1, int pitch = 0) {
+                                                int& it, int lead, uint64_t* go, int tr = -1) {
   for (int sg = 0; sg < seg; sg++, it++) {
     t_lead_gate(it, lead, go);
-    t_produce_stage(ring, stages, stage_bytes, S, nr, segbytes, [&](int r) { return row(r) + sg * segel; }, pol, it, tr,
-                    pitch);
+    t_produce_stage(ring, stages, stage_bytes, S, nr, segbytes, [&](int r) { return row(r) + sg * segel; }, pol, it, tr);
   }
 }
 // Consumer warp: the dot of its row of the group (warp index = row; `active` = the row exists) with x over the
@@ -307,67 +278,6 @@ __device__ __forceinline__ float t_consume_row(Ring<T_MAX_STAGES>& ring, const u
   }
   return warp_sum(acc);
 }
-// The same with tensor cores (MC kernels): the stage's rows (r at r * pitch, `rows` of them) are A of mma.m16n8k16,
-// x's high and low fp16 parts (t_store_x) columns 0 and 1 of B; the warps split each segment's k steps of 16
-// round-robin, two steps in flight, and sum their 16 row partials through `red` (NW x 16 floats) at the end of the
-// group: one named barrier per group (callers alternate two `red` buffers or have a barrier between groups).
-// Every consumer warp calls it for every group; the result (all lanes) is row `warp`'s dot. Rows >= rows read row 0,
-// rows of the stage beyond the group's read stale bytes: mma keeps rows apart, and those results are dropped.
-// Why: the warp-per-row consumer reads 2 bytes of fp32 x per weight byte and spends ~2 us a 16-row stage on it
-// (the fixed step 1.427 -> 1.287 ms with no dots at all, timing only); here x is 2 registers per k step.
-template <int NW, bool TWO = true>  // TWO: two k steps in flight (the MLP kernel, short of registers, takes one)
-__device__ __forceinline__ float t_consume_row_mc(Ring<T_MAX_STAGES>& ring, const unsigned char* stages, int stage_bytes,
-                                                  int pitch, int rows, int segel, int seg, int S, const float4* xs,
-                                                  int K, float* red, int& it, int tr = -1) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  // ldmatrix.x4: lanes 0-7 name rows 0-7 at k0, 8-15 rows 8-15 at k0, 16-23 rows 0-7 at k0 + 8, 24-31 rows 8-15
-  // at k0 + 8 -> a0..a3 in mma's A order
-  const int arow = (lane & 7) + ((lane >> 3) & 1) * 8;
-  const uint32_t aoff = (uint32_t)((arow < rows ? arow : 0) * pitch + (lane >> 4) * 16);
-  // B (16 x 8): lane (g, t) holds k 2t, 2t+1 and 2t+8, 2t+9 of column g; column 0 = xh, 1 = xl, others 0
-  const __half* xp = reinterpret_cast<const __half*>(xs) + (g == 1 ? K : 0) + 2 * t;
-  const bool bx = g < 2;
-  const int nks = segel >> 4;
-  float c[4] = {0.f, 0.f, 0.f, 0.f}, e[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int sg = 0; sg < seg; sg++, it++) {
-    const int s = it % S;
-    mbar_wait(&ring.full[s], (it / S) & 1);
-    if (warp == 0 && lane == 0) tr_stage(tr, it, 1);
-    const uint32_t base = (uint32_t)__cvta_generic_to_shared(stages + (size_t)s * stage_bytes) + aoff;
-    const __half* xk = xp + sg * segel;
-    for (int ks = warp; ks < nks; ks += (TWO ? 2 : 1) * NW) {
-      const bool two = TWO && ks + NW < nks;
-      uint32_t a[4], b[4], x[2], y[2];
-      asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                   : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(base + ks * 32));
-      if (two)
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                     : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(base + (ks + NW) * 32));
-      x[0] = bx ? *reinterpret_cast<const uint32_t*>(xk + ks * 16) : 0u;
-      x[1] = bx ? *reinterpret_cast<const uint32_t*>(xk + ks * 16 + 8) : 0u;
-      asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                   : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(x[0]), "r"(x[1]));
-      if (two) {
-        y[0] = bx ? *reinterpret_cast<const uint32_t*>(xk + (ks + NW) * 16) : 0u;
-        y[1] = bx ? *reinterpret_cast<const uint32_t*>(xk + (ks + NW) * 16 + 8) : 0u;
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(e[0]), "+f"(e[1]), "+f"(e[2]), "+f"(e[3])
-                     : "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(y[0]), "r"(y[1]));
-      }
-    }
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&ring.empty[s]);
-    if (warp == 0 && lane == 0) tr_stage(tr, it, 2);
-  }
-  // D: lane (g, t) holds rows g and g + 8 at columns 2t, 2t + 1; t == 0: (high + low) of rows g and g + 8
-  if (t == 0) {
-    red[warp * 16 + g] = c[0] + c[1] + e[0] + e[1];
-    red[warp * 16 + g + 8] = c[2] + c[3] + e[2] + e[3];
-  }
-  cbar<NW>();
-  return T_MC_SCALE * warp_sum(lane < NW ? red[lane * 16 + warp] : 0.f);
-}
 
 // Producer warp: the block's selected row indices j0..j1 into rowix, all lanes at once (one round trip). Looked up
 // one copy at a time instead, each selection load waits behind the previous copy's issue (a 13B sparse QKV block
@@ -383,14 +293,14 @@ __device__ __forceinline__ bool t_lookup_rows(bool want, int j0, int j1, int* ro
 
 // The streamed row kernels' consumer prologue: let dependents launch, g before the previous grid is done, then the
 // input (t_load_input); `go` releases a gated producer (t_lead_gate).
-template <int NW, bool MC = false>
+template <int NW>
 __device__ __forceinline__ LnStat t_consumer_prologue(const XIn& in, int K, float4* xs, uint64_t* go) {
   pdl_trigger();
   float4 gv[t_xv<NW>()];
   t_pre_input<NW>(in, K, gv);
   pdl_wait();
   if (threadIdx.x == 0) { tr_mark(in.tr, 1); tr_stage(in.tr, TS_N - 1, 0); }
-  const LnStat lst = t_load_input<NW, MC>(in, K, xs, gv, gridDim.x, blockIdx.x);
+  const LnStat lst = t_load_input<NW>(in, K, xs, gv, gridDim.x, blockIdx.x);
   if (threadIdx.x == 0) { mbar_arrive(go); tr_mark(in.tr, 2); tr_stage(in.tr, TS_N - 1, 1); }
   return lst;
 }
@@ -400,8 +310,7 @@ __device__ __forceinline__ LnStat t_consumer_prologue(const XIn& in, int K, floa
 // in groups of TW rows, one segment per stage; consumer warp w owns row w of each group.
 // PF: the launch carries fused-predictor rows or waits for a head list (pfuse.cuh). A separate instantiation: with
 // those paths compiled in, the register allocation of the plain kernel changed and 30B dense lost 9-11% (measured).
-// MC: the tensor-core consumer (t_consume_row_mc; stage rows geo.pitch apart, x as fp16 high / low parts).
-template <int EPI, int NW, bool PF = false, bool MC = false>
+template <int EPI, int NW, bool PF = false>
 __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   constexpr int TW = NW;
   extern __shared__ __align__(128) unsigned char t_sm[];
@@ -409,9 +318,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   __shared__ unsigned long long best_s[TW];
   __shared__ uint64_t go;
   __shared__ int rowix[T_ROWIX];
-  __shared__ float mc_red[MC ? 2 : 1][MC ? NW * 16 : 1];  // t_consume_row_mc's partials, alternating per group
-  const int K = a.K, seg = geo.seg, S = geo.S, segel = K / seg, segbytes = segel * 2, RS = geo.rows;
-  const int pitch = MC ? geo.pitch : segbytes, stage_bytes = RS * pitch;
+  const int K = a.K, seg = geo.seg, S = geo.S, segel = K / seg, segbytes = segel * 2, stage_bytes = geo.rows * segbytes, RS = geo.rows;
   float4* xs = reinterpret_cast<float4*>(t_sm);
   unsigned char* stages = t_sm + (size_t)K * 4;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -438,24 +345,16 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       int it = 0;
       for (int g = j0; g < j1; g += RS)
         t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, min(RS, j1 - g),
-                        [&](int r) { return wrow(pre ? rowix[g + r - j0] : vrow(g + r)); }, pol, it, geo.lead, &go, in.tr,
-                        MC ? pitch : 0);
+                        [&](int r) { return wrow(pre ? rowix[g + r - j0] : vrow(g + r)); }, pol, it, geo.lead, &go, in.tr);
       tr_producer_done(in.tr, ring.full, it, S);
     }
     pdl_trigger();
     return;
   }
-  const LnStat lst = t_consumer_prologue<NW, MC>(in, K, xs, &go);
+  const LnStat lst = t_consumer_prologue<NW>(in, K, xs, &go);
   const int pos = EPI == EPI_QKV ? a.st[0] : 0;
   unsigned long long best = 0ull;
   int it = 0;
-  auto consume = [&](bool active, int g) {
-    if constexpr (MC)
-      return t_consume_row_mc<NW>(ring, stages, stage_bytes, pitch, RS, segel, seg, S, xs, K, mc_red[((g - j0) / RS) & 1],
-                                  it, in.tr);
-    else
-      return t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it, in.tr);
-  };
   for (int g = j0; g < j1; g += RS) {
     const int nr = min(RS, j1 - g), j = g + warp;
     const bool active = warp < nr;
@@ -465,14 +364,14 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       if (a.pn && row >= a.pbase) {  // fused predictor row: t = w1 . x (planes: g * x, w1 stored / g)
         const int pr = row - a.pbase;
         const float c1r = ld ? __ldg(a.pc1 + pr) : 0.f, nm = ld ? __ldg(a.pnm + pr) : 0.f;
-        const float acc = consume(active, g);
+        const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it, in.tr);
         if (ld) a.pt[pr] = nm != 0.f ? lst.rstd * (acc - lst.mean * c1r) : acc;
         continue;
       }
     }
     const float bias = ld && a.b ? __ldg(a.b + row) : 0.f;
     const float c1r = ld && in.c1 ? __ldg(in.c1 + row) : 0.f, c2r = ld && in.c1 ? __ldg(in.c2 + row) : 0.f;
-    const float acc = consume(active, g);
+    const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it, in.tr);
     if (ld) row_epilogue<EPI>(a, j, row, t_ln_row(in, lst, acc, c1r, c2r) + bias, pos, best);
   }
   if constexpr (EPI == EPI_ARGMAX) {
@@ -677,13 +576,13 @@ template <class Row>
 __device__ __forceinline__ void t_produce_mlp(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes,
                                               int segbytes, int segel, int seg, int S, int RS, int j0, int j1,
                                               const __half* W1, const __half* W2T, int K, Row row, uint64_t pol, int& it,
-                                              int lead, uint64_t* go, int pitch = 0) {
+                                              int lead, uint64_t* go) {
   for (int g = j0; g < j1; g += RS) {
     const int nr = min(RS, j1 - g);
     for (int m = 0; m < 2; m++) {
       const __half* W = m == 0 ? W1 : W2T;
       t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, nr, [&](int r) { return W + (size_t)row(g + r) * K; },
-                      pol, it, lead, go, -1, pitch);
+                      pol, it, lead, go);
     }
   }
 }
@@ -697,17 +596,13 @@ __device__ __forceinline__ void t_add8(float (&acc)[8], const float* b, int col)
 // (c1/c2: t_ln_row), then every consumer thread adds h_r * W2T[j_r][c] for its 16-byte vector c of each segment (registers, over all
 // chunks); one set of float4 atomics into y at the end (+ b2 when non-null: the caller owes the bias). meta: the
 // warps' rows of the first T_MG chunks looked up ahead (RowMeta), or null.
-// MC: fc1 by the tensor-core consumer (mc_red: its NW x 16 partials; one buffer suffices, the chunk barrier below
-// separates a chunk's reads from the next chunk's writes), stage rows `pitch` bytes apart.
-template <int NW, int CL = 1, bool MC = false>
+template <int NW, int CL = 1>
 __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const unsigned char* stages, int stage_bytes,
                                               int segbytes, int segel, int seg, int S, int RS, int j0, int j1,
                                               const int* sel, const float* b1v, const float4* xs, int K, const float* c1,
                                               const float* c2, LnStat lst, float (*h_s)[NW], const float* b2, float* y,
-                                              int& it, const RowMeta (*meta)[T_MG] = nullptr, int tr = -1,
-                                              int pitch = 0, float* mc_red = nullptr) {
+                                              int& it, const RowMeta (*meta)[T_MG] = nullptr, int tr = -1) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int rp = MC ? pitch : segbytes;
   const int segvec = segbytes >> 4;
   float acc[T_SEGMAX][8];
 #pragma unroll
@@ -728,9 +623,7 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
       b1 = __ldg(b1v + row);
       if (c1) { c1r = __ldg(c1 + row); c2r = __ldg(c2 + row); }
     }
-    float dot;
-    if constexpr (MC) dot = t_consume_row_mc<NW, false>(ring, stages, stage_bytes, rp, RS, segel, seg, S, xs, K, mc_red, it);
-    else dot = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
+    const float dot = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
     float* hs = h_s[chunk & 1];
     if (lane == 0) hs[warp] = active ? fmaxf((c1 ? lst.rstd * (dot - lst.mean * c1r) + c2r : dot) + b1, 0.f) : 0.f;
     cbar<NW>();  // h of the chunk complete (and the other buffer no longer read: every thread passed its chunk)
@@ -743,7 +636,7 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
         const unsigned char* st = stages + (size_t)s * stage_bytes;
         for (int r = 0; r < nr; r++) {
           const float sc = hs[r];
-          uint4 w = reinterpret_cast<const uint4*>(st + r * rp)[tid];
+          uint4 w = reinterpret_cast<const uint4*>(st + r * segbytes)[tid];
           const __half2* hh = reinterpret_cast<const __half2*>(&w);
 #pragma unroll
           for (int i = 0; i < 4; i++) {
@@ -833,8 +726,7 @@ struct MlpTmaArgs {
 };
 
 // CL = 2: launched in clusters of 2 blocks that pre-add their partials (t_mlp_consume).
-// MC: the tensor-core fc1 consumer (see k_rows_tma).
-template <int NW, bool PF = false, int CL = 1, bool MC = false>  // PF: waits for a fused predictor's selection (see k_rows_tma)
+template <int NW, bool PF = false, int CL = 1>  // PF: waits for a fused predictor's selection (see k_rows_tma)
 __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   constexpr int TW = NW;
   extern __shared__ __align__(128) unsigned char t_sm[];
@@ -842,9 +734,7 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   __shared__ float h_s[2][TW];
   __shared__ uint64_t go;
   __shared__ int rowix[T_ROWIX];
-  __shared__ float mc_red[MC ? NW * 16 : 1];
-  const int K = a.d, seg = geo.seg, S = geo.S, segel = K / seg, segbytes = segel * 2, RS = geo.rows;
-  const int pitch = MC ? geo.pitch : segbytes, stage_bytes = RS * pitch;
+  const int K = a.d, seg = geo.seg, S = geo.S, segel = K / seg, segbytes = segel * 2, stage_bytes = geo.rows * segbytes, RS = geo.rows;
   float4* xs = reinterpret_cast<float4*>(t_sm);
   unsigned char* stages = t_sm + (size_t)K * 4;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -860,8 +750,7 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
     if (lane == 0) {
       int it = 0;
       t_produce_mlp(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.W1, a.W2T, K,
-                    [&](int j) { return pre ? rowix[j - j0] : a.sel ? a.sel[j] : j; }, policy_evict_first(), it, geo.lead, &go,
-                    MC ? pitch : 0);
+                    [&](int j) { return pre ? rowix[j - j0] : a.sel ? a.sel[j] : j; }, policy_evict_first(), it, geo.lead, &go);
       tr_producer_done(in.tr, ring.full, it, S);
     }
     pdl_trigger();
@@ -872,11 +761,10 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
     }
     return;
   }
-  const LnStat lst = t_consumer_prologue<NW, MC>(in, K, xs, &go);
+  const LnStat lst = t_consumer_prologue<NW>(in, K, xs, &go);
   int it = 0;
-  t_mlp_consume<NW, CL, MC>(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.sel, a.b1, xs, K, in.c1, in.c2, lst,
-                            h_s, blockIdx.x == 0 ? a.b2 : nullptr, (geo.rowix & 4) ? nullptr : a.y, it, nullptr, in.tr,
-                            pitch, mc_red);
+  t_mlp_consume<NW, CL>(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.sel, a.b1, xs, K, in.c1, in.c2, lst, h_s,
+                    blockIdx.x == 0 ? a.b2 : nullptr, (geo.rowix & 4) ? nullptr : a.y, it, nullptr, in.tr);
   if (tid == 0) tr_mark(in.tr, 3);
 }
 
