@@ -222,43 +222,16 @@ int main() {
   CU(cudaMalloc(&dW, W.size() * 2)); CU(cudaMalloc(&dx, E * 4)); CU(cudaMalloc(&dout, 16 * 4)); CU(cudaMalloc(&dcy, 8));
   CU(cudaMemcpy(dW, W.data(), W.size() * 2, cudaMemcpyHostToDevice));
   CU(cudaMemcpy(dx, x.data(), E * 4, cudaMemcpyHostToDevice));
-  const size_t smax = E * 4 + E * 4 + NW * 16 * 4 + 16 * (E * 2 + 16);
+  const size_t smax = E * 4 + E * 4 + NW * 16 * 4 + 16 * (E * 2 + 16);  // (a) / (b) at their largest
   CU(cudaFuncSetAttribute(k_consume<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smax));
   CU(cudaFuncSetAttribute(k_consume<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smax));
   int failures = 0;
-  for (int R : {16, 8})
-    for (int pad : {0, 16}) {
-      const int pitch = E * 2 + pad;
-      std::vector<double> ref(R);
-      for (int r = 0; r < R; r++) { double s = 0; for (int k = 0; k < E; k++) s += (double)Wf[r * E + k] * x[k]; ref[r] = s; }
-      for (int mma = 0; mma < 2; mma++) {
-        const size_t smem = E * 4 + E * 4 + NW * 16 * 4 + (size_t)R * pitch;
-        CU(cudaMemset(dout, 0xff, 16 * 4));
-        if (mma) k_consume<true><<<1, NW * 32, smem>>>(dW, dx, R, pitch, dout, dcy);
-        else k_consume<false><<<1, NW * 32, smem>>>(dW, dx, R, pitch, dout, dcy);
-        CU(cudaDeviceSynchronize());
-        std::vector<float> got(R);
-        unsigned long long cy;
-        CU(cudaMemcpy(got.data(), dout, R * 4, cudaMemcpyDeviceToHost));
-        CU(cudaMemcpy(&cy, dcy, 8, cudaMemcpyDeviceToHost));
-        double num = 0, den = 0;
-        bool finite = true;
-        for (int r = 0; r < R; r++) { finite &= std::isfinite(got[r]); num += (got[r] - ref[r]) * (got[r] - ref[r]); den += ref[r] * ref[r]; }
-        const double rel = std::sqrt(num / den);
-        const bool ok = finite && rel <= 1e-4;
-        failures += !ok;
-        printf("R %2d pitch %5d %-13s %6llu cycles a stage (%5.0f B/clk of weights)  rel err %.2e %s\n", R, pitch,
-               mma ? "mma.sync" : "warp per row", cy, (double)R * E * 2 / cy, rel, ok ? "ok" : "FAIL");
-      }
-    }
-  // (c): B = W rows, A = x; R 8 / 16, batches of BT k steps
-  auto run2 = [&](auto kern, int R, int BT, int pitch) -> int {
+  // One measurement: launch(smem) runs a consumer on R rows at `pitch`; its R outputs against the fp64 reference.
+  auto measure = [&](int R, int pitch, size_t smem, const char* label, auto launch) -> int {
     std::vector<double> ref(R);
     for (int r = 0; r < R; r++) { double s = 0; for (int k = 0; k < E; k++) s += (double)Wf[r * E + k] * x[k]; ref[r] = s; }
-    const size_t smem = E * 4 + NW * 16 * 4 + (size_t)R * pitch;
-    CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     CU(cudaMemset(dout, 0xff, 16 * 4));
-    kern<<<1, NW * 32, smem>>>(dW, dx, pitch, dout, dcy);
+    launch(smem);
     CU(cudaDeviceSynchronize());
     std::vector<float> got(R);
     unsigned long long cy;
@@ -270,15 +243,31 @@ int main() {
     const double rel = std::sqrt(num / den);
     const bool ok = finite && rel <= 1e-4;
     failures += !ok;
-    printf("R %2d pitch %5d W-as-B BT %d   %6llu cycles a stage (%5.0f B/clk of weights)  rel err %.2e %s\n", R, pitch, BT,
-           cy, (double)R * E * 2 / cy, rel, ok ? "ok" : "FAIL");
+    printf("R %2d pitch %5d %-13s %6llu cycles a stage (%5.0f B/clk of weights)  rel err %.2e %s\n", R, pitch, label, cy,
+           (double)R * E * 2 / cy, rel, ok ? "ok" : "FAIL");
     return 0;
   };
+  for (int R : {16, 8})
+    for (int pad : {0, 16}) {
+      const int pitch = E * 2 + pad;
+      const size_t smem = E * 4 + E * 4 + NW * 16 * 4 + (size_t)R * pitch;
+      if (measure(R, pitch, smem, "warp per row", [&](size_t sm) { k_consume<false><<<1, NW * 32, sm>>>(dW, dx, R, pitch, dout, dcy); }) ||
+          measure(R, pitch, smem, "mma.sync", [&](size_t sm) { k_consume<true><<<1, NW * 32, sm>>>(dW, dx, R, pitch, dout, dcy); }))
+        return 1;
+    }
+  // (c): B = W rows, A = x; R 8 / 16, batches of BT k steps
+  auto run2 = [&](auto kern, int R, int BT, int pitch) -> int {
+    const size_t smem = E * 4 + NW * 16 * 4 + (size_t)R * pitch;
+    CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    char label[32];
+    snprintf(label, sizeof label, "W-as-B BT %d", BT);
+    return measure(R, pitch, smem, label, [&](size_t sm) { kern<<<1, NW * 32, sm>>>(dW, dx, pitch, dout, dcy); });
+  };
   for (int pad : {0, 16}) {
-    run2(k_consume2<16, 1>, 16, 1, E * 2 + pad); run2(k_consume2<16, 2>, 16, 2, E * 2 + pad);
-    run2(k_consume2<16, 4>, 16, 4, E * 2 + pad);
-    run2(k_consume2<8, 1>, 8, 1, E * 2 + pad); run2(k_consume2<8, 2>, 8, 2, E * 2 + pad);
-    run2(k_consume2<8, 4>, 8, 4, E * 2 + pad);
+    const int pitch = E * 2 + pad;
+    if (run2(k_consume2<16, 1>, 16, 1, pitch) || run2(k_consume2<16, 2>, 16, 2, pitch) || run2(k_consume2<16, 4>, 16, 4, pitch) ||
+        run2(k_consume2<8, 1>, 8, 1, pitch) || run2(k_consume2<8, 2>, 8, 2, pitch) || run2(k_consume2<8, 4>, 8, 4, pitch))
+      return 1;
   }
   printf("mmadot: %s\n", failures ? "FAILED" : "passed");
   return failures ? 1 : 0;
