@@ -4,14 +4,16 @@
  * Attention (DejaVu lookahead): layer 0 stays dense; for l >= 1 the predictor reads `att_in` of layer l-1 and labels
  * are the top k = max(1, round(head_frac * H)) heads of layer l by `head_norm`.
  * MLP: labels are `mlp_active` of layer l; the input is `mlp_in` of l (default, as DejaVu trained), `att_in` of l
- * (runs in parallel with attention), or `mlp_in` of l-1 (`prev_mlp_in`, one layer of lookahead; layer 0 has no
- * previous layer and falls back to its own `mlp_in`).
+ * (runs in parallel with attention), `mlp_in` of l-1 (`prev_mlp_in`, one layer of lookahead) or `att_in` of l-1
+ * (`prev_att_in`: the same residual point as layer l's attention predictor, so one chain on the GPU serves both).
+ * Layer 0 has no previous layer and falls back to its own `mlp_in` / `att_in`.
  */
 import { DejavuError } from '../common/errors.js';
 import type { ShardDims } from './shard-reader.js';
 
 export type Target = 'mlp' | 'attn';
-export type MlpInput = 'mlp_in' | 'att_in' | 'prev_mlp_in';
+export type MlpInput = 'mlp_in' | 'att_in' | 'prev_mlp_in' | 'prev_att_in';
+export const MLP_INPUTS: readonly MlpInput[] = ['mlp_in', 'att_in', 'prev_mlp_in', 'prev_att_in'];
 
 export interface Job {
   layer: number;
@@ -78,12 +80,12 @@ export function planJobs(
           k: headK(opts.headFrac, dims.nHeads),
         });
       } else {
-        const prev = opts.mlpInput === 'prev_mlp_in' && layer > 0;
-        if (prev && !have(layer - 1)) throw new DejavuError(`prev_mlp_in for layer ${layer} needs layer ${layer - 1}, which the shards lack`, '--mlp-input');
+        const prev = (opts.mlpInput === 'prev_mlp_in' || opts.mlpInput === 'prev_att_in') && layer > 0;
+        if (prev && !have(layer - 1)) throw new DejavuError(`${opts.mlpInput} for layer ${layer} needs layer ${layer - 1}, which the shards lack`, '--mlp-input');
         jobs.push({
           layer,
           target,
-          inputColumn: opts.mlpInput === 'att_in' ? 'att_in' : 'mlp_in',
+          inputColumn: opts.mlpInput === 'att_in' || opts.mlpInput === 'prev_att_in' ? 'att_in' : 'mlp_in',
           inputLayer: prev ? layer - 1 : layer,
           lookahead: prev ? 1 : 0,
           labelColumn: 'mlp_active',

@@ -86,7 +86,7 @@ int main() {
     unsigned long long t0 = ~0ull;
     for (int b = 0; b < grid; b++) t0 = std::min(t0, h[b * 16]);
     printf("%-34s grid %3d: %6.1f us/launch (event, median of 35)  phases (us from first entry, median over blocks):", name, grid, ms[ms.size() / 2]);
-    const char* ph[] = {"entry", "x", "w1", "bar1", "t", "sc-loop", "merge", "scores", "bar2", "bar3", "bar4", "end"};
+    const char* ph[] = {"entry", "x", "w1", "bar1", "t", "sc-loop", "merge", "scores", "bar2", "bins", "-", "end"};
     const int idx[] = {0, 1, 2, 3, 9, 10, 11, 4, 5, 6, 7, 8};
     for (int i = 0; i < 12; i++) {
       std::vector<double> v;

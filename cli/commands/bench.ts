@@ -3,7 +3,7 @@
  * the CUDA path runtime/cuda/bench.ts. Both are imported inside the action: this module imports nothing heavy at top
  * level (the CUDA machine has neither tfjs nor apache-arrow).
  */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { DejavuError } from '../../common/errors.js';
 
 export interface Density {
@@ -42,6 +42,7 @@ interface BenchFlags {
   prompt: number;
   gen: number;
   rounds?: number;
+  mlpInput?: 'att_in' | 'prev_att_in' | 'prev_mlp_in' | 'mlp_in';
   json?: boolean;
 }
 
@@ -57,6 +58,14 @@ export function register(program: Command): void {
     .option('--prompt <n>', 'prompt tokens', positiveInt('--prompt'), 128)
     .option('--gen <n>', 'generated (timed) tokens', positiveInt('--gen'), 128)
     .option('--rounds <n>', 'cpu: alternating dense/sparse rounds, median reported', positiveInt('--rounds'))
+    .addOption(
+      new Option('--mlp-input <tap>', 'cuda, random predictors: where MLP predictors read (as train --mlp-input; default att_in)').choices([
+        'att_in',
+        'prev_att_in',
+        'prev_mlp_in',
+        'mlp_in',
+      ]),
+    )
     .option('--json', 'print one JSON object on stdout')
     .action(async (f: BenchFlags) => {
       const density = f.density ? parseDensity(f.density) : undefined;
@@ -71,11 +80,13 @@ export function register(program: Command): void {
           density,
           prompt: f.prompt,
           gen: f.gen,
+          mlpInput: f.mlpInput,
           json: !!f.json,
         });
       } else if (f.device === 'cpu') {
         if (!f.model) throw new DejavuError('the CPU bench needs a model folder', '--model');
         if (f.shape) throw new DejavuError('--shape (random weights of a large model) is for --device cuda', '--shape');
+        if (f.mlpInput) throw new DejavuError('--mlp-input places random predictors on the GPU; the CPU bench takes them from --bundle', '--mlp-input');
         const { runCpuBench } = await import('../../runtime/sparse/bench-cpu.js');
         result = await runCpuBench({
           model: f.model,

@@ -3,6 +3,7 @@
  */
 import { Command, Option } from 'commander';
 import { DejavuError } from '../../common/errors.js';
+import { MLP_INPUTS } from '../../train/jobs.js';
 
 function num(flag: string, opts: { int?: boolean; min?: number; max?: number } = {}) {
   return (v: string): number => {
@@ -30,7 +31,7 @@ export function register(program: Command): void {
     .option('--lr <x>', 'AdamW learning rate', num('--lr', { min: 0 }), 1e-3)
     .option('--weight-decay <x>', 'AdamW decoupled weight decay', num('--weight-decay', { min: 0 }), 0.01)
     .option('--head-frac <x>', 'attention label: top round(head_frac*H) heads by head_norm (at least 1)', num('--head-frac', { min: 0, max: 1 }), 0.3)
-    .addOption(new Option('--mlp-input <col>', 'MLP predictor input').choices(['mlp_in', 'att_in', 'prev_mlp_in']).default('mlp_in'))
+    .addOption(new Option('--mlp-input <col>', 'MLP predictor input').choices([...MLP_INPUTS]).default('mlp_in'))
     .addOption(new Option('--input-norm <n>', 'predictor input preprocessing (recorded for export)').choices(['layernorm', 'none']).default('layernorm'))
     .addOption(new Option('--backend <b>', 'tfjs backend').choices(['auto', 'node-gpu', 'node', 'webgpu', 'wasm', 'cpu']).default('auto'))
     .option('--val-frac <x>', 'fraction of documents held out for validation (split by document, seeded)', num('--val-frac', { min: 0, max: 1 }), 0.1)

@@ -9,7 +9,7 @@
  * 1 - fixed/sparse); predictors alone (their own time, for reference).
  */
 import { DejavuError } from '../../common/errors.js';
-import { CudaEngine, type SparsityPlan } from './engine.js';
+import { CudaEngine, MLP_TAPS, type MlpTap, type SparsityPlan } from './engine.js';
 import { avgStepBytes, shapeDims, weightBytes, type Dims, type StepSparsity } from './floor.js';
 import { loadCudaLib, type Mode } from './lib.js';
 
@@ -23,6 +23,8 @@ export interface CudaBenchOptions {
   json: boolean;
   /** Predictor rank for random predictors (shapes / model without bundle). */
   rank?: number;
+  /** Where random MLP predictors read (train's --mlp-input names; default att_in). */
+  mlpInput?: MlpTap;
   seed?: number;
   reps?: number;
 }
@@ -48,6 +50,9 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
   for (const [k, v] of Object.entries(density))
     if (!(v > 0 && v <= 1)) throw new DejavuError(`${k}=${v}: density must be in (0, 1]`, '--density');
   const rank = o.rank ?? 128;
+  const mlpInput = o.mlpInput ?? 'att_in';
+  if (!MLP_TAPS.includes(mlpInput)) throw new DejavuError(`'${mlpInput}': expected one of ${MLP_TAPS.join(', ')}`, '--mlp-input');
+  if (o.mlpInput && o.bundle) throw new DejavuError('a bundle records where its predictors read; --mlp-input is for random predictors', '--mlp-input');
   const reps = o.reps ?? 3;
 
   const lib = await loadCudaLib();
@@ -90,7 +95,7 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
         : {};
       plan = eng.applyBundle(b, over);
     } else {
-      plan = eng.randomPredictors(density, rank);
+      plan = eng.randomPredictors(density, rank, mlpInput);
     }
     eng.build();
     log(json, `loaded + graphs in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
@@ -160,6 +165,7 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
       batch: 1,
       density: { mlp: r3(avg(plan.kM) / dims.ffn), heads: r3(avg(plan.kH) / dims.heads) },
       sparsity_source: plan.source,
+      mlp_input: o.bundle ? null : mlpInput,
       predictor_rank: { attn: Math.max(...plan.rankAttn), mlp: Math.max(...plan.rankMlp) },
       kv_policy: 'selected (skipped heads compute no K/V; their slots are masked when picked later)',
       copy_bandwidth_gbps: r3(bw / 1e9),

@@ -4,17 +4,26 @@
 // k_pred_scores, k_topk_select) took ~46 us per tap group (13B, H200), far longer than the ~22 us between a tap and
 // the MLP that needs its selection; its time went to launches, waves and dependent L2 round trips (a global
 // histogram with one atomic per score, then a candidate list ranked by one block), not to its 7.9 MB of bytes.
-// Here every block keeps its share of the scores in shared memory, and the threshold is found by three histogram
-// rounds (key bits 31..20, 19..8, 7..0), each one block-local histogram merged into a global one, then read back
-// whole by every block: no block waits on another block's serial work.
+// Here every block keeps its share of the scores in shared memory (as 16-bit keys), and the threshold is found with
+// ONE histogram round: every score's key (its fp16 rounding, order-preserving) is counted into a global 65536-bin
+// histogram and a block-local 256-bin one (merged into a global coarse histogram); after one grid barrier every block
+// reads the 256 coarse bins, then the 256 fine bins under the coarse bin holding the k-th largest, and appends its
+// keys above the threshold (and ties while the count allows). The scores the checks read are the fp16-rounded values,
+// so every selection is an exact top-k of its own scores; against fp32 scores it can differ only within fp16
+// rounding of the threshold (near-ties, as the issue allows).
 //
 // Grid: at most the blocks that are resident at once (the partition's SMs, one block each), since blocks wait for
 // each other. Members with n <= PC_SMALL (attention heads) are ranked whole by one block, with no barrier.
 //
-// Status (eighth session, bench/results/cuda-13b-green-contexts-h200-2026-11-21-s8.txt): correct (cuda-check: every
-// selection an exact top-k of its own scores) but NOT fast enough to be the default: 28.7 us per 13B tap group on
-// 16 idle SMs, ~48 us beside the main stream's HBM traffic, against a ~22 us window; the three histogram rounds and
-// their barriers are about half of it. Off unless DEJAVU_CUDA_GREEN is set.
+// History: the eighth session's version found the threshold of fp32 keys in three histogram rounds (bits 31..20,
+// 19..8, 7..0) with a grid barrier after each: 28.7 us per 13B tap group on 16 idle SMs, ~48 us beside the main
+// stream's HBM traffic, of which the rounds and their barriers were ~24 us (bench/results/
+// cuda-13b-green-contexts-h200-2026-11-21-s8.txt; code in git history before the eleventh session). Off unless
+// DEJAVU_CUDA_GREEN is set.
+//
+// State across launches (ChainState): the histograms and counters are double-buffered by launch parity. Launch N
+// uses set N % 2 and clears set (N + 1) % 2, which launch N - 1 used and nobody reads any more; N comes from the
+// monotone barrier counter (each launch of a group passes the same number of barriers; reset when graphs are built).
 #pragma once
 #include "kernels.cuh"
 #include "fused.cuh"
@@ -28,11 +37,21 @@ constexpr int PC_BATCH = 20;    // w1: 16-byte vectors a lane has in flight (13B
 constexpr int PC_U = 8;         // scores: rows a lane has in flight (2 vectors each)
 constexpr int PC_MAXR = 128;    // ranks the scores layout covers (8 lanes x 2 vectors x 8 halves)
 
+constexpr int PC_FINE = 65536;  // 16-bit keys
+
 struct ChainState {
-  unsigned bar;                       // grid barrier counter (monotone; reset when the graphs are built)
-  unsigned n_sel[PC_MAXM], taken_eq[PC_MAXM];
-  unsigned h1[PC_MAXM][4096], h2[PC_MAXM][4096], h3[PC_MAXM][256];
+  unsigned hf[2][PC_MAXM][PC_FINE];                  // fine histogram: key (first: cleared with 16-byte stores)
+  unsigned hc[2][PC_MAXM][256];                      // coarse histogram: key >> 8
+  unsigned n_sel[2][PC_MAXM], taken_eq[2][PC_MAXM];  // [launch parity][member]
+  unsigned bar;  // grid barrier counter (monotone; reset when the graphs are built)
 };
+
+// Order-preserving 16-bit key of a score's fp16 rounding (saturating to +-inf), and that rounding as a float.
+__device__ __forceinline__ uint32_t h16key(float f) {
+  const unsigned h = __half_as_ushort(__float2half_rn(f));
+  return (h & 0x8000u) ? (~h & 0xffffu) : (h | 0x8000u);
+}
+__device__ __forceinline__ float h16round(float f) { return __half2float(__float2half_rn(f)); }
 
 struct ChainMember {
   const __half* w2;  // [n][r]
@@ -114,12 +133,6 @@ __device__ __forceinline__ void pc_merge(unsigned* hs, unsigned* hg, int nbins) 
     if (hs[i]) atomicAdd(hg + i, hs[i]);
 }
 
-// This block's slice of a 4096-bin global histogram, zeroed for the next launch.
-__device__ __forceinline__ void pc_clear(unsigned* h) {
-  const int lo = blockIdx.x * 4096 / gridDim.x, hi = (blockIdx.x + 1) * 4096 / gridDim.x;
-  for (int i = lo + threadIdx.x; i < hi; i += PC_THREADS) h[i] = 0u;
-}
-
 __device__ __forceinline__ void pc_stamp(const ChainArgs& a, int i) {
   if (a.stamps && threadIdx.x == 0) {
     unsigned long long t;
@@ -130,7 +143,7 @@ __device__ __forceinline__ void pc_stamp(const ChainArgs& a, int i) {
 
 __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
   extern __shared__ __align__(16) float sm[];
-  __shared__ unsigned hs[4096];
+  __shared__ unsigned hs[256];
   __shared__ uint32_t keys[PC_SMALL];
   __shared__ int tmp[33], s_bin, s_rem, s_base;
   __shared__ float red[32];
@@ -139,6 +152,27 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
   float* xs = sm;
   float* ts = sm + d;
   ChainState* S = a.s;
+  bool any_big = false;
+  for (int mi = 0; mi < a.nm; mi++) any_big |= a.m[mi].n > PC_SMALL;
+  // Launch parity (see ChainState): no block of this launch can pass its first barrier before this one arrives, so
+  // the counter (2 barriers a launch) is in [2*G*N, 2*G*N + G) here.
+  unsigned par = 0;
+  if (any_big) {
+    unsigned v;
+    asm volatile("ld.relaxed.gpu.u32 %0, [%1];" : "=r"(v) : "l"(&S->bar) : "memory");
+    par = (v / (2u * G)) & 1u;
+    const unsigned q = par ^ 1u;  // the other set: clear it for the next launch
+    const int lo = blockIdx.x * PC_FINE / G, hi = (blockIdx.x + 1) * PC_FINE / G;
+    for (int mi = 0; mi < a.nm; mi++) {
+      if (a.m[mi].n <= PC_SMALL) continue;
+      uint4* f = reinterpret_cast<uint4*>(S->hf[q][mi]);
+      for (int i = lo / 4 + tid; i < hi / 4; i += PC_THREADS) f[i] = make_uint4(0u, 0u, 0u, 0u);
+      if (blockIdx.x == 0) {
+        for (int i = tid; i < 256; i += PC_THREADS) S->hc[q][mi][i] = 0u;
+        if (tid == 0) { S->n_sel[q][mi] = 0u; S->taken_eq[q][mi] = 0u; }
+      }
+    }
+  }
 
   // Phase 0: the tap's input x = X[r-1] + D[r] (and the parameter-free LayerNorm), then this block's w1 rows.
   pc_stamp(a, 0);
@@ -187,15 +221,12 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
   pc_barrier(&S->bar);
   pc_stamp(a, 3);
 
-  // Phase 1: t into shared memory; block 0 clears what phases 3-4 accumulate into (their last readers were the
-  // previous launch); scores: small members whole in one block (ranked right here), big ones a share per block.
-  if (blockIdx.x == 0 && tid < PC_MAXM) { S->n_sel[tid] = 0u; S->taken_eq[tid] = 0u; }
-  if (blockIdx.x == 0)
-    for (int i = tid; i < PC_MAXM * 256; i += PC_THREADS) (&S->h3[0][0])[i] = 0u;
+  // Phase 1: t into shared memory; scores: small members whole in one block (ranked right here), big ones a share
+  // per block, counted into the histograms of this launch's parity.
   for (int i = tid; i < a.rows; i += PC_THREADS) ts[i] = __ldcg(a.t + i);
   __syncthreads();
   pc_stamp(a, 9);
-  float* sc = ts + a.rows;  // big members' shares, one after the other
+  uint32_t* sc = reinterpret_cast<uint32_t*>(ts + a.rows);  // big members' shares (16-bit keys), one after the other
   for (int mi = 0; mi < a.nm; mi++) {
     const ChainMember& m = a.m[mi];
     const bool small = m.n <= PC_SMALL;
@@ -216,7 +247,7 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
       tr[8 + q] = s8 + 8 < mv ? tm[8 * (s8 + 8) + q] : 0.f;
     }
     if (!small)
-      for (int i = tid; i < 4096; i += PC_THREADS) hs[i] = 0u;
+      for (int i = tid; i < 256; i += PC_THREADS) hs[i] = 0u;
     __syncthreads();
     for (int base = lo + warp * 4; base < hi; base += PC_U * step) {
       uint4 w[PC_U][2];
@@ -235,11 +266,17 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
         acc += __shfl_xor_sync(0xffffffffu, acc, 2);
         acc += __shfl_xor_sync(0xffffffffu, acc, 1);
         if (j < hi && s8 == 0) {
-          m.scores[j] = acc;
-          if (small) keys[j] = f2key(acc);
-          else {
-            sc[j - lo] = acc;
-            if (!(a.opts & 2)) atomicAdd(&hs[f2key(acc) >> 20], 1u);
+          if (small) {
+            m.scores[j] = acc;
+            keys[j] = f2key(acc);
+          } else {
+            const uint32_t kk = h16key(acc);
+            m.scores[j] = h16round(acc);
+            sc[j - lo] = kk;
+            if (!(a.opts & 2)) {
+              atomicAdd(&S->hf[par][mi][kk], 1u);  // (result unused: a fire-and-forget reduction)
+              atomicAdd(&hs[kk >> 8], 1u);
+            }
           }
         }
       }
@@ -265,70 +302,42 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
       }
     } else {
       pc_stamp(a, 10);
-      pc_merge(hs, S->h1[mi], 4096);
+      pc_merge(hs, S->hc[par][mi], 256);
       pc_stamp(a, 11);
       sc += chunk;
     }
     __syncthreads();
   }
-  bool any_big = false;
-  for (int mi = 0; mi < a.nm; mi++) any_big |= a.m[mi].n > PC_SMALL;
   pc_stamp(a, 4);
   if (!any_big) return;
   pc_barrier(&S->bar);
   pc_stamp(a, 5);
 
-  // Phases 2-4, per big member: the bin of the k-th largest key at bits 31..20, then 19..8, then 7..0, each from a
-  // global histogram every block reads whole; then every block appends its keys above the threshold key and takes
-  // keys equal to it while the count allows (arrival order, as the three-kernel chain does).
-  uint32_t pre[PC_MAXM];
-  int rem[PC_MAXM];
-  for (int phase = 2; phase <= 4; phase++) {
-    sc = ts + a.rows;
-    for (int mi = 0; mi < a.nm; mi++) {
-      const ChainMember& m = a.m[mi];
-      if (m.n <= PC_SMALL) continue;
-      const int chunk = pc_chunk(m.n, G), lo = blockIdx.x * chunk, cnt = max(0, min(m.n, lo + chunk) - lo);
-      if (phase == 2) {
-        pre[mi] = (uint32_t)pc_find_bin(S->h1[mi], 4096, m.k, tmp, &s_bin, &s_rem) << 20;
-        rem[mi] = s_rem;
-        for (int i = tid; i < 4096; i += PC_THREADS) hs[i] = 0u;
-        __syncthreads();
-        for (int i = tid; i < cnt; i += PC_THREADS) {
-          const uint32_t kk = f2key(sc[i]);
-          if ((kk & 0xfff00000u) == pre[mi]) atomicAdd(&hs[(kk >> 8) & 4095], 1u);
-        }
-        pc_merge(hs, S->h2[mi], 4096);
-      } else if (phase == 3) {
-        pre[mi] |= (uint32_t)pc_find_bin(S->h2[mi], 4096, rem[mi], tmp, &s_bin, &s_rem) << 8;
-        rem[mi] = s_rem;
-        pc_clear(S->h1[mi]);  // (read in phase 2)
-        for (int i = tid; i < 256; i += PC_THREADS) hs[i] = 0u;
-        __syncthreads();
-        for (int i = tid; i < cnt; i += PC_THREADS) {
-          const uint32_t kk = f2key(sc[i]);
-          if ((kk & 0xffffff00u) == pre[mi]) atomicAdd(&hs[kk & 255], 1u);
-        }
-        pc_merge(hs, S->h3[mi], 256);
-      } else {
-        pre[mi] |= (uint32_t)pc_find_bin(S->h3[mi], 256, rem[mi], tmp, &s_bin, &s_rem);
-        const int take_eq = s_rem;
-        pc_clear(S->h2[mi]);  // (read in phase 3)
-        for (int i0 = 0; i0 < cnt; i0 += PC_THREADS) {
-          const int i = i0 + tid;
-          bool take = false;
-          if (i < cnt) {
-            const uint32_t kk = f2key(sc[i]);
-            take = kk > pre[mi] || (kk == pre[mi] && (int)atomicAdd(&S->taken_eq[mi], 1u) < take_eq);
-          }
-          warp_append(take, lo + i, &S->n_sel[mi], m.sel);
-        }
+  // Phase 2, per big member: the coarse bin holding the k-th largest key, then the fine bin (the threshold key)
+  // under it; then every block appends its keys above the threshold and takes keys equal to it while the count
+  // allows (arrival order).
+  sc = reinterpret_cast<uint32_t*>(ts + a.rows);
+  for (int mi = 0; mi < a.nm; mi++) {
+    const ChainMember& m = a.m[mi];
+    if (m.n <= PC_SMALL) continue;
+    const int chunk = pc_chunk(m.n, G), lo = blockIdx.x * chunk, cnt = max(0, min(m.n, lo + chunk) - lo);
+    const int bc = pc_find_bin(S->hc[par][mi], 256, m.k, tmp, &s_bin, &s_rem);
+    const int bf = pc_find_bin(S->hf[par][mi] + bc * 256, 256, s_rem, tmp, &s_bin, &s_rem);
+    const uint32_t thr = (uint32_t)(bc * 256 + bf);
+    const int take_eq = s_rem;
+    pc_stamp(a, 6);
+    for (int i0 = 0; i0 < cnt; i0 += PC_THREADS) {
+      const int i = i0 + tid;
+      bool take = false;
+      if (i < cnt) {
+        const uint32_t kk = sc[i];
+        take = kk > thr || (kk == thr && (int)atomicAdd(&S->taken_eq[par][mi], 1u) < take_eq);
       }
-      sc += chunk;
+      warp_append(take, lo + i, &S->n_sel[par][mi], m.sel);
     }
-    if (phase < 4) pc_barrier(&S->bar);
-    pc_stamp(a, 4 + phase);  // 6, 7: after the barriers of phases 2, 3; 8: the end
+    sc += chunk;
   }
+  pc_stamp(a, 8);
 }
 
 }  // namespace dj

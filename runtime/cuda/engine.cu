@@ -1024,8 +1024,11 @@ static int make_groups(Engine* e, std::vector<Group>& out, bool skip_fused) {
       g->rows += p.rank;
     }
   for (auto& g : out) {
-    if (dalloc(e, &g.xh, e->d) || dalloc(e, &g.cs, 1)) return -1;
-    CK(cudaMemset(g.cs, 0, sizeof(ChainState)));
+    if (dalloc(e, &g.xh, e->d)) return -1;
+    if (e->gm && e->green_chain) {  // k_pred_chain's state (2 MiB: double-buffered 16-bit histograms), green only
+      if (dalloc(e, &g.cs, 1)) return -1;
+      CK(cudaMemset(g.cs, 0, sizeof(ChainState)));
+    }
     if (g.members.size() == 1) continue;  // single predictor: its own w1 and t
     if (dalloc(e, &g.w1, (size_t)g.rows * e->d) || dalloc(e, &g.t, g.rows)) return -1;
     int off = 0;
@@ -1231,7 +1234,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       const int rows = stacked ? g.rows : p0.rank;
       float* t = stacked ? g.t : p0.t;
       const bool w1_on = !(e->pred_skip & 1);  // (timing experiment: no first layer)
-      if (green && e->green_chain && e->tma && chain_fits(e, g)) {  // the whole chain as one kernel
+      if (green && e->green_chain && e->tma && g.cs && chain_fits(e, g)) {  // the whole chain as one kernel
         ChainArgs c{};
         c.in = point_in(e, tap == TAP_ATT_IN ? 2 * layer : 2 * layer + 1, nullptr, nullptr, g.norm, false);
         if (c.in.tr >= 0) { c.in.tr = -1; e->tr_next--; }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseArgs, parseDensity } from '../../runtime/cuda/bench-main.js';
 import { runCudaBench } from '../../runtime/cuda/bench.js';
-import { CudaEngine } from '../../runtime/cuda/engine.js';
+import { CudaEngine, MLP_TAPS, mlpPredictorSource } from '../../runtime/cuda/engine.js';
 import { DejavuError } from '../../common/errors.js';
 import type { OptConfig } from '../../checkpoints/types.js';
 
@@ -21,12 +21,24 @@ describe('CUDA bench arguments (checked before any GPU work)', () => {
     expect(() => parseArgs(['--frobnicate'])).toThrow(/--frobnicate/);
   });
 
+  it('--mlp-input: parsed, and each tap maps layer l to the residual point train --mlp-input reads', () => {
+    expect(parseArgs(['--shape', 'opt-13b', '--mlp-input', 'prev_att_in']).mlpInput).toBe('prev_att_in');
+    expect(MLP_TAPS).toEqual(['att_in', 'prev_att_in', 'prev_mlp_in', 'mlp_in']);
+    const at = (t: (typeof MLP_TAPS)[number]) => [0, 1, 5].map((l) => mlpPredictorSource(t, l));
+    expect(at('att_in')).toEqual([{ tap: 'att_in', layer: 0 }, { tap: 'att_in', layer: 1 }, { tap: 'att_in', layer: 5 }]);
+    expect(at('prev_att_in')).toEqual([{ tap: 'att_in', layer: 0 }, { tap: 'att_in', layer: 0 }, { tap: 'att_in', layer: 4 }]);
+    expect(at('prev_mlp_in')).toEqual([{ tap: 'mlp_in', layer: 0 }, { tap: 'mlp_in', layer: 0 }, { tap: 'mlp_in', layer: 4 }]);
+    expect(at('mlp_in')).toEqual([{ tap: 'mlp_in', layer: 0 }, { tap: 'mlp_in', layer: 1 }, { tap: 'mlp_in', layer: 5 }]);
+  });
+
   it('runCudaBench refuses inconsistent requests before loading the library', async () => {
     const base = { prompt: 8, gen: 8, json: true };
     await expect(runCudaBench({ ...base })).rejects.toThrow(/--shape/);
     await expect(runCudaBench({ ...base, shape: 'opt-13b', bundle: 'b' })).rejects.toThrow(/--bundle needs --model/);
     await expect(runCudaBench({ ...base, shape: 'opt-13b', gen: 0 })).rejects.toThrow(/--gen/);
     await expect(runCudaBench({ ...base, shape: 'opt-13b', density: { mlp: 0, heads: 0.2 } })).rejects.toThrow(/--density/);
+    await expect(runCudaBench({ ...base, shape: 'opt-13b', mlpInput: 'nowhere' as 'att_in' })).rejects.toThrow(/--mlp-input.*expected one of/);
+    await expect(runCudaBench({ ...base, model: 'm', bundle: 'b', mlpInput: 'att_in' })).rejects.toThrow(/--mlp-input.*bundle records/);
   });
 });
 

@@ -49,6 +49,15 @@ describe.skipIf(!NVCC)('CUDA library build (nvcc present)', () => {
     expect(existsSync(out)).toBe(true);
   }, 120_000);
 
+  it('the predictor-chain microbenchmark bench/cuda/chain.cu compiles (it includes engine.cu and chain.cuh)', () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'dj-chain-')), 'chain');
+    const src = join(REPO_ROOT, 'bench', 'cuda', 'chain.cu');
+    const r = spawnSync('nvcc', ['-O3', '-arch=sm_90', '-std=c++17', '-o', out, src], { encoding: 'utf8' });
+    expect(r.stderr).not.toMatch(/error/);
+    expect(r.status).toBe(0);
+    expect(existsSync(out)).toBe(true);
+  }, 240_000);
+
   it.skipIf(GPU)('the binding loads every entry point; without a GPU the first call is a clear DejavuError', async () => {
     const lib = await loadCudaLib(join(REPO_ROOT, 'runtime', 'cuda', 'build', 'libdejavu_cuda.so'));
     expect(() => lib.deviceInfo()).toThrow(DejavuError);
