@@ -25,7 +25,6 @@
 // uses set N % 2 and clears set (N + 1) % 2, which launch N - 1 used and nobody reads any more; N comes from the
 // monotone barrier counter (each launch of a group passes the same number of barriers; reset when graphs are built).
 #pragma once
-#include <cuda_fp8.h>
 #include "kernels.cuh"
 #include "fused.cuh"
 
@@ -54,39 +53,8 @@ __device__ __forceinline__ uint32_t h16key(float f) {
 }
 __device__ __forceinline__ float h16round(float f) { return __half2float(__float2half_rn(f)); }
 
-// 16 e4m3 weights (one 16-byte vector) . 16 floats.
-__device__ __forceinline__ float dot16q(const uint4& w, const float* x) {
-  const unsigned short* p = reinterpret_cast<const unsigned short*>(&w);
-  float acc = 0.f;
-#pragma unroll
-  for (int i = 0; i < 8; i++) {
-    const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(p[i], __NV_E4M3)));
-    acc = fmaf(f.x, x[2 * i], fmaf(f.y, x[2 * i + 1], acc));
-  }
-  return acc;
-}
-
-// Experiment (DEJAVU_CUDA_CHAIN_FP8): a row of fp16 weights as e4m3 with one fp32 scale (max |w| -> 448), a warp a
-// row. Run when a graph is built. Why: beside the main stream the chain's w1 and w2 reads are about half its time,
-// and on opt-mini e4m3 predictor weights cost <= 0.0006 of recall (bench/results/fp8-predictor-study-opt-mini-*).
-__global__ void __launch_bounds__(256) k_quant_e4m3_rows(const __half* __restrict__ w, int rows, int cols,
-                                                         unsigned char* __restrict__ q, float* __restrict__ scale) {
-  const int row = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-  if (row >= rows) return;
-  const __half* wr = w + (size_t)row * cols;
-  float m = 0.f;
-  for (int c = lane; c < cols; c += 32) m = fmaxf(m, fabsf(__half2float(wr[c])));
-  for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  const float sc = m > 0.f ? m / 448.f : 1.f;
-  for (int c = lane; c < cols; c += 32)
-    q[(size_t)row * cols + c] = __nv_cvt_float_to_fp8(__half2float(wr[c]) / sc, __NV_SATFINITE, __NV_E4M3);
-  if (lane == 0) scale[row] = sc;
-}
-
 struct ChainMember {
   const __half* w2;  // [n][r]
-  const unsigned char* w2q;  // experiment (DEJAVU_CUDA_CHAIN_FP8): w2 as e4m3 [n][r] with a scale a row; null: fp16
-  const float* s2;
   int n, r, k, toff;  // toff: this member's rows in the stacked t
   float* scores;      // [n] (kept for the checks)
   int* sel;           // [k]
@@ -96,8 +64,6 @@ struct ChainArgs {
   XIn in;
   int d, rows;
   const __half* w1;  // [rows][d], stacked
-  const unsigned char* w1q;  // experiment (DEJAVU_CUDA_CHAIN_FP8): w1 as e4m3 [rows][d] with a scale a row; null: fp16
-  const float* s1;
   float* t;          // [rows]
   int nm;
   ChainMember m[PC_MAXM];
@@ -236,24 +202,7 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
   pc_stamp(a, 1);
   // (The loop of predict.cuh's k_pred_hidden, repeated: a shared helper changed that default-path kernel's
   // generated code, which was not re-measured on the GPU.)
-  if (a.w1q)  // e4m3 rows: 16 weights a vector, d / 16 vectors a row (13B: 320, 10 a lane, all in flight)
-    for (int j = blockIdx.x * NW + warp; j < a.rows; j += G * NW) {
-      const uint4* wr = reinterpret_cast<const uint4*>(a.w1q + (size_t)j * d);
-      const int nq = d >> 4;
-      float acc = 0.f;
-      for (int c0 = lane; c0 < nq; c0 += 32 * PC_BATCH) {
-        uint4 w[PC_BATCH];
-#pragma unroll
-        for (int u = 0; u < PC_BATCH; u++)
-          if (c0 + 32 * u < nq) w[u] = ld_stream(wr + c0 + 32 * u);
-#pragma unroll
-        for (int u = 0; u < PC_BATCH; u++)
-          if (c0 + 32 * u < nq) acc += dot16q(w[u], xs + 16 * (c0 + 32 * u));
-      }
-      acc = warp_sum(acc);
-      if (lane == 0) a.t[j] = acc * a.s1[j];
-    }
-  for (int j = blockIdx.x * NW + warp; j < (a.w1q ? 0 : a.rows); j += G * NW) {
+  for (int j = blockIdx.x * NW + warp; j < a.rows; j += G * NW) {
     const uint4* wr = reinterpret_cast<const uint4*>(a.w1 + (size_t)j * d);
     float acc = 0.f;
     for (int c0 = lane; c0 < nvec; c0 += 32 * PC_BATCH) {
@@ -292,16 +241,10 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
     const float* tm = ts + m.toff;
     const int sub = lane >> 3, s8 = lane & 7, mv = m.r >> 3, step = NW * 4;
     float tr[16];
-    const bool q8 = m.w2q != nullptr;  // e4m3 rows: lane s8 holds elements 16*s8 .. 16*s8+15 (one vector)
 #pragma unroll
     for (int q = 0; q < 8; q++) {
-      if (q8) {
-        tr[q] = 16 * s8 < m.r ? tm[16 * s8 + q] : 0.f;
-        tr[8 + q] = 16 * s8 < m.r ? tm[16 * s8 + 8 + q] : 0.f;
-      } else {
-        tr[q] = s8 < mv ? tm[8 * s8 + q] : 0.f;
-        tr[8 + q] = s8 + 8 < mv ? tm[8 * (s8 + 8) + q] : 0.f;
-      }
+      tr[q] = s8 < mv ? tm[8 * s8 + q] : 0.f;
+      tr[8 + q] = s8 + 8 < mv ? tm[8 * (s8 + 8) + q] : 0.f;
     }
     if (!small)
       for (int i = tid; i < 256; i += PC_THREADS) hs[i] = 0u;
@@ -311,23 +254,17 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
 #pragma unroll
       for (int u = 0; u < PC_U; u++) {
         const int j = base + u * step + sub;
-        if (q8) {
-          const uint4* wr = reinterpret_cast<const uint4*>(m.w2q + (size_t)j * m.r);
-          w[u][0] = j < hi && 16 * s8 < m.r ? ld_stream(wr + s8) : make_uint4(0u, 0u, 0u, 0u);
-        } else {
-          const uint4* wr = reinterpret_cast<const uint4*>(m.w2 + (size_t)j * m.r);
-          w[u][0] = j < hi && s8 < mv ? ld_stream(wr + s8) : make_uint4(0u, 0u, 0u, 0u);
-          w[u][1] = j < hi && s8 + 8 < mv ? ld_stream(wr + s8 + 8) : make_uint4(0u, 0u, 0u, 0u);
-        }
+        const uint4* wr = reinterpret_cast<const uint4*>(m.w2 + (size_t)j * m.r);
+        w[u][0] = j < hi && s8 < mv ? ld_stream(wr + s8) : make_uint4(0u, 0u, 0u, 0u);
+        w[u][1] = j < hi && s8 + 8 < mv ? ld_stream(wr + s8 + 8) : make_uint4(0u, 0u, 0u, 0u);
       }
 #pragma unroll
       for (int u = 0; u < PC_U; u++) {
         const int j = base + u * step + sub;
-        float acc = q8 ? dot16q(w[u][0], tr) : dot8(w[u][0], tr) + dot8(w[u][1], tr + 8);
+        float acc = dot8(w[u][0], tr) + dot8(w[u][1], tr + 8);
         acc += __shfl_xor_sync(0xffffffffu, acc, 4);
         acc += __shfl_xor_sync(0xffffffffu, acc, 2);
         acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-        if (q8) acc *= j < hi ? __ldg(m.s2 + j) : 0.f;
         if (j < hi && s8 == 0) {
           if (small) {
             m.scores[j] = acc;

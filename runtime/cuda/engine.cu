@@ -46,8 +46,6 @@ struct Pred {
   float *t = nullptr, *scores = nullptr;
   TopkState* topk = nullptr;
   bool fused = false;        // rides in the main kernels of the sparse graph (pfuse.cuh; decided by build_groups)
-  unsigned char* w2q = nullptr;  // experiment (DEJAVU_CUDA_CHAIN_FP8): w2 as e4m3 rows + a scale each, green chain only
-  float* s2 = nullptr;
 };
 
 // Predictors reading the same tap (layer, att_in/mlp_in, norm) share one first-layer GEMV over their stacked w1.
@@ -60,8 +58,6 @@ struct Group {
   std::vector<std::pair<int, int>> members;  // (layer, target)
   __half* xh = nullptr;  // streamed path: the tap's input (raw or parameter-free LN) as fp16, written on the side stream
   ChainState* cs = nullptr;  // k_pred_chain's barrier and histograms (green partition)
-  unsigned char* w1q = nullptr;  // experiment (DEJAVU_CUDA_CHAIN_FP8): the group's w1 as e4m3 rows + a scale each
-  float* s1 = nullptr;
 };
 
 // The predictors fused into layer l's QKV (w1 rows) and attention (w2, top-k) kernels: those reading att_in(l).
@@ -149,7 +145,6 @@ struct Engine {
   // kernels that join a selection, their join edges made full edges after capture (DEJAVU_CUDA_GREEN_JOIN).
   int green = 0, green_main = 0;
   bool green_pdl = true, green_join = false;
-  bool chain_fp8 = false;  // experiment: the green chain reads e4m3 weights (DEJAVU_CUDA_CHAIN_FP8=1)
   bool green_chain = true;  // there, each tap group's chain as one kernel (chain.cuh; DEJAVU_CUDA_GREEN_CHAIN=0: 3 kernels)
   cudaStream_t gm = nullptr, gp1 = nullptr, gp2 = nullptr;
   CUgreenCtx gctx[2] = {nullptr, nullptr};  // predictors', main's (destroyed by dj_destroy)
@@ -331,7 +326,6 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_GREEN_PDL")) e->green_pdl = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_GREEN_JOIN")) e->green_join = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_GREEN_CHAIN")) e->green_chain = v[0] != '0';
-  if (const char* v = getenv("DEJAVU_CUDA_CHAIN_FP8")) e->chain_fp8 = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_TMA_ROWS")) e->rows_cap = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
   if (const char* v = getenv("DEJAVU_CUDA_PSTEP")) e->pstep = v[0] == '1';
@@ -1010,29 +1004,6 @@ static int launch_pstep(Engine* e, cudaStream_t s) {
   return 0;
 }
 
-// Experiment (DEJAVU_CUDA_CHAIN_FP8): the green chain's weights of a group as e4m3 rows with a scale each (chain.cuh
-// k_quant_e4m3_rows), from the fp16 weights as they are when the graphs are built. Ranks not a multiple of 16 and
-// d not a multiple of 16 stay fp16.
-static int quant_rows(Engine* e, const __half* w, int rows, int cols, unsigned char** q, float** sc) {
-  if (dalloc(e, q, (size_t)rows * cols) || dalloc(e, sc, rows)) return -1;  // (fresh: the rank may have changed)
-  k_quant_e4m3_rows<<<(rows * 32 + 255) / 256, 256>>>(w, rows, cols, *q, *sc);
-  CK(cudaGetLastError());
-  return 0;
-}
-static int quant_group(Engine* e, Group& g) {
-  if (e->d % 16) return 0;
-  Pred& p0 = g.members[0].second == 0 ? e->layers[g.members[0].first].pa : e->layers[g.members[0].first].pm;
-  const bool stacked = g.members.size() > 1;
-  if (quant_rows(e, stacked ? g.w1 : p0.w1, stacked ? g.rows : p0.rank, e->d, &g.w1q, &g.s1)) return -1;
-  for (auto [li, tg] : g.members) {
-    Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
-    p.w2q = nullptr; p.s2 = nullptr;
-    if (p.rank % 16 == 0 && quant_rows(e, p.w2, tg == 0 ? e->H : e->ffn, p.rank, &p.w2q, &p.s2)) return -1;
-  }
-  CK(cudaDeviceSynchronize());
-  return 0;
-}
-
 // Stack the w1 of predictors that read the same tap (one GEMV for all of them); skip_fused: leave out those that
 // ride in the main kernels (the sparse graph's side groups).
 static int make_groups(Engine* e, std::vector<Group>& out, bool skip_fused) {
@@ -1058,16 +1029,14 @@ static int make_groups(Engine* e, std::vector<Group>& out, bool skip_fused) {
       if (dalloc(e, &g.cs, 1)) return -1;
       CK(cudaMemset(g.cs, 0, sizeof(ChainState)));
     }
-    if (g.members.size() > 1) {  // (a single predictor keeps its own w1 and t)
-      if (dalloc(e, &g.w1, (size_t)g.rows * e->d) || dalloc(e, &g.t, g.rows)) return -1;
-      int off = 0;
-      for (auto [li, tg] : g.members) {
-        Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
-        CK(cudaMemcpy(g.w1 + (size_t)off * e->d, p.w1, (size_t)p.rank * e->d * sizeof(__half), cudaMemcpyDeviceToDevice));
-        off += p.rank;
-      }
+    if (g.members.size() == 1) continue;  // single predictor: its own w1 and t
+    if (dalloc(e, &g.w1, (size_t)g.rows * e->d) || dalloc(e, &g.t, g.rows)) return -1;
+    int off = 0;
+    for (auto [li, tg] : g.members) {
+      Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
+      CK(cudaMemcpy(g.w1 + (size_t)off * e->d, p.w1, (size_t)p.rank * e->d * sizeof(__half), cudaMemcpyDeviceToDevice));
+      off += p.rank;
     }
-    if (g.cs && e->chain_fp8 && quant_group(e, g)) return -1;
   }
   return 0;
 }
@@ -1269,13 +1238,13 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         ChainArgs c{};
         c.in = point_in(e, tap == TAP_ATT_IN ? 2 * layer : 2 * layer + 1, nullptr, nullptr, g.norm, false);
         if (c.in.tr >= 0) { c.in.tr = -1; e->tr_next--; }
-        c.d = d; c.rows = rows; c.w1 = w1; c.w1q = g.w1q; c.s1 = g.s1; c.t = t; c.s = g.cs; c.nm = (int)g.members.size();
+        c.d = d; c.rows = rows; c.w1 = w1; c.t = t; c.s = g.cs; c.nm = (int)g.members.size();
         int off = 0;
         for (int i = 0; i < c.nm; i++) {
           auto [li, tg] = g.members[i];
           Layer& l = e->layers[li];
           Pred& p = tg == 0 ? l.pa : l.pm;
-          c.m[i] = ChainMember{p.w2, p.w2q, p.s2, tg == 0 ? H : ffn, p.rank, tg == 0 ? l.kH : l.kM, off, p.scores,
+          c.m[i] = ChainMember{p.w2, tg == 0 ? H : ffn, p.rank, tg == 0 ? l.kH : l.kM, off, p.scores,
                                tg == 0 ? l.hsel : l.nsel};
           off += p.rank;
         }
