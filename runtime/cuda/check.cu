@@ -657,11 +657,15 @@ static void test_paths(const char* label, const char* envA, const char* envB, in
   for (int p = 0; p < 2; p++) dj_destroy(e[p]);
 }
 
-static void test_engine(int hd) {
+// mlp_lag: MLP predictors of layer l read att_in of l - mlp_lag (0: their own layer, as the benchmarks by default;
+// 1: `--mlp-input prev_att_in`, the heads' tap, so layer 0's group has four members).
+static void test_engine(int hd, int mlp_lag = 0) {
   RefModel m;
   m.V = 512; m.d = 8 * hd; m.L = 3; m.H = 8; m.hd = hd; m.ffn = 4 * m.d; m.maxpos = 64; m.maxT = 40;
   int d = m.d, ffn = m.ffn;
-  printf("engine: random OPT d=%d H=%d hd=%d ffn=%d L=%d vocab=%d\n", d, m.H, hd, ffn, m.L, m.V);
+  printf("engine: random OPT d=%d H=%d hd=%d ffn=%d L=%d vocab=%d%s\n", d, m.H, hd, ffn, m.L, m.V,
+         mlp_lag ? ", MLP predictors on att_in of the layer before" : "");
+  auto msrc = [&](int l) { return std::max(0, l - mlp_lag); };
   void* e = dj_create(m.V, d, m.L, m.H, ffn, m.maxpos, m.maxT, 1e-5f);
   if (!e) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
   float sd = 1.f / std::sqrt((float)d), sf = 1.f / std::sqrt((float)ffn);
@@ -696,7 +700,7 @@ static void test_engine(int hd) {
     pa1[l] = r16(randv((size_t)rank * d, sd)); pa2[l] = r16(randv((size_t)m.H * rank, 0.25f));
     pm1[l] = r16(randv((size_t)rank * d, sd)); pm2[l] = r16(randv((size_t)ffn * rank, 0.25f));
     API_OK(dj_set_predictor(e, l, 0, TAP_ATT_IN, l > 0 ? l - 1 : 0, pa1[l].data(), pa2[l].data(), rank, kH, l == 1));
-    API_OK(dj_set_predictor(e, l, 1, TAP_ATT_IN, l, pm1[l].data(), pm2[l].data(), rank, kM, l == 2));
+    API_OK(dj_set_predictor(e, l, 1, TAP_ATT_IN, msrc(l), pm1[l].data(), pm2[l].data(), rank, kM, l == 2));
   }
   API_OK(dj_build(e));
   int counts[4];
@@ -859,7 +863,7 @@ static void test_engine(int hd) {
         return out;
       };
       auto ra = topk(pa1[l], pa2[l], att_in[l > 0 ? l - 1 : 0], m.H, kH, l == 1);
-      auto rm = topk(pm1[l], pm2[l], att_in[l], ffn, kM, l == 2);
+      auto rm = topk(pm1[l], pm2[l], att_in[msrc(l)], ffn, kM, l == 2);
       for (int i = 0; i < kH; i++) pick_mismatch += !std::binary_search(ra.begin(), ra.end(), sh[l][i]);
       for (int i = 0; i < kM; i++) pick_mismatch += !std::binary_search(rm.begin(), rm.end(), sn[l][i]);
       picks += kH + kM;
@@ -959,6 +963,13 @@ int main(int argc, char** argv) {
     set_envs(envs, true);
     test_engine(32);
     test_engine(128);
+    set_envs(envs, false);
+  }
+  // MLP predictors on the heads' tap (bench --mlp-input prev_att_in), default path and green chain.
+  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_JOIN=1"}) {
+    printf("-- engine with %s, MLP predictors one layer ahead\n", envs);
+    set_envs(envs, true);
+    test_engine(128, 1);
     set_envs(envs, false);
   }
   const char* perop = "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=0";
