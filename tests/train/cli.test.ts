@@ -38,6 +38,20 @@ describe.skipIf(!existsSync(cli))('dejavu train (CLI)', () => {
     expect(layers(join(tmp, 'two'))).toEqual(layers(join(tmp, 'one')));
   });
 
+  it('--mlp-input prev_att_in trains layer l on att_in of l-1 and records it', () => {
+    const out = join(tmp, 'prevatt');
+    const r = spawnSync(process.execPath, [cli, ...base(out, ['--epochs', '1', '--target', 'mlp', '--layers', '0-1', '--mlp-input', 'prev_att_in', '--quiet'])], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const m = JSON.parse(readFileSync(join(out, 'metrics.json'), 'utf8')).layers.map((l: Record<string, unknown>) => [l.layer, l.input, l.input_layer, l.lookahead]);
+    expect(m).toEqual([[0, 'att_in', 0, 0], [1, 'att_in', 0, 1]]);
+  });
+
+  it('bench --mlp-input is refused for the CPU bench, naming the flag', () => {
+    const r = spawnSync(process.execPath, [cli, 'bench', '--device', 'cpu', '--model', tmp, '--mlp-input', 'prev_att_in'], { encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/--mlp-input/);
+  });
+
   it('bad input exits 1 with the error on stderr', () => {
     const r = spawnSync(process.execPath, [cli, ...base(join(tmp, 'bad')).map((a) => (a === shards ? join(tmp, 'missing') : a))], { encoding: 'utf8' });
     expect(r.status).toBe(1);
