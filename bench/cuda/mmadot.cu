@@ -37,6 +37,20 @@ __device__ __forceinline__ float dot8(const uint4& w, const float* x) {
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
+// Both consumers' set-up: x as fp16 high part + rest (xh, xl), and R rows of W into the stage at `pitch` bytes.
+__device__ void stage_inputs(const __half* W, const float* x, int R, int pitch, __half* xh, __half* xl, unsigned char* stage) {
+  for (int i = threadIdx.x; i < E; i += blockDim.x) {
+    const __half h = __float2half_rn(x[i]);
+    xh[i] = h;
+    xl[i] = __float2half_rn(x[i] - __half2float(h));
+  }
+  for (int i = threadIdx.x; i < R * (E / 8); i += blockDim.x) {
+    const int r = i / (E / 8), c = i % (E / 8);
+    reinterpret_cast<uint4*>(stage + (size_t)r * pitch)[c] = reinterpret_cast<const uint4*>(W + (size_t)r * E)[c];
+  }
+  __syncthreads();
+}
+
 // Shared memory: stage (R rows at `pitch`), x as two fp32 planes (lo[c] = x[8c..8c+3], hi[c] = x[8c+4..8c+7], as the
 // engine keeps it), x as fp16 high / rest parts, the cross-warp partials.
 template <bool MMA>
@@ -53,16 +67,7 @@ __global__ void __launch_bounds__(NW * 32, 1) k_consume(const __half* W, const f
     xs[i] = make_float4(x[8 * i], x[8 * i + 1], x[8 * i + 2], x[8 * i + 3]);
     xs[E / 8 + i] = make_float4(x[8 * i + 4], x[8 * i + 5], x[8 * i + 6], x[8 * i + 7]);
   }
-  for (int i = tid; i < E; i += blockDim.x) {
-    const __half h = __float2half_rn(x[i]);
-    xh[i] = h;
-    xl[i] = __float2half_rn(x[i] - __half2float(h));
-  }
-  for (int i = tid; i < R * (E / 8); i += blockDim.x) {
-    const int r = i / (E / 8), c = i % (E / 8);
-    reinterpret_cast<uint4*>(stage + (size_t)r * pitch)[c] = reinterpret_cast<const uint4*>(W + (size_t)r * E)[c];
-  }
-  __syncthreads();
+  stage_inputs(W, x, R, pitch, xh, xl, stage);
   float result = 0.f;
   const unsigned long long t0 = clock64();
   for (int it = 0; it < ITER; it++) {
@@ -135,16 +140,7 @@ __global__ void __launch_bounds__(NW * 32, 1) k_consume2(const __half* W, const 
   float* red = reinterpret_cast<float*>(sm + E * 4);             // NW x 16
   unsigned char* stage = sm + E * 4 + NW * 16 * 4;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-  for (int i = tid; i < E; i += blockDim.x) {
-    const __half h = __float2half_rn(x[i]);
-    xh[i] = h;
-    xl[i] = __float2half_rn(x[i] - __half2float(h));
-  }
-  for (int i = tid; i < R * (E / 8); i += blockDim.x) {
-    const int r = i / (E / 8), c = i % (E / 8);
-    reinterpret_cast<uint4*>(stage + (size_t)r * pitch)[c] = reinterpret_cast<const uint4*>(W + (size_t)r * E)[c];
-  }
-  __syncthreads();
+  stage_inputs(W, x, R, pitch, xh, xl, stage);
   constexpr int KS = R == 8 ? 32 : 16;  // k per ldmatrix.x4
   // lane -> the row its ldmatrix address names: matrix m = lane / 8 (R 8: k0 + 8m; R 16: rows 8(m/2).., k0 + 8(m&1))
   const int m = lane >> 3, lr = lane & 7;
