@@ -9,11 +9,11 @@
  * Layer 0 has no previous layer and falls back to its own `mlp_in` / `att_in`.
  */
 import { DejavuError } from '../common/errors.js';
+import { mlpInputSource, type MlpInput } from '../common/mlp-input.js';
 import type { ShardDims } from './shard-reader.js';
 
 export type Target = 'mlp' | 'attn';
-export type MlpInput = 'mlp_in' | 'att_in' | 'prev_mlp_in' | 'prev_att_in';
-export const MLP_INPUTS: readonly MlpInput[] = ['mlp_in', 'att_in', 'prev_mlp_in', 'prev_att_in'];
+export { MLP_INPUTS, type MlpInput } from '../common/mlp-input.js';
 
 export interface Job {
   layer: number;
@@ -80,14 +80,14 @@ export function planJobs(
           k: headK(opts.headFrac, dims.nHeads),
         });
       } else {
-        const prev = (opts.mlpInput === 'prev_mlp_in' || opts.mlpInput === 'prev_att_in') && layer > 0;
-        if (prev && !have(layer - 1)) throw new DejavuError(`${opts.mlpInput} for layer ${layer} needs layer ${layer - 1}, which the shards lack`, '--mlp-input');
+        const src = mlpInputSource(opts.mlpInput, layer);
+        if (!have(src.layer)) throw new DejavuError(`${opts.mlpInput} for layer ${layer} needs layer ${src.layer}, which the shards lack`, '--mlp-input');
         jobs.push({
           layer,
           target,
-          inputColumn: opts.mlpInput === 'att_in' || opts.mlpInput === 'prev_att_in' ? 'att_in' : 'mlp_in',
-          inputLayer: prev ? layer - 1 : layer,
-          lookahead: prev ? 1 : 0,
+          inputColumn: src.column,
+          inputLayer: src.layer,
+          lookahead: src.lookahead,
           labelColumn: 'mlp_active',
           inDim: dims.dModel,
           outDim: dims.ffnDim,

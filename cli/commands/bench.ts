@@ -5,6 +5,7 @@
  */
 import { Option, type Command } from 'commander';
 import { DejavuError } from '../../common/errors.js';
+import { MLP_INPUTS, type MlpInput } from '../../common/mlp-input.js';
 
 export interface Density {
   mlp: number;
@@ -42,7 +43,7 @@ interface BenchFlags {
   prompt: number;
   gen: number;
   rounds?: number;
-  mlpInput?: 'att_in' | 'prev_att_in' | 'prev_mlp_in' | 'mlp_in';
+  mlpInput?: MlpInput;
   json?: boolean;
 }
 
@@ -59,12 +60,7 @@ export function register(program: Command): void {
     .option('--gen <n>', 'generated (timed) tokens', positiveInt('--gen'), 128)
     .option('--rounds <n>', 'cpu: alternating dense/sparse rounds, median reported', positiveInt('--rounds'))
     .addOption(
-      new Option('--mlp-input <tap>', 'cuda, random predictors: where MLP predictors read (as train --mlp-input; default att_in)').choices([
-        'att_in',
-        'prev_att_in',
-        'prev_mlp_in',
-        'mlp_in',
-      ]),
+      new Option('--mlp-input <tap>', 'cuda, random predictors: where MLP predictors read (as train --mlp-input; default att_in)').choices([...MLP_INPUTS]),
     )
     .option('--json', 'print one JSON object on stdout')
     .action(async (f: BenchFlags) => {

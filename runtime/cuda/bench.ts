@@ -9,7 +9,8 @@
  * 1 - fixed/sparse); predictors alone (their own time, for reference).
  */
 import { DejavuError } from '../../common/errors.js';
-import { CudaEngine, MLP_TAPS, type MlpTap, type SparsityPlan } from './engine.js';
+import { MLP_INPUTS, type MlpInput } from '../../common/mlp-input.js';
+import { CudaEngine, type SparsityPlan } from './engine.js';
 import { avgStepBytes, shapeDims, weightBytes, type Dims, type StepSparsity } from './floor.js';
 import { loadCudaLib, type Mode } from './lib.js';
 
@@ -24,7 +25,7 @@ export interface CudaBenchOptions {
   /** Predictor rank for random predictors (shapes / model without bundle). */
   rank?: number;
   /** Where random MLP predictors read (train's --mlp-input names; default att_in). */
-  mlpInput?: MlpTap;
+  mlpInput?: MlpInput;
   seed?: number;
   reps?: number;
 }
@@ -51,7 +52,7 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
     if (!(v > 0 && v <= 1)) throw new DejavuError(`${k}=${v}: density must be in (0, 1]`, '--density');
   const rank = o.rank ?? 128;
   const mlpInput = o.mlpInput ?? 'att_in';
-  if (!MLP_TAPS.includes(mlpInput)) throw new DejavuError(`'${mlpInput}': expected one of ${MLP_TAPS.join(', ')}`, '--mlp-input');
+  if (!MLP_INPUTS.includes(mlpInput)) throw new DejavuError(`'${mlpInput}': expected one of ${MLP_INPUTS.join(', ')}`, '--mlp-input');
   if (o.mlpInput && o.bundle) throw new DejavuError('a bundle records where its predictors read; --mlp-input is for random predictors', '--mlp-input');
   const reps = o.reps ?? 3;
 

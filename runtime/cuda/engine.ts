@@ -8,17 +8,10 @@ import type { OptCheckpoint } from '../../checkpoints/types.js';
 import { DejavuError } from '../../common/errors.js';
 import type { Bundle } from '../../export/bundle.js';
 import type { Dims } from './floor.js';
+import { mlpInputSource, type MlpInput } from '../../common/mlp-input.js';
 import { TAP, TENSOR, type CudaLib, type Mode } from './lib.js';
 
-/** Where the random MLP predictors of a shape benchmark read (train's `--mlp-input` names). */
-export type MlpTap = 'att_in' | 'prev_att_in' | 'prev_mlp_in' | 'mlp_in';
-export const MLP_TAPS: readonly MlpTap[] = ['att_in', 'prev_att_in', 'prev_mlp_in', 'mlp_in'];
-/** Where layer `layer`'s MLP predictor reads under `mlpInput` (pure; layer 0's lookahead taps read its own point). */
-export function mlpPredictorSource(mlpInput: MlpTap, layer: number): { tap: keyof typeof TAP; layer: number } {
-  const prev = mlpInput === 'prev_att_in' || mlpInput === 'prev_mlp_in';
-  return { tap: mlpInput === 'att_in' || mlpInput === 'prev_att_in' ? 'att_in' : 'mlp_in', layer: prev ? Math.max(0, layer - 1) : layer };
-}
-const MLP_TAP_TEXT: Record<MlpTap, string> = {
+const MLP_INPUT_TEXT: Record<MlpInput, string> = {
   att_in: 'att_in of layer l',
   prev_att_in: 'att_in of layer l-1 (lookahead, with the heads; layer 0 its own)',
   prev_mlp_in: 'mlp_in of layer l-1 (lookahead; layer 0 its own)',
@@ -121,20 +114,20 @@ export class CudaEngine {
    * layer l-1 (a layer to finish), or `mlp_in` of layer l (the chain sits between attention and MLP). Layer 0's
    * lookahead taps read its own point.
    */
-  randomPredictors(density: { mlp: number; heads: number }, rank: number, mlpInput: MlpTap = 'att_in'): SparsityPlan {
+  randomPredictors(density: { mlp: number; heads: number }, rank: number, mlpInput: MlpInput = 'att_in'): SparsityPlan {
     const { layers, heads, ffn } = this.dims;
     const kH = Math.max(1, Math.min(heads, Math.round(density.heads * heads)));
     const kM = Math.max(1, Math.min(ffn, Math.round(density.mlp * ffn)));
     const plan: SparsityPlan = {
       kH: [], kM: [], rankAttn: [], rankMlp: [],
-      source: `random predictors: attn from att_in of layer l-1 (lookahead), mlp from ${MLP_TAP_TEXT[mlpInput]}`,
+      source: `random predictors: attn from att_in of layer l-1 (lookahead), mlp from ${MLP_INPUT_TEXT[mlpInput]}`,
     };
     for (let l = 0; l < layers; l++) {
       const sparseH = kH < heads;
       const sparseM = kM < ffn;
       if (sparseH) this.lib.setPredictor(this.h, l, 0, TAP.att_in, Math.max(0, l - 1), null, null, rank, kH, false);
-      const src = mlpPredictorSource(mlpInput, l);
-      if (sparseM) this.lib.setPredictor(this.h, l, 1, TAP[src.tap], src.layer, null, null, rank, kM, false);
+      const src = mlpInputSource(mlpInput, l);
+      if (sparseM) this.lib.setPredictor(this.h, l, 1, TAP[src.column], src.layer, null, null, rank, kM, false);
       this.lib.setK(this.h, l, kH, kM);
       plan.kH.push(kH);
       plan.kM.push(kM);
