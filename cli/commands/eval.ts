@@ -19,6 +19,7 @@ interface PplFlags {
   headsFrac?: string;
   mlpK?: string;
   headsK?: string;
+  mlpGroups?: string;
   modes?: string;
 }
 
@@ -49,6 +50,7 @@ export function register(program: Command): void {
     .option('--heads-frac <f>', 'with --bundle: keep round(F*H) heads in layers with an attention predictor')
     .option('--mlp-k <n>', 'with --bundle: neurons kept per layer with an MLP predictor (default: the bundle k)')
     .option('--heads-k <n>', 'with --bundle: heads kept per layer with an attention predictor (default: the bundle k)')
+    .option('--mlp-groups <g>', 'with --bundle: predicted MLP top-k split over G equal neuron groups, as the CUDA fused predictors select (default 1: one top-k)')
     .option('--modes <list>', 'with --bundle: comma-separated subset of dense,oracle,predicted', 'dense,oracle,predicted')
     .action(async (f: PplFlags) => {
       const { DejavuError } = await import('../../common/errors.js');

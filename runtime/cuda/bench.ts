@@ -167,6 +167,7 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
       density: { mlp: r3(avg(plan.kM) / dims.ffn), heads: r3(avg(plan.kH) / dims.heads) },
       sparsity_source: plan.source,
       mlp_input: o.bundle ? null : mlpInput,
+      mlp_selection: mlpSelection(),
       predictor_rank: { attn: Math.max(...plan.rankAttn), mlp: Math.max(...plan.rankMlp) },
       kv_policy: 'selected (skipped heads compute no K/V; their slots are masked when picked later)',
       copy_bandwidth_gbps: r3(bw / 1e9),
@@ -209,6 +210,14 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
   } finally {
     eng.destroy();
   }
+}
+
+/** How the MLP neurons are picked from the predictor scores (docs/cuda.md v24). */
+export function mlpSelection(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.DEJAVU_CUDA_PFUSE === '1' && env.DEJAVU_CUDA_PF_LOCAL === '1') {
+    return 'grouped top-k (DEJAVU_CUDA_PF_LOCAL=1): each block of the attention kernel takes its share of k from its own ~n/G consecutive neurons (G = its grid); runtime/sparse groupedTopK, eval --mlp-groups';
+  }
+  return 'exact top-k over all neurons';
 }
 
 /** Which dense path ran (docs/cuda.md): the streamed kernels unless DEJAVU_CUDA_TMA=0 chose the older ones. */

@@ -774,7 +774,7 @@ static void test_engine(int hd, int mlp_lag = 0) {
   all_g.clear(); all_r.clear();
   int pick_mismatch = 0, picks = 0;
   double fz_terr = 0;
-  int fz_bad = 0, fz_diff = 0, fz_picks = 0, gc_bad = 0, gc_sets = 0;
+  int fz_bad = 0, fz_diff = 0, fz_picks = 0, fz_grouped = 0, gc_bad = 0, gc_sets = 0;
   std::vector<std::vector<double>> att_in(m.L), mlp_in(m.L);
   for (int pos = n_prompt; pos < n_prompt + gen; pos++) {
     API_OK(dj_run(e, M_SPARSE, 1, nullptr));
@@ -832,9 +832,17 @@ static void test_engine(int hd, int mlp_lag = 0) {
         for (int j = 0; j < n; j++) { double v = 0; for (int r = 0; r < rank; r++) v += (double)w2[(size_t)j * rank + r] * t[off + r]; sc[j] = v; }
         std::vector<int> idx(n);
         for (int i = 0; i < n; i++) idx[i] = i;
-        std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return sc[a] > sc[b]; });
         std::vector<char> top(n, 0), seen(n, 0);
-        for (int i = 0; i < k; i++) top[idx[i]] = 1;
+        // The big member in the grouped mode (PredFuse::local): group g = rows [g*per, ..) takes
+        // floor(k*r1/n) - floor(k*r0/n) of its own (runtime/sparse/kernels.ts groupedTopK). Otherwise one group.
+        const bool grouped = ((Engine*)e)->pf_local && n > PF_SMALL_MAX;
+        const int G = grouped ? f.groups : 1, per = (n + G - 1) / G;
+        for (int r0 = 0; r0 < n; r0 += per) {
+          const int r1 = std::min(n, r0 + per), c = (int)((long long)k * r1 / n - (long long)k * r0 / n);
+          std::stable_sort(idx.begin() + r0, idx.begin() + r1, [&](int a, int b) { return sc[a] > sc[b]; });
+          for (int i = 0; i < c; i++) top[idx[r0 + i]] = 1;
+        }
+        if (grouped) fz_grouped++;
         const auto& got = tg == 0 ? sh[li] : sn[li];
         for (int v : got) {
           if (v < 0 || v >= n || seen[v]) { fz_bad++; continue; }
@@ -847,7 +855,8 @@ static void test_engine(int hd, int mlp_lag = 0) {
     }
     // The picks the reference predictors make from the reference taps (may differ only at near-ties).
     for (int l = 0; l < m.L; l++) {
-      auto topk = [&](const std::vector<float>& w1, const std::vector<float>& w2, std::vector<double> x, int n, int k, bool norm) {
+      auto topk = [&](const std::vector<float>& w1, const std::vector<float>& w2, std::vector<double> x, int n, int k, bool norm,
+                      int G = 1) {
         if (norm) {  // parameter-free LayerNorm
           std::vector<float> xf(x.begin(), x.end()), one(d, 1.f), zero(d, 0.f);
           ref_layernorm(xf.data(), one.data(), zero.data(), d, 1e-5f, x);
@@ -855,15 +864,21 @@ static void test_engine(int hd, int mlp_lag = 0) {
         std::vector<double> t(rank), s(n);
         for (int r = 0; r < rank; r++) t[r] = ref_dot(&w1[(size_t)r * d], x.data(), d);
         for (int j = 0; j < n; j++) { double v = 0; for (int r = 0; r < rank; r++) v += (double)w2[(size_t)j * rank + r] * (float)t[r]; s[j] = v; }
-        std::vector<int> idx(n);
+        std::vector<int> idx(n), out;
         for (int i = 0; i < n; i++) idx[i] = i;
-        std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return s[a] > s[b]; });
-        std::vector<int> out(idx.begin(), idx.begin() + k);
+        const int per = (n + G - 1) / G;  // G groups: the grouped top-k (see the fused check above)
+        for (int r0 = 0; r0 < n; r0 += per) {
+          const int r1 = std::min(n, r0 + per), c = (int)((long long)k * r1 / n - (long long)k * r0 / n);
+          std::stable_sort(idx.begin() + r0, idx.begin() + r1, [&](int a, int b) { return s[a] > s[b]; });
+          out.insert(out.end(), idx.begin() + r0, idx.begin() + r0 + c);
+        }
         std::sort(out.begin(), out.end());
         return out;
       };
       auto ra = topk(pa1[l], pa2[l], att_in[l > 0 ? l - 1 : 0], m.H, kH, l == 1);
-      auto rm = topk(pm1[l], pm2[l], att_in[msrc(l)], ffn, kM, l == 2);
+      const Engine* E = (const Engine*)e;
+      const int Gm = E->pf_local && E->layers[l].pm.fused ? E->layers[E->layers[l].pm.src_layer].fz.groups : 1;
+      auto rm = topk(pm1[l], pm2[l], att_in[msrc(l)], ffn, kM, l == 2, Gm);
       for (int i = 0; i < kH; i++) pick_mismatch += !std::binary_search(ra.begin(), ra.end(), sh[l][i]);
       for (int i = 0; i < kM; i++) pick_mismatch += !std::binary_search(rm.begin(), rm.end(), sn[l][i]);
       picks += kH + kM;
@@ -873,8 +888,8 @@ static void test_engine(int hd, int mlp_lag = 0) {
     toks[pos + 1] = (int)(std::max_element(gl.begin(), gl.end()) - gl.begin());
   }
   if (fz_picks) {
-    printf("  fused predictors: t vs reference rel %.2e; picks invalid %d, differing from the exact top-k of the GPU's t %d of %d\n",
-           fz_terr, fz_bad, fz_diff, fz_picks);
+    printf("  fused predictors: t vs reference rel %.2e; picks invalid %d, differing from the exact %stop-k of the GPU's t %d of %d\n",
+           fz_terr, fz_bad, fz_grouped ? "grouped " : "", fz_diff, fz_picks);
     expect_true("  ... fused predictors: t within 1e-2, picks valid, top-k exact (<= 0.5% differ: near-ties)",
                 fz_terr <= 1e-2 && fz_bad == 0 && fz_diff * 200 <= fz_picks);
   }
@@ -952,6 +967,7 @@ int main(int argc, char** argv) {
   test_lmhead(8192, 384, 10, 3);
   // The whole-engine checks under each path: streamed (default), per-op kernels, persistent dense layer kernel.
   for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=2",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PDL_SPARSE=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_JOIN=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_CHAIN=0",

@@ -71,6 +71,8 @@ struct Fuse {
   unsigned *coarse = nullptr, *fine = nullptr;
   uint32_t* ck = nullptr;
   int* ci = nullptr;
+  int groups = 0;  // blocks of the attention kernel that carries it (= groups of the grouped top-k, PredFuse::local)
+  unsigned* gdone = nullptr;  // the grouped top-k's per-group flags [sms]
 };
 
 struct Layer {
@@ -186,6 +188,7 @@ struct Engine {
   std::vector<Group> groups_side;
   unsigned* pflags = nullptr;  // [2L] selection flags (layer, target): step serial + 1 once written
   unsigned* pf_bad = nullptr;
+  bool pf_local = false;  // env DEJAVU_CUDA_PF_LOCAL=1: the big fused predictor's grouped top-k (pfuse.cuh pf_local)
   int pf_skip = 0;  // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_PF_SKIP): bit 0 the MLP does not wait for its flag,
                     // bit 1 the predictor warp stops after its scores, bit 2 no w1 rows in the QKV kernel, bit 3 the
                     // predictor warp does nothing (flags only), bit 4 no head-list flag waits
@@ -332,6 +335,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_PCHAIN")) e->pchain = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_PFUSE")) { e->pfuse = v[0] != '0'; e->pfuse_small = v[0] == '2'; }
   if (const char* v = getenv("DEJAVU_CUDA_PF_SKIP")) e->pf_skip = atoi(v) & 31;
+  if (const char* v = getenv("DEJAVU_CUDA_PF_LOCAL")) e->pf_local = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PRED_PDL")) e->pred_pdl = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PRED_UNROLL")) e->pred_unroll = std::max(1, std::min(TOPK_UNROLL, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_PRED_AVAIL")) e->pred_avail = v[0] == '1';
@@ -766,12 +770,13 @@ static void launch_rows_tma(Engine* e, cudaStream_t s, RowsArgs a, XIn in, bool 
 static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool pdl) {
   int grid = std::min(e->sms_now, a.n);
   // Pairs for neuron lists only: the dense MLP (~95 us of streaming) measured 0.2-0.4% slower with them.
-  const bool pair = e->mlp_cluster == 2 && a.sel && !a.sel_flag && tw_for(e, a.d) == 16 && grid >= 2;
+  const bool pair = e->mlp_cluster == 2 && a.sel && tw_for(e, a.d) == 16 && grid >= 2;
   if (pair) grid &= ~1;
   TGeo g = make_geo(e, a.d, (a.n + grid - 1) / grid);
   if (e->mlp_nored) g.rowix |= 4;
   const size_t smem = geo_smem(g, a.d);
   if (a.sel_flag && tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8, true>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
+  else if (a.sel_flag && pair) launch_cl(pdl && e->pdl && e->pdl_now, 2, k_mlp_tma<16, true, 2>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
   else if (a.sel_flag) launchk(e, pdl, k_mlp_tma<16, true>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
   else if (tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
   else if (pair) launch_cl(pdl && e->pdl && e->pdl_now, 2, k_mlp_tma<16, false, 2>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
@@ -779,15 +784,16 @@ static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool
 }
 // Attention + out_proj: `slices` column slices per head so that heads x slices fill the SMs once; R rows of a slice
 // per stage (<= 32 KB), as many stages as the ring holds.
+static int attn_slices(const Engine* e, int nheads) { return std::max(1, std::min(e->d / 8, e->sms_now / nheads)); }
 static void launch_attn_out(Engine* e, cudaStream_t s, AttnOutArgs a, int nheads, bool pdl) {
   const int hd = e->hd, nv = e->d / 8;
-  a.slices = std::max(1, std::min(nv, e->sms_now / nheads));
+  a.slices = attn_slices(e, nheads);
   const int rowbytes = (nv + a.slices - 1) / a.slices * 16;
   int R = hd;
   while (R > 1 && R * rowbytes > 32768) R /= 2;
   const int tw = tw_for(e, e->d);
   const int att = att_state_floats(hd, tw) * 4;
-  const dim3 grid(nheads * a.slices), block(t_threads(tw) + (a.pf.on ? 32 : 0));
+  const dim3 grid(nheads * a.slices), block(t_threads(tw) + (a.pf.on ? 32 * (a.pf.local ? PF_LOCAL_WARPS : 1) : 0));
   unsigned pfb = 0;  // the fused predictors' warp: its slice of the big member's w2 rows and its work space
   if (a.pf.on) {
     a.pf.per = a.pf.nbig ? (a.pf.big.n + (int)grid.x - 1) / (int)grid.x : 0;
@@ -863,7 +869,7 @@ static int set_tma_attrs(Engine* e) {
       raise((const void*)k_mlp_tma<8>) || raise((const void*)k_attn_out<128, 8>) ||
       raise((const void*)k_attn_out<64, 8>) || raise((const void*)k_attn_out<32, 8>) ||
       raise((const void*)k_rows_tma<EPI_QKV, 16, true>) || raise((const void*)k_rows_tma<EPI_QKV, 8, true>) ||
-      raise((const void*)k_mlp_tma<16, true>) || raise((const void*)k_mlp_tma<8, true>) ||
+      raise((const void*)k_mlp_tma<16, true>) || raise((const void*)k_mlp_tma<8, true>) || raise((const void*)k_mlp_tma<16, true, 2>) ||
       raise((const void*)k_attn_out<128, 16, true>) || raise((const void*)k_attn_out<64, 16, true>) ||
       raise((const void*)k_attn_out<32, 16, true>) || raise((const void*)k_attn_out<128, 8, true>) ||
       raise((const void*)k_attn_out<64, 8, true>) || raise((const void*)k_attn_out<32, 8, true>))
@@ -1118,6 +1124,8 @@ static int plan_fused(Engine* e) {
         CK(cudaMemset(f.s, 0, sizeof(PfState)));
         CK(cudaMemset(f.coarse, 0, 256 * sizeof(unsigned)));
         CK(cudaMemset(f.fine, 0, PF_FINE * sizeof(unsigned)));
+        if (dalloc(e, &f.gdone, e->sms)) return -1;  // the attention kernel's grid is at most one block an SM
+        CK(cudaMemset(f.gdone, 0, e->sms * sizeof(unsigned)));
       }
     }
     if (dalloc(e, &f.w1p, (size_t)f.rows * e->d) || dalloc(e, &f.c1, f.rows) || dalloc(e, &f.nm, f.rows) ||
@@ -1131,7 +1139,7 @@ static int plan_fused(Engine* e) {
 static PredFuse make_pf(Engine* e, Layer& src) {
   PredFuse p{};
   const Fuse& f = src.fz;
-  p.on = 1; p.t = f.t; p.trows = f.rows; p.st = e->st;
+  p.on = 1; p.t = f.t; p.trows = f.rows; p.st = e->st; p.local = e->pf_local;
   int off = 0;
   for (auto [li, tg] : f.members) {
     Layer& l = e->layers[li];
@@ -1141,6 +1149,7 @@ static PredFuse make_pf(Engine* e, Layer& src) {
     m.sel = tg == 0 ? l.hsel : l.nsel; m.done = e->pflags + 2 * li + tg;
     if (m.n > PF_SMALL_MAX) {
       p.nbig = 1; p.big = m; p.s = f.s; p.coarse = f.coarse; p.fine = f.fine; p.cand_key = f.ck; p.cand_idx = f.ci;
+      p.gdone = f.gdone;
     } else {
       p.small[p.nsmall++] = m;
     }
@@ -1367,7 +1376,10 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         o.maxT = e->maxT; o.d = d; o.WoT = l.WoT; o.bias = l.bo; o.y = e->D + (size_t)(2 * li + 1) * d;
         o.tr = e->tr_next >= 0 ? e->tr_next++ : -1;
         o.sel_flag = hflag;
-        if (fuse && l.fz.on) o.pf = make_pf(e, l);
+        if (fuse && l.fz.on) {
+          o.pf = make_pf(e, l);
+          l.fz.groups = kH * attn_slices(e, kH);  // the grouped top-k's groups (check.cu's reference needs them)
+        }
         o.pf.skip = e->pf_skip & 10;
         launch_attn_out(e, s0, o, kH, true);
         mark(P_ATT);
@@ -1378,7 +1390,13 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         MlpTmaArgs m{};
         m.W1 = l.W1; m.b1 = l.b1; m.W2T = l.W2T; m.b2 = l.b2; m.sel = ns ? l.nsel : nullptr; m.n = kM; m.d = d;
         m.y = e->D + (size_t)(2 * li + 2) * d;
-        if (fuse && ns && l.pm.fused && !(e->pf_skip & 1)) { m.sel_flag = e->pflags + 2 * li + 1; m.st = e->st; }
+        if (fuse && ns && l.pm.fused && !(e->pf_skip & 1)) {
+          m.sel_flag = e->pflags + 2 * li + 1; m.st = e->st;
+          if (e->pf_local) {  // the grouped top-k: one flag per group of the tap layer's attention kernel
+            const Fuse& fz = e->layers[l.pm.src_layer].fz;
+            m.gflags = fz.gdone; m.ngroups = fz.groups;
+          }
+        }
         launch_mlp_tma(e, s0, m, folded(e, point_in(e, 2 * li + 1, l.ln2_g, l.ln2_b, 1, true), l.c1m, l.c2m), !join_m);
         joined_launch();
         mark(P_MLP);

@@ -525,13 +525,16 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
       prefetch_l2_bulk(a.kc + (size_t)h * a.maxT * HD, (uint32_t)(past * HD * 2));
       prefetch_l2_bulk(a.vc + (size_t)h * a.maxT * HD, (uint32_t)(past * HD * 2));
     }
+    if constexpr (PF)
+      if (a.pf.on && a.pf.local) pf_local_copy(a.pf, t_sm + a.pf.smem_off, &pbar);
   }
   __syncthreads();
   if constexpr (PF) {
     h = h_s;
-    if (warp == TW + 1) {  // the fused predictors' warp (pfuse.cuh)
+    if (warp > TW) {  // the fused predictors' warp(s) (pfuse.cuh): one, or PF_LOCAL_WARPS in the grouped mode
       pdl_trigger();
-      pf_warp(a.pf, t_sm + a.pf.smem_off, &pbar, &kready, a.tr);
+      if (a.pf.local) pf_local(a.pf, t_sm + a.pf.smem_off, &pbar, a.tr, tid - (TW + 1) * 32);
+      else pf_warp(a.pf, t_sm + a.pf.smem_off, &pbar, &kready, a.tr);
       return;
     }
   }
@@ -550,7 +553,7 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   pdl_wait();
   if (tid == 0) tr_mark(a.tr, 1);
   if constexpr (PF)
-    if (a.pf.on && !(a.pf.skip & 8)) pf_scores<NW>(a.pf, t_sm + a.pf.smem_off, &pbar, &kready, [] { cbar<NW>(); });
+    if (a.pf.on && !a.pf.local && !(a.pf.skip & 8)) pf_scores<NW>(a.pf, t_sm + a.pf.smem_off, &pbar, &kready, [] { cbar<NW>(); });
   head_attention<HD, NW>(a.q + h * HD, a.kc + (size_t)h * a.maxT * HD, a.vc + (size_t)h * a.maxT * HD,
                          a.valid + (size_t)h * a.maxT, a.st[0] + 1, att_sm, o_s, [] { cbar<NW>(); });
   cbar<NW>();
@@ -723,6 +726,8 @@ struct MlpTmaArgs {
   float* y;            // D[2l+2]
   const unsigned* sel_flag;  // the list comes from a fused predictor of this step: wait for it (null: none)
   const int* st;
+  const unsigned* gflags;    // grouped top-k (pfuse.cuh pf_local): wait for these ngroups flags instead of sel_flag
+  int ngroups;
 };
 
 // CL = 2: launched in clusters of 2 blocks that pre-add their partials (t_mlp_consume).
@@ -743,7 +748,8 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   __syncthreads();
   if (warp == TW) {
     if constexpr (PF) {  // the selection is made by the previous kernel's predictor warps: wait for its flag only
-      if (lane == 0) pf_wait_sel(a.sel_flag, a.st);
+      if (a.gflags) pf_wait_groups(a.gflags, a.ngroups, a.st);
+      else if (lane == 0) pf_wait_sel(a.sel_flag, a.st);
       __syncwarp();
     }
     const bool pre = t_lookup_rows((geo.rowix & 2) && a.sel, j0, j1, rowix, [&](int j) { return a.sel[j]; });

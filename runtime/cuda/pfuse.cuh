@@ -66,7 +66,10 @@ struct PredFuse {
   int per;           // big rows per block
   unsigned smem_off; // the warp's area in the kernel's dynamic shared memory
   int skip;          // TIMING EXPERIMENT ONLY (engine pf_skip): 2 no top-k after the histograms, 8 no work at all
+  int local;         // 1: grouped top-k (pf_local, DEJAVU_CUDA_PF_LOCAL): each block selects its own rows' share
+  unsigned* gdone;   // grouped mode: [gridDim.x] per-group flags (serial + 1 once the group's share is in sel)
 };
+constexpr int PF_LOCAL_WARPS = 4;  // predictor warps per block in the grouped mode (scores off the consumers' path)
 
 // Shared-memory area of the predictor warp (host and device agree through this).
 struct PfLayout {
@@ -395,6 +398,138 @@ __device__ void pf_warp(const PredFuse& p, unsigned char* area, uint64_t* bar, u
     st_release(p.big.done, target);
     tr_mark(tr, 5);
   }
+}
+
+// ---- Grouped top-k (PredFuse::local, DEJAVU_CUDA_PF_LOCAL=1; docs/cuda.md v24) ----
+// Block b owns the big member's rows [r0, r0 + nr) (r0 = b * per) and selects the top
+// floor(k*(r0+nr)/n) - floor(k*r0/n) of them into sel at floor(k*r0/n): the same rule as runtime/sparse/kernels.ts
+// groupedTopK with groups = gridDim.x. Why: the exact top-k over all n needs global histogram rounds whose round trips,
+// issued from SMs with ~100 KB of copies in flight, end after the attention they should hide behind (v15); a
+// block's own share needs no global pass, and each group releases a flag of its own. The cost is in what it picks (a
+// group cannot take more than its share), measured on opt-mini (bench/results/grouped-topk-study-opt-mini-*).
+// Run by PF_LOCAL_WARPS warps of k_attn_out after their grid dependency; the consumer warps do none of it, so the
+// attention does not wait for the w2 copy.
+__device__ __forceinline__ void pbar_local() {
+  asm volatile("bar.sync 2, %0;" ::"n"(PF_LOCAL_WARPS * 32) : "memory");
+}
+// One warp: the top c of keys[0..nr) (ties to the lower index) -> out[0..c) + r0, ascending. The c-th largest key
+// by a 32-step bitwise search (count of keys >= candidate, one warp reduction a step; nr is a few hundred).
+constexpr int PF_SEL_REG = 8;  // keys a lane holds in registers for the search (groups up to 256 rows)
+__device__ __forceinline__ void pf_group_select(const uint32_t* keys, int nr, int c, int r0, int* out) {
+  const int lane = threadIdx.x & 31;
+  if (c <= 0) return;
+  uint32_t T = 0;
+  if (nr <= 32 * PF_SEL_REG) {  // registers: no shared-memory round trip in the 32 dependent steps
+    uint32_t kr[PF_SEL_REG];
+#pragma unroll
+    for (int u = 0; u < PF_SEL_REG; u++) kr[u] = lane + 32 * u < nr ? keys[lane + 32 * u] : 0u;
+    for (int bit = 31; bit >= 0; bit--) {
+      const uint32_t cand = T | (1u << bit);
+      unsigned cnt = 0;
+#pragma unroll
+      for (int u = 0; u < PF_SEL_REG; u++) cnt += (lane + 32 * u < nr) & (kr[u] >= cand);
+      if (__reduce_add_sync(0xffffffffu, cnt) >= (unsigned)c) T = cand;
+    }
+  } else {
+    for (int bit = 31; bit >= 0; bit--) {
+      const uint32_t cand = T | (1u << bit);
+      unsigned cnt = 0;
+      for (int i = lane; i < nr; i += 32) cnt += keys[i] >= cand;
+      if (__reduce_add_sync(0xffffffffu, cnt) >= (unsigned)c) T = cand;
+    }
+  }
+  unsigned above = 0;
+  for (int i = lane; i < nr; i += 32) above += keys[i] > T;
+  unsigned eq_left = (unsigned)c - __reduce_add_sync(0xffffffffu, above);
+  const unsigned lt = (1u << lane) - 1u;
+  int pos = 0;
+  for (int base = 0; base < nr; base += 32) {
+    const int i = base + lane;
+    const uint32_t key = i < nr ? keys[i] : 0u;
+    const bool gt = i < nr && key > T, eq = i < nr && key == T;
+    const unsigned eqb = __ballot_sync(0xffffffffu, eq);
+    const bool take_eq = eq && (unsigned)__popc(eqb & lt) < eq_left;
+    const unsigned teb = __ballot_sync(0xffffffffu, take_eq);
+    eq_left -= (unsigned)__popc(teb);
+    const bool take = gt || take_eq;
+    const unsigned tb = __ballot_sync(0xffffffffu, take);
+    if (take) out[pos + __popc(tb & lt)] = r0 + i;
+    pos += __popc(tb);
+  }
+}
+// The predictor warps of k_attn_out in the grouped mode: the w2 copies at entry, then (after the grid dependency)
+// t, the keys of the block's rows and small members, the small selections (warp 1) and the block's group (warp 0);
+// the last block to finish its group releases the big member's flag.
+// The block's w2 rows (its group and the small members it selects) into shared memory: weights, never written in a
+// step, so copied at block entry by the kernel's prologue thread, ahead of the out_proj copies (queued behind
+// them, the rows landed ~6 us after the grid dependency: trace, s12 call 4).
+__device__ __forceinline__ void pf_local_copy(const PredFuse& p, unsigned char* area, uint64_t* bar) {
+  const PfLayout L = pf_layout(p);
+  const PfBlk B = pf_blk(p);
+  unsigned bytes = (unsigned)B.nr * p.big.r * 2u;
+  for (int m = 0; m < p.nsmall; m++) if (B.mine[m]) bytes += (unsigned)p.small[m].n * p.small[m].r * 2u;
+  mbar_expect_tx(bar, bytes);
+  const uint64_t pol = policy_evict_first();
+  if (B.nr) bulk_g2s(area + L.w2, p.big.W2 + (size_t)B.r0 * p.big.r, (unsigned)B.nr * p.big.r * 2u, bar, pol);
+  for (int m = 0; m < p.nsmall; m++)
+    if (B.mine[m]) bulk_g2s(area + B.soff[m], p.small[m].W2, (unsigned)p.small[m].n * p.small[m].r * 2u, bar, pol);
+}
+// pt: the thread's index among the predictor warps (0 .. PF_LOCAL_WARPS * 32 - 1).
+__device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, int tr, int pt) {
+  const int pw = pt >> 5, lane = pt & 31;
+  const PfLayout L = pf_layout(p);
+  const PfBlk B = pf_blk(p);
+  pdl_wait();  // t (this layer's QKV kernel) and the step serial are this step's
+  float* ts = reinterpret_cast<float*>(area + L.ts);
+  for (int i = pt; i < p.trows; i += PF_LOCAL_WARPS * 32) ts[i] = __ldcg(p.t + i);
+  const unsigned target = step_serial(p.st) + 1u;
+  mbar_wait(bar, 0);
+  pbar_local();
+  uint32_t* keys = reinterpret_cast<uint32_t*>(area + L.keys);
+  if (p.nbig)
+    for (int i = pt; i < B.nr; i += PF_LOCAL_WARPS * 32)
+      keys[i] = f2key(pf_dot(area + L.w2 + (size_t)i * p.big.r * 2, ts + p.big.toff, p.big.r, lane));
+  for (int m = 0; m < p.nsmall; m++) {
+    if (!B.mine[m]) continue;
+    uint32_t* sk = reinterpret_cast<uint32_t*>(area + L.skeys) + m * PF_SMALL_MAX;
+    for (int i = pt; i < p.small[m].n; i += PF_LOCAL_WARPS * 32)
+      sk[i] = f2key(pf_dot(area + B.soff[m] + (size_t)i * p.small[m].r * 2, ts + p.small[m].toff, p.small[m].r, lane));
+  }
+  pbar_local();
+  if (pt == 0) tr_mark(tr, 4);  // keys ready (bench/cuda/trace.cu: "threshold known")
+  if (pw == 1)
+    for (int m = 0; m < p.nsmall; m++)
+      if (B.mine[m]) pf_small(p.small[m], reinterpret_cast<const uint32_t*>(area + L.skeys) + m * PF_SMALL_MAX, target);
+  if (pw != 0 || !p.nbig) return;
+  const long long n = p.big.n, k = p.big.k;
+  const int o0 = (int)(k * B.r0 / n), o1 = B.nr ? (int)(k * (B.r0 + B.nr) / n) : o0;
+  pf_group_select(keys, B.nr, o1 - o0, B.r0, p.big.sel + o0);
+  __syncwarp();  // the lanes' stores, then lane 0's release (cumulative over them, as CUTLASS's semaphore relies on)
+  if (lane == 0) {  // a flag per group, no counter: same-address atomics from every block serialise in L2 (~4 us)
+    st_release(p.gdone + blockIdx.x, target);
+    tr_mark(tr, 5);
+  }
+}
+// The MLP's producer warp: wait until every group of this step's selection is in (flags hold serial + 1).
+// Relaxed loads, all of a lane's in flight at once, then one acquire fence (an ld.acquire each would be one round
+// trip after another).
+__device__ __forceinline__ void pf_wait_groups(const unsigned* g, int ng, const int* st) {
+  const int lane = threadIdx.x & 31;
+  const unsigned target = step_serial(st) + 1u;
+  const long long t0 = clock64();
+  for (;;) {
+    bool ok = true;
+    for (int i = lane; i < ng; i += 32) {
+      unsigned v;
+      asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(g + i) : "memory");
+      ok &= (int)(v - target) >= 0;
+    }
+    if (__all_sync(0xffffffffu, ok)) break;
+    __nanosleep(64);
+    if (clock64() - t0 > 8000000000ll) __trap();  // a lost flag: an error for the host, not a hung GPU
+  }
+  asm volatile("fence.acq_rel.gpu;" ::: "memory");
+  __syncwarp();
 }
 
 // Fused predictor first layers: w1p = w1 / g (g = the tap kernel's LayerNorm gain, which its planes carry),

@@ -24,6 +24,8 @@ export interface BundlePplOptions {
   headsFrac?: number;
   mlpK?: number;
   headsK?: number;
+  /** Predicted MLP top-k over this many neuron groups (SparseOptions.mlpGroups). */
+  mlpGroups?: number;
   /** Default: dense, oracle, predicted. */
   modes?: SparseMode[];
   quiet?: boolean;
@@ -60,6 +62,7 @@ export async function runBundlePpl(o: BundlePplOptions): Promise<Record<string, 
     headsFrac: o.headsFrac,
     mlpK: o.mlpK,
     headsK: o.headsK,
+    mlpGroups: o.mlpGroups,
     quiet: o.quiet,
     threads: o.threads,
   });
@@ -87,7 +90,7 @@ export function formatBundlePpl(r: Record<string, unknown>): string {
 
 /** The `dejavu eval ppl --bundle` action (flag parsing beyond the dense command's, then print). */
 export async function runBundleCli(
-  f: { model: string; data: string[]; bundle?: string; headsFrac?: string; mlpK?: string; headsK?: string; modes?: string; json?: boolean },
+  f: { model: string; data: string[]; bundle?: string; headsFrac?: string; mlpK?: string; headsK?: string; mlpGroups?: string; modes?: string; json?: boolean },
   common: { selection: DocumentSelection; maxLen: number; threads?: number },
 ): Promise<void> {
   const num = (v: string | undefined, flag: string, int: boolean): number | undefined => {
@@ -111,6 +114,7 @@ export async function runBundleCli(
     headsFrac,
     mlpK: num(f.mlpK, '--mlp-k', true),
     headsK: num(f.headsK, '--heads-k', true),
+    mlpGroups: num(f.mlpGroups, '--mlp-groups', true),
     modes: modes as SparseMode[],
     threads: common.threads ?? availableParallelism(),
     quiet: !!f.json && !process.stderr.isTTY,

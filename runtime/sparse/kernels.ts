@@ -371,6 +371,34 @@ export function topK(
   return out;
 }
 
+/**
+ * Top-k split over `groups` equal groups of consecutive rows (the CUDA fused predictors' selection, docs/cuda.md v24):
+ * group g holds rows [g*per, min(n, (g+1)*per)) with per = ceil(n / groups) and takes the top
+ * floor(k*r1/n) - floor(k*r0/n) of its own rows, so the counts add up to k and follow the group sizes. Each block
+ * of the GPU kernel selects its group alone, with no pass over all n scores. groups <= 1 is topK. Output in
+ * ascending index order (groups are consecutive and each is sorted), ties to the lower index.
+ */
+export function groupedTopK(
+  scores: Float32Array,
+  n: number,
+  k: number,
+  groups: number,
+  out: Int32Array,
+  scratch: Float32Array = new Float32Array(n),
+): Int32Array {
+  if (groups <= 1 || k <= 0 || k >= n) return topK(scores, n, k, out, scratch);
+  const per = Math.ceil(n / groups);
+  for (let r0 = 0; r0 < n; r0 += per) {
+    const r1 = Math.min(n, r0 + per);
+    const o0 = Math.floor((k * r0) / n), o1 = Math.floor((k * r1) / n);
+    if (o1 === o0) continue;
+    const part = out.subarray(o0, o1);
+    topK(scores.subarray(r0, r1), r1 - r0, o1 - o0, part, scratch);
+    for (let j = 0; j < part.length; j++) part[j] += r0;
+  }
+  return out;
+}
+
 /** The k-th largest value of a[0..n) (1-based k), reordering a in place (Hoare-style quickselect). */
 function kthLargest(a: Float32Array, n: number, k: number): number {
   let lo = 0;

@@ -16,6 +16,7 @@ export interface PplWorkerData {
   headsFrac?: number;
   mlpK?: number;
   headsK?: number;
+  mlpGroups?: number;
 }
 
 const data = workerData as PplWorkerData;
@@ -26,6 +27,7 @@ try {
     headsFrac: data.headsFrac,
     mlpK: data.mlpK,
     headsK: data.headsK,
+    mlpGroups: data.mlpGroups,
     quiet: true,
     onTokens: (n) => parentPort!.postMessage({ progress: n }),
   });

@@ -21,6 +21,8 @@ export interface SparsePplOptions {
   headsFrac?: number;
   mlpK?: number;
   headsK?: number;
+  /** Predicted MLP top-k over this many neuron groups (SparseOptions.mlpGroups). */
+  mlpGroups?: number;
   quiet?: boolean;
   /** A dense model already loaded (reused for the dense mode). */
   dense?: OptModel;
@@ -78,7 +80,7 @@ export function sparseModePerplexity(
   mode: SparseMode,
   opts: Omit<SparsePplOptions, 'modes'> = {},
 ): ModeResult {
-  const model = new SparseOptModel(ckpt, bundle, { mode, headsFrac: opts.headsFrac, mlpK: opts.mlpK, headsK: opts.headsK });
+  const model = new SparseOptModel(ckpt, bundle, { mode, headsFrac: opts.headsFrac, mlpK: opts.mlpK, headsK: opts.headsK, mlpGroups: opts.mlpGroups });
   const c = ckpt.config;
   const V = c.vocabSize;
   const p = c.wordEmbedProjDim;
@@ -153,7 +155,7 @@ export async function parallelSparsePerplexity(
       (part) =>
         new Promise<ModeResult>((resolve, reject) => {
           const w = new Worker(script, {
-            workerData: { modelDir: ckpt.dir, bundleDir: bundle.dir, mode, docs: part, headsFrac: opts.headsFrac, mlpK: opts.mlpK, headsK: opts.headsK },
+            workerData: { modelDir: ckpt.dir, bundleDir: bundle.dir, mode, docs: part, headsFrac: opts.headsFrac, mlpK: opts.mlpK, headsK: opts.headsK, mlpGroups: opts.mlpGroups },
           });
           w.on('message', (m: { progress?: number; result?: ModeResult; error?: string; dejavu?: boolean }) => {
             if (m.progress) bar.increment(m.progress);
@@ -218,6 +220,7 @@ export async function bundlePerplexity(
   out.heads_frac = opts.headsFrac ?? null;
   out.mlp_k = opts.mlpK ?? null;
   out.heads_k = opts.headsK ?? null;
+  out.mlp_groups = opts.mlpGroups ?? 1;
   out.bundle = bundle.dir;
   out.threads = opts.threads ?? 1;
   return out;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseArgs, parseDensity } from '../../runtime/cuda/bench-main.js';
-import { runCudaBench } from '../../runtime/cuda/bench.js';
+import { mlpSelection, runCudaBench } from '../../runtime/cuda/bench.js';
 import { CudaEngine } from '../../runtime/cuda/engine.js';
 import { DejavuError } from '../../common/errors.js';
 import type { OptConfig } from '../../checkpoints/types.js';
@@ -48,5 +48,13 @@ describe('CudaEngine.dimsOf: the OPT variants the CUDA runtime supports', () => 
   it('refuses post-LN (opt-350m) and project_in/out with the model folder named', () => {
     expect(() => CudaEngine.dimsOf({ config: { ...config, doLayerNormBefore: false }, dir: 'opt-350m' })).toThrow(/opt-350m.*pre-LayerNorm/);
     expect(() => CudaEngine.dimsOf({ config: { ...config, wordEmbedProjDim: 512 }, dir: 'm' })).toThrow(/project_in/);
+  });
+});
+
+describe('CUDA bench: the MLP selection it reports', () => {
+  it('is grouped only when the fused predictors run with DEJAVU_CUDA_PF_LOCAL=1', () => {
+    expect(mlpSelection({})).toMatch(/^exact top-k/);
+    expect(mlpSelection({ DEJAVU_CUDA_PF_LOCAL: '1' })).toMatch(/^exact top-k/);
+    expect(mlpSelection({ DEJAVU_CUDA_PFUSE: '1', DEJAVU_CUDA_PF_LOCAL: '1' })).toMatch(/^grouped top-k/);
   });
 });

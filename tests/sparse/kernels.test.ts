@@ -8,6 +8,7 @@ import {
   headNorms,
   headRowsGemv,
   outProjHeads,
+  groupedTopK,
   topK,
   transpose,
 } from '../../runtime/sparse/kernels.js';
@@ -169,5 +170,40 @@ describe('topK', () => {
     expect(Array.from(topK(c, 50, 4, new Int32Array(4)))).toEqual([0, 1, 2, 3]);
     const nan = Float32Array.from([NaN, -5, NaN]);
     expect(Array.from(topK(nan, 3, 1, new Int32Array(1)))).toEqual([1]);
+  });
+});
+
+describe('groupedTopK', () => {
+  // Reference written from the definition: group g = rows [g*per, ..), per = ceil(n/G), count floor(k*r1/n) - floor(k*r0/n).
+  const ref = (s: Float32Array, n: number, k: number, G: number): number[] => {
+    const per = Math.ceil(n / G);
+    const out: number[] = [];
+    for (let r0 = 0; r0 < n; r0 += per) {
+      const r1 = Math.min(n, r0 + per);
+      const c = Math.floor((k * r1) / n) - Math.floor((k * r0) / n);
+      const idx = Array.from({ length: r1 - r0 }, (_, i) => r0 + i).sort((a, b) => s[b] - s[a] || a - b);
+      out.push(...idx.slice(0, c).sort((a, b) => a - b));
+    }
+    return out;
+  };
+  it('takes each group\'s share of k from its own rows, in ascending index order', () => {
+    for (const [n, k, G, seed] of [
+      [20480, 1024, 128, 1],
+      [1536, 77, 10, 2],
+      [1536, 77, 7, 3],
+      [100, 9, 8, 4],
+      [10, 3, 16, 5],
+    ]) {
+      const s = rand(n, seed);
+      const got = Array.from(groupedTopK(s, n, k, G, new Int32Array(k)));
+      expect(got).toEqual(ref(s, n, k, G));
+      expect(got.length).toBe(k);
+      for (let i = 1; i < k; i++) expect(got[i]).toBeGreaterThan(got[i - 1]);
+    }
+  });
+  it('differs from the global top-k when the large scores crowd one group; G = 1 is the global top-k', () => {
+    const s = Float32Array.from([9, 8, 7, 6, 1, 2, 3, 4]);
+    expect(Array.from(groupedTopK(s, 8, 4, 2, new Int32Array(4)))).toEqual([0, 1, 6, 7]);
+    expect(Array.from(groupedTopK(s, 8, 4, 1, new Int32Array(4)))).toEqual([0, 1, 2, 3]);
   });
 });

@@ -123,6 +123,29 @@ describe.skipIf(!HAVE_FIXTURES)('predicted and oracle modes on opt-mini (random 
     expect(d.heads[5]).toBeCloseTo(0.5, 9);
   });
 
+  it('mlpGroups splits the MLP top-k over equal neuron groups with fixed quotas (the CUDA grouped selection)', () => {
+    const G = 8, n = ckpt.config.ffnDim, k = 200, per = Math.ceil(n / G);
+    const grouped = new SparseOptModel(ckpt, bundle, { mode: 'predicted', mlpGroups: G });
+    const global = new SparseOptModel(ckpt, bundle, { mode: 'predicted' });
+    const c1 = grouped.newCache(32);
+    const c2 = global.newCache(32);
+    let differ = 0;
+    for (const id of IDS) {
+      grouped.decodeStep(id, c1);
+      global.decodeStep(id, c2);
+      for (let l = 1; l < ckpt.config.numLayers; l++) {
+        const got = Array.from(grouped.lastNeurons[l]!);
+        for (let r0 = 0; r0 < n; r0 += per) {
+          const r1 = Math.min(n, r0 + per);
+          expect(got.filter((v) => v >= r0 && v < r1).length).toBe(Math.floor((k * r1) / n) - Math.floor((k * r0) / n));
+        }
+        differ += Number(got.join() !== Array.from(global.lastNeurons[l]!).join());
+      }
+    }
+    expect(differ).toBeGreaterThan(0);
+    expect(() => new SparseOptModel(ckpt, bundle, { mode: 'predicted', mlpGroups: 0 })).toThrow(/--mlp-groups/);
+  });
+
   it('the attention selection at layer l is the top-k of the predictor applied to layer l-1 input', () => {
     // Layer 1's heads come from att_in of layer 0 = the embedding + position of the token, known without running.
     const m = new SparseOptModel(ckpt, bundle, { mode: 'predicted' });
