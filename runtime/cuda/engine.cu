@@ -188,6 +188,7 @@ struct Engine {
   std::vector<Group> groups_side;
   unsigned* pflags = nullptr;  // [2L] selection flags (layer, target): step serial + 1 once written
   unsigned* pf_bad = nullptr;
+  int pf_warps = PF_LOCAL_WARPS;  // env DEJAVU_CUDA_PF_WARPS (2..8): the grouped mode's predictor warps per block
   bool pf_local = false;  // env DEJAVU_CUDA_PF_LOCAL=1: the big fused predictor's grouped top-k (pfuse.cuh pf_local)
   int pf_skip = 0;  // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_PF_SKIP): bit 0 the MLP does not wait for its flag,
                     // bit 1 the predictor warp stops after its scores, bit 2 no w1 rows in the QKV kernel, bit 3 the
@@ -336,6 +337,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_PFUSE")) { e->pfuse = v[0] != '0'; e->pfuse_small = v[0] == '2'; }
   if (const char* v = getenv("DEJAVU_CUDA_PF_SKIP")) e->pf_skip = atoi(v) & 31;
   if (const char* v = getenv("DEJAVU_CUDA_PF_LOCAL")) e->pf_local = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_PF_WARPS")) e->pf_warps = std::min(8, std::max(2, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_PRED_PDL")) e->pred_pdl = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PRED_UNROLL")) e->pred_unroll = std::max(1, std::min(TOPK_UNROLL, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_PRED_AVAIL")) e->pred_avail = v[0] == '1';
@@ -793,7 +795,7 @@ static void launch_attn_out(Engine* e, cudaStream_t s, AttnOutArgs a, int nheads
   while (R > 1 && R * rowbytes > 32768) R /= 2;
   const int tw = tw_for(e, e->d);
   const int att = att_state_floats(hd, tw) * 4;
-  const dim3 grid(nheads * a.slices), block(t_threads(tw) + (a.pf.on ? 32 * (a.pf.local ? PF_LOCAL_WARPS : 1) : 0));
+  const dim3 grid(nheads * a.slices), block(t_threads(tw) + (a.pf.on ? 32 * (a.pf.local ? a.pf.pw : 1) : 0));
   unsigned pfb = 0;  // the fused predictors' warp: its slice of the big member's w2 rows and its work space
   if (a.pf.on) {
     a.pf.per = a.pf.nbig ? (a.pf.big.n + (int)grid.x - 1) / (int)grid.x : 0;
@@ -1139,7 +1141,7 @@ static int plan_fused(Engine* e) {
 static PredFuse make_pf(Engine* e, Layer& src) {
   PredFuse p{};
   const Fuse& f = src.fz;
-  p.on = 1; p.t = f.t; p.trows = f.rows; p.st = e->st; p.local = e->pf_local;
+  p.on = 1; p.t = f.t; p.trows = f.rows; p.st = e->st; p.local = e->pf_local; p.pw = e->pf_warps;
   int off = 0;
   for (auto [li, tg] : f.members) {
     Layer& l = e->layers[li];

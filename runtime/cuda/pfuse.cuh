@@ -2,7 +2,9 @@
 // default: correct (runtime/cuda/check.cu checks it), but slower on the 13B shape (H200: 2.21-2.27 ms against
 // 1.93-2.01 with the side-stream chain; docs/cuda.md v15): the top-k's dependent global round trips, issued from SMs
 // with ~100 KB of bulk copies in flight, end ~8 us after the attention they should hide behind, and the MLP cannot
-// start before this kernel ends.
+// start before this kernel ends. With DEJAVU_CUDA_PF_LOCAL=1 the big member's selection is a grouped top-k instead
+// (pf_local below, v24): faster than the side-stream chain (H200 1.762 vs 1.868 ms), but it picks differently from
+// the exact top-k, so also off by default.
 // Why it was tried: on side streams the predictor chain of a tap costs the sparse step its PDL (early-launched main
 // kernels hold the SMs the chain needs), 16 SMs, and a graph edge before every consumer: 13B sparse 1.93 ms against
 // 1.57 with fixed selections (docs/cuda.md v13b). A chain run on 16 SMs by one persistent kernel was slower still (v14:
@@ -68,6 +70,7 @@ struct PredFuse {
   int skip;          // TIMING EXPERIMENT ONLY (engine pf_skip): 2 no top-k after the histograms, 8 no work at all
   int local;         // 1: grouped top-k (pf_local, DEJAVU_CUDA_PF_LOCAL): each block selects its own rows' share
   unsigned* gdone;   // grouped mode: [gridDim.x] per-group flags (serial + 1 once the group's share is in sel)
+  int pw;            // grouped mode: predictor warps per block (DEJAVU_CUDA_PF_WARPS, 2..8; PF_LOCAL_WARPS)
 };
 constexpr int PF_LOCAL_WARPS = 4;  // predictor warps per block in the grouped mode (scores off the consumers' path)
 
@@ -409,9 +412,7 @@ __device__ void pf_warp(const PredFuse& p, unsigned char* area, uint64_t* bar, u
 // group cannot take more than its share), measured on opt-mini (bench/results/grouped-topk-study-opt-mini-*).
 // Run by PF_LOCAL_WARPS warps of k_attn_out after their grid dependency; the consumer warps do none of it, so the
 // attention does not wait for the w2 copy.
-__device__ __forceinline__ void pbar_local() {
-  asm volatile("bar.sync 2, %0;" ::"n"(PF_LOCAL_WARPS * 32) : "memory");
-}
+__device__ __forceinline__ void pbar_local(int threads) { asm volatile("bar.sync 2, %0;" ::"r"(threads) : "memory"); }
 // One warp: the top c of keys[0..nr) (ties to the lower index) -> out[0..c) + r0, ascending. The c-th largest key
 // by a 32-step bitwise search (count of keys >= candidate, one warp reduction a step; nr is a few hundred).
 constexpr int PF_SEL_REG = 8;  // keys a lane holds in registers for the search (groups up to 256 rows)
@@ -474,28 +475,28 @@ __device__ __forceinline__ void pf_local_copy(const PredFuse& p, unsigned char* 
   for (int m = 0; m < p.nsmall; m++)
     if (B.mine[m]) bulk_g2s(area + B.soff[m], p.small[m].W2, (unsigned)p.small[m].n * p.small[m].r * 2u, bar, pol);
 }
-// pt: the thread's index among the predictor warps (0 .. PF_LOCAL_WARPS * 32 - 1).
+// pt: the thread's index among the predictor warps (0 .. p.pw * 32 - 1).
 __device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, int tr, int pt) {
-  const int pw = pt >> 5, lane = pt & 31;
+  const int pw = pt >> 5, lane = pt & 31, PT = p.pw * 32;
   const PfLayout L = pf_layout(p);
   const PfBlk B = pf_blk(p);
   pdl_wait();  // t (this layer's QKV kernel) and the step serial are this step's
   float* ts = reinterpret_cast<float*>(area + L.ts);
-  for (int i = pt; i < p.trows; i += PF_LOCAL_WARPS * 32) ts[i] = __ldcg(p.t + i);
+  for (int i = pt; i < p.trows; i += PT) ts[i] = __ldcg(p.t + i);
   const unsigned target = step_serial(p.st) + 1u;
   mbar_wait(bar, 0);
-  pbar_local();
+  pbar_local(PT);
   uint32_t* keys = reinterpret_cast<uint32_t*>(area + L.keys);
   if (p.nbig)
-    for (int i = pt; i < B.nr; i += PF_LOCAL_WARPS * 32)
+    for (int i = pt; i < B.nr; i += PT)
       keys[i] = f2key(pf_dot(area + L.w2 + (size_t)i * p.big.r * 2, ts + p.big.toff, p.big.r, lane));
   for (int m = 0; m < p.nsmall; m++) {
     if (!B.mine[m]) continue;
     uint32_t* sk = reinterpret_cast<uint32_t*>(area + L.skeys) + m * PF_SMALL_MAX;
-    for (int i = pt; i < p.small[m].n; i += PF_LOCAL_WARPS * 32)
+    for (int i = pt; i < p.small[m].n; i += PT)
       sk[i] = f2key(pf_dot(area + B.soff[m] + (size_t)i * p.small[m].r * 2, ts + p.small[m].toff, p.small[m].r, lane));
   }
-  pbar_local();
+  pbar_local(PT);
   if (pt == 0) tr_mark(tr, 4);  // keys ready (bench/cuda/trace.cu: "threshold known")
   if (pw == 1)
     for (int m = 0; m < p.nsmall; m++)
