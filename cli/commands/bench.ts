@@ -44,6 +44,7 @@ interface BenchFlags {
   gen: number;
   rounds?: number;
   mlpInput?: MlpInput;
+  mlpSelect?: 'exact' | 'grouped';
   json?: boolean;
 }
 
@@ -62,6 +63,9 @@ export function register(program: Command): void {
     .addOption(
       new Option('--mlp-input <tap>', 'cuda, random predictors: where MLP predictors read (as train --mlp-input; default att_in)').choices([...MLP_INPUTS]),
     )
+    .addOption(
+      new Option('--mlp-select <how>', 'cuda: MLP neurons by exact top-k, or grouped (each of G neuron groups its share; faster, +1% ppl on opt-mini: docs/cuda.md v24)').choices(['exact', 'grouped']),
+    )
     .option('--json', 'print one JSON object on stdout')
     .action(async (f: BenchFlags) => {
       const density = f.density ? parseDensity(f.density) : undefined;
@@ -77,12 +81,14 @@ export function register(program: Command): void {
           prompt: f.prompt,
           gen: f.gen,
           mlpInput: f.mlpInput,
+          mlpSelect: f.mlpSelect,
           json: !!f.json,
         });
       } else if (f.device === 'cpu') {
         if (!f.model) throw new DejavuError('the CPU bench needs a model folder', '--model');
         if (f.shape) throw new DejavuError('--shape (random weights of a large model) is for --device cuda', '--shape');
         if (f.mlpInput) throw new DejavuError('--mlp-input places random predictors on the GPU; the CPU bench takes them from --bundle', '--mlp-input');
+        if (f.mlpSelect) throw new DejavuError('--mlp-select picks the CUDA selection kernel; for the CPU use dejavu eval ppl --mlp-groups', '--mlp-select');
         const { runCpuBench } = await import('../../runtime/sparse/bench-cpu.js');
         result = await runCpuBench({
           model: f.model,

@@ -1,6 +1,7 @@
 /**
  * Standalone CUDA bench entry (no commander): node dist/runtime/cuda/bench-main.js --shape opt-13b
- *   [--model DIR [--bundle B]] [--density mlp=0.05,heads=0.2] [--prompt 128] [--gen 128] [--rank 128] [--mlp-input att_in|prev_att_in|prev_mlp_in|mlp_in] [--json]
+ *   [--model DIR [--bundle B]] [--density mlp=0.05,heads=0.2] [--prompt 128] [--gen 128] [--rank 128] [--mlp-input att_in|prev_att_in|prev_mlp_in|mlp_in]
+ *   [--mlp-select exact|grouped] [--json]
  *   [--out FILE]   (FILE gets the JSON too)
  * The same function backs `dejavu bench --device cuda`.
  */
@@ -42,6 +43,7 @@ export function parseArgs(argv: string[]): CudaBenchOptions & { out?: string } {
       case '--gen': o.gen = int(); break;
       case '--rank': o.rank = int(); break;
       case '--mlp-input': o.mlpInput = next() as CudaBenchOptions['mlpInput']; break;
+      case '--mlp-select': o.mlpSelect = next() as CudaBenchOptions['mlpSelect']; break;
       case '--seed': o.seed = int(); break;
       case '--reps': o.reps = int(); break;
       case '--json': o.json = true; break;

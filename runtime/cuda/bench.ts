@@ -26,6 +26,8 @@ export interface CudaBenchOptions {
   rank?: number;
   /** Where random MLP predictors read (train's --mlp-input names; default att_in). */
   mlpInput?: MlpInput;
+  /** How MLP neurons are picked: exact top-k (default) or the fused predictors' grouped top-k (docs/cuda.md v24). */
+  mlpSelect?: 'exact' | 'grouped';
   seed?: number;
   reps?: number;
 }
@@ -55,6 +57,13 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
   if (!MLP_INPUTS.includes(mlpInput)) throw new DejavuError(`'${mlpInput}': expected one of ${MLP_INPUTS.join(', ')}`, '--mlp-input');
   if (o.mlpInput && o.bundle) throw new DejavuError('a bundle records where its predictors read; --mlp-input is for random predictors', '--mlp-input');
   const reps = o.reps ?? 3;
+  if (o.mlpSelect !== undefined && o.mlpSelect !== 'exact' && o.mlpSelect !== 'grouped')
+    throw new DejavuError(`'${o.mlpSelect}': expected exact or grouped`, '--mlp-select');
+  if (o.mlpSelect === 'grouped') {
+    // The engine reads its knobs when it is created (engine.cu dj_create): the fused predictors, grouped top-k.
+    process.env.DEJAVU_CUDA_PFUSE = '1';
+    process.env.DEJAVU_CUDA_PF_LOCAL = '1';
+  }
 
   const lib = await loadCudaLib();
   const info = lib.deviceInfo();

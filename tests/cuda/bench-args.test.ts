@@ -23,6 +23,7 @@ describe('CUDA bench arguments (checked before any GPU work)', () => {
 
   it('--mlp-input is parsed', () => {
     expect(parseArgs(['--shape', 'opt-13b', '--mlp-input', 'prev_att_in']).mlpInput).toBe('prev_att_in');
+    expect(parseArgs(['--shape', 'opt-13b', '--mlp-select', 'grouped']).mlpSelect).toBe('grouped');
   });
 
   it('runCudaBench refuses inconsistent requests before loading the library', async () => {
@@ -33,6 +34,7 @@ describe('CUDA bench arguments (checked before any GPU work)', () => {
     await expect(runCudaBench({ ...base, shape: 'opt-13b', density: { mlp: 0, heads: 0.2 } })).rejects.toThrow(/--density/);
     await expect(runCudaBench({ ...base, shape: 'opt-13b', mlpInput: 'nowhere' as 'att_in' })).rejects.toThrow(/--mlp-input.*expected one of/);
     await expect(runCudaBench({ ...base, model: 'm', bundle: 'b', mlpInput: 'att_in' })).rejects.toThrow(/--mlp-input.*bundle records/);
+    await expect(runCudaBench({ ...base, shape: 'opt-13b', mlpSelect: 'fast' as 'exact' })).rejects.toThrow(/--mlp-select.*exact or grouped/);
   });
 });
 

@@ -50,6 +50,9 @@ describe.skipIf(!existsSync(cli))('dejavu train (CLI)', () => {
     const r = spawnSync(process.execPath, [cli, 'bench', '--device', 'cpu', '--model', tmp, '--mlp-input', 'prev_att_in'], { encoding: 'utf8' });
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/--mlp-input/);
+    const s = spawnSync(process.execPath, [cli, 'bench', '--device', 'cpu', '--model', tmp, '--mlp-select', 'grouped'], { encoding: 'utf8' });
+    expect(s.status).toBe(1);
+    expect(s.stderr).toMatch(/--mlp-select.*--mlp-groups/);
   });
 
   it('bad input exits 1 with the error on stderr', () => {
