@@ -7,15 +7,9 @@ Tokens: documents >= 360 of the shards. Needs numpy and pyarrow (docs/shards.md 
 Why: lower-precision predictor weights were a lead for the CUDA chain's bytes (docs/cuda.md); this measures their
 recall cost without a GPU.
 """
-import json, struct, sys, numpy as np, pyarrow as pa, glob
+import json, sys, numpy as np
+from study_io import mlp_layer
 SH, PR = sys.argv[1], sys.argv[2]
-def st(path):
-    f = open(path, 'rb'); n = struct.unpack('<Q', f.read(8))[0]; h = json.loads(f.read(n)); base = 8 + n; out = {}
-    for k, v in h.items():
-        if k == '__metadata__': continue
-        a, b = v['data_offsets']; f.seek(base + a)
-        out[k] = np.frombuffer(f.read(b - a), dtype=np.float32).reshape(v['shape'])
-    return out, h['__metadata__']
 def e4m3(w):  # per-row scale to max 448, round to nearest e4m3 (3 mantissa bits, subnormal step 2^-9)
     s = np.abs(w).max(axis=1, keepdims=True) / 448.0; s[s == 0] = 1
     v = w / s; a = np.abs(v)
@@ -24,25 +18,10 @@ def e4m3(w):  # per-row scale to max 448, round to nearest e4m3 (3 mantissa bits
     q = np.sign(v) * np.minimum(np.round(a / step) * step, 448.0)
     return (q * s).astype(np.float32)
 def f16(w): return w.astype(np.float16).astype(np.float32)
-def rows(layer, col, docmin):
-    xs, acts = [], []
-    for p in sorted(glob.glob(f'{SH}/layer_{layer:02d}/shard_*.arrow')):
-        t = pa.ipc.open_file(p).read_all()
-        doc = t.column('doc').to_numpy(); m = doc >= docmin
-        x = t.column(col).combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(doc), -1)
-        b = t.column('mlp_active').combine_chunks().flatten().to_numpy().reshape(len(doc), -1)
-        xs.append(x[m]); acts.append(b[m])
-    return np.concatenate(xs), np.concatenate(acts)
 res = {}
 for L in range(6):
-    P, meta = st(f'{PR}/layer_{L:02d}.mlp.safetensors')
-    src = L - int(meta['lookahead'])
-    x, _ = rows(src, meta['input'], 360)
-    _, bits = rows(L, 'mlp_in', 360)
+    P, meta, x, act = mlp_layer(SH, PR, L)
     ffn = P['w2'].shape[0]
-    act = np.unpackbits(bits, axis=1, bitorder='little')[:, :ffn].astype(bool)
-    if meta['input_norm'] == 'layernorm':
-        x = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
     out = {}
     for name, (w1, w2) in {'fp32': (P['w1'], P['w2']), 'fp16': (f16(P['w1']), f16(P['w2'])),
                            'fp8 w2': (f16(P['w1']), e4m3(P['w2'])), 'fp8 w1+w2': (e4m3(P['w1']), e4m3(P['w2']))}.items():

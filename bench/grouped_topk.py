@@ -13,25 +13,10 @@ sum over groups of min(quota, active in the group), over all active) and the mea
 Why: the GPU kernel we plan selects ~8 of each ~160 neurons in its own block (13B: 20480 neurons, k 1024, G 128),
 which on opt-mini (k 77) is G ~ 10; this measures what that costs without a GPU.
 """
-import json, struct, sys, numpy as np, pyarrow as pa, glob
+import json, sys, numpy as np
+from study_io import mlp_layer
 SH, PR = sys.argv[1], sys.argv[2]
 KS, GS = (77, 154), (1, 5, 10, 20, 40)
-def st(path):
-    f = open(path, 'rb'); n = struct.unpack('<Q', f.read(8))[0]; h = json.loads(f.read(n)); base = 8 + n; out = {}
-    for k, v in h.items():
-        if k == '__metadata__': continue
-        a, b = v['data_offsets']; f.seek(base + a)
-        out[k] = np.frombuffer(f.read(b - a), dtype=np.float32).reshape(v['shape'])
-    return out, h['__metadata__']
-def rows(layer, col, docmin):
-    xs, acts = [], []
-    for p in sorted(glob.glob(f'{SH}/layer_{layer:02d}/shard_*.arrow')):
-        t = pa.ipc.open_file(p).read_all()
-        doc = t.column('doc').to_numpy(); m = doc >= docmin
-        x = t.column(col).combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(doc), -1)
-        b = t.column('mlp_active').combine_chunks().flatten().to_numpy().reshape(len(doc), -1)
-        xs.append(x[m]); acts.append(b[m])
-    return np.concatenate(xs), np.concatenate(acts)
 def groups(n, k, g):  # [(r0, r1, quota)], as groupedTopK
     per = -(-n // g) if g > 1 else n
     return [(r0, min(n, r0 + per), (k * min(n, r0 + per)) // n - (k * r0) // n) for r0 in range(0, n, per)]
@@ -47,14 +32,8 @@ def grouped_mask(sc, k, g):
     return m
 res = {'tokens': None, 'groups': {}}
 for L in range(6):
-    P, meta = st(f'{PR}/layer_{L:02d}.mlp.safetensors')
-    src = L - int(meta['lookahead'])
-    x, _ = rows(src, meta['input'], 360)
-    _, bits = rows(L, 'mlp_in', 360)
+    P, meta, x, act = mlp_layer(SH, PR, L)
     ffn = P['w2'].shape[0]
-    act = np.unpackbits(bits, axis=1, bitorder='little')[:, :ffn].astype(bool)
-    if meta['input_norm'] == 'layernorm':
-        x = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
     sc = (x @ P['w1'].T) @ P['w2'].T
     res['tokens'] = int(x.shape[0])
     for k in KS:

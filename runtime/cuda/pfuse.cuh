@@ -486,6 +486,8 @@ __device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, 
   const unsigned target = step_serial(p.st) + 1u;
   mbar_wait(bar, 0);
   pbar_local(PT);
+  // The keys as pf_scores computes them (same loops, other threads and stride; not shared: the final cuda-check of
+  // v24 ran this form, and a shared helper changes the PF instantiations' code).
   uint32_t* keys = reinterpret_cast<uint32_t*>(area + L.keys);
   if (p.nbig)
     for (int i = pt; i < B.nr; i += PT)
