@@ -21,7 +21,6 @@ def f16(w): return w.astype(np.float16).astype(np.float32)
 res = {}
 for L in range(6):
     P, meta, x, act = mlp_layer(SH, PR, L)
-    ffn = P['w2'].shape[0]
     out = {}
     for name, (w1, w2) in {'fp32': (P['w1'], P['w2']), 'fp16': (f16(P['w1']), f16(P['w2'])),
                            'fp8 w2': (f16(P['w1']), e4m3(P['w2'])), 'fp8 w1+w2': (e4m3(P['w1']), e4m3(P['w2']))}.items():
