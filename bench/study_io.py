@@ -13,12 +13,13 @@ def st(path):
         out[k] = np.frombuffer(f.read(b - a), dtype=np.float32).reshape(v['shape'])
     return out, h['__metadata__']
 
-def rows(shards, layer, col, docmin):
-    """Column `col` (fp32 [tokens, d]) and the mlp_active bitmask rows of one layer, documents >= docmin."""
+def rows(shards, layer, col, docmin, docmax=None):
+    """Column `col` (fp32 [tokens, d]) and the mlp_active bitmask rows of one layer, documents in [docmin, docmax)."""
     xs, acts = [], []
     for p in sorted(glob.glob(f'{shards}/layer_{layer:02d}/shard_*.arrow')):
         t = pa.ipc.open_file(p).read_all()
         doc = t.column('doc').to_numpy(); m = doc >= docmin
+        if docmax is not None: m &= doc < docmax
         x = t.column(col).combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(doc), -1)
         b = t.column('mlp_active').combine_chunks().flatten().to_numpy().reshape(len(doc), -1)
         xs.append(x[m]); acts.append(b[m])
@@ -34,3 +35,8 @@ def mlp_layer(shards, preds, L, docmin=360):
     if meta['input_norm'] == 'layernorm':
         x = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
     return P, meta, x, act
+
+def active_frequency(shards, L, ffn, docmax):
+    """How often each of layer L's neurons is active, over the documents < docmax (the training side)."""
+    _, bits = rows(shards, L, 'mlp_in', 0, docmax)
+    return np.unpackbits(bits, axis=1, bitorder='little')[:, :ffn].mean(0)
