@@ -72,7 +72,7 @@ struct Fuse {
   uint32_t* ck = nullptr;
   int* ci = nullptr;
   int groups = 0;  // blocks of the attention kernel that carries it (= groups of the grouped top-k, PredFuse::local)
-  unsigned* gdone = nullptr;  // the grouped top-k's per-group flags [sms]
+  unsigned* gdone = nullptr;  // the grouped top-k's per-group flags [max(sms, H)]
 };
 
 struct Layer {
@@ -1126,8 +1126,10 @@ static int plan_fused(Engine* e) {
         CK(cudaMemset(f.s, 0, sizeof(PfState)));
         CK(cudaMemset(f.coarse, 0, 256 * sizeof(unsigned)));
         CK(cudaMemset(f.fine, 0, PF_FINE * sizeof(unsigned)));
-        if (dalloc(e, &f.gdone, e->sms)) return -1;  // the attention kernel's grid is at most one block an SM
-        CK(cudaMemset(f.gdone, 0, e->sms * sizeof(unsigned)));
+        // The attention kernel's grid: heads x slices <= max(SMs, heads) (one slice when the heads outnumber the SMs).
+        const int ng = std::max(e->sms, e->H);
+        if (dalloc(e, &f.gdone, ng)) return -1;
+        CK(cudaMemset(f.gdone, 0, ng * sizeof(unsigned)));
       }
     }
     if (dalloc(e, &f.w1p, (size_t)f.rows * e->d) || dalloc(e, &f.c1, f.rows) || dalloc(e, &f.nm, f.rows) ||
