@@ -531,7 +531,7 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   __syncthreads();
   if constexpr (PF) {
     h = h_s;
-    if (warp > TW) {  // the fused predictors' warp(s) (pfuse.cuh): one, or PF_LOCAL_WARPS in the grouped mode
+    if (warp > TW) {  // the fused predictors' warp(s) (pfuse.cuh): one, or a.pf.pw in the grouped mode
       pdl_trigger();
       if (a.pf.local) pf_local(a.pf, t_sm + a.pf.smem_off, &pbar, a.tr, tid - (TW + 1) * 32);
       else pf_warp(a.pf, t_sm + a.pf.smem_off, &pbar, &kready, a.tr);

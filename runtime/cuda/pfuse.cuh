@@ -410,7 +410,7 @@ __device__ void pf_warp(const PredFuse& p, unsigned char* area, uint64_t* bar, u
 // issued from SMs with ~100 KB of copies in flight, end after the attention they should hide behind (v15); a
 // block's own share needs no global pass, and each group releases a flag of its own. The cost is in what it picks (a
 // group cannot take more than its share), measured on opt-mini (bench/results/grouped-topk-study-opt-mini-*).
-// Run by PF_LOCAL_WARPS warps of k_attn_out after their grid dependency; the consumer warps do none of it, so the
+// Run by p.pw warps of k_attn_out (PF_LOCAL_WARPS unless DEJAVU_CUDA_PF_WARPS) after their grid dependency; the consumer warps do none of it, so the
 // attention does not wait for the w2 copy.
 __device__ __forceinline__ void pbar_local(int threads) { asm volatile("bar.sync 2, %0;" ::"r"(threads) : "memory"); }
 // One warp: the top c of keys[0..nr) (ties to the lower index) -> out[0..c) + r0, ascending. The c-th largest key
@@ -458,9 +458,6 @@ __device__ __forceinline__ void pf_group_select(const uint32_t* keys, int nr, in
     pos += __popc(tb);
   }
 }
-// The predictor warps of k_attn_out in the grouped mode: the w2 copies at entry, then (after the grid dependency)
-// t, the keys of the block's rows and small members, the small selections (warp 1) and the block's group (warp 0);
-// the last block to finish its group releases the big member's flag.
 // The block's w2 rows (its group and the small members it selects) into shared memory: weights, never written in a
 // step, so copied at block entry by the kernel's prologue thread, ahead of the out_proj copies (queued behind
 // them, the rows landed ~6 us after the grid dependency: trace, s12 call 4).
@@ -475,7 +472,9 @@ __device__ __forceinline__ void pf_local_copy(const PredFuse& p, unsigned char* 
   for (int m = 0; m < p.nsmall; m++)
     if (B.mine[m]) bulk_g2s(area + B.soff[m], p.small[m].W2, (unsigned)p.small[m].n * p.small[m].r * 2u, bar, pol);
 }
-// pt: the thread's index among the predictor warps (0 .. p.pw * 32 - 1).
+// The predictor warps of k_attn_out in the grouped mode, after the grid dependency: t, the keys of the block's rows
+// and of the small members it selects, the small selections (warp 1) and the block's group (warp 0), which then
+// releases the group's flag. pt: the thread's index among the predictor warps (0 .. p.pw * 32 - 1).
 __device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, int tr, int pt) {
   const int pw = pt >> 5, lane = pt & 31, PT = p.pw * 32;
   const PfLayout L = pf_layout(p);

@@ -117,5 +117,8 @@ describe.skipIf(!HAVE_FIXTURES)('opt-mini perplexity on c4mini validation (HF: 6
     await expect(run(['--docs', '2', '--sample', '2'])).rejects.toThrow(/--docs or --sample/);
     await expect(run(['--docs', '2', '--max-len', '4096'])).rejects.toThrow(/max_position_embeddings/);
     await expect(run(['--docs', 'x'])).rejects.toThrow(/--docs/);
+    // --mlp-groups is checked before the bundle is read
+    await expect(run(['--docs', '2', '--bundle', 'no-such-bundle', '--mlp-groups', 'x'])).rejects.toThrow(/--mlp-groups/);
+    await expect(run(['--docs', '2', '--bundle', 'no-such-bundle', '--mlp-groups', '0'])).rejects.toThrow(/--mlp-groups/);
   });
 });
