@@ -43,9 +43,10 @@ int main(int argc, char** argv) {
   Engine* e = (Engine*)ev;
   OK(dj_fill_random(ev, 1234));
   const int kH = std::max(1, (int)std::lround(0.2 * sh->H)), kM = (int)std::lround(0.05 * sh->ffn);
+  const bool mlp_prev = getenv("TRACE_MLP_PREV") && getenv("TRACE_MLP_PREV")[0] == '1';  // as bench --mlp-input prev_att_in
   for (int l = 0; l < sh->L; l++) {
     OK(dj_set_predictor(ev, l, 0, TAP_ATT_IN, std::max(0, l - 1), nullptr, nullptr, 128, kH, 0));
-    OK(dj_set_predictor(ev, l, 1, TAP_ATT_IN, l, nullptr, nullptr, 128, kM, 0));
+    OK(dj_set_predictor(ev, l, 1, TAP_ATT_IN, mlp_prev ? std::max(0, l - 1) : l, nullptr, nullptr, 128, kM, 0));
   }
   std::vector<int> ids(prompt);
   std::mt19937 rng(7);
@@ -148,6 +149,32 @@ int main(int argc, char** argv) {
         printf("fused predictors (medians over layers, us from the attention's last release): threshold known %.2f, "
                "selection done %.2f, attention+out_proj done %.2f, selection after them %.2f\n",
                med(thr), med(done), med(cons), med(over));
+    }
+    // Grouped top-k (pfuse.cuh pf_local, stamps 10 / 11): per block, from the attention kernel's last pdl release,
+    // when its predictor warps were past pdl_wait (10), had t and the w2 rows (11), the keys (4) and released the
+    // group's flag (5); medians over layers of the median and the slowest block. Why: which phase sets the
+    // selection's tail after the attention.
+    {
+      std::vector<double> v[4][2];
+      const int pts[4] = {10, 11, 4, 5};
+      for (int k = 1; k < launches - 1; k += 3) {
+        const K& q = ks[k];
+        if (!q.blocks) continue;
+        for (int j = 0; j < 4; j++) {
+          std::vector<double> b_;
+          for (int b = 0; b < TR_MAXB; b++) {
+            const unsigned long long* p = &h[((size_t)k * TR_MAXB + b) * TR_N];
+            if (p[0] && p[pts[j]]) b_.push_back((p[pts[j]] - t0) / 1e3 - q.last_wait);
+          }
+          if (b_.empty()) continue;
+          v[j][0].push_back(med(b_));
+          v[j][1].push_back(*std::max_element(b_.begin(), b_.end()));
+        }
+      }
+      if (!v[0][0].empty())
+        printf("grouped top-k phases (us from the attention's last release; median block / slowest block): past pdl_wait "
+               "%.2f / %.2f, t + w2 in %.2f / %.2f, keys %.2f / %.2f, flag %.2f / %.2f\n", med(v[0][0]), med(v[0][1]),
+               med(v[1][0]), med(v[1][1]), med(v[2][0]), med(v[2][1]), med(v[3][0]), med(v[3][1]));
     }
     // Layer 20 in detail (relative to its QKV's first entry).
     const int L0 = std::min(20, sh->L - 1) * 3;

@@ -10,7 +10,7 @@ Usage: trace_stages.py trace-opt-13b-fixed.bin [layer]
 import sys
 import numpy as np
 
-TR_N, MAXB = 10, 256
+TR_N, MAXB = 12, 256  # fused.cuh TR_N
 KINDS = ["qkv", "att", "mlp"]
 
 

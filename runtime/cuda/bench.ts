@@ -224,7 +224,8 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
 /** How the MLP neurons are picked from the predictor scores (docs/cuda.md v24). */
 export function mlpSelection(env: NodeJS.ProcessEnv = process.env): string {
   if (env.DEJAVU_CUDA_PFUSE === '1' && env.DEJAVU_CUDA_PF_LOCAL === '1') {
-    return 'grouped top-k (DEJAVU_CUDA_PF_LOCAL=1): each block of the attention kernel takes its share of k from its own ~n/G consecutive neurons (G = its grid); runtime/sparse groupedTopK, eval --mlp-groups';
+    const how = env.DEJAVU_CUDA_PF_SEL === '0' ? 'a bitwise threshold search (DEJAVU_CUDA_PF_SEL=0)' : 'warp-max rounds';
+    return `grouped top-k (DEJAVU_CUDA_PF_LOCAL=1): each block of the attention kernel takes its share of k from its own ~n/G consecutive neurons (G = its grid), by ${how}; runtime/sparse groupedTopK, eval --mlp-groups`;
   }
   return 'exact top-k over all neurons';
 }

@@ -414,6 +414,49 @@ static void test_topk(int n, int r, int k, bool degenerate = false, int tied_at_
   expect_true(name, ok);
 }
 
+// The grouped top-k's two selections (pfuse.cuh pf_group_select, pf_group_select_max), one warp per group, against
+// the definition (the top c keys, ties to the lower index, ascending), with keys drawn from a few values so that
+// ties cross the threshold. alg 0 bitwise search, 1 warp-max rounds.
+__global__ void k_group_select_test(const uint32_t* keys, int nr, const int* c, int alg, int* out, int stride) {
+  const uint32_t* k = keys + (size_t)blockIdx.x * nr;
+  int* o = out + (size_t)blockIdx.x * stride;
+  if (alg == 1) dj::pf_group_select_max(k, nr, c[blockIdx.x], 1000 * blockIdx.x, o);
+  else dj::pf_group_select(k, nr, c[blockIdx.x], 1000 * blockIdx.x, o);
+}
+static void test_group_select(int nr, int levels) {
+  const int G = 64, stride = 32;
+  std::vector<uint32_t> keys((size_t)G * nr);
+  std::vector<int> cs(G);
+  for (auto& v : keys) v = levels ? 0x80000000u + (uint32_t)(rng() % levels) * 7u : (uint32_t)rng();
+  for (int g = 0; g < G; g++) cs[g] = g == 0 ? 0 : g == 1 ? std::min(nr, 32) : 1 + (int)(rng() % std::min(nr, 32));
+  for (int g = 0; g < 4; g++) keys[(size_t)G * nr - 1 - g] = 0u;  // the smallest key, as a live one
+  uint32_t* dk = dev(keys);
+  int* dc = dev(cs);
+  int* dout;
+  CUDA_OK(cudaMalloc(&dout, (size_t)G * stride * sizeof(int)));
+  for (int alg = 0; alg < 2; alg++) {
+    CUDA_OK(cudaMemset(dout, 0xff, (size_t)G * stride * sizeof(int)));
+    k_group_select_test<<<G, 32>>>(dk, nr, dc, alg, dout, stride);
+    CUDA_OK(cudaGetLastError());
+    auto got = host(dout, (size_t)G * stride);
+    bool ok = true;
+    for (int g = 0; g < G && ok; g++) {
+      std::vector<int> idx(nr);
+      for (int i = 0; i < nr; i++) idx[i] = i;
+      const uint32_t* k = &keys[(size_t)g * nr];
+      std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return k[a] > k[b]; });
+      std::vector<int> want(idx.begin(), idx.begin() + cs[g]);
+      std::sort(want.begin(), want.end());
+      for (int j = 0; j < stride; j++) ok &= got[(size_t)g * stride + j] == (j < cs[g] ? 1000 * g + want[j] : -1);
+    }
+    char name[160];
+    snprintf(name, sizeof name, "grouped top-k selection (%s) nr=%d, %s keys: top c, ties to the lower index, ascending",
+             alg ? "warp-max rounds" : "bitwise search", nr, levels ? "few distinct" : "random");
+    expect_true(name, ok);
+  }
+  cudaFree(dk); cudaFree(dc); cudaFree(dout);
+}
+
 // Predictor first layer with the tap's input computed in every block (predict.cuh): t = w1 . f(base + delta).
 static void test_pred_hidden(int d, int rows, bool norm, bool delta) {
   auto W = r16(randv((size_t)rows * d, 1.f / std::sqrt((float)d)));
@@ -952,6 +995,10 @@ int main(int argc, char** argv) {
   test_topk(36864, 256, 1843);
   test_topk(1536, 16, 154);
   test_topk(1536, 24, 154);  // rank 24: 3 vectors per row, 4 lanes
+  test_group_select(160, 0);
+  test_group_select(160, 5);
+  test_group_select(256, 3);
+  test_group_select(37, 2);
   test_topk(100, 8, 100);
   test_topk(20480, 128, 1024, true);
   test_topk(20480, 128, 1024, false, 2000);
@@ -968,6 +1015,7 @@ int main(int argc, char** argv) {
   // The whole-engine checks under each path: streamed (default), per-op kernels, persistent dense layer kernel.
   for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=2",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1,DEJAVU_CUDA_PF_SEL=0",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PDL_SPARSE=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_JOIN=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_CHAIN=0",
@@ -982,7 +1030,8 @@ int main(int argc, char** argv) {
     set_envs(envs, false);
   }
   // MLP predictors on the heads' tap (bench --mlp-input prev_att_in), default path and green chain.
-  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_JOIN=1"}) {
+  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_JOIN=1",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1"}) {
     printf("-- engine with %s, MLP predictors one layer ahead\n", envs);
     set_envs(envs, true);
     test_engine(128, 1);

@@ -190,9 +190,12 @@ struct Engine {
   unsigned* pf_bad = nullptr;
   int pf_warps = PF_LOCAL_WARPS;  // env DEJAVU_CUDA_PF_WARPS (2..8): the grouped mode's predictor warps per block
   bool pf_local = false;  // env DEJAVU_CUDA_PF_LOCAL=1: the big fused predictor's grouped top-k (pfuse.cuh pf_local)
+  int pf_sel = 1;  // env DEJAVU_CUDA_PF_SEL: the grouped top-k's selection, 1 warp-max rounds (default: H200 1.663 vs
+                   // 1.776 ms, s13 call 2), 0 the bitwise search
   int pf_skip = 0;  // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_PF_SKIP): bit 0 the MLP does not wait for its flag,
                     // bit 1 the predictor warp stops after its scores, bit 2 no w1 rows in the QKV kernel, bit 3 the
-                    // predictor warp does nothing (flags only), bit 4 no head-list flag waits
+                    // predictor warp does nothing (flags only), bit 4 no head-list flag waits; grouped mode: bit 5
+                    // no selection (a group takes its first rows), bit 6 no key dot products
   cudaGraphExec_t graphs[M_COUNT] = {};
   std::vector<cudaEvent_t> evs;
   cudaEvent_t t0, t1;
@@ -335,8 +338,9 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_PSTEP")) e->pstep = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PCHAIN")) e->pchain = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_PFUSE")) { e->pfuse = v[0] != '0'; e->pfuse_small = v[0] == '2'; }
-  if (const char* v = getenv("DEJAVU_CUDA_PF_SKIP")) e->pf_skip = atoi(v) & 31;
+  if (const char* v = getenv("DEJAVU_CUDA_PF_SKIP")) e->pf_skip = atoi(v) & 127;
   if (const char* v = getenv("DEJAVU_CUDA_PF_LOCAL")) e->pf_local = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_PF_SEL")) e->pf_sel = atoi(v) != 0;
   if (const char* v = getenv("DEJAVU_CUDA_PF_WARPS")) e->pf_warps = std::min(8, std::max(2, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_PRED_PDL")) e->pred_pdl = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PRED_UNROLL")) e->pred_unroll = std::max(1, std::min(TOPK_UNROLL, atoi(v)));
@@ -1143,7 +1147,7 @@ static int plan_fused(Engine* e) {
 static PredFuse make_pf(Engine* e, Layer& src) {
   PredFuse p{};
   const Fuse& f = src.fz;
-  p.on = 1; p.t = f.t; p.trows = f.rows; p.st = e->st; p.local = e->pf_local; p.pw = e->pf_warps;
+  p.on = 1; p.t = f.t; p.trows = f.rows; p.st = e->st; p.local = e->pf_local ? 1 + e->pf_sel : 0; p.pw = e->pf_warps;
   int off = 0;
   for (auto [li, tg] : f.members) {
     Layer& l = e->layers[li];
@@ -1384,7 +1388,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
           o.pf = make_pf(e, l);
           l.fz.groups = kH * attn_slices(e, kH);  // the grouped top-k's groups (check.cu's reference needs them)
         }
-        o.pf.skip = e->pf_skip & 10;
+        o.pf.skip = e->pf_skip & (10 | 32 | 64);
         launch_attn_out(e, s0, o, kH, true);
         mark(P_ATT);
       }

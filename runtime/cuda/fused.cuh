@@ -36,10 +36,11 @@ __host__ __device__ constexpr int t_threads(int nw) { return nw * 32 + 32; }
 
 // Timeline trace (bench/cuda/trace.cu builds with -DDJ_TRACE): thread 0 of each block writes %globaltimer at a few
 // points of each traced launch (id `tr` >= 0) into g_trace[tr][block][point]. Compiled out otherwise.
-constexpr int TR_MAXB = 256, TR_N = 10;  // points: 0 entry, 1 previous grid done (pdl_wait), 2 input ready, 3 end,
+constexpr int TR_MAXB = 256, TR_N = 12;  // points: 0 entry, 1 previous grid done (pdl_wait), 2 input ready, 3 end,
                                         // 4 input loaded, 5 LayerNorm statistics ready, 6 producer issued its last
                                         // copy, 7 its last stage landed, 8 the SM id (a value, not a time),
-                                        // 9 consumers done with the ring (before the atomics)
+                                        // 9 consumers done with the ring (before the atomics); grouped top-k
+                                        // (pfuse.cuh pf_local): 10 past pdl_wait, 11 t and the w2 rows in
 constexpr int TS_B = 8, TS_N = 64;  // stage trace (tr_stage): blocks, stages (the last slot: release, ready)
 #ifdef DJ_TRACE
 __device__ unsigned long long* g_trace;

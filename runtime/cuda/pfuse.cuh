@@ -67,8 +67,10 @@ struct PredFuse {
   PfMember small[PF_MAX_SMALL];
   int per;           // big rows per block
   unsigned smem_off; // the warp's area in the kernel's dynamic shared memory
-  int skip;          // TIMING EXPERIMENT ONLY (engine pf_skip): 2 no top-k after the histograms, 8 no work at all
-  int local;         // 1: grouped top-k (pf_local, DEJAVU_CUDA_PF_LOCAL): each block selects its own rows' share
+  int skip;          // TIMING EXPERIMENT ONLY (engine pf_skip): 2 no top-k after the histograms, 8 no work at all;
+                     // grouped mode: 32 no selection (first rows), 64 no key dot products
+  int local;         // grouped top-k (pf_local, DEJAVU_CUDA_PF_LOCAL): each block selects its own rows' share;
+                     // 2 by warp-max rounds (default), 1 by a bitwise search (DEJAVU_CUDA_PF_SEL=0)
   unsigned* gdone;   // grouped mode: [gridDim.x] per-group flags (serial + 1 once the group's share is in sel)
   int pw;            // grouped mode: predictor warps per block (DEJAVU_CUDA_PF_WARPS, 2..8; PF_LOCAL_WARPS)
 };
@@ -416,6 +418,7 @@ __device__ __forceinline__ void pbar_local(int threads) { asm volatile("bar.sync
 // One warp: the top c of keys[0..nr) (ties to the lower index) -> out[0..c) + r0, ascending. The c-th largest key
 // by a 32-step bitwise search (count of keys >= candidate, one warp reduction a step; nr is a few hundred).
 constexpr int PF_SEL_REG = 8;  // keys a lane holds in registers for the search (groups up to 256 rows)
+__device__ __forceinline__ void pf_emit_above(const uint32_t* keys, int nr, int c, int r0, uint32_t T, int* out);
 __device__ __forceinline__ void pf_group_select(const uint32_t* keys, int nr, int c, int r0, int* out) {
   const int lane = threadIdx.x & 31;
   if (c <= 0) return;
@@ -439,6 +442,47 @@ __device__ __forceinline__ void pf_group_select(const uint32_t* keys, int nr, in
       if (__reduce_add_sync(0xffffffffu, cnt) >= (unsigned)c) T = cand;
     }
   }
+  pf_emit_above(keys, nr, c, r0, T, out);
+}
+// Warp-max rounds (PredFuse::local == 2, the default): c rounds, each one warp max of the keys left (redux) and the lowest index
+// holding it (a second redux), so ties go to the lower index as in the bitwise search. Why: c is 7-8 at 13B (groups
+// of 160 picking 8), so c rounds of two reductions replace 32 dependent steps (the trace put the search at ~8 us of
+// the predictor warps' ~14, s13 call 1; H200 13B sparse 1.776 -> 1.663 ms, call 2). Needs nr <= 32 * PF_SEL_REG and
+// c <= 32 (else the bitwise search runs); out ascending, as pf_group_select.
+__device__ __forceinline__ void pf_group_select_max(const uint32_t* keys, int nr, int c, int r0, int* out) {
+  const int lane = threadIdx.x & 31;
+  uint32_t kr[PF_SEL_REG];
+  unsigned live = 0;
+#pragma unroll
+  for (int u = 0; u < PF_SEL_REG; u++) {
+    const bool in = lane + 32 * u < nr;
+    kr[u] = in ? keys[lane + 32 * u] : 0u;
+    live |= (unsigned)in << u;
+  }
+  unsigned taken = 0;
+  for (int j = 0; j < c; j++) {
+    uint32_t lm = 0;
+    int lu = -1;
+#pragma unroll
+    for (int u = 0; u < PF_SEL_REG; u++)  // the lane's largest live key, the lowest u among equals
+      if (((live >> u) & 1u) && (lu < 0 || kr[u] > lm)) { lm = kr[u]; lu = u; }
+    const uint32_t gm = __reduce_max_sync(0xffffffffu, lu >= 0 ? lm : 0u);  // c <= live keys: some lane holds gm
+    const unsigned gi = __reduce_min_sync(0xffffffffu, lu >= 0 && lm == gm ? (unsigned)(32 * lu + lane) : ~0u);
+    if ((int)(gi & 31u) == lane) { live &= ~(1u << (gi >> 5)); taken |= 1u << (gi >> 5); }
+  }
+  const unsigned lt = (1u << lane) - 1u;
+  int pos = 0;
+#pragma unroll
+  for (int u = 0; u < PF_SEL_REG; u++) {
+    const bool take = (taken >> u) & 1u;
+    const unsigned tb = __ballot_sync(0xffffffffu, take);
+    if (take) out[pos + __popc(tb & lt)] = r0 + lane + 32 * u;
+    pos += __popc(tb);
+  }
+}
+// The keys above T and the first (c - their count) equal to T, in index order, to out[0..c) + r0.
+__device__ __forceinline__ void pf_emit_above(const uint32_t* keys, int nr, int c, int r0, uint32_t T, int* out) {
+  const int lane = threadIdx.x & 31;
   unsigned above = 0;
   for (int i = lane; i < nr; i += 32) above += keys[i] > T;
   unsigned eq_left = (unsigned)c - __reduce_add_sync(0xffffffffu, above);
@@ -480,15 +524,17 @@ __device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, 
   const PfLayout L = pf_layout(p);
   const PfBlk B = pf_blk(p);
   pdl_wait();  // t (this layer's QKV kernel) and the step serial are this step's
+  if (pt == 0) tr_mark(tr, 10);
   float* ts = reinterpret_cast<float*>(area + L.ts);
   for (int i = pt; i < p.trows; i += PT) ts[i] = __ldcg(p.t + i);
   const unsigned target = step_serial(p.st) + 1u;
   mbar_wait(bar, 0);
   pbar_local(PT);
+  if (pt == 0) tr_mark(tr, 11);
   // The keys as pf_scores computes them (same loops, other threads and stride; not shared: the final cuda-check of
   // v24 ran this form, and a shared helper changes the PF instantiations' code).
   uint32_t* keys = reinterpret_cast<uint32_t*>(area + L.keys);
-  if (p.nbig)
+  if (p.nbig && !(p.skip & 64))  // (64: timing only, no dot products)
     for (int i = pt; i < B.nr; i += PT)
       keys[i] = f2key(pf_dot(area + L.w2 + (size_t)i * p.big.r * 2, ts + p.big.toff, p.big.r, lane));
   for (int m = 0; m < p.nsmall; m++) {
@@ -505,7 +551,14 @@ __device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, 
   if (pw != 0 || !p.nbig) return;
   const long long n = p.big.n, k = p.big.k;
   const int o0 = (int)(k * B.r0 / n), o1 = B.nr ? (int)(k * (B.r0 + B.nr) / n) : o0;
-  pf_group_select(keys, B.nr, o1 - o0, B.r0, p.big.sel + o0);
+  const int c = o1 - o0;
+  if (p.skip & 32) {  // (timing only: the group's first rows)
+    for (int i = lane; i < c; i += 32) p.big.sel[o0 + i] = B.r0 + i;
+  } else if (p.local == 2 && B.nr <= 32 * PF_SEL_REG && c <= 32) {
+    pf_group_select_max(keys, B.nr, c, B.r0, p.big.sel + o0);
+  } else {
+    pf_group_select(keys, B.nr, c, B.r0, p.big.sel + o0);
+  }
   __syncwarp();  // the lanes' stores, then lane 0's release (cumulative over them, as CUTLASS's semaphore relies on)
   if (lane == 0) {  // a flag per group, no counter: same-address atomics from every block serialise in L2 (~4 us)
     st_release(p.gdone + blockIdx.x, target);

@@ -57,6 +57,7 @@ describe('CUDA bench: the MLP selection it reports', () => {
   it('is grouped only when the fused predictors run with DEJAVU_CUDA_PF_LOCAL=1', () => {
     expect(mlpSelection({})).toMatch(/^exact top-k/);
     expect(mlpSelection({ DEJAVU_CUDA_PF_LOCAL: '1' })).toMatch(/^exact top-k/);
-    expect(mlpSelection({ DEJAVU_CUDA_PFUSE: '1', DEJAVU_CUDA_PF_LOCAL: '1' })).toMatch(/^grouped top-k/);
+    expect(mlpSelection({ DEJAVU_CUDA_PFUSE: '1', DEJAVU_CUDA_PF_LOCAL: '1' })).toMatch(/^grouped top-k.*warp-max rounds/);
+    expect(mlpSelection({ DEJAVU_CUDA_PFUSE: '1', DEJAVU_CUDA_PF_LOCAL: '1', DEJAVU_CUDA_PF_SEL: '0' })).toMatch(/bitwise/);
   });
 });
