@@ -414,21 +414,22 @@ static void test_topk(int n, int r, int k, bool degenerate = false, int tied_at_
   expect_true(name, ok);
 }
 
-// The grouped top-k's two selections (pfuse.cuh pf_group_select, pf_group_select_max), one warp per group, against
+// The grouped top-k's two selections (pfuse.cuh pf_group_pick: the bitwise search, and warp-max rounds where nr <= 320
+// and c <= 32, else the search), one warp per group, against
 // the definition (the top c keys, ties to the lower index, ascending), with keys drawn from a few values so that
 // ties cross the threshold. alg 0 bitwise search, 1 warp-max rounds.
 __global__ void k_group_select_test(const uint32_t* keys, int nr, const int* c, int alg, int* out, int stride) {
   const uint32_t* k = keys + (size_t)blockIdx.x * nr;
   int* o = out + (size_t)blockIdx.x * stride;
-  if (alg == 1) dj::pf_group_select_max(k, nr, c[blockIdx.x], 1000 * blockIdx.x, o);
-  else dj::pf_group_select(k, nr, c[blockIdx.x], 1000 * blockIdx.x, o);
+  dj::pf_group_pick(alg == 1, k, nr, c[blockIdx.x], 1000 * blockIdx.x, o);
 }
 static void test_group_select(int nr, int levels) {
-  const int G = 64, stride = 32;
+  const int G = 64, stride = 40;
   std::vector<uint32_t> keys((size_t)G * nr);
   std::vector<int> cs(G);
   for (auto& v : keys) v = levels ? 0x80000000u + (uint32_t)(rng() % levels) * 7u : (uint32_t)rng();
-  for (int g = 0; g < G; g++) cs[g] = g == 0 ? 0 : g == 1 ? std::min(nr, 32) : 1 + (int)(rng() % std::min(nr, 32));
+  // c up to 40: the rounds take c <= 32, the search the rest
+  for (int g = 0; g < G; g++) cs[g] = g == 0 ? 0 : g == 1 ? std::min(nr, 40) : 1 + (int)(rng() % std::min(nr, 40));
   for (int g = 0; g < 4; g++) keys[(size_t)G * nr - 1 - g] = 0u;  // the smallest key, as a live one
   uint32_t* dk = dev(keys);
   int* dc = dev(cs);
@@ -451,7 +452,7 @@ static void test_group_select(int nr, int levels) {
     }
     char name[160];
     snprintf(name, sizeof name, "grouped top-k selection (%s) nr=%d, %s keys: top c, ties to the lower index, ascending",
-             alg ? "warp-max rounds" : "bitwise search", nr, levels ? "few distinct" : "random");
+             alg ? "warp-max rounds where they apply" : "bitwise search", nr, levels ? "few distinct" : "random");
     expect_true(name, ok);
   }
   cudaFree(dk); cudaFree(dc); cudaFree(dout);
@@ -998,6 +999,8 @@ int main(int argc, char** argv) {
   test_group_select(160, 0);
   test_group_select(160, 5);
   test_group_select(256, 3);
+  test_group_select(293, 4);  // 66B's groups
+  test_group_select(400, 0);  // above the registers' 320: the search from shared memory for both
   test_group_select(37, 2);
   test_topk(100, 8, 100);
   test_topk(20480, 128, 1024, true);

@@ -417,7 +417,7 @@ __device__ void pf_warp(const PredFuse& p, unsigned char* area, uint64_t* bar, u
 __device__ __forceinline__ void pbar_local(int threads) { asm volatile("bar.sync 2, %0;" ::"r"(threads) : "memory"); }
 // One warp: the top c of keys[0..nr) (ties to the lower index) -> out[0..c) + r0, ascending. The c-th largest key
 // by a 32-step bitwise search (count of keys >= candidate, one warp reduction a step; nr is a few hundred).
-constexpr int PF_SEL_REG = 8;  // keys a lane holds in registers for the search (groups up to 256 rows)
+constexpr int PF_SEL_REG = 10;  // keys a lane holds in registers for the selection (groups up to 320 rows: 66B has 293)
 __device__ __forceinline__ void pf_emit_above(const uint32_t* keys, int nr, int c, int r0, uint32_t T, int* out);
 __device__ __forceinline__ void pf_group_select(const uint32_t* keys, int nr, int c, int r0, int* out) {
   const int lane = threadIdx.x & 31;
@@ -479,6 +479,11 @@ __device__ __forceinline__ void pf_group_select_max(const uint32_t* keys, int nr
     if (take) out[pos + __popc(tb & lt)] = r0 + lane + 32 * u;
     pos += __popc(tb);
   }
+}
+// The grouped mode's selection: warp-max rounds where they apply (rounds: PredFuse::local == 2), else the search.
+__device__ __forceinline__ void pf_group_pick(bool rounds, const uint32_t* keys, int nr, int c, int r0, int* out) {
+  if (rounds && nr <= 32 * PF_SEL_REG && c <= 32) pf_group_select_max(keys, nr, c, r0, out);
+  else pf_group_select(keys, nr, c, r0, out);
 }
 // The keys above T and the first (c - their count) equal to T, in index order, to out[0..c) + r0.
 __device__ __forceinline__ void pf_emit_above(const uint32_t* keys, int nr, int c, int r0, uint32_t T, int* out) {
@@ -554,10 +559,8 @@ __device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, 
   const int c = o1 - o0;
   if (p.skip & 32) {  // (timing only: the group's first rows)
     for (int i = lane; i < c; i += 32) p.big.sel[o0 + i] = B.r0 + i;
-  } else if (p.local == 2 && B.nr <= 32 * PF_SEL_REG && c <= 32) {
-    pf_group_select_max(keys, B.nr, c, B.r0, p.big.sel + o0);
   } else {
-    pf_group_select(keys, B.nr, c, B.r0, p.big.sel + o0);
+    pf_group_pick(p.local == 2, keys, B.nr, c, B.r0, p.big.sel + o0);
   }
   __syncwarp();  // the lanes' stores, then lane 0's release (cumulative over them, as CUTLASS's semaphore relies on)
   if (lane == 0) {  // a flag per group, no counter: same-address atomics from every block serialise in L2 (~4 us)
