@@ -4,7 +4,8 @@
 #   scripts/cuda-check.sh prep    (here, on the CPU machine) builds .devnm/ (git-ignored) for the GPU machine, which
 #                                 has no Node and no network: the compiled runtime/cuda JS (.devnm/dist), a pruned
 #                                 node_modules (koffi, cli-progress), opt-mini (config + weights + the HF reference
-#                                 logits the check uses) and, if BUNDLE=DIR is set, that bundle.
+#                                 logits the check uses) and, if BUNDLE=DIR is set, that bundle; GROUPED_BUNDLE=DIR (a
+#                                 bundle whose MLP predictors read att_in) adds check-mini's grouped top-k section.
 #   scripts/cuda-check.sh run     (on the GPU machine; carry .devtools and .devnm) builds the library and the check
 #                                 program with nvcc, runs every kernel check (fresh random inputs, CPU references),
 #                                 the opt-mini end-to-end checks, then the benchmarks for SHAPES.
@@ -48,6 +49,7 @@ with open(dst, 'wb') as g:
     g.write(struct.pack('<Q', len(hdr))); g.write(hdr); [g.write(x) for x in blobs]
 EOF
   if [ -n "${BUNDLE:-}" ]; then rm -rf .devnm/bundle && cp -r "$BUNDLE" .devnm/bundle; fi
+  if [ -n "${GROUPED_BUNDLE:-}" ]; then rm -rf .devnm/bundle-grouped && cp -r "$GROUPED_BUNDLE" .devnm/bundle-grouped; fi
   du -sh .devnm .devtools
   exit 0
 fi
@@ -69,9 +71,11 @@ timeout 300 runtime/cuda/build/cuda-check || status=1
 echo "== opt-mini end to end"
 B=""
 [ -d .devnm/bundle ] && B="--bundle .devnm/bundle"
+G=""
+[ -d .devnm/bundle-grouped ] && G="--grouped-bundle .devnm/bundle-grouped"
 MINI=.devnm/opt-mini
 [ -f examples/opt-mini/model.safetensors ] && MINI=examples/opt-mini
-timeout 120 "$NODE" .devnm/dist/runtime/cuda/check-mini.js $MINI --ref .devnm/opt-mini/reference.safetensors $B > "$OUT/mini.json" || status=1
+timeout 120 "$NODE" .devnm/dist/runtime/cuda/check-mini.js $MINI --ref .devnm/opt-mini/reference.safetensors $B $G > "$OUT/mini.json" || status=1
 cat "$OUT/mini.json"
 for s in ${SHAPES:-opt-6.7b opt-13b opt-30b}; do
   echo "== bench $s"

@@ -543,6 +543,15 @@ int dj_get_selection(void* ev, int layer, int* heads, int* neurons) {
   return 0;
 }
 
+// The neuron groups of layer's MLP selection: G under the grouped top-k (DEJAVU_CUDA_PF_LOCAL=1) for a fused MLP
+// predictor (the tap layer's attention grid), else 1 (one top-k over all neurons). Known once the graphs are built.
+int dj_mlp_groups(void* ev, int layer) {
+  Engine* e = (Engine*)ev;
+  if (layer < 0 || layer >= e->L) { fail("layer %d out of range", layer); return -1; }
+  const Layer& l = e->layers[layer];
+  return e->pfuse && e->pf_local && l.pm.fused ? std::max(1, e->layers[l.pm.src_layer].fz.groups) : 1;
+}
+
 static int alloc_pred(Engine* e, Pred& p, int rank, int n, int tap, int src_layer) {
   if (rank < 8 || rank % 8 || rank > 1024) return fail("predictor rank %d: need a multiple of 8 in [8, 1024]", rank);
   if (src_layer < 0 || src_layer >= e->L) return fail("predictor source layer %d out of range", src_layer);

@@ -148,6 +148,11 @@ export class CudaEngine {
     return { heads, neurons };
   }
 
+  /** Neuron groups of layer's MLP selection on the GPU (SparseOptions.mlpGroups for the CPU's same rule). After build. */
+  mlpGroups(layer: number): number {
+    return this.lib.mlpGroups(this.h, layer);
+  }
+
   setKvPolicy(p: 'selected' | 'all'): void {
     this.lib.setKvPolicy(this.h, p);
   }

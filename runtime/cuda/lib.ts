@@ -34,6 +34,8 @@ export interface CudaLib {
   setK(h: unknown, layer: number, kH: number, kM: number): void;
   setSelection(h: unknown, layer: number, heads: Int32Array, neurons: Int32Array): void;
   getSelection(h: unknown, layer: number, heads: Int32Array, neurons: Int32Array): void;
+  /** Neuron groups of a layer's MLP selection (the grouped top-k's G; 1 = one top-k over all). After build. */
+  mlpGroups(h: unknown, layer: number): number;
   /** w1/w2 null = random predictor weights (shape benchmarks). */
   setPredictor(h: unknown, layer: number, target: 0 | 1, tap: number, srcLayer: number, w1: Float32Array | null, w2: Float32Array | null, rank: number, k: number, norm: boolean): void;
   /** KV policy for sparse attention: 'selected' (skipped heads' slots masked later) or 'all' (K/V of every head). */
@@ -94,6 +96,7 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     setK: f('int dj_set_k(void* e, int layer, int kH, int kM)'),
     setSelection: f('int dj_set_selection(void* e, int layer, const int* heads, int kH, const int* neurons, int kM)'),
     getSelection: f('int dj_get_selection(void* e, int layer, int* heads, int* neurons)'),
+    mlpGroups: f('int dj_mlp_groups(void* e, int layer)'),
     setPredictor: f('int dj_set_predictor(void* e, int layer, int target, int tap, int src, const float* w1, const float* w2, int rank, int k, int norm)'),
     setKvPolicy: f('int dj_set_kv_policy(void* e, int all)'),
     build: f('int dj_build(void* e)'),
@@ -137,6 +140,11 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     setSelection: (h, layer, heads, neurons) =>
       ok('dj_set_selection', c.setSelection(h, layer, heads, heads.length, neurons, neurons.length)),
     getSelection: (h, layer, heads, neurons) => ok('dj_get_selection', c.getSelection(h, layer, heads, neurons)),
+    mlpGroups: (h, layer) => {
+      const g = c.mlpGroups(h, layer) as number;
+      if (g < 1) ok('dj_mlp_groups', -1);
+      return g;
+    },
     setPredictor: (h, layer, target, tap, src, w1, w2, rank, k, norm) =>
       ok('dj_set_predictor', c.setPredictor(h, layer, target, tap, src, w1, w2, rank, k, norm ? 1 : 0)),
     setKvPolicy: (h, policy) => ok('dj_set_kv_policy', c.setKvPolicy(h, policy === 'all' ? 1 : 0)),

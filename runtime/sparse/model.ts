@@ -49,8 +49,9 @@ export interface SparseOptions {
   /** Overrides the bundle's head k in every layer that has an attention predictor. */
   headsK?: number;
   /** Predicted mode: each layer's MLP top-k split over this many equal neuron groups (groupedTopK; the CUDA fused
-   *  predictors' selection). Undefined or 1: one top-k over all neurons. */
-  mlpGroups?: number;
+   *  predictors' selection), one number for every layer or one per layer (the CUDA engine's groups differ by layer:
+   *  CudaEngine.mlpGroups). Undefined or 1: one top-k over all neurons. */
+  mlpGroups?: number | readonly number[];
 }
 
 /** Explicit per-layer selections for one step (null/undefined entry = use the mode's rule for that layer). */
@@ -90,8 +91,8 @@ export class SparseOptModel {
   /** k per layer for heads / neurons; null = dense in predicted and oracle modes. */
   readonly headK: (number | null)[];
   readonly mlpK: (number | null)[];
-  /** Neuron groups of the predicted MLP top-k (1: global). */
-  readonly mlpGroups: number;
+  /** Neuron groups of the predicted MLP top-k, per layer (1: global). */
+  readonly mlpGroups: readonly number[];
   /** Selections actually used by the last step (per layer; null = dense). */
   readonly lastHeads: (Int32Array | null)[];
   readonly lastNeurons: (Int32Array | null)[];
@@ -156,10 +157,16 @@ export class SparseOptModel {
         throw new DejavuError(`${v} must be an integer in 1..${max}`, name);
       }
     }
-    if (opts.mlpGroups !== undefined && !(Number.isInteger(opts.mlpGroups) && opts.mlpGroups >= 1 && opts.mlpGroups <= ffn)) {
-      throw new DejavuError(`${opts.mlpGroups} must be an integer in 1..${ffn} (the MLP width)`, '--mlp-groups');
+    const groups = opts.mlpGroups ?? 1;
+    if (typeof groups !== 'number' && groups.length !== n) {
+      throw new DejavuError(`${groups.length} values for ${n} layers`, '--mlp-groups');
     }
-    this.mlpGroups = opts.mlpGroups ?? 1;
+    for (const g of typeof groups === 'number' ? [groups] : groups) {
+      if (!(Number.isInteger(g) && g >= 1 && g <= ffn)) {
+        throw new DejavuError(`${g} must be an integer in 1..${ffn} (the MLP width)`, '--mlp-groups');
+      }
+    }
+    this.mlpGroups = typeof groups === 'number' ? new Array<number>(n).fill(groups) : [...groups];
     // k = everything is dense: the dense GEMV path, and the predictor is not run at all.
     this.headK = Array.from({ length: n }, (_, l) => {
       const p = bundle?.attn[l];
@@ -351,7 +358,7 @@ export class SparseOptModel {
         neurons = checkSel(explicitN, ffn, `neurons for layer ${l}`);
         gatherGemvRelu(L.fc1W, d, min, neurons, neurons.length, bias(L.fc1B), this.act);
       } else if (mode === 'predicted' && kN !== null) {
-        neurons = groupedTopK(this.scores.mlp[l], ffn, kN, this.mlpGroups, this.neuronIdx[l], this.topScratch).subarray(0, kN);
+        neurons = groupedTopK(this.scores.mlp[l], ffn, kN, this.mlpGroups[l], this.neuronIdx[l], this.topScratch).subarray(0, kN);
         gatherGemvRelu(L.fc1W, d, min, neurons, kN, bias(L.fc1B), this.act);
       } else if (mode === 'oracle' && kN !== null) {
         // True top-k by activation: the dense fc1 first (measurement only), then the selected neurons' values compacted.

@@ -146,6 +146,28 @@ describe.skipIf(!HAVE_FIXTURES)('predicted and oracle modes on opt-mini (random 
     expect(() => new SparseOptModel(ckpt, bundle, { mode: 'predicted', mlpGroups: 0 })).toThrow(/--mlp-groups/);
   });
 
+  it('mlpGroups per layer (the CUDA engine\'s G differs by layer): each layer its own quotas; wrong length or value refused', () => {
+    const L = ckpt.config.numLayers, n = ckpt.config.ffnDim, k = 200;
+    const Gs = Array.from({ length: L }, (_, l) => [1, 3, 8, 16, 5, 2][l % 6]);
+    const m = new SparseOptModel(ckpt, bundle, { mode: 'predicted', mlpGroups: Gs });
+    const c = m.newCache(8);
+    for (const id of IDS.slice(0, 4)) {
+      m.decodeStep(id, c);
+      for (let l = 1; l < L; l++) {
+        // layer l's own G's quotas (G = 1: the global top-k, no quota beyond k)
+        const got = Array.from(m.lastNeurons[l]!), per = Math.ceil(n / Gs[l]);
+        for (let r0 = 0; r0 < n; r0 += per) {
+          const r1 = Math.min(n, r0 + per);
+          expect(got.filter((v) => v >= r0 && v < r1).length).toBe(Math.floor((k * r1) / n) - Math.floor((k * r0) / n));
+        }
+      }
+    }
+    expect(() => new SparseOptModel(ckpt, bundle, { mode: 'predicted', mlpGroups: [2, 2] })).toThrow(/2 values for 6 layers/);
+    expect(() => new SparseOptModel(ckpt, bundle, { mode: 'predicted', mlpGroups: Gs.map((g, l) => (l === 3 ? 0.5 : g)) })).toThrow(
+      /0\.5 must be an integer.*--mlp-groups|--mlp-groups.*0\.5 must be an integer/,
+    );
+  });
+
   it('the attention selection at layer l is the top-k of the predictor applied to layer l-1 input', () => {
     // Layer 1's heads come from att_in of layer 0 = the embedding + position of the token, known without running.
     const m = new SparseOptModel(ckpt, bundle, { mode: 'predicted' });
