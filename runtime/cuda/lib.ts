@@ -141,8 +141,8 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
       ok('dj_set_selection', c.setSelection(h, layer, heads, heads.length, neurons, neurons.length)),
     getSelection: (h, layer, heads, neurons) => ok('dj_get_selection', c.getSelection(h, layer, heads, neurons)),
     mlpGroups: (h, layer) => {
-      const g = c.mlpGroups(h, layer) as number;
-      if (g < 1) ok('dj_mlp_groups', -1);
+      const g = c.mlpGroups(h, layer) as number;  // -1 on error (dj_last_error), else G >= 1
+      ok('dj_mlp_groups', g < 1 ? g : 0);
       return g;
     },
     setPredictor: (h, layer, target, tap, src, w1, w2, rank, k, norm) =>

@@ -209,6 +209,23 @@ __device__ __forceinline__ PfBlk pf_blk(const PredFuse& p) {
   return b;
 }
 
+// The keys (order-preserving f2key of w2 . t) of the block's big-member rows (big: false skips them, timing only)
+// and of the small members it selects, a row per thread: threads tid of nt. Used by the consumer warps (pf_scores)
+// and by the grouped mode's predictor warps (pf_local).
+__device__ __forceinline__ void pf_keys(const PredFuse& p, const PfLayout& L, const PfBlk& b, unsigned char* area,
+                                        const float* ts, int tid, int nt, int lane, bool big) {
+  uint32_t* keys = reinterpret_cast<uint32_t*>(area + L.keys);
+  if (big)
+    for (int i = tid; i < b.nr; i += nt)
+      keys[i] = f2key(pf_dot(area + L.w2 + (size_t)i * p.big.r * 2, ts + p.big.toff, p.big.r, lane));
+  for (int m = 0; m < p.nsmall; m++) {
+    if (!b.mine[m]) continue;
+    uint32_t* sk = reinterpret_cast<uint32_t*>(area + L.skeys) + m * PF_SMALL_MAX;
+    for (int i = tid; i < p.small[m].n; i += nt)
+      sk[i] = f2key(pf_dot(area + b.soff[m] + (size_t)i * p.small[m].r * 2, ts + p.small[m].toff, p.small[m].r, lane));
+  }
+}
+
 // The consumer warps of k_attn_out, right after their grid dependency and before the attention: t into shared
 // memory, then the keys of the block's w2 rows (a row per thread: ~0.3 us), and `ready` for the predictor warp.
 // Why here and not in that warp: one warp took ~7 us a layer for them (measured), longer than the attention.
@@ -223,15 +240,7 @@ __device__ __forceinline__ void pf_scores(const PredFuse& p, unsigned char* area
   for (int i = tid; i < p.trows; i += TC) ts[i] = __ldcg(p.t + i);
   mbar_wait(bar, 0);  // this block's w2 rows have landed
   cbar_nw();
-  uint32_t* keys = reinterpret_cast<uint32_t*>(area + L.keys);
-  for (int i = tid; i < b.nr; i += TC)
-    keys[i] = f2key(pf_dot(area + L.w2 + (size_t)i * p.big.r * 2, ts + p.big.toff, p.big.r, lane));
-  for (int m = 0; m < p.nsmall; m++) {
-    if (!b.mine[m]) continue;
-    uint32_t* sk = reinterpret_cast<uint32_t*>(area + L.skeys) + m * PF_SMALL_MAX;
-    for (int i = tid; i < p.small[m].n; i += TC)
-      sk[i] = f2key(pf_dot(area + b.soff[m] + (size_t)i * p.small[m].r * 2, ts + p.small[m].toff, p.small[m].r, lane));
-  }
+  pf_keys(p, L, b, area, ts, tid, TC, lane, true);
   cbar_nw();
   if (tid == 0) mbar_arrive(ready);
 }
@@ -536,18 +545,8 @@ __device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, 
   mbar_wait(bar, 0);
   pbar_local(PT);
   if (pt == 0) tr_mark(tr, 11);
-  // The keys as pf_scores computes them (same loops, other threads and stride; not shared: the final cuda-check of
-  // v24 ran this form, and a shared helper changes the PF instantiations' code).
+  pf_keys(p, L, B, area, ts, pt, PT, lane, !(p.skip & 64));  // (64: timing only, no dot products of the group)
   uint32_t* keys = reinterpret_cast<uint32_t*>(area + L.keys);
-  if (p.nbig && !(p.skip & 64))  // (64: timing only, no dot products)
-    for (int i = pt; i < B.nr; i += PT)
-      keys[i] = f2key(pf_dot(area + L.w2 + (size_t)i * p.big.r * 2, ts + p.big.toff, p.big.r, lane));
-  for (int m = 0; m < p.nsmall; m++) {
-    if (!B.mine[m]) continue;
-    uint32_t* sk = reinterpret_cast<uint32_t*>(area + L.skeys) + m * PF_SMALL_MAX;
-    for (int i = pt; i < p.small[m].n; i += PT)
-      sk[i] = f2key(pf_dot(area + B.soff[m] + (size_t)i * p.small[m].r * 2, ts + p.small[m].toff, p.small[m].r, lane));
-  }
   pbar_local(PT);
   if (pt == 0) tr_mark(tr, 4);  // keys ready (bench/cuda/trace.cu: "threshold known")
   if (pw == 1)
