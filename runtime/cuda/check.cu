@@ -1044,14 +1044,6 @@ int main(int argc, char** argv) {
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 1024, 16, 4096, 2, 40, true, 2 + 3 * 2);  // hd 64
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 5120, 40, 20480, 2, 200, true, 2 + 3 * 2);
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 9216, 72, 36864, 1, 24, true, 2 + 3);
-  // The attention's K/V staging (v26): capped below the context, so positions come from both shared and global
-  // memory (the default stages the whole history at these lengths), and off.
-  test_paths("streamed, K/V staging capped at 5 positions, vs per-op", perop, "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_ATT_KV=5",
-             1024, 16, 4096, 2, 40, true, 2 + 3 * 2);
-  test_paths("streamed, K/V staging capped at 37 positions, vs per-op", perop, "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_ATT_KV=37",
-             5120, 40, 20480, 2, 100, true, 2 + 3 * 2);
-  test_paths("streamed, no K/V staging, vs per-op", perop, "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_ATT_KV=0", 5120, 40, 20480, 2,
-             60, true, 2 + 3 * 2);
   const char* ps = "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1";  // persistent sparse step (fixed selections)
   test_paths("persistent sparse step vs per-op", perop, ps, 1024, 16, 4096, 2, 40, true, 2 + 3 * 2, 3);
   test_paths("persistent sparse step vs per-op", perop, ps, 5120, 40, 20480, 2, 200, true, 2 + 3 * 2, 3);

@@ -162,8 +162,6 @@ struct Engine {
   int pred_skip = 0;  // TIMING EXPERIMENT ONLY (wrong selections; env DEJAVU_CUDA_PRED_SKIP): bit 0 w1, 1 scores, 2 select
   int lead = -1;          // stages a streamed kernel issues before its input is ready (env DEJAVU_CUDA_LEAD; -1: all)
   int lead_att = 4;       // the same for attention + out_proj (env DEJAVU_CUDA_LEAD_ATT; 4 measured best on 13B, -1..4)
-  int att_kv = -1;        // K/V positions the attention stages in shared memory: at most this many (-1: as many as
-                          // fit beside its ring; 0: none; env DEJAVU_CUDA_ATT_KV)
   // Row segments per stage: 0 = automatic (make_geo: for long streams the size that fills the ring best; 13B: 13
   // rows of 5 KB x 3 stages = 195 KB in flight instead of 16 x 2 = 160 KB, dense 6.72 -> 6.57 ms); env
   // DEJAVU_CUDA_TMA_ROWS=N caps it at N instead.
@@ -337,7 +335,6 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_GREEN_CHAIN")) e->green_chain = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_TMA_ROWS")) e->rows_cap = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
-  if (const char* v = getenv("DEJAVU_CUDA_ATT_KV")) e->att_kv = atoi(v);
   if (const char* v = getenv("DEJAVU_CUDA_PSTEP")) e->pstep = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PCHAIN")) e->pchain = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_PFUSE")) { e->pfuse = v[0] != '0'; e->pfuse_small = v[0] == '2'; }
@@ -826,19 +823,6 @@ static void launch_attn_out(Engine* e, cudaStream_t s, AttnOutArgs a, int nheads
   if (a.pf.on) {
     a.pf.smem_off = (unsigned)((smem + 127) & ~(size_t)127);
     smem = a.pf.smem_off + pfb;
-  }
-  // The K/V history in what is left of shared memory (a K row, a V row and a flag per position), so the attention
-  // does not wait on L2 round trips for it after the grid dependency (v26).
-  {
-    const size_t off = (smem + 127) & ~(size_t)127;
-    const long left = (long)e->smem_optin - 8192 - (long)off - 16;
-    int cap = left > 0 ? (int)std::min<long>(e->maxT, left / (4 * hd + 1)) & ~7 : 0;
-    if (e->att_kv >= 0) cap = std::min(cap, e->att_kv);
-    if (cap > 0) {
-      a.kvcap = cap;
-      a.kv_off = (unsigned)off;
-      smem = off + (size_t)cap * 4 * hd + (size_t)((cap + 15) & ~15);
-    }
   }
   auto go = [&](auto k) { launchk(e, pdl, k, grid, block, smem, s, a); };
   const bool pf = a.pf.on || a.sel_flag;  // fused predictors: their own instantiation (k_rows_tma says why)

@@ -406,8 +406,6 @@ struct AttnOutArgs {
   int tr;               // trace id (-1: none)
   const unsigned* sel_flag;  // the head list comes from a fused predictor of this step: wait for it (null: none)
   PredFuse pf;          // predictors fused into this kernel (pfuse.cuh): one more warp per block when pf.on
-  int kvcap;            // K/V history positions staged in shared memory before the grid dependency (0: none)
-  unsigned kv_off;      // their area: K rows [kvcap][HD], V rows [kvcap][HD] (fp16), flags [kvcap] (bytes)
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -501,7 +499,7 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float o_s[HD];
-  __shared__ uint64_t go, pbar, kready, kvbar;
+  __shared__ uint64_t go, pbar, kready;
   __shared__ int h_s;
   const int hi = blockIdx.x / a.slices, sl_i = blockIdx.x % a.slices;
   int h = 0;
@@ -511,16 +509,8 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   float* att_sm = reinterpret_cast<float*>(t_sm);                                    // attention merge / reduction
   unsigned char* stages = t_sm + (size_t)att_state_floats(HD, NW) * 4;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  // K/V history: positions 0..past-1 were written by earlier steps and are final before the grid dependency
-  // (st[0] is final here: k_embed_tma triggers its dependents only after its pdl_wait, i.e. after the previous
-  // step's LM head moved the position); only position `past` comes from this step's QKV kernel.
-  // Its area (a.kv_off): K rows [kvcap][HD], V rows [kvcap][HD], flags [kvcap].
-  auto kv_area = [&](int m) { return t_sm + a.kv_off + (size_t)m * a.kvcap * HD * 2; };
-  __shared__ int past_s;
   if (tid == 0) {
-    const int past = a.st[0], P = min(past, a.kvcap);
-    past_s = past;
-    ring.init(TW); mbar_init(&go, 1); mbar_init(&kvbar, 1);
+    ring.init(TW); mbar_init(&go, 1);
     if constexpr (PF) {
       mbar_init(&pbar, 1); mbar_init(&kready, 1);
       if (a.sel_flag) pf_wait_sel(a.sel_flag, a.st);
@@ -528,20 +518,13 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
       h_s = h;
     }
     mbar_fence_init(); tr_mark(a.tr, 0);
-    // The first P positions into shared memory (v26: the attention then makes one round trip after the grid
-    // dependency, for q and the rest); the rest into L2 before the weight copies are queued: with the copies gated
-    // (a.lead), the attention's loads are then L2 hits with nothing ahead of them.
-    const __half* Kh = a.kc + (size_t)h * a.maxT * HD;
-    const __half* Vh = a.vc + (size_t)h * a.maxT * HD;
-    if (P > 0) {
-      const uint64_t pol = policy_evict_normal();
-      mbar_expect_tx(&kvbar, (unsigned)(2 * P * HD * 2));
-      bulk_g2s(kv_area(0), Kh, (uint32_t)(P * HD * 2), &kvbar, pol);
-      bulk_g2s(kv_area(1), Vh, (uint32_t)(P * HD * 2), &kvbar, pol);
-    }
-    if (past > P) {
-      prefetch_l2_bulk(Kh + (size_t)P * HD, (uint32_t)((past - P) * HD * 2));
-      prefetch_l2_bulk(Vh + (size_t)P * HD, (uint32_t)((past - P) * HD * 2));
+    // This head's K/V history into L2 before the weight copies are queued: with the copies gated (a.lead), the
+    // attention's loads are then L2 hits with nothing ahead of them. (st[0] is final here: k_embed_tma triggers
+    // its dependents only after its pdl_wait, i.e. after the previous step's LM head moved the position.)
+    const int past = a.st[0];
+    if (past > 0) {
+      prefetch_l2_bulk(a.kc + (size_t)h * a.maxT * HD, (uint32_t)(past * HD * 2));
+      prefetch_l2_bulk(a.vc + (size_t)h * a.maxT * HD, (uint32_t)(past * HD * 2));
     }
     if constexpr (PF)
       if (a.pf.on && a.pf.local) pf_local_copy(a.pf, t_sm + a.pf.smem_off, &pbar);
@@ -567,22 +550,13 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
     return;
   }
   pdl_trigger();
-  const int past = past_s, P = min(past, a.kvcap);
-  if (P > 0) {  // the staged positions' flags (final, as their rows)
-    const uint8_t* okh = a.valid + (size_t)h * a.maxT;
-    for (int t = tid; t < P; t += NW * 32) kv_area(2)[t] = okh[t];
-    cbar<NW>();
-  }
   // ---- attention (kernels.cuh head_attention, with the consumer warps) ----
   pdl_wait();
   if (tid == 0) tr_mark(a.tr, 1);
   if constexpr (PF)
     if (a.pf.on && !a.pf.local && !(a.pf.skip & 8)) pf_scores<NW>(a.pf, t_sm + a.pf.smem_off, &pbar, &kready, [] { cbar<NW>(); });
-  if (P > 0) mbar_wait(&kvbar, 0);
   head_attention<HD, NW>(a.q + h * HD, a.kc + (size_t)h * a.maxT * HD, a.vc + (size_t)h * a.maxT * HD,
-                         a.valid + (size_t)h * a.maxT, past + 1, att_sm, o_s, [] { cbar<NW>(); },
-                         reinterpret_cast<const __half*>(kv_area(0)), reinterpret_cast<const __half*>(kv_area(1)),
-                         kv_area(2), P);
+                         a.valid + (size_t)h * a.maxT, a.st[0] + 1, att_sm, o_s, [] { cbar<NW>(); });
   cbar<NW>();
   if (tid == 0) { mbar_arrive(&go); tr_mark(a.tr, 2); }
   int it = 0;

@@ -623,14 +623,9 @@ constexpr int ATT_U = 4;  // keys per lane per round
 // the streamed path's k_attn_out (fused.cuh).
 __host__ __device__ constexpr int att_state_floats(int hd, int nw) { return nw * (32 / (hd / 8)) * (hd + 2); }
 
-// Staged prefix (the streamed k_attn_out): positions 0..P-1 are read from shared memory (Ks/Vs rows, oks flags,
-// copied before the grid dependency: only position T-1 is written by this step), the others from global memory.
-// The global positions are visited first, so their loads are in flight together with q's: one round trip after
-// the grid dependency instead of one per 128-key round (the online softmax does not depend on the order).
 template <int HD, int NW, class Bar>
 __device__ __forceinline__ void head_attention(const float* q, const __half* K, const __half* V, const uint8_t* ok,
-                                               int T, float* sm, float* out, Bar bar, const __half* Ks = nullptr,
-                                               const __half* Vs = nullptr, const uint8_t* oks = nullptr, int P = 0) {
+                                               int T, float* sm, float* out, Bar bar) {
   constexpr int LPK = HD / 8;        // lanes per key (16 bytes each)
   constexpr int KPW = 32 / LPK;      // key slots per warp
   constexpr int NSLOT = NW * KPW;
@@ -644,50 +639,40 @@ __device__ __forceinline__ void head_attention(const float* q, const __half* K, 
   float m = -1e30f, l = 0.f;
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   // The loop bound is per warp (all lanes iterate together: the shuffles below need the whole warp).
-  // Rounds of ATT_U keys a lane over positions 0..n-1 of a source; load(t, k, v) fetches key t's row pieces and
-  // returns its flag. All of a round's loads are issued before any is used: one round trip a round.
-  auto rounds = [&](int n, auto load, auto U_) {
-    constexpr int U = decltype(U_)::value;
-    for (int w0 = warp * KPW; w0 < n; w0 += NSLOT * U) {  // per-warp bound: the shuffles need the whole warp
-      const int t0 = w0 + kw;
-      uint4 kv[U], vv[U];
-      bool okv[U];
+  for (int w0 = warp * KPW; w0 < T; w0 += NSLOT * ATT_U) {
+    const int t0 = w0 + kw;
+    uint4 kv[ATT_U], vv[ATT_U];
+    bool okv[ATT_U];
 #pragma unroll
-      for (int u = 0; u < U; u++) {  // K, V rows and valid flags of the round requested together (the flags
-        const int t = t0 + u * NSLOT;  // loaded one key at a time cost U more round trips, ~3 us)
-        okv[u] = t < n ? load(t, kv[u], vv[u]) : false;
-      }
-#pragma unroll
-      for (int u = 0; u < U; u++) {
-        float s = t0 + u * NSLOT < n ? dot8(kv[u], qv) : 0.f;
-        for (int o = LPK >> 1; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (okv[u]) {
-          float mn = fmaxf(m, s);
-          float corr = __expf(m - mn), p = __expf(s - mn);
-          l = l * corr + p;
-          const __half2* hv = reinterpret_cast<const __half2*>(&vv[u]);
-#pragma unroll
-          for (int i = 0; i < 4; i++) {
-            float2 f = __half22float2(hv[i]);
-            acc[2 * i] = fmaf(p, f.x, acc[2 * i] * corr);
-            acc[2 * i + 1] = fmaf(p, f.y, acc[2 * i + 1] * corr);
-          }
-          m = mn;
-        }
+    for (int u = 0; u < ATT_U; u++) {  // K, V rows and valid flags of the round requested together: one round trip
+      int t = t0 + u * NSLOT;          // (the flags loaded one key at a time cost ATT_U more round trips, ~3 us)
+      okv[u] = false;
+      if (t < T) {
+        kv[u] = __ldcg(reinterpret_cast<const uint4*>(K + (size_t)t * HD + sl * 8));
+        vv[u] = __ldcg(reinterpret_cast<const uint4*>(V + (size_t)t * HD + sl * 8));
+        okv[u] = __ldcg(ok + t) != 0;
       }
     }
-  };
-  rounds(T - P, [&](int t, uint4& k, uint4& v) {  // global memory: positions P..T-1 (their loads beside q's)
-    k = __ldcg(reinterpret_cast<const uint4*>(K + (size_t)(P + t) * HD + sl * 8));
-    v = __ldcg(reinterpret_cast<const uint4*>(V + (size_t)(P + t) * HD + sl * 8));
-    return __ldcg(ok + P + t) != 0;
-  }, std::integral_constant<int, ATT_U>());
-  if (P > 0)
-    rounds(P, [&](int t, uint4& k, uint4& v) {  // shared memory: positions 0..P-1
-      k = *reinterpret_cast<const uint4*>(Ks + t * HD + sl * 8);
-      v = *reinterpret_cast<const uint4*>(Vs + t * HD + sl * 8);
-      return oks[t] != 0;
-    }, std::integral_constant<int, 2>());  // short latency: fewer keys in flight, fewer registers
+#pragma unroll
+    for (int u = 0; u < ATT_U; u++) {
+      int t = t0 + u * NSLOT;
+      float s = t < T ? dot8(kv[u], qv) : 0.f;
+      for (int o = LPK >> 1; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if (okv[u]) {
+        float mn = fmaxf(m, s);
+        float corr = __expf(m - mn), p = __expf(s - mn);
+        l = l * corr + p;
+        const __half2* hv = reinterpret_cast<const __half2*>(&vv[u]);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          float2 f = __half22float2(hv[i]);
+          acc[2 * i] = fmaf(p, f.x, acc[2 * i] * corr);
+          acc[2 * i + 1] = fmaf(p, f.y, acc[2 * i + 1] * corr);
+        }
+        m = mn;
+      }
+    }
+  }
   float* st_s = sm + slot * (HD + 2);
 #pragma unroll
   for (int i = 0; i < 8; i++) st_s[sl * 8 + i] = acc[i];

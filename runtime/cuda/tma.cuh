@@ -43,13 +43,6 @@ __device__ __forceinline__ uint64_t policy_evict_first() {
   return pol;
 }
 
-// Activations read again by other blocks (the K/V cache): normal priority.
-__device__ __forceinline__ uint64_t policy_evict_normal() {
-  uint64_t pol;
-  asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(pol));
-  return pol;
-}
-
 // global -> shared bulk copy of `bytes` (multiple of 16, both addresses 16-byte aligned), completing on `bar`.
 __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t bytes, uint64_t* bar, uint64_t pol) {
   asm volatile(
