@@ -192,7 +192,6 @@ struct Engine {
   bool pf_local = false;  // env DEJAVU_CUDA_PF_LOCAL=1: the big fused predictor's grouped top-k (pfuse.cuh pf_local)
   int pf_sel = 1;  // env DEJAVU_CUDA_PF_SEL: the grouped top-k's selection, 1 warp-max rounds (default: H200 1.663 vs
                    // 1.776 ms, s13 call 2), 0 the bitwise search
-  int att_skip = 0;  // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_ATT_SKIP; AttnOutArgs.skip): 1 no attention, 2 no out_proj
   int pf_skip = 0;  // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_PF_SKIP): bit 0 the MLP does not wait for its flag,
                     // bit 1 the predictor warp stops after its scores, bit 2 no w1 rows in the QKV kernel, bit 3 the
                     // predictor warp does nothing (flags only), bit 4 no head-list flag waits; grouped mode: bit 5
@@ -340,7 +339,6 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_PCHAIN")) e->pchain = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_PFUSE")) { e->pfuse = v[0] != '0'; e->pfuse_small = v[0] == '2'; }
   if (const char* v = getenv("DEJAVU_CUDA_PF_SKIP")) e->pf_skip = atoi(v) & 127;
-  if (const char* v = getenv("DEJAVU_CUDA_ATT_SKIP")) e->att_skip = atoi(v) & 15;
   if (const char* v = getenv("DEJAVU_CUDA_PF_LOCAL")) e->pf_local = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PF_SEL")) e->pf_sel = atoi(v) != 0;
   if (const char* v = getenv("DEJAVU_CUDA_PF_WARPS")) e->pf_warps = std::min(8, std::max(2, atoi(v)));
@@ -1400,7 +1398,6 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
           l.fz.groups = kH * attn_slices(e, kH);  // the grouped top-k's groups (check.cu's reference needs them)
         }
         o.pf.skip = e->pf_skip & (10 | 32 | 64);
-        o.skip = e->att_skip;
         launch_attn_out(e, s0, o, kH, true);
         mark(P_ATT);
       }
@@ -1558,7 +1555,6 @@ int dj_build(void* ev) {
     CK(cudaEventCreateWithFlags(&v, cudaEventDisableTiming));
     e->evs.push_back(v);
   }
-  if (getenv("DEJAVU_CUDA_L0_HEADS_OFF") && !e->layers.empty()) e->layers[0].pa.on = false;  // EXPERIMENT s14
   if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   CK(cudaFuncSetAttribute(k_pred_chain, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024));
   CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(128, ATT_THREADS / 32) * 4));
@@ -1585,7 +1581,6 @@ int dj_build(void* ev) {
 int dj_graph_kernels(void* ev, int mode, int* count) {
   Engine* e = (Engine*)ev;
   cudaGraph_t g;
-  if (getenv("DEJAVU_CUDA_L0_HEADS_OFF") && !e->layers.empty()) e->layers[0].pa.on = false;  // EXPERIMENT s14
   if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   CK(cudaStreamBeginCapture(e->s0, cudaStreamCaptureModeThreadLocal));
   record_step(e, mode);
@@ -1612,7 +1607,6 @@ int dj_graph_kernels(void* ev, int mode, int* count) {
 // beside them (*total) so the two can be compared.
 int dj_profile(void* ev, int mode, int steps, float* ms, float* total) {
   Engine* e = (Engine*)ev;
-  if (getenv("DEJAVU_CUDA_L0_HEADS_OFF") && !e->layers.empty()) e->layers[0].pa.on = false;  // EXPERIMENT s14
   if (build_groups(e) || prep_step_args(e) || set_tma_attrs(e) || fold_ln(e) || prep_pstep(e)) return -1;
   Prof prof;
   for (int i = 0; i < P_COUNT; i++) ms[i] = 0.f;

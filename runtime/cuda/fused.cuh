@@ -406,10 +406,6 @@ struct AttnOutArgs {
   int tr;               // trace id (-1: none)
   const unsigned* sel_flag;  // the head list comes from a fused predictor of this step: wait for it (null: none)
   PredFuse pf;          // predictors fused into this kernel (pfuse.cuh): one more warp per block when pf.on
-  int skip;             // TIMING ONLY (wrong results; DEJAVU_CUDA_ATT_SKIP): bit 0 o = q instead of the attention,
-                        // bit 1 the out_proj stages released unread (no products, no atomics),
-                        // bit 2 each block's out_proj bytes copied from one contiguous stretch, bit 3 the attention over
-                        // 1/slices of the positions (what a block would attend to with the work split over slices)
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -546,15 +542,6 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   if (warp == TW) {
     if (lane == 0) {
       int it = 0;
-      if (a.skip & 4) {  // TIMING ONLY: the slice's bytes from one contiguous stretch (wrong weights)
-        const size_t slab = (size_t)HD * nv * 8, span = (size_t)a.d * a.d - slab;
-        const __half* c = a.WoT + (((size_t)blockIdx.x * slab) % span & ~(size_t)7);
-        for (int n = 0; n < nst; n++, it++) {
-          t_lead_gate(n, a.lead, &go);
-          t_produce_stage(ring, stages, stage_bytes, a.S, 1, stage_bytes, [&](int) { return c + (size_t)n * a.R * nv * 8; },
-                          policy_evict_first(), it);
-        }
-      } else
       t_produce_outproj(ring, stages, stage_bytes, a.S, a.R, nst, rowbytes, a.WoT + (size_t)h * HD * a.d + (size_t)v0 * 8,
                         a.d, policy_evict_first(), it, a.lead, &go);
       tr_producer_done(a.tr, ring.full, it, a.S);
@@ -568,26 +555,13 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   if (tid == 0) tr_mark(a.tr, 1);
   if constexpr (PF)
     if (a.pf.on && !a.pf.local && !(a.pf.skip & 8)) pf_scores<NW>(a.pf, t_sm + a.pf.smem_off, &pbar, &kready, [] { cbar<NW>(); });
-  if (a.skip & 1) {
-    for (int i = tid; i < HD; i += NW * 32) o_s[i] = __ldcg(a.q + h * HD + i);
-  } else {
-    head_attention<HD, NW>(a.q + h * HD, a.kc + (size_t)h * a.maxT * HD, a.vc + (size_t)h * a.maxT * HD,
-                           a.valid + (size_t)h * a.maxT, (a.skip & 8) ? (a.st[0] + a.slices) / a.slices : a.st[0] + 1,
-                           att_sm, o_s, [] { cbar<NW>(); });
-  }
+  head_attention<HD, NW>(a.q + h * HD, a.kc + (size_t)h * a.maxT * HD, a.vc + (size_t)h * a.maxT * HD,
+                         a.valid + (size_t)h * a.maxT, a.st[0] + 1, att_sm, o_s, [] { cbar<NW>(); });
   cbar<NW>();
   if (tid == 0) { mbar_arrive(&go); tr_mark(a.tr, 2); }
   int it = 0;
-  if (a.skip & 2) {
-    for (int n = 0; n < nst; n++, it++) {
-      mbar_wait(&ring.full[it % a.S], (it / a.S) & 1);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&ring.empty[it % a.S]);
-    }
-  } else {
-    t_outproj_consume<NW>(ring, stages, stage_bytes, a.S, a.R, nst, nv, rowbytes, o_s, att_sm, v0,
-                          hi == 0 ? a.bias : nullptr, a.y, it);
-  }
+  t_outproj_consume<NW>(ring, stages, stage_bytes, a.S, a.R, nst, nv, rowbytes, o_s, att_sm, v0, hi == 0 ? a.bias : nullptr,
+                        a.y, it);
   if (tid == 0) tr_mark(a.tr, 3);
 }
 
