@@ -184,6 +184,10 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
       const float4 c = __ldcg(reinterpret_cast<const float4*>(a.in.delta) + i);
       v.x += c.x; v.y += c.y; v.z += c.z; v.w += c.w;
     }
+    if (a.in.delta2) {
+      const float4 c = __ldcg(reinterpret_cast<const float4*>(a.in.delta2) + i);
+      v.x += c.x; v.y += c.y; v.z += c.z; v.w += c.w;
+    }
     x4[i] = v;
     s += v.x + v.y + v.z + v.w;
     s2 += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;

@@ -458,12 +458,13 @@ static void test_group_select(int nr, int levels) {
   cudaFree(dk); cudaFree(dc); cudaFree(dout);
 }
 
-// Predictor first layer with the tap's input computed in every block (predict.cuh): t = w1 . f(base + delta).
-static void test_pred_hidden(int d, int rows, bool norm, bool delta) {
+// Predictor first layer with the tap's input computed in every block (predict.cuh): t = w1 . f(base + delta
+// [+ delta2, the MLP outputs' second copy]).
+static void test_pred_hidden(int d, int rows, bool norm, bool delta, bool delta2 = false) {
   auto W = r16(randv((size_t)rows * d, 1.f / std::sqrt((float)d)));
-  auto base = randv(d, 1.f, 0.3f), del = randv(d, 0.5f);
+  auto base = randv(d, 1.f, 0.3f), del = randv(d, 0.5f), del2 = randv(d, 0.5f);
   std::vector<double> x(d);
-  for (int i = 0; i < d; i++) x[i] = (double)base[i] + (delta ? (double)del[i] : 0.0);
+  for (int i = 0; i < d; i++) x[i] = (double)base[i] + (delta ? (double)del[i] : 0.0) + (delta2 ? (double)del2[i] : 0.0);
   if (norm) {
     std::vector<float> xf(x.begin(), x.end()), one(d, 1.f), zero(d, 0.f);
     ref_layernorm(xf.data(), one.data(), zero.data(), d, 1e-5f, x);
@@ -473,12 +474,13 @@ static void test_pred_hidden(int d, int rows, bool norm, bool delta) {
   float* t = poisoned(rows);
   XIn in{};
   in.base = dev(base); in.delta = delta ? dev(del) : nullptr; in.norm = norm; in.eps = 1e-5f; in.tr = -1;
+  in.delta2 = delta2 ? dev(del2) : nullptr;
   const int wpb = PH_THREADS / 32;
   k_pred_hidden<<<(rows + wpb - 1) / wpb, PH_THREADS, (size_t)d * 4>>>(in, d, devh(W), rows, t);
   CUDA_OK(cudaGetLastError());
   char name[160];
-  snprintf(name, sizeof name, "predictor w1 with the tap computed in-kernel d=%d rows=%d%s%s", d, rows,
-           norm ? " LN" : " raw", delta ? " x+delta" : "");
+  snprintf(name, sizeof name, "predictor w1 with the tap computed in-kernel d=%d rows=%d%s%s%s", d, rows,
+           norm ? " LN" : " raw", delta ? " x+delta" : "", delta2 ? "+delta2" : "");
   expect(name, host(t, rows), ref);
 }
 
@@ -1013,6 +1015,7 @@ int main(int argc, char** argv) {
   test_pred_hidden(5120, 128, true, true);
   test_pred_hidden(384, 40, true, false);
   test_pred_hidden(9216, 100, false, true);
+  test_pred_hidden(5120, 128, true, true, true);
   test_lmhead(50272, 5120, 1, 3);
   test_lmhead(8192, 384, 10, 3);
   // The whole-engine checks under each path: streamed (default), per-op kernels, persistent dense layer kernel.
@@ -1044,6 +1047,9 @@ int main(int argc, char** argv) {
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 1024, 16, 4096, 2, 40, true, 2 + 3 * 2);  // hd 64
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 5120, 40, 20480, 2, 200, true, 2 + 3 * 2);
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 9216, 72, 36864, 1, 24, true, 2 + 3);
+  // One copy of the MLP outputs' delta (the default adds into two, v27).
+  test_paths("streamed, one MLP delta copy, vs per-op", perop, "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_DCOPY=0", 5120, 40, 20480,
+             2, 60, true, 2 + 3 * 2);
   const char* ps = "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1";  // persistent sparse step (fixed selections)
   test_paths("persistent sparse step vs per-op", perop, ps, 1024, 16, 4096, 2, 40, true, 2 + 3 * 2, 3);
   test_paths("persistent sparse step vs per-op", perop, ps, 5120, 40, 20480, 2, 200, true, 2 + 3 * 2, 3);

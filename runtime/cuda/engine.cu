@@ -121,7 +121,10 @@ struct Engine {
   int persist_pf = 0;    // k_step_dense's L2 prefetch mode (LayerArgs::pf; env DEJAVU_CUDA_PERSIST_PF; 0 measured fastest)
   int persist_skip = 0;  // TIMING EXPERIMENT ONLY (wrong results): stages k_step_dense skips (DEJAVU_CUDA_PERSIST_SKIP)
   // Streamed path (fused.cuh; default): residual points X / deltas D, each [(2L+1)][d]; stream geometry.
-  bool tma = true;        // env DEJAVU_CUDA_TMA=0: the per-op kernels above instead
+  bool tma = true;
+  // The MLP kernel's blocks (pairs) add into two copies of its output delta, alternating, and readers add both: half
+  // the float atomics on each address, which L2 serialises (bench/cuda/reduce.cu; v27). Env DEJAVU_CUDA_DCOPY=0: one.
+  bool dcopy = true;        // env DEJAVU_CUDA_TMA=0: the per-op kernels above instead
   float *X = nullptr, *D = nullptr;
   int ring_bytes = 200 * 1024, seg_bytes = 5120, smem_optin = 0;  // ring: at most this, and what fits beside x
   bool ln_defer = true;   // LayerNorm applied in the row epilogue (fused.cuh t_load_input; env DEJAVU_CUDA_LN_DEFER=0: off)
@@ -335,6 +338,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_GREEN_CHAIN")) e->green_chain = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_TMA_ROWS")) e->rows_cap = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_LEAD_ATT")) e->lead_att = atoi(v);
+  if (const char* v = getenv("DEJAVU_CUDA_DCOPY")) e->dcopy = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_PSTEP")) e->pstep = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PCHAIN")) e->pchain = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_PFUSE")) { e->pfuse = v[0] != '0'; e->pfuse_small = v[0] == '2'; }
@@ -382,9 +386,10 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
       dalloc(e, &e->logits, vocab) || dalloc(e, &e->st, 4) || dalloc(e, &e->tokens, maxT + 1) ||
       dalloc(e, &e->amax, 1) || dalloc(e, &e->lm_counter, 1))
     return bad();
-  if (dalloc(e, &e->X, (size_t)(2 * L + 1) * d) || dalloc(e, &e->D, (size_t)(2 * L + 1) * d)) return bad();
+  // D holds two copies of every point's delta ([2][2L+1][d]); the second is used for the MLP outputs (dcopy).
+  if (dalloc(e, &e->X, (size_t)(2 * L + 1) * d) || dalloc(e, &e->D, (size_t)2 * (2 * L + 1) * d)) return bad();
   cudaMemset(e->X, 0, (size_t)(2 * L + 1) * d * sizeof(float));
-  cudaMemset(e->D, 0, (size_t)(2 * L + 1) * d * sizeof(float));
+  cudaMemset(e->D, 0, (size_t)2 * (2 * L + 1) * d * sizeof(float));
   cudaMemset(e->st, 0, 4 * sizeof(int));
   cudaMemset(e->tokens, 0, (maxT + 1) * sizeof(int));
   cudaMemset(e->amax, 0, sizeof(unsigned long long));
@@ -842,6 +847,7 @@ static XIn point_in(Engine* e, int r, const float* g, const float* b, int norm, 
   XIn in{};
   in.base = r == 0 ? e->X : e->X + (r - 1) * d;
   in.delta = r == 0 ? nullptr : e->D + r * d;
+  in.delta2 = e->dcopy && r > 0 && r % 2 == 0 ? e->D + (2 * e->L + 1 + r) * d : nullptr;  // an MLP output (dcopy)
   in.out = materialise && r > 0 ? e->X + r * d : nullptr;
   in.g = g; in.b = b; in.eps = e->eps; in.norm = norm;
   in.tr = e->tr_next >= 0 ? e->tr_next++ : -1;
@@ -1360,7 +1366,8 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     const float qs = 1.f / sqrtf((float)hd);
     const bool pstep = e->pstep_ok && mode == M_FIXED;
     launchk(e, false, k_embed_tma, dim3(e->sms), dim3(256), 0, s0, (const __half*)e->E, (const __half*)e->P,
-            (const int*)e->tokens, (const int*)e->st, d, e->X, e->D + d, (size_t)2 * e->L * d, e->psync,
+            (const int*)e->tokens, (const int*)e->st, d, e->X, e->D + d,
+            (size_t)(e->dcopy ? 2 * e->L + 2 * e->L + 1 : 2 * e->L) * d, e->psync,  // D[1..2L] (and the copies)
             pstep ? 3 * e->L : 0);
     mark(P_EMBED);
     if (pstep) {
@@ -1407,6 +1414,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
         MlpTmaArgs m{};
         m.W1 = l.W1; m.b1 = l.b1; m.W2T = l.W2T; m.b2 = l.b2; m.sel = ns ? l.nsel : nullptr; m.n = kM; m.d = d;
         m.y = e->D + (size_t)(2 * li + 2) * d;
+        if (e->dcopy) m.y2 = e->D + (size_t)(2 * e->L + 1 + 2 * li + 2) * d;
         if (fuse && ns && l.pm.fused && !(e->pf_skip & 1)) {
           m.sel_flag = e->pflags + 2 * li + 1; m.st = e->st;
           if (e->pf_local) {  // the grouped top-k: one flag per group of the tap layer's attention kernel

@@ -92,6 +92,7 @@ namespace dj {
 struct XIn {
   const float* base;   // X[r-1] (or x_0 itself when delta is null)
   const float* delta;  // D[r], may be null
+  const float* delta2; // D[r]'s second copy (MLP outputs, Engine::dcopy: half of the MLP's blocks add there), may be null
   float* out;          // X[r]: this block writes its slice; may be null
   const float* g;      // LayerNorm affine (null: no affine)
   const float* b;
@@ -133,7 +134,7 @@ __device__ __forceinline__ void t_pre_input(const XIn& in, int d, float4 (&gv)[t
     if (i < (d >> 2)) gv[u] = __ldg(reinterpret_cast<const float4*>(in.g) + i);
   }
 }
-template <int NW>
+template <int NW, bool D2 = true>  // D2: the input may have a second delta copy (an MLP output; the MLP's own input never has)
 __device__ __forceinline__ LnStat t_load_input(const XIn& in, int d, float4* xs, const float4 (&gv)[t_xv<NW>()], int nb, int bi) {
   constexpr int TC = NW * 32, T_XV = t_xv<NW>();
   __shared__ float red[2][NW];
@@ -150,6 +151,10 @@ __device__ __forceinline__ LnStat t_load_input(const XIn& in, int d, float4* xs,
       float4 a = __ldcg(b4 + i);
       if (in.delta) {
         float4 c = __ldcg(d4 + i);
+        a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
+      }
+      if (D2 && in.delta2) {
+        float4 c = __ldcg(reinterpret_cast<const float4*>(in.delta2) + i);
         a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
       }
       v[u] = a;
@@ -294,14 +299,14 @@ __device__ __forceinline__ bool t_lookup_rows(bool want, int j0, int j1, int* ro
 
 // The streamed row kernels' consumer prologue: let dependents launch, g before the previous grid is done, then the
 // input (t_load_input); `go` releases a gated producer (t_lead_gate).
-template <int NW>
+template <int NW, bool D2 = true>
 __device__ __forceinline__ LnStat t_consumer_prologue(const XIn& in, int K, float4* xs, uint64_t* go) {
   pdl_trigger();
   float4 gv[t_xv<NW>()];
   t_pre_input<NW>(in, K, gv);
   pdl_wait();
   if (threadIdx.x == 0) { tr_mark(in.tr, 1); tr_stage(in.tr, TS_N - 1, 0); }
-  const LnStat lst = t_load_input<NW>(in, K, xs, gv, gridDim.x, blockIdx.x);
+  const LnStat lst = t_load_input<NW, D2>(in, K, xs, gv, gridDim.x, blockIdx.x);
   if (threadIdx.x == 0) { mbar_arrive(go); tr_mark(in.tr, 2); tr_stage(in.tr, TS_N - 1, 1); }
   return lst;
 }
@@ -605,7 +610,8 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
                                               int segbytes, int segel, int seg, int S, int RS, int j0, int j1,
                                               const int* sel, const float* b1v, const float4* xs, int K, const float* c1,
                                               const float* c2, LnStat lst, float (*h_s)[NW], const float* b2, float* y,
-                                              int& it, const RowMeta (*meta)[T_MG] = nullptr, int tr = -1) {
+                                              int& it, const RowMeta (*meta)[T_MG] = nullptr, int tr = -1,
+                                              float* y2 = nullptr) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int segvec = segbytes >> 4;
   float acc[T_SEGMAX][8];
@@ -656,6 +662,7 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
     }
   }
   if (tid == 0) tr_mark(tr, 9);
+  if (y && y2 && ((blockIdx.x / CL) & 1)) y = y2;  // the second copy of the output delta (Engine::dcopy)
   if constexpr (CL == 2) {
     // Pairs of blocks (a cluster of 2 on neighbouring SMs) add their partials through distributed shared memory
     // first, so every column gets half as many atomics. Why: all blocks add into the same d floats, and atomics on
@@ -729,6 +736,7 @@ struct MlpTmaArgs {
   const int* st;
   const unsigned* gflags;    // grouped top-k (pfuse.cuh pf_local): wait for these ngroups flags instead of sel_flag
   int ngroups;
+  float* y2;           // D[2l+2]'s second copy (null: none): the odd blocks (pairs when CL = 2) add there
 };
 
 // CL = 2: launched in clusters of 2 blocks that pre-add their partials (t_mlp_consume).
@@ -768,10 +776,10 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
     }
     return;
   }
-  const LnStat lst = t_consumer_prologue<NW>(in, K, xs, &go);
+  const LnStat lst = t_consumer_prologue<NW, false>(in, K, xs, &go);  // mlp_in: an attention output, one copy
   int it = 0;
   t_mlp_consume<NW, CL>(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.sel, a.b1, xs, K, in.c1, in.c2, lst, h_s,
-                    blockIdx.x == 0 ? a.b2 : nullptr, (geo.rowix & 4) ? nullptr : a.y, it, nullptr, in.tr);
+                    blockIdx.x == 0 ? a.b2 : nullptr, (geo.rowix & 4) ? nullptr : a.y, it, nullptr, in.tr, a.y2);
   if (tid == 0) tr_mark(in.tr, 3);
 }
 
@@ -828,6 +836,10 @@ __global__ void __launch_bounds__(256) k_snap_input(XIn in, int d, __half* __res
     float4 a = __ldcg(reinterpret_cast<const float4*>(in.base) + i);
     if (in.delta) {
       float4 c = __ldcg(reinterpret_cast<const float4*>(in.delta) + i);
+      a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
+    }
+    if (in.delta2) {
+      float4 c = __ldcg(reinterpret_cast<const float4*>(in.delta2) + i);
       a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
     }
     return a;

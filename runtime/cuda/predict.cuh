@@ -28,6 +28,10 @@ __global__ void __launch_bounds__(PH_THREADS) k_pred_hidden(XIn in, int d, const
       const float4 c = __ldcg(reinterpret_cast<const float4*>(in.delta) + i);
       a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
     }
+    if (in.delta2) {
+      const float4 c = __ldcg(reinterpret_cast<const float4*>(in.delta2) + i);
+      a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
+    }
     x4[i] = a;
     s += a.x + a.y + a.z + a.w;
     s2 += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
