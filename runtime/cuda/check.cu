@@ -615,6 +615,58 @@ struct RefModel {
 };
 
 
+// API edges of the fused predictors (DEJAVU_CUDA_PFUSE=1): errors that name the problem, and the exact fused top-k
+// with every score tied (all n = 2048 keys in the threshold bin, more than the 1024 candidates it ranks: it takes
+// them in arrival order, and any k of them is an exact top-k).
+static void test_api_edges() {
+  printf("-- API edges (fused predictors)\n");
+  const int V = 256, d = 512, L = 2, H = 8, ffn = 2048, rank = 16, kH = 2, kM = 100;
+  setenv("DEJAVU_CUDA_PFUSE", "1", 1);
+  void* e = dj_create(V, d, L, H, ffn, 64, 32, 1e-5f);
+  unsetenv("DEJAVU_CUDA_PFUSE");
+  if (!e) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
+  API_OK(dj_fill_random(e, 99));
+  const int r1 = dj_mlp_groups(e, -1);
+  const bool m1 = strstr(dj_last_error(), "layer -1 out of range") != nullptr;
+  const int r2 = dj_mlp_groups(e, L);
+  const bool m2 = strstr(dj_last_error(), "layer 2 out of range") != nullptr;
+  expect_true("dj_mlp_groups: a layer out of range is refused, named", r1 == -1 && m1 && r2 == -1 && m2);
+  const float sd = 1.f / std::sqrt((float)d);
+  auto pa1 = r16(randv((size_t)rank * d, sd)), pa2 = r16(randv((size_t)H * rank, 0.25f));
+  auto pm1 = r16(randv((size_t)rank * d, sd));
+  std::vector<float> tied(ffn * rank);
+  for (int j = 0; j < ffn; j++)
+    for (int c = 0; c < rank; c++) tied[(size_t)j * rank + c] = 0.25f * (float)((c % 5) - 2);  // every row the same
+  for (int l = 0; l < L; l++) {
+    API_OK(dj_set_predictor(e, l, 0, TAP_ATT_IN, l > 0 ? l - 1 : 0, pa1.data(), pa2.data(), rank, kH, 0));
+    API_OK(dj_set_predictor(e, l, 1, TAP_ATT_IN, l, pm1.data(), tied.data(), rank, kM, 0));
+  }
+  API_OK(dj_build(e));
+  const int mg = dj_mlp_groups(e, 1);
+  std::vector<int> prompt = {3, 17, 42, 9};
+  API_OK(dj_set_prompt(e, prompt.data(), (int)prompt.size()));
+  API_OK(dj_run(e, M_SPARSE, 3, nullptr));
+  bool ok = mg == 1;
+  std::vector<int> hs(H), ns(ffn);
+  for (int l = 0; l < L; l++) {
+    API_OK(dj_get_selection(e, l, hs.data(), ns.data()));
+    std::vector<int> nn(ns.begin(), ns.begin() + kM);
+    std::sort(nn.begin(), nn.end());
+    ok &= nn.front() >= 0 && nn.back() < ffn && std::adjacent_find(nn.begin(), nn.end()) == nn.end();
+  }
+  expect_true("fused exact top-k, all 2048 scores tied: k distinct neurons", ok);
+  // w1 / ln1_g must stay in fp16 (the fused w1 rows are stored divided by the gain): a gain of 1e-3 still rides,
+  // a weight of 100 then does not fit, and the build says so instead of running with infinities.
+  std::vector<float> g(d, 1e-3f), big = pm1;
+  big[5] = 100.f;
+  API_OK(dj_upload(e, T_LN1_W, 0, g.data(), d));
+  API_OK(dj_set_predictor(e, 0, 1, TAP_ATT_IN, 0, big.data(), tied.data(), rank, kM, 0));
+  const int rb = dj_build(e);
+  expect_true("fused w1 / LayerNorm gain out of the fp16 range: the build fails, named",
+              rb == -1 && strstr(dj_last_error(), "leave the fp16 range") != nullptr);
+  dj_destroy(e);
+}
+
 // Two engine paths on the same hash-filled weights at real OPT widths (multi-round loops, long contexts, d up to
 // 9216): A = the reference path, B = the path under test, each selected by DEJAVU_CUDA_* settings ("VAR=VAL,...").
 // Dense logits at every step of a forced prompt and the greedy tokens; then (sparse = true) steps of the fixed-selection
@@ -1043,6 +1095,7 @@ int main(int argc, char** argv) {
     test_engine(128, 1);
     set_envs(envs, false);
   }
+  test_api_edges();
   const char* perop = "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=0";
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 1024, 16, 4096, 2, 40, true, 2 + 3 * 2);  // hd 64
   test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 5120, 40, 20480, 2, 200, true, 2 + 3 * 2);
