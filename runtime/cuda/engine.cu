@@ -193,7 +193,6 @@ struct Engine {
   unsigned* pf_bad = nullptr;
   int pf_warps = PF_LOCAL_WARPS;  // env DEJAVU_CUDA_PF_WARPS (2..8): the grouped mode's predictor warps per block
   bool pf_local = false;  // env DEJAVU_CUDA_PF_LOCAL=1: the big fused predictor's grouped top-k (pfuse.cuh pf_local)
-  int pf_w2late = 0;  // EXPERIMENT (env DEJAVU_CUDA_PF_W2LATE): grouped mode, w2 rows copied after the out_proj stages
   int pf_sel = 1;  // env DEJAVU_CUDA_PF_SEL: the grouped top-k's selection, 1 warp-max rounds (default: H200 1.663 vs
                    // 1.776 ms, s13 call 2), 0 the bitwise search
   int pf_skip = 0;  // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_PF_SKIP): bit 0 the MLP does not wait for its flag,
@@ -346,7 +345,6 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_PF_SKIP")) e->pf_skip = atoi(v) & 127;
   if (const char* v = getenv("DEJAVU_CUDA_PF_LOCAL")) e->pf_local = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PF_SEL")) e->pf_sel = atoi(v) != 0;
-  if (const char* v = getenv("DEJAVU_CUDA_PF_W2LATE")) e->pf_w2late = atoi(v);
   if (const char* v = getenv("DEJAVU_CUDA_PF_WARPS")) e->pf_warps = std::min(8, std::max(2, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_PRED_PDL")) e->pred_pdl = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PRED_UNROLL")) e->pred_unroll = std::max(1, std::min(TOPK_UNROLL, atoi(v)));
@@ -1407,7 +1405,6 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
           l.fz.groups = kH * attn_slices(e, kH);  // the grouped top-k's groups (check.cu's reference needs them)
         }
         o.pf.skip = e->pf_skip & (10 | 32 | 64);
-        o.w2late = e->pf_w2late;
         launch_attn_out(e, s0, o, kH, true);
         mark(P_ATT);
       }

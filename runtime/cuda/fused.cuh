@@ -411,7 +411,6 @@ struct AttnOutArgs {
   int tr;               // trace id (-1: none)
   const unsigned* sel_flag;  // the head list comes from a fused predictor of this step: wait for it (null: none)
   PredFuse pf;          // predictors fused into this kernel (pfuse.cuh): one more warp per block when pf.on
-  int w2late;           // grouped mode: the w2 rows copied after the out_proj stages are issued (EXPERIMENT)
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -533,7 +532,7 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
       prefetch_l2_bulk(a.vc + (size_t)h * a.maxT * HD, (uint32_t)(past * HD * 2));
     }
     if constexpr (PF)
-      if (a.pf.on && a.pf.local && !a.w2late) pf_local_copy(a.pf, t_sm + a.pf.smem_off, &pbar);
+      if (a.pf.on && a.pf.local) pf_local_copy(a.pf, t_sm + a.pf.smem_off, &pbar);
   }
   __syncthreads();
   if constexpr (PF) {
@@ -550,8 +549,6 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
       int it = 0;
       t_produce_outproj(ring, stages, stage_bytes, a.S, a.R, nst, rowbytes, a.WoT + (size_t)h * HD * a.d + (size_t)v0 * 8,
                         a.d, policy_evict_first(), it, a.lead, &go);
-      if constexpr (PF)
-        if (a.pf.on && a.pf.local && a.w2late) pf_local_copy(a.pf, t_sm + a.pf.smem_off, &pbar);
       tr_producer_done(a.tr, ring.full, it, a.S);
     }
     pdl_trigger();
