@@ -179,15 +179,7 @@ __global__ void __launch_bounds__(PC_THREADS, 1) k_pred_chain(ChainArgs a) {
   float4* x4 = reinterpret_cast<float4*>(xs);
   float s = 0.f, s2 = 0.f;
   for (int i = tid; i < n4; i += PC_THREADS) {
-    float4 v = __ldcg(reinterpret_cast<const float4*>(a.in.base) + i);
-    if (a.in.delta) {
-      const float4 c = __ldcg(reinterpret_cast<const float4*>(a.in.delta) + i);
-      v.x += c.x; v.y += c.y; v.z += c.z; v.w += c.w;
-    }
-    if (a.in.delta2) {
-      const float4 c = __ldcg(reinterpret_cast<const float4*>(a.in.delta2) + i);
-      v.x += c.x; v.y += c.y; v.z += c.z; v.w += c.w;
-    }
+    const float4 v = x_at(a.in, i);
     x4[i] = v;
     s += v.x + v.y + v.z + v.w;
     s2 += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;

@@ -102,6 +102,18 @@ struct XIn {
   const float* c2;
   int tr;              // trace id (-1: none; DJ_TRACE builds only)
 };
+// x_r's float4 i: base + delta (+ delta2). D2 = false: the point has one copy (compiled without the second load).
+template <bool D2 = true>
+__device__ __forceinline__ float4 x_at(const XIn& in, int i) {
+  float4 a = __ldcg(reinterpret_cast<const float4*>(in.base) + i);
+  auto add = [&](const float* p) {
+    const float4 c = __ldcg(reinterpret_cast<const float4*>(p) + i);
+    a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
+  };
+  if (in.delta) add(in.delta);
+  if (D2 && in.delta2) add(in.delta2);
+  return a;
+}
 
 // Stream geometry of a row kernel: rows cut into `seg` segments; a stage holds one segment of each of `rows`
 // (<= TW) rows, consumer warp w owning row w; S stages. Chosen per launch (engine.cu, make_geo) so that a block with
@@ -142,21 +154,11 @@ __device__ __forceinline__ LnStat t_load_input(const XIn& in, int d, float4* xs,
   const bool defer = in.c1 != nullptr;
   float4 v[T_XV];
   float s = 0.f, s2 = 0.f;
-  const float4* b4 = reinterpret_cast<const float4*>(in.base);
-  const float4* d4 = reinterpret_cast<const float4*>(in.delta);
 #pragma unroll
   for (int u = 0; u < T_XV; u++) {
     int i = tid + u * TC;
     if (i < n4) {
-      float4 a = __ldcg(b4 + i);
-      if (in.delta) {
-        float4 c = __ldcg(d4 + i);
-        a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
-      }
-      if (D2 && in.delta2) {
-        float4 c = __ldcg(reinterpret_cast<const float4*>(in.delta2) + i);
-        a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
-      }
+      const float4 a = x_at<D2>(in, i);
       v[u] = a;
       s += a.x + a.y + a.z + a.w;
       s2 += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
@@ -832,18 +834,7 @@ __global__ void __launch_bounds__(256) k_embed_tma(const __half* __restrict__ E,
 __global__ void __launch_bounds__(256) k_snap_input(XIn in, int d, __half* __restrict__ out) {
   __shared__ float red[32];
   const int n4 = d >> 2;
-  auto load = [&](int i) {
-    float4 a = __ldcg(reinterpret_cast<const float4*>(in.base) + i);
-    if (in.delta) {
-      float4 c = __ldcg(reinterpret_cast<const float4*>(in.delta) + i);
-      a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
-    }
-    if (in.delta2) {
-      float4 c = __ldcg(reinterpret_cast<const float4*>(in.delta2) + i);
-      a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
-    }
-    return a;
-  };
+  auto load = [&](int i) { return x_at(in, i); };
   float s = 0.f, s2 = 0.f;
   for (int i = threadIdx.x; i < n4; i += blockDim.x) {
     float4 a = load(i);

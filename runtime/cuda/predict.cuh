@@ -23,15 +23,7 @@ __global__ void __launch_bounds__(PH_THREADS) k_pred_hidden(XIn in, int d, const
   float4* x4 = reinterpret_cast<float4*>(xs);
   float s = 0.f, s2 = 0.f;
   for (int i = tid; i < n4; i += PH_THREADS) {
-    float4 a = __ldcg(reinterpret_cast<const float4*>(in.base) + i);
-    if (in.delta) {
-      const float4 c = __ldcg(reinterpret_cast<const float4*>(in.delta) + i);
-      a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
-    }
-    if (in.delta2) {
-      const float4 c = __ldcg(reinterpret_cast<const float4*>(in.delta2) + i);
-      a.x += c.x; a.y += c.y; a.z += c.z; a.w += c.w;
-    }
+    const float4 a = x_at(in, i);
     x4[i] = a;
     s += a.x + a.y + a.z + a.w;
     s2 += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
