@@ -59,7 +59,8 @@ int main() {
   auto args = [&](int c, bool stamps) {
     ChainArgs a{};
     a.opts = opts;
-    a.in = XIn{X, Dl, nullptr, nullptr, nullptr, 1e-5f, 1, nullptr, nullptr, -1};
+    a.in = XIn{};
+    a.in.base = X; a.in.delta = Dl; a.in.eps = 1e-5f; a.in.norm = 1; a.in.tr = -1;
     a.d = d; a.rows = rows; a.w1 = W + per * c; a.t = t; a.nm = 2; a.s = S; a.stamps = stamps ? st : nullptr;
     a.m[0] = ChainMember{W + per * c + (size_t)rows * d, H, r, 8, 0, sc0, sel0};
     a.m[1] = ChainMember{W + per * c + (size_t)rows * d + (size_t)H * r, F, r, 1024, r, sc1, sel1};
