@@ -121,10 +121,10 @@ struct Engine {
   int persist_pf = 0;    // k_step_dense's L2 prefetch mode (LayerArgs::pf; env DEJAVU_CUDA_PERSIST_PF; 0 measured fastest)
   int persist_skip = 0;  // TIMING EXPERIMENT ONLY (wrong results): stages k_step_dense skips (DEJAVU_CUDA_PERSIST_SKIP)
   // Streamed path (fused.cuh; default): residual points X / deltas D, each [(2L+1)][d]; stream geometry.
-  bool tma = true;
+  bool tma = true;        // env DEJAVU_CUDA_TMA=0: the per-op kernels above instead
   // The MLP kernel's blocks (pairs) add into two copies of its output delta, alternating, and readers add both: half
   // the float atomics on each address, which L2 serialises (bench/cuda/reduce.cu; v27). Env DEJAVU_CUDA_DCOPY=0: one.
-  bool dcopy = true;        // env DEJAVU_CUDA_TMA=0: the per-op kernels above instead
+  bool dcopy = true;
   float *X = nullptr, *D = nullptr;
   int ring_bytes = 200 * 1024, seg_bytes = 5120, smem_optin = 0;  // ring: at most this, and what fits beside x
   bool ln_defer = true;   // LayerNorm applied in the row epilogue (fused.cuh t_load_input; env DEJAVU_CUDA_LN_DEFER=0: off)
@@ -1367,7 +1367,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     const bool pstep = e->pstep_ok && mode == M_FIXED;
     launchk(e, false, k_embed_tma, dim3(e->sms), dim3(256), 0, s0, (const __half*)e->E, (const __half*)e->P,
             (const int*)e->tokens, (const int*)e->st, d, e->X, e->D + d,
-            (size_t)(e->dcopy ? 2 * e->L + 2 * e->L + 1 : 2 * e->L) * d, e->psync,  // D[1..2L] (and the copies)
+            (size_t)(e->dcopy ? 4 * e->L + 1 : 2 * e->L) * d, e->psync,  // D[1..2L] (+ the second copy, D2[0..2L])
             pstep ? 3 * e->L : 0);
     mark(P_EMBED);
     if (pstep) {

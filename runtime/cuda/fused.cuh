@@ -834,10 +834,9 @@ __global__ void __launch_bounds__(256) k_embed_tma(const __half* __restrict__ E,
 __global__ void __launch_bounds__(256) k_snap_input(XIn in, int d, __half* __restrict__ out) {
   __shared__ float red[32];
   const int n4 = d >> 2;
-  auto load = [&](int i) { return x_at(in, i); };
   float s = 0.f, s2 = 0.f;
   for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    float4 a = load(i);
+    float4 a = x_at(in, i);
     s += a.x + a.y + a.z + a.w;
     s2 += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
   }
@@ -846,7 +845,7 @@ __global__ void __launch_bounds__(256) k_snap_input(XIn in, int d, __half* __res
   const float mean = in.norm ? s / d : 0.f;
   const float rstd = in.norm ? rsqrtf(fmaxf(s2 / d - mean * mean, 0.f) + in.eps) : 1.f;
   for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    float4 a = load(i);
+    float4 a = x_at(in, i);
     __align__(8) __half hv[4] = {__float2half((a.x - mean) * rstd), __float2half((a.y - mean) * rstd),
                                  __float2half((a.z - mean) * rstd), __float2half((a.w - mean) * rstd)};
     reinterpret_cast<uint2*>(out)[i] = *reinterpret_cast<uint2*>(hv);
