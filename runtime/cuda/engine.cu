@@ -73,7 +73,6 @@ struct Fuse {
   int* ci = nullptr;
   int groups = 0;  // blocks of the attention kernel that carries it (= groups of the grouped top-k, PredFuse::local)
   unsigned* gdone = nullptr;  // the grouped top-k's per-group flags [max(sms, H)]
-  unsigned* tready = nullptr; // t complete (set by the attention kernel; the MLP kernels selecting from it wait on it)
 };
 
 struct Layer {
@@ -85,7 +84,6 @@ struct Layer {
   int *hsel, *nsel;
   Pred pa, pm;
   Fuse fz;
-  bool pm_local = false;  // the MLP kernel selects its own groups (pfuse.cuh PfMlp); set by make_pf of the tap layer
   float *c1q = nullptr, *c2q = nullptr, *c1m = nullptr, *c2m = nullptr;  // deferred LayerNorm constants (k_ln_fold)
 };
 
@@ -195,18 +193,12 @@ struct Engine {
   unsigned* pf_bad = nullptr;
   int pf_warps = PF_LOCAL_WARPS;  // env DEJAVU_CUDA_PF_WARPS (2..8): the grouped mode's predictor warps per block
   bool pf_local = false;  // env DEJAVU_CUDA_PF_LOCAL=1: the big fused predictor's grouped top-k (pfuse.cuh pf_local)
-  bool pf_mlp = true;     // ... selected in the MLP kernel (pfuse.cuh PfMlp, v28); env DEJAVU_CUDA_PF_MLP=0: in the
-                          // attention kernel's predictor warps (pf_local)
-  int pm_skip = 0;        // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_PM_SKIP; PfMlp::skip)
-  bool pf_kvpf = true;    // fused head selections ask L2 for the picked heads' K/V history (pfuse.cuh pf_small; env
-                          // DEJAVU_CUDA_PF_KVPF=0: not)
   int pf_sel = 1;  // env DEJAVU_CUDA_PF_SEL: the grouped top-k's selection, 1 warp-max rounds (default: H200 1.663 vs
                    // 1.776 ms, s13 call 2), 0 the bitwise search
   int pf_skip = 0;  // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_PF_SKIP): bit 0 the MLP does not wait for its flag,
                     // bit 1 the predictor warp stops after its scores, bit 2 no w1 rows in the QKV kernel, bit 3 the
                     // predictor warp does nothing (flags only), bit 4 no head-list flag waits; grouped mode: bit 5
-                    // no selection (a group takes its first rows), bit 6 no key dot products,
-                    // bit 7 the head lists not written (fixed heads; flags still released)
+                    // no selection (a group takes its first rows), bit 6 no key dot products
   cudaGraphExec_t graphs[M_COUNT] = {};
   std::vector<cudaEvent_t> evs;
   cudaEvent_t t0, t1;
@@ -350,11 +342,8 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_PSTEP")) e->pstep = v[0] == '1';
   if (const char* v = getenv("DEJAVU_CUDA_PCHAIN")) e->pchain = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_PFUSE")) { e->pfuse = v[0] != '0'; e->pfuse_small = v[0] == '2'; }
-  if (const char* v = getenv("DEJAVU_CUDA_PF_SKIP")) e->pf_skip = atoi(v) & 255;
-  if (const char* v = getenv("DEJAVU_CUDA_PF_KVPF")) e->pf_kvpf = v[0] != '0';
+  if (const char* v = getenv("DEJAVU_CUDA_PF_SKIP")) e->pf_skip = atoi(v) & 127;
   if (const char* v = getenv("DEJAVU_CUDA_PF_LOCAL")) e->pf_local = v[0] == '1';
-  if (const char* v = getenv("DEJAVU_CUDA_PF_MLP")) e->pf_mlp = v[0] != '0';
-  if (const char* v = getenv("DEJAVU_CUDA_PM_SKIP")) e->pm_skip = atoi(v) & 7;
   if (const char* v = getenv("DEJAVU_CUDA_PF_SEL")) e->pf_sel = atoi(v) != 0;
   if (const char* v = getenv("DEJAVU_CUDA_PF_WARPS")) e->pf_warps = std::min(8, std::max(2, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_PRED_PDL")) e->pred_pdl = v[0] == '1';
@@ -798,45 +787,19 @@ static void launch_rows_tma(Engine* e, cudaStream_t s, RowsArgs a, XIn in, bool 
   else if (tw_for(e, a.K) == 8) launchk(e, pdl, k_rows_tma<EPI, 8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
   else launchk(e, pdl, k_rows_tma<EPI, 16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
 }
-// The fused MLP's grid: a block per SM (at most one per neuron), even when launched in pairs.
-static int mlp_grid(const Engine* e, int n, int d, bool list, bool* pair_out = nullptr) {
-  int grid = std::min(e->sms_now, n);
+static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool pdl) {
+  int grid = std::min(e->sms_now, a.n);
   // Pairs for neuron lists only: the dense MLP (~95 us of streaming) measured 0.2-0.4% slower with them.
-  const bool pair = e->mlp_cluster == 2 && list && tw_for((Engine*)e, d) == 16 && grid >= 2;
+  const bool pair = e->mlp_cluster == 2 && a.sel && tw_for(e, a.d) == 16 && grid >= 2;
   if (pair) grid &= ~1;
-  if (pair_out) *pair_out = pair;
-  return grid;
-}
-// Shared memory the grouped top-k in the MLP kernel needs (pfuse.cuh pm_select) for layer li's k of n neurons in
-// groups of per rows, or 0 when a block's groups do not fit (their picks beyond T_ROWIX, or the rows beyond the
-// shared memory): the selection then stays in the attention kernel.
-static size_t pm_need(const Engine* e, int n, int k, int per, int r) {
-  const int grid = mlp_grid(e, k, e->d, true), pb = (k + grid - 1) / grid;
-  if ((unsigned long long)k * n >= (1ull << 32)) return 0;  // pm_range's 32-bit arithmetic
-  size_t need = 0;
-  for (int b = 0; b < grid; b++) {
-    const int j0 = b * pb, j1 = std::min(k, j0 + pb);
-    if (j0 >= j1) break;
-    const PmRange g = pm_range(n, k, per, j0, j1);
-    if (g.end - g.base > T_ROWIX || g.base > j0 || g.end < j1) return 0;
-    need = std::max(need, (size_t)e->d * 4 + pm_bytes(g.R1 - g.R0, r));
-  }
-  return need + 8192 <= (size_t)e->smem_optin ? need : 0;
-}
-static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool pdl, PfMlp pm = {}) {
-  bool pair = false;
-  const int grid = mlp_grid(e, a.n, a.d, a.sel != nullptr, &pair);
   TGeo g = make_geo(e, a.d, (a.n + grid - 1) / grid);
   if (e->mlp_nored) g.rowix |= 4;
-  size_t smem = geo_smem(g, a.d);
-  if (pm.W2) smem = std::max(smem, pm_need(e, pm.n, pm.k, pm.per, pm.r));
-  const bool cl = pdl && e->pdl && e->pdl_now;
-  if (a.sel_flag || pm.W2) {  // waits for a selection, or makes it (own kernels)
-    if (tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma_pf<8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g, pm);
-    else if (pair) launch_cl(cl, 2, k_mlp_tma_pf<16, 2>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g, pm);
-    else launchk(e, pdl, k_mlp_tma_pf<16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g, pm);
-  } else if (tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
-  else if (pair) launch_cl(cl, 2, k_mlp_tma<16, 2>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
+  const size_t smem = geo_smem(g, a.d);
+  if (a.sel_flag && tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8, true>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
+  else if (a.sel_flag && pair) launch_cl(pdl && e->pdl && e->pdl_now, 2, k_mlp_tma<16, true, 2>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
+  else if (a.sel_flag) launchk(e, pdl, k_mlp_tma<16, true>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
+  else if (tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
+  else if (pair) launch_cl(pdl && e->pdl && e->pdl_now, 2, k_mlp_tma<16, false, 2>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
   else launchk(e, pdl, k_mlp_tma<16>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);
 }
 // Attention + out_proj: `slices` column slices per head so that heads x slices fill the SMs once; R rows of a slice
@@ -921,13 +884,13 @@ static int set_tma_attrs(Engine* e) {
     return 0;
   };
   if (raise((const void*)k_rows_tma<EPI_QKV, 16>) || raise((const void*)k_rows_tma<EPI_ARGMAX, 16>) ||
-      raise((const void*)k_mlp_tma<16>) || raise((const void*)k_mlp_tma<16, 2>) || raise((const void*)k_attn_out<128, 16>) ||
+      raise((const void*)k_mlp_tma<16>) || raise((const void*)k_mlp_tma<16, false, 2>) || raise((const void*)k_attn_out<128, 16>) ||
       raise((const void*)k_attn_out<64, 16>) || raise((const void*)k_attn_out<32, 16>) ||
       raise((const void*)k_rows_tma<EPI_QKV, 8>) || raise((const void*)k_rows_tma<EPI_ARGMAX, 8>) ||
       raise((const void*)k_mlp_tma<8>) || raise((const void*)k_attn_out<128, 8>) ||
       raise((const void*)k_attn_out<64, 8>) || raise((const void*)k_attn_out<32, 8>) ||
       raise((const void*)k_rows_tma<EPI_QKV, 16, true>) || raise((const void*)k_rows_tma<EPI_QKV, 8, true>) ||
-      raise((const void*)k_mlp_tma_pf<16>) || raise((const void*)k_mlp_tma_pf<8>) || raise((const void*)k_mlp_tma_pf<16, 2>) ||
+      raise((const void*)k_mlp_tma<16, true>) || raise((const void*)k_mlp_tma<8, true>) || raise((const void*)k_mlp_tma<16, true, 2>) ||
       raise((const void*)k_attn_out<128, 16, true>) || raise((const void*)k_attn_out<64, 16, true>) ||
       raise((const void*)k_attn_out<32, 16, true>) || raise((const void*)k_attn_out<128, 8, true>) ||
       raise((const void*)k_attn_out<64, 8, true>) || raise((const void*)k_attn_out<32, 8, true>))
@@ -1184,9 +1147,8 @@ static int plan_fused(Engine* e) {
         CK(cudaMemset(f.fine, 0, PF_FINE * sizeof(unsigned)));
         // The attention kernel's grid: heads x slices <= max(SMs, heads) (one slice when the heads outnumber the SMs).
         const int ng = std::max(e->sms, e->H);
-        if (dalloc(e, &f.gdone, ng) || dalloc(e, &f.tready, 1)) return -1;
+        if (dalloc(e, &f.gdone, ng)) return -1;
         CK(cudaMemset(f.gdone, 0, ng * sizeof(unsigned)));
-        CK(cudaMemset(f.tready, 0, sizeof(unsigned)));
       }
     }
     if (dalloc(e, &f.w1p, (size_t)f.rows * e->d) || dalloc(e, &f.c1, f.rows) || dalloc(e, &f.nm, f.rows) ||
@@ -1200,7 +1162,7 @@ static int plan_fused(Engine* e) {
 static PredFuse make_pf(Engine* e, Layer& src) {
   PredFuse p{};
   const Fuse& f = src.fz;
-  p.on = 1; p.t = f.t; p.trows = f.rows; p.st = e->st; p.maxT = e->maxT; p.hd = e->hd; p.local = e->pf_local ? 1 + e->pf_sel : 0; p.pw = e->pf_warps;
+  p.on = 1; p.t = f.t; p.trows = f.rows; p.st = e->st; p.local = e->pf_local ? 1 + e->pf_sel : 0; p.pw = e->pf_warps;
   int off = 0;
   for (auto [li, tg] : f.members) {
     Layer& l = e->layers[li];
@@ -1208,16 +1170,9 @@ static PredFuse make_pf(Engine* e, Layer& src) {
     PfMember m{};
     m.W2 = q.w2; m.n = tg == 0 ? e->H : e->ffn; m.r = q.rank; m.k = tg == 0 ? l.kH : l.kM; m.toff = off;
     m.sel = tg == 0 ? l.hsel : l.nsel; m.done = e->pflags + 2 * li + tg;
-    if (tg == 0 && e->pf_kvpf) { m.kc = l.kc; m.vc = l.vc; }
     if (m.n > PF_SMALL_MAX) {
-      // The grouped top-k in layer li's MLP kernel when its groups fit there (groups: this kernel's grid).
-      const int G = src.kH * attn_slices(e, src.kH);
-      l.pm_local = e->pf_local && e->pf_mlp && pm_need(e, m.n, m.k, (m.n + G - 1) / G, m.r) > 0;
-      if (l.pm_local) p.tready = f.tready;
-      else {
-        p.nbig = 1; p.big = m; p.s = f.s; p.coarse = f.coarse; p.fine = f.fine; p.cand_key = f.ck; p.cand_idx = f.ci;
-        p.gdone = f.gdone;
-      }
+      p.nbig = 1; p.big = m; p.s = f.s; p.coarse = f.coarse; p.fine = f.fine; p.cand_key = f.ck; p.cand_idx = f.ci;
+      p.gdone = f.gdone;
     } else {
       p.small[p.nsmall++] = m;
     }
@@ -1449,7 +1404,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
           o.pf = make_pf(e, l);
           l.fz.groups = kH * attn_slices(e, kH);  // the grouped top-k's groups (check.cu's reference needs them)
         }
-        o.pf.skip = e->pf_skip & (10 | 32 | 64 | 128);
+        o.pf.skip = e->pf_skip & (10 | 32 | 64);
         launch_attn_out(e, s0, o, kH, true);
         mark(P_ATT);
       }
@@ -1457,28 +1412,17 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       const bool join_m = consume(li, 1);
       if (compute) {
         MlpTmaArgs m{};
-        PfMlp pm{};
         m.W1 = l.W1; m.b1 = l.b1; m.W2T = l.W2T; m.b2 = l.b2; m.sel = ns ? l.nsel : nullptr; m.n = kM; m.d = d;
         m.y = e->D + (size_t)(2 * li + 2) * d;
         if (e->dcopy) m.y2 = e->D + (size_t)(2 * e->L + 1 + 2 * li + 2) * d;
-        if (fuse && ns && l.pm.fused && l.pm_local) {  // the grouped top-k in this kernel (pfuse.cuh PfMlp)
-          const Fuse& fz = e->layers[l.pm.src_layer].fz;
-          int toff = 0;
-          for (auto [mi, tg] : fz.members) {
-            if (mi == li && tg == 1) break;
-            toff += (tg == 0 ? e->layers[mi].pa : e->layers[mi].pm).rank;
-          }
-          pm.W2 = l.pm.w2; pm.t = fz.t + toff; pm.tready = fz.tready; pm.st = e->st; pm.sel = l.nsel;
-          pm.n = ffn; pm.r = l.pm.rank; pm.k = kM; pm.per = (ffn + fz.groups - 1) / fz.groups;
-          pm.rounds = e->pf_sel; pm.skip = e->pm_skip;
-        } else if (fuse && ns && l.pm.fused && !(e->pf_skip & 1)) {
+        if (fuse && ns && l.pm.fused && !(e->pf_skip & 1)) {
           m.sel_flag = e->pflags + 2 * li + 1; m.st = e->st;
           if (e->pf_local) {  // the grouped top-k: one flag per group of the tap layer's attention kernel
             const Fuse& fz = e->layers[l.pm.src_layer].fz;
             m.gflags = fz.gdone; m.ngroups = fz.groups;
           }
         }
-        launch_mlp_tma(e, s0, m, folded(e, point_in(e, 2 * li + 1, l.ln2_g, l.ln2_b, 1, true), l.c1m, l.c2m), !join_m, pm);
+        launch_mlp_tma(e, s0, m, folded(e, point_in(e, 2 * li + 1, l.ln2_g, l.ln2_b, 1, true), l.c1m, l.c2m), !join_m);
         joined_launch();
         mark(P_MLP);
       }

@@ -560,8 +560,6 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   // ---- attention (kernels.cuh head_attention, with the consumer warps) ----
   pdl_wait();
   if (tid == 0) tr_mark(a.tr, 1);
-  if constexpr (PF)  // t (this layer's QKV kernel) is complete: the MLP kernels that select from it may read it
-    if (a.pf.tready && blockIdx.x == 0 && tid == 0) st_release(a.pf.tready, step_serial(a.st) + 1u);
   if constexpr (PF)
     if (a.pf.on && !a.pf.local && !(a.pf.skip & 8)) pf_scores<NW>(a.pf, t_sm + a.pf.smem_off, &pbar, &kready, [] { cbar<NW>(); });
   head_attention<HD, NW>(a.q + h * HD, a.kc + (size_t)h * a.maxT * HD, a.vc + (size_t)h * a.maxT * HD,
@@ -743,47 +741,33 @@ struct MlpTmaArgs {
   float* y2;           // D[2l+2]'s second copy (null: none): the odd blocks (pairs when CL = 2) add there
 };
 
-// CL = 2: launched in clusters of 2 blocks that pre-add their partials (t_mlp_consume). PF: waits for a fused
-// predictor's selection (see k_rows_tma), or (pm.W2 set) makes the grouped top-k itself (pfuse.cuh PfMlp).
-template <int NW, bool PF, int CL>
-__device__ __forceinline__ void mlp_tma_body(const MlpTmaArgs& a, const XIn& in, const TGeo& geo, const PfMlp& pm) {
+// CL = 2: launched in clusters of 2 blocks that pre-add their partials (t_mlp_consume).
+template <int NW, bool PF = false, int CL = 1>  // PF: waits for a fused predictor's selection (see k_rows_tma)
+__global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   constexpr int TW = NW;
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float h_s[2][TW];
   __shared__ uint64_t go;
   __shared__ int rowix[T_ROWIX];
-  __shared__ uint64_t wbar;  // (PF, pm.W2) the w2 rows of the block's groups
   const int K = a.d, seg = geo.seg, S = geo.S, segel = K / seg, segbytes = segel * 2, stage_bytes = geo.rows * segbytes, RS = geo.rows;
   float4* xs = reinterpret_cast<float4*>(t_sm);
   unsigned char* stages = t_sm + (size_t)K * 4;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int per = (a.n + gridDim.x - 1) / gridDim.x, j0 = blockIdx.x * per, j1 = min(a.n, j0 + per);
-  // PF with pm.W2: the grouped top-k in this kernel (pfuse.cuh PfMlp), the groups of entries [j0, j1) into rowix.
-  const bool local = PF && pm.W2 && j0 < j1;
-  if (tid == 0) {
-    ring.init(TW); mbar_init(&go, 1);
-    if constexpr (PF) if (local) mbar_init(&wbar, 1);
-    mbar_fence_init(); tr_mark(in.tr, 0);
-    if constexpr (PF) if (local) pm_copy(pm, pm_range(pm.n, pm.k, pm.per, j0, j1), stages, &wbar);
-  }
+  if (tid == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
   __syncthreads();
   if (warp == TW) {
-    int rb = j0;  // rowix[j - rb]: entry j's row
     if constexpr (PF) {  // the selection is made by the previous kernel's predictor warps: wait for its flag only
-      if (local) {      // ... or by this block's consumers (pm_select): rowix is in after barrier 3
-        rb = pm_range(pm.n, pm.k, pm.per, j0, j1).base;
-        asm volatile("bar.sync 3, %0;" ::"n"((NW + 1) * 32) : "memory");
-      } else if (pm.W2) {
-      } else if (a.gflags) pf_wait_groups(a.gflags, a.ngroups, a.st);
+      if (a.gflags) pf_wait_groups(a.gflags, a.ngroups, a.st);
       else if (lane == 0) pf_wait_sel(a.sel_flag, a.st);
       __syncwarp();
     }
-    const bool pre = local || t_lookup_rows((geo.rowix & 2) && a.sel, j0, j1, rowix, [&](int j) { return a.sel[j]; });
+    const bool pre = t_lookup_rows((geo.rowix & 2) && a.sel, j0, j1, rowix, [&](int j) { return a.sel[j]; });
     if (lane == 0) {
       int it = 0;
       t_produce_mlp(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.W1, a.W2T, K,
-                    [&](int j) { return pre ? rowix[j - rb] : a.sel ? a.sel[j] : j; }, policy_evict_first(), it, geo.lead, &go);
+                    [&](int j) { return pre ? rowix[j - j0] : a.sel ? a.sel[j] : j; }, policy_evict_first(), it, geo.lead, &go);
       tr_producer_done(in.tr, ring.full, it, S);
     }
     pdl_trigger();
@@ -794,20 +778,12 @@ __device__ __forceinline__ void mlp_tma_body(const MlpTmaArgs& a, const XIn& in,
     }
     return;
   }
-  if constexpr (PF)
-    if (local) pm_select<NW>(pm, pm_range(pm.n, pm.k, pm.per, j0, j1), stages, &wbar, rowix, j0, j1);
   const LnStat lst = t_consumer_prologue<NW, false>(in, K, xs, &go);  // mlp_in: an attention output, one copy
   int it = 0;
   t_mlp_consume<NW, CL>(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.sel, a.b1, xs, K, in.c1, in.c2, lst, h_s,
                     blockIdx.x == 0 ? a.b2 : nullptr, (geo.rowix & 4) ? nullptr : a.y, it, nullptr, in.tr, a.y2);
   if (tid == 0) tr_mark(in.tr, 3);
 }
-// The selection's arguments are a kernel parameter of the PF kernel only: a larger MlpTmaArgs changed the register
-// allocation (spills) of the plain kernels too.
-template <int NW, int CL = 1>
-__global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) { mlp_tma_body<NW, false, CL>(a, in, geo, PfMlp{}); }
-template <int NW, int CL = 1>
-__global__ void T_REGS k_mlp_tma_pf(MlpTmaArgs a, XIn in, TGeo geo, PfMlp pm) { mlp_tma_body<NW, true, CL>(a, in, geo, pm); }
 
 // ---------------------------------------------------------------------------------------------------------------
 // The deferred LayerNorm's per-row constants (t_load_input): c1[r] = W[r] . g, c2[r] = W[r] . b; a warp per row, fp32

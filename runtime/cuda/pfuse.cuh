@@ -50,8 +50,6 @@ struct PfMember {
   int n, r, k, toff;  // toff: where its t starts in the stacked t
   int* sel;           // [k]
   unsigned* done;     // set to serial + 1 once sel is complete
-  const __half* kc;   // heads (small members): the layer's K/V caches, whose picked heads' history pf_small asks
-  const __half* vc;   // L2 for (null: not)
 };
 struct PredFuse {
   int on;
@@ -75,9 +73,6 @@ struct PredFuse {
                      // 2 by warp-max rounds (default), 1 by a bitwise search (DEJAVU_CUDA_PF_SEL=0)
   unsigned* gdone;   // grouped mode: [gridDim.x] per-group flags (serial + 1 once the group's share is in sel)
   int pw;            // grouped mode: predictor warps per block (DEJAVU_CUDA_PF_WARPS, 2..8; PF_LOCAL_WARPS)
-  int maxT, hd;      // the K/V caches' geometry (PfMember::kc)
-  unsigned* tready;  // grouped mode with the selection in the MLP kernel (PfMlp): block 0 sets it to serial + 1
-                     // once past its grid dependency, i.e. once t (this layer's QKV kernel) is complete
 };
 constexpr int PF_LOCAL_WARPS = 4;  // predictor warps per block in the grouped mode (scores off the consumers' path)
 
@@ -173,11 +168,7 @@ __device__ __forceinline__ void pf_find_bin(Bin bin, unsigned k, int& which, uns
 
 // A small member, whole, by one warp from its keys (pf_scores): rank by counting (ties: lower index first),
 // selection in index order, flag released.
-// With m.kc set (heads), each picked head's K/V history (`past` positions of hd) is requested into L2 right away: the
-// selection is made one layer ahead, and a head not picked at the step before has its history in HBM only (with
-// fixed heads it stays in L2 between steps; the attention kernel's own request at its entry is ~1 us before use).
-__device__ __forceinline__ void pf_small(const PfMember& m, const uint32_t* skeys, unsigned target, int maxT = 0,
-                                         int hd = 0, int past = 0, bool skip = false) {
+__device__ __forceinline__ void pf_small(const PfMember& m, const uint32_t* skeys, unsigned target) {
   const int lane = threadIdx.x & 31;
   int cnt = 0;
   for (int base = 0; base < m.n; base += 32) {
@@ -190,11 +181,7 @@ __device__ __forceinline__ void pf_small(const PfMember& m, const uint32_t* skey
       keep = rank < m.k;
     }
     const unsigned b = __ballot_sync(0xffffffffu, keep);
-    if (keep && !skip) m.sel[cnt + __popc(b & ((1u << lane) - 1u))] = i;  // (skip: timing only, the list kept)
-    if (keep && m.kc && past > 0) {
-      prefetch_l2_bulk(m.kc + (size_t)i * maxT * hd, (uint32_t)(past * hd * 2));
-      prefetch_l2_bulk(m.vc + (size_t)i * maxT * hd, (uint32_t)(past * hd * 2));
-    }
+    if (keep) m.sel[cnt + __popc(b & ((1u << lane) - 1u))] = i;
     cnt += __popc(b);
   }
   __threadfence();
@@ -267,8 +254,7 @@ __device__ void pf_warp(const PredFuse& p, unsigned char* area, uint64_t* bar, u
   const int rb = p.big.r, r0 = B.r0, nr = B.nr;
   auto smalls = [&](unsigned target) {
     for (int m = 0; m < p.nsmall; m++)
-      if (B.mine[m]) pf_small(p.small[m], reinterpret_cast<const uint32_t*>(area + L.skeys) + m * PF_SMALL_MAX, target,
-                              p.maxT, p.hd, p.st[0], p.skip & 128);
+      if (B.mine[m]) pf_small(p.small[m], reinterpret_cast<const uint32_t*>(area + L.skeys) + m * PF_SMALL_MAX, target);
   };
   if (p.skip & 8) {  // (timing only: no work at all, flags set)
     if (lane == 0) {
@@ -551,7 +537,6 @@ __device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, 
   const int pw = pt >> 5, lane = pt & 31, PT = p.pw * 32;
   const PfLayout L = pf_layout(p);
   const PfBlk B = pf_blk(p);
-  if (!p.nbig && !B.mine[0] && !B.mine[1]) return;  // (the big member selected in the MLP kernel: PfMlp)
   pdl_wait();  // t (this layer's QKV kernel) and the step serial are this step's
   if (pt == 0) tr_mark(tr, 10);
   float* ts = reinterpret_cast<float*>(area + L.ts);
@@ -566,8 +551,7 @@ __device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, 
   if (pt == 0) tr_mark(tr, 4);  // keys ready (bench/cuda/trace.cu: "threshold known")
   if (pw == 1)
     for (int m = 0; m < p.nsmall; m++)
-      if (B.mine[m]) pf_small(p.small[m], reinterpret_cast<const uint32_t*>(area + L.skeys) + m * PF_SMALL_MAX, target,
-                              p.maxT, p.hd, p.st[0], p.skip & 128);
+      if (B.mine[m]) pf_small(p.small[m], reinterpret_cast<const uint32_t*>(area + L.skeys) + m * PF_SMALL_MAX, target);
   if (pw != 0 || !p.nbig) return;
   const long long n = p.big.n, k = p.big.k;
   const int o0 = (int)(k * B.r0 / n), o1 = B.nr ? (int)(k * (B.r0 + B.nr) / n) : o0;
@@ -603,95 +587,6 @@ __device__ __forceinline__ void pf_wait_groups(const unsigned* g, int ng, const 
   }
   asm volatile("fence.acq_rel.gpu;" ::: "memory");
   __syncwarp();
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// The grouped top-k inside the MLP kernel (v28, engine pf_mlp; DEJAVU_CUDA_PF_MLP=0: in the attention kernel as above).
-// Why: a group's picks are needed by the MLP only, and (groups cut as in pf_local) the MLP block that streams list
-// entries [j0, j1) can select them itself from the w2 rows of the one or two groups they come from: no flags, and
-// the attention kernel runs as in the fixed step (the trace put the grouped mode's attention kernel ~2.5 us a layer
-// later, slowed by the predictor warps and its out_proj bytes queued behind w2; s14 call 12). The MLP block copies
-// those w2 rows at entry (weights) into its ring's memory, scores them and picks before its own grid dependency, while
-// the attention still runs; then its producer streams the picked rows. Same groups, same picks as pf_local.
-struct PfMlp {
-  const __half* W2;     // [n][r] (null: off)
-  const float* t;       // the member's t (the tap layer's stacked t + toff)
-  const unsigned* tready;  // t complete (PredFuse::tready of the tap layer's attention kernel)
-  const int* st;
-  int* sel;             // the layer's neuron list [k], written for the block's entries
-  int n, r, k, per;     // per: rows per group (groups as the tap layer's attention grid, pf_blk)
-  int rounds;           // pf_group_pick's warp-max rounds (PredFuse::local == 2)
-  int skip;             // TIMING EXPERIMENT ONLY (engine pm_skip, env DEJAVU_CUDA_PM_SKIP): 1 no wait for t, 2 no
-                        // selection (a group's first rows), 4 neither w2 rows nor keys nor selection (first rows)
-};
-// The groups whose picks land in list entries [j0, j1) (j0 < j1): g_lo .. g_hi, their rows [R0, R1), and base, the
-// list entry of row R0's group's first pick. Group g = rows [g*per, min(n, (g+1)*per)) takes entries
-// [k*r0/n, k*r1/n). g_lo: the first group with k*r1/n > j0, i.e. r1 >= ceil((j0+1)*n/k); g_hi: the last with
-// k*r0/n < j1, i.e. r0 <= ceil(j1*n/k) - 1.
-struct PmRange {
-  int g_lo, g_hi, R0, R1, base, end;  // end: the list entry after g_hi's last pick
-};
-// 32-bit arithmetic (64-bit division is a long software routine on the GPU): needs k * n < 2^32 (engine pm_need).
-__host__ __device__ inline PmRange pm_range(unsigned n, unsigned k, unsigned per, unsigned j0, unsigned j1) {
-  PmRange o;
-  const unsigned A = ((j0 + 1) * n + k - 1) / k, B = (j1 * n + k - 1) / k - 1;
-  o.g_lo = (int)((A + per - 1) / per) - 1;
-  o.g_hi = (int)(B / per);
-  o.R0 = o.g_lo * (int)per;
-  o.R1 = (int)min(n, (unsigned)(o.g_hi + 1) * per);
-  o.base = (int)(k * (unsigned)o.R0 / n);
-  o.end = (int)(k * (unsigned)o.R1 / n);
-  return o;
-}
-// Shared memory the selection uses (at the start of the ring's memory): the rows, their keys, t.
-__host__ __device__ inline unsigned pm_bytes(int rows, int r, unsigned* keys_off = nullptr, unsigned* t_off = nullptr) {
-  const unsigned w = ((unsigned)rows * r * 2u + 15u) & ~15u, k = w + (((unsigned)rows * 4u + 15u) & ~15u);
-  if (keys_off) *keys_off = w;
-  if (t_off) *t_off = k;
-  return k + (unsigned)r * 4u;
-}
-// Block entry (one thread): the groups' w2 rows into `area`, completing on `bar` (count 1).
-__device__ __forceinline__ void pm_copy(const PfMlp& p, const PmRange& g, unsigned char* area, uint64_t* bar) {
-  const unsigned bytes = p.skip & 4 ? 0u : (unsigned)(g.R1 - g.R0) * p.r * 2u;
-  mbar_expect_tx(bar, bytes);
-  if (!bytes) return;
-  bulk_g2s(area, p.W2 + (size_t)g.R0 * p.r, bytes, bar, policy_evict_first());
-}
-// The consumer warps: t once its flag is set, the keys of the rows, each group's picks by one warp into
-// rowix[entry - g.base]; then barrier 3 with the producer warp, which streams rowix's rows; then the block's
-// entries of the list in global memory (read back by the host, and by t_mlp_consume after the barrier below).
-template <int NW>
-__device__ void pm_select(const PfMlp& p, const PmRange& g, unsigned char* area, uint64_t* bar, int* rowix, int j0, int j1) {
-  constexpr int TC = NW * 32;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nrows = g.R1 - g.R0;
-  unsigned koff, toff;
-  pm_bytes(nrows, p.r, &koff, &toff);
-  uint32_t* keys = reinterpret_cast<uint32_t*>(area + koff);
-  float* ts = reinterpret_cast<float*>(area + toff);
-  pdl_trigger();  // (as t_consumer_prologue does first: the selection must not hold the next kernel's launch back)
-  if (tid == 0 && p.tready && !(p.skip & 1)) pf_wait(p.tready, step_serial(p.st) + 1u);
-  cbar<NW>();
-  if (!(p.skip & 4)) {
-    for (int i = tid; i < p.r; i += TC) ts[i] = __ldcg(p.t + i);
-    mbar_wait(bar, 0);
-    cbar<NW>();
-    for (int i = tid; i < nrows; i += TC) keys[i] = f2key(pf_dot(area + (size_t)i * p.r * 2, ts, p.r, lane));
-    cbar<NW>();
-  }
-  for (int gi = g.g_lo + warp; gi <= g.g_hi; gi += NW) {
-    const int r0 = gi * p.per, r1 = min(p.n, r0 + p.per), nr = max(0, r1 - r0);
-    const int o0 = (int)((unsigned)p.k * (unsigned)r0 / (unsigned)p.n), o1 = nr ? (int)((unsigned)p.k * (unsigned)r1 / (unsigned)p.n) : o0;
-    if (p.skip & 6) {  // (timing only: the group's first rows)
-      for (int i = lane; i < o1 - o0; i += 32) rowix[o0 - g.base + i] = r0 + i;
-    } else {
-      pf_group_pick(p.rounds, keys + (r0 - g.R0), nr, o1 - o0, r0, rowix + (o0 - g.base));
-    }
-  }
-  // The ring's copies will overwrite keys and t (async proxy after generic writes).
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-  asm volatile("bar.sync 3, %0;" ::"n"((NW + 1) * 32) : "memory");
-  for (int j = j0 + tid; j < j1; j += TC) p.sel[j] = rowix[j - g.base];
-  cbar<NW>();
 }
 
 // Fused predictor first layers: w1p = w1 / g (g = the tap kernel's LayerNorm gain, which its planes carry),
