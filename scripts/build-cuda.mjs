@@ -12,8 +12,9 @@ const src = join(root, 'runtime', 'cuda');
 const out = join(src, 'build');
 const arch = process.env.DEJAVU_CUDA_ARCH ?? 'sm_90';
 
+// NVCC, when set, is the only candidate (a wrong path is reported as such, not silently replaced by another nvcc).
 function findNvcc() {
-  const candidates = [process.env.NVCC, 'nvcc', '/usr/local/cuda/bin/nvcc'].filter(Boolean);
+  const candidates = process.env.NVCC ? [process.env.NVCC] : ['nvcc', '/usr/local/cuda/bin/nvcc'];
   for (const c of candidates) {
     try {
       execFileSync(c, ['--version'], { stdio: 'ignore' });
@@ -25,7 +26,8 @@ function findNvcc() {
 
 const nvcc = findNvcc();
 if (!nvcc) {
-  console.error('build:cuda: nvcc not found (set NVCC=/path/to/nvcc or put the CUDA toolkit on PATH). ' +
+  console.error((process.env.NVCC ? `build:cuda: NVCC=${process.env.NVCC} does not run as nvcc (\`--version\` failed); fix or unset it. `
+    : 'build:cuda: nvcc not found (set NVCC=/path/to/nvcc or put the CUDA toolkit on PATH). ') +
     'The CUDA runtime is optional: everything else works without it.');
   process.exit(1);
 }

@@ -54,6 +54,18 @@ describe.skipIf(!NVCC)('CUDA library build (nvcc present)', () => {
   });
 });
 
+describe('nvcc missing', () => {
+  it('npm run build:cuda stops with a clear message, exit 1, building nothing', () => {
+    const r = spawnSync(process.execPath, [join(REPO_ROOT, 'scripts', 'build-cuda.mjs'), '--lib-only'], {
+      encoding: 'utf8',
+      env: { ...process.env, NVCC: join(tmpdir(), 'no-such-nvcc') },
+    });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/NVCC=.*no-such-nvcc does not run as nvcc/);
+    expect(r.stderr).not.toMatch(/built/);
+  });
+});
+
 describe('CUDA library missing', () => {
   it('loadCudaLib names the file and how to build it', async () => {
     const path = join(mkdtempSync(join(tmpdir(), 'dj-cuda-')), 'libdejavu_cuda.so');
