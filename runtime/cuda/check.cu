@@ -1074,6 +1074,9 @@ int main(int argc, char** argv) {
   for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=2",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1,DEJAVU_CUDA_PF_SEL=0",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_MLP_BULK=0",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1,DEJAVU_CUDA_MLP_CLUSTER=2",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1,DEJAVU_CUDA_MLP_BULK=0",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PDL_SPARSE=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_JOIN=1",
                            "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_CHAIN=0",
@@ -1103,6 +1106,13 @@ int main(int argc, char** argv) {
   // One copy of the MLP outputs' delta (the default adds into two, v27).
   test_paths("streamed, one MLP delta copy, vs per-op", perop, "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_DCOPY=0", 5120, 40, 20480,
              2, 60, true, 2 + 3 * 2);
+  // The MLP's reduction by float4 atomics (pairs for neuron lists) instead of bulk copies (the default since s16).
+  test_paths("streamed, MLP reduction by atomics, vs per-op", perop, "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_MLP_BULK=0", 5120, 40,
+             20480, 2, 60, true, 2 + 3 * 2);
+  test_paths("streamed, MLP reduction by atomics, vs per-op", perop, "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_MLP_BULK=0", 1024, 16,
+             4096, 2, 40, true, 2 + 3 * 2);
+  test_paths("streamed, MLP bulk reduction in pairs, vs per-op", perop, "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_MLP_CLUSTER=2", 5120,
+             40, 20480, 2, 60, true, 2 + 3 * 2);
   const char* ps = "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1";  // persistent sparse step (fixed selections)
   test_paths("persistent sparse step vs per-op", perop, ps, 1024, 16, 4096, 2, 40, true, 2 + 3 * 2, 3);
   test_paths("persistent sparse step vs per-op", perop, ps, 5120, 40, 20480, 2, 200, true, 2 + 3 * 2, 3);

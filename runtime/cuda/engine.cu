@@ -136,7 +136,12 @@ struct Engine {
   // with predictors beside it on all SMs the faster QKV stream delays their loads (2.18 -> 2.33 ms), with 16 SMs
   // reserved for them (below) it helps (2.093 -> 2.077). Bit 1 changed nothing measurable.
   int rowix = 1, rowix_side = 1, rowix_now = 1;
-  int mlp_cluster = 2;     // 2: the MLP kernel in clusters of 2 that pre-add their partials (DEJAVU_CUDA_MLP_CLUSTER)
+  // 2: the MLP kernel in clusters of 2 that pre-add their partials; 1: single blocks; 0 (default): pairs for neuron
+  // lists when the reduction is by atomics, single blocks with the bulk reduction (DEJAVU_CUDA_MLP_CLUSTER)
+  int mlp_cluster = 0;
+  // The MLP's cross-block reduction by cp.reduce.async.bulk (fused.cuh t_mlp_reduce_bulk; DEJAVU_CUDA_MLP_BULK=0:
+  // float4 atomics). 13B grouped, H200, same call: 1.644 -> 1.590 ms (s16).
+  bool mlp_bulk = true;
   bool mlp_nored = false;  // TIMING ONLY (wrong results): the MLP kernel skips its atomics (DEJAVU_CUDA_MLP_NORED=1)
   // SMs left to the side-stream predictors in graphs with them (env DEJAVU_CUDA_RESERVE_SMS): the streamed kernels
   // of those graphs use sms - reserve blocks, so the predictor chain's loads are not queued behind a 200 KB ring on
@@ -329,8 +334,9 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_LN_DEFER")) e->ln_defer = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_ROWIX")) e->rowix = atoi(v) & 3;
   if (const char* v = getenv("DEJAVU_CUDA_ROWIX_SIDE")) e->rowix_side = atoi(v) & 3;
-  if (const char* v = getenv("DEJAVU_CUDA_MLP_CLUSTER")) e->mlp_cluster = atoi(v) == 2 ? 2 : 1;
+  if (const char* v = getenv("DEJAVU_CUDA_MLP_CLUSTER")) e->mlp_cluster = std::min(2, std::max(0, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_MLP_NORED")) e->mlp_nored = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_MLP_BULK")) e->mlp_bulk = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_RESERVE_SMS")) e->reserve = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_GREEN")) e->green = std::max(0, atoi(v));
   if (const char* v = getenv("DEJAVU_CUDA_GREEN_PDL")) e->green_pdl = v[0] != '0';
@@ -789,11 +795,15 @@ static void launch_rows_tma(Engine* e, cudaStream_t s, RowsArgs a, XIn in, bool 
 }
 static void launch_mlp_tma(Engine* e, cudaStream_t s, MlpTmaArgs a, XIn in, bool pdl) {
   int grid = std::min(e->sms_now, a.n);
-  // Pairs for neuron lists only: the dense MLP (~95 us of streaming) measured 0.2-0.4% slower with them.
-  const bool pair = e->mlp_cluster == 2 && a.sel && tw_for(e, a.d) == 16 && grid >= 2;
+  // The reduction by bulk copies (16 consumer warps; 16-byte copies of d / 2 floats need d % 8 == 0) in single blocks
+  // unless pairs are asked for; with atomics pairs for neuron lists only (the dense MLP, ~95 us of streaming, measured
+  // 0.2-0.4% slower with them).
+  const bool bulk = e->mlp_bulk && tw_for(e, a.d) == 16 && a.d % 8 == 0;
+  const bool pair = (e->mlp_cluster == 2 || (e->mlp_cluster == 0 && !bulk)) && a.sel && tw_for(e, a.d) == 16 && grid >= 2;
   if (pair) grid &= ~1;
   TGeo g = make_geo(e, a.d, (a.n + grid - 1) / grid);
   if (e->mlp_nored) g.rowix |= 4;
+  if (bulk) g.rowix |= 8;
   const size_t smem = geo_smem(g, a.d);
   if (a.sel_flag && tw_for(e, a.d) == 8) launchk(e, pdl, k_mlp_tma<8, true>, dim3(grid), dim3(t_threads(8)), smem, s, a, in, g);
   else if (a.sel_flag && pair) launch_cl(pdl && e->pdl && e->pdl_now, 2, k_mlp_tma<16, true, 2>, dim3(grid), dim3(t_threads(16)), smem, s, a, in, g);

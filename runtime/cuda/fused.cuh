@@ -121,7 +121,8 @@ __device__ __forceinline__ float4 x_at(const XIn& in, int i) {
 struct TGeo {
   int seg, S, rows;
   int lead;  // stages the producer may issue before the consumers' input is ready (-1: no limit); see t_produce_group
-  int rowix; // bit 0 (row kernels) / bit 1 (MLP): the producer looks the block's selected rows up first (T_ROWIX)
+  int rowix; // bit 0 (row kernels) / bit 1 (MLP): the producer looks the block's selected rows up first (T_ROWIX);
+             // bit 2 (MLP): no reduction (timing only); bit 3 (MLP): the reduction by bulk copies
 };
 
 // Consumer prologue: x = base + delta into registers, written to shared memory as two float4 planes (lo[c] =
@@ -603,6 +604,60 @@ __device__ __forceinline__ void t_add8(float (&acc)[8], const float* b, int col)
 #pragma unroll
   for (int i = 0; i < 8; i++) acc[i] += __ldg(b + col + i);
 }
+// The MLP's cross-block reduction done by the copy engine (sixteenth session, DEJAVU_CUDA_MLP_BULK). Each block writes
+// its partial (+ the bias it owes) into its x planes (free once every consumer warp passed its last fc1 dot, the last
+// chunk barrier), then one thread hands them to the copy engine (cp.reduce.async.bulk .add.f32), which adds them in
+// L2 a line at a time instead of 16 bytes per atomic. Why: all blocks add into the same d floats and same-address
+// atomics are serialised in L2. bench/cuda/reduce.cu, 132 blocks x 20 KB on an H200: float4 atomics 7.9 us a launch,
+// bulk 5.3, over two copies 3.8 (atomics 5.7; pairs through distributed shared memory 4.7), stores alone 3.3.
+// CL = 2 (pairs, only when asked for: DEJAVU_CUDA_MLP_CLUSTER=2): the pair first adds its partials through
+// distributed shared memory, block r keeps the contiguous half r (the peer reads only the other half of this block's
+// partial, so the sum goes in place) and bulk-reduces that half; slower than single blocks (13B grouped 1.674 vs
+// 1.591 ms, same call). Consumer threads only (named barrier 1); the producer warp takes part in the two cluster
+// barriers as for the atomics (k_mlp_tma). A run-time branch (geo.rowix bit 3) in the existing instantiations: as
+// instantiations of their own (a template flag) the single-block kernels ran 13B grouped at 1.662 ms against 1.586,
+// and a form without the pairs' bulk path at 1.624 against 1.591, although its single-block PTX was identical to
+// this one's (s16 calls C, D, H: presumably code placement; not resolved).
+template <int NW, int CL>
+__device__ __forceinline__ void t_mlp_reduce_bulk(float (&acc)[T_SEGMAX][8], const float4* xs, int seg, int segel,
+                                                  int segvec, int K, const float* b2, float* y, bool owes) {
+  const int tid = threadIdx.x;
+  float* part = const_cast<float*>(reinterpret_cast<const float*>(xs));
+  if (tid < segvec) {
+#pragma unroll
+    for (int sg = 0; sg < T_SEGMAX; sg++) {
+      if (sg >= seg) break;
+      const int col = sg * segel + tid * 8;
+      t_add8(acc[sg], b2, col);
+      float4* p4 = reinterpret_cast<float4*>(part + col);
+      p4[0] = make_float4(acc[sg][0], acc[sg][1], acc[sg][2], acc[sg][3]);
+      p4[1] = make_float4(acc[sg][4], acc[sg][5], acc[sg][6], acc[sg][7]);
+    }
+  }
+  int off = 0, len = K;
+  if constexpr (CL == 2) {
+    cluster_sync_all();
+    const unsigned rank = cluster_rank();
+    len = K / 2;
+    off = (int)rank * len;
+    float4* mine = reinterpret_cast<float4*>(part + off);
+    for (int v = tid; v < len / 4; v += NW * 32) {
+      const float4 a = mine[v], b = ld_peer_f4(part + off + v * 4, rank ^ 1u);
+      mine[v] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+    }
+  }
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  cbar<NW>();
+  if (tid == 0 && y && (owes || CL == 2)) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;"
+                 ::"l"(y + off), "r"((unsigned)__cvta_generic_to_shared(part + off)), "r"((unsigned)len * 4)
+                 : "memory");
+    asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+  }
+  if constexpr (CL == 2) cluster_sync_all();
+}
+
 // Consumers: warp w computes h_w = ReLU(W1[j_w] . x + b1) for its neuron of each chunk (LayerNorm deferred per `in`),
 // (c1/c2: t_ln_row), then every consumer thread adds h_r * W2T[j_r][c] for its 16-byte vector c of each segment (registers, over all
 // chunks); one set of float4 atomics into y at the end (+ b2 when non-null: the caller owes the bias). meta: the
@@ -613,7 +668,7 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
                                               const int* sel, const float* b1v, const float4* xs, int K, const float* c1,
                                               const float* c2, LnStat lst, float (*h_s)[NW], const float* b2, float* y,
                                               int& it, const RowMeta (*meta)[T_MG] = nullptr, int tr = -1,
-                                              float* y2 = nullptr) {
+                                              float* y2 = nullptr, bool bulk = false) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int segvec = segbytes >> 4;
   float acc[T_SEGMAX][8];
@@ -665,6 +720,10 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
   }
   if (tid == 0) tr_mark(tr, 9);
   if (y && y2 && ((blockIdx.x / CL) & 1)) y = y2;  // the second copy of the output delta (Engine::dcopy)
+  if (bulk) {
+    t_mlp_reduce_bulk<NW, CL>(acc, xs, seg, segel, segvec, K, b2, y, j0 < j1 || b2);
+    return;
+  }
   if constexpr (CL == 2) {
     // Pairs of blocks (a cluster of 2 on neighbouring SMs) add their partials through distributed shared memory
     // first, so every column gets half as many atomics. Why: all blocks add into the same d floats, and atomics on
@@ -781,7 +840,8 @@ __global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   const LnStat lst = t_consumer_prologue<NW, false>(in, K, xs, &go);  // mlp_in: an attention output, one copy
   int it = 0;
   t_mlp_consume<NW, CL>(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.sel, a.b1, xs, K, in.c1, in.c2, lst, h_s,
-                    blockIdx.x == 0 ? a.b2 : nullptr, (geo.rowix & 4) ? nullptr : a.y, it, nullptr, in.tr, a.y2);
+                    blockIdx.x == 0 ? a.b2 : nullptr, (geo.rowix & 4) ? nullptr : a.y, it, nullptr, in.tr, a.y2,
+                    (geo.rowix & 8) != 0);
   if (tid == 0) tr_mark(in.tr, 3);
 }
 
