@@ -604,6 +604,23 @@ __device__ __forceinline__ void t_add8(float (&acc)[8], const float* b, int col)
 #pragma unroll
   for (int i = 0; i < 8; i++) acc[i] += __ldg(b + col + i);
 }
+// A block's fc2 partial (+ the bias it owes) into shared memory in y's layout (consumer thread tid holds the 8 floats
+// at sg * segel + tid * 8 of each segment), for the pairs' and the bulk reduction.
+__device__ __forceinline__ void t_store_partial(float (&acc)[T_SEGMAX][8], float* part, int seg, int segel, int segvec,
+                                                const float* b2) {
+  const int tid = threadIdx.x;
+  if (tid < segvec) {
+#pragma unroll
+    for (int sg = 0; sg < T_SEGMAX; sg++) {
+      if (sg >= seg) break;
+      const int col = sg * segel + tid * 8;
+      t_add8(acc[sg], b2, col);
+      float4* p4 = reinterpret_cast<float4*>(part + col);
+      p4[0] = make_float4(acc[sg][0], acc[sg][1], acc[sg][2], acc[sg][3]);
+      p4[1] = make_float4(acc[sg][4], acc[sg][5], acc[sg][6], acc[sg][7]);
+    }
+  }
+}
 // The MLP's cross-block reduction done by the copy engine (sixteenth session, DEJAVU_CUDA_MLP_BULK). Each block writes
 // its partial (+ the bias it owes) into its x planes (free once every consumer warp passed its last fc1 dot, the last
 // chunk barrier), then one thread hands them to the copy engine (cp.reduce.async.bulk .add.f32), which adds them in
@@ -617,23 +634,13 @@ __device__ __forceinline__ void t_add8(float (&acc)[8], const float* b, int col)
 // barriers as for the atomics (k_mlp_tma). A run-time branch (geo.rowix bit 3) in the existing instantiations: as
 // instantiations of their own (a template flag) the single-block kernels ran 13B grouped at 1.662 ms against 1.586,
 // and a form without the pairs' bulk path at 1.624 against 1.591, although its single-block PTX was identical to
-// this one's (s16 calls C, D, H: presumably code placement; not resolved).
+// this one's (s16 calls 4-9: presumably code placement; not resolved).
 template <int NW, int CL>
 __device__ __forceinline__ void t_mlp_reduce_bulk(float (&acc)[T_SEGMAX][8], const float4* xs, int seg, int segel,
                                                   int segvec, int K, const float* b2, float* y, bool owes) {
   const int tid = threadIdx.x;
   float* part = const_cast<float*>(reinterpret_cast<const float*>(xs));
-  if (tid < segvec) {
-#pragma unroll
-    for (int sg = 0; sg < T_SEGMAX; sg++) {
-      if (sg >= seg) break;
-      const int col = sg * segel + tid * 8;
-      t_add8(acc[sg], b2, col);
-      float4* p4 = reinterpret_cast<float4*>(part + col);
-      p4[0] = make_float4(acc[sg][0], acc[sg][1], acc[sg][2], acc[sg][3]);
-      p4[1] = make_float4(acc[sg][4], acc[sg][5], acc[sg][6], acc[sg][7]);
-    }
-  }
+  t_store_partial(acc, part, seg, segel, segvec, b2);
   int off = 0, len = K;
   if constexpr (CL == 2) {
     cluster_sync_all();
@@ -733,17 +740,7 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
     // values to the vectors it owns (tid & 1 == rank); a second barrier keeps both blocks resident until the
     // partner has read. The producer warp takes part in both barriers (k_mlp_tma).
     float* part = const_cast<float*>(reinterpret_cast<const float*>(xs));
-    if (tid < segvec) {
-#pragma unroll
-      for (int sg = 0; sg < T_SEGMAX; sg++) {
-        if (sg >= seg) break;
-        const int col = sg * segel + tid * 8;
-        t_add8(acc[sg], b2, col);
-        float4* p4 = reinterpret_cast<float4*>(part + col);
-        p4[0] = make_float4(acc[sg][0], acc[sg][1], acc[sg][2], acc[sg][3]);
-        p4[1] = make_float4(acc[sg][4], acc[sg][5], acc[sg][6], acc[sg][7]);
-      }
-    }
+    t_store_partial(acc, part, seg, segel, segvec, b2);
     cluster_sync_all();
     const unsigned rank = cluster_rank();
     if (y && tid < segvec && (unsigned)(tid & 1) == rank) {
