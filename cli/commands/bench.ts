@@ -45,6 +45,7 @@ interface BenchFlags {
   rounds?: number;
   mlpInput?: MlpInput;
   mlpSelect?: 'exact' | 'grouped';
+  rank?: number;
   json?: boolean;
 }
 
@@ -66,6 +67,7 @@ export function register(program: Command): void {
     .addOption(
       new Option('--mlp-select <how>', 'cuda: MLP neurons by exact top-k, or grouped (each of G neuron groups its share; faster, +1% ppl on opt-mini: docs/cuda.md v24)').choices(['exact', 'grouped']),
     )
+    .option('--rank <r>', 'cuda, random predictors: their rank (default 128; a multiple of 8)', positiveInt('--rank'))
     .option('--json', 'print one JSON object on stdout')
     .action(async (f: BenchFlags) => {
       const density = f.density ? parseDensity(f.density) : undefined;
@@ -82,6 +84,7 @@ export function register(program: Command): void {
           gen: f.gen,
           mlpInput: f.mlpInput,
           mlpSelect: f.mlpSelect,
+          rank: f.rank,
           json: !!f.json,
         });
       } else if (f.device === 'cpu') {
@@ -89,6 +92,7 @@ export function register(program: Command): void {
         if (f.shape) throw new DejavuError('--shape (random weights of a large model) is for --device cuda', '--shape');
         if (f.mlpInput) throw new DejavuError('--mlp-input places random predictors on the GPU; the CPU bench takes them from --bundle', '--mlp-input');
         if (f.mlpSelect) throw new DejavuError('--mlp-select picks the CUDA selection kernel; for the CPU use dejavu eval ppl --mlp-groups', '--mlp-select');
+        if (f.rank) throw new DejavuError('--rank sizes random predictors on the GPU; the CPU bench takes them from --bundle', '--rank');
         const { runCpuBench } = await import('../../runtime/sparse/bench-cpu.js');
         result = await runCpuBench({
           model: f.model,

@@ -53,6 +53,8 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
   for (const [k, v] of Object.entries(density))
     if (!(v > 0 && v <= 1)) throw new DejavuError(`${k}=${v}: density must be in (0, 1]`, '--density');
   const rank = o.rank ?? 128;
+  if (!(Number.isInteger(rank) && rank >= 8 && rank % 8 === 0)) throw new DejavuError(`${rank}: the predictor rank must be a multiple of 8`, '--rank');
+  if (o.rank !== undefined && o.bundle) throw new DejavuError('a bundle records its predictors\' rank; --rank is for random predictors', '--rank');
   const mlpInput = o.mlpInput ?? 'att_in';
   if (!MLP_INPUTS.includes(mlpInput)) throw new DejavuError(`'${mlpInput}': expected one of ${MLP_INPUTS.join(', ')}`, '--mlp-input');
   if (o.mlpInput && o.bundle) throw new DejavuError('a bundle records where its predictors read; --mlp-input is for random predictors', '--mlp-input');

@@ -615,9 +615,9 @@ struct RefModel {
 };
 
 
-// API edges of the fused predictors (DEJAVU_CUDA_PFUSE=1): errors that name the problem, and the exact fused top-k
-// with every score tied (all n = 2048 keys in the threshold bin, more than the 1024 candidates it ranks: it takes
-// them in arrival order, and any k of them is an exact top-k).
+// API edges of the fused predictors (DEJAVU_CUDA_PFUSE=1, heads fused, the MLP's exact top-k on the side-stream
+// chain): errors that name the problem, and the exact top-k with every score tied (all n = 2048 keys in the
+// threshold bin, more than the candidates it ranks: any k distinct of them is an exact top-k).
 static void test_api_edges() {
   printf("-- API edges (fused predictors)\n");
   const int V = 256, d = 512, L = 2, H = 8, ffn = 2048, rank = 16, kH = 2, kM = 100;
@@ -654,13 +654,14 @@ static void test_api_edges() {
     std::sort(nn.begin(), nn.end());
     ok &= nn.front() >= 0 && nn.back() < ffn && std::adjacent_find(nn.begin(), nn.end()) == nn.end();
   }
-  expect_true("fused exact top-k, all 2048 scores tied: k distinct neurons", ok);
+  expect_true("exact top-k beside fused head predictors, all 2048 scores tied: k distinct neurons", ok);
   // w1 / ln1_g must stay in fp16 (the fused w1 rows are stored divided by the gain): a gain of 1e-3 still rides,
-  // a weight of 100 then does not fit, and the build says so instead of running with infinities.
-  std::vector<float> g(d, 1e-3f), big = pm1;
+  // a weight of 100 then does not fit, and the build says so instead of running with infinities. (Layer 1's heads
+  // predictor reads att_in(0), so it rides in layer 0's QKV kernel, over layer 0's gain.)
+  std::vector<float> g(d, 1e-3f), big = pa1;
   big[5] = 100.f;
   API_OK(dj_upload(e, T_LN1_W, 0, g.data(), d));
-  API_OK(dj_set_predictor(e, 0, 1, TAP_ATT_IN, 0, big.data(), tied.data(), rank, kM, 0));
+  API_OK(dj_set_predictor(e, 1, 0, TAP_ATT_IN, 0, big.data(), pa2.data(), rank, kH, 0));
   const int rb = dj_build(e);
   expect_true("fused w1 / LayerNorm gain out of the fp16 range: the build fails, named",
               rb == -1 && strstr(dj_last_error(), "leave the fp16 range") != nullptr);

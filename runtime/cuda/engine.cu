@@ -67,10 +67,6 @@ struct Fuse {
   __half* w1p = nullptr;                     // stacked w1 / ln1_g of layer l
   float *c1 = nullptr, *nm = nullptr, *t = nullptr;
   std::vector<std::pair<int, int>> members;  // (layer, target), in stack order
-  PfState* s = nullptr;                      // the big member's top-k state
-  unsigned *coarse = nullptr, *fine = nullptr;
-  uint32_t* ck = nullptr;
-  int* ci = nullptr;
   int groups = 0;  // blocks of the attention kernel that carries it (= groups of the grouped top-k, PredFuse::local)
   unsigned* gdone = nullptr;  // the grouped top-k's per-group flags [max(sms, H)]
 };
@@ -188,11 +184,13 @@ struct Engine {
   size_t psmem = 0;
   std::vector<Group> groups;  // every predictor (predictors-only graph; sparse graph when none is fused)
   bool groups_dirty = true;
-  // Fused predictors (pfuse.cuh; env DEJAVU_CUDA_PFUSE=1; off by default: measured slower, docs/cuda.md v15).
+  // Fused predictors (pfuse.cuh; env DEJAVU_CUDA_PFUSE=1; off by default: with DEJAVU_CUDA_PF_LOCAL=1 the grouped
+  // top-k, which picks differently from the exact one; without it only the small (head) predictors ride).
   // groups_side: the sparse graph's side-stream groups beside them; side_early: those all read att_in(0) (they run
   // before layer 0 only, so the sparse graph keeps PDL and every SM).
   bool pfuse = false, fused_any = false, side_early = false;
-  bool pfuse_small = false;  // env DEJAVU_CUDA_PFUSE=2: only the small (attention-head) predictors ride along
+  bool pfuse_small = false;  // env DEJAVU_CUDA_PFUSE=2: only the small (attention-head) predictors ride along, also
+                             // with DEJAVU_CUDA_PF_LOCAL=1
   std::vector<Group> groups_side;
   unsigned* pflags = nullptr;  // [2L] selection flags (layer, target): step serial + 1 once written
   unsigned* pf_bad = nullptr;
@@ -200,10 +198,9 @@ struct Engine {
   bool pf_local = false;  // env DEJAVU_CUDA_PF_LOCAL=1: the big fused predictor's grouped top-k (pfuse.cuh pf_local)
   int pf_sel = 1;  // env DEJAVU_CUDA_PF_SEL: the grouped top-k's selection, 1 warp-max rounds (default: H200 1.663 vs
                    // 1.776 ms, s13 call 2), 0 the bitwise search
-  int pf_skip = 0;  // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_PF_SKIP): bit 0 the MLP does not wait for its flag,
-                    // bit 1 the predictor warp stops after its scores, bit 2 no w1 rows in the QKV kernel, bit 3 the
-                    // predictor warp does nothing (flags only), bit 4 no head-list flag waits; grouped mode: bit 5
-                    // no selection (a group takes its first rows), bit 6 no key dot products
+  int pf_skip = 0;  // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_PF_SKIP): bit 0 the MLP does not wait for its flags,
+                    // bit 2 no w1 rows in the QKV kernel, bit 4 no head-list flag waits, bit 5 no selection (a group
+                    // takes its first rows), bit 6 no key dot products
   cudaGraphExec_t graphs[M_COUNT] = {};
   std::vector<cudaEvent_t> evs;
   cudaEvent_t t0, t1;
@@ -823,7 +820,7 @@ static void launch_attn_out(Engine* e, cudaStream_t s, AttnOutArgs a, int nheads
   while (R > 1 && R * rowbytes > 32768) R /= 2;
   const int tw = tw_for(e, e->d);
   const int att = att_state_floats(hd, tw) * 4;
-  const dim3 grid(nheads * a.slices), block(t_threads(tw) + (a.pf.on ? 32 * (a.pf.local ? a.pf.pw : 1) : 0));
+  const dim3 grid(nheads * a.slices), block(t_threads(tw) + (a.pf.on ? 32 * a.pf.pw : 0));
   unsigned pfb = 0;  // the fused predictors' warp: its slice of the big member's w2 rows and its work space
   if (a.pf.on) {
     a.pf.per = a.pf.nbig ? (a.pf.big.n + (int)grid.x - 1) / (int)grid.x : 0;
@@ -1121,7 +1118,8 @@ static int plan_fused(Engine* e) {
       if (!p.on || p.tap != TAP_ATT_IN || (tg == 0 ? li < l + 1 : li < l)) continue;
       const int n = tg == 0 ? e->H : e->ffn;
       const bool big = n > PF_SMALL_MAX;
-      if (big ? nbig[l] >= 1 || e->pfuse_small : nsmall[l] >= PF_MAX_SMALL) continue;
+      // A big member rides only with the grouped top-k (pf_local); its exact top-k runs on the side-stream chain.
+      if (big ? nbig[l] >= 1 || e->pfuse_small || !e->pf_local : nsmall[l] >= PF_MAX_SMALL) continue;
       if (gain_ok[l] < 0) {
         CK(cudaMemcpy(g.data(), e->layers[l].ln1_g, e->d * sizeof(float), cudaMemcpyDeviceToHost));
         gain_ok[l] = 1;
@@ -1148,13 +1146,7 @@ static int plan_fused(Engine* e) {
       Pred& p = tg == 0 ? e->layers[li].pa : e->layers[li].pm;
       nm.insert(nm.end(), p.rank, p.norm ? 1.f : 0.f);
       const int n = tg == 0 ? e->H : e->ffn;
-      if (n > PF_SMALL_MAX) {  // the big member's top-k state (zero at rest)
-        if (dalloc(e, &f.s, 1) || dalloc(e, &f.coarse, 256) || dalloc(e, &f.fine, PF_FINE) || dalloc(e, &f.ck, n) ||
-            dalloc(e, &f.ci, n))
-          return -1;
-        CK(cudaMemset(f.s, 0, sizeof(PfState)));
-        CK(cudaMemset(f.coarse, 0, 256 * sizeof(unsigned)));
-        CK(cudaMemset(f.fine, 0, PF_FINE * sizeof(unsigned)));
+      if (n > PF_SMALL_MAX) {  // the grouped top-k's per-group flags (zero at rest)
         // The attention kernel's grid: heads x slices <= max(SMs, heads) (one slice when the heads outnumber the SMs).
         const int ng = std::max(e->sms, e->H);
         if (dalloc(e, &f.gdone, ng)) return -1;
@@ -1172,7 +1164,7 @@ static int plan_fused(Engine* e) {
 static PredFuse make_pf(Engine* e, Layer& src) {
   PredFuse p{};
   const Fuse& f = src.fz;
-  p.on = 1; p.t = f.t; p.trows = f.rows; p.st = e->st; p.local = e->pf_local ? 1 + e->pf_sel : 0; p.pw = e->pf_warps;
+  p.on = 1; p.t = f.t; p.trows = f.rows; p.st = e->st; p.local = 1 + e->pf_sel; p.pw = e->pf_warps;
   int off = 0;
   for (auto [li, tg] : f.members) {
     Layer& l = e->layers[li];
@@ -1181,8 +1173,7 @@ static PredFuse make_pf(Engine* e, Layer& src) {
     m.W2 = q.w2; m.n = tg == 0 ? e->H : e->ffn; m.r = q.rank; m.k = tg == 0 ? l.kH : l.kM; m.toff = off;
     m.sel = tg == 0 ? l.hsel : l.nsel; m.done = e->pflags + 2 * li + tg;
     if (m.n > PF_SMALL_MAX) {
-      p.nbig = 1; p.big = m; p.s = f.s; p.coarse = f.coarse; p.fine = f.fine; p.cand_key = f.ck; p.cand_idx = f.ci;
-      p.gdone = f.gdone;
+      p.nbig = 1; p.big = m; p.gdone = f.gdone;
     } else {
       p.small[p.nsmall++] = m;
     }
@@ -1414,7 +1405,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
           o.pf = make_pf(e, l);
           l.fz.groups = kH * attn_slices(e, kH);  // the grouped top-k's groups (check.cu's reference needs them)
         }
-        o.pf.skip = e->pf_skip & (10 | 32 | 64);
+        o.pf.skip = e->pf_skip & (32 | 64);
         launch_attn_out(e, s0, o, kH, true);
         mark(P_ATT);
       }

@@ -507,7 +507,7 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float o_s[HD];
-  __shared__ uint64_t go, pbar, kready;
+  __shared__ uint64_t go, pbar;
   __shared__ int h_s;
   const int hi = blockIdx.x / a.slices, sl_i = blockIdx.x % a.slices;
   int h = 0;
@@ -520,7 +520,7 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   if (tid == 0) {
     ring.init(TW); mbar_init(&go, 1);
     if constexpr (PF) {
-      mbar_init(&pbar, 1); mbar_init(&kready, 1);
+      mbar_init(&pbar, 1);
       if (a.sel_flag) pf_wait_sel(a.sel_flag, a.st);
       h = a.sel ? a.sel[hi] : hi;
       h_s = h;
@@ -535,15 +535,14 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
       prefetch_l2_bulk(a.vc + (size_t)h * a.maxT * HD, (uint32_t)(past * HD * 2));
     }
     if constexpr (PF)
-      if (a.pf.on && a.pf.local) pf_local_copy(a.pf, t_sm + a.pf.smem_off, &pbar);
+      if (a.pf.on) pf_local_copy(a.pf, t_sm + a.pf.smem_off, &pbar);
   }
   __syncthreads();
   if constexpr (PF) {
     h = h_s;
-    if (warp > TW) {  // the fused predictors' warp(s) (pfuse.cuh): one, or a.pf.pw in the grouped mode
+    if (warp > TW) {  // the fused predictors' a.pf.pw warps (pfuse.cuh pf_local)
       pdl_trigger();
-      if (a.pf.local) pf_local(a.pf, t_sm + a.pf.smem_off, &pbar, a.tr, tid - (TW + 1) * 32);
-      else pf_warp(a.pf, t_sm + a.pf.smem_off, &pbar, &kready, a.tr);
+      pf_local(a.pf, t_sm + a.pf.smem_off, &pbar, a.tr, tid - (TW + 1) * 32);
       return;
     }
   }
@@ -561,8 +560,6 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   // ---- attention (kernels.cuh head_attention, with the consumer warps) ----
   pdl_wait();
   if (tid == 0) tr_mark(a.tr, 1);
-  if constexpr (PF)
-    if (a.pf.on && !a.pf.local && !(a.pf.skip & 8)) pf_scores<NW>(a.pf, t_sm + a.pf.smem_off, &pbar, &kready, [] { cbar<NW>(); });
   head_attention<HD, NW>(a.q + h * HD, a.kc + (size_t)h * a.maxT * HD, a.vc + (size_t)h * a.maxT * HD,
                          a.valid + (size_t)h * a.maxT, a.st[0] + 1, att_sm, o_s, [] { cbar<NW>(); });
   cbar<NW>();

@@ -35,6 +35,8 @@ describe('CUDA bench arguments (checked before any GPU work)', () => {
     await expect(runCudaBench({ ...base, shape: 'opt-13b', mlpInput: 'nowhere' as 'att_in' })).rejects.toThrow(/--mlp-input.*expected one of/);
     await expect(runCudaBench({ ...base, model: 'm', bundle: 'b', mlpInput: 'att_in' })).rejects.toThrow(/--mlp-input.*bundle records/);
     await expect(runCudaBench({ ...base, shape: 'opt-13b', mlpSelect: 'fast' as 'exact' })).rejects.toThrow(/--mlp-select.*exact or grouped/);
+    await expect(runCudaBench({ ...base, shape: 'opt-13b', rank: 100 })).rejects.toThrow(/--rank.*multiple of 8/);
+    await expect(runCudaBench({ ...base, model: 'm', bundle: 'b', rank: 64 })).rejects.toThrow(/--rank.*random predictors/);
   });
 });
 

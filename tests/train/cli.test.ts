@@ -53,6 +53,9 @@ describe.skipIf(!existsSync(cli))('dejavu train (CLI)', () => {
     const s = spawnSync(process.execPath, [cli, 'bench', '--device', 'cpu', '--model', tmp, '--mlp-select', 'grouped'], { encoding: 'utf8' });
     expect(s.status).toBe(1);
     expect(s.stderr).toMatch(/--mlp-select.*--mlp-groups/);
+    const t = spawnSync(process.execPath, [cli, 'bench', '--device', 'cpu', '--model', tmp, '--rank', '64'], { encoding: 'utf8' });
+    expect(t.status).toBe(1);
+    expect(t.stderr).toMatch(/--rank.*--bundle/);
   });
 
   it('bad input exits 1 with the error on stderr', () => {
