@@ -4,6 +4,7 @@
  * bundle's predictors, from random predictors at a given density (shape benchmarks), or from explicit selections.
  * No tfjs / apache-arrow anywhere on this path (the GPU machine carries only koffi).
  */
+import { collapsedRank, collapsePredictor } from '../sparse/collapse.js';
 import type { OptCheckpoint } from '../../checkpoints/types.js';
 import { DejavuError } from '../../common/errors.js';
 import type { Bundle } from '../../export/bundle.js';
@@ -89,19 +90,22 @@ export class CudaEngine {
       const m = bundle.mlp[l];
       let kH = heads;
       let kM = ffn;
-      if (a) {
+      // A rank above the output count adds bytes, not expressiveness: the same map at rank ~n (runtime/sparse/collapse.ts).
+      const ca = a ? collapsePredictor(a, heads, this.dims.d) : null;
+      const cm = m ? collapsePredictor(m, ffn, this.dims.d) : null;
+      if (a && ca) {
         kH = Math.min(heads, over.headsK ?? a.k);
-        this.lib.setPredictor(this.h, l, 0, TAP[a.input], a.sourceLayer, a.w1f, a.w2f, a.rank, kH, a.input_norm === 'layernorm');
+        this.lib.setPredictor(this.h, l, 0, TAP[a.input], a.sourceLayer, ca.w1f, ca.w2f, ca.rank, kH, a.input_norm === 'layernorm');
       }
-      if (m) {
+      if (m && cm) {
         kM = Math.min(ffn, over.mlpK ?? m.k);
-        this.lib.setPredictor(this.h, l, 1, TAP[m.input], m.sourceLayer, m.w1f, m.w2f, m.rank, kM, m.input_norm === 'layernorm');
+        this.lib.setPredictor(this.h, l, 1, TAP[m.input], m.sourceLayer, cm.w1f, cm.w2f, cm.rank, kM, m.input_norm === 'layernorm');
       }
       this.lib.setK(this.h, l, kH, kM);
       plan.kH.push(kH);
       plan.kM.push(kM);
-      plan.rankAttn.push(a ? a.rank : 0);
-      plan.rankMlp.push(m ? m.rank : 0);
+      plan.rankAttn.push(ca ? ca.rank : 0);
+      plan.rankMlp.push(cm ? cm.rank : 0);
     }
     return plan;
   }
@@ -116,6 +120,10 @@ export class CudaEngine {
    */
   randomPredictors(density: { mlp: number; heads: number }, rank: number, mlpInput: MlpInput = 'att_in'): SparsityPlan {
     const { layers, heads, ffn } = this.dims;
+    // A trained predictor of any rank above its output count collapses to rank ~n (applyBundle does it), so the
+    // random ones stand for that form: heads at min(rank, 40 at 13B).
+    const rankH = Math.min(rank, collapsedRank(heads));
+    const rankM = Math.min(rank, collapsedRank(ffn));
     const kH = Math.max(1, Math.min(heads, Math.round(density.heads * heads)));
     const kM = Math.max(1, Math.min(ffn, Math.round(density.mlp * ffn)));
     const plan: SparsityPlan = {
@@ -125,14 +133,14 @@ export class CudaEngine {
     for (let l = 0; l < layers; l++) {
       const sparseH = kH < heads;
       const sparseM = kM < ffn;
-      if (sparseH) this.lib.setPredictor(this.h, l, 0, TAP.att_in, Math.max(0, l - 1), null, null, rank, kH, false);
+      if (sparseH) this.lib.setPredictor(this.h, l, 0, TAP.att_in, Math.max(0, l - 1), null, null, rankH, kH, false);
       const src = mlpInputSource(mlpInput, l);
-      if (sparseM) this.lib.setPredictor(this.h, l, 1, TAP[src.column], src.layer, null, null, rank, kM, false);
+      if (sparseM) this.lib.setPredictor(this.h, l, 1, TAP[src.column], src.layer, null, null, rankM, kM, false);
       this.lib.setK(this.h, l, kH, kM);
       plan.kH.push(kH);
       plan.kM.push(kM);
-      plan.rankAttn.push(sparseH ? rank : 0);
-      plan.rankMlp.push(sparseM ? rank : 0);
+      plan.rankAttn.push(sparseH ? rankH : 0);
+      plan.rankMlp.push(sparseM ? rankM : 0);
     }
     return plan;
   }
