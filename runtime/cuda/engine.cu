@@ -196,6 +196,9 @@ struct Engine {
   unsigned* pf_bad = nullptr;
   int pf_warps = PF_LOCAL_WARPS;  // env DEJAVU_CUDA_PF_WARPS (2..8): the grouped mode's predictor warps per block
   bool pf_local = false;  // env DEJAVU_CUDA_PF_LOCAL=1: the big fused predictor's grouped top-k (pfuse.cuh pf_local)
+  bool head0_table = true;  // env DEJAVU_CUDA_HEAD0_TABLE=0: layer 0's heads on the side-stream chain (pfuse.cuh head0)
+  bool head0 = false;        // this plan picks layer 0's heads from tables (k_head0_select); tables h0E, h0P
+  float *h0E = nullptr, *h0P = nullptr;
   int pf_sel = 1;  // env DEJAVU_CUDA_PF_SEL: the grouped top-k's selection, 1 warp-max rounds (default: H200 1.663 vs
                    // 1.776 ms, s13 call 2), 0 the bitwise search
   int pf_skip = 0;  // TIMING EXPERIMENT ONLY (env DEJAVU_CUDA_PF_SKIP): bit 0 the MLP does not wait for its flags,
@@ -347,6 +350,7 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   if (const char* v = getenv("DEJAVU_CUDA_PFUSE")) { e->pfuse = v[0] != '0'; e->pfuse_small = v[0] == '2'; }
   if (const char* v = getenv("DEJAVU_CUDA_PF_SKIP")) e->pf_skip = atoi(v) & 127;
   if (const char* v = getenv("DEJAVU_CUDA_PF_LOCAL")) e->pf_local = v[0] == '1';
+  if (const char* v = getenv("DEJAVU_CUDA_HEAD0_TABLE")) e->head0_table = v[0] != '0';
   if (const char* v = getenv("DEJAVU_CUDA_PF_SEL")) e->pf_sel = atoi(v) != 0;
   if (const char* v = getenv("DEJAVU_CUDA_PF_WARPS")) e->pf_warps = std::min(8, std::max(2, atoi(v)));
   if (const char* v = getenv("DEJAVU_CUDA_PRED_PDL")) e->pred_pdl = v[0] == '1';
@@ -484,8 +488,10 @@ int dj_upload(void* ev, int tensor, int layer, const float* data, long long n) {
   auto want = [&](size_t m) { return (size_t)n == m ? 0 : fail("tensor %d layer %d: %lld values, expected %zu", tensor, layer, n, m); };
   if (tensor < 10) {
     switch (tensor) {
-      case T_EMBED: return want((size_t)e->vocab * d) || up_half(e->E, data, n);
-      case T_POS: return want((size_t)(e->maxpos + 2) * d) || up_half(e->P, data, n);
+      case T_EMBED: if (e->pfuse) e->groups_dirty = true;  // layer 0's heads tables (pfuse.cuh head0)
+        return want((size_t)e->vocab * d) || up_half(e->E, data, n);
+      case T_POS: if (e->pfuse) e->groups_dirty = true;
+        return want((size_t)(e->maxpos + 2) * d) || up_half(e->P, data, n);
       case T_LNF_W: return want(d) || up_float(e->lnf_g, data, n);
       case T_LNF_B: return want(d) || up_float(e->lnf_b, data, n);
       case T_LM_HEAD:
@@ -1077,6 +1083,14 @@ static int make_groups(Engine* e, std::vector<Group>& out, bool skip_fused) {
 // The fused predictors' first layers for the current weights: w1 / ln1_g and sum(w1) (k_pf_prep).
 static int pf_prep(Engine* e) {
   if (!e->fused_any) return 0;
+  if (e->head0) {  // layer 0's heads tables (pfuse.cuh head0), fp32: vocab x H and positions x H
+    const Pred& p0 = e->layers[0].pa;
+    const int np = e->maxpos + 2;
+    if (!e->h0E && (dalloc(e, &e->h0E, (size_t)e->vocab * e->H) || dalloc(e, &e->h0P, (size_t)np * e->H))) return -1;
+    k_head0_table<<<(e->vocab + 7) / 8, 256>>>(e->E, e->vocab, e->d, p0.w1, p0.rank, p0.w2, e->H, e->h0E);
+    k_head0_table<<<(np + 7) / 8, 256>>>(e->P, np, e->d, p0.w1, p0.rank, p0.w2, e->H, e->h0P);
+    CK(cudaGetLastError());
+  }
   CK(cudaMemset(e->pf_bad, 0, sizeof(unsigned)));
   for (int l = 0; l < e->L; l++) {
     Fuse& f = e->layers[l].fz;
@@ -1134,6 +1148,15 @@ static int plan_fused(Engine* e) {
       f.rows += p.rank;
       e->fused_any = true;
     }
+  // Layer 0's heads from tables (pfuse.cuh head0): its tap is att_in(0), and without an input LayerNorm its scores
+  // are linear in E[token] + P[pos + 2].
+  e->head0 = false;
+  if (Pred& p0 = e->layers[0].pa; e->head0_table && p0.on && p0.tap == TAP_ATT_IN && p0.src_layer == 0 && !p0.norm &&
+                                  e->H <= PF_SMALL_MAX) {
+    p0.fused = true;
+    e->head0 = true;
+    e->fused_any = true;
+  }
   if (!e->pflags) {
     if (dalloc(e, &e->pflags, 2 * e->L) || dalloc(e, &e->pf_bad, 1)) return -1;
     CK(cudaMemset(e->pflags, 0, 2 * e->L * sizeof(unsigned)));
@@ -1371,6 +1394,13 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
             (size_t)(e->dcopy ? 4 * e->L + 1 : 2 * e->L) * d, e->psync,  // D[1..2L] (+ the second copy, D2[0..2L])
             pstep ? 3 * e->L : 0);
     mark(P_EMBED);
+    if (fuse && e->head0 && sparse && e->layers[0].kH < H) {  // layer 0's heads from the tables (pfuse.cuh head0)
+      Layer& l0 = e->layers[0];
+      PfMember m{};
+      m.n = H; m.k = l0.kH; m.sel = l0.hsel; m.done = e->pflags;
+      launchk(e, true, k_head0_select, dim3(1), dim3(32), 0, s0, (const float*)e->h0E, (const float*)e->h0P,
+              (const int*)e->tokens, (const int*)e->st, m);
+    }
     if (pstep) {
       e->pargs.tr = e->tr_next >= 0;
       if (launch_pstep(e, s0)) return -1;

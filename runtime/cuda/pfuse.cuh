@@ -52,7 +52,10 @@ struct PredFuse {
   unsigned* gdone;   // [gridDim.x] per-group flags (serial + 1 once the group's share is in sel)
   int pw;            // predictor warps per block (DEJAVU_CUDA_PF_WARPS, 2..8; PF_LOCAL_WARPS)
 };
-constexpr int PF_LOCAL_WARPS = 4;  // predictor warps per block in the grouped mode (scores off the consumers' path)
+// Predictor warps per block in the grouped mode (scores off the consumers' path). 3, not 4: fewer warps beside the
+// 16 consumer warps, the same two rounds of rows (13B groups of 160): H200 13B 1.540-1.542 -> 1.532-1.535 ms, three
+// interleaved pairs (s17 call M); 5 and 6 slower, 2 slower (call G).
+constexpr int PF_LOCAL_WARPS = 3;
 
 // Shared-memory area of the predictor warp (host and device agree through this).
 struct PfLayout {
@@ -363,6 +366,48 @@ __global__ void __launch_bounds__(256) k_pf_prep(const __half* __restrict__ w1, 
   s = warp_sum(s);
   for (int o = 16; o > 0; o >>= 1) nb += __shfl_xor_sync(0xffffffffu, nb, o);
   if (lane == 0) { c1[row] = s; if (nb) atomicAdd(bad, nb); }
+}
+
+// ---- Layer 0's heads without a side stream (engine head0; DEJAVU_CUDA_HEAD0_TABLE, default on) ----
+// Layer 0's heads predictor reads att_in(0) = E[token] + P[pos + 2]. Without an input LayerNorm its scores are
+// linear in that sum: w2 . w1 . E[token] + w2 . w1 . P[pos + 2], i.e. a row of a vocab x H table plus a row of a
+// positions x H table, both built when the graph is (k_head0_table). The sparse graph's step then picks layer 0's
+// heads in one warp right after the embedding (k_head0_select) instead of a side-stream chain of three kernels with
+// a fork and a join (which cost the grouped 13B step ~0.009 ms, v26), and keeps no side stream at all.
+// k_head0_table: out[row][h] = sum_j w2[h][j] * (w1[j] . X[row]), one warp per row, fp32 (H <= 128).
+__global__ void __launch_bounds__(256) k_head0_table(const __half* __restrict__ X, int rows, int d,
+                                                     const __half* __restrict__ w1, int r, const __half* __restrict__ w2,
+                                                     int H, float* __restrict__ out) {
+  const int row = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const __half* x = X + (size_t)row * d;
+  float acc[PF_SMALL_MAX / 32] = {};
+  for (int j = 0; j < r; j++) {
+    float t = 0.f;
+    for (int i = lane; i < d; i += 32) t += __half2float(w1[(size_t)j * d + i]) * __half2float(x[i]);
+    t = warp_sum(t);
+#pragma unroll
+    for (int u = 0; u < PF_SMALL_MAX / 32; u++) {
+      const int h = lane + 32 * u;
+      if (h < H) acc[u] += __half2float(w2[(size_t)h * r + j]) * t;
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < PF_SMALL_MAX / 32; u++) {
+    const int h = lane + 32 * u;
+    if (h < H) out[(size_t)row * H + h] = acc[u];
+  }
+}
+// k_head0_select: one warp; the step's token and position as k_embed_tma reads them (final before this graph
+// launch: the previous step's LM head wrote them), the keys, then pf_small's selection and flag.
+__global__ void __launch_bounds__(32) k_head0_select(const float* __restrict__ SE, const float* __restrict__ SP,
+                                                     const int* __restrict__ tokens, const int* __restrict__ st, PfMember m) {
+  __shared__ uint32_t keys[PF_SMALL_MAX];
+  pdl_trigger();
+  const int pos = st[0], tok = tokens[pos];
+  for (int h = threadIdx.x; h < m.n; h += 32) keys[h] = f2key(SE[(size_t)tok * m.n + h] + SP[(size_t)(pos + 2) * m.n + h]);
+  __syncwarp();
+  pf_small(m, keys, step_serial(st) + 1u);
 }
 
 }  // namespace dj
