@@ -91,21 +91,25 @@ export class CudaEngine {
       let kH = heads;
       let kM = ffn;
       // A rank above the output count adds bytes, not expressiveness: the same map at rank ~n (runtime/sparse/collapse.ts).
-      const ca = a ? collapsePredictor(a, heads, this.dims.d) : null;
-      const cm = m ? collapsePredictor(m, ffn, this.dims.d) : null;
-      if (a && ca) {
+      let rankA = 0;
+      let rankM = 0;
+      if (a) {
+        const c = collapsePredictor(a, heads, this.dims.d);
         kH = Math.min(heads, over.headsK ?? a.k);
-        this.lib.setPredictor(this.h, l, 0, TAP[a.input], a.sourceLayer, ca.w1f, ca.w2f, ca.rank, kH, a.input_norm === 'layernorm');
+        this.lib.setPredictor(this.h, l, 0, TAP[a.input], a.sourceLayer, c.w1f, c.w2f, c.rank, kH, a.input_norm === 'layernorm');
+        rankA = c.rank;
       }
-      if (m && cm) {
+      if (m) {
+        const c = collapsePredictor(m, ffn, this.dims.d);
         kM = Math.min(ffn, over.mlpK ?? m.k);
-        this.lib.setPredictor(this.h, l, 1, TAP[m.input], m.sourceLayer, cm.w1f, cm.w2f, cm.rank, kM, m.input_norm === 'layernorm');
+        this.lib.setPredictor(this.h, l, 1, TAP[m.input], m.sourceLayer, c.w1f, c.w2f, c.rank, kM, m.input_norm === 'layernorm');
+        rankM = c.rank;
       }
       this.lib.setK(this.h, l, kH, kM);
       plan.kH.push(kH);
       plan.kM.push(kM);
-      plan.rankAttn.push(ca ? ca.rank : 0);
-      plan.rankMlp.push(cm ? cm.rank : 0);
+      plan.rankAttn.push(rankA);
+      plan.rankMlp.push(rankM);
     }
     return plan;
   }
