@@ -757,13 +757,14 @@ static void test_paths(const char* label, const char* envA, const char* envB, in
 }
 
 // mlp_lag: MLP predictors of layer l read att_in of l - mlp_lag (0: their own layer, as the benchmarks by default;
-// 1: `--mlp-input prev_att_in`, the heads' tap, so layer 0's group has four members).
-static void test_engine(int hd, int mlp_lag = 0) {
+// 1: `--mlp-input prev_att_in`, the heads' tap, so layer 0's group has four members). h0norm: layer 0's heads
+// predictor with the parameter-free input LayerNorm (the engine's layer-0 tables then hold centred rows).
+static void test_engine(int hd, int mlp_lag = 0, bool h0norm = false) {
   RefModel m;
   m.V = 512; m.d = 8 * hd; m.L = 3; m.H = 8; m.hd = hd; m.ffn = 4 * m.d; m.maxpos = 64; m.maxT = 40;
   int d = m.d, ffn = m.ffn;
-  printf("engine: random OPT d=%d H=%d hd=%d ffn=%d L=%d vocab=%d%s\n", d, m.H, hd, ffn, m.L, m.V,
-         mlp_lag ? ", MLP predictors on att_in of the layer before" : "");
+  printf("engine: random OPT d=%d H=%d hd=%d ffn=%d L=%d vocab=%d%s%s\n", d, m.H, hd, ffn, m.L, m.V,
+         mlp_lag ? ", MLP predictors on att_in of the layer before" : "", h0norm ? ", layer 0's heads predictor with LN" : "");
   auto msrc = [&](int l) { return std::max(0, l - mlp_lag); };
   void* e = dj_create(m.V, d, m.L, m.H, ffn, m.maxpos, m.maxT, 1e-5f);
   if (!e) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
@@ -798,7 +799,7 @@ static void test_engine(int hd, int mlp_lag = 0) {
   for (int l = 0; l < m.L; l++) {
     pa1[l] = r16(randv((size_t)rank * d, sd)); pa2[l] = r16(randv((size_t)m.H * rank, 0.25f));
     pm1[l] = r16(randv((size_t)rank * d, sd)); pm2[l] = r16(randv((size_t)ffn * rank, 0.25f));
-    API_OK(dj_set_predictor(e, l, 0, TAP_ATT_IN, l > 0 ? l - 1 : 0, pa1[l].data(), pa2[l].data(), rank, kH, l == 1));
+    API_OK(dj_set_predictor(e, l, 0, TAP_ATT_IN, l > 0 ? l - 1 : 0, pa1[l].data(), pa2[l].data(), rank, kH, l == 1 || (l == 0 && h0norm)));
     API_OK(dj_set_predictor(e, l, 1, TAP_ATT_IN, msrc(l), pm1[l].data(), pm2[l].data(), rank, kM, l == 2));
   }
   API_OK(dj_build(e));
@@ -875,6 +876,36 @@ static void test_engine(int hd, int mlp_lag = 0) {
   double fz_terr = 0;
   int fz_bad = 0, fz_diff = 0, fz_picks = 0, fz_grouped = 0, gc_bad = 0, gc_sets = 0;
   std::vector<std::vector<double>> att_in(m.L), mlp_in(m.L);
+  // Layer 0's heads (picked from build-time tables when the engine has head0, else by the side chain) against the
+  // fp64 scores of att_in(0) = E[tok] + P[pos + 2]: valid, distinct, and no other head scoring more than a pick by
+  // over 1% of the largest |score| (near-ties may go either way). Counts the failing steps.
+  int h0_bad = 0, h0_steps = 0;
+  auto check_h0 = [&](int tok, int pos, const int* picks) {
+    std::vector<double> x(d);
+    for (int i = 0; i < d; i++) x[i] = (double)m.E[(size_t)tok * d + i] + m.P[(size_t)(pos + 2) * d + i];
+    if (h0norm) {
+      std::vector<float> xf(x.begin(), x.end()), one(d, 1.f), zero(d, 0.f);
+      ref_layernorm(xf.data(), one.data(), zero.data(), d, 1e-5f, x);
+    }
+    std::vector<double> t(rank), s(m.H, 0.0);
+    for (int r = 0; r < rank; r++) t[r] = ref_dot(&pa1[0][(size_t)r * d], x.data(), d);
+    double mx = 0, lo = INFINITY, hi = -INFINITY;
+    for (int h = 0; h < m.H; h++) {
+      for (int r = 0; r < rank; r++) s[h] += (double)pa2[0][(size_t)h * rank + r] * t[r];
+      mx = std::max(mx, std::fabs(s[h]));
+    }
+    std::vector<char> seen(m.H, 0);
+    bool ok = true;
+    for (int i = 0; i < kH; i++) {
+      const int v = picks[i];
+      if (v < 0 || v >= m.H || seen[v]) { ok = false; continue; }
+      seen[v] = 1;
+      lo = std::min(lo, s[v]);
+    }
+    for (int h = 0; h < m.H; h++) if (!seen[h]) hi = std::max(hi, s[h]);
+    h0_bad += !ok || hi > lo + 1e-2 * mx;
+    h0_steps++;
+  };
   for (int pos = n_prompt; pos < n_prompt + gen; pos++) {
     API_OK(dj_run(e, M_SPARSE, 1, nullptr));
     API_OK(dj_get_logits(e, gl.data()));
@@ -884,6 +915,7 @@ static void test_engine(int hd, int mlp_lag = 0) {
       API_OK(dj_get_selection(e, l, sh[l].data(), sn[l].data()));
     }
     auto rl = m.step(toks[pos], pos, &sh, &sn, &att_in, &mlp_in);
+    check_h0(toks[pos], pos, sh[0].data());
     // The green partition's one-kernel chain (chain.cuh): its selections against the exact top-k of the scores it
     // wrote (k distinct indices, every pick >= every other score), so the three histogram rounds are judged alone.
     if (Engine* E = (Engine*)e; E->gm && E->green_chain)
@@ -974,7 +1006,7 @@ static void test_engine(int hd, int mlp_lag = 0) {
         std::sort(out.begin(), out.end());
         return out;
       };
-      auto ra = topk(pa1[l], pa2[l], att_in[l > 0 ? l - 1 : 0], m.H, kH, l == 1);
+      auto ra = topk(pa1[l], pa2[l], att_in[l > 0 ? l - 1 : 0], m.H, kH, l == 1 || (l == 0 && h0norm));
       const Engine* E = (const Engine*)e;
       const int Gm = E->pf_local && E->layers[l].pm.fused ? E->layers[E->layers[l].pm.src_layer].fz.groups : 1;
       auto rm = topk(pm1[l], pm2[l], att_in[msrc(l)], ffn, kM, l == 2, Gm);
@@ -998,6 +1030,27 @@ static void test_engine(int hd, int mlp_lag = 0) {
   }
   expect("sparse with GPU predictors + top-k (same picks given to ref)", all_g, all_r);
   printf("  predictor picks differing from the fp64 reference's: %d of %d\n", pick_mismatch, picks);
+  // New embeddings and positions after the build: the next replay must pick layer 0's heads from them (the engine's
+  // layer-0 tables are rebuilt by dj_run, engine.cu fold_ln -> pf_prep). Only layer 0's picks are judged here (its
+  // tap depends on E and P alone; the K/V cache now mixes the old and new embeddings).
+  {
+    const int steps0 = h0_steps, bad0 = h0_bad;
+    m.E = r16(randv((size_t)m.V * d, 0.5f)); m.P = r16(randv((size_t)(m.maxpos + 2) * d, 0.1f));
+    API_OK(dj_upload(e, T_EMBED, 0, m.E.data(), m.E.size()));
+    API_OK(dj_upload(e, T_POS, 0, m.P.data(), m.P.size()));
+    API_OK(dj_set_pos(e, n_prompt));
+    std::vector<int> dt(m.maxT + 1), hh(kH), nn(kM);
+    for (int pos = n_prompt; pos < n_prompt + gen; pos++) {
+      int p2;
+      API_OK(dj_get_state(e, &p2, dt.data(), m.maxT + 1));
+      API_OK(dj_run(e, M_SPARSE, 1, nullptr));
+      API_OK(dj_get_selection(e, 0, hh.data(), nn.data()));
+      check_h0(dt[p2], p2, hh.data());
+    }
+    printf("  layer 0's heads: %d of %d steps with a pick off the fp64 top-k (%d of %d after new E and P)\n", h0_bad,
+           h0_steps, h0_bad - bad0, h0_steps - steps0);
+    expect_true("  ... layer 0's heads: the fp64 top-k up to near-ties, also after uploading new E and P", h0_bad == 0);
+  }
   expect_true("  ... picks agree (<= 1% differ, near-ties only)", pick_mismatch * 100 <= picks);
   dj_destroy(e);
 }
@@ -1098,6 +1151,16 @@ int main(int argc, char** argv) {
     printf("-- engine with %s, MLP predictors one layer ahead\n", envs);
     set_envs(envs, true);
     test_engine(128, 1);
+    set_envs(envs, false);
+  }
+  // Layer 0's heads predictor with the parameter-free input LayerNorm: tables of centred rows (the default grouped
+  // graph), the side chain, and the default path's chain.
+  for (const char* envs : {"DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1",
+                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1,DEJAVU_CUDA_HEAD0_TABLE=0",
+                           "DEJAVU_CUDA_TMA=1"}) {
+    printf("-- engine with %s, layer 0's heads predictor with LN\n", envs);
+    set_envs(envs, true);
+    test_engine(128, 0, true);
     set_envs(envs, false);
   }
   test_api_edges();

@@ -1087,8 +1087,8 @@ static int pf_prep(Engine* e) {
     const Pred& p0 = e->layers[0].pa;
     const int np = e->maxpos + 2;
     if (!e->h0E && (dalloc(e, &e->h0E, (size_t)e->vocab * e->H) || dalloc(e, &e->h0P, (size_t)np * e->H))) return -1;
-    k_head0_table<<<(e->vocab + 7) / 8, 256>>>(e->E, e->vocab, e->d, p0.w1, p0.rank, p0.w2, e->H, e->h0E);
-    k_head0_table<<<(np + 7) / 8, 256>>>(e->P, np, e->d, p0.w1, p0.rank, p0.w2, e->H, e->h0P);
+    k_head0_table<<<(e->vocab + 7) / 8, 256>>>(e->E, e->vocab, e->d, p0.w1, p0.rank, p0.w2, e->H, p0.norm, e->h0E);
+    k_head0_table<<<(np + 7) / 8, 256>>>(e->P, np, e->d, p0.w1, p0.rank, p0.w2, e->H, p0.norm, e->h0P);
     CK(cudaGetLastError());
   }
   CK(cudaMemset(e->pf_bad, 0, sizeof(unsigned)));
@@ -1148,10 +1148,10 @@ static int plan_fused(Engine* e) {
       f.rows += p.rank;
       e->fused_any = true;
     }
-  // Layer 0's heads from tables (pfuse.cuh head0): its tap is att_in(0), and without an input LayerNorm its scores
-  // are linear in E[token] + P[pos + 2].
+  // Layer 0's heads from tables (pfuse.cuh head0): its tap is att_in(0), and its scores (up to a positive factor,
+  // with the parameter-free input LayerNorm) are linear in E[token] + P[pos + 2].
   e->head0 = false;
-  if (Pred& p0 = e->layers[0].pa; e->head0_table && p0.on && p0.tap == TAP_ATT_IN && p0.src_layer == 0 && !p0.norm &&
+  if (Pred& p0 = e->layers[0].pa; e->head0_table && p0.on && p0.tap == TAP_ATT_IN && p0.src_layer == 0 &&
                                   e->H <= PF_SMALL_MAX) {
     p0.fused = true;
     e->head0 = true;

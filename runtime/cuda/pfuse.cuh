@@ -371,20 +371,28 @@ __global__ void __launch_bounds__(256) k_pf_prep(const __half* __restrict__ w1, 
 // ---- Layer 0's heads without a side stream (engine head0; DEJAVU_CUDA_HEAD0_TABLE, default on) ----
 // Layer 0's heads predictor reads att_in(0) = E[token] + P[pos + 2]. Without an input LayerNorm its scores are
 // linear in that sum: w2 . w1 . E[token] + w2 . w1 . P[pos + 2], i.e. a row of a vocab x H table plus a row of a
-// positions x H table, both built when the graph is (k_head0_table). The sparse graph's step then picks layer 0's
+// positions x H table, both built when the graph is (k_head0_table). With the parameter-free input LayerNorm the
+// scores are rstd . w2 . w1 . (x - mean(x)): the centring is linear too (x - mean(x) = centred e + centred p), and
+// rstd > 0 scales every head alike, so the tables hold the centred rows' scores and the top-k is the same. The sparse graph's step then picks layer 0's
 // heads in one warp right after the embedding (k_head0_select) instead of a side-stream chain of three kernels with
 // a fork and a join (which cost the grouped 13B step ~0.009 ms, v26), and keeps no side stream at all.
-// k_head0_table: out[row][h] = sum_j w2[h][j] * (w1[j] . X[row]), one warp per row, fp32 (H <= 128).
+// k_head0_table: out[row][h] = sum_j w2[h][j] * (w1[j] . (X[row] - mu)), mu = the row's mean when center, else 0;
+// one warp per row, fp32 (H <= 128).
 __global__ void __launch_bounds__(256) k_head0_table(const __half* __restrict__ X, int rows, int d,
                                                      const __half* __restrict__ w1, int r, const __half* __restrict__ w2,
-                                                     int H, float* __restrict__ out) {
+                                                     int H, bool center, float* __restrict__ out) {
   const int row = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
   if (row >= rows) return;
   const __half* x = X + (size_t)row * d;
+  float mu = 0.f;
+  if (center) {
+    for (int i = lane; i < d; i += 32) mu += __half2float(x[i]);
+    mu = warp_sum(mu) / d;
+  }
   float acc[PF_SMALL_MAX / 32] = {};
   for (int j = 0; j < r; j++) {
     float t = 0.f;
-    for (int i = lane; i < d; i += 32) t += __half2float(w1[(size_t)j * d + i]) * __half2float(x[i]);
+    for (int i = lane; i < d; i += 32) t += __half2float(w1[(size_t)j * d + i]) * (__half2float(x[i]) - mu);
     t = warp_sum(t);
 #pragma unroll
     for (int u = 0; u < PF_SMALL_MAX / 32; u++) {
