@@ -794,9 +794,10 @@ struct MlpTmaArgs {
   float* y2;           // D[2l+2]'s second copy (null: none): the odd blocks (pairs when CL = 2) add there
 };
 
-// CL = 2: launched in clusters of 2 blocks that pre-add their partials (t_mlp_consume).
-template <int NW, bool PF = false, int CL = 1>  // PF: waits for a fused predictor's selection (see k_rows_tma)
-__global__ void T_REGS k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
+// CL = 2: launched in clusters of 2 blocks that pre-add their partials (t_mlp_consume). REGS: the register cap, 72
+// (T_REGS) unless a graph has no side-stream predictor blocks to leave room for (engine.cu launch_mlp_tma).
+template <int NW, bool PF = false, int CL = 1, int REGS = 72>  // PF: waits for a fused predictor's selection (see k_rows_tma)
+__global__ void __maxnreg__(REGS) k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   constexpr int TW = NW;
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
