@@ -373,9 +373,10 @@ __global__ void __launch_bounds__(256) k_pf_prep(const __half* __restrict__ w1, 
 // linear in that sum: w2 . w1 . E[token] + w2 . w1 . P[pos + 2], i.e. a row of a vocab x H table plus a row of a
 // positions x H table, both built when the graph is (k_head0_table). With the parameter-free input LayerNorm the
 // scores are rstd . w2 . w1 . (x - mean(x)): the centring is linear too (x - mean(x) = centred e + centred p), and
-// rstd > 0 scales every head alike, so the tables hold the centred rows' scores and the top-k is the same. The sparse graph's step then picks layer 0's
-// heads in one warp right after the embedding (k_head0_select) instead of a side-stream chain of three kernels with
-// a fork and a join (which cost the grouped 13B step ~0.009 ms, v26), and keeps no side stream at all.
+// rstd > 0 scales every head alike, so the tables hold the centred rows' scores and the top-k is the same.
+// The sparse graph's step then picks layer 0's heads in one warp right after the embedding (k_head0_select) instead
+// of a side-stream chain of three kernels with a fork and a join (which cost the grouped 13B step ~0.009 ms, v26),
+// and keeps no side stream at all.
 // k_head0_table: out[row][h] = sum_j w2[h][j] * (w1[j] . (X[row] - mu)), mu = the row's mean when center, else 0;
 // one warp per row, fp32 (H <= 128).
 __global__ void __launch_bounds__(256) k_head0_table(const __half* __restrict__ X, int rows, int d,
