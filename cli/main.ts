@@ -4,7 +4,7 @@
  * koffi) are imported inside the command actions so `dejavu --help` stays fast and the CUDA path never loads tfjs.
  */
 import { Command, CommanderError } from 'commander';
-import { DejavuError } from '../common/errors.js';
+import { DejavuError, fsErrorToDejavu } from '../common/errors.js';
 // --- command registrations (one line per command module) ---
 // (helpers: add `import { register as registerX } from './commands/x.js';` here and a call below)
 import { register as registerTrain } from './commands/train.js';
@@ -21,21 +21,24 @@ program
   .version('0.1.0')
   .showHelpAfterError();
 
-// --- register calls ---
-registerTrain(program);
+// --- register calls (in pipeline order: `dejavu --help` lists commands in this order) ---
 registerCollect(program);
-registerBench(program);
+registerTrain(program);
 registerExport(program);
-registerDemo(program);
 registerEval(program);
+registerBench(program);
+registerDemo(program);
 
 program.exitOverride();
 try {
   await program.parseAsync(process.argv);
 } catch (e) {
   if (e instanceof CommanderError) process.exit(e.exitCode);
-  if (e instanceof DejavuError) {
-    process.stderr.write(`error: ${e.message}\n`);
+  // Bad input and filesystem failures (a full disk, a read-only folder, an --out that is a file) are one line naming
+  // the path; anything else is a bug and keeps its stack trace.
+  const bad = e instanceof DejavuError ? e : fsErrorToDejavu(e);
+  if (bad) {
+    process.stderr.write(`error: ${bad.message}\n`);
     process.exit(1);
   }
   throw e;

@@ -6,21 +6,18 @@
  * tensors. A runtime never substitutes a random or dense predictor for a missing one: a layer is dense only when the
  * manifest says so.
  */
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeJsonAtomic } from '../common/atomic.js';
-import { DejavuError } from '../common/errors.js';
+import { tempPathFor, writeJsonAtomic } from '../common/atomic.js';
+import { DejavuError, rethrowFs } from '../common/errors.js';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../checkpoints/safetensors.js';
 import type { OptCheckpoint } from '../checkpoints/types.js';
+import type { InputNorm, PredictorInput, Target } from '../common/contracts.js';
 
 export const BUNDLE_FORMAT = 'dejavu-bundle';
 export const BUNDLE_VERSION = 1;
 export const MANIFEST_FILE = 'manifest.json';
 export const TENSORS_FILE = 'predictors.safetensors';
-
-/** Where a predictor reads its input: a decoder layer's input (attention block) or the MLP block's input. */
-export type PredictorInput = 'att_in' | 'mlp_in';
-export type Target = 'mlp' | 'attn';
 
 export interface DenseEntry {
   dense: true;
@@ -40,7 +37,7 @@ export interface PredictorEntry {
   /** How k was chosen: "k99" / "k95" (smallest k reaching that recall on the validation split) or "fixed". */
   k_rule: string;
   /** Predictor preprocessing of the input before w1, recorded from training (see docs/bundle.md). */
-  input_norm: 'none' | 'layernorm';
+  input_norm: InputNorm;
   /** Tensor names in predictors.safetensors. */
   w1: string;
   w2: string;
@@ -87,15 +84,44 @@ export function tensorName(layer: number, target: Target, w: 'w1' | 'w2'): strin
   return `layers.${layer}.${target}.${w}`;
 }
 
-/** Write a bundle folder: predictors.safetensors first, manifest.json last (its presence marks a complete bundle). */
+/**
+ * Write a bundle folder. Both files are first written in full under temporary names beside their final ones, so a
+ * full disk or a read-only folder fails before an existing bundle is touched. Then the old manifest is removed (the
+ * folder reads as unfinished), predictors.safetensors renamed into place, manifest.json last (its presence marks a
+ * complete bundle).
+ */
 export function writeBundle(dir: string, manifest: BundleManifest, tensors: Record<string, TensorToWrite>): void {
-  mkdirSync(dir, { recursive: true });
-  writeSafetensors(join(dir, TENSORS_FILE), tensors, {
-    format: BUNDLE_FORMAT,
-    version: String(BUNDLE_VERSION),
-    model_fingerprint: manifest.model_fingerprint,
-  });
-  writeJsonAtomic(join(dir, MANIFEST_FILE), manifest);
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    rethrowFs(e, dir);
+  }
+  const tpath = join(dir, TENSORS_FILE);
+  const mpath = join(dir, MANIFEST_FILE);
+  const stagedT = tempPathFor(join(dir, `${TENSORS_FILE}.staged`));
+  const stagedM = tempPathFor(join(dir, `${MANIFEST_FILE}.staged`));
+  try {
+    try {
+      writeSafetensors(stagedT, tensors, {
+        format: BUNDLE_FORMAT,
+        version: String(BUNDLE_VERSION),
+        model_fingerprint: manifest.model_fingerprint,
+      });
+    } catch (e) {
+      rethrowFs(e, tpath);
+    }
+    writeJsonAtomic(stagedM, manifest, mpath);
+    try {
+      rmSync(mpath, { force: true });
+      renameSync(stagedT, tpath);
+      renameSync(stagedM, mpath);
+    } catch (e) {
+      rethrowFs(e, dir);
+    }
+  } finally {
+    rmSync(stagedT, { force: true });
+    rmSync(stagedM, { force: true });
+  }
 }
 
 /** Read and validate manifest.json alone (no tensors): for `dejavu export --json` summaries and the CUDA loader. */
