@@ -1,10 +1,13 @@
 /**
- * `npm run bench [name...]`: runs the CPU benchmarks and writes each result as JSON under bench/results/.
+ * `npm run bench [name...]`: runs the CPU benchmarks and writes each result as JSON to bench/results/<name>.json
+ * (bench/results/<name>-<tag>.json with $DEJAVU_BENCH_TAG set; bench/result-name.ts), overwriting the previous run.
  * Each benchmark module exports `run(): Promise<object>`; register it in BENCHES below.
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeJsonAtomic } from '../common/atomic.js';
+import { DejavuError } from '../common/errors.js';
+import { resultFileName } from './result-name.js';
 
 type Bench = { name: string; description: string; load: () => Promise<{ run: () => Promise<Record<string, unknown>> }> };
 
@@ -23,14 +26,42 @@ if (wanted.length && selected.length !== wanted.length) {
   console.error(`unknown benchmark; available: ${BENCHES.map((b) => b.name).join(', ')}`);
   process.exit(2);
 }
+// Bad input (a bad tag, an unwritable bench/results) is one line and exit 1, as in the CLI.
+function fail(e: unknown): never {
+  if (!(e instanceof DejavuError)) throw e;
+  console.error(`error: ${e.message}`);
+  process.exit(1);
+}
+const tag = process.env.DEJAVU_BENCH_TAG;
+try {
+  resultFileName('x', tag); // checked before any benchmark runs, so a bad tag costs nothing
+} catch (e) {
+  fail(e);
+}
 const outDir = join(process.cwd(), 'bench', 'results');
-mkdirSync(outDir, { recursive: true });
+try {
+  mkdirSync(outDir, { recursive: true });
+} catch (e) {
+  fail(new DejavuError(`cannot create the results folder (${(e as NodeJS.ErrnoException).code ?? String(e)})`, outDir));
+}
+/** The command line that reruns one benchmark as configured now (its DEJAVU_* settings first), for the JSON. */
+function benchCommand(name: string): string {
+  const env = Object.entries(process.env)
+    .filter(([k, v]) => (k.startsWith('DEJAVU_BENCH_') || k === 'DEJAVU_FIXTURES') && v)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([k, v]) => `${k}=${v}`);
+  return [...env, 'npm run bench', name].join(' ');
+}
 for (const b of selected) {
   console.error(`== ${b.name}: ${b.description}`);
   const result = await (await b.load()).run();
   const date = new Date().toISOString().slice(0, 10);
-  const file = join(outDir, `${b.name}-${date}.json`);
-  writeJsonAtomic(file, { bench: b.name, date, ...result });
+  const file = join(outDir, resultFileName(b.name, tag));
+  try {
+    writeJsonAtomic(file, { bench: b.name, date, bench_command: benchCommand(b.name), ...result });
+  } catch (e) {
+    fail(e);
+  }
   console.error(`   -> ${file}`);
   console.log(JSON.stringify({ bench: b.name, ...result }));
 }
