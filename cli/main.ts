@@ -13,6 +13,7 @@ import { register as registerBench } from './commands/bench.js';
 import { register as registerExport } from './commands/export.js';
 import { register as registerDemo } from './commands/demo.js';
 import { register as registerEval } from './commands/eval.js';
+import { register as registerBuildCuda } from './commands/build-cuda.js';
 
 const program = new Command();
 program
@@ -28,6 +29,7 @@ registerExport(program);
 registerEval(program);
 registerBench(program);
 registerDemo(program);
+registerBuildCuda(program);
 
 program.exitOverride();
 try {
