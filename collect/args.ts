@@ -21,27 +21,6 @@ export interface CollectArgs {
   batch_rows: number;
 }
 
-/** `all` | comma-separated indices and inclusive ranges (`0,3-5`), sorted and deduplicated. */
-export function parseLayers(spec: string, numLayers: number): number[] {
-  const flag = '--layers';
-  const s = spec.trim();
-  if (s === 'all') return Array.from({ length: numLayers }, (_, i) => i);
-  const out = new Set<number>();
-  for (const part of s.split(',')) {
-    const m = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(part);
-    if (!m) throw new DejavuError(`'${part}' is not a layer index or range (expected e.g. all, 0,3-5)`, flag);
-    const a = Number(m[1]);
-    const b = m[2] === undefined ? a : Number(m[2]);
-    if (b < a) throw new DejavuError(`range ${part} is reversed`, flag);
-    if (b >= numLayers) {
-      throw new DejavuError(`layer ${b} is out of range: the model has ${numLayers} layers (0-${numLayers - 1})`, flag);
-    }
-    for (let l = a; l <= b; l++) out.add(l);
-  }
-  if (out.size === 0) throw new DejavuError('no layers selected', flag);
-  return [...out].sort((x, y) => x - y);
-}
-
 export function dataEntries(files: string[]): CollectArgs['data'] {
   return files.map((f) => {
     const path = resolve(f);

@@ -3,9 +3,9 @@
  * memory does not depend on how many documents go through it.
  */
 import { makeData, RecordBatch, Struct, type Data, type Schema } from 'apache-arrow';
+import type { ShardDims } from '../common/contracts.js';
 import type { LayerRows } from './doc-rows.js';
 import { maskBytes } from './labels.js';
-import type { ShardDims } from './schema.js';
 
 export class LayerChunk {
   readonly doc: Int32Array;

@@ -15,10 +15,11 @@ import { mkdirSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { OptCheckpoint } from '../checkpoints/types.js';
+import { layerDirName, parseLayers, shardFileName, SHARD_MANIFEST_FILE, type ShardDims } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
 import { writeJsonAtomic } from '../common/atomic.js';
 import { log, progressBar, type Progress } from '../common/progress.js';
-import { dataEntries, parseLayers, type CollectArgs } from './args.js';
+import { dataEntries, type CollectArgs } from './args.js';
 import { ArrowFileWriter } from './arrow-file.js';
 import { LayerChunk } from './chunk.js';
 import type { LayerRows } from './doc-rows.js';
@@ -27,18 +28,15 @@ import {
   acquireLock,
   ensureWritable,
   finishedShards,
-  layerDirName,
-  MANIFEST_FILE,
   newState,
   openOutput,
   removeStale,
   saveState,
-  shardFileName,
   shardPath,
   type CollectState,
   type ShardRecord,
 } from './output.js';
-import { rowBytes, shardSchema, type ShardDims } from './schema.js';
+import { rowBytes, shardSchema } from './schema.js';
 
 export interface CollectOptions {
   model: string;
@@ -168,12 +166,12 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     if (resumedAll) {
       if (!opts.quiet) log(`${out}: already complete (${done.length} shards); nothing to do`);
       const manifest = buildManifest(ckpt, state);
-      writeJsonAtomic(join(out, MANIFEST_FILE), manifest);
+      writeJsonAtomic(join(out, SHARD_MANIFEST_FILE), manifest);
       return { manifest, shardsWritten: 0, shardsResumed: done.length, tokensThisRun: 0, secondsThisRun: 0 };
     }
     state.shards = [...done]; // a copy: `done` stays the list of shards kept from earlier runs
     state.complete = false;
-    rmSync(join(out, MANIFEST_FILE), { force: true });
+    rmSync(join(out, SHARD_MANIFEST_FILE), { force: true });
     removeStale(out, layers, done.length);
     const skipDocs = done.length ? done[done.length - 1].consumed_end : 0;
     if (done.length && !opts.quiet) {
@@ -281,7 +279,7 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     state.skipped_examples = stats.skippedExamples;
     saveState(out, state);
     const manifest = buildManifest(ckpt, state);
-    writeJsonAtomic(join(out, MANIFEST_FILE), manifest);
+    writeJsonAtomic(join(out, SHARD_MANIFEST_FILE), manifest);
     return {
       manifest,
       shardsWritten,

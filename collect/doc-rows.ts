@@ -4,10 +4,10 @@
  * fp32 size outlives its callback. Runs in the main thread or in a forward worker (collect/forward-worker.ts).
  */
 import { f32ToF16 } from '../checkpoints/float16.js';
+import type { ShardDims } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
 import type { ForwardHooks } from '../runtime/hooks.js';
 import { headNorms, maskBytes, packActive, topK } from './labels.js';
-import type { ShardDims } from './schema.js';
 
 /** T rows of one layer, row-major; fp16 columns as raw bits. */
 export interface LayerRows {

@@ -11,9 +11,9 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { OptCheckpoint } from '../checkpoints/types.js';
+import type { ShardDims } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
 import { forwardRows, type LayerRows } from './doc-rows.js';
-import type { ShardDims } from './schema.js';
 
 export interface WorkerData {
   modelDir: string;

@@ -9,16 +9,14 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeJsonAtomic } from '../common/atomic.js';
+import { layerDirName, layerOfDirName, shardFileName, shardIndexOfFileName, SHARD_MANIFEST_FILE } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
 import { diffArgs, type CollectArgs } from './args.js';
 
 export const STATE_FILE = 'collect-state.json';
-export const MANIFEST_FILE = 'manifest.json';
 export const LOCK_FILE = '.collect.lock';
 const STATE_FORMAT = 'dejavu-collect-state/1';
 
-export const layerDirName = (layer: number) => `layer_${String(layer).padStart(2, '0')}`;
-export const shardFileName = (index: number) => `shard_${String(index).padStart(5, '0')}.arrow`;
 export const shardPath = (out: string, layer: number, index: number) => join(out, layerDirName(layer), shardFileName(index));
 
 export interface ShardRecord {
@@ -68,7 +66,7 @@ function readJson(path: string): unknown {
   }
 }
 
-const ours = (name: string) => name === STATE_FILE || name === MANIFEST_FILE || name === LOCK_FILE || /^layer_\d+$/.test(name);
+const ours = (name: string) => name === STATE_FILE || name === SHARD_MANIFEST_FILE || name === LOCK_FILE || layerOfDirName(name) !== null;
 
 /** Remove everything collect owns in `out` (for --force); other files are left alone. */
 export function clearOutput(out: string): void {
@@ -82,7 +80,7 @@ export function clearOutput(out: string): void {
  */
 export function openOutput(out: string, fingerprint: string, args: CollectArgs, force: boolean): CollectState | null {
   const statePath = join(out, STATE_FILE);
-  const manifestPath = join(out, MANIFEST_FILE);
+  const manifestPath = join(out, SHARD_MANIFEST_FILE);
   if (force) {
     clearOutput(out);
     return null;
@@ -154,8 +152,8 @@ export function removeStale(out: string, layers: number[], fromIndex: number): v
     const dir = join(out, layerDirName(l));
     if (!existsSync(dir)) continue;
     for (const name of readdirSync(dir)) {
-      const m = /^shard_(\d+)\.arrow$/.exec(name);
-      if (/^\..*\.tmp$/.test(name) || (m && Number(m[1]) >= fromIndex)) rmSync(join(dir, name), { force: true });
+      const index = shardIndexOfFileName(name);
+      if (/^\..*\.tmp$/.test(name) || (index !== null && index >= fromIndex)) rmSync(join(dir, name), { force: true });
     }
   }
 }

@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { tableFromIPC, type Data } from 'apache-arrow';
 import { DejavuError } from '../common/errors.js';
-import { SHARD_FORMAT } from './schema.js';
+import { SHARD_FORMAT, SHARD_META } from '../common/contracts.js';
 
 export interface ShardContents {
   metadata: Map<string, string>;
@@ -23,8 +23,8 @@ export function readShard(path: string): ShardContents {
     throw new DejavuError(`not a readable Arrow IPC file: ${(e as Error).message}`, path);
   }
   const metadata = table.schema.metadata;
-  if (metadata.get('dejavu.format') !== SHARD_FORMAT) {
-    throw new DejavuError(`not a ${SHARD_FORMAT} shard (dejavu.format = ${metadata.get('dejavu.format')})`, path);
+  if (metadata.get(SHARD_META.format) !== SHARD_FORMAT) {
+    throw new DejavuError(`not a ${SHARD_FORMAT} shard (dejavu.format = ${metadata.get(SHARD_META.format)})`, path);
   }
   const rows = table.numRows;
   const columns: ShardContents['columns'] = new Map();

@@ -3,17 +3,8 @@
  * used for every batch of a shard file, so the Arrow writer never sees a "new" schema mid-file.
  */
 import { Field, FixedSizeList, Float16, Int32, Schema, Uint8 } from 'apache-arrow';
+import { SHARD_FORMAT, SHARD_META, type ShardDims } from '../common/contracts.js';
 import { maskBytes } from './labels.js';
-
-export const SHARD_FORMAT = 'dejavu-shard/1';
-
-/** Widths of one layer's rows. `topK` 0 = no mlp_topk_* columns. */
-export interface ShardDims {
-  dModel: number;
-  nHeads: number;
-  ffnDim: number;
-  topK: number;
-}
 
 export interface ShardMeta {
   modelFingerprint: string;
@@ -57,18 +48,18 @@ export function shardFields(dims: ShardDims): Field[] {
   return fields;
 }
 
-/** Schema metadata keys as docs/ARCHITECTURE.md fixes them (all values strings). */
+/** Schema metadata (common/contracts.ts SHARD_META; all values strings). */
 export function shardSchema(dims: ShardDims, meta: ShardMeta): Schema {
   const m = new Map<string, string>([
-    ['dejavu.format', SHARD_FORMAT],
-    ['dejavu.model_fingerprint', meta.modelFingerprint],
-    ['dejavu.layer', String(meta.layer)],
-    ['dejavu.d_model', String(dims.dModel)],
-    ['dejavu.n_heads', String(dims.nHeads)],
-    ['dejavu.ffn_dim', String(dims.ffnDim)],
-    ['dejavu.mlp_topk', String(dims.topK)],
-    ['dejavu.labels', JSON.stringify(labelDefinitions(dims))],
-    ['dejavu.collect_args', JSON.stringify(meta.collectArgs)],
+    [SHARD_META.format, SHARD_FORMAT],
+    [SHARD_META.modelFingerprint, meta.modelFingerprint],
+    [SHARD_META.layer, String(meta.layer)],
+    [SHARD_META.dModel, String(dims.dModel)],
+    [SHARD_META.nHeads, String(dims.nHeads)],
+    [SHARD_META.ffnDim, String(dims.ffnDim)],
+    [SHARD_META.topK, String(dims.topK)],
+    [SHARD_META.labels, JSON.stringify(labelDefinitions(dims))],
+    [SHARD_META.collectArgs, JSON.stringify(meta.collectArgs)],
   ]);
   return new Schema(shardFields(dims), m);
 }

@@ -10,17 +10,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFile, type TensorToWrite } from '../checkpoints/safetensors.js';
 import type { OptCheckpoint } from '../checkpoints/types.js';
+import { METRICS_FILE, parseLayers, parseMetrics, predictorFileName, type CheckedMetrics, type Target } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
-import { parseLayers } from '../train/jobs.js';
-import {
-  BUNDLE_FORMAT,
-  BUNDLE_VERSION,
-  tensorName,
-  writeBundle,
-  type BundleManifest,
-  type LayerTargetEntry,
-  type Target,
-} from './bundle.js';
+import { BUNDLE_FORMAT, BUNDLE_VERSION, tensorName, writeBundle, type BundleManifest, type LayerTargetEntry } from './bundle.js';
 
 export interface ExportOptions {
   predictors: string;
@@ -33,35 +25,20 @@ export interface ExportOptions {
   layers?: string;
 }
 
-interface MetricsLayer {
-  layer: number;
-  target: Target;
-  [key: string]: unknown;
-}
+export const predictorFile = (dir: string, layer: number, target: Target) => join(dir, predictorFileName(layer, target));
 
-const pad = (l: number) => String(l).padStart(2, '0');
-export const predictorFile = (dir: string, layer: number, target: Target) => join(dir, `layer_${pad(layer)}.${target}.safetensors`);
-
-/** Read train's metrics.json: `{model_fingerprint, layers: [{layer, target, k95, k99, ...}]}`. */
-export function readMetrics(dir: string): { model_fingerprint: string; args?: unknown; layers: MetricsLayer[] } {
-  const path = join(dir, 'metrics.json');
+/** Reads and validates train's metrics.json (common/contracts.ts parseMetrics names the missing or wrong key). */
+export function readMetrics(dir: string): CheckedMetrics {
+  const path = join(dir, METRICS_FILE);
   if (!existsSync(dir)) throw new DejavuError('predictors folder not found', dir);
-  if (!existsSync(path)) throw new DejavuError('missing metrics.json (not a train output folder, or training did not finish)', path);
+  if (!existsSync(path)) throw new DejavuError(`missing ${METRICS_FILE} (not a train output folder, or training did not finish)`, path);
   let raw: unknown;
   try {
     raw = JSON.parse(readFileSync(path, 'utf8'));
   } catch (e) {
     throw new DejavuError(`invalid JSON (${(e as Error).message})`, path);
   }
-  const m = raw as { model_fingerprint?: unknown; layers?: unknown };
-  if (typeof m?.model_fingerprint !== 'string') throw new DejavuError('model_fingerprint missing', path);
-  if (!Array.isArray(m.layers)) throw new DejavuError('layers must be an array', path);
-  m.layers.forEach((e: MetricsLayer, i: number) => {
-    if (!Number.isInteger(e?.layer) || (e.target !== 'mlp' && e.target !== 'attn')) {
-      throw new DejavuError(`layers[${i}] needs an integer layer and target mlp|attn`, path);
-    }
-  });
-  return m as { model_fingerprint: string; layers: MetricsLayer[] };
+  return parseMetrics(raw, path);
 }
 
 export interface TargetSummary {
@@ -97,15 +74,14 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
   }
   const recall = o.recall ?? 0.99;
   const metrics = readMetrics(o.predictors);
-  const mpath = join(o.predictors, 'metrics.json');
+  const mpath = join(o.predictors, METRICS_FILE);
   if (metrics.model_fingerprint !== ckpt.fingerprint) {
     throw new DejavuError(
       `predictors were trained for model fingerprint ${metrics.model_fingerprint.slice(0, 16)}…, but ${ckpt.dir} has ${ckpt.fingerprint.slice(0, 16)}…`,
       mpath,
     );
   }
-  const all = Array.from({ length: c.numLayers }, (_, l) => l);
-  const chosen = new Set(parseLayers(o.layers, all));
+  const chosen = new Set(parseLayers(o.layers, c.numLayers));
   const tensors: Record<string, TensorToWrite> = {};
   const layers: BundleManifest['layers'] = [];
   const summary: ExportSummary['layers'] = [];
@@ -177,20 +153,18 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
           rule = 'fixed';
         } else {
           const key = recall === 0.99 ? 'k99' : 'k95';
-          const kq = m[key];
-          if (typeof kq !== 'number' || !(kq >= 0)) throw new DejavuError(`layer ${l} ${target}: ${key} missing or not a number`, mpath);
-          k = Math.min(out, Math.max(1, Math.ceil(kq)));
+          k = Math.min(out, Math.max(1, Math.ceil(m[key])));
           rule = key;
         }
         const w1 = tensorName(l, target, 'w1');
         const w2 = tensorName(l, target, 'w2');
         tensors[w1] = { dtype: 'F16', shape: [rank, d], data: st.readFloat32('w1') };
         tensors[w2] = { dtype: 'F16', shape: [out, rank], data: st.readFloat32('w2') };
-        const keep = ['recall', 'precision', 'f1', 'true_active', 'predicted_active', 'k95', 'k99', 'tokens', 'k_label'];
+        const keep = ['recall', 'precision', 'f1', 'true_active', 'predicted_active', 'k95', 'k99', 'tokens', 'k_label'] as const;
         const mm: Record<string, number | null> = {};
-        for (const key of keep) if (key in m) mm[key] = typeof m[key] === 'number' ? (m[key] as number) : null;
+        for (const key of keep) if (key in m) mm[key] = m[key] ?? null;
         entry[target] = { dense: false, input, lookahead, rank, k, k_rule: rule, input_norm: inputNorm, w1, w2, metrics: mm };
-        sum[target] = { k, density: k / out, rank, input, lookahead, k_rule: rule, recall: typeof m.recall === 'number' ? m.recall : null, metrics: mm };
+        sum[target] = { k, density: k / out, rank, input, lookahead, k_rule: rule, recall: m.recall, metrics: mm };
         if (target === 'mlp') mlpDen += k / out;
         else headDen += k / out;
       } finally {

@@ -7,18 +7,9 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../checkpoints/safetensors.js';
+import type { EpochRecord, PredictorMetrics } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
-import type { LayerMetrics } from './metrics.js';
 import type { PredictorState } from './model.js';
-
-export interface EpochRecord {
-  epoch: number;
-  loss: number | null;
-  score: number;
-  recall: number;
-  precision: number;
-  seconds: number;
-}
 
 export interface JobState {
   /** Epochs completed (the next epoch to run is `epoch`). */
@@ -26,7 +17,7 @@ export interface JobState {
   step: number;
   bestEpoch: number;
   bestScore: number;
-  bestMetrics: LayerMetrics | null;
+  bestMetrics: PredictorMetrics | null;
   badEpochs: number;
   history: EpochRecord[];
   /** True once the output file is written (a resumed run skips the job). */

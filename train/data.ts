@@ -8,6 +8,7 @@
  * document (rng.isValidationDoc), so no validation token's neighbours are trained on.
  */
 import { f16Table } from '../checkpoints/float16.js';
+import type { InputNorm } from '../common/contracts.js';
 import type { Job } from './jobs.js';
 import { Rng, isValidationDoc } from './rng.js';
 import { readAligned, type ColumnView, type ShardSet } from './shard-reader.js';
@@ -25,8 +26,6 @@ export interface Batch {
   /** [n][labelBytes] packed labels (unpacked on the device: 8x less to upload than fp32 0/1). */
   bits: Uint8Array;
 }
-
-export type InputNorm = 'none' | 'layernorm';
 
 /** Bytes of one packed label row. */
 export const labelBytes = (out: number): number => (out + 7) >>> 3;

@@ -8,18 +8,16 @@
  * (`prev_att_in`: the same residual point as layer l's attention predictor, so one chain on the GPU serves both).
  * Layer 0 has no previous layer and falls back to its own `mlp_in` / `att_in`.
  */
+import { predictorName, type PredictorInput, type ShardDims, type Target } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
 import { mlpInputSource, type MlpInput } from '../common/mlp-input.js';
-import type { ShardDims } from './shard-reader.js';
-
-export type Target = 'mlp' | 'attn';
 export { MLP_INPUTS, type MlpInput } from '../common/mlp-input.js';
 
 export interface Job {
   layer: number;
   target: Target;
   /** Shard column and layer the input comes from. */
-  inputColumn: 'att_in' | 'mlp_in';
+  inputColumn: PredictorInput;
   inputLayer: number;
   /** layer - inputLayer (what export records). */
   lookahead: number;
@@ -31,27 +29,10 @@ export interface Job {
   k: number;
 }
 
-export const jobName = (j: { layer: number; target: Target }): string => `layer_${String(j.layer).padStart(2, '0')}.${j.target}`;
+export const jobName = (j: { layer: number; target: Target }): string => predictorName(j.layer, j.target);
 
 export function headK(headFrac: number, H: number): number {
   return Math.max(1, Math.round(headFrac * H));
-}
-
-/** Parses `--layers`: "all", "1-5", "0,2,4", "1-3,5". */
-export function parseLayers(spec: string | undefined, available: number[]): number[] {
-  if (!spec || spec === 'all') return [...available];
-  const out = new Set<number>();
-  for (const part of spec.split(',')) {
-    const m = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(part);
-    if (!m) throw new DejavuError(`cannot parse "${part}" (use e.g. 1-5 or 0,2,4)`, '--layers');
-    const a = Number(m[1]);
-    const b = m[2] === undefined ? a : Number(m[2]);
-    for (let l = Math.min(a, b); l <= Math.max(a, b); l++) out.add(l);
-  }
-  const layers = [...out].sort((x, y) => x - y);
-  const missing = layers.filter((l) => !available.includes(l));
-  if (missing.length) throw new DejavuError(`layers ${missing.join(', ')} are not in the shards (have ${available.join(', ')})`, '--layers');
-  return layers;
 }
 
 export function planJobs(

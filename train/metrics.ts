@@ -7,17 +7,7 @@
  *   contain at least ceil(Q/100 * |P_t|) true positives (score ties counted against us: every output scoring at
  *   least the needed positive's score is counted). This is the per-token top-k that export uses to pick k.
  */
-
-export interface LayerMetrics {
-  recall: number;
-  precision: number;
-  f1: number;
-  true_active: number;
-  predicted_active: number;
-  k95: number;
-  k99: number;
-  tokens: number;
-}
+import type { PredictorMetrics } from '../common/contracts.js';
 
 export class MetricsAccumulator {
   private tp = 0;
@@ -76,7 +66,7 @@ export class MetricsAccumulator {
     }
   }
 
-  result(): LayerMetrics {
+  result(): PredictorMetrics {
     const recall = this.tp + this.fn > 0 ? this.tp / (this.tp + this.fn) : 0;
     const precision = this.tp + this.fp > 0 ? this.tp / (this.tp + this.fp) : 0;
     const f1 = recall + precision > 0 ? (2 * recall * precision) / (recall + precision) : 0;

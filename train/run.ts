@@ -4,12 +4,14 @@
  * workers train two predictors at once), prints the metrics table and, with --json, the report on stdout.
  */
 import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { METRICS_FILE, type MetricsEntry, type Target, type TrainMetrics } from '../common/contracts.js';
 import { log } from '../common/progress.js';
 import { DejavuError } from '../common/errors.js';
 import { selectBackend, type BackendName } from './backend.js';
 import { jobName } from './jobs.js';
-import { argsRecord, formatTable, planFromShards, train, writeMetrics, type LayerResult, type TrainOptions, type TrainReport } from './trainer.js';
+import { argsRecord, formatTable, planFromShards, train, writeMetrics, type TrainOptions } from './trainer.js';
 
 export interface RunOptions extends TrainOptions {
   backend: BackendName;
@@ -17,14 +19,14 @@ export interface RunOptions extends TrainOptions {
   json: boolean;
 }
 
-async function trainInWorkers(o: RunOptions): Promise<TrainReport> {
+async function trainInWorkers(o: RunOptions): Promise<TrainMetrics> {
   const t0 = performance.now();
   const { set, jobs } = await planFromShards(o);
   mkdirSync(o.out, { recursive: true });
   // Biggest predictors first, so the last job to finish is a small one.
   const queue = [...jobs].sort((a, b) => b.outDim - a.outDim || a.layer - b.layer);
   const n = Math.min(o.workers, queue.length);
-  const report: TrainReport = { model_fingerprint: set.fingerprint, args: argsRecord(o), backend: '', layers: [], skipped: [], seconds: 0 };
+  const report: TrainMetrics = { model_fingerprint: set.fingerprint, args: argsRecord(o), backend: '', layers: [], skipped: [], seconds: 0 };
   log(`train: ${jobs.length} predictors on ${n} worker threads, backend ${o.backend}`);
   const { backend: _b, workers: _w, json: _j, ...trainOpts } = o;
   await Promise.all(
@@ -35,7 +37,7 @@ async function trainInWorkers(o: RunOptions): Promise<TrainReport> {
         if (job) w.postMessage({ job });
         else w.postMessage({ exit: true });
       };
-      w.on('message', (m: { ready?: string; result?: LayerResult | { skipped: string }; job?: { layer: number; target: 'mlp' | 'attn' }; error?: { message: string; dejavu: boolean } }) => {
+      w.on('message', (m: { ready?: string; result?: MetricsEntry | { skipped: string }; job?: { layer: number; target: Target }; error?: { message: string; dejavu: boolean } }) => {
         if (m.ready) {
           if (wi === 0) report.backend = m.ready;
           log(`worker ${wi}: backend ${m.ready}`);
@@ -62,8 +64,8 @@ async function trainInWorkers(o: RunOptions): Promise<TrainReport> {
   return report;
 }
 
-export async function runTrain(o: RunOptions): Promise<TrainReport> {
-  let report: TrainReport;
+export async function runTrain(o: RunOptions): Promise<TrainMetrics> {
+  let report: TrainMetrics;
   if (o.workers > 1) {
     report = await trainInWorkers(o);
   } else {
@@ -73,7 +75,7 @@ export async function runTrain(o: RunOptions): Promise<TrainReport> {
     report = await train(b.tf, b.description, o);
   }
   log(formatTable(report));
-  log(`metrics: ${o.out}/metrics.json (${report.seconds} s)`);
+  log(`metrics: ${join(o.out, METRICS_FILE)} (${report.seconds} s)`);
   if (o.json) process.stdout.write(JSON.stringify(report) + '\n');
   return report;
 }

@@ -11,16 +11,10 @@ import { closeSync, existsSync, openSync, readFileSync, readSync, readdirSync, s
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RecordBatchReader, type Data, type RecordBatch } from 'apache-arrow';
+import { layerDirName, layerOfDirName, shardIndexOfFileName, SHARD_FORMAT, SHARD_MANIFEST_FILE, SHARD_META, type ShardDims } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
 
-export const SHARD_FORMAT = 'dejavu-shard/1';
 const ARROW_MAGIC = 'ARROW1';
-
-export interface ShardDims {
-  dModel: number;
-  nHeads: number;
-  ffnDim: number;
-}
 
 export interface ShardSet {
   dir: string;
@@ -34,8 +28,6 @@ export interface ShardSet {
   rows: number[];
   path(layer: number, shard: number): string;
 }
-
-export const layerDirName = (layer: number): string => `layer_${String(layer).padStart(2, '0')}`;
 
 /** A column of one record batch as a flat typed view: [rows][width]. fp16 columns are raw bits (Uint16Array). */
 export interface ColumnView {
@@ -83,7 +75,7 @@ export class ShardFile {
       await reader.open();
       if (!reader.isFile()) throw new DejavuError('Arrow IPC stream, expected the IPC file format', path);
       const metadata = reader.schema.metadata;
-      const fmt = metadata.get('dejavu.format');
+      const fmt = metadata.get(SHARD_META.format);
       if (fmt !== SHARD_FORMAT) throw new DejavuError(`not a ${SHARD_FORMAT} shard (dejavu.format = ${fmt})`, path);
       return new ShardFile(path, fh, reader, metadata, reader.numRecordBatches);
     } catch (e) {
@@ -149,9 +141,9 @@ export async function openShardSet(dir: string): Promise<ShardSet> {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new DejavuError('shard folder not found', dir);
   // collect writes manifest.json last, as its "done" marker (docs/shards.md): a folder without it is a collection
   // still running or killed before its end, whose last shard may be missing in some layers.
-  const manifestPath = join(dir, 'manifest.json');
+  const manifestPath = join(dir, SHARD_MANIFEST_FILE);
   if (!existsSync(manifestPath)) {
-    throw new DejavuError('no manifest.json: the collection is not complete (rerun dejavu collect with the same arguments to finish it)', dir);
+    throw new DejavuError(`no ${SHARD_MANIFEST_FILE}: the collection is not complete (rerun dejavu collect with the same arguments to finish it)`, dir);
   }
   let manifest: { complete?: boolean; model_fingerprint?: string; shards?: { file: string; rows: number }[] };
   try {
@@ -161,9 +153,8 @@ export async function openShardSet(dir: string): Promise<ShardSet> {
   }
   if (manifest.complete !== true) throw new DejavuError('the collection is not complete ("complete" is not true)', manifestPath);
   const layerDirs = readdirSync(dir)
-    .map((n) => /^layer_(\d+)$/.exec(n))
-    .filter((m): m is RegExpExecArray => m !== null)
-    .map((m) => Number(m[1]))
+    .map(layerOfDirName)
+    .filter((l): l is number => l !== null)
     .sort((a, b) => a - b);
   if (layerDirs.length === 0) throw new DejavuError('no layer_XX folders (not a shard folder?)', dir);
 
@@ -175,7 +166,7 @@ export async function openShardSet(dir: string): Promise<ShardSet> {
   for (const layer of layerDirs) {
     const ldir = join(dir, layerDirName(layer));
     const names = readdirSync(ldir)
-      .filter((n) => /^shard_\d+\.arrow$/.test(n))
+      .filter((n) => shardIndexOfFileName(n) !== null)
       .sort();
     if (names.length === 0) throw new DejavuError('no shard_NNNNN.arrow files', ldir);
     if (!shards) shards = names;
@@ -188,7 +179,7 @@ export async function openShardSet(dir: string): Promise<ShardSet> {
       const f = await ShardFile.open(path);
       try {
         const m = f.metadata;
-        const fp = m.get('dejavu.model_fingerprint') ?? '';
+        const fp = m.get(SHARD_META.modelFingerprint) ?? '';
         if (fingerprint === undefined) {
           fingerprint = fp;
           fpSource = path;
@@ -198,11 +189,16 @@ export async function openShardSet(dir: string): Promise<ShardSet> {
             path,
           );
         }
-        const ml = metaInt(m, 'dejavu.layer', path);
+        const ml = metaInt(m, SHARD_META.layer, path);
         if (ml !== layer) throw new DejavuError(`schema says layer ${ml} but the file is under ${layerDirName(layer)}`, path);
-        const d = { dModel: metaInt(m, 'dejavu.d_model', path), nHeads: metaInt(m, 'dejavu.n_heads', path), ffnDim: metaInt(m, 'dejavu.ffn_dim', path) };
+        const d: ShardDims = {
+          dModel: metaInt(m, SHARD_META.dModel, path),
+          nHeads: metaInt(m, SHARD_META.nHeads, path),
+          ffnDim: metaInt(m, SHARD_META.ffnDim, path),
+          topK: metaInt(m, SHARD_META.topK, path),
+        };
         if (!dims) dims = d;
-        else if (d.dModel !== dims.dModel || d.nHeads !== dims.nHeads || d.ffnDim !== dims.ffnDim) {
+        else if (d.dModel !== dims.dModel || d.nHeads !== dims.nHeads || d.ffnDim !== dims.ffnDim || d.topK !== dims.topK) {
           throw new DejavuError(`dims ${JSON.stringify(d)} differ from ${JSON.stringify(dims)} in ${fpSource}`, path);
         }
         layerRows.push(await f.countRows());

@@ -6,12 +6,23 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeSafetensors } from '../checkpoints/safetensors.js';
 import { writeJsonAtomic } from '../common/atomic.js';
+import {
+  METRICS_FILE,
+  parseLayers,
+  predictorFileName,
+  type InputNorm,
+  type MetricsEntry,
+  type PredictorFileMeta,
+  type PredictorMetrics,
+  type Target,
+  type TrainMetrics,
+} from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
 import { log, progressBar } from '../common/progress.js';
-import { loadCheckpoint, saveCheckpoint, type Checkpoint, type EpochRecord, type JobState } from './checkpoint.js';
-import { countSplit, labelBytes, trainBatches, validationBatches, type InputNorm } from './data.js';
-import { jobName, parseLayers, planJobs, type Job, type MlpInput, type Target } from './jobs.js';
-import { MetricsAccumulator, selectionScore, type LayerMetrics } from './metrics.js';
+import { loadCheckpoint, saveCheckpoint, type Checkpoint, type JobState } from './checkpoint.js';
+import { countSplit, labelBytes, trainBatches, validationBatches } from './data.js';
+import { jobName, planJobs, type Job, type MlpInput } from './jobs.js';
+import { MetricsAccumulator, selectionScore } from './metrics.js';
 import { DEFAULT_ADAMW, Predictor, exportWeights, unpackBits, type Tf } from './model.js';
 import { hashSeed } from './rng.js';
 import { openShardSet, type ShardSet } from './shard-reader.js';
@@ -60,33 +71,6 @@ export const DEFAULTS = {
   patience: 3,
 };
 
-export interface LayerResult extends LayerMetrics {
-  layer: number;
-  target: Target;
-  input: string;
-  lookahead: number;
-  input_layer: number;
-  rank: number;
-  input_norm: InputNorm;
-  out: number;
-  k_label: number | null;
-  best_epoch: number;
-  epochs_run: number;
-  train_tokens: number;
-  val_tokens: number;
-  positive_rate: number;
-  history: EpochRecord[];
-}
-
-export interface TrainReport {
-  model_fingerprint: string;
-  args: Record<string, unknown>;
-  backend: string;
-  layers: LayerResult[];
-  skipped: { layer: number; target: Target; reason: string }[];
-  seconds: number;
-}
-
 /** The shuffle buffer of one job in rows (see TrainOptions.bufferRows). */
 export function bufferRowsFor(job: Job, o: { bufferRows: number }): number {
   if (o.bufferRows > 0) return o.bufferRows;
@@ -116,7 +100,7 @@ function round(x: number, digits = 6): number {
   return Math.round(x * p) / p;
 }
 
-async function evaluate(tf: Tf, p: Predictor, set: ShardSet, job: Job, o: TrainOptions): Promise<LayerMetrics> {
+async function evaluate(tf: Tf, p: Predictor, set: ShardSet, job: Job, o: TrainOptions): Promise<PredictorMetrics> {
   const acc = new MetricsAccumulator(job.outDim);
   const split = { seed: o.seed, valFrac: o.valFrac };
   for await (const b of validationBatches(set, job, { batch: o.batch, inputNorm: o.inputNorm, split })) {
@@ -130,7 +114,7 @@ async function evaluate(tf: Tf, p: Predictor, set: ShardSet, job: Job, o: TrainO
 }
 
 /** Trains one job to completion (or resumes it). Returns its result, or a skip reason. */
-export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions): Promise<LayerResult | { skipped: string }> {
+export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions): Promise<MetricsEntry | { skipped: string }> {
   const name = jobName(job);
   const split = { seed: o.seed, valFrac: o.valFrac };
   const counts = await countSplit(set, job, split);
@@ -141,7 +125,7 @@ export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions)
   }
   const key = settingsKey(set, job, o);
   const shapes = { d: job.inDim, r: o.rank, out: job.outDim };
-  const outFile = join(o.out, `${name}.safetensors`);
+  const outFile = join(o.out, predictorFileName(job.layer, job.target));
   const opt = { ...DEFAULT_ADAMW, lr: o.lr, weightDecay: o.weightDecay };
 
   let ck: Checkpoint | undefined = o.resume ? loadCheckpoint(o.out, name, key) : undefined;
@@ -252,7 +236,7 @@ export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions)
           model_fingerprint: set.fingerprint,
           input_norm: o.inputNorm,
           ...(job.target === 'attn' ? { k_label: String(job.k) } : {}),
-        },
+        } satisfies PredictorFileMeta,
       );
       state.done = true;
       const weights = await predictor.state();
@@ -321,20 +305,20 @@ export async function planFromShards(o: TrainOptions): Promise<{ set: ShardSet; 
 }
 
 /** Writes metrics.json from the results so far (atomically; also after each job, so a killed run keeps its metrics). */
-export function writeMetrics(out: string, report: TrainReport): void {
+export function writeMetrics(out: string, report: TrainMetrics): void {
   // Layer order, attn before mlp, whatever order the jobs (or workers) finished in.
   report.layers.sort((a, b) => a.layer - b.layer || a.target.localeCompare(b.target));
   report.skipped.sort((a, b) => a.layer - b.layer || a.target.localeCompare(b.target));
-  writeJsonAtomic(join(out, 'metrics.json'), report);
+  writeJsonAtomic(join(out, METRICS_FILE), report);
 }
 
 /** Runs every job in this process, one after the other. */
-export async function train(tf: Tf, backend: string, o: TrainOptions): Promise<TrainReport> {
+export async function train(tf: Tf, backend: string, o: TrainOptions): Promise<TrainMetrics> {
   const t0 = performance.now();
   const { set, jobs } = await planFromShards(o);
   mkdirSync(o.out, { recursive: true });
   if (!o.quiet) log(`train: ${jobs.length} predictors (${jobs.map(jobName).join(', ')}) on ${backend}; shards ${set.shards.length} x ${set.layers.length} layers, ${set.rows.reduce((a, b) => a + b, 0)} tokens`);
-  const report: TrainReport = { model_fingerprint: set.fingerprint, args: argsRecord(o), backend, layers: [], skipped: [], seconds: 0 };
+  const report: TrainMetrics = { model_fingerprint: set.fingerprint, args: argsRecord(o), backend, layers: [], skipped: [], seconds: 0 };
   for (const job of jobs) {
     const r = await trainJob(tf, set, job, o);
     if ('skipped' in r) {
@@ -348,7 +332,7 @@ export async function train(tf: Tf, backend: string, o: TrainOptions): Promise<T
 }
 
 /** The metrics table (stderr). */
-export function formatTable(r: TrainReport): string {
+export function formatTable(r: TrainMetrics): string {
   const head = ['layer', 'target', 'recall', 'precision', 'f1', 'true_act', 'pred_act', 'k95', 'k99', 'out', 'best_ep'];
   const rows = [...r.layers]
     .sort((a, b) => a.layer - b.layer || a.target.localeCompare(b.target))

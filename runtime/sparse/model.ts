@@ -17,6 +17,7 @@
  * prefill can hand over to a sparse decode). The price is the K/V projection rows of skipped heads; bench measures it.
  */
 import type { OptCheckpoint, OptConfig, OptWeights } from '../../checkpoints/types.js';
+import type { PredictorInput } from '../../common/contracts.js';
 import { DejavuError } from '../../common/errors.js';
 import type { Bundle, LoadedPredictor } from '../../export/bundle.js';
 import { newKVCache, type KVCache } from '../cpu/kv-cache.js';
@@ -104,7 +105,7 @@ export class SparseOptModel {
   times: BlockTimes = zeroTimes();
 
   private readonly prep: LayerPrepared[];
-  private readonly predictorsBySource: { att_in: LoadedPredictor[][]; mlp_in: LoadedPredictor[][] };
+  private readonly predictorsBySource: Record<PredictorInput, LoadedPredictor[][]>;
   private readonly scores: { attn: Float32Array[]; mlp: Float32Array[] };
   // scratch
   private readonly x: Float32Array;
@@ -399,7 +400,7 @@ export class SparseOptModel {
   }
 
   /** Run every predictor that reads hidden state `input` of layer `layer`, filling the scores of its target layer. */
-  private runPredictors(input: 'att_in' | 'mlp_in', layer: number, x: Float32Array): void {
+  private runPredictors(input: PredictorInput, layer: number, x: Float32Array): void {
     if (this.opts.mode !== 'predicted') return;
     for (const pr of this.predictorsBySource[input][layer]) {
       const out = pr.target === 'mlp' ? this.scores.mlp[pr.layer] : this.scores.attn[pr.layer];

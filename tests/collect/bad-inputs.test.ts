@@ -4,26 +4,8 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseLayers } from '../../collect/args.js';
 import { collect } from '../../collect/collect.js';
-import { DejavuError } from '../../common/errors.js';
 import { C4_VALID_JSON, HAVE_FIXTURES, OPT_MINI, REPO_ROOT, TINY_BIN } from '../helpers/fixtures.js';
-
-describe('parseLayers', () => {
-  it('reads all, lists and ranges, sorted without duplicates', () => {
-    expect(parseLayers('all', 4)).toEqual([0, 1, 2, 3]);
-    expect(parseLayers('0,3-5', 6)).toEqual([0, 3, 4, 5]);
-    expect(parseLayers(' 5, 1-2 ,2', 6)).toEqual([1, 2, 5]);
-  });
-  it('refuses out-of-range, reversed and malformed specs, naming --layers', () => {
-    expect(() => parseLayers('6', 6)).toThrow(/--layers: layer 6 is out of range: the model has 6 layers \(0-5\)/);
-    expect(() => parseLayers('2-9', 6)).toThrow(/--layers: layer 9 is out of range/);
-    expect(() => parseLayers('3-1', 6)).toThrow(/--layers: range 3-1 is reversed/);
-    expect(() => parseLayers('a', 6)).toThrow(/--layers: 'a' is not a layer index/);
-    expect(() => parseLayers('-1', 6)).toThrow(DejavuError);
-    expect(() => parseLayers('', 6)).toThrow(DejavuError);
-  });
-});
 
 describe.skipIf(!HAVE_FIXTURES)('collect refuses bad inputs', () => {
   let root: string;

@@ -9,7 +9,8 @@ import { LayerChunk } from '../../collect/chunk.js';
 import { forwardRows, type HookedModel } from '../../collect/doc-rows.js';
 import { maskBytes, unpackActive } from '../../collect/labels.js';
 import { readShard } from '../../collect/read-shard.js';
-import { rowBytes, shardSchema, SHARD_FORMAT, type ShardDims } from '../../collect/schema.js';
+import { rowBytes, shardSchema } from '../../collect/schema.js';
+import { SHARD_FORMAT, type ShardDims } from '../../common/contracts.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'dejavu-shard-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -85,7 +85,7 @@ describe('dejavu export', () => {
     expect(sl.layers[0].mlp).toEqual({ dense: true });
     expect(sl.layers[1].mlp).toMatchObject({ k: 5 });
     expect(loadBundle(join(root, 'bundle-d'), ckpt).manifest.layers[0].mlp).toEqual({ dense: true, reason: 'left dense by --layers 1-2' });
-    expect(() => exportBundle({ predictors: p, out: join(root, 'x'), layers: '7' }, ckpt)).toThrow(/--layers: layers 7 are not/);
+    expect(() => exportBundle({ predictors: p, out: join(root, 'x'), layers: '7' }, ckpt)).toThrow(/--layers: layer 7 is out of range: the model has 3 layers \(0-2\)/);
     expect(() => exportBundle({ predictors: p, out: join(root, 'x'), recall: 0.9 }, ckpt)).toThrow(/--recall: 0.9 is not supported/);
     expect(() => exportBundle({ predictors: p, out: join(root, 'x'), headsK: 5 }, ckpt)).toThrow(/--heads-k: 5 must be an integer in 1\.\.4/);
   });

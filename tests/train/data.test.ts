@@ -24,7 +24,7 @@ describe('shard streaming', () => {
     expect(set.layers).toEqual([0, 1, 2]);
     expect(set.shards).toHaveLength(5); // 30 docs / 7 per shard
     expect(set.rows.reduce((a, b) => a + b, 0)).toBe(300);
-    expect(set.dims).toEqual({ dModel: 16, nHeads: 4, ffnDim: 24 });
+    expect(set.dims).toEqual({ dModel: 16, nHeads: 4, ffnDim: 24, topK: 0 });
     expect(set.fingerprint).toBe('f'.repeat(64));
   });
 

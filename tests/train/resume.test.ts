@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SafetensorsFile } from '../../checkpoints/safetensors.js';
 import { selectBackend } from '../../train/backend.js';
 import type { Tf } from '../../train/model.js';
-import { DEFAULTS, train, type TrainOptions, type TrainReport } from '../../train/trainer.js';
+import type { TrainMetrics } from '../../common/contracts.js';
+import { DEFAULTS, train, type TrainOptions } from '../../train/trainer.js';
 import { writeSyntheticShards } from './synthetic.js';
 
 let tmp: string;
@@ -31,7 +32,7 @@ const opts = (out: string, over: Partial<TrainOptions> = {}): TrainOptions => ({
 });
 
 /** Metrics without timings (seconds differ run to run). */
-const strip = (r: TrainReport) => r.layers.map((l) => ({ ...l, history: l.history.map((h) => ({ ...h, seconds: 0 })) }));
+const strip = (r: TrainMetrics) => r.layers.map((l) => ({ ...l, history: l.history.map((h) => ({ ...h, seconds: 0 })) }));
 const weights = (out: string, name: string) => {
   const f = SafetensorsFile.open(join(out, `${name}.safetensors`));
   const w = [f.readFloat32('w1'), f.readFloat32('w2')];

@@ -13,7 +13,8 @@ import { makeData, RecordBatch, Struct, type Data, type Schema } from 'apache-ar
 import { f32ToF16 } from '../../checkpoints/float16.js';
 import { ArrowFileWriter } from '../../collect/arrow-file.js';
 import { headNorms, maskBytes, packActive } from '../../collect/labels.js';
-import { shardSchema, type ShardDims } from '../../collect/schema.js';
+import { shardSchema } from '../../collect/schema.js';
+import type { ShardDims } from '../../common/contracts.js';
 import { Rng } from '../../train/rng.js';
 
 export interface SyntheticOptions {
