@@ -1,7 +1,9 @@
 // `npm run build:cuda`: compiles runtime/cuda into runtime/cuda/build/ (git-ignored):
 //   libdejavu_cuda.so  the engine loaded by runtime/cuda/lib.ts through koffi
 //   cuda-check         the kernel/engine correctness program run by scripts/cuda-check.sh
-// Needs nvcc (CUDA 12+; sm_90 = Hopper). Compiling needs no GPU; running does.
+// Needs nvcc (CUDA 12.4+). Compiling needs no GPU; running does. One binary for every architecture in
+// DEJAVU_CUDA_ARCH (default sm_80,sm_90): sm_90 gets the streamed fast path, sm_80 and newer the portable path
+// (runtime/cuda/engine.cu picks by the device's compute capability), plus PTX of the newest for later GPUs.
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -10,7 +12,16 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const src = join(root, 'runtime', 'cuda');
 const out = join(src, 'build');
-const arch = process.env.DEJAVU_CUDA_ARCH ?? 'sm_90';
+const archs = (process.env.DEJAVU_CUDA_ARCH ?? 'sm_80,sm_90').split(',').map((a) => a.trim()).filter(Boolean);
+for (const a of archs)
+  if (!/^sm_(\d{2,3})a?$/.test(a) || Number(a.match(/\d+/)[0]) < 80) {
+    console.error(`build:cuda: DEJAVU_CUDA_ARCH: '${a}' is not an architecture sm_80 or newer (e.g. sm_80,sm_86,sm_90)`);
+    process.exit(1);
+  }
+const num = (a) => a.replace(/^sm_/, '');
+const gencode = archs.flatMap((a) => ['-gencode', `arch=compute_${num(a)},code=sm_${num(a)}`]);
+const newest = archs[archs.length - 1];
+gencode.push('-gencode', `arch=compute_${num(newest)},code=compute_${num(newest)}`);
 
 // NVCC, when set, is the only candidate (a wrong path is reported as such, not silently replaced by another nvcc).
 function findNvcc() {
@@ -32,7 +43,7 @@ if (!nvcc) {
   process.exit(1);
 }
 mkdirSync(out, { recursive: true });
-const common = ['-O3', `-arch=${arch}`, '-std=c++17', '-lineinfo'];
+const common = ['-O3', ...gencode, '-std=c++17', '-lineinfo'];
 const jobs = [
   ['libdejavu_cuda.so', [...common, '-shared', '-Xcompiler', '-fPIC', '-o', join(out, 'libdejavu_cuda.so'), join(src, 'engine.cu')]],
   ['cuda-check', [...common, '-o', join(out, 'cuda-check'), join(src, 'check.cu')]],

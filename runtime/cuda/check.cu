@@ -384,7 +384,6 @@ static void test_topk(int n, int r, int k, bool degenerate = false, int tied_at_
   CUDA_OK(cudaMemset(state, 0, sizeof(TopkState)));
   Engine fake{};
   fake.sms = sms();
-  if (const char* v = getenv("DEJAVU_CUDA_PRED_UNROLL")) fake.pred_unroll = atoi(v);
   Pred p;
   p.w2 = devh(W2); p.t = dev(t); p.rank = r; p.scores = scores; p.topk = state;
   bool ok = true;
@@ -409,7 +408,7 @@ static void test_topk(int n, int r, int k, bool degenerate = false, int tied_at_
       expect(name, s, ref);
     }
   }
-  snprintf(name, sizeof name, "top-k n=%d k=%d U=%d%s: k distinct, all picked >= all others, x2", n, k, fake.pred_unroll,
+  snprintf(name, sizeof name, "top-k n=%d k=%d U=%d%s: k distinct, all picked >= all others, x2", n, k, TOPK_U,
            degenerate ? " (half tied)" : tied_at_k ? " (~2000 tied at the threshold)" : "");
   expect_true(name, ok);
 }
@@ -421,7 +420,8 @@ static void test_topk(int n, int r, int k, bool degenerate = false, int tied_at_
 __global__ void k_group_select_test(const uint32_t* keys, int nr, const int* c, int alg, int* out, int stride) {
   const uint32_t* k = keys + (size_t)blockIdx.x * nr;
   int* o = out + (size_t)blockIdx.x * stride;
-  dj::pf_group_pick(alg == 1, k, nr, c[blockIdx.x], 1000 * blockIdx.x, o);
+  if (alg == 1 && nr <= 32 * dj::PF_SEL_REG && c[blockIdx.x] <= 32) dj::pf_group_select_max(k, nr, c[blockIdx.x], 1000 * blockIdx.x, o);
+  else dj::pf_group_select(k, nr, c[blockIdx.x], 1000 * blockIdx.x, o);
 }
 static void test_group_select(int nr, int levels) {
   const int G = 64, stride = 40;
@@ -473,7 +473,7 @@ static void test_pred_hidden(int d, int rows, bool norm, bool delta, bool delta2
   for (int j = 0; j < rows; j++) ref[j] = ref_dot(&W[(size_t)j * d], x.data(), d);
   float* t = poisoned(rows);
   XIn in{};
-  in.base = dev(base); in.delta = delta ? dev(del) : nullptr; in.norm = norm; in.eps = 1e-5f; in.tr = -1;
+  in.base = dev(base); in.delta = delta ? dev(del) : nullptr; in.norm = norm; in.eps = 1e-5f;
   in.delta2 = delta2 ? dev(del2) : nullptr;
   const int wpb = PH_THREADS / 32;
   k_pred_hidden<<<(rows + wpb - 1) / wpb, PH_THREADS, (size_t)d * 4>>>(in, d, devh(W), rows, t);
@@ -615,15 +615,43 @@ struct RefModel {
 };
 
 
-// API edges of the fused predictors (DEJAVU_CUDA_PFUSE=1, heads fused, the MLP's exact top-k on the side-stream
-// chain): errors that name the problem, and the exact top-k with every score tied (all n = 2048 keys in the
-// threshold bin, more than the candidates it ranks: any k distinct of them is an exact top-k).
+// API edges: options refused with a reason (grouped on the portable path, the streamed path past T_DMAX), the path
+// chosen for OPT-175B's width, and the grouped selection's edges: errors that name the problem, and every score tied.
 static void test_api_edges() {
-  printf("-- API edges (fused predictors)\n");
+  printf("-- API edges (options, fused predictors)\n");
   const int V = 256, d = 512, L = 2, H = 8, ffn = 2048, rank = 16, kH = 2, kM = 100;
-  setenv("DEJAVU_CUDA_PFUSE", "1", 1);
-  void* e = dj_create(V, d, L, H, ffn, 64, 32, 1e-5f);
-  unsetenv("DEJAVU_CUDA_PFUSE");
+  {
+    DjOptions o{PATH_PORTABLE, SEL_GROUPED, KV_SELECTED};
+    void* x = dj_create(V, d, L, H, ffn, 64, 32, 1e-5f, &o);
+    expect_true("grouped selection on the portable path: refused, named", !x && strstr(dj_last_error(), "grouped") != nullptr);
+    if (x) dj_destroy(x);
+    DjOptions s{PATH_STREAMED, SEL_EXACT, KV_SELECTED};
+    x = dj_create(V, 10368, 1, 81, 128, 64, 32, 1e-5f, &s);
+    expect_true("streamed path with d = 10368 > T_DMAX: refused, named", !x && strstr(dj_last_error(), "d <= 10240") != nullptr);
+    if (x) dj_destroy(x);
+    DjOptions bad{7, SEL_EXACT, KV_SELECTED};
+    x = dj_create(V, d, L, H, ffn, 64, 32, 1e-5f, &bad);
+    expect_true("unknown path: refused, named", !x && strstr(dj_last_error(), "path 7") != nullptr);
+    if (x) dj_destroy(x);
+    // OPT-175B's width (d = 12288, 96 heads of 128): the automatic choice is the portable path, and it decodes.
+    x = dj_create(V, 12288, 1, 96, 4 * 12288, 64, 8, 1e-5f, nullptr);
+    if (!x) { printf("dj_create d=12288: %s\n", dj_last_error()); failures++; }
+    else {
+      API_OK(dj_fill_random(x, 5));
+      API_OK(dj_build(x));
+      std::vector<int> pr = {1, 2, 3};
+      API_OK(dj_set_prompt(x, pr.data(), 3));
+      API_OK(dj_run(x, M_DENSE, 4, nullptr));
+      std::vector<float> lg(V);
+      API_OK(dj_get_logits(x, lg.data()));
+      bool fin = true;
+      for (float v : lg) fin &= std::isfinite(v);
+      expect_true("d = 12288 (OPT-175B width): auto picks the portable path, finite logits", dj_path(x) == PATH_PORTABLE && fin);
+      dj_destroy(x);
+    }
+  }
+  DjOptions grouped{PATH_AUTO, SEL_GROUPED, KV_SELECTED};
+  void* e = dj_create(V, d, L, H, ffn, 64, 32, 1e-5f, &grouped);
   if (!e) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
   API_OK(dj_fill_random(e, 99));
   const int r1 = dj_mlp_groups(e, -1);
@@ -646,7 +674,7 @@ static void test_api_edges() {
   std::vector<int> prompt = {3, 17, 42, 9};
   API_OK(dj_set_prompt(e, prompt.data(), (int)prompt.size()));
   API_OK(dj_run(e, M_SPARSE, 3, nullptr));
-  bool ok = mg == 1;
+  bool ok = mg >= 1;
   std::vector<int> hs(H), ns(ffn);
   for (int l = 0; l < L; l++) {
     API_OK(dj_get_selection(e, l, hs.data(), ns.data()));
@@ -654,7 +682,7 @@ static void test_api_edges() {
     std::sort(nn.begin(), nn.end());
     ok &= nn.front() >= 0 && nn.back() < ffn && std::adjacent_find(nn.begin(), nn.end()) == nn.end();
   }
-  expect_true("exact top-k beside fused head predictors, all 2048 scores tied: k distinct neurons", ok);
+  expect_true("grouped top-k, all 2048 scores tied: k distinct neurons", ok);
   // w1 / ln1_g must stay in fp16 (the fused w1 rows are stored divided by the gain): a gain of 1e-3 still rides,
   // a weight of 100 then does not fit, and the build says so instead of running with infinities. (Layer 1's heads
   // predictor reads att_in(0), so it rides in layer 0's QKV kernel, over layer 0's gain.)
@@ -668,35 +696,18 @@ static void test_api_edges() {
   dj_destroy(e);
 }
 
-// Two engine paths on the same hash-filled weights at real OPT widths (multi-round loops, long contexts, d up to
-// 9216): A = the reference path, B = the path under test, each selected by DEJAVU_CUDA_* settings ("VAR=VAL,...").
-// Dense logits at every step of a forced prompt and the greedy tokens; then (sparse = true) steps of the fixed-selection
-// sparse graph with new random heads (20%) and neurons (5%) every step, the same for both.
-static void set_envs(const char* envs, bool on) {
-  std::string s(envs);
-  size_t i = 0;
-  while (i < s.size()) {
-    size_t j = s.find(',', i);
-    if (j == std::string::npos) j = s.size();
-    std::string kv = s.substr(i, j - i);
-    size_t eq = kv.find('=');
-    if (eq != std::string::npos) {
-      if (on) setenv(kv.substr(0, eq).c_str(), kv.substr(eq + 1).c_str(), 1);
-      else unsetenv(kv.substr(0, eq).c_str());
-    }
-    i = j + 1;
-  }
-}
-static void test_paths(const char* label, const char* envA, const char* envB, int d, int H, int ffn, int L, int steps,
-                       bool sparse, int want_kernels_b = -1, int want_fixed_b = -1) {
+// Two engine configurations on the same hash-filled weights at real OPT widths (multi-round loops, long contexts, d
+// up to 9216): A = the reference, B = the one under test. Dense logits at every step of a forced prompt and the
+// greedy tokens; then (sparse = true) steps of the fixed-selection sparse graph with new random heads (20%) and
+// neurons (5%) every step, the same for both.
+static void test_paths(const char* label, DjOptions oa, DjOptions ob, int d, int H, int ffn, int L, int steps,
+                       bool sparse, int want_kernels_b = -1) {
   printf("%s: d=%d H=%d ffn=%d L=%d, %d steps%s\n", label, d, H, ffn, L, steps, sparse ? " (+ sparse)" : "");
   const int V = 1000, maxT = 2 * steps + 8;
   const int kH = std::max(1, H / 5), kM = std::max(1, ffn / 20);
   void* e[2];
   for (int p = 0; p < 2; p++) {
-    set_envs(p ? envB : envA, true);
-    e[p] = dj_create(V, d, L, H, ffn, 2048, maxT, 1e-5f);
-    set_envs(p ? envB : envA, false);
+    e[p] = dj_create(V, d, L, H, ffn, 2048, maxT, 1e-5f, p ? &ob : &oa);
     if (!e[p]) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
     API_OK(dj_fill_random(e[p], 4242));
     if (sparse)
@@ -707,12 +718,6 @@ static void test_paths(const char* label, const char* envA, const char* envB, in
   for (int p = 0; p < 2; p++) API_OK(dj_graph_kernels(e[p], M_DENSE, &kd[p]));
   printf("  dense kernels per step: A %d, B %d\n", kd[0], kd[1]);
   if (want_kernels_b >= 0) expect_true("kernels per dense step of B", kd[1] == want_kernels_b);
-  if (want_fixed_b >= 0) {
-    int kf = 0;
-    API_OK(dj_graph_kernels(e[1], M_FIXED, &kf));
-    printf("  fixed-selection sparse kernels per step: B %d\n", kf);
-    expect_true("kernels per fixed-selection step of B", kf == want_fixed_b);
-  }
   std::vector<int> prompt(steps - 4);
   for (auto& t : prompt) t = rng() % V;
   std::vector<float> all[2], sp[2];
@@ -759,15 +764,16 @@ static void test_paths(const char* label, const char* envA, const char* envB, in
 // mlp_lag: MLP predictors of layer l read att_in of l - mlp_lag (0: their own layer, as the benchmarks by default;
 // 1: `--mlp-input prev_att_in`, the heads' tap, so layer 0's group has four members). h0norm: layer 0's heads
 // predictor with the parameter-free input LayerNorm (the engine's layer-0 tables then hold centred rows).
-static void test_engine(int hd, int mlp_lag = 0, bool h0norm = false) {
+static void test_engine(DjOptions opt, int hd, int mlp_lag = 0, bool h0norm = false) {
   RefModel m;
   m.V = 512; m.d = 8 * hd; m.L = 3; m.H = 8; m.hd = hd; m.ffn = 4 * m.d; m.maxpos = 64; m.maxT = 40;
   int d = m.d, ffn = m.ffn;
   printf("engine: random OPT d=%d H=%d hd=%d ffn=%d L=%d vocab=%d%s%s\n", d, m.H, hd, ffn, m.L, m.V,
          mlp_lag ? ", MLP predictors on att_in of the layer before" : "", h0norm ? ", layer 0's heads predictor with LN" : "");
   auto msrc = [&](int l) { return std::max(0, l - mlp_lag); };
-  void* e = dj_create(m.V, d, m.L, m.H, ffn, m.maxpos, m.maxT, 1e-5f);
+  void* e = dj_create(m.V, d, m.L, m.H, ffn, m.maxpos, m.maxT, 1e-5f, &opt);
   if (!e) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
+  const bool grouped_sel = opt.selection == SEL_GROUPED;
   float sd = 1.f / std::sqrt((float)d), sf = 1.f / std::sqrt((float)ffn);
   m.E = r16(randv((size_t)m.V * d, 0.5f)); m.P = r16(randv((size_t)(m.maxpos + 2) * d, 0.1f));
   m.lnf_g = randv(d, 0.1f, 1.f); m.lnf_b = randv(d, 0.02f);
@@ -836,7 +842,9 @@ static void test_engine(int hd, int mlp_lag = 0, bool h0norm = false) {
 
   // ---- sparse, fixed selections changing every step, under both KV policies ----
   for (int policy = 1; policy >= 0; policy--) {
-  API_OK(dj_set_kv_policy(e, policy));
+  DjOptions po = opt;
+  po.kv_policy = policy;
+  API_OK(dj_set_options(e, &po));
   API_OK(dj_build(e));
   m.kv_all = policy == 1;
   API_OK(dj_set_pos(e, n_prompt));
@@ -867,6 +875,8 @@ static void test_engine(int hd, int mlp_lag = 0, bool h0norm = false) {
 
   }
   m.kv_all = false;
+  API_OK(dj_set_options(e, &opt));
+  API_OK(dj_build(e));
   // ---- sparse with predictors on the GPU: selections read back, fed to the reference; predictor picks checked ----
   API_OK(dj_set_pos(e, n_prompt));
   m.reset();
@@ -874,7 +884,7 @@ static void test_engine(int hd, int mlp_lag = 0, bool h0norm = false) {
   all_g.clear(); all_r.clear();
   int pick_mismatch = 0, picks = 0;
   double fz_terr = 0;
-  int fz_bad = 0, fz_diff = 0, fz_picks = 0, fz_grouped = 0, gc_bad = 0, gc_sets = 0;
+  int fz_bad = 0, fz_diff = 0, fz_picks = 0, fz_grouped = 0;
   std::vector<std::vector<double>> att_in(m.L), mlp_in(m.L);
   // Layer 0's heads (picked from build-time tables when the engine has head0, else by the side chain) against the
   // fp64 scores of att_in(0) = E[tok] + P[pos + 2]: valid, distinct, and no other head scoring more than a pick by
@@ -916,26 +926,6 @@ static void test_engine(int hd, int mlp_lag = 0, bool h0norm = false) {
     }
     auto rl = m.step(toks[pos], pos, &sh, &sn, &att_in, &mlp_in);
     check_h0(toks[pos], pos, sh[0].data());
-    // The green partition's one-kernel chain (chain.cuh): its selections against the exact top-k of the scores it
-    // wrote (k distinct indices, every pick >= every other score), so the three histogram rounds are judged alone.
-    if (Engine* E = (Engine*)e; E->gm && E->green_chain)
-      for (int l = 0; l < m.L; l++)
-        for (int tg = 0; tg < 2; tg++) {
-          const Pred& p = tg == 0 ? E->layers[l].pa : E->layers[l].pm;
-          const int n = tg == 0 ? m.H : ffn;
-          auto sc = host(p.scores, n);
-          const auto& got = tg == 0 ? sh[l] : sn[l];
-          std::vector<char> seen(n, 0);
-          float lo = INFINITY, hi = -INFINITY;
-          for (int v : got) {
-            if (v < 0 || v >= n || seen[v]) { gc_bad++; continue; }
-            seen[v] = 1;
-            lo = std::min(lo, sc[v]);
-          }
-          for (int j = 0; j < n; j++) if (!seen[j]) hi = std::max(hi, sc[j]);
-          gc_bad += hi > lo;
-          gc_sets++;
-        }
     // Fused predictors (pfuse.cuh): their t against the reference tap, and their selections against the exact top-k
     // of the GPU's own t (so only the top-k itself is judged), and valid (k distinct indices in range).
     for (int src = 0; src < m.L; src++) {
@@ -966,7 +956,7 @@ static void test_engine(int hd, int mlp_lag = 0, bool h0norm = false) {
         std::vector<char> top(n, 0), seen(n, 0);
         // The big member in the grouped mode (PredFuse::local): group g = rows [g*per, ..) takes
         // floor(k*r1/n) - floor(k*r0/n) of its own (runtime/sparse/kernels.ts groupedTopK). Otherwise one group.
-        const bool grouped = ((Engine*)e)->pf_local && n > PF_SMALL_MAX;
+        const bool grouped = grouped_sel && n > PF_SMALL_MAX;
         const int G = grouped ? f.groups : 1, per = (n + G - 1) / G;
         for (int r0 = 0; r0 < n; r0 += per) {
           const int r1 = std::min(n, r0 + per), c = (int)((long long)k * r1 / n - (long long)k * r0 / n);
@@ -1008,7 +998,7 @@ static void test_engine(int hd, int mlp_lag = 0, bool h0norm = false) {
       };
       auto ra = topk(pa1[l], pa2[l], att_in[l > 0 ? l - 1 : 0], m.H, kH, l == 1 || (l == 0 && h0norm));
       const Engine* E = (const Engine*)e;
-      const int Gm = E->pf_local && E->layers[l].pm.fused ? E->layers[E->layers[l].pm.src_layer].fz.groups : 1;
+      const int Gm = grouped_sel && E->layers[l].pm.fused ? E->layers[E->layers[l].pm.src_layer].fz.groups : 1;
       auto rm = topk(pm1[l], pm2[l], att_in[msrc(l)], ffn, kM, l == 2, Gm);
       for (int i = 0; i < kH; i++) pick_mismatch += !std::binary_search(ra.begin(), ra.end(), sh[l][i]);
       for (int i = 0; i < kM; i++) pick_mismatch += !std::binary_search(rm.begin(), rm.end(), sn[l][i]);
@@ -1023,10 +1013,6 @@ static void test_engine(int hd, int mlp_lag = 0, bool h0norm = false) {
            fz_terr, fz_bad, fz_grouped ? "grouped " : "", fz_diff, fz_picks);
     expect_true("  ... fused predictors: t within 1e-2, picks valid, top-k exact (<= 0.5% differ: near-ties)",
                 fz_terr <= 1e-2 && fz_bad == 0 && fz_diff * 200 <= fz_picks);
-  }
-  if (gc_sets) {
-    printf("  green chain: %d selections checked against the exact top-k of their own scores, %d wrong\n", gc_sets, gc_bad);
-    expect_true("  ... green chain: every selection an exact top-k of its scores", gc_bad == 0);
   }
   expect("sparse with GPU predictors + top-k (same picks given to ref)", all_g, all_r);
   printf("  predictor picks differing from the fp64 reference's: %d of %d\n", pick_mismatch, picks);
@@ -1065,15 +1051,6 @@ int main(int argc, char** argv) {
   long long mem;
   API_OK(dj_device_info(name, sizeof name, &n, &mem));
   printf("cuda-check on %s (%d SMs, %.1f GiB), seed %llu\n", name, n, mem / 1073741824.0, (unsigned long long)seed);
-  {  // A green partition the device cannot give: dj_create fails and says which setting and why.
-    setenv("DEJAVU_CUDA_GREEN", "100000", 1);
-    void* bad = dj_create(512, 256, 1, 8, 1024, 64, 40, 1e-5f);
-    unsetenv("DEJAVU_CUDA_GREEN");
-    const std::string msg = bad ? "" : dj_last_error();
-    printf("  DEJAVU_CUDA_GREEN=100000: %s\n", bad ? "(created)" : msg.c_str());
-    expect_true("engine refuses an impossible green partition, naming the setting", !bad && msg.find("DEJAVU_CUDA_GREEN=100000") != std::string::npos);
-    if (bad) dj_destroy(bad);
-  }
   test_embed();
   test_rows(384, 1000, 1000, MAP_ID, EPI_PLAIN, "rows K=384 n=1000 plain");
   test_rows(5120, 3000, 3000, MAP_ID, EPI_PLAIN, "rows K=5120 n=3000");
@@ -1113,10 +1090,6 @@ int main(int argc, char** argv) {
   test_topk(100, 8, 100);
   test_topk(20480, 128, 1024, true);
   test_topk(20480, 128, 1024, false, 2000);
-  setenv("DEJAVU_CUDA_PRED_UNROLL", "1", 1);  // (read by test_topk's engine stand-in)
-  test_topk(20480, 128, 1024);
-  test_topk(1536, 24, 154);
-  unsetenv("DEJAVU_CUDA_PRED_UNROLL");
   test_pred_hidden(5120, 256, false, true);
   test_pred_hidden(5120, 128, true, true);
   test_pred_hidden(384, 40, true, false);
@@ -1124,69 +1097,32 @@ int main(int argc, char** argv) {
   test_pred_hidden(5120, 128, true, true, true);
   test_lmhead(50272, 5120, 1, 3);
   test_lmhead(8192, 384, 10, 3);
-  // The whole-engine checks under each path: streamed (default), per-op kernels, persistent dense layer kernel.
-  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=2",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1,DEJAVU_CUDA_PF_SEL=0",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1,DEJAVU_CUDA_HEAD0_TABLE=0",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_MLP_BULK=0",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1,DEJAVU_CUDA_MLP_CLUSTER=2",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1,DEJAVU_CUDA_MLP_BULK=0",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PDL_SPARSE=1",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_JOIN=1",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_CHAIN=0",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PCHAIN=0,DEJAVU_CUDA_PRED_UNROLL=1",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PRED_PDL=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88",
-                           "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=0", "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1"}) {
-    printf("-- engine with %s\n", envs);
-    set_envs(envs, true);
-    test_engine(32);
-    test_engine(128);
-    set_envs(envs, false);
+  // The whole-engine checks on each path and selection (the portable path forced on a Hopper card too).
+  const DjOptions streamed{PATH_STREAMED, SEL_EXACT, KV_SELECTED}, grouped{PATH_STREAMED, SEL_GROUPED, KV_SELECTED},
+      portable{PATH_PORTABLE, SEL_EXACT, KV_SELECTED};
+  int dev = 0, ccmaj = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&ccmaj, cudaDevAttrComputeCapabilityMajor, dev);
+  const bool hopper = ccmaj >= 9;
+  const struct { const char* name; DjOptions o; } cfgs[] = {{"streamed, exact top-k", streamed},
+                                                           {"streamed, grouped top-k", grouped},
+                                                           {"portable, exact top-k", portable}};
+  for (const auto& c : cfgs) {
+    if (c.o.path == PATH_STREAMED && !hopper) { printf("-- engine, %s: skipped (needs sm_90)\n", c.name); continue; }
+    printf("-- engine, %s\n", c.name);
+    test_engine(c.o, 32);
+    test_engine(c.o, 128);
+    printf("-- engine, %s, MLP predictors one layer ahead\n", c.name);
+    test_engine(c.o, 128, 1);
+    printf("-- engine, %s, layer 0's heads predictor with LN\n", c.name);
+    test_engine(c.o, 128, 0, true);
   }
-  // MLP predictors on the heads' tap (bench --mlp-input prev_att_in), default path and green chain.
-  for (const char* envs : {"DEJAVU_CUDA_TMA=1", "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_GREEN=16,DEJAVU_CUDA_GREEN_JOIN=1",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1"}) {
-    printf("-- engine with %s, MLP predictors one layer ahead\n", envs);
-    set_envs(envs, true);
-    test_engine(128, 1);
-    set_envs(envs, false);
+  if (hopper) {
+    test_api_edges();
+    test_paths("streamed vs portable", portable, streamed, 1024, 16, 4096, 2, 40, true, 2 + 3 * 2);  // hd 64
+    test_paths("streamed vs portable", portable, streamed, 5120, 40, 20480, 2, 200, true, 2 + 3 * 2);
+    test_paths("streamed vs portable", portable, streamed, 9216, 72, 36864, 1, 24, true, 2 + 3);
   }
-  // Layer 0's heads predictor with the parameter-free input LayerNorm: tables of centred rows (the default grouped
-  // graph), the side chain, and the default path's chain.
-  for (const char* envs : {"DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1",
-                           "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PFUSE=1,DEJAVU_CUDA_PF_LOCAL=1,DEJAVU_CUDA_HEAD0_TABLE=0",
-                           "DEJAVU_CUDA_TMA=1"}) {
-    printf("-- engine with %s, layer 0's heads predictor with LN\n", envs);
-    set_envs(envs, true);
-    test_engine(128, 0, true);
-    set_envs(envs, false);
-  }
-  test_api_edges();
-  const char* perop = "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=0";
-  test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 1024, 16, 4096, 2, 40, true, 2 + 3 * 2);  // hd 64
-  test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 5120, 40, 20480, 2, 200, true, 2 + 3 * 2);
-  test_paths("streamed vs per-op", perop, "DEJAVU_CUDA_TMA=1", 9216, 72, 36864, 1, 24, true, 2 + 3);
-  // One copy of the MLP outputs' delta (the default adds into two, v27).
-  test_paths("streamed, one MLP delta copy, vs per-op", perop, "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_DCOPY=0", 5120, 40, 20480,
-             2, 60, true, 2 + 3 * 2);
-  // The MLP's reduction by float4 atomics (pairs for neuron lists) instead of bulk copies (the default since s16).
-  test_paths("streamed, MLP reduction by atomics, vs per-op", perop, "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_MLP_BULK=0", 5120, 40,
-             20480, 2, 60, true, 2 + 3 * 2);
-  test_paths("streamed, MLP reduction by atomics, vs per-op", perop, "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_MLP_BULK=0", 1024, 16,
-             4096, 2, 40, true, 2 + 3 * 2);
-  test_paths("streamed, MLP bulk reduction in pairs, vs per-op", perop, "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_MLP_CLUSTER=2", 5120,
-             40, 20480, 2, 60, true, 2 + 3 * 2);
-  const char* ps = "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_PSTEP=1";  // persistent sparse step (fixed selections)
-  test_paths("persistent sparse step vs per-op", perop, ps, 1024, 16, 4096, 2, 40, true, 2 + 3 * 2, 3);
-  test_paths("persistent sparse step vs per-op", perop, ps, 5120, 40, 20480, 2, 200, true, 2 + 3 * 2, 3);
-  test_paths("persistent sparse step vs per-op", perop, ps, 9216, 72, 36864, 1, 24, true, 2 + 3, 3);
-  const char* w8 = "DEJAVU_CUDA_TMA=1,DEJAVU_CUDA_TMA_WARPS=8,DEJAVU_CUDA_RING_KB=88";
-  test_paths("streamed (8 warps, 88 KB ring) vs per-op", perop, w8, 5120, 40, 20480, 2, 120, true, 2 + 3 * 2);
-  test_paths("streamed (8 warps, 88 KB ring) vs per-op", perop, w8, 9216, 72, 36864, 1, 24, true, 2 + 3);
-  test_paths("persistent vs per-op", perop, "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1", 1024, 16, 4096, 2, 40, false, 4);
-  test_paths("persistent vs per-op", perop, "DEJAVU_CUDA_TMA=0,DEJAVU_CUDA_PERSIST=1", 5120, 40, 20480, 2, 200, false, 4);
   printf("cuda-check: %s (%d failures, worst relative error %.2e)\n", failures ? "FAILED" : "PASSED", failures, worst);
   return failures ? 1 : 0;
 }

@@ -1,10 +1,10 @@
-// The streamed decode path (default; DEJAVU_CUDA_TMA=0 selects the per-op kernels of kernels.cuh): three kernels
+// The streamed decode path (the fast path on sm_90+; kernels.cuh holds the portable per-op kernels): three kernels
 // per layer, every weight byte brought in by the copy engine (tma.cuh) into a shared-memory ring.
 //   k_rows_tma<QKV>   LN1 prologue, then q/k/v rows (all, a head list's, or a head list's q + every k/v)
 //   k_attn_out<HD>    a block per (head, column slice): that head's attention (recomputed by each of its slices,
 //                     K/V from L2), then its out_proj rows restricted to the slice -> atomics into the residual delta
 //   k_mlp_tma         LN2 prologue, then per chunk of 16 neurons: fc1 rows -> h = ReLU(.) -> fc2^T rows scaled by h,
-//                     accumulated in registers over the block's neurons -> one set of atomics
+//                     accumulated in registers over the block's neurons -> one bulk reduction (t_mlp_reduce_bulk)
 // plus k_embed_tma (x0, and the step's delta buffers zeroed) and k_rows_tma<ARGMAX / PLAIN> (LM head, predictors).
 //
 // Residual stream without in-place updates. Point r = 0 is att_in of layer 0, r = 2l+1 mlp_in of layer l, r = 2l+2
@@ -21,71 +21,23 @@
 
 namespace dj {
 
-// NW consumer warps per block (a template parameter: 16, or 8 so that two blocks fit an SM and the next kernel's
-// producer can start streaming beside the running one); + one producer warp.
-constexpr int TWMAX = 16;
+// TW consumer warps per block + one producer warp (8 warps, two blocks an SM, measured slower). The device helpers
+// take the consumer warps as a template parameter NW.
+constexpr int TW = 16;
 constexpr int T_MAX_STAGES = 8;
 constexpr int T_DMAX = 10240;               // x held in registers by the prologue: d <= T_DMAX
 constexpr int T_SEGMAX = 4;                 // row segments per row (segment <= segment bytes target)
 constexpr int T_ROWIX = 512;                // a block's selected row indices held in shared memory (more: looked up)
 __host__ __device__ constexpr int t_threads(int nw) { return nw * 32 + 32; }
+constexpr int T_THREADS = t_threads(TW);
 // Register cap: a 544-thread block at <= 72 registers leaves ~25K registers of the SM to the predictor kernels on the
 // side streams (k_rows / k_pred_scores / k_topk_select blocks), so they run beside a streamed block instead of
 // waiting for an SM to empty (measured: with 96 registers the predictors added 33% to a 13B sparse step).
 #define T_REGS __maxnreg__(72)
 
-// Timeline trace (bench/cuda/trace.cu builds with -DDJ_TRACE): thread 0 of each block writes %globaltimer at a few
-// points of each traced launch (id `tr` >= 0) into g_trace[tr][block][point]. Compiled out otherwise.
-constexpr int TR_MAXB = 256, TR_N = 12;  // points: 0 entry, 1 previous grid done (pdl_wait), 2 input ready, 3 end,
-                                        // 4 input loaded, 5 LayerNorm statistics ready, 6 producer issued its last
-                                        // copy, 7 its last stage landed, 8 the SM id (a value, not a time),
-                                        // 9 consumers done with the ring (before the atomics); grouped top-k
-                                        // (pfuse.cuh pf_local): 10 past pdl_wait, 11 t and the w2 rows in
-constexpr int TS_B = 8, TS_N = 64;  // stage trace (tr_stage): blocks, stages (the last slot: release, ready)
-#ifdef DJ_TRACE
-__device__ unsigned long long* g_trace;
-__device__ __forceinline__ void tr_mark(int tr, int k) {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  if (g_trace && tr >= 0 && blockIdx.x < TR_MAXB) g_trace[((size_t)tr * TR_MAXB + blockIdx.x) * TR_N + k] = t;
-}
-// The producer thread after its last copy: stamps 6, then waits for the last stage (it = stages issued) to land, 7,
-// and records the SM (8). Waiting there is harmless: the producer has nothing left to do.
-__device__ __forceinline__ void tr_producer_done(int tr, uint64_t* full, int it, int S) {
-  tr_mark(tr, 6);
-  pdl_trigger();  // as the warp does right after this (the wait below must not delay the dependents)
-  if (it > 0) {
-    const int s = (it - 1) % S;
-    while (true) {
-      uint32_t ok;
-      asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-                   : "=r"(ok) : "r"((uint32_t)__cvta_generic_to_shared(full + s)), "r"((unsigned)(((it - 1) / S) & 1)) : "memory");
-      if (ok) break;
-    }
-  }
-  tr_mark(tr, 7);
-  unsigned smid;
-  asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
-  if (g_trace && tr >= 0 && blockIdx.x < TR_MAXB) g_trace[((size_t)tr * TR_MAXB + blockIdx.x) * TR_N + 8] = smid;
-}
-// Per-stage stamps of the streamed row kernel (k_rows_tma; first TS_B blocks, first TS_N - 1 stages of a launch):
-// g_stage[tr][block][stage][0 copy issued (after its slot was free), 1 landed (seen by consumer warp 0), 2 released
-// by warp 0]; slot TS_N - 1 holds [pdl release, input ready]. SM cycles (clock64), not %globaltimer: reading that
-// in the loop slowed the traced step by ~30%. Why: to see what sets the pace of a block's last bytes after its
-// input is ready.
-__device__ unsigned long long* g_stage;
-__device__ __forceinline__ void tr_stage(int tr, int it, int k) {
-  if (g_stage && tr >= 0 && blockIdx.x < TS_B && it < TS_N)
-    g_stage[(((size_t)tr * TS_B + blockIdx.x) * TS_N + it) * 3 + k] = clock64();
-}
-#else
-__device__ __forceinline__ void tr_mark(int, int) {}
-__device__ __forceinline__ void tr_producer_done(int, uint64_t*, int, int) {}
-__device__ __forceinline__ void tr_stage(int, int, int) {}
-#endif
 template <int NW> __device__ __forceinline__ void cbar() { asm volatile("bar.sync 1, %0;" ::"n"(NW * 32) : "memory"); }
 }  // namespace dj
-#include "pfuse.cuh"  // (uses tr_mark)
+#include "pfuse.cuh"
 namespace dj {
 
 // Where a kernel's input vector comes from, and what it makes of it (see the header).
@@ -100,7 +52,6 @@ struct XIn {
   int norm;            // 0: raw x, 1: LayerNorm
   const float* c1;     // deferred LayerNorm (t_load_input): per weight row W . g and W . b; null: LN in the prologue
   const float* c2;
-  int tr;              // trace id (-1: none; DJ_TRACE builds only)
 };
 // x_r's float4 i: base + delta (+ delta2). D2 = false: the point has one copy (compiled without the second load).
 template <bool D2 = true>
@@ -120,9 +71,7 @@ __device__ __forceinline__ float4 x_at(const XIn& in, int i) {
 // few rows still fills its ring.
 struct TGeo {
   int seg, S, rows;
-  int lead;  // stages the producer may issue before the consumers' input is ready (-1: no limit); see t_produce_group
-  int rowix; // bit 0 (row kernels) / bit 1 (MLP): the producer looks the block's selected rows up first (T_ROWIX);
-             // bit 2 (MLP): no reduction (timing only); bit 3 (MLP): the reduction by bulk copies
+  int rowix; // bit 0 (row kernels) / bit 1 (MLP): the producer looks the block's selected rows up first (T_ROWIX)
 };
 
 // Consumer prologue: x = base + delta into registers, written to shared memory as two float4 planes (lo[c] =
@@ -165,7 +114,6 @@ __device__ __forceinline__ LnStat t_load_input(const XIn& in, int d, float4* xs,
       s2 += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
     }
   }
-  if (tid == 0) tr_mark(in.tr, 4);
   if (in.out) {  // this block's slice of X[r]
     const int per = (n4 + nb - 1) / nb, i0 = bi * per, i1 = min(n4, i0 + per);
 #pragma unroll
@@ -197,7 +145,6 @@ __device__ __forceinline__ LnStat t_load_input(const XIn& in, int d, float4* xs,
     st.mean = s / d;
     st.rstd = rsqrtf(fmaxf(s2 / d - st.mean * st.mean, 0.f) + in.eps);
   }
-  if (tid == 0) tr_mark(in.tr, 5);
   if (defer) return st;
 #pragma unroll
   for (int u = 0; u < T_XV; u++) {
@@ -224,13 +171,8 @@ __device__ __forceinline__ float t_ln_row(const XIn& in, LnStat st, float dot, f
 
 // dot of 16 bytes of fp16 weights (vector c of the row) with x from the planes
 __device__ __forceinline__ float t_dot(const uint4& w, const float4* xs, int d, int c) {
-#ifdef DJ_NOX  // TIMING EXPERIMENT ONLY (wrong results; a separate build): no x from shared memory, to measure
-               // what the consumers' x reads cost (bench/results/cuda-consumer-cost-*-s9.txt)
-  const float x[8] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
-#else
   const float4 a = xs[c], b = xs[(d >> 3) + c];
   const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#endif
   return dot8(w, x);
 }
 
@@ -247,43 +189,38 @@ __device__ __forceinline__ void t_lead_gate(int it, int lead, uint64_t* go) {
 // bulk copy per piece (src(r) = where piece r starts).
 template <class Src>
 __device__ __forceinline__ void t_produce_stage(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes, int S,
-                                                int nr, int bytes, Src src, uint64_t pol, int it, int tr = -1) {
+                                                int nr, int bytes, Src src, uint64_t pol, int it) {
   const int s = it % S;
   if (it >= S) mbar_wait(&ring.empty[s], ((it / S) & 1) ^ 1);
-  tr_stage(tr, it, 0);
   mbar_expect_tx(&ring.full[s], nr * bytes);
   for (int r = 0; r < nr; r++) bulk_g2s(stages + (size_t)s * stage_bytes + r * bytes, src(r), bytes, &ring.full[s], pol);
 }
 template <class Row>
 __device__ __forceinline__ void t_produce_group(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes,
                                                 int segbytes, int segel, int seg, int S, int nr, Row row, uint64_t pol,
-                                                int& it, int lead, uint64_t* go, int tr = -1) {
+                                                int& it, int lead, uint64_t* go) {
   for (int sg = 0; sg < seg; sg++, it++) {
     t_lead_gate(it, lead, go);
-    t_produce_stage(ring, stages, stage_bytes, S, nr, segbytes, [&](int r) { return row(r) + sg * segel; }, pol, it, tr);
+    t_produce_stage(ring, stages, stage_bytes, S, nr, segbytes, [&](int r) { return row(r) + sg * segel; }, pol, it);
   }
 }
 // Consumer warp: the dot of its row of the group (warp index = row; `active` = the row exists) with x over the
 // group's seg stages, summed over the warp; every warp releases every stage.
 __device__ __forceinline__ float t_consume_row(Ring<T_MAX_STAGES>& ring, const unsigned char* stages, int stage_bytes,
                                                int segbytes, int segel, int seg, int S, const float4* xs, int K,
-                                               bool active, int& it, int tr = -1) {
+                                               bool active, int& it) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, segvec = segbytes >> 4;
   float acc = 0.f;
   for (int sg = 0; sg < seg; sg++, it++) {
     const int s = it % S;
     mbar_wait(&ring.full[s], (it / S) & 1);
-    if (warp == 0 && lane == 0) tr_stage(tr, it, 1);
     if (active) {
       const uint4* src = reinterpret_cast<const uint4*>(stages + (size_t)s * stage_bytes + warp * segbytes);
       const int c0 = sg * (segel >> 3);
-#ifndef DJ_NODOT  // (TIMING EXPERIMENT ONLY, a separate build: consumers release stages unread)
       for (int c = lane; c < segvec; c += 32) acc += t_dot(src[c], xs, K, c0 + c);
-#endif
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(&ring.empty[s]);
-    if (warp == 0 && lane == 0) tr_stage(tr, it, 2);
   }
   return warp_sum(acc);
 }
@@ -308,9 +245,8 @@ __device__ __forceinline__ LnStat t_consumer_prologue(const XIn& in, int K, floa
   float4 gv[t_xv<NW>()];
   t_pre_input<NW>(in, K, gv);
   pdl_wait();
-  if (threadIdx.x == 0) { tr_mark(in.tr, 1); tr_stage(in.tr, TS_N - 1, 0); }
   const LnStat lst = t_load_input<NW, D2>(in, K, xs, gv, gridDim.x, blockIdx.x);
-  if (threadIdx.x == 0) { mbar_arrive(go); tr_mark(in.tr, 2); tr_stage(in.tr, TS_N - 1, 1); }
+  if (threadIdx.x == 0) mbar_arrive(go);
   return lst;
 }
 
@@ -319,9 +255,9 @@ __device__ __forceinline__ LnStat t_consumer_prologue(const XIn& in, int K, floa
 // in groups of TW rows, one segment per stage; consumer warp w owns row w of each group.
 // PF: the launch carries fused-predictor rows or waits for a head list (pfuse.cuh). A separate instantiation: with
 // those paths compiled in, the register allocation of the plain kernel changed and 30B dense lost 9-11% (measured).
-template <int EPI, int NW, bool PF = false>
+template <int EPI, bool PF = false>
 __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
-  constexpr int TW = NW;
+  constexpr int NW = TW;
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ unsigned long long best_s[TW];
@@ -339,7 +275,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
   auto wrow = [&](int v) {
     return PF && a.pn && v >= a.pbase ? a.pW + (size_t)(v - a.pbase) * K : a.W + (size_t)v * K;
   };
-  if (threadIdx.x == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
+  if (threadIdx.x == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); }
   __syncthreads();
   if (warp == TW) {  // producer: weights and row selections only (never written by the kernel before us)
     if constexpr (PF) {
@@ -354,8 +290,7 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       int it = 0;
       for (int g = j0; g < j1; g += RS)
         t_produce_group(ring, stages, stage_bytes, segbytes, segel, seg, S, min(RS, j1 - g),
-                        [&](int r) { return wrow(pre ? rowix[g + r - j0] : vrow(g + r)); }, pol, it, geo.lead, &go, in.tr);
-      tr_producer_done(in.tr, ring.full, it, S);
+                        [&](int r) { return wrow(pre ? rowix[g + r - j0] : vrow(g + r)); }, pol, it, -1, &go);
     }
     pdl_trigger();
     return;
@@ -373,14 +308,14 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       if (a.pn && row >= a.pbase) {  // fused predictor row: t = w1 . x (planes: g * x, w1 stored / g)
         const int pr = row - a.pbase;
         const float c1r = ld ? __ldg(a.pc1 + pr) : 0.f, nm = ld ? __ldg(a.pnm + pr) : 0.f;
-        const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it, in.tr);
+        const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
         if (ld) a.pt[pr] = nm != 0.f ? lst.rstd * (acc - lst.mean * c1r) : acc;
         continue;
       }
     }
     const float bias = ld && a.b ? __ldg(a.b + row) : 0.f;
     const float c1r = ld && in.c1 ? __ldg(in.c1 + row) : 0.f, c2r = ld && in.c1 ? __ldg(in.c2 + row) : 0.f;
-    const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it, in.tr);
+    const float acc = t_consume_row(ring, stages, stage_bytes, segbytes, segel, seg, S, xs, K, active, it);
     if (ld) row_epilogue<EPI>(a, j, row, t_ln_row(in, lst, acc, c1r, c2r) + bias, pos, best);
   }
   if constexpr (EPI == EPI_ARGMAX) {
@@ -392,7 +327,6 @@ __global__ void T_REGS k_rows_tma(RowsArgs a, XIn in, TGeo geo) {
       argmax_finish(a, m);
     }
   }
-  if (threadIdx.x == 0) tr_mark(in.tr, 3);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -411,13 +345,12 @@ struct AttnOutArgs {
   const __half* WoT;    // [d][d] (out_proj transposed)
   const float* bias;    // [d] added by the slices of list entry 0
   float* y;             // D[2l+1]
-  int tr;               // trace id (-1: none)
   const unsigned* sel_flag;  // the head list comes from a fused predictor of this step: wait for it (null: none)
   PredFuse pf;          // predictors fused into this kernel (pfuse.cuh): one more warp per block when pf.on
 };
 
 // ---------------------------------------------------------------------------------------------------------------
-// out_proj over one column slice of one head (k_attn_out, and the persistent sparse step in step.cuh): the slice's
+// out_proj over one column slice of one head (k_attn_out): the slice's
 // hd rows of WoT (nv 16-byte vectors each, rowbytes apart in global memory: row stride d), R rows per stage.
 // Producer (one thread): nst = hd / R stages from `it` on.
 __device__ __forceinline__ void t_produce_outproj(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes, int S,
@@ -495,15 +428,13 @@ __device__ __forceinline__ void t_outproj_consume(Ring<T_MAX_STAGES>& ring, cons
 #pragma unroll
       for (int i = 0; i < 8; i++) acc[u][i] += __ldg(bias + col + i);
     }
-    float4* y4 = reinterpret_cast<float4*>(y + col);
-    atomicAdd(y4, make_float4(acc[u][0], acc[u][1], acc[u][2], acc[u][3]));
-    atomicAdd(y4 + 1, make_float4(acc[u][4], acc[u][5], acc[u][6], acc[u][7]));
+    atomic_add8(y + col, acc[u]);
   }
 }
 
-template <int HD, int NW, bool PF = false>  // PF: fused predictors / a flagged head list (own instantiation)
+template <int HD, bool PF = false>  // PF: fused predictors / a flagged head list (own instantiation)
 __global__ void T_REGS k_attn_out(AttnOutArgs a) {
-  constexpr int TW = NW;
+  constexpr int NW = TW;
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float o_s[HD];
@@ -525,7 +456,7 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
       h = a.sel ? a.sel[hi] : hi;
       h_s = h;
     }
-    mbar_fence_init(); tr_mark(a.tr, 0);
+    mbar_fence_init();
     // This head's K/V history into L2 before the weight copies are queued: with the copies gated (a.lead), the
     // attention's loads are then L2 hits with nothing ahead of them. (st[0] is final here: k_embed_tma triggers
     // its dependents only after its pdl_wait, i.e. after the previous step's LM head moved the position.)
@@ -540,9 +471,9 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   __syncthreads();
   if constexpr (PF) {
     h = h_s;
-    if (warp > TW) {  // the fused predictors' a.pf.pw warps (pfuse.cuh pf_local)
+    if (warp > TW) {  // the fused predictors' PF_LOCAL_WARPS warps (pfuse.cuh pf_local)
       pdl_trigger();
-      pf_local(a.pf, t_sm + a.pf.smem_off, &pbar, a.tr, tid - (TW + 1) * 32);
+      pf_local(a.pf, t_sm + a.pf.smem_off, &pbar, tid - (TW + 1) * 32);
       return;
     }
   }
@@ -551,7 +482,6 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
       int it = 0;
       t_produce_outproj(ring, stages, stage_bytes, a.S, a.R, nst, rowbytes, a.WoT + (size_t)h * HD * a.d + (size_t)v0 * 8,
                         a.d, policy_evict_first(), it, a.lead, &go);
-      tr_producer_done(a.tr, ring.full, it, a.S);
     }
     pdl_trigger();
     return;
@@ -559,27 +489,17 @@ __global__ void T_REGS k_attn_out(AttnOutArgs a) {
   pdl_trigger();
   // ---- attention (kernels.cuh head_attention, with the consumer warps) ----
   pdl_wait();
-  if (tid == 0) tr_mark(a.tr, 1);
   head_attention<HD, NW>(a.q + h * HD, a.kc + (size_t)h * a.maxT * HD, a.vc + (size_t)h * a.maxT * HD,
                          a.valid + (size_t)h * a.maxT, a.st[0] + 1, att_sm, o_s, [] { cbar<NW>(); });
   cbar<NW>();
-  if (tid == 0) { mbar_arrive(&go); tr_mark(a.tr, 2); }
+  if (tid == 0) mbar_arrive(&go);
   int it = 0;
   t_outproj_consume<NW>(ring, stages, stage_bytes, a.S, a.R, nst, nv, rowbytes, o_s, att_sm, v0, hi == 0 ? a.bias : nullptr,
                         a.y, it);
-  if (tid == 0) tr_mark(a.tr, 3);
 }
 
-// A consumer warp's row of group/chunk gi, looked up ahead (the persistent step loads them before its grid wait,
-// so no dependent global load sits between two groups): weight row, bias, deferred-LN constants.
-constexpr int T_MG = 4;  // groups per warp held (more: loaded in the loop)
-struct RowMeta {
-  int row;
-  float bias, c1, c2;
-};
-
 // ---------------------------------------------------------------------------------------------------------------
-// The fused MLP's stream (k_mlp_tma, and the persistent sparse step in step.cuh): neurons j0..j1-1 of a list (row(j) =
+// The fused MLP's stream (k_mlp_tma): neurons j0..j1-1 of a list (row(j) =
 // the weight row of list entry j) in chunks of RS: the chunk's fc1 rows (seg segments), then its fc2^T rows.
 template <class Row>
 __device__ __forceinline__ void t_produce_mlp(Ring<T_MAX_STAGES>& ring, unsigned char* stages, int stage_bytes,
@@ -602,7 +522,7 @@ __device__ __forceinline__ void t_add8(float (&acc)[8], const float* b, int col)
   for (int i = 0; i < 8; i++) acc[i] += __ldg(b + col + i);
 }
 // A block's fc2 partial (+ the bias it owes) into shared memory in y's layout (consumer thread tid holds the 8 floats
-// at sg * segel + tid * 8 of each segment), for the pairs' and the bulk reduction.
+// at sg * segel + tid * 8 of each segment), for the bulk reduction.
 __device__ __forceinline__ void t_store_partial(float (&acc)[T_SEGMAX][8], float* part, int seg, int segel, int segvec,
                                                 const float* b2) {
   const int tid = threadIdx.x;
@@ -618,61 +538,42 @@ __device__ __forceinline__ void t_store_partial(float (&acc)[T_SEGMAX][8], float
     }
   }
 }
-// The MLP's cross-block reduction done by the copy engine (sixteenth session, DEJAVU_CUDA_MLP_BULK). Each block writes
-// its partial (+ the bias it owes) into its x planes (free once every consumer warp passed its last fc1 dot, the last
-// chunk barrier), then one thread hands them to the copy engine (cp.reduce.async.bulk .add.f32), which adds them in
-// L2 a line at a time instead of 16 bytes per atomic. Why: all blocks add into the same d floats and same-address
-// atomics are serialised in L2. bench/cuda/reduce.cu, 132 blocks x 20 KB on an H200: float4 atomics 7.9 us a launch,
-// bulk 5.3, over two copies 3.8 (atomics 5.7; pairs through distributed shared memory 4.7), stores alone 3.3.
-// CL = 2 (pairs, only when asked for: DEJAVU_CUDA_MLP_CLUSTER=2): the pair first adds its partials through
-// distributed shared memory, block r keeps the contiguous half r (the peer reads only the other half of this block's
-// partial, so the sum goes in place) and bulk-reduces that half; slower than single blocks (13B grouped 1.674 vs
-// 1.591 ms, same call). Consumer threads only (named barrier 1); the producer warp takes part in the two cluster
-// barriers as for the atomics (k_mlp_tma). A run-time branch (geo.rowix bit 3) in the existing instantiations: as
-// instantiations of their own (a template flag) the single-block kernels ran 13B grouped at 1.662 ms against 1.586,
-// and a form without the pairs' bulk path at 1.624 against 1.591, although its single-block PTX was identical to
-// this one's (s16 calls 4-9: presumably code placement; not resolved).
-template <int NW, int CL>
+// The MLP's cross-block reduction done by the copy engine. Each block writes its partial (+ the bias it owes) into
+// its x planes (free once every consumer warp passed its last fc1 dot, the last chunk barrier), then one thread hands
+// them to the copy engine (cp.reduce.async.bulk .add.f32), which adds them in L2 a line at a time instead of 16 bytes
+// per atomic. Why: all blocks add into the same d floats and same-address atomics are serialised in L2.
+// bench/cuda/reduce.cu, 132 blocks x 20 KB on an H200: float4 atomics 7.9 us a launch, bulk 5.3, over two copies 3.8
+// (atomics 5.7; pairs through distributed shared memory 4.7), stores alone 3.3. 13B grouped: 1.644 -> 1.590 ms.
+template <int NW>
 __device__ __forceinline__ void t_mlp_reduce_bulk(float (&acc)[T_SEGMAX][8], const float4* xs, int seg, int segel,
                                                   int segvec, int K, const float* b2, float* y, bool owes) {
-  const int tid = threadIdx.x;
   float* part = const_cast<float*>(reinterpret_cast<const float*>(xs));
   t_store_partial(acc, part, seg, segel, segvec, b2);
-  int off = 0, len = K;
-  if constexpr (CL == 2) {
-    cluster_sync_all();
-    const unsigned rank = cluster_rank();
-    len = K / 2;
-    off = (int)rank * len;
-    float4* mine = reinterpret_cast<float4*>(part + off);
-    for (int v = tid; v < len / 4; v += NW * 32) {
-      const float4 a = mine[v], b = ld_peer_f4(part + off + v * 4, rank ^ 1u);
-      mine[v] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
-    }
-  }
+#if DJ_SM90
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
   cbar<NW>();
-  if (tid == 0 && y && (owes || CL == 2)) {
+  if (threadIdx.x == 0 && owes) {
     asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;"
-                 ::"l"(y + off), "r"((unsigned)__cvta_generic_to_shared(part + off)), "r"((unsigned)len * 4)
+                 ::"l"(y), "r"((unsigned)__cvta_generic_to_shared(part)), "r"((unsigned)K * 4)
                  : "memory");
     asm volatile("cp.async.bulk.commit_group;" ::: "memory");
     asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
   }
-  if constexpr (CL == 2) cluster_sync_all();
+#else
+  __trap();  // never launched before sm_90 (tma.cuh)
+#endif
 }
 
 // Consumers: warp w computes h_w = ReLU(W1[j_w] . x + b1) for its neuron of each chunk (LayerNorm deferred per `in`),
-// (c1/c2: t_ln_row), then every consumer thread adds h_r * W2T[j_r][c] for its 16-byte vector c of each segment (registers, over all
-// chunks); one set of float4 atomics into y at the end (+ b2 when non-null: the caller owes the bias). meta: the
-// warps' rows of the first T_MG chunks looked up ahead (RowMeta), or null.
-template <int NW, int CL = 1>
+// (c1/c2: t_ln_row), then every consumer thread adds h_r * W2T[j_r][c] for its 16-byte vector c of each segment
+// (registers, over all chunks); one bulk reduction into y at the end (+ b2 when non-null: the caller owes the bias),
+// the odd blocks into y's second copy y2.
+template <int NW>
 __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const unsigned char* stages, int stage_bytes,
                                               int segbytes, int segel, int seg, int S, int RS, int j0, int j1,
                                               const int* sel, const float* b1v, const float4* xs, int K, const float* c1,
                                               const float* c2, LnStat lst, float (*h_s)[NW], const float* b2, float* y,
-                                              int& it, const RowMeta (*meta)[T_MG] = nullptr, int tr = -1,
-                                              float* y2 = nullptr, bool bulk = false) {
+                                              int& it, float* y2) {
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int segvec = segbytes >> 4;
   float acc[T_SEGMAX][8];
@@ -686,10 +587,7 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
     const bool active = warp < nr;
     int row = 0;
     float b1 = 0.f, c1r = 0.f, c2r = 0.f;
-    if (active && meta && chunk < T_MG) {
-      const RowMeta m = meta[warp][chunk];
-      row = m.row; b1 = m.bias; c1r = m.c1; c2r = m.c2;
-    } else if (active) {
+    if (active) {
       row = sel ? sel[g + warp] : g + warp;
       b1 = __ldg(b1v + row);
       if (c1) { c1r = __ldg(c1 + row); c2r = __ldg(c2 + row); }
@@ -722,63 +620,15 @@ __device__ __forceinline__ void t_mlp_consume(Ring<T_MAX_STAGES>& ring, const un
       it++;
     }
   }
-  if (tid == 0) tr_mark(tr, 9);
-  if (y && y2 && ((blockIdx.x / CL) & 1)) y = y2;  // the second copy of the output delta (Engine::dcopy)
-  if (bulk) {
-    t_mlp_reduce_bulk<NW, CL>(acc, xs, seg, segel, segvec, K, b2, y, j0 < j1 || b2);
-    return;
-  }
-  if constexpr (CL == 2) {
-    // Pairs of blocks (a cluster of 2 on neighbouring SMs) add their partials through distributed shared memory
-    // first, so every column gets half as many atomics. Why: all blocks add into the same d floats, and atomics on
-    // one address are serialised in L2; 132 per address took ~4.5 us to drain (bench/cuda/reduce.cu), on the
-    // critical path of every layer. Each block writes its partial into its own x planes (free: every consumer
-    // warp passed its last fc1 dot at the chunk barrier above), then, after a cluster barrier, adds the partner's
-    // values to the vectors it owns (tid & 1 == rank); a second barrier keeps both blocks resident until the
-    // partner has read. The producer warp takes part in both barriers (k_mlp_tma).
-    float* part = const_cast<float*>(reinterpret_cast<const float*>(xs));
-    t_store_partial(acc, part, seg, segel, segvec, b2);
-    cluster_sync_all();
-    const unsigned rank = cluster_rank();
-    if (y && tid < segvec && (unsigned)(tid & 1) == rank) {
-#pragma unroll
-      for (int sg = 0; sg < T_SEGMAX; sg++) {
-        if (sg >= seg) break;
-        const int col = sg * segel + tid * 8;
-        const float4 a = ld_peer_f4(part + col, rank ^ 1u), b = ld_peer_f4(part + col + 4, rank ^ 1u);
-        float4* y4 = reinterpret_cast<float4*>(y + col);
-        atomicAdd(y4, make_float4(acc[sg][0] + a.x, acc[sg][1] + a.y, acc[sg][2] + a.z, acc[sg][3] + a.w));
-        atomicAdd(y4 + 1, make_float4(acc[sg][4] + b.x, acc[sg][5] + b.y, acc[sg][6] + b.z, acc[sg][7] + b.w));
-      }
-    }
-    cluster_sync_all();
-    return;
-  }
-  if (y && tid < segvec && j0 < j1) {
-#pragma unroll
-    for (int sg = 0; sg < T_SEGMAX; sg++) {
-      if (sg >= seg) break;
-      const int col = sg * segel + tid * 8;
-      t_add8(acc[sg], b2, col);
-      float4* y4 = reinterpret_cast<float4*>(y + col);
-      atomicAdd(y4, make_float4(acc[sg][0], acc[sg][1], acc[sg][2], acc[sg][3]));
-      atomicAdd(y4 + 1, make_float4(acc[sg][4], acc[sg][5], acc[sg][6], acc[sg][7]));
-    }
-  } else if (y && tid < segvec && b2) {  // block 0 without neurons still owes the bias
-    for (int sg = 0; sg < seg; sg++) {
-      const int col = sg * segel + tid * 8;
-      float4* y4 = reinterpret_cast<float4*>(y + col);
-      atomicAdd(y4, make_float4(b2[col], b2[col + 1], b2[col + 2], b2[col + 3]));
-      atomicAdd(y4 + 1, make_float4(b2[col + 4], b2[col + 5], b2[col + 6], b2[col + 7]));
-    }
-  }
+  if ((blockIdx.x & 1) && y2) y = y2;  // the second copy of the output delta (engine.cu point_in)
+  t_mlp_reduce_bulk<NW>(acc, xs, seg, segel, segvec, K, b2, y, j0 < j1 || b2);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // MLP, streamed and fused: block b takes neurons [b*per, (b+1)*per) of the list (or of all, dense). Per chunk of TW
 // neurons the producer streams their fc1 rows (segments), then their fc2^T rows; consumer warp w computes
 // h_w = ReLU(W1[j_w] . xn + b1) (segments of its row), then every consumer thread adds h_r * W2T[j_r][c] for its
-// columns c of each segment (registers, over all the block's chunks); one set of atomics at the end.
+// columns c of each segment (registers, over all the block's chunks); one bulk reduction at the end.
 struct MlpTmaArgs {
   const __half* W1;
   const float* b1;
@@ -791,14 +641,14 @@ struct MlpTmaArgs {
   const int* st;
   const unsigned* gflags;    // grouped top-k (pfuse.cuh pf_local): wait for these ngroups flags instead of sel_flag
   int ngroups;
-  float* y2;           // D[2l+2]'s second copy (null: none): the odd blocks (pairs when CL = 2) add there
+  float* y2;           // D[2l+2]'s second copy: the odd blocks add there
 };
 
-// CL = 2: launched in clusters of 2 blocks that pre-add their partials (t_mlp_consume). REGS: the register cap, 72
-// (T_REGS) unless a graph has no side-stream predictor blocks to leave room for (engine.cu launch_mlp_tma).
-template <int NW, bool PF = false, int CL = 1, int REGS = 72>  // PF: waits for a fused predictor's selection (see k_rows_tma)
+// REGS: the register cap, 72 (T_REGS) unless a graph has no side-stream predictor blocks to leave room for
+// (engine.cu launch_mlp_tma).
+template <bool PF = false, int REGS = 72>  // PF: waits for a fused predictor's selection (see k_rows_tma)
 __global__ void __maxnreg__(REGS) k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
-  constexpr int TW = NW;
+  constexpr int NW = TW;
   extern __shared__ __align__(128) unsigned char t_sm[];
   __shared__ Ring<T_MAX_STAGES> ring;
   __shared__ float h_s[2][TW];
@@ -809,7 +659,7 @@ __global__ void __maxnreg__(REGS) k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
   unsigned char* stages = t_sm + (size_t)K * 4;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int per = (a.n + gridDim.x - 1) / gridDim.x, j0 = blockIdx.x * per, j1 = min(a.n, j0 + per);
-  if (tid == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); tr_mark(in.tr, 0); }
+  if (tid == 0) { ring.init(TW); mbar_init(&go, 1); mbar_fence_init(); }
   __syncthreads();
   if (warp == TW) {
     if constexpr (PF) {  // the selection is made by the previous kernel's predictor warps: wait for its flag only
@@ -821,23 +671,15 @@ __global__ void __maxnreg__(REGS) k_mlp_tma(MlpTmaArgs a, XIn in, TGeo geo) {
     if (lane == 0) {
       int it = 0;
       t_produce_mlp(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.W1, a.W2T, K,
-                    [&](int j) { return pre ? rowix[j - j0] : a.sel ? a.sel[j] : j; }, policy_evict_first(), it, geo.lead, &go);
-      tr_producer_done(in.tr, ring.full, it, S);
+                    [&](int j) { return pre ? rowix[j - j0] : a.sel ? a.sel[j] : j; }, policy_evict_first(), it, -1, &go);
     }
     pdl_trigger();
-    if constexpr (CL == 2) {  // the two cluster barriers of t_mlp_consume count every thread of both blocks
-      __syncwarp();
-      cluster_sync_all();
-      cluster_sync_all();
-    }
     return;
   }
   const LnStat lst = t_consumer_prologue<NW, false>(in, K, xs, &go);  // mlp_in: an attention output, one copy
   int it = 0;
-  t_mlp_consume<NW, CL>(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.sel, a.b1, xs, K, in.c1, in.c2, lst, h_s,
-                    blockIdx.x == 0 ? a.b2 : nullptr, (geo.rowix & 4) ? nullptr : a.y, it, nullptr, in.tr, a.y2,
-                    (geo.rowix & 8) != 0);
-  if (tid == 0) tr_mark(in.tr, 3);
+  t_mlp_consume<NW>(ring, stages, stage_bytes, segbytes, segel, seg, S, RS, j0, j1, a.sel, a.b1, xs, K, in.c1, in.c2, lst, h_s,
+                    blockIdx.x == 0 ? a.b2 : nullptr, a.y, it, a.y2);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -866,12 +708,10 @@ __global__ void __launch_bounds__(256) k_ln_fold(const __half* __restrict__ W, i
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Embedding into X[0], and the step's delta buffers D[1..2L] and counters (the persistent step's; may be null)
-// zeroed (grid-stride; before any kernel adds to them).
+// Embedding into X[0], and the step's delta buffers zeroed (grid-stride; before any kernel adds to them).
 __global__ void __launch_bounds__(256) k_embed_tma(const __half* __restrict__ E, const __half* __restrict__ P,
                                                    const int* __restrict__ tokens, const int* __restrict__ st, int d,
-                                                   float* __restrict__ x0, float* __restrict__ deltas, size_t n_delta,
-                                                   unsigned* __restrict__ counters, int n_counters) {
+                                                   float* __restrict__ x0, float* __restrict__ deltas, size_t n_delta) {
   pdl_wait();
   const int pos = st[0], tok = tokens[pos];
   const size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -880,31 +720,7 @@ __global__ void __launch_bounds__(256) k_embed_tma(const __half* __restrict__ E,
   float4* d4 = reinterpret_cast<float4*>(deltas);
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n_delta / 4; i += stride)
     d4[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)n_counters; i += stride) counters[i] = 0u;
   pdl_trigger();
-}
-
-// A predictor tap's input as fp16 for the register-streaming k_rows (predictor w1 runs on a side stream beside the
-// main kernels, so it keeps k_rows' small footprint instead of a shared-memory ring): raw x or LN(x) without affine.
-__global__ void __launch_bounds__(256) k_snap_input(XIn in, int d, __half* __restrict__ out) {
-  __shared__ float red[32];
-  const int n4 = d >> 2;
-  float s = 0.f, s2 = 0.f;
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    float4 a = x_at(in, i);
-    s += a.x + a.y + a.z + a.w;
-    s2 += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
-  }
-  s = block_sum(s, red);
-  s2 = block_sum(s2, red);
-  const float mean = in.norm ? s / d : 0.f;
-  const float rstd = in.norm ? rsqrtf(fmaxf(s2 / d - mean * mean, 0.f) + in.eps) : 1.f;
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    float4 a = x_at(in, i);
-    __align__(8) __half hv[4] = {__float2half((a.x - mean) * rstd), __float2half((a.y - mean) * rstd),
-                                 __float2half((a.z - mean) * rstd), __float2half((a.w - mean) * rstd)};
-    reinterpret_cast<uint2*>(out)[i] = *reinterpret_cast<uint2*>(hv);
-  }
 }
 
 }  // namespace dj

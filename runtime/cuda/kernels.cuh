@@ -16,6 +16,14 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+// The portable path builds for sm_80 and newer; Hopper instructions are used where DJ_SM90 (host code and sm_90+
+// device code). The streamed kernels (fused.cuh) need them and run only on sm_90+ (engine.cu apply_options).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define DJ_SM90 1
+#else
+#define DJ_SM90 0
+#endif
+
 namespace dj {
 
 constexpr int WARPS = 8;  // warps per block of the row kernels
@@ -36,13 +44,34 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
 // in the stream finishes, prefetch its weights (which no kernel writes), then wait before reading activations.
 // Every kernel triggers once its main memory work is issued (not at entry, so waiting dependents do not take
 // resources the predecessor still needs); pdl_wait always waits for the predecessor's full completion.
+// sm_80 has neither; the engine launches nothing with PDL there (engine.cu apply_options), so no-ops are exact.
+#if DJ_SM90
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+#else
+__device__ __forceinline__ void pdl_wait() {}
+__device__ __forceinline__ void pdl_trigger() {}
+#endif
 
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
-// Hopper bulk prefetch of a contiguous range into L2 (one instruction, no registers, no completion to wait for).
+// Hopper bulk prefetch of a contiguous range into L2 (one instruction, no registers, no completion to wait for);
+// a hint, so nothing on sm_80.
 __device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) {
+#if DJ_SM90
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+// y[0..7] += v[0..7], y 16-byte aligned: two float4 atomics on sm_90, eight float atomics before it.
+__device__ __forceinline__ void atomic_add8(float* y, const float (&v)[8]) {
+#if DJ_SM90
+  float4* y4 = reinterpret_cast<float4*>(y);
+  atomicAdd(y4, make_float4(v[0], v[1], v[2], v[3]));
+  atomicAdd(y4 + 1, make_float4(v[4], v[5], v[6], v[7]));
+#else
+#pragma unroll
+  for (int i = 0; i < 8; i++) atomicAdd(y + i, v[i]);
+#endif
 }
 
 // Cross-kernel prefetch: a latency-bound sparse kernel asks L2 for the rows the NEXT kernel will stream (selections
@@ -483,9 +512,7 @@ __global__ void __launch_bounds__(COLS_MAX_THREADS) k_cols(ColsArgs a) {
     for (; t < nr; t++) fma8(ld_stream(reinterpret_cast<const uint4*>(a.WT + (size_t)rows_s[t] * a.n_cols) + cv), in_s[t]);
 #pragma unroll
     for (int i = 0; i < 8; i++) acc[i] += bias[i];
-    float4* y4 = reinterpret_cast<float4*>(a.y + cv * 8);
-    atomicAdd(y4, make_float4(acc[0], acc[1], acc[2], acc[3]));
-    atomicAdd(y4 + 1, make_float4(acc[4], acc[5], acc[6], acc[7]));
+    atomic_add8(a.y + cv * 8, acc);
   }
   pdl_trigger();  // (dependents still wait for our completion, LayerNorm epilogue included, before reading)
   if (!a.counter) return;
@@ -591,9 +618,7 @@ __global__ void __launch_bounds__(MLP_THREADS) k_mlp_sparse(MlpArgs a) {
         acc[2 * i + 1] = fmaf(f.y, s, acc[2 * i + 1]);
       }
     }
-    float4* y4 = reinterpret_cast<float4*>(a.y + cv * 8);
-    atomicAdd(y4, make_float4(acc[0], acc[1], acc[2], acc[3]));
-    atomicAdd(y4 + 1, make_float4(acc[4], acc[5], acc[6], acc[7]));
+    atomic_add8(a.y + cv * 8, acc);
   }
   pdl_trigger();
   __threadfence();
@@ -1023,344 +1048,4 @@ __global__ void k_fill_float(float* p, size_t n, uint64_t seed, float scale, flo
   }
 }
 
-}  // namespace dj
-
-namespace dj {
-// ---------------------------------------------------------------------------------------------------------------
-// Persistent dense step (DEJAVU_CUDA_PERSIST=1; EXPERIMENTAL, off by default: correct, but slower than the per-op
-// kernels on an H200, docs/cuda.md v9/v9b): every layer of the dense step in ONE launch of one 512-thread block
-// per SM, the stages separated by grid-wide barriers instead of kernel boundaries; per layer:
-//   LN1 (every block, into shared memory) -> QKV rows | barrier | attention (a head per block) | barrier |
-//   out_proj columns (atomics into x) | barrier | LN2 (every block) -> fc1 rows + ReLU | barrier | fc2 columns |
-//   barrier.
-// So the launch / ramp / tail cost of 5 kernels per layer becomes 5 barriers per layer, and the LayerNorm is not a
-// serial last-block epilogue: each block normalises x itself (20 KB from L2). Optionally (pf) a block requests rows
-// of the next stage / round into L2 ahead (weights never depend on the previous stage); measured slower than no
-// prefetch on an H200 (docs/cuda.md, v9b). Every block must be resident at once (grid = SMs x resident blocks per
-// SM; the dense step runs nothing beside it); the barrier is the self-resetting flip-bit counter of cooperative
-// groups. Activations written inside the launch (q, K/V row, att, h, x) are read with ld.cg (L1 is not coherent).
-// 512 threads and 1 block per SM give each thread 128 registers.
-// Loads in flight per lane (rows, columns, attention keys): the most that compile without spills at 128 registers.
-constexpr int PL_RU = 8, PL_CU = 8, PL_AU = 2;
-constexpr int PL_THREADS = 512, PL_WARPS = PL_THREADS / 32, PL_V = 5;
-
-struct LayerArgs {
-  const __half *Wqkv, *WoT, *W1, *W2T;
-  const float *bqkv, *bo, *b1, *b2, *ln1_g, *ln1_b, *ln2_g, *ln2_b;
-  __half *kc, *vc;
-  uint8_t* valid;
-  int d, H, ffn, maxT;
-  float eps, q_scale;
-  float *x, *q, *att, *h;
-  const int* st;
-  unsigned* bar;  // one zero-initialised word, left as the flip bit + zero low bits after each barrier
-  int pf;         // L2 prefetch: 0 none (default: measured fastest); 1 per 128-byte line, next row / round after
-                  // next; 2, 3: bulk requests, pf - 1 rows ahead in row stages, the round after next in column stages
-  int skip;       // TIMING EXPERIMENT ONLY (wrong results): 1 barriers, 2 attention, 4 LayerNorms, 8 row stages, 16 column stages
-};
-
-__device__ __forceinline__ void grid_barrier(unsigned* bar) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const unsigned inc = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
-    __threadfence();
-    const unsigned old = atomicAdd(bar, inc);
-    const long long t0 = clock64();
-    unsigned cur;
-    do {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(bar) : "memory");
-      // A block that never arrives (not co-resident) would hang the GPU: fail the launch instead (~5 s).
-      if (clock64() - t0 > 10000000000ll) __trap();
-    } while (((old ^ cur) & 0x80000000u) == 0);
-    __threadfence();
-  }
-  __syncthreads();
-}
-
-// LayerNorm of x (fp32, d <= 4 * PL_V * PL_THREADS) into fp16 shared memory xs, by every block (x requested at once).
-__device__ __forceinline__ void pl_layernorm(const float* x, const float* g, const float* b, int d, float eps, __half* xs) {
-  __shared__ float red[2][PL_WARPS];
-  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, n4 = d >> 2;
-  float4 v[PL_V];
-  float s = 0.f, s2 = 0.f;
-#pragma unroll
-  for (int u = 0; u < PL_V; u++) {
-    int i = u * PL_THREADS + tid;
-    if (i < n4) {
-      v[u] = __ldcg(reinterpret_cast<const float4*>(x) + i);
-      prefetch_l2(reinterpret_cast<const float4*>(g) + i);  // (L1 prefetch would be ideal; L2 is what PTX offers)
-      prefetch_l2(reinterpret_cast<const float4*>(b) + i);
-    }
-  }
-#pragma unroll
-  for (int u = 0; u < PL_V; u++) {
-    if (u * PL_THREADS + tid < n4) {
-      s += v[u].x + v[u].y + v[u].z + v[u].w;
-      s2 += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
-    }
-  }
-  s = warp_sum(s);
-  s2 = warp_sum(s2);
-  if (lane == 0) { red[0][w] = s; red[1][w] = s2; }
-  __syncthreads();
-  s = warp_sum(lane < PL_WARPS ? red[0][lane] : 0.f);
-  s2 = warp_sum(lane < PL_WARPS ? red[1][lane] : 0.f);
-  const float mean = s / d, rstd = rsqrtf(fmaxf(s2 / d - mean * mean, 0.f) + eps);
-#pragma unroll
-  for (int u = 0; u < PL_V; u++) {
-    int i = u * PL_THREADS + tid;
-    if (i >= n4) continue;
-    const float4 gv = __ldg(reinterpret_cast<const float4*>(g) + i), bv = __ldg(reinterpret_cast<const float4*>(b) + i);
-    __align__(8) __half hn[4];
-    hn[0] = __float2half((v[u].x - mean) * rstd * gv.x + bv.x);
-    hn[1] = __float2half((v[u].y - mean) * rstd * gv.y + bv.y);
-    hn[2] = __float2half((v[u].z - mean) * rstd * gv.z + bv.z);
-    hn[3] = __float2half((v[u].w - mean) * rstd * gv.w + bv.w);
-    reinterpret_cast<uint2*>(xs)[i] = *reinterpret_cast<uint2*>(hn);
-  }
-  __syncthreads();
-}
-
-// Row j into L2 by one warp: one prefetch per 128-byte line.
-__device__ __forceinline__ void pl_prefetch_row(const __half* W, int j, int K) {
-  const char* p = reinterpret_cast<const char*>(W + (size_t)j * K);
-  for (int c = (threadIdx.x & 31) * 128; c < K * 2; c += 32 * 128) prefetch_l2(p + c);
-}
-__device__ __forceinline__ void pl_prefetch_rows(const __half* W, int n_out, int K, int pf) {
-  const int gw = blockIdx.x * PL_WARPS + (threadIdx.x >> 5), nw = gridDim.x * PL_WARPS;
-  if (pf == 1 && gw < n_out) pl_prefetch_row(W, gw, K);
-  if (pf >= 2 && (threadIdx.x & 31) == 0)  // bulk: this warp's first pf - 1 rows
-    for (int j = gw; j < min(n_out, gw + (pf - 1) * nw); j += nw) prefetch_l2_bulk(W + (size_t)j * K, K * 2);
-}
-// Row stage: warp (grid-wide index) j, j + nwarps, ... takes whole rows, PL_RU 16-byte loads in flight per lane,
-// the warp's next row requested into L2 first; epi(j, v) gets the finished dot product + bias of row j.
-template <class Epi>
-__device__ __forceinline__ void pl_rows(const __half* W, const float* bias, int n_out, int K, const __half* xs, int pf, Epi epi) {
-  const int lane = threadIdx.x & 31, nvec = K >> 3, nw = gridDim.x * PL_WARPS;
-  const uint4* xv = reinterpret_cast<const uint4*>(xs);
-  for (int j = blockIdx.x * PL_WARPS + (threadIdx.x >> 5); j < n_out; j += nw) {
-    if (pf == 1 && j + nw < n_out) pl_prefetch_row(W, j + nw, K);
-    if (pf >= 2 && lane == 0 && j + (pf - 1) * nw < n_out) prefetch_l2_bulk(W + (size_t)(j + (pf - 1) * nw) * K, K * 2);
-    const uint4* wr = reinterpret_cast<const uint4*>(W + (size_t)j * K);
-    const float b = lane == 0 ? __ldg(bias + j) : 0.f;
-    float acc = 0.f;
-    for (int c = lane; c < nvec; c += PL_RU * 32) {
-      uint4 wv[PL_RU];
-#pragma unroll
-      for (int u = 0; u < PL_RU; u++)
-        if (c + u * 32 < nvec) wv[u] = ld_stream(wr + c + u * 32);
-#pragma unroll
-      for (int u = 0; u < PL_RU; u++)
-        if (c + u * 32 < nvec) acc += dot8h(wv[u], xv[c + u * 32]);
-    }
-    acc = warp_sum(acc);
-    if (lane == 0) epi(j, acc + b);
-  }
-}
-
-// Column stage: y[c] += sum_r in[r] * WT[r][c] (+ bias once). The grid's threads form groups of nv = n_cols / 8
-// consecutive threads (one 16-byte column vector each, so a group streams whole rows); group g takes rows
-// g, g + ngroups, ...; each thread ends with two float4 atomics into y.
-__device__ __forceinline__ void pl_prefetch_cols(const __half* WT, int n_rows, int n_cols, int pf) {
-  const int nv = n_cols >> 3, f = blockIdx.x * PL_THREADS + threadIdx.x, ng = (gridDim.x * PL_THREADS) / nv;
-  const int g = f / nv, cv = f - g * nv;
-  if (g >= ng || pf == 0) return;
-  if (pf >= 2) {  // the group's first two rounds of rows, one bulk request per row
-    if (cv < 2 * PL_CU && g + cv * ng < n_rows) prefetch_l2_bulk(WT + (size_t)(g + cv * ng) * n_cols, n_cols * 2);
-    return;
-  }
-  if (cv & 7) return;  // one prefetch per 128-byte line
-  for (int u = 0; u < 2 * PL_CU; u++) {
-    int r = g + u * ng;
-    if (r < n_rows) prefetch_l2(reinterpret_cast<const uint4*>(WT + (size_t)r * n_cols) + cv);
-  }
-}
-__device__ __forceinline__ void pl_cols(const __half* WT, int n_rows, int n_cols, const float* in, const float* bias, float* y,
-                                        int pf) {
-  const int nv = n_cols >> 3, f = blockIdx.x * PL_THREADS + threadIdx.x, ng = (gridDim.x * PL_THREADS) / nv;
-  const int g = f / nv, cv = f - g * nv;
-  if (g >= ng) return;
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  if (g == 0 && bias) {
-#pragma unroll
-    for (int i = 0; i < 8; i++) acc[i] = __ldg(bias + cv * 8 + i);
-  }
-  // 32-bit offsets in 16-byte units (rows * n_cols / 8 < 2^31 for every OPT shape): fewer registers than pointers.
-  const uint4* W4 = reinterpret_cast<const uint4*>(WT);
-  for (int r0 = g; r0 < n_rows; r0 += PL_CU * ng) {
-    if (pf >= 2) {  // the round after next into L2: one bulk request per row
-      const int r = r0 + (2 * PL_CU + cv) * ng;
-      if (cv < PL_CU && r < n_rows) prefetch_l2_bulk(WT + (size_t)r * n_cols, n_cols * 2);
-    } else if (pf == 1 && (cv & 7) == 0) {  // the round after next into L2 (one prefetch per 128-byte line)
-#pragma unroll
-      for (int u = 0; u < PL_CU; u++) {
-        int r = r0 + (2 * PL_CU + u) * ng;
-        if (r < n_rows) prefetch_l2(W4 + (unsigned)(r * nv + cv));
-      }
-    }
-    uint4 w[PL_CU];
-#pragma unroll
-    for (int u = 0; u < PL_CU; u++) {
-      int r = r0 + u * ng;
-      if (r < n_rows) w[u] = ld_stream(W4 + (unsigned)(r * nv + cv));
-    }
-#pragma unroll
-    for (int u = 0; u < PL_CU; u++) {
-      int r = r0 + u * ng;
-      if (r >= n_rows) continue;
-      const float av = __ldcg(in + r);
-      const __half2* hh = reinterpret_cast<const __half2*>(&w[u]);
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        float2 fw = __half22float2(hh[i]);
-        acc[2 * i] = fmaf(fw.x, av, acc[2 * i]);
-        acc[2 * i + 1] = fmaf(fw.y, av, acc[2 * i + 1]);
-      }
-    }
-  }
-  float4* y4 = reinterpret_cast<float4*>(y + cv * 8);
-  atomicAdd(y4, make_float4(acc[0], acc[1], acc[2], acc[3]));
-  atomicAdd(y4 + 1, make_float4(acc[4], acc[5], acc[6], acc[7]));
-}
-
-// Attention of head h by the whole block (k_attention's flash-decoding with PL_THREADS threads; loads via L2).
-template <int HD>
-__device__ __forceinline__ void pl_attention(const LayerArgs& a, int h, int T, float* sm) {
-  constexpr int LPK = HD / 8, KPW = 32 / LPK, NSLOT = PL_WARPS * KPW;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int sl = lane % LPK, kw = lane / LPK, slot = warp * KPW + kw;
-  const __half* K = a.kc + (size_t)h * a.maxT * HD;
-  const __half* V = a.vc + (size_t)h * a.maxT * HD;
-  const uint8_t* ok = a.valid + (size_t)h * a.maxT;
-  float qv[8];
-#pragma unroll
-  for (int i = 0; i < 8; i++) qv[i] = __ldcg(a.q + h * HD + sl * 8 + i);
-  float m = -1e30f, l = 0.f;
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int w0 = warp * KPW; w0 < T; w0 += NSLOT * PL_AU) {
-    const int t0 = w0 + kw;
-    uint4 kv[PL_AU], vv[PL_AU];
-    bool okv[PL_AU];
-#pragma unroll
-    for (int u = 0; u < PL_AU; u++) {
-      int t = t0 + u * NSLOT;
-      okv[u] = false;
-      if (t < T) {
-        kv[u] = __ldcg(reinterpret_cast<const uint4*>(K + (size_t)t * HD + sl * 8));
-        vv[u] = __ldcg(reinterpret_cast<const uint4*>(V + (size_t)t * HD + sl * 8));
-        okv[u] = __ldcg(reinterpret_cast<const unsigned char*>(ok + t)) != 0;
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < PL_AU; u++) {
-      int t = t0 + u * NSLOT;
-      float s = t < T ? dot8(kv[u], qv) : 0.f;
-      for (int o = LPK >> 1; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-      if (t < T && okv[u]) {
-        float mn = fmaxf(m, s);
-        float corr = __expf(m - mn), p = __expf(s - mn);
-        l = l * corr + p;
-        const __half2* hv = reinterpret_cast<const __half2*>(&vv[u]);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-          float2 f = __half22float2(hv[i]);
-          acc[2 * i] = fmaf(p, f.x, acc[2 * i] * corr);
-          acc[2 * i + 1] = fmaf(p, f.y, acc[2 * i + 1] * corr);
-        }
-        m = mn;
-      }
-    }
-  }
-  float* st_s = sm + slot * (HD + 2);
-#pragma unroll
-  for (int i = 0; i < 8; i++) st_s[sl * 8 + i] = acc[i];
-  if (sl == 0) { st_s[HD] = m; st_s[HD + 1] = l; }
-  __syncthreads();
-  constexpr int SPLIT = PL_THREADS / HD;
-  const int i = tid / SPLIT, pid = tid % SPLIT;
-  float M = -1e30f;
-  for (int s2 = pid; s2 < NSLOT; s2 += SPLIT) M = fmaxf(M, sm[s2 * (HD + 2) + HD]);
-  for (int o = SPLIT >> 1; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-  float num = 0.f, den = 0.f;
-  for (int s2 = pid; s2 < NSLOT; s2 += SPLIT) {
-    const float* p = sm + s2 * (HD + 2);
-    float c = __expf(p[HD] - M);
-    num += p[i] * c;
-    den += p[HD + 1] * c;
-  }
-  for (int o = SPLIT >> 1; o > 0; o >>= 1) {
-    num += __shfl_xor_sync(0xffffffffu, num, o);
-    den += __shfl_xor_sync(0xffffffffu, den, o);
-  }
-  if (pid == 0) a.att[h * HD + i] = num / den;
-  __syncthreads();  // the merge buffer is reused by the block's next head
-}
-__host__ __device__ constexpr int pl_smem_bytes(int hd, int d) {
-  return (PL_WARPS * (32 / (hd / 8)) * (hd + 2) * 4) > d * 2 ? PL_WARPS * (32 / (hd / 8)) * (hd + 2) * 4 : d * 2;
-}
-
-// One layer (called for each layer by k_step_dense, a grid barrier between layers).
-template <int HD>
-__device__ __forceinline__ void pl_layer(const LayerArgs& a, const LayerArgs* next, int pos, __half* xs, float* att_sm) {
-  const int d = a.d, T = pos + 1, pf = a.pf, skip = a.skip;
-  const int tid = threadIdx.x, lane = tid & 31;
-  auto barrier = [&]() { if (!(skip & 1)) grid_barrier(a.bar); };
-  // ---- LN1 + QKV (with pf, this block's first QKV rows were requested into L2 before the previous barrier) ----
-  if (!(skip & 4)) pl_layernorm(a.x, a.ln1_g, a.ln1_b, d, a.eps, xs);
-  if (!(skip & 8)) pl_rows(a.Wqkv, a.bqkv, 3 * d, d, xs, pf, [&](int row, float v) {
-    int part = row / d, r = row - part * d, h = r / HD, i = r - h * HD;
-    size_t ci = ((size_t)h * a.maxT + pos) * HD + i;
-    if (part == 0) a.q[r] = v * a.q_scale;
-    else if (part == 1) a.kc[ci] = __float2half(v);
-    else {
-      a.vc[ci] = __float2half(v);
-      if (i == 0) a.valid[(size_t)h * a.maxT + pos] = 1;
-    }
-  });
-  // K/V history of this block's first head into L2 before the barrier (the new row is written by others); blocks
-  // with no head request their first out_proj rows instead.
-  if ((int)blockIdx.x < a.H && pf) {
-    constexpr int LPK = HD / 8, KPW = 32 / LPK, NSLOT = PL_WARPS * KPW;
-    const int h = blockIdx.x, slot = (tid >> 5) * KPW + lane / LPK, sl = lane % LPK;
-    for (int t = slot; t < pos; t += NSLOT) {
-      prefetch_l2(a.kc + ((size_t)h * a.maxT + t) * HD + sl * 8);
-      prefetch_l2(a.vc + ((size_t)h * a.maxT + t) * HD + sl * 8);
-    }
-  } else {
-    pl_prefetch_cols(a.WoT, d, d, pf);
-  }
-  barrier();
-  // ---- attention ----
-  if (!(skip & 2))
-    for (int h = blockIdx.x; h < a.H; h += gridDim.x) pl_attention<HD>(a, h, T, att_sm);
-  if ((int)blockIdx.x < a.H) pl_prefetch_cols(a.WoT, d, d, pf);
-  barrier();
-  // ---- out_proj (+ bias) into x ----
-  if (!(skip & 16)) pl_cols(a.WoT, d, d, a.att, a.bo, a.x, pf);
-  pl_prefetch_rows(a.W1, a.ffn, d, pf);
-  barrier();
-  // ---- LN2 + fc1 + ReLU ----
-  if (!(skip & 4)) pl_layernorm(a.x, a.ln2_g, a.ln2_b, d, a.eps, xs);
-  if (!(skip & 8)) pl_rows(a.W1, a.b1, a.ffn, d, xs, pf, [&](int row, float v) { a.h[row] = fmaxf(v, 0.f); });
-  pl_prefetch_cols(a.W2T, a.ffn, d, pf);
-  barrier();
-  // ---- fc2 (+ bias) into x ----
-  if (!(skip & 16)) pl_cols(a.W2T, a.ffn, d, a.h, a.b2, a.x, pf);
-  if (next) pl_prefetch_rows(next->Wqkv, 3 * d, d, pf);
-  barrier();  // x is final: the next layer (or the final LayerNorm kernel) may read it
-}
-
-// The whole dense step's layers in one launch: layers[0..L-1] (device array, written once at build).
-template <int HD>
-__global__ void __launch_bounds__(PL_THREADS, 1) k_step_dense(const LayerArgs* __restrict__ layers, int L) {
-  extern __shared__ __align__(16) unsigned char pl_sm[];
-  __half* xs = reinterpret_cast<__half*>(pl_sm);    // LN output (QKV and fc1 stages)
-  float* att_sm = reinterpret_cast<float*>(pl_sm);  // attention merge buffer (attention stage)
-  const int pos = layers[0].st[0];
-  pl_prefetch_rows(layers[0].Wqkv, 3 * layers[0].d, layers[0].d, layers[0].pf);
-  for (int li = 0; li < L; li++) pl_layer<HD>(layers[li], li + 1 < L ? layers + li + 1 : nullptr, pos, xs, att_sm);
-}
-
-// Final LayerNorm for the LM head after persistent layers (one block): x -> xn / xr / xp.
-__global__ void __launch_bounds__(1024) k_layernorm(const float* x, int d, LnOut ln) { block_layernorm<4>(x, d, ln); }
 }  // namespace dj

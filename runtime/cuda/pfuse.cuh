@@ -1,7 +1,7 @@
-// Predictors fused into the main kernels (engine.cu, env DEJAVU_CUDA_PFUSE=1 with DEJAVU_CUDA_PF_LOCAL=1: the
-// grouped top-k, `dejavu bench --mlp-select grouped`; PFUSE=1 alone or 2 fuses the small ones only). OFF by default:
-// correct (runtime/cuda/check.cu checks it), and the fastest sparse step (H200 13B 1.59 vs 1.85 ms with the
-// side-stream chain), but the grouped top-k picks differently from the exact top-k (+1% perplexity on opt-mini).
+// Predictors fused into the main kernels: the grouped selection (DjOptions::selection = SEL_GROUPED, `--mlp-select
+// grouped`), streamed path only. Not the default: the fastest sparse step (H200 13B 1.51 vs 1.85 ms with the
+// side-stream chain), checked by runtime/cuda/check.cu, but the grouped top-k picks differently from the exact
+// top-k (+1% perplexity on opt-mini).
 // Why: on side streams the predictor chain of a tap costs the sparse step its PDL (early-launched main kernels hold
 // the SMs the chain needs), 16 SMs, and a graph edge before every consumer (docs/cuda.md v13b). Here the predictor
 // work rides in the kernels that already stream weights on every SM, and the consumers wait on flags instead of
@@ -9,7 +9,7 @@
 //   tap att_in(l)  -> k_rows_tma<QKV> of layer l also streams the tap's stacked w1 rows (t = w1 . x, x from the
 //                     same shared-memory planes as q/k/v: the planes hold ln1_g * x, so w1 is stored divided by
 //                     ln1_g, and the parameter-free LayerNorm uses the row epilogue's statistics, c1 = sum w1);
-//   k_attn_out(l)  -> its slice of the w2 rows copied at block entry (weights); PredFuse::pw extra warps per block
+//   k_attn_out(l)  -> its slice of the w2 rows copied at block entry (weights); PF_LOCAL_WARPS extra warps per block
 //                     score them after the grid dependency and select the block's group (pf_local, below) while
 //                     the consumer warps run the attention and out_proj; small predictors (heads) are selected
 //                     whole by one block's predictor warps;
@@ -18,8 +18,7 @@
 // Only predictors whose tap is att_in(l) and whose selection is used at the MLP of l or later can ride so; others
 // (e.g. heads of layer 0 read from att_in(0), or MLP predictors on mlp_in) keep the side-stream chain, as does an
 // MLP predictor whose top-k must be exact. (An exact top-k spread over the attention kernel's blocks through global
-// histogram rounds was here until the seventeenth session: slower than the side chain, v15, and its code in the
-// grouped kernel cost that 0.015-0.02 ms, v31; its code is in commit caf5dee and earlier.)
+// histogram rounds was slower than the side chain; its code is in commit caf5dee and earlier.)
 #pragma once
 #include "kernels.cuh"
 #include "tma.cuh"
@@ -45,12 +44,7 @@ struct PredFuse {
   PfMember small[PF_MAX_SMALL];
   int per;           // big rows per block
   unsigned smem_off; // the warp's area in the kernel's dynamic shared memory
-  int skip;          // TIMING EXPERIMENT ONLY (engine pf_skip): 32 no selection (a group takes its first rows),
-                     // 64 no key dot products
-  int local;         // the grouped top-k's selection (pf_local): 2 warp-max rounds (default), 1 a bitwise search
-                     // (DEJAVU_CUDA_PF_SEL=0)
   unsigned* gdone;   // [gridDim.x] per-group flags (serial + 1 once the group's share is in sel)
-  int pw;            // predictor warps per block (DEJAVU_CUDA_PF_WARPS, 2..8; PF_LOCAL_WARPS)
 };
 // Predictor warps per block in the grouped mode (scores off the consumers' path). 3, not 4: fewer warps beside the
 // 16 consumer warps, the same two rounds of rows (13B groups of 160): H200 13B 1.540-1.542 -> 1.532-1.535 ms, three
@@ -157,14 +151,13 @@ __device__ __forceinline__ PfBlk pf_blk(const PredFuse& p) {
   return b;
 }
 
-// The keys (order-preserving f2key of w2 . t) of the block's big-member rows (big: false skips them, timing only)
-// and of the small members it selects, a row per thread: threads tid of nt (pf_local's predictor warps).
+// The keys (order-preserving f2key of w2 . t) of the block's big-member rows and of the small members it selects,
+// a row per thread: threads tid of nt (pf_local's predictor warps).
 __device__ __forceinline__ void pf_keys(const PredFuse& p, const PfLayout& L, const PfBlk& b, unsigned char* area,
-                                        const float* ts, int tid, int nt, int lane, bool big) {
+                                        const float* ts, int tid, int nt, int lane) {
   uint32_t* keys = reinterpret_cast<uint32_t*>(area + L.keys);
-  if (big)
-    for (int i = tid; i < b.nr; i += nt)
-      keys[i] = f2key(pf_dot(area + L.w2 + (size_t)i * p.big.r * 2, ts + p.big.toff, p.big.r, lane));
+  for (int i = tid; i < b.nr; i += nt)
+    keys[i] = f2key(pf_dot(area + L.w2 + (size_t)i * p.big.r * 2, ts + p.big.toff, p.big.r, lane));
   for (int m = 0; m < p.nsmall; m++) {
     if (!b.mine[m]) continue;
     uint32_t* sk = reinterpret_cast<uint32_t*>(area + L.skeys) + m * PF_SMALL_MAX;
@@ -173,14 +166,14 @@ __device__ __forceinline__ void pf_keys(const PredFuse& p, const PfLayout& L, co
   }
 }
 
-// ---- Grouped top-k (DEJAVU_CUDA_PF_LOCAL=1; docs/cuda.md v24) ----
+// ---- Grouped top-k (docs/cuda.md) ----
 // Block b owns the big member's rows [r0, r0 + nr) (r0 = b * per) and selects the top
 // floor(k*(r0+nr)/n) - floor(k*r0/n) of them into sel at floor(k*r0/n): the same rule as runtime/sparse/kernels.ts
 // groupedTopK with groups = gridDim.x. Why: the exact top-k over all n needs global histogram rounds whose round trips,
 // issued from SMs with ~100 KB of copies in flight, end after the attention they should hide behind (v15); a
 // block's own share needs no global pass, and each group releases a flag of its own. The cost is in what it picks (a
 // group cannot take more than its share), measured on opt-mini (bench/results/grouped-topk-study-opt-mini-*).
-// Run by p.pw warps of k_attn_out (PF_LOCAL_WARPS unless DEJAVU_CUDA_PF_WARPS) after their grid dependency; the consumer warps do none of it, so the
+// Run by PF_LOCAL_WARPS warps of k_attn_out after their grid dependency; the consumer warps do none of it, so the
 // attention does not wait for the w2 copy.
 __device__ __forceinline__ void pbar_local(int threads) { asm volatile("bar.sync 2, %0;" ::"r"(threads) : "memory"); }
 // One warp: the top c of keys[0..nr) (ties to the lower index) -> out[0..c) + r0, ascending. The c-th largest key
@@ -212,7 +205,7 @@ __device__ __forceinline__ void pf_group_select(const uint32_t* keys, int nr, in
   }
   pf_emit_above(keys, nr, c, r0, T, out);
 }
-// Warp-max rounds (PredFuse::local == 2, the default): c rounds, each one warp max of the keys left (redux) and the lowest index
+// Warp-max rounds: c rounds, each one warp max of the keys left (redux) and the lowest index
 // holding it (a second redux), so ties go to the lower index as in the bitwise search. Why: c is 7-8 at 13B (groups
 // of 160 picking 8), so c rounds of two reductions replace 32 dependent steps (the trace put the search at ~8 us of
 // the predictor warps' ~14, s13 call 1; H200 13B sparse 1.776 -> 1.663 ms, call 2). Needs nr <= 32 * PF_SEL_REG and
@@ -248,9 +241,9 @@ __device__ __forceinline__ void pf_group_select_max(const uint32_t* keys, int nr
     pos += __popc(tb);
   }
 }
-// The grouped mode's selection: warp-max rounds where they apply (rounds: PredFuse::local == 2), else the search.
-__device__ __forceinline__ void pf_group_pick(bool rounds, const uint32_t* keys, int nr, int c, int r0, int* out) {
-  if (rounds && nr <= 32 * PF_SEL_REG && c <= 32) pf_group_select_max(keys, nr, c, r0, out);
+// The grouped mode's selection: warp-max rounds where they apply, else the search.
+__device__ __forceinline__ void pf_group_pick(const uint32_t* keys, int nr, int c, int r0, int* out) {
+  if (nr <= 32 * PF_SEL_REG && c <= 32) pf_group_select_max(keys, nr, c, r0, out);
   else pf_group_select(keys, nr, c, r0, out);
 }
 // The keys above T and the first (c - their count) equal to T, in index order, to out[0..c) + r0.
@@ -291,23 +284,20 @@ __device__ __forceinline__ void pf_local_copy(const PredFuse& p, unsigned char* 
 }
 // The predictor warps of k_attn_out in the grouped mode, after the grid dependency: t, the keys of the block's rows
 // and of the small members it selects, the small selections (warp 1) and the block's group (warp 0), which then
-// releases the group's flag. pt: the thread's index among the predictor warps (0 .. p.pw * 32 - 1).
-__device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, int tr, int pt) {
-  const int pw = pt >> 5, lane = pt & 31, PT = p.pw * 32;
+// releases the group's flag. pt: the thread's index among the predictor warps (0 .. PF_LOCAL_WARPS * 32 - 1).
+__device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, int pt) {
+  const int pw = pt >> 5, lane = pt & 31, PT = PF_LOCAL_WARPS * 32;
   const PfLayout L = pf_layout(p);
   const PfBlk B = pf_blk(p);
   pdl_wait();  // t (this layer's QKV kernel) and the step serial are this step's
-  if (pt == 0) tr_mark(tr, 10);
   float* ts = reinterpret_cast<float*>(area + L.ts);
   for (int i = pt; i < p.trows; i += PT) ts[i] = __ldcg(p.t + i);
   const unsigned target = step_serial(p.st) + 1u;
   mbar_wait(bar, 0);
   pbar_local(PT);
-  if (pt == 0) tr_mark(tr, 11);
-  pf_keys(p, L, B, area, ts, pt, PT, lane, !(p.skip & 64));  // (64: timing only, no dot products of the group)
+  pf_keys(p, L, B, area, ts, pt, PT, lane);
   uint32_t* keys = reinterpret_cast<uint32_t*>(area + L.keys);
   pbar_local(PT);
-  if (pt == 0) tr_mark(tr, 4);  // keys ready (bench/cuda/trace.cu: "threshold known")
   if (pw == 1)
     for (int m = 0; m < p.nsmall; m++)
       if (B.mine[m]) pf_small(p.small[m], reinterpret_cast<const uint32_t*>(area + L.skeys) + m * PF_SMALL_MAX, target);
@@ -315,15 +305,10 @@ __device__ void pf_local(const PredFuse& p, unsigned char* area, uint64_t* bar, 
   const long long n = p.big.n, k = p.big.k;
   const int o0 = (int)(k * B.r0 / n), o1 = B.nr ? (int)(k * (B.r0 + B.nr) / n) : o0;
   const int c = o1 - o0;
-  if (p.skip & 32) {  // (timing only: the group's first rows)
-    for (int i = lane; i < c; i += 32) p.big.sel[o0 + i] = B.r0 + i;
-  } else {
-    pf_group_pick(p.local == 2, keys, B.nr, c, B.r0, p.big.sel + o0);
-  }
+  pf_group_pick(keys, B.nr, c, B.r0, p.big.sel + o0);
   __syncwarp();  // the lanes' stores, then lane 0's release (cumulative over them, as CUTLASS's semaphore relies on)
   if (lane == 0) {  // a flag per group, no counter: same-address atomics from every block serialise in L2 (~4 us)
     st_release(p.gdone + blockIdx.x, target);
-    tr_mark(tr, 5);
   }
 }
 // The MLP's producer warp: wait until every group of this step's selection is in (flags hold serial + 1).
@@ -368,7 +353,7 @@ __global__ void __launch_bounds__(256) k_pf_prep(const __half* __restrict__ w1, 
   if (lane == 0) { c1[row] = s; if (nb) atomicAdd(bad, nb); }
 }
 
-// ---- Layer 0's heads without a side stream (engine head0; DEJAVU_CUDA_HEAD0_TABLE, default on) ----
+// ---- Layer 0's heads without a side stream (engine head0) ----
 // Layer 0's heads predictor reads att_in(0) = E[token] + P[pos + 2]. Without an input LayerNorm its scores are
 // linear in that sum: w2 . w1 . E[token] + w2 . w1 . P[pos + 2], i.e. a row of a vocab x H table plus a row of a
 // positions x H table, both built when the graph is (k_head0_table). With the parameter-free input LayerNorm the

@@ -4,7 +4,7 @@
  * lib.ts and engine.cu fails here. Without a GPU the first call must fail with a clear DejavuError.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -24,7 +24,7 @@ const NVCC = has('nvcc', ['--version']);
 const GPU = has('nvidia-smi', ['-L']);
 
 describe.skipIf(!NVCC)('CUDA library build (nvcc present)', () => {
-  it('npm run build:cuda compiles runtime/cuda/engine.cu for sm_90', () => {
+  it('npm run build:cuda compiles runtime/cuda/engine.cu for sm_80 (portable path) and sm_90 (streamed path)', () => {
     const r = spawnSync(process.execPath, [join(REPO_ROOT, 'scripts', 'build-cuda.mjs'), '--lib-only'], { encoding: 'utf8' });
     expect(r.stderr).toMatch(/libdejavu_cuda\.so built/);
     expect(r.status).toBe(0);
@@ -33,9 +33,8 @@ describe.skipIf(!NVCC)('CUDA library build (nvcc present)', () => {
 
   // The stand-alone GPU programs under bench/cuda (they include the engine's headers, so an API change breaks them).
   const programs: [file: string, why: string, flags: string[]][] = [
-    ['trace.cu', 'the timeline tool, with the trace points on (-DDJ_TRACE)', ['-DDJ_TRACE']],
     ['mmadot.cu', 'the consumer microbenchmark (its mma.sync / ldmatrix inline PTX included)', []],
-    ['chain.cu', 'the predictor-chain microbenchmark (it includes engine.cu and chain.cuh)', []],
+    ['stream.cu', 'the streaming microbenchmark (it includes kernels.cuh and tma.cuh)', []],
   ];
   for (const [file, why, flags] of programs)
     it(`bench/cuda/${file} compiles: ${why}`, () => {
@@ -51,6 +50,32 @@ describe.skipIf(!NVCC)('CUDA library build (nvcc present)', () => {
     const lib = await loadCudaLib(join(REPO_ROOT, 'runtime', 'cuda', 'build', 'libdejavu_cuda.so'));
     expect(() => lib.deviceInfo()).toThrow(DejavuError);
     expect(() => lib.deviceInfo()).toThrow(/no usable CUDA GPU on this machine \(.*(driver|device)/i);
+  });
+});
+
+describe('build:cuda arguments', () => {
+  it('an architecture older than sm_80 is refused before nvcc runs', () => {
+    const r = spawnSync(process.execPath, [join(REPO_ROOT, 'scripts', 'build-cuda.mjs'), '--lib-only'], {
+      encoding: 'utf8',
+      env: { ...process.env, DEJAVU_CUDA_ARCH: 'sm_75' },
+    });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/DEJAVU_CUDA_ARCH: 'sm_75' is not an architecture sm_80 or newer/);
+  });
+});
+
+// Options cross koffi as one struct (engine.cu DjOptions): the library reads no DEJAVU_CUDA_* knobs and nothing
+// writes process.env to steer it.
+describe('runtime/cuda reads no environment knobs', () => {
+  const dir = join(REPO_ROOT, 'runtime', 'cuda');
+  it('no getenv in the library sources', () => {
+    for (const f of readdirSync(dir).filter((f) => /\.(cu|cuh)$/.test(f) && f !== 'check.cu'))
+      expect(readFileSync(join(dir, f), 'utf8'), f).not.toMatch(/\bgetenv\s*\(/);
+  });
+  it('no process.env writes in the runtime', () => {
+    for (const sub of ['cuda', 'sparse', 'cpu'])
+      for (const f of readdirSync(join(REPO_ROOT, 'runtime', sub)).filter((f) => f.endsWith('.ts')))
+        expect(readFileSync(join(REPO_ROOT, 'runtime', sub, f), 'utf8'), f).not.toMatch(/process\.env(\.\w+|\[[^\]]+\])\s*=[^=]/);
   });
 });
 
