@@ -1,5 +1,6 @@
 /** `dejavu collect`: argument parsing and the closing summary; the work is in collect/collect.ts. */
 import type { Command } from 'commander';
+import { SHARD_MANIFEST_FILE } from '../../common/contracts.js';
 import { positiveInt } from '../../collect/args.js';
 
 interface Flags {
@@ -68,7 +69,7 @@ export function register(program: Command): void {
       log(`bytes per token per layer: ${m.bytes_per_token_per_layer} (row data ${m.row_bytes}, bound ${m.bound_bytes_per_token_per_layer})`);
       log(m.layers.map((l, i) => `  layer ${String(l).padStart(2, '0')}: ${m.bytes_per_token_by_layer[i]} B/token`).join('\n'));
       if (m.skipped_lines) log(`skipped ${m.skipped_lines} malformed lines/rows, e.g. ${m.skipped_examples[0]}`);
-      log(`-> ${f.out}/manifest.json`);
+      log(`-> ${f.out}/${SHARD_MANIFEST_FILE}`);
       if (f.json) {
         console.log(
           JSON.stringify({
