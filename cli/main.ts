@@ -12,7 +12,9 @@ import { register as registerCollect } from './commands/collect.js';
 import { register as registerBench } from './commands/bench.js';
 import { register as registerExport } from './commands/export.js';
 import { register as registerDemo } from './commands/demo.js';
+import { register as registerReport } from './commands/report.js';
 import { register as registerEval } from './commands/eval.js';
+import { addVerbosityFlags } from './verbosity.js';
 import { register as registerBuildCuda } from './commands/build-cuda.js';
 
 const program = new Command();
@@ -29,7 +31,10 @@ registerExport(program);
 registerEval(program);
 registerBench(program);
 registerDemo(program);
+registerReport(program);
 registerBuildCuda(program);
+// --quiet / --verbose on every command (after the registrations, so each one gets them).
+addVerbosityFlags(program);
 
 program.exitOverride();
 try {

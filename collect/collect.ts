@@ -18,7 +18,7 @@ import type { OptCheckpoint } from '../checkpoints/types.js';
 import { layerDirName, parseLayers, shardFileName, SHARD_MANIFEST_FILE, type ShardDims } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
 import { writeJsonAtomic } from '../common/atomic.js';
-import { log, progressBar, type Progress } from '../common/progress.js';
+import { log, progressBar, progressEnabled, type Progress } from '../common/progress.js';
 import { dataEntries, type CollectArgs } from './args.js';
 import { ArrowFileWriter } from './arrow-file.js';
 import { LayerChunk } from './chunk.js';
@@ -213,7 +213,7 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     const stats = createReadStats();
     const selection = { docs: opts.docs, sample: opts.sample, seed: opts.sample !== undefined ? (opts.seed ?? 0) : undefined };
     // The bar counts documents (ETA) and shows tokens/s; without --docs/--sample a quick pass counts the documents.
-    const showBar = !opts.quiet && (process.stderr.isTTY || process.env.DEJAVU_PROGRESS === '1');
+    const showBar = progressEnabled(opts.quiet); // a bar on a terminal, plain lines elsewhere (common/progress.ts)
     let total = opts.docs ?? opts.sample;
     if (total === undefined && showBar) {
       total = 0;
