@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { DejavuError } from '../common/errors.js';
+import { encodePrefix, type PrefixRules } from './token-prefix.js';
 import type { Tokenizer } from './types.js';
 
 /**
@@ -150,16 +151,27 @@ export function tokenizerJsonFromVocabMerges(
 }
 
 /**
- * A byte offset in `text` where cutting leaves the tokens of the prefix identical to the start of the tokens of the
- * whole text: just before a space that starts a word (" X", X neither whitespace) and that follows a non-whitespace
- * character. Under the GPT-2 pre-tokenizer regex every pre-token ends there and the next one starts there, and no
- * added token contains a space. Returns -1 when there is no such cut at or after `from`.
+ * The bounded-prefix rules (datasets/token-prefix.ts) when they are exact for this tokenizer: GPT-2's byte-level BPE
+ * (the ByteLevel pre-tokenizer with its regex, what OPT ships), no normalizer, no whitespace or case rewriting in the
+ * config. Null otherwise: such a tokenizer gets the whole text.
  */
-function safeCut(text: string, from: number): number {
-  for (let i = Math.max(1, from); i < text.length - 1; i++) {
-    if (text.charCodeAt(i) === 0x20 && !/\s/.test(text[i - 1]) && !/\s/.test(text[i + 1])) return i;
+function prefixRulesFor(tokenizerJson: Json, config: Json): Omit<PrefixRules, 'suffixIds'> | null {
+  const pre = tokenizerJson.pre_tokenizer as Json | null | undefined;
+  const model = tokenizerJson.model as Json | null | undefined;
+  if (!pre || pre.type !== 'ByteLevel' || pre.use_regex === false) return null;
+  if (tokenizerJson.normalizer) return null;
+  if (!model || model.type !== 'BPE' || !model.vocab || typeof model.vocab !== 'object') return null;
+  if (config.remove_space === true || config.do_lowercase_and_remove_accent === true) return null;
+  // Byte-level vocabulary entries spell one byte per character.
+  let maxTokenBytes = 1;
+  for (const k of Object.keys(model.vocab as Json)) if (k.length > maxTokenBytes) maxTokenBytes = k.length;
+  const addedTokens: string[] = [];
+  for (const t of (tokenizerJson.added_tokens as Json[] | undefined) ?? []) {
+    if (typeof t.content !== 'string' || t.content === '') continue;
+    addedTokens.push(t.content);
+    maxTokenBytes = Math.max(maxTokenBytes, Buffer.byteLength(t.content));
   }
-  return -1;
+  return { addedTokens, maxTokenBytes };
 }
 
 class HfBackedTokenizer implements Tokenizer {
@@ -168,22 +180,29 @@ class HfBackedTokenizer implements Tokenizer {
   /** Whether encode() prepends the BOS itself (add_bos_token and the post-processor does not already add it). */
   readonly prependBos: boolean;
 
+  /** Null when only the whole text gives exact ids (see prefixRulesFor). */
+  private readonly prefixRules: PrefixRules | null;
+
   constructor(
     private readonly tok: HfTokenizer,
     readonly source: string,
     bosId: number | null,
     addBosToken: boolean,
     vocabSize: number,
+    rules: Omit<PrefixRules, 'suffixIds'> | null,
   ) {
     this.bosId = bosId;
     this.vocabSize = vocabSize;
-    let postAddsBos = false;
-    if (bosId !== null) {
-      const withSpecial = tok.encode('a').ids;
-      const without = tok.encode('a', { add_special_tokens: false }).ids;
-      postAddsBos = withSpecial[0] === bosId && without[0] !== bosId;
-    }
+    const withSpecial = tok.encode('a').ids;
+    const without = tok.encode('a', { add_special_tokens: false }).ids;
+    const postAddsBos = bosId !== null && withSpecial[0] === bosId && without[0] !== bosId;
     this.prependBos = addBosToken && bosId !== null && !postAddsBos;
+    // What the post-processor puts after the text (an EOS) is not text: a prefix must yield maxLen ids before it.
+    let at = -1;
+    for (let s = 0; s + without.length <= withSpecial.length && at < 0; s++) {
+      if (without.every((id: number, j: number) => withSpecial[s + j] === id)) at = s;
+    }
+    this.prefixRules = rules && at >= 0 ? { ...rules, suffixIds: withSpecial.length - at - without.length } : null;
   }
 
   private encodeAll(text: string): number[] {
@@ -194,18 +213,9 @@ class HfBackedTokenizer implements Tokenizer {
   encode(text: string, maxLen?: number): Int32Array {
     if (maxLen === undefined) return Int32Array.from(this.encodeAll(text));
     if (!Number.isInteger(maxLen) || maxLen < 1) throw new DejavuError(`max length must be an integer >= 1, got ${maxLen}`);
-    // Long documents: tokenize a growing prefix cut at a word boundary instead of the whole text. Tokens of such a
-    // prefix equal the first tokens of the whole text (see safeCut), so the result is the same, only faster.
-    let chars = maxLen * 8;
-    while (chars < text.length) {
-      const cut = safeCut(text, chars);
-      if (cut < 0) break;
-      const ids = this.encodeAll(text.slice(0, cut));
-      if (ids.length >= maxLen) return Int32Array.from(ids.slice(0, maxLen));
-      chars = cut * 2;
-    }
-    const ids = this.encodeAll(text);
-    return Int32Array.from(ids.length > maxLen ? ids.slice(0, maxLen) : ids);
+    // Only a bounded prefix of the text is tokenized (a 20 MB line without spaces would take minutes and gigabytes).
+    if (this.prefixRules) return Int32Array.from(encodePrefix((s) => this.encodeAll(s), text, maxLen, this.prefixRules));
+    return Int32Array.from(this.encodeAll(text).slice(0, maxLen));
   }
 
   /** Special tokens (the BOS among them) are left out unless `skipSpecialTokens` is false. */
@@ -262,5 +272,5 @@ export async function loadTokenizer(modelDir: string, opts: LoadTokenizerOptions
   }
   let vocabSize = 0;
   for (const id of tok.get_vocab(true).values()) if (id + 1 > vocabSize) vocabSize = id + 1;
-  return new HfBackedTokenizer(tok, source, bosId, addBos, vocabSize);
+  return new HfBackedTokenizer(tok, source, bosId, addBos, vocabSize, prefixRulesFor(tokenizerJson, hfConfig));
 }
