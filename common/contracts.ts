@@ -71,6 +71,12 @@ export const predictorName = (layer: number, target: Target): string => `${layer
 
 export const predictorFileName = (layer: number, target: Target): string => `${predictorName(layer, target)}.safetensors`;
 
+/** The predictor a `layer_XX.{mlp|attn}.safetensors` file name stands for, or null for any other name. */
+export function predictorOfFileName(name: string): { layer: number; target: Target } | null {
+  const m = /^layer_(\d+)\.(mlp|attn)\.safetensors$/.exec(name);
+  return m ? { layer: Number(m[1]), target: m[2] as Target } : null;
+}
+
 /** Safetensors metadata of a predictor file (tensors `w1` [rank][in], `w2` [out][rank], fp32). Values are strings. */
 export interface PredictorFileMeta {
   target: Target;
@@ -130,6 +136,10 @@ export interface TrainMetrics {
   model_fingerprint: string;
   args: Record<string, unknown>;
   backend: string;
+  /** False until every planned predictor is trained or skipped (a running or killed train); export refuses it. */
+  complete: boolean;
+  /** The (layer, target) predictors the run trains. */
+  planned: { layer: number; target: Target }[];
   layers: MetricsEntry[];
   skipped: { layer: number; target: Target; reason: string }[];
   seconds: number;
@@ -142,6 +152,9 @@ export type CheckedMetricsEntry = Pick<MetricsEntry, 'layer' | 'target'> & Predi
 export interface CheckedMetrics {
   model_fingerprint: string;
   args: Record<string, unknown> | null;
+  /** null: written before train recorded it. */
+  complete: boolean | null;
+  planned: { layer: number; target: Target }[] | null;
   layers: CheckedMetricsEntry[];
 }
 
@@ -181,7 +194,21 @@ export function parseMetrics(raw: unknown, path: string): CheckedMetrics {
     seen.set(id, i);
     return e as CheckedMetricsEntry;
   });
-  return { model_fingerprint: m.model_fingerprint as string, args: (m.args as Record<string, unknown> | undefined) ?? null, layers };
+  need(m.complete === undefined || typeof m.complete === 'boolean', 'complete', m.complete, 'true or false');
+  const planned = m.planned as { layer: number; target: Target }[] | undefined;
+  need(
+    planned === undefined || (Array.isArray(planned) && planned.every((p) => isObject(p) && Number.isInteger(p.layer) && (p.target === 'mlp' || p.target === 'attn'))),
+    'planned',
+    planned,
+    'an array of {layer, target}',
+  );
+  return {
+    model_fingerprint: m.model_fingerprint as string,
+    args: (m.args as Record<string, unknown> | undefined) ?? null,
+    complete: (m.complete as boolean | undefined) ?? null,
+    planned: planned ?? null,
+    layers,
+  };
 }
 
 // ---- Layer selection (`--layers` of collect, train and export)

@@ -234,7 +234,12 @@ export function loadBundle(dir: string, ckpt?: OptCheckpoint): Bundle {
         if (info.shape.length !== 2 || info.shape[0] !== shape[0] || info.shape[1] !== shape[1]) {
           throw new DejavuError(`tensor ${name} has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}]`, tpath);
         }
-        return st.readFloat32(name);
+        const data = st.readFloat32(name);
+        // A NaN or Inf weight would silently turn every score of this predictor into NaN (and its top-k arbitrary).
+        for (let i = 0; i < data.length; i++) {
+          if (!Number.isFinite(data[i])) throw new DejavuError(`tensor ${name} holds ${data[i]} at index ${i} (layer ${layer} ${target} predictor; re-export the bundle)`, tpath);
+        }
+        return data;
       };
       return {
         ...e,

@@ -4,13 +4,16 @@
  * Per (layer, target) the k a decode step keeps is chosen from validation metrics: `--recall 0.99` -> ceil(k99),
  * `--recall 0.95` -> ceil(k95) (k_Q = mean over validation tokens of the smallest per-token top-k holding Q of the
  * true positives, train/metrics.ts), or fixed with --mlp-k / --heads-k. A target without a predictor file and without
- * a metrics entry is marked dense; one with only one of the two is an incomplete training run and is refused.
+ * a metrics entry is marked dense; one with only one of the two is an incomplete training run and is refused. So is
+ * a folder whose train run did not finish (metrics.json `complete: false`, or a checkpoint not marked done), listing
+ * the predictors it lacks, unless `partial` keeps those dense.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFile, type TensorToWrite } from '../checkpoints/safetensors.js';
 import type { OptCheckpoint } from '../checkpoints/types.js';
-import { METRICS_FILE, parseLayers, parseMetrics, predictorFileName, type CheckedMetrics, type Target } from '../common/contracts.js';
+import { METRICS_FILE, parseLayers, parseMetrics, predictorFileName, predictorName, type CheckedMetrics, type Target } from '../common/contracts.js';
+import { readCheckpointState } from '../train/checkpoint.js';
 import { DejavuError } from '../common/errors.js';
 import { BUNDLE_FORMAT, BUNDLE_VERSION, tensorName, writeBundle, type BundleManifest, type LayerTargetEntry } from './bundle.js';
 
@@ -23,6 +26,8 @@ export interface ExportOptions {
   headsK?: number;
   /** Layers to sparsify ("all", "1-5", "0,2,4"); the others are marked dense even when a predictor exists. */
   layers?: string;
+  /** Export the predictors of an unfinished train run; the ones it lacks stay dense (listed in `unfinished`). */
+  partial?: boolean;
 }
 
 export const predictorFile = (dir: string, layer: number, target: Target) => join(dir, predictorFileName(layer, target));
@@ -39,6 +44,47 @@ export function readMetrics(dir: string): CheckedMetrics {
     throw new DejavuError(`invalid JSON (${(e as Error).message})`, path);
   }
   return parseMetrics(raw, path);
+}
+
+/**
+ * Predictors (`layer_XX.mlp` names) an unfinished train run planned but has not finished: from metrics.json
+ * (`complete: false`: planned, neither trained nor skipped), and from checkpoints not marked done (a metrics.json
+ * written before train recorded `complete`).
+ */
+export function unfinishedPredictors(dir: string, metrics: CheckedMetrics): { layer: number; target: Target }[] {
+  const key = (j: { layer: number; target: Target }) => predictorName(j.layer, j.target);
+  const out = new Map<string, { layer: number; target: Target }>();
+  if (metrics.complete === false && metrics.planned) {
+    const done = new Set([...metrics.layers.map(key), ...skippedOf(dir).map(key)]);
+    for (const j of metrics.planned) if (!done.has(key(j))) out.set(key(j), j);
+  }
+  const ck = join(dir, 'checkpoints');
+  if (existsSync(ck) && statSync(ck).isDirectory()) {
+    for (const f of readdirSync(ck)) {
+      const m = /^layer_(\d+)\.(mlp|attn)\.safetensors$/.exec(f);
+      if (!m) continue;
+      const state = readCheckpointState(dir, f.replace(/\.safetensors$/, ''));
+      if (state && !state.done) out.set(f.replace(/\.safetensors$/, ''), { layer: Number(m[1]), target: m[2] as Target });
+    }
+  }
+  return [...out.values()].sort((a, b) => a.layer - b.layer || a.target.localeCompare(b.target));
+}
+
+/** metrics.json `skipped` (jobs with no positive labels: done, with no predictor). */
+function skippedOf(dir: string): { layer: number; target: Target }[] {
+  const raw = JSON.parse(readFileSync(join(dir, METRICS_FILE), 'utf8')) as { skipped?: unknown };
+  return Array.isArray(raw.skipped) ? (raw.skipped as { layer: number; target: Target }[]).filter((e) => Number.isInteger(e?.layer)) : [];
+}
+
+/** fp32 predictor weights that fp16 can hold: finite, |x| <= 65504 (else the bundle would hold Inf). */
+function checkWeights(data: Float32Array, tensor: string, file: string): Float32Array {
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i];
+    if (!(Math.abs(v) <= 65504)) {
+      throw new DejavuError(`tensor ${tensor} holds ${Number.isNaN(v) ? 'NaN' : v} at index ${i} (predictor weights must be finite and within fp16's range; retrain it)`, file);
+    }
+  }
+  return data;
 }
 
 export interface TargetSummary {
@@ -64,6 +110,8 @@ export interface ExportSummary {
   /** Mean over layers of k/ffn (dense layers count 1). */
   mlp_density: number;
   head_density: number;
+  /** With `partial`: the predictors the unfinished train run lacks, left dense. */
+  unfinished: string[];
 }
 
 export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSummary {
@@ -82,6 +130,16 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
     );
   }
   const chosen = new Set(parseLayers(o.layers, c.numLayers));
+  const unfinished = unfinishedPredictors(o.predictors, metrics).filter((j) => chosen.has(j.layer));
+  const unfinishedNames = new Set(unfinished.map((j) => predictorName(j.layer, j.target)));
+  if (unfinished.length && !o.partial) {
+    const names = [...unfinishedNames];
+    throw new DejavuError(
+      `is from a train run that did not finish: ${names.join(', ')} ${names.length === 1 ? 'is' : 'are'} not trained yet; ` +
+        'finish it with `dejavu train ... --resume` (the same flags), or export with --partial to keep those dense',
+      o.predictors,
+    );
+  }
   const tensors: Record<string, TensorToWrite> = {};
   const layers: BundleManifest['layers'] = [];
   const summary: ExportSummary['layers'] = [];
@@ -104,7 +162,8 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
         continue;
       }
       if (!haveFile && !m) {
-        entry[target] = { dense: true, reason: 'no predictor trained' };
+        const unfinishedHere = unfinishedNames.has(predictorName(l, target));
+        entry[target] = { dense: true, reason: unfinishedHere ? 'training unfinished (exported with --partial)' : 'no predictor trained' };
         sum[target] = { dense: true };
         if (target === 'mlp') mlpDen += 1;
         else headDen += 1;
@@ -158,8 +217,8 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
         }
         const w1 = tensorName(l, target, 'w1');
         const w2 = tensorName(l, target, 'w2');
-        tensors[w1] = { dtype: 'F16', shape: [rank, d], data: st.readFloat32('w1') };
-        tensors[w2] = { dtype: 'F16', shape: [out, rank], data: st.readFloat32('w2') };
+        tensors[w1] = { dtype: 'F16', shape: [rank, d], data: checkWeights(st.readFloat32('w1'), 'w1', file) };
+        tensors[w2] = { dtype: 'F16', shape: [out, rank], data: checkWeights(st.readFloat32('w2'), 'w2', file) };
         const keep = ['recall', 'precision', 'f1', 'true_active', 'predicted_active', 'k95', 'k99', 'tokens', 'k_label'] as const;
         const mm: Record<string, number | null> = {};
         for (const key of keep) if (key in m) mm[key] = m[key] ?? null;
@@ -193,5 +252,6 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
     layers: summary,
     mlp_density: r4(mlpDen / c.numLayers),
     head_density: r4(headDen / c.numLayers),
+    unfinished: [...unfinishedNames],
   };
 }

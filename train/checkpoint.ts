@@ -8,7 +8,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../checkpoints/safetensors.js';
 import type { EpochRecord, PredictorMetrics } from '../common/contracts.js';
-import { DejavuError } from '../common/errors.js';
+import { DejavuError, rethrowFs } from '../common/errors.js';
 import type { PredictorState } from './model.js';
 
 export interface JobState {
@@ -35,23 +35,61 @@ export interface Checkpoint {
 export const checkpointPath = (out: string, name: string): string => join(out, 'checkpoints', `${name}.safetensors`);
 
 export function saveCheckpoint(out: string, name: string, c: Checkpoint, shapes: { d: number; r: number; out: number }): void {
-  mkdirSync(join(out, 'checkpoints'), { recursive: true });
+  try {
+    mkdirSync(join(out, 'checkpoints'), { recursive: true });
+  } catch (e) {
+    rethrowFs(e, join(out, 'checkpoints'));
+  }
   const { d, r } = shapes;
   const o = shapes.out;
   const t = (data: Float32Array, shape: number[]): TensorToWrite => ({ dtype: 'F32', shape, data });
-  writeSafetensors(
+  const path = checkpointPath(out, name);
+  try {
+    writeSafetensors(
+      path,
+      {
+        w1t: t(c.weights.w1t, [d, r]),
+        w2t: t(c.weights.w2t, [r, o]),
+        m1: t(c.weights.m1, [d, r]),
+        v1: t(c.weights.v1, [d, r]),
+        m2: t(c.weights.m2, [r, o]),
+        v2: t(c.weights.v2, [r, o]),
+        best_w1t: t(c.best.w1t, [d, r]),
+        best_w2t: t(c.best.w2t, [r, o]),
+      },
+      { format: 'dejavu-train-checkpoint/1', state: JSON.stringify({ ...c.state, step: c.weights.step }) },
+    );
+  } catch (e) {
+    rethrowFs(e, path);
+  }
+}
+
+/** The JSON state of a job's checkpoint (the header only, no weights), or undefined if there is none. */
+export function readCheckpointState(out: string, name: string): JobState | undefined {
+  const path = checkpointPath(out, name);
+  if (!existsSync(path)) return undefined;
+  const f = SafetensorsFile.open(path);
+  try {
+    return parseState(f, path);
+  } finally {
+    f.close();
+  }
+}
+
+function parseState(f: SafetensorsFile, path: string): JobState {
+  if (f.metadata.format !== 'dejavu-train-checkpoint/1') throw new DejavuError(`not a train checkpoint (format ${f.metadata.format})`, path);
+  try {
+    return JSON.parse(f.metadata.state) as JobState;
+  } catch (e) {
+    throw new DejavuError(`checkpoint state is not valid JSON (${(e as Error).message})`, path);
+  }
+}
+
+/** The refusal of a checkpoint written with other settings than `key` (train checks every job's before any work). */
+export function settingsMismatch(out: string, name: string, saved: string, key: string): DejavuError {
+  return new DejavuError(
+    `checkpoint was written with other settings; --resume needs the same ones (or use --force to start over).\n  checkpoint: ${saved}\n  this run:   ${key}`,
     checkpointPath(out, name),
-    {
-      w1t: t(c.weights.w1t, [d, r]),
-      w2t: t(c.weights.w2t, [r, o]),
-      m1: t(c.weights.m1, [d, r]),
-      v1: t(c.weights.v1, [d, r]),
-      m2: t(c.weights.m2, [r, o]),
-      v2: t(c.weights.v2, [r, o]),
-      best_w1t: t(c.best.w1t, [d, r]),
-      best_w2t: t(c.best.w2t, [r, o]),
-    },
-    { format: 'dejavu-train-checkpoint/1', state: JSON.stringify({ ...c.state, step: c.weights.step }) },
   );
 }
 
@@ -61,19 +99,8 @@ export function loadCheckpoint(out: string, name: string, key: string): Checkpoi
   if (!existsSync(path)) return undefined;
   const f = SafetensorsFile.open(path);
   try {
-    if (f.metadata.format !== 'dejavu-train-checkpoint/1') throw new DejavuError(`not a train checkpoint (format ${f.metadata.format})`, path);
-    let state: JobState;
-    try {
-      state = JSON.parse(f.metadata.state) as JobState;
-    } catch (e) {
-      throw new DejavuError(`checkpoint state is not valid JSON (${(e as Error).message})`, path);
-    }
-    if (state.key !== key) {
-      throw new DejavuError(
-        `checkpoint was written with other settings; resume needs the same ones (or drop --resume to start over).\n  checkpoint: ${state.key}\n  this run:   ${key}`,
-        path,
-      );
-    }
+    const state = parseState(f, path);
+    if (state.key !== key) throw settingsMismatch(out, name, state.key, key);
     const r = (n: string) => f.readFloat32(n);
     return {
       state,

@@ -3,15 +3,14 @@
  * threads, each with its own tfjs instance: tfjs-wasm runs one thread per instance in Node, so on a 2-core machine two
  * workers train two predictors at once), prints the metrics table and, with --json, the report on stdout.
  */
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { METRICS_FILE, type MetricsEntry, type Target, type TrainMetrics } from '../common/contracts.js';
 import { log } from '../common/progress.js';
 import { DejavuError } from '../common/errors.js';
 import { selectBackend, type BackendName } from './backend.js';
-import { jobName } from './jobs.js';
-import { argsRecord, formatTable, planFromShards, train, writeMetrics, type TrainOptions } from './trainer.js';
+import { capWorkers, thisMachine, type Machine } from '../common/workers.js';
+import { addResult, formatTable, prepareRun, train, trainWorkerBytes, writeMetrics, type TrainOptions } from './trainer.js';
 
 export interface RunOptions extends TrainOptions {
   backend: BackendName;
@@ -19,15 +18,15 @@ export interface RunOptions extends TrainOptions {
   json: boolean;
 }
 
-async function trainInWorkers(o: RunOptions): Promise<TrainMetrics> {
+async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMetrics> {
   const t0 = performance.now();
-  const { set, jobs } = await planFromShards(o);
-  mkdirSync(o.out, { recursive: true });
+  const { jobs, report } = await prepareRun(o, '');
   // Biggest predictors first, so the last job to finish is a small one.
   const queue = [...jobs].sort((a, b) => b.outDim - a.outDim || a.layer - b.layer);
-  const n = Math.min(o.workers, queue.length);
-  const report: TrainMetrics = { model_fingerprint: set.fingerprint, args: argsRecord(o), backend: '', layers: [], skipped: [], seconds: 0 };
-  log(`train: ${jobs.length} predictors on ${n} worker threads, backend ${o.backend}`);
+  const cap = capWorkers(o.workers, '--workers', trainWorkerBytes(jobs, o), machine);
+  if (cap.warning) log(`warning: ${cap.warning}`);
+  const n = Math.min(cap.workers, queue.length);
+  log(`train: ${jobs.length} predictors on ${n} worker thread${n === 1 ? '' : 's'}, backend ${o.backend}`);
   const { backend: _b, workers: _w, json: _j, ...trainOpts } = o;
   await Promise.all(
     Array.from({ length: n }, (_, wi) => new Promise<void>((resolve, reject) => {
@@ -46,10 +45,7 @@ async function trainInWorkers(o: RunOptions): Promise<TrainMetrics> {
           reject(m.error.dejavu ? new DejavuError(m.error.message) : new Error(m.error.message));
           void w.terminate();
         } else if (m.result && m.job) {
-          if ('skipped' in m.result) {
-            log(`${jobName(m.job)}: skipped: ${m.result.skipped}`);
-            report.skipped.push({ layer: m.job.layer, target: m.job.target, reason: m.result.skipped });
-          } else report.layers.push(m.result);
+          addResult(report, m.job, m.result);
           report.seconds = Math.round((performance.now() - t0) / 10) / 100;
           writeMetrics(o.out, report);
           next();
@@ -64,18 +60,21 @@ async function trainInWorkers(o: RunOptions): Promise<TrainMetrics> {
   return report;
 }
 
-export async function runTrain(o: RunOptions): Promise<TrainMetrics> {
+/**
+ * Trains, then prints the result: with --json the report as one line on stdout, else the metrics table and where
+ * metrics.json is on stdout (progress and logs stay on stderr). `machine` bounds --workers (tests inject one).
+ */
+export async function runTrain(o: RunOptions, machine: Machine = thisMachine()): Promise<TrainMetrics> {
   let report: TrainMetrics;
   if (o.workers > 1) {
-    report = await trainInWorkers(o);
+    report = await trainInWorkers(o, machine);
   } else {
     const b = await selectBackend(o.backend);
     for (const s of b.skipped) log(`backend skipped: ${s}`);
     log(`backend: ${b.description}`);
     report = await train(b.tf, b.description, o);
   }
-  log(formatTable(report));
-  log(`metrics: ${join(o.out, METRICS_FILE)} (${report.seconds} s)`);
   if (o.json) process.stdout.write(JSON.stringify(report) + '\n');
+  else process.stdout.write(`${formatTable(report)}\nmetrics: ${join(o.out, METRICS_FILE)} (${report.seconds} s)\n`);
   return report;
 }

@@ -17,7 +17,7 @@ import {
   type Target,
   type TrainMetrics,
 } from '../common/contracts.js';
-import { DejavuError } from '../common/errors.js';
+import { DejavuError, rethrowFs } from '../common/errors.js';
 import { log, progressBar } from '../common/progress.js';
 import { loadCheckpoint, saveCheckpoint, type Checkpoint, type JobState } from './checkpoint.js';
 import { countSplit, labelBytes, trainBatches, validationBatches } from './data.js';
@@ -25,6 +25,7 @@ import { jobName, planJobs, type Job, type MlpInput } from './jobs.js';
 import { MetricsAccumulator, selectionScore } from './metrics.js';
 import { DEFAULT_ADAMW, Predictor, exportWeights, unpackBits, type Tf } from './model.js';
 import { hashSeed } from './rng.js';
+import { guardOutput } from './output.js';
 import { openShardSet, type ShardSet } from './shard-reader.js';
 
 export interface TrainOptions {
@@ -47,6 +48,8 @@ export interface TrainOptions {
   selectBeta: number;
   patience: number;
   resume: boolean;
+  /** Delete an earlier run's predictors, checkpoints and metrics.json in `out` first (train/output.ts). */
+  force?: boolean;
   quiet?: boolean;
   /** No progress bar (worker threads: several bars would interleave on one terminal); epoch logs stay. */
   noProgress?: boolean;
@@ -76,6 +79,22 @@ export function bufferRowsFor(job: Job, o: { bufferRows: number }): number {
   if (o.bufferRows > 0) return o.bufferRows;
   const rowBytes = 2 * job.inDim + labelBytes(job.outDim);
   return Math.max(1, Math.min(65536, Math.floor((256 * 2 ** 20) / rowBytes)));
+}
+
+/**
+ * Memory of one training worker thread, estimated on the high side for its largest job: its tfjs instance, the
+ * shuffle buffer, the predictor with its AdamW moments and best weights, and one batch's tensors.
+ */
+export function trainWorkerBytes(jobs: Job[], o: { bufferRows: number; rank: number; batch: number }): number {
+  const TFJS_INSTANCE = 128 * 2 ** 20;
+  let most = 0;
+  for (const job of jobs) {
+    const buffer = bufferRowsFor(job, o) * (2 * job.inDim + labelBytes(job.outDim));
+    const weights = 8 * 4 * (job.inDim * o.rank + o.rank * job.outDim);
+    const batch = 4 * 4 * o.batch * (job.inDim + o.rank + job.outDim);
+    most = Math.max(most, buffer + weights + batch);
+  }
+  return TFJS_INSTANCE + most;
 }
 
 /** The settings a checkpoint is bound to (not epochs or patience: a resumed run may extend training). */
@@ -221,23 +240,27 @@ export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions)
 
     if (!state.done) {
       const w = exportWeights(best, job.inDim, o.rank, job.outDim);
-      writeSafetensors(
-        outFile,
-        {
-          w1: { dtype: 'F32', shape: [o.rank, job.inDim], data: w.w1 },
-          w2: { dtype: 'F32', shape: [job.outDim, o.rank], data: w.w2 },
-        },
-        {
-          target: job.target,
-          layer: String(job.layer),
-          input: job.inputColumn,
-          lookahead: String(job.lookahead),
-          rank: String(o.rank),
-          model_fingerprint: set.fingerprint,
-          input_norm: o.inputNorm,
-          ...(job.target === 'attn' ? { k_label: String(job.k) } : {}),
-        } satisfies PredictorFileMeta,
-      );
+      try {
+        writeSafetensors(
+          outFile,
+          {
+            w1: { dtype: 'F32', shape: [o.rank, job.inDim], data: w.w1 },
+            w2: { dtype: 'F32', shape: [job.outDim, o.rank], data: w.w2 },
+          },
+          {
+            target: job.target,
+            layer: String(job.layer),
+            input: job.inputColumn,
+            lookahead: String(job.lookahead),
+            rank: String(o.rank),
+            model_fingerprint: set.fingerprint,
+            input_norm: o.inputNorm,
+            ...(job.target === 'attn' ? { k_label: String(job.k) } : {}),
+          } satisfies PredictorFileMeta,
+        );
+      } catch (e) {
+        rethrowFs(e, outFile);
+      }
       state.done = true;
       const weights = await predictor.state();
       saveCheckpoint(o.out, name, { state, weights, best }, shapes);
@@ -304,6 +327,44 @@ export async function planFromShards(o: TrainOptions): Promise<{ set: ShardSet; 
   return { set, jobs };
 }
 
+/**
+ * Everything before the first training step: plan the jobs, guard the output folder (train/output.ts: an earlier
+ * run is refused, resumed with the same settings, or cleared with --force), create it, and write a metrics.json
+ * marked incomplete when there is none yet, so a run killed before its first predictor is still seen as unfinished.
+ */
+export async function prepareRun(o: TrainOptions, backend: string): Promise<{ set: ShardSet; jobs: Job[]; report: TrainMetrics }> {
+  const { set, jobs } = await planFromShards(o);
+  const args = argsRecord(o);
+  const keys = new Map(jobs.map((j) => [jobName(j), settingsKey(set, j, o)]));
+  guardOutput({ out: o.out, resume: o.resume, force: o.force, args, fingerprint: set.fingerprint, keys });
+  try {
+    mkdirSync(o.out, { recursive: true });
+  } catch (e) {
+    rethrowFs(e, o.out);
+  }
+  const report: TrainMetrics = {
+    model_fingerprint: set.fingerprint,
+    args,
+    backend,
+    complete: false,
+    planned: jobs.map((j) => ({ layer: j.layer, target: j.target })).sort((a, b) => a.layer - b.layer || a.target.localeCompare(b.target)),
+    layers: [],
+    skipped: [],
+    seconds: 0,
+  };
+  if (!existsSync(join(o.out, METRICS_FILE))) writeMetrics(o.out, report);
+  return { set, jobs, report };
+}
+
+/** Records one finished job in the report; complete once every planned job is trained or skipped. */
+export function addResult(report: TrainMetrics, job: { layer: number; target: Target }, r: MetricsEntry | { skipped: string }): void {
+  if ('skipped' in r) {
+    log(`${jobName(job)}: skipped: ${r.skipped}`);
+    report.skipped.push({ layer: job.layer, target: job.target, reason: r.skipped });
+  } else report.layers.push(r);
+  report.complete = report.layers.length + report.skipped.length === report.planned.length;
+}
+
 /** Writes metrics.json from the results so far (atomically; also after each job, so a killed run keeps its metrics). */
 export function writeMetrics(out: string, report: TrainMetrics): void {
   // Layer order, attn before mlp, whatever order the jobs (or workers) finished in.
@@ -315,16 +376,10 @@ export function writeMetrics(out: string, report: TrainMetrics): void {
 /** Runs every job in this process, one after the other. */
 export async function train(tf: Tf, backend: string, o: TrainOptions): Promise<TrainMetrics> {
   const t0 = performance.now();
-  const { set, jobs } = await planFromShards(o);
-  mkdirSync(o.out, { recursive: true });
+  const { set, jobs, report } = await prepareRun(o, backend);
   if (!o.quiet) log(`train: ${jobs.length} predictors (${jobs.map(jobName).join(', ')}) on ${backend}; shards ${set.shards.length} x ${set.layers.length} layers, ${set.rows.reduce((a, b) => a + b, 0)} tokens`);
-  const report: TrainMetrics = { model_fingerprint: set.fingerprint, args: argsRecord(o), backend, layers: [], skipped: [], seconds: 0 };
   for (const job of jobs) {
-    const r = await trainJob(tf, set, job, o);
-    if ('skipped' in r) {
-      log(`${jobName(job)}: skipped: ${r.skipped}`);
-      report.skipped.push({ layer: job.layer, target: job.target, reason: r.skipped });
-    } else report.layers.push(r);
+    addResult(report, job, await trainJob(tf, set, job, o));
     report.seconds = round((performance.now() - t0) / 1000, 2);
     writeMetrics(o.out, report);
   }

@@ -3,11 +3,17 @@
  * a time, and posts each result back.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { DejavuError } from '../common/errors.js';
+import { DejavuError, fsErrorToDejavu } from '../common/errors.js';
 import { selectBackend, type BackendName } from './backend.js';
 import type { Job } from './jobs.js';
 import { trainJob, type TrainOptions } from './trainer.js';
 import { openShardSet } from './shard-reader.js';
+
+/** An error for the main thread: bad input and filesystem errors (a full disk, ...) stay one-line DejavuErrors. */
+function asMessage(e: unknown): { message: string; dejavu: boolean } {
+  const d = e instanceof DejavuError ? e : fsErrorToDejavu(e);
+  return d ? { message: d.message, dejavu: true } : { message: (e as Error).message, dejavu: false };
+}
 
 const { options, backend } = workerData as { options: TrainOptions; backend: BackendName };
 const port = parentPort!;
@@ -23,10 +29,10 @@ try {
       const result = await trainJob(b.tf, set, m.job!, options);
       port.postMessage({ job: { layer: m.job!.layer, target: m.job!.target }, result });
     } catch (e) {
-      port.postMessage({ error: { message: (e as Error).message, dejavu: e instanceof DejavuError } });
+      port.postMessage({ error: asMessage(e) });
     }
   });
   port.postMessage({ ready: b.description });
 } catch (e) {
-  port.postMessage({ error: { message: (e as Error).message, dejavu: e instanceof DejavuError } });
+  port.postMessage({ error: asMessage(e) });
 }

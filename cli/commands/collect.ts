@@ -1,7 +1,7 @@
 /** `dejavu collect`: argument parsing and the closing summary; the work is in collect/collect.ts. */
 import type { Command } from 'commander';
 import { SHARD_MANIFEST_FILE } from '../../common/contracts.js';
-import { positiveInt } from '../../collect/args.js';
+import { parseIntFlag } from '../args.js';
 
 interface Flags {
   model: string;
@@ -19,6 +19,26 @@ interface Flags {
   workers?: string;
 }
 
+/**
+ * Forward threads: the --workers asked for (default: as many as allowed), at most the cores and the model copies the
+ * memory holds (common/workers.ts); a lowered request is said on stderr.
+ */
+async function workerCount(model: string, maxLen: number, requested: number | undefined, log: (s: string) => void): Promise<number> {
+  const { join } = await import('node:path');
+  const { parseOptConfig } = await import('../../checkpoints/opt-config.js');
+  const { capWorkers, forwardWorkerBytes, thisMachine } = await import('../../common/workers.js');
+  let perWorker = 0;
+  try {
+    const config = parseOptConfig(join(model, 'config.json'));
+    perWorker = forwardWorkerBytes(config, Math.min(maxLen, config.maxPositionEmbeddings));
+  } catch {
+    // collect itself reports a bad model folder, after the cheaper checks of the data and output paths.
+  }
+  const cap = capWorkers(requested, '--workers', perWorker, thisMachine());
+  if (cap.warning) log(`warning: ${cap.warning}`);
+  return cap.workers;
+}
+
 export function register(program: Command): void {
   program
     .command('collect')
@@ -33,7 +53,7 @@ export function register(program: Command): void {
     .option('--layers <spec>', "layers to record: 'all' or e.g. 0,3-5", 'all')
     .option('--shard-tokens <n>', 'tokens per shard (shards hold whole documents)', '65536')
     .option('--mlp-topk <k>', 'also store the top-K fc1 activations and their indices per token (0 = off)', '0')
-    .option('--workers <n>', 'forward threads, one document each (default: the number of cores; the rows do not depend on it)')
+    .option('--workers <n>', 'forward threads, one document each (default and upper bound: the cores, and as many model copies as memory holds; the rows do not depend on it)')
     .option('--force', 'replace an output folder collected from another model or with other arguments')
     .option('--json', 'print one JSON object on stdout')
     .action(async (f: Flags) => {
@@ -43,19 +63,21 @@ export function register(program: Command): void {
         const { DejavuError } = await import('../../common/errors.js');
         throw new DejavuError('use --docs or --sample, not both', '--docs');
       }
+      const maxLen = f.maxLen !== undefined ? parseIntFlag(f.maxLen, '--max-len') : DEFAULT_MAX_LEN;
+      const workers = await workerCount(f.model, maxLen, f.workers !== undefined ? parseIntFlag(f.workers, '--workers') : undefined, log);
       const r = await collect({
         model: f.model,
         data: f.data,
         out: f.out,
-        docs: f.docs !== undefined ? positiveInt(f.docs, '--docs') : undefined,
-        sample: f.sample !== undefined ? positiveInt(f.sample, '--sample') : undefined,
-        seed: f.sample !== undefined ? positiveInt(f.seed ?? '0', '--seed', 0) : undefined,
-        maxLen: f.maxLen !== undefined ? positiveInt(f.maxLen, '--max-len') : DEFAULT_MAX_LEN,
+        docs: f.docs !== undefined ? parseIntFlag(f.docs, '--docs') : undefined,
+        sample: f.sample !== undefined ? parseIntFlag(f.sample, '--sample') : undefined,
+        seed: f.sample !== undefined ? parseIntFlag(f.seed ?? '0', '--seed', 0) : undefined,
+        maxLen,
         layers: f.layers,
-        shardTokens: positiveInt(f.shardTokens, '--shard-tokens'),
-        mlpTopk: positiveInt(f.mlpTopk, '--mlp-topk', 0),
+        shardTokens: parseIntFlag(f.shardTokens, '--shard-tokens'),
+        mlpTopk: parseIntFlag(f.mlpTopk, '--mlp-topk', 0),
         force: f.force,
-        workers: f.workers !== undefined ? positiveInt(f.workers, '--workers') : undefined,
+        workers,
         quiet: false,
       });
       const m = r.manifest;

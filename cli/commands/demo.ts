@@ -1,14 +1,9 @@
 /** `dejavu demo`: argument parsing and the closing table; the pipeline is cli/demo.ts. */
 import type { Command } from 'commander';
 import { DejavuError } from '../../common/errors.js';
+import { intArg } from '../args.js';
 
-function int(flag: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new DejavuError(`'${v}' is not a positive integer`, flag);
-    return n;
-  };
-}
+const int = (flag: string) => intArg(flag);
 
 export function register(program: Command): void {
   program

@@ -3,7 +3,8 @@
  * the scoring loop is runtime/cpu/perplexity.ts, which takes any per-document scorer (dense CPU pool here; a sparse
  * bundle can plug in its own scorer the same way).
  */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
+import { parseIntFlag } from '../args.js';
 
 interface PplFlags {
   model: string;
@@ -12,6 +13,7 @@ interface PplFlags {
   sample?: string;
   seed: string;
   maxLen?: string;
+  workers?: string;
   threads?: string;
   backend: string;
   json?: boolean;
@@ -23,13 +25,39 @@ interface PplFlags {
   modes?: string;
 }
 
-async function intFlag(value: string, flag: string, min: number): Promise<number> {
-  const n = Number(value);
-  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min) {
-    const { DejavuError } = await import('../../common/errors.js');
-    throw new DejavuError(`expected an integer >= ${min}, got '${value}'`, flag);
+/** Flags that only mean something with --bundle (given without it they would be silently ignored). */
+const BUNDLE_FLAGS = [
+  ['headsFrac', '--heads-frac'],
+  ['mlpK', '--mlp-k'],
+  ['headsK', '--heads-k'],
+  ['mlpGroups', '--mlp-groups'],
+  ['modes', '--modes'],
+] as const;
+
+/**
+ * Worker threads: --workers (or its old name --threads, with a notice), default and upper bound the cores and the
+ * model copies memory holds (common/workers.ts), and no more than the documents when their count is known.
+ */
+async function workerCount(
+  f: PplFlags,
+  config: import('../../checkpoints/types.js').OptConfig,
+  maxLen: number,
+  knownDocs: number | undefined,
+  log: (s: string) => void,
+): Promise<number> {
+  const { DejavuError } = await import('../../common/errors.js');
+  const { capWorkers, forwardWorkerBytes, thisMachine } = await import('../../common/workers.js');
+  if (f.threads !== undefined) {
+    if (f.workers !== undefined) throw new DejavuError('--threads is the old name of --workers; give only --workers', '--threads');
+    log('note: --threads is deprecated; use --workers');
   }
-  return n;
+  const flag = f.workers !== undefined ? '--workers' : '--threads';
+  const value = f.workers ?? f.threads;
+  const requested = value !== undefined ? parseIntFlag(value, flag) : undefined;
+  const cap = capWorkers(requested, flag, forwardWorkerBytes(config, maxLen), thisMachine());
+  if (cap.warning) log(`warning: ${cap.warning}`);
+  // Fewer workers than documents would idle; each worker loads its own model copy.
+  return Math.min(cap.workers, knownDocs ?? Infinity);
 }
 
 export function register(program: Command): void {
@@ -43,7 +71,8 @@ export function register(program: Command): void {
     .option('--sample <n>', 'a seeded random sample of N documents (scored in file order)')
     .option('--seed <s>', 'seed for --sample', '0')
     .option('--max-len <n>', 'tokens per document, BOS included (default: max_position_embeddings)')
-    .option('--threads <n>', 'worker threads, one document each (default: available cores)')
+    .option('--workers <n>', 'worker threads, one document each (default and upper bound: the cores, and as many model copies as memory holds)')
+    .addOption(new Option('--threads <n>', 'deprecated: the old name of --workers').hideHelp())
     .option('--backend <b>', 'CPU prefill backend: auto, wasm (tfjs-wasm) or js (typed arrays)', 'auto')
     .option('--json', 'print one JSON object on stdout: {ppl, tokens, docs, seconds, tokens_per_s}')
     .option('--bundle <dir>', 'sparse: dense, oracle and predicted perplexity with this bundle (runtime/sparse/eval.ts)')
@@ -51,7 +80,7 @@ export function register(program: Command): void {
     .option('--mlp-k <n>', 'with --bundle: neurons kept per layer with an MLP predictor (default: the bundle k)')
     .option('--heads-k <n>', 'with --bundle: heads kept per layer with an attention predictor (default: the bundle k)')
     .option('--mlp-groups <g>', 'with --bundle: predicted MLP top-k split over G equal neuron groups, as the CUDA fused predictors select (default 1: one top-k)')
-    .option('--modes <list>', 'with --bundle: comma-separated subset of dense,oracle,predicted', 'dense,oracle,predicted')
+    .option('--modes <list>', 'with --bundle: comma-separated subset of dense,oracle,predicted (default: all three)')
     .action(async (f: PplFlags) => {
       const { DejavuError } = await import('../../common/errors.js');
       const { log, progressBar } = await import('../../common/progress.js');
@@ -63,28 +92,29 @@ export function register(program: Command): void {
 
       if (f.docs !== undefined && f.sample !== undefined) throw new DejavuError('use --docs or --sample, not both', '--docs');
       if (!['auto', 'wasm', 'js'].includes(f.backend)) throw new DejavuError(`expected auto, wasm or js, got '${f.backend}'`, '--backend');
-      const docs = f.docs !== undefined ? await intFlag(f.docs, '--docs', 1) : undefined;
-      const sample = f.sample !== undefined ? await intFlag(f.sample, '--sample', 1) : undefined;
-      const seed = await intFlag(f.seed, '--seed', 0);
+      if (!f.bundle) {
+        const given = BUNDLE_FLAGS.filter(([key]) => f[key] !== undefined).map(([, flag]) => flag);
+        if (given.length) throw new DejavuError(`${given.join(', ')} only ${given.length > 1 ? 'apply' : 'applies'} with --bundle (sparse perplexity); add --bundle B or drop ${given.length > 1 ? 'them' : 'it'}`, given[0]);
+      }
+      const docs = f.docs !== undefined ? parseIntFlag(f.docs, '--docs') : undefined;
+      const sample = f.sample !== undefined ? parseIntFlag(f.sample, '--sample') : undefined;
+      const seed = parseIntFlag(f.seed, '--seed', 0);
       const config = parseOptConfig(join(f.model, 'config.json'));
-      const maxLen = f.maxLen !== undefined ? await intFlag(f.maxLen, '--max-len', 2) : config.maxPositionEmbeddings;
+      const maxLen = f.maxLen !== undefined ? parseIntFlag(f.maxLen, '--max-len', 2) : config.maxPositionEmbeddings;
       if (maxLen > config.maxPositionEmbeddings) {
         throw new DejavuError(`${maxLen} exceeds the model's max_position_embeddings (${config.maxPositionEmbeddings})`, '--max-len');
       }
-      const threads = f.threads !== undefined ? await intFlag(f.threads, '--threads', 1) : undefined;
+      const workers = await workerCount(f, config, maxLen, docs ?? sample, log);
       if (f.bundle) {
         const { runBundleCli } = await import('../../runtime/sparse/eval.js');
-        return runBundleCli(f, { selection: docs !== undefined ? { docs } : sample !== undefined ? { sample, seed } : {}, maxLen, threads });
+        return runBundleCli(f, { selection: docs !== undefined ? { docs } : sample !== undefined ? { sample, seed } : {}, maxLen, threads: workers });
       }
 
       const tokenizer = await loadTokenizer(f.model);
       const stats = createReadStats();
       const selection = docs !== undefined ? { docs } : sample !== undefined ? { sample, seed } : {};
       // Fewer workers than documents would idle; each worker loads its own model copy.
-      const pool = await PrefillPool.create(f.model, {
-        workers: Math.min(threads ?? (await import('node:os')).availableParallelism(), docs ?? sample ?? Infinity),
-        backend: f.backend as 'auto' | 'wasm' | 'js',
-      });
+      const pool = await PrefillPool.create(f.model, { workers, backend: f.backend as 'auto' | 'wasm' | 'js' });
       log(`model ${f.model}: ${config.numLayers} layers, d=${config.hiddenSize}; prefill on ${pool.backend}`);
       const known = docs ?? sample;
       const bar = progressBar('eval ppl', known ?? 1, 'docs');

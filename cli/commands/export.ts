@@ -1,6 +1,7 @@
 /** `dejavu export`: argument parsing and the summary table; the work is in export/export.ts. */
 import type { Command } from 'commander';
 import { DejavuError } from '../../common/errors.js';
+import { parseIntFlag } from '../args.js';
 
 interface Flags {
   predictors: string;
@@ -10,15 +11,11 @@ interface Flags {
   mlpK?: string;
   headsK?: string;
   layers?: string;
+  partial?: boolean;
   json?: boolean;
 }
 
-function int(v: string | undefined, flag: string): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new DejavuError(`'${v}' is not a positive integer`, flag);
-  return n;
-}
+const int = (v: string | undefined, flag: string): number | undefined => (v === undefined ? undefined : parseIntFlag(v, flag));
 
 export function register(program: Command): void {
   program
@@ -31,6 +28,7 @@ export function register(program: Command): void {
     .option('--mlp-k <n>', 'fixed number of MLP neurons per layer (instead of --recall)')
     .option('--heads-k <n>', 'fixed number of attention heads per layer (instead of --recall)')
     .option('--layers <spec>', "layers to sparsify: 'all' or e.g. 1-5, 0,2,4 (the others are marked dense)", 'all')
+    .option('--partial', 'export the predictors of a train run that did not finish; the ones it lacks stay dense (listed on stderr)')
     .option('--json', 'print one JSON object on stdout')
     .action(async (f: Flags) => {
       const recall = f.recall === undefined ? undefined : Number(f.recall);
@@ -39,9 +37,12 @@ export function register(program: Command): void {
       const { exportBundle } = await import('../../export/export.js');
       const ckpt = await loadOptCheckpoint(f.model, { quiet: !!f.json });
       const s = exportBundle(
-        { predictors: f.predictors, out: f.out, recall, mlpK: int(f.mlpK, '--mlp-k'), headsK: int(f.headsK, '--heads-k'), layers: f.layers },
+        { predictors: f.predictors, out: f.out, recall, mlpK: int(f.mlpK, '--mlp-k'), headsK: int(f.headsK, '--heads-k'), layers: f.layers, partial: !!f.partial },
         ckpt,
       );
+      if (s.unfinished.length) {
+        process.stderr.write(`warning: --partial: the train run did not finish; ${s.unfinished.join(', ')} left dense in ${f.out}\n`);
+      }
       if (f.json) {
         process.stdout.write(JSON.stringify(s) + '\n');
         return;

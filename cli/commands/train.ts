@@ -2,20 +2,8 @@
  * `dejavu train`: argument parsing only; the work is in train/. tfjs and the backends load inside the action.
  */
 import { Command, Option } from 'commander';
-import { DejavuError } from '../../common/errors.js';
+import { intArg, numArg } from '../args.js';
 import { MLP_INPUTS } from '../../train/jobs.js';
-
-function num(flag: string, opts: { int?: boolean; min?: number; max?: number } = {}) {
-  return (v: string): number => {
-    const x = Number(v);
-    const ok = Number.isFinite(x) && (!opts.int || Number.isInteger(x)) && (opts.min === undefined || x >= opts.min) && (opts.max === undefined || x <= opts.max);
-    if (!ok) {
-      const range = `${opts.min ?? '-inf'}..${opts.max ?? 'inf'}`;
-      throw new DejavuError(`expected ${opts.int ? 'an integer' : 'a number'} in ${range}, got ${JSON.stringify(v)}`, flag);
-    }
-    return x;
-  };
-}
 
 export function register(program: Command): void {
   program
@@ -25,24 +13,25 @@ export function register(program: Command): void {
     .requiredOption('--out <dir>', 'output folder: layer_XX.{mlp|attn}.safetensors, metrics.json, checkpoints/')
     .addOption(new Option('--target <t>', 'which predictors').choices(['mlp', 'attn', 'both']).default('both'))
     .option('--layers <spec>', 'layers to train: all, 1-5, 0,2,4', 'all')
-    .option('--rank <r>', 'low-rank width r', num('--rank', { int: true, min: 1 }), 1000)
-    .option('--epochs <n>', 'maximum epochs', num('--epochs', { int: true, min: 1 }), 20)
-    .option('--batch <n>', 'batch size (tokens)', num('--batch', { int: true, min: 1 }), 1024)
-    .option('--lr <x>', 'AdamW learning rate', num('--lr', { min: 0 }), 1e-3)
-    .option('--weight-decay <x>', 'AdamW decoupled weight decay', num('--weight-decay', { min: 0 }), 0.01)
-    .option('--head-frac <x>', 'attention label: top round(head_frac*H) heads by head_norm (at least 1)', num('--head-frac', { min: 0, max: 1 }), 0.3)
+    .option('--rank <r>', 'low-rank width r', intArg('--rank'), 1000)
+    .option('--epochs <n>', 'maximum epochs', intArg('--epochs'), 20)
+    .option('--batch <n>', 'batch size (tokens)', intArg('--batch'), 1024)
+    .option('--lr <x>', 'AdamW learning rate', numArg('--lr', { above: 0 }), 1e-3)
+    .option('--weight-decay <x>', 'AdamW decoupled weight decay', numArg('--weight-decay', { min: 0 }), 0.01)
+    .option('--head-frac <x>', 'attention label: top round(head_frac*H) heads by head_norm (at least 1)', numArg('--head-frac', { min: 0, max: 1 }), 0.3)
     .addOption(new Option('--mlp-input <col>', 'MLP predictor input').choices([...MLP_INPUTS]).default('mlp_in'))
     .addOption(new Option('--input-norm <n>', 'predictor input preprocessing (recorded for export)').choices(['layernorm', 'none']).default('layernorm'))
     .addOption(new Option('--backend <b>', 'tfjs backend').choices(['auto', 'node-gpu', 'node', 'webgpu', 'wasm', 'cpu']).default('auto'))
-    .option('--val-frac <x>', 'fraction of documents held out for validation (split by document, seeded)', num('--val-frac', { min: 0, max: 1 }), 0.1)
-    .option('--buffer-rows <n>', 'shuffle buffer size in tokens (bounded memory; default: 65536 or 256 MiB of rows, whichever is smaller)', num('--buffer-rows', { int: true, min: 1 }), 0)
-    .option('--select-beta <b>', 'checkpoint selection: F-beta on validation (beta > 1 favours recall)', num('--select-beta', { min: 0 }), 2)
-    .option('--patience <n>', 'early stopping: epochs without a better F-beta', num('--patience', { int: true, min: 1 }), 3)
-    .option('--workers <n>', 'predictors trained in parallel worker threads (wasm/cpu; default: 1)', num('--workers', { int: true, min: 1 }), 1)
-    .option('--seed <s>', 'seed (split, init, shuffles)', num('--seed', { int: true, min: 0 }), 0)
-    .option('--resume', 'continue from OUT/checkpoints (same settings)', false)
-    .option('--json', 'print one JSON object (metrics.json contents) on stdout', false)
-    .option('--quiet', 'no progress or per-epoch logs', false)
+    .option('--val-frac <x>', 'fraction of documents held out for validation (split by document, seeded)', numArg('--val-frac', { above: 0, max: 1 }), 0.1)
+    .option('--buffer-rows <n>', 'shuffle buffer size in tokens (bounded memory; default: 65536 or 256 MiB of rows, whichever is smaller)', intArg('--buffer-rows'))
+    .option('--select-beta <b>', 'checkpoint selection: F-beta on validation (beta > 1 favours recall)', numArg('--select-beta', { min: 0 }), 2)
+    .option('--patience <n>', 'early stopping: epochs without a better F-beta', intArg('--patience'), 3)
+    .option('--workers <n>', 'predictors trained in parallel worker threads (wasm/cpu); at most the cores and what memory holds', intArg('--workers'), 1)
+    .option('--seed <s>', 'seed (split, init, shuffles)', intArg('--seed', 0), 0)
+    .option('--resume', 'continue the run in --out (same settings; checked before any training)')
+    .option('--force', 'delete an earlier run\'s predictors, checkpoints and metrics.json in --out, then train')
+    .option('--json', 'print one JSON object (metrics.json contents) on stdout')
+    .option('--quiet', 'no progress or per-epoch logs')
     .action(async (a) => {
       const { runTrain } = await import('../../train/run.js');
       await runTrain({
@@ -60,14 +49,15 @@ export function register(program: Command): void {
         inputNorm: a.inputNorm,
         seed: a.seed,
         valFrac: a.valFrac,
-        bufferRows: a.bufferRows,
+        bufferRows: a.bufferRows ?? 0,
         selectBeta: a.selectBeta,
         patience: a.patience,
-        resume: a.resume,
-        quiet: a.quiet,
+        resume: !!a.resume,
+        force: !!a.force,
+        quiet: !!a.quiet,
         backend: a.backend,
         workers: a.workers,
-        json: a.json,
+        json: !!a.json,
       });
     });
 }

@@ -5,6 +5,7 @@
 import { availableParallelism } from 'node:os';
 import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
 import type { OptCheckpoint } from '../../checkpoints/types.js';
+import { parseIntFlag, parseNumberFlag } from '../../cli/args.js';
 import { DejavuError } from '../../common/errors.js';
 import { log } from '../../common/progress.js';
 import { createReadStats, readDocuments } from '../../datasets/read.js';
@@ -93,18 +94,16 @@ export async function runBundleCli(
   f: { model: string; data: string[]; bundle?: string; headsFrac?: string; mlpK?: string; headsK?: string; mlpGroups?: string; modes?: string; json?: boolean },
   common: { selection: DocumentSelection; maxLen: number; threads?: number },
 ): Promise<void> {
+  // Integers must be written as digits (cli/args.ts), fractions as numbers > 0.
   const num = (v: string | undefined, flag: string, int: boolean): number | undefined => {
     if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isFinite(n) || (int && !Number.isInteger(n)) || n <= 0) throw new DejavuError(`'${v}' is not a valid ${int ? 'positive integer' : 'positive number'}`, flag);
-    return n;
+    return int ? parseIntFlag(v, flag) : parseNumberFlag(v, flag, { above: 0, max: 1 });
   };
   const modes = (f.modes ?? 'dense,oracle,predicted').split(',').map((s) => s.trim());
   for (const m of modes) {
     if (m !== 'dense' && m !== 'oracle' && m !== 'predicted') throw new DejavuError(`unknown mode '${m}' (dense, oracle, predicted)`, '--modes');
   }
   const headsFrac = num(f.headsFrac, '--heads-frac', false);
-  if (headsFrac !== undefined && headsFrac > 1) throw new DejavuError(`${headsFrac} must be in (0, 1]`, '--heads-frac');
   const r = await runBundlePpl({
     model: f.model,
     bundle: f.bundle!,
