@@ -10,6 +10,7 @@ import {
   parseMetrics,
   predictorFileName,
   predictorName,
+  predictorOfFileName,
   shardFileName,
   shardIndexOfFileName,
   type TrainMetrics,
@@ -105,6 +106,10 @@ describe('contracts module', () => {
     expect(shardIndexOfFileName('.shard_00012.arrow.4242.tmp')).toBeNull();
     expect(predictorName(2, 'mlp')).toBe('layer_02.mlp');
     expect(predictorFileName(11, 'attn')).toBe('layer_11.attn.safetensors');
+    expect(predictorOfFileName(predictorFileName(11, 'attn'))).toEqual({ layer: 11, target: 'attn' });
+    expect(predictorOfFileName('layer_02.mlp.safetensors')).toEqual({ layer: 2, target: 'mlp' });
+    expect(predictorOfFileName('layer_02.heads.safetensors')).toBeNull();
+    expect(predictorOfFileName('.layer_02.mlp.safetensors.77.tmp')).toBeNull();
   });
 });
 
