@@ -12,7 +12,7 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFile, type TensorToWrite } from '../checkpoints/safetensors.js';
 import type { OptCheckpoint } from '../checkpoints/types.js';
-import { METRICS_FILE, parseLayers, parseMetrics, predictorFileName, predictorName, type CheckedMetrics, type Target } from '../common/contracts.js';
+import { METRICS_FILE, parseLayers, parseMetrics, predictorFileName, predictorName, predictorOfFileName, type CheckedMetrics, type Target } from '../common/contracts.js';
 import { readCheckpointState } from '../train/checkpoint.js';
 import { DejavuError } from '../common/errors.js';
 import { BUNDLE_FORMAT, BUNDLE_VERSION, tensorName, writeBundle, type BundleManifest, type LayerTargetEntry } from './bundle.js';
@@ -61,10 +61,10 @@ export function unfinishedPredictors(dir: string, metrics: CheckedMetrics): { la
   const ck = join(dir, 'checkpoints');
   if (existsSync(ck) && statSync(ck).isDirectory()) {
     for (const f of readdirSync(ck)) {
-      const m = /^layer_(\d+)\.(mlp|attn)\.safetensors$/.exec(f);
-      if (!m) continue;
-      const state = readCheckpointState(dir, f.replace(/\.safetensors$/, ''));
-      if (state && !state.done) out.set(f.replace(/\.safetensors$/, ''), { layer: Number(m[1]), target: m[2] as Target });
+      const job = predictorOfFileName(f);
+      if (!job) continue;
+      const state = readCheckpointState(dir, key(job));
+      if (state && !state.done) out.set(key(job), job);
     }
   }
   return [...out.values()].sort((a, b) => a.layer - b.layer || a.target.localeCompare(b.target));

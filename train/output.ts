@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { METRICS_FILE } from '../common/contracts.js';
+import { METRICS_FILE, predictorOfFileName } from '../common/contracts.js';
 import { DejavuError, rethrowFs } from '../common/errors.js';
 import { readCheckpointState, settingsMismatch } from './checkpoint.js';
 
@@ -15,18 +15,16 @@ import { readCheckpointState, settingsMismatch } from './checkpoint.js';
  */
 const MAY_CHANGE = new Set(['epochs', 'patience', 'shards']);
 
-const PREDICTOR_FILE = /^layer_\d+\.(mlp|attn)\.safetensors$/;
-
 /** What an earlier train run left in `out`: metrics.json, predictor files and checkpoints (names relative to out). */
 export function earlierOutput(out: string): string[] {
   if (!existsSync(out)) return [];
   const found: string[] = [];
   for (const f of readdirSync(out).sort()) {
-    if (f === METRICS_FILE || PREDICTOR_FILE.test(f)) found.push(f);
+    if (f === METRICS_FILE || predictorOfFileName(f)) found.push(f);
   }
   const ck = join(out, 'checkpoints');
   if (existsSync(ck) && statSync(ck).isDirectory()) {
-    for (const f of readdirSync(ck).sort()) if (PREDICTOR_FILE.test(f)) found.push(`checkpoints/${f}`);
+    for (const f of readdirSync(ck).sort()) if (predictorOfFileName(f)) found.push(`checkpoints/${f}`);
   }
   return found;
 }

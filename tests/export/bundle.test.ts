@@ -177,3 +177,18 @@ describe('bundle errors name the file and the problem', () => {
     expect(() => loadBundle(dir)).toThrow(/differs from manifest\.json/);
   });
 });
+
+describe('non-finite predictor weights', () => {
+  it('loadBundle refuses a NaN or Inf weight, naming the file and the tensor', () => {
+    for (const bad of [NaN, Infinity]) {
+      const { manifest, tensors } = sampleBundle();
+      const name = tensorName(2, 'mlp', 'w2');
+      (tensors[name].data as Float32Array)[5] = bad;
+      const dir = join(root, `nonfinite-${bad}`);
+      writeBundle(dir, manifest, tensors);
+      expect(() => loadBundle(dir, fakeCkpt())).toThrow(
+        `${join(dir, 'predictors.safetensors')}: tensor layers.2.mlp.w2 holds ${bad} at index 5 (layer 2 mlp predictor; re-export the bundle)`,
+      );
+    }
+  });
+});

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -103,5 +103,22 @@ describe('dejavu export', () => {
       /layer_00\.mlp\.safetensors: tensor w1 has shape \[5, 8\], expected \[4, 8\]/,
     );
     expect(() => exportBundle({ predictors: join(root, 'none'), out: join(root, 'x') }, ckpt)).toThrow(/none: predictors folder not found/);
+  });
+
+  it('refuses predictor weights that are not finite or beyond fp16, naming the file and tensor', () => {
+    for (const [bad, shown] of [[NaN, 'NaN'], [1e6, '1000000']] as const) {
+      const p = trainOutput();
+      const file = predictorFile(p, 1, 'mlp');
+      const w2 = Float32Array.from({ length: 32 * 4 }, () => 0.1);
+      w2[7] = bad;
+      writeSafetensors(
+        file,
+        { w1: { dtype: 'F32', shape: [4, 8], data: new Float32Array(32) }, w2: { dtype: 'F32', shape: [32, 4], data: w2 } },
+        { target: 'mlp', layer: '1', input: 'mlp_in', lookahead: '0', rank: '4', model_fingerprint: FP, input_norm: 'layernorm' },
+      );
+      const out = join(root, `nonfinite-${shown}`);
+      expect(() => exportBundle({ predictors: p, out }, ckpt)).toThrow(`${file}: tensor w2 holds ${shown} at index 7`);
+      expect(existsSync(out)).toBe(false);
+    }
   });
 });
