@@ -27,7 +27,7 @@ if [ "$cmd" = prep ]; then
   rm -rf .devnm/node_modules/koffi/{doc,vendor,CHANGELOG.md}
   cp -r node_modules/@koromix/koffi-linux-x64 .devnm/node_modules/@koromix/
   rm -rf .devnm/node_modules/@koromix/koffi-linux-x64/musl_x64
-  for m in cli-progress string-width strip-ansi ansi-regex emoji-regex is-fullwidth-code-point; do
+  for m in cli-progress string-width strip-ansi ansi-regex emoji-regex is-fullwidth-code-point commander; do
     [ -d node_modules/$m ] && cp -r node_modules/$m .devnm/node_modules/
   done
   FIX=${FIXTURES:-../shared/fixtures}

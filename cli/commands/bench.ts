@@ -6,6 +6,8 @@
 import { Option, type Command } from 'commander';
 import { DejavuError } from '../../common/errors.js';
 import { MLP_INPUTS, type MlpInput } from '../../common/mlp-input.js';
+import { CUDA_PATHS, MLP_SELECTIONS, type CudaOptions } from '../../runtime/cuda/lib.js';
+import type { CudaBenchOptions } from '../../runtime/cuda/bench.js';
 
 export interface Density {
   mlp: number;
@@ -26,7 +28,8 @@ export function parseDensity(s: string): Density {
   return out;
 }
 
-function positiveInt(flag: string) {
+/** An integer flag >= 1 (bench-main's --seed and --reps too). */
+export function positiveInt(flag: string) {
   return (v: string): number => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < 1) throw new DejavuError(`'${v}' is not a positive integer`, flag);
@@ -34,70 +37,93 @@ function positiveInt(flag: string) {
   };
 }
 
-interface BenchFlags {
-  device: string;
+/** The flags `dejavu bench --device cuda` reads (addCudaBenchOptions defines them). */
+export interface CudaBenchFlags {
   model?: string;
   shape?: string;
   bundle?: string;
   density?: string;
   prompt: number;
   gen: number;
-  rounds?: number;
   mlpInput?: MlpInput;
-  mlpSelect?: 'exact' | 'grouped';
+  mlpSelect?: CudaOptions['selection'];
+  path?: CudaOptions['path'];
   rank?: number;
   json?: boolean;
 }
 
-export function register(program: Command): void {
-  program
-    .command('bench')
-    .description('decode latency, dense vs sparse: per token, per block, tokens/s and the memory-traffic floor')
-    .option('--device <device>', 'cpu or cuda', 'cpu')
+interface BenchFlags extends CudaBenchFlags {
+  device: string;
+  rounds?: number;
+}
+
+/**
+ * The options of the CUDA bench, on `dejavu bench` and on runtime/cuda/bench-main.ts (the GPU machine's entry, which
+ * has commander but not the rest of the CLI): one definition, one mapping (cudaBenchOptions).
+ */
+export function addCudaBenchOptions(cmd: Command): Command {
+  return cmd
     .option('--model <dir>', 'Hugging Face OPT folder (cpu: required; cuda: real weights instead of --shape)')
     .option('--shape <name>', 'cuda only: random fp16 weights of opt-6.7b | opt-13b | opt-30b | opt-66b')
     .option('--bundle <dir>', 'predictor bundle (sparse selections from its predictors)')
     .option('--density <spec>', 'fixed densities, e.g. mlp=0.1,heads=1.0 (with --bundle: overrides its k)')
     .option('--prompt <n>', 'prompt tokens', positiveInt('--prompt'), 128)
     .option('--gen <n>', 'generated (timed) tokens', positiveInt('--gen'), 128)
-    .option('--rounds <n>', 'cpu: alternating dense/sparse rounds, median reported', positiveInt('--rounds'))
     .addOption(
       new Option('--mlp-input <tap>', 'cuda, random predictors: where MLP predictors read (as train --mlp-input; default att_in)').choices([...MLP_INPUTS]),
     )
     .addOption(
-      new Option('--mlp-select <how>', 'cuda: MLP neurons by exact top-k, or grouped (each of G neuron groups its share; faster, +1% ppl on opt-mini: docs/cuda.md v24)').choices(['exact', 'grouped']),
+      new Option('--mlp-select <how>', 'cuda: MLP neurons by exact top-k (default), or grouped (each of G neuron groups its share; faster, +1% ppl on opt-mini: docs/cuda.md v24; streamed path only)').choices([...MLP_SELECTIONS]),
+    )
+    .addOption(
+      new Option('--path <path>', 'cuda: the kernels: streamed (sm_90+, d <= 10240), portable (per-op, sm_80+), or auto (streamed where it runs; default)').choices([...CUDA_PATHS]),
     )
     .option('--rank <r>', 'cuda, random predictors: their rank (default 128; a multiple of 8)', positiveInt('--rank'))
-    .option('--json', 'print one JSON object on stdout')
+    .option('--json', 'print one JSON object on stdout');
+}
+
+/** Parsed CUDA flags -> runCudaBench's options. */
+export function cudaBenchOptions(f: CudaBenchFlags): CudaBenchOptions {
+  return {
+    shape: f.shape,
+    model: f.model,
+    bundle: f.bundle,
+    density: f.density ? parseDensity(f.density) : undefined,
+    prompt: f.prompt,
+    gen: f.gen,
+    mlpInput: f.mlpInput,
+    mlpSelect: f.mlpSelect,
+    path: f.path,
+    rank: f.rank,
+    json: !!f.json,
+  };
+}
+
+export function register(program: Command): void {
+  const cmd = program
+    .command('bench')
+    .description('decode latency, dense vs sparse: per token, per block, tokens/s and the memory-traffic floor')
+    .option('--device <device>', 'cpu or cuda', 'cpu');
+  addCudaBenchOptions(cmd)
+    .option('--rounds <n>', 'cpu: alternating dense/sparse rounds, median reported', positiveInt('--rounds'))
     .action(async (f: BenchFlags) => {
-      const density = f.density ? parseDensity(f.density) : undefined;
       let result: Record<string, unknown>;
       if (f.device === 'cuda') {
         // Imported here, not at top level: the CPU bench's dependencies stay off the CUDA machine and vice versa.
         const mod = await import('../../runtime/cuda/bench.js');
-        result = await mod.runCudaBench({
-          shape: f.shape,
-          model: f.model,
-          bundle: f.bundle,
-          density,
-          prompt: f.prompt,
-          gen: f.gen,
-          mlpInput: f.mlpInput,
-          mlpSelect: f.mlpSelect,
-          rank: f.rank,
-          json: !!f.json,
-        });
+        result = await mod.runCudaBench(cudaBenchOptions(f));
       } else if (f.device === 'cpu') {
         if (!f.model) throw new DejavuError('the CPU bench needs a model folder', '--model');
         if (f.shape) throw new DejavuError('--shape (random weights of a large model) is for --device cuda', '--shape');
         if (f.mlpInput) throw new DejavuError('--mlp-input places random predictors on the GPU; the CPU bench takes them from --bundle', '--mlp-input');
         if (f.mlpSelect) throw new DejavuError('--mlp-select picks the CUDA selection kernel; for the CPU use dejavu eval ppl --mlp-groups', '--mlp-select');
+        if (f.path) throw new DejavuError('--path picks the CUDA kernels; the CPU bench has one path', '--path');
         if (f.rank) throw new DejavuError('--rank sizes random predictors on the GPU; the CPU bench takes them from --bundle', '--rank');
         const { runCpuBench } = await import('../../runtime/sparse/bench-cpu.js');
         result = await runCpuBench({
           model: f.model,
           bundle: f.bundle,
-          density,
+          density: f.density ? parseDensity(f.density) : undefined,
           prompt: f.prompt,
           gen: f.gen,
           rounds: f.rounds,
@@ -129,18 +155,10 @@ export function formatBench(r: Record<string, unknown>): string {
   lines.push('', `speedup: ${num(r.speedup)}x`);
   if (r.mlp_block_speedup !== undefined) lines.push(`MLP block speedup: ${num(r.mlp_block_speedup)}x (incl. predictors ${num(r.mlp_block_speedup_incl_predictors)}x)`);
   const a = r.amdahl as Record<string, unknown> | undefined;
-  if (a) {
-    lines.push(`Amdahl, MLP only (dense MLP share ${num(a.dense_mlp_share)}): at most ${num(a.limit_mlp_free)}x (the MLP taking no time)`);
-    lines.push(
-      `  ${num(a.at_proportional_mlp_speedup)}x if the MLP time scaled with the neurons kept (MLP ${num(a.proportional_mlp_speedup)}x, an estimate); ` +
-        `${num(a.at_measured_mlp_speedup)}x at the measured MLP ${num(a.measured_mlp_speedup)}x, ${num(a.at_measured_mlp_speedup_incl_predictors)}x with the predictors`,
-    );
-  }
+  if (a) lines.push(`Amdahl bound (MLP only, share ${num(a.dense_mlp_share)}): ${num(a.bound_at_ideal_mlp_speedup)}x at ideal MLP speedup, ${num(a.bound_at_measured_mlp_speedup)}x at the measured one`);
   lines.push(`memory-traffic floor: dense ${num(r.floor_ms)} ms, sparse ${num(r.sparse_floor_ms)} ms`);
-  const kv = r.kv_policy as Record<string, unknown> | undefined;
-  if (kv) {
-    const kept = typeof kv.heads_kept_fraction === 'number' ? `${(100 * kv.heads_kept_fraction).toFixed(0)}% of heads kept; ` : '';
-    lines.push(`KV policy cost (K/V rows of skipped heads): ${num(kv.extra_ms_per_token)} ms/token (${kept}K/V for all heads ${num(kv.kv_all_heads_ms_per_token)} ms)`);
-  }
+  // The CPU bench's kv_policy is its cost; the CUDA bench's is the policy's name (its kv_all figures sit in sparse).
+  const kv = typeof r.kv_policy === 'object' ? (r.kv_policy as Record<string, unknown>) : undefined;
+  if (kv) lines.push(`KV policy cost (K/V rows of skipped heads): ${num(kv.extra_ms_per_token)} ms/token`);
   return lines.join('\n');
 }

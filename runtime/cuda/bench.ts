@@ -6,13 +6,15 @@
  * generated greedily by each mode from the same position, each timed with CUDA events over the whole run of graph
  * replays; 3 repetitions, median reported. Modes: dense; sparse (predictors + top-k + gathered kernels);
  * fixed (the same sparse kernels on the last predicted selections, predictors left out: the predictor share is
- * 1 - fixed/sparse); predictors alone (their own time, for reference).
+ * 1 - fixed/sparse); predictors alone (their own time, for reference). The sparse mode is timed under both KV
+ * policies: 'selected' (the headline figure) and 'all' (kv_all_*). Engine behaviour comes from the options only
+ * (lib.ts CudaOptions), never from the environment.
  */
 import { DejavuError } from '../../common/errors.js';
 import { MLP_INPUTS, type MlpInput } from '../../common/mlp-input.js';
 import { CudaEngine, type SparsityPlan } from './engine.js';
 import { avgStepBytes, shapeDims, weightBytes, type Dims, type StepSparsity } from './floor.js';
-import { loadCudaLib, type Mode } from './lib.js';
+import { CUDA_PATHS, MLP_SELECTIONS, loadCudaLib, type CudaOptions, type Mode } from './lib.js';
 
 export interface CudaBenchOptions {
   shape?: string;
@@ -27,13 +29,15 @@ export interface CudaBenchOptions {
   /** Where random MLP predictors read (train's --mlp-input names; default att_in). */
   mlpInput?: MlpInput;
   /** How MLP neurons are picked: exact top-k (default) or the fused predictors' grouped top-k (docs/cuda.md v24). */
-  mlpSelect?: 'exact' | 'grouped';
+  mlpSelect?: CudaOptions['selection'];
+  /** Which kernels: auto (default: streamed where it runs), streamed, or portable. */
+  path?: CudaOptions['path'];
   seed?: number;
   reps?: number;
 }
 
 const log = (json: boolean, msg: string) => {
-  if (!json || process.env.DEJAVU_VERBOSE) process.stderr.write(`${msg}\n`);
+  if (!json) process.stderr.write(`${msg}\n`);
 };
 
 function median(xs: number[]): number {
@@ -59,13 +63,13 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
   if (!MLP_INPUTS.includes(mlpInput)) throw new DejavuError(`'${mlpInput}': expected one of ${MLP_INPUTS.join(', ')}`, '--mlp-input');
   if (o.mlpInput && o.bundle) throw new DejavuError('a bundle records where its predictors read; --mlp-input is for random predictors', '--mlp-input');
   const reps = o.reps ?? 3;
-  if (o.mlpSelect !== undefined && o.mlpSelect !== 'exact' && o.mlpSelect !== 'grouped')
-    throw new DejavuError(`'${o.mlpSelect}': expected exact or grouped`, '--mlp-select');
-  if (o.mlpSelect === 'grouped') {
-    // The engine reads its knobs when it is created (engine.cu dj_create): the fused predictors, grouped top-k.
-    process.env.DEJAVU_CUDA_PFUSE = '1';
-    process.env.DEJAVU_CUDA_PF_LOCAL = '1';
-  }
+  const selection = o.mlpSelect ?? 'exact';
+  if (!MLP_SELECTIONS.includes(selection)) throw new DejavuError(`'${selection}': expected exact or grouped`, '--mlp-select');
+  const path = o.path ?? 'auto';
+  if (!CUDA_PATHS.includes(path)) throw new DejavuError(`'${path}': expected one of ${CUDA_PATHS.join(', ')}`, '--path');
+  if (path === 'portable' && selection === 'grouped')
+    throw new DejavuError('the grouped top-k runs inside the streamed kernels; the portable path has the exact top-k only', '--mlp-select');
+  const options: CudaOptions = { path, selection, kvPolicy: 'selected' };
 
   const lib = await loadCudaLib();
   const info = lib.deviceInfo();
@@ -93,7 +97,7 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
     );
 
   const t0 = performance.now();
-  const eng = CudaEngine.create(lib, dims, maxT);
+  const eng = CudaEngine.create(lib, dims, maxT, 1e-5, options);
   try {
     if (ckpt) eng.uploadCheckpoint(ckpt);
     else eng.fillRandom(o.seed ?? 1);
@@ -110,6 +114,8 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
       plan = eng.randomPredictors(density, rank, mlpInput);
     }
     eng.build();
+    const enginePath = eng.path();
+    log(json, `${enginePath} path, ${selection} MLP selection`);
     log(json, `loaded + graphs in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
     // Prompt: seeded pseudo-random ids (the timing does not depend on the text).
@@ -135,10 +141,10 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
     const sparseMs = time('sparse', o.gen);
     const fixedMs = time('fixed', o.gen); // selections left by the last sparse step
     const predMs = time('predictors', o.gen);
-    eng.setKvPolicy('all');
+    eng.setOptions({ ...options, kvPolicy: 'all' });
     eng.build();
     const kvAllMs = time('sparse', o.gen);
-    eng.setKvPolicy('selected');
+    eng.setOptions(options);
     eng.build();
     // Per-kernel-kind breakdown (eager launches with events: gaps included, so the total exceeds a graph replay).
     const prof = (mode: Mode) => {
@@ -178,16 +184,18 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
       density: { mlp: r3(avg(plan.kM) / dims.ffn), heads: r3(avg(plan.kH) / dims.heads) },
       sparsity_source: plan.source,
       mlp_input: o.bundle ? null : mlpInput,
-      mlp_selection: mlpSelection(),
+      mlp_selection: selection,
+      mlp_selection_rule: mlpSelectionRule(selection),
       predictor_rank: { attn: Math.max(...plan.rankAttn), mlp: Math.max(...plan.rankMlp) },
-      kv_policy: 'selected (skipped heads compute no K/V; their slots are masked when picked later)',
+      engine_path: enginePath,
+      kv_policy: options.kvPolicy,
+      kv_policy_rule: 'sparse: skipped heads compute no K/V, their slots masked when picked later; sparse.kv_all_*: K/V of every head',
       copy_bandwidth_gbps: r3(bw / 1e9),
       bytes_per_token: { dense: Math.round(dB.total), sparse: Math.round(sB.total), sparse_predictors: Math.round(sB.predictors) },
       dense: {
         ms_per_token: r3(denseMs),
         tokens_per_s: r3(1000 / denseMs),
         kernels_per_step: kernels.dense,
-        path: enginePath(kernels.dense),
         achieved_gbps: r3(dB.total / (denseMs * 1e-3) / 1e9),
       },
       sparse: {
@@ -208,7 +216,6 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
       sparse_floor_ms: r3(sparseFloorMs),
       sparse_vs_sparse_floor: r3(sparseMs / sparseFloorMs),
       sparse_vs_dense_floor: r3(sparseMs / floorMs),
-      engine_env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('DEJAVU_CUDA_'))),
       seconds: r3((performance.now() - t0) / 1000),
     };
     log(
@@ -223,18 +230,9 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
   }
 }
 
-/** How the MLP neurons are picked from the predictor scores (docs/cuda.md v24). */
-export function mlpSelection(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.DEJAVU_CUDA_PFUSE === '1' && env.DEJAVU_CUDA_PF_LOCAL === '1') {
-    const how = env.DEJAVU_CUDA_PF_SEL === '0' ? 'a bitwise threshold search (DEJAVU_CUDA_PF_SEL=0)' : 'warp-max rounds';
-    return `grouped top-k (DEJAVU_CUDA_PF_LOCAL=1): each block of the attention kernel takes its share of k from its own ~n/G consecutive neurons (G = its grid), by ${how}; runtime/sparse groupedTopK, eval --mlp-groups`;
-  }
-  return 'exact top-k over all neurons';
-}
-
-/** Which dense path ran (docs/cuda.md): the streamed kernels unless DEJAVU_CUDA_TMA=0 chose the older ones. */
-function enginePath(denseKernels: number): string {
-  if (process.env.DEJAVU_CUDA_TMA !== '0') return 'streamed (copy engine into shared memory; QKV, attention+out_proj, MLP per layer)';
-  // 4 kernels = embed, the persistent layers kernel (k_step_dense), final LayerNorm, LM head
-  return denseKernels === 4 ? 'persistent step kernel (DEJAVU_CUDA_PERSIST=1)' : 'per-op kernels';
+/** How the MLP neurons are picked from the predictor scores (docs/cuda.md v24), in one line for the JSON. */
+export function mlpSelectionRule(selection: CudaOptions['selection']): string {
+  return selection === 'grouped'
+    ? 'each block of the attention kernel takes its share of k from its own ~n/G consecutive neurons (G = its grid); runtime/sparse groupedTopK, eval --mlp-groups'
+    : 'one top-k over all neurons per predictor';
 }

@@ -7,9 +7,11 @@
  *   4. with --bundle: CUDA sparse with the bundle's predictors and top-k on the GPU; the selections it made are read
  *      back and given to the CPU sparse runtime (logits compared), and compared with the CPU's own predicted picks.
  * Relative error = ||cuda - ref|| / ||ref|| over all compared logits; pass <= 1e-2. Prints one JSON object.
- *   5. with --grouped-bundle B2 (MLP predictors on att_in): 4 under the grouped top-k (DEJAVU_CUDA_PF_LOCAL=1); the CPU
- *      predicts with the same rule and the GPU's groups per layer, and >= 98% of the GPU's picks must agree.
+ *   5. with --grouped-bundle B2 (MLP predictors on att_in): 4 under the grouped top-k (option selection 'grouped';
+ *      streamed path only); the CPU predicts with the same rule and the GPU's groups per layer, and >= 98% of the
+ *      GPU's picks must agree.
  * Usage: node dist/runtime/cuda/check-mini.js MODEL_DIR [--bundle B] [--grouped-bundle B2] [--ref reference.safetensors]
+ *   [--path auto|streamed|portable]   (the engine's kernels, default auto; the JSON's `path` says which ran)
  */
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
@@ -18,7 +20,7 @@ import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
 import { OptModel } from '../cpu/model.js';
 import { SparseOptModel } from '../sparse/model.js';
 import { CudaEngine } from './engine.js';
-import { loadCudaLib } from './lib.js';
+import { CUDA_PATHS, loadCudaLib, type CudaOptions } from './lib.js';
 
 class Rel {
   num = 0;
@@ -64,11 +66,11 @@ interface Ctx {
   H: number;
   ffn: number;
   L: number;
+  path: CudaOptions['path'];
   say: (s: string) => void;
 }
 
-/** CUDA sparse with a bundle's predictors and the GPU's top-k (grouped: the fused predictors' grouped top-k, env set
- *  before the engine reads it); the GPU's selections are given to the CPU sparse runtime (logits compared) and
+/** CUDA sparse with a bundle's predictors and the GPU's top-k (grouped: the fused predictors' grouped top-k); the GPU's selections are given to the CPU sparse runtime (logits compared) and
  *  compared with the CPU predictor's own picks (grouped: the same rule with the GPU's G per layer). */
 async function bundleCheck(
   c: Ctx,
@@ -78,19 +80,9 @@ async function bundleCheck(
   const { lib, ckpt, dims, ids, N, H, ffn, L } = c;
   const { loadBundle } = await import('../../export/bundle.js');
   const bundle = loadBundle(dir, ckpt);
-  const saved = { PFUSE: process.env.DEJAVU_CUDA_PFUSE, LOCAL: process.env.DEJAVU_CUDA_PF_LOCAL };
-  if (grouped) {
-    process.env.DEJAVU_CUDA_PFUSE = '1';
-    process.env.DEJAVU_CUDA_PF_LOCAL = '1';
-  }
-  const eng2 = CudaEngine.create(lib, dims, N + 8);
-  for (const [k, v] of [['DEJAVU_CUDA_PFUSE', saved.PFUSE], ['DEJAVU_CUDA_PF_LOCAL', saved.LOCAL]] as const) {
-    if (v === undefined) delete process.env[k];
-    else process.env[k] = v;
-  }
+  const eng2 = CudaEngine.create(lib, dims, N + 8, 1e-5, { path: c.path, selection: grouped ? 'grouped' : 'exact', kvPolicy: 'all' });
   eng2.uploadCheckpoint(ckpt);
   const plan = eng2.applyBundle(bundle);
-  eng2.setKvPolicy('all');
   eng2.build();
   const groups = Array.from({ length: L }, (_, l) => eng2.mlpGroups(l));
   if (grouped && !groups.some((g, l) => g > 1 && plan.kM[l] < ffn)) {
@@ -163,6 +155,9 @@ async function bundleCheck(
 
 async function main(): Promise<void> {
   const dir = process.argv[2];
+  const pi = process.argv.indexOf('--path');
+  const path = (pi > 0 ? process.argv[pi + 1] : 'auto') as CudaOptions['path'];
+  if (!CUDA_PATHS.includes(path)) throw new Error(`--path: '${path}': expected one of ${CUDA_PATHS.join(', ')}`);
   const bi = process.argv.indexOf('--bundle');
   const bundleDir = bi > 0 ? process.argv[bi + 1] : undefined;
   const gi = process.argv.indexOf('--grouped-bundle');
@@ -184,15 +179,17 @@ async function main(): Promise<void> {
   const N = ids.length;
   const say = (s: string) => process.stderr.write(`${s}\n`);
 
-  const eng = CudaEngine.create(lib, dims, N + 8);
+  // KV policy 'all' as runtime/sparse computes it (every head's K/V), so the fixed-selection logits compare exactly.
+  const eng = CudaEngine.create(lib, dims, N + 8, 1e-5, { path, kvPolicy: 'all' });
   eng.uploadCheckpoint(ckpt);
   // Fixed k for the sparse comparison: half the heads, 10% of the neurons in every layer.
   const kH = Math.max(1, Math.round(H / 2));
   const kM = Math.round(ffn / 10);
   const r = rng(12345);
   for (let l = 0; l < L; l++) eng.setSelection(l, pick(H, kH, r), pick(ffn, kM, r));
-  eng.setKvPolicy('all');
   eng.build();
+  out.path = eng.path();
+  say(`engine path: ${out.path as string}`);
 
   // 1 + 2: dense, whole sequence forced (prompt = all 64 ids).
   const cpu = await OptModel.load(ckpt, { backend: 'js' });
@@ -235,7 +232,7 @@ async function main(): Promise<void> {
   say(`sparse (${kH}/${H} heads, ${kM}/${ffn} neurons, new picks each step) vs CPU sparse: rel ${relSparse.value.toExponential(2)}`);
 
   // 4: bundle predictors on the GPU (5: the grouped top-k with a bundle whose MLP predictors read att_in).
-  const ctx: Ctx = { lib, ckpt, dims, ids, N, P0, H, ffn, L, say };
+  const ctx: Ctx = { lib, ckpt, dims, ids, N, P0, H, ffn, L, path, say };
   if (bundleDir && existsSync(bundleDir)) {
     const b = await bundleCheck(ctx, bundleDir, false);
     out.bundle = bundleDir;
@@ -245,7 +242,10 @@ async function main(): Promise<void> {
     out.bundle = null;
     say('no bundle given: predicted-sparsity comparison skipped');
   }
-  if (groupedDir && existsSync(groupedDir)) {
+  if (groupedDir && out.path === 'portable') {
+    out.grouped_bundle = null;
+    say('grouped top-k skipped: it runs inside the streamed kernels, and this run is on the portable path');
+  } else if (groupedDir && existsSync(groupedDir)) {
     const b = await bundleCheck(ctx, groupedDir, true);
     out.grouped_bundle = groupedDir;
     out.grouped_mlp_groups = b.groups;
@@ -255,7 +255,7 @@ async function main(): Promise<void> {
     // (A wrong G, or the global top-k on one side, agrees far less: groups of ~12 picking ~2 on opt-mini.)
     out.grouped_picks_pass = b.agreement !== null && b.agreement >= 0.98;
     out.grouped_neuron_agreement_with_cpu_global_topk = b.globalAgreement;
-    say(`grouped top-k (DEJAVU_CUDA_PF_LOCAL=1), groups ${b.groups.join(',')}: CUDA vs CPU sparse on the GPU's picks: rel ` +
+    say(`grouped top-k, groups ${b.groups.join(',')}: CUDA vs CPU sparse on the GPU's picks: rel ` +
       `${b.rel.toExponential(2)}; GPU picks agreeing with the CPU's grouped picks: ` +
       `${b.agreement === null ? '-' : ((100 * b.agreement).toFixed(2))}% (GPU neuron picks in the CPU's global ` +
       `top-k instead: ${b.globalAgreement === null ? '-' : ((100 * b.globalAgreement).toFixed(2))}%)`);

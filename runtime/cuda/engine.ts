@@ -10,7 +10,7 @@ import { DejavuError } from '../../common/errors.js';
 import type { Bundle } from '../../export/bundle.js';
 import type { Dims } from './floor.js';
 import { mlpInputSource, type MlpInput } from '../../common/mlp-input.js';
-import { TAP, TENSOR, type CudaLib, type Mode } from './lib.js';
+import { TAP, TENSOR, type CudaLib, type CudaOptions, type Mode } from './lib.js';
 
 const MLP_INPUT_TEXT: Record<MlpInput, string> = {
   att_in: 'att_in of layer l',
@@ -39,10 +39,12 @@ export class CudaEngine {
     readonly maxT: number,
   ) {}
 
-  static create(lib: CudaLib, dims: Dims, maxT: number, eps = 1e-5): CudaEngine {
-    const h = lib.create({
-      vocab: dims.vocab, d: dims.d, layers: dims.layers, heads: dims.heads, ffn: dims.ffn, maxPos: dims.maxPos, maxT, eps,
-    });
+  /** Options left out take their defaults (lib.ts DEFAULT_CUDA_OPTIONS: auto path, exact top-k, KV of selected heads). */
+  static create(lib: CudaLib, dims: Dims, maxT: number, eps = 1e-5, options: Partial<CudaOptions> = {}): CudaEngine {
+    const h = lib.create(
+      { vocab: dims.vocab, d: dims.d, layers: dims.layers, heads: dims.heads, ffn: dims.ffn, maxPos: dims.maxPos, maxT, eps },
+      options,
+    );
     return new CudaEngine(lib, h, dims, maxT);
   }
 
@@ -165,8 +167,14 @@ export class CudaEngine {
     return this.lib.mlpGroups(this.h, layer);
   }
 
-  setKvPolicy(p: 'selected' | 'all'): void {
-    this.lib.setKvPolicy(this.h, p);
+  /** Replaces every option (those left out take their defaults); effective at the next build(). */
+  setOptions(options: Partial<CudaOptions>): void {
+    this.lib.setOptions(this.h, options);
+  }
+
+  /** The path the engine runs: 'streamed' or 'portable' (an 'auto' request resolved for this GPU and shape). */
+  path(): 'streamed' | 'portable' {
+    return this.lib.path(this.h);
   }
 
   /** Capture the graphs (after weights, k and predictors). */

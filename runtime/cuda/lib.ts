@@ -4,7 +4,7 @@
  * module runs on the GPU machine with a pruned node_modules (koffi only).
  */
 import { existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DejavuError } from '../../common/errors.js';
 
@@ -24,10 +24,49 @@ export const TAP = { att_in: 0, mlp_in: 1 } as const;
 
 type Fn = (...args: unknown[]) => unknown;
 
+/**
+ * An engine's options (engine.cu `DjOptions`; dj_create, dj_set_options, effective at the next build):
+ * - path: 'streamed' (fused.cuh: sm_90+, d <= 10240), 'portable' (per-op kernels, sm_80+), or 'auto' (streamed
+ *   where it can run, else portable);
+ * - selection: how predicted neurons are picked: 'exact' top-k per predictor, or 'grouped' (the fused predictors'
+ *   grouped top-k: each of G neuron groups its share of k; streamed path only);
+ * - kvPolicy: 'selected' (skipped heads compute no K/V; their slots are masked when picked later) or 'all'.
+ */
+export interface CudaOptions {
+  path: 'auto' | 'streamed' | 'portable';
+  selection: 'exact' | 'grouped';
+  kvPolicy: 'selected' | 'all';
+}
+
+export const CUDA_PATHS = ['auto', 'streamed', 'portable'] as const;
+export const MLP_SELECTIONS = ['exact', 'grouped'] as const;
+export const KV_POLICIES = ['selected', 'all'] as const;
+export const DEFAULT_CUDA_OPTIONS: CudaOptions = { path: 'auto', selection: 'exact', kvPolicy: 'selected' };
+
+/** The C struct's field values: each option's index in its list above (engine.cu enums Path, Selection, KvPolicy). */
+export function optionsStruct(o: Partial<CudaOptions> = {}): { path: number; selection: number; kv_policy: number } {
+  const v = { ...DEFAULT_CUDA_OPTIONS, ...o };
+  const index = <T extends string>(list: readonly T[], x: T, flag: string) => {
+    const i = list.indexOf(x);
+    if (i < 0) throw new DejavuError(`'${x}': expected one of ${list.join(', ')}`, flag);
+    return i;
+  };
+  return {
+    path: index(CUDA_PATHS, v.path, '--path'),
+    selection: index(MLP_SELECTIONS, v.selection, '--mlp-select'),
+    kv_policy: index(KV_POLICIES, v.kvPolicy, 'kv policy'),
+  };
+}
+
 export interface CudaLib {
-  path: string;
+  /** The library file loaded. */
+  file: string;
   deviceInfo(): { name: string; sms: number; memBytes: number };
-  create(c: { vocab: number; d: number; layers: number; heads: number; ffn: number; maxPos: number; maxT: number; eps: number }): unknown;
+  create(c: { vocab: number; d: number; layers: number; heads: number; ffn: number; maxPos: number; maxT: number; eps: number }, options?: Partial<CudaOptions>): unknown;
+  /** New options, effective at the next build (the library refuses impossible ones, e.g. grouped on the portable path). */
+  setOptions(h: unknown, options: Partial<CudaOptions>): void;
+  /** The path the engine runs (auto resolved). */
+  path(h: unknown): 'streamed' | 'portable';
   destroy(h: unknown): void;
   fillRandom(h: unknown, seed: number): void;
   upload(h: unknown, tensor: number, layer: number, data: Float32Array): void;
@@ -38,8 +77,6 @@ export interface CudaLib {
   mlpGroups(h: unknown, layer: number): number;
   /** w1/w2 null = random predictor weights (shape benchmarks). */
   setPredictor(h: unknown, layer: number, target: 0 | 1, tap: number, srcLayer: number, w1: Float32Array | null, w2: Float32Array | null, rank: number, k: number, norm: boolean): void;
-  /** KV policy for sparse attention: 'selected' (skipped heads' slots masked later) or 'all' (K/V of every head). */
-  setKvPolicy(h: unknown, policy: 'selected' | 'all'): void;
   build(h: unknown): void;
   graphKernels(h: unknown, mode: Mode): number;
   setPrompt(h: unknown, ids: Int32Array): void;
@@ -53,20 +90,31 @@ export interface CudaLib {
   profile(h: unknown, mode: Mode, steps: number): Record<string, number>;
 }
 
-export const PROFILE_KINDS = ['embed', 'qkv', 'attention', 'out_proj', 'fc1', 'fc2', 'lm_head', 'pred_w1', 'topk_attn', 'topk_mlp', 'mlp_fused', 'layers_persistent', 'final_ln'] as const;
+export const PROFILE_KINDS = ['embed', 'qkv', 'attention', 'out_proj', 'fc1', 'fc2', 'lm_head', 'pred_w1', 'topk_attn', 'topk_mlp', 'mlp_fused'] as const;
 
-export function defaultLibPath(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  // Source tree (runtime/cuda) or compiled tree (dist/runtime/cuda, .devnm/dist/runtime/cuda): the .so lives in the
-  // source tree's runtime/cuda/build/.
-  const candidates = [
-    process.env.DEJAVU_CUDA_LIB,
-    join(here, 'build', 'libdejavu_cuda.so'),
-    resolve(here, '..', '..', '..', 'runtime', 'cuda', 'build', 'libdejavu_cuda.so'),
-    resolve(here, '..', '..', '..', '..', 'runtime', 'cuda', 'build', 'libdejavu_cuda.so'),
-  ].filter((p): p is string => !!p);
-  return candidates.find((p) => existsSync(p)) ?? candidates[candidates.length - 1];
+/**
+ * The package root of this module: runtime/cuda in the source tree, dist/runtime/cuda once compiled, and
+ * .devnm/dist/runtime/cuda in the pruned copy scripts/cuda-check.sh carries to the GPU machine.
+ */
+export function packageRootOf(here: string): string {
+  let r = dirname(dirname(here));  // out of runtime/cuda
+  if (basename(r) === 'dist') r = dirname(r);
+  if (basename(r) === '.devnm') r = dirname(r);
+  return r;
 }
+
+/** Where `npm run build:cuda` (scripts/build-cuda.mjs) puts the library: <package>/runtime/cuda/build/. */
+export function builtLibPath(here = dirname(fileURLToPath(import.meta.url))): string {
+  return join(packageRootOf(here), 'runtime', 'cuda', 'build', 'libdejavu_cuda.so');
+}
+
+/** DEJAVU_CUDA_LIB (a library elsewhere), else the built one. */
+export function defaultLibPath(env: NodeJS.ProcessEnv = process.env): string {
+  return env.DEJAVU_CUDA_LIB || builtLibPath();
+}
+
+// koffi type names are global: the struct is declared once, whatever the number of libraries loaded.
+let djOptionsType: unknown;
 
 const cache = new Map<string, CudaLib>();
 
@@ -74,8 +122,13 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
   const hit = cache.get(path);
   if (hit) return hit;
   if (!existsSync(path))
-    throw new DejavuError(`${path}: CUDA library not built; run \`npm run build:cuda\` on a machine with nvcc (CUDA 12+) and an sm_90 GPU`);
+    throw new DejavuError(
+      'CUDA library not built; run `npm run build:cuda` (an installed package: `dejavu build-cuda`) on a machine with ' +
+        `nvcc (CUDA 12+)${path === builtLibPath() ? '' : `: it writes ${builtLibPath()} (DEJAVU_CUDA_LIB names a copy elsewhere)`}`,
+      path,
+    );
   const koffi = (await import('koffi')).default;
+  djOptionsType ??= koffi.struct('DjOptions', { path: 'int', selection: 'int', kv_policy: 'int' });
   let lib: { func(def: string): Fn };
   try {
     lib = koffi.load(path) as unknown as { func(def: string): Fn };
@@ -89,7 +142,9 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
   };
   const c = {
     deviceInfo: f('int dj_device_info(_Out_ uint8_t* name, int n, _Out_ int* sms, _Out_ int64_t* mem)'),
-    create: f('void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, float eps)'),
+    create: f('void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, float eps, const DjOptions* opt)'),
+    setOptions: f('int dj_set_options(void* e, const DjOptions* opt)'),
+    path: f('int dj_path(void* e)'),
     destroy: f('int dj_destroy(void* e)'),
     fillRandom: f('int dj_fill_random(void* e, uint32_t seed)'),
     upload: f('int dj_upload(void* e, int tensor, int layer, const float* data, int64_t n)'),
@@ -98,7 +153,6 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     getSelection: f('int dj_get_selection(void* e, int layer, int* heads, int* neurons)'),
     mlpGroups: f('int dj_mlp_groups(void* e, int layer)'),
     setPredictor: f('int dj_set_predictor(void* e, int layer, int target, int tap, int src, const float* w1, const float* w2, int rank, int k, int norm)'),
-    setKvPolicy: f('int dj_set_kv_policy(void* e, int all)'),
     build: f('int dj_build(void* e)'),
     graphKernels: f('int dj_graph_kernels(void* e, int mode, _Out_ int* count)'),
     setPrompt: f('int dj_set_prompt(void* e, const int* ids, int n)'),
@@ -110,7 +164,7 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     profile: f('int dj_profile(void* e, int mode, int steps, float* ms, _Out_ float* total)'),
   };
   const api: CudaLib = {
-    path,
+    file: path,
     deviceInfo() {
       const name = Buffer.alloc(256);
       const sms = [0];
@@ -128,10 +182,16 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
       }
       return { name: name.toString('utf8').replace(/\0.*$/s, ''), sms: Number(sms[0]), memBytes: Number(mem[0]) };
     },
-    create(cfg) {
-      const h = c.create(cfg.vocab, cfg.d, cfg.layers, cfg.heads, cfg.ffn, cfg.maxPos, cfg.maxT, cfg.eps);
+    create(cfg, options = {}) {
+      const h = c.create(cfg.vocab, cfg.d, cfg.layers, cfg.heads, cfg.ffn, cfg.maxPos, cfg.maxT, cfg.eps, optionsStruct(options));
       if (!h) throw new DejavuError(`${path}: dj_create failed: ${lastError() as string}`);
       return h;
+    },
+    setOptions: (h, options) => ok('dj_set_options', c.setOptions(h, optionsStruct(options))),
+    path(h) {
+      const p = c.path(h) as number;
+      if (p !== 1 && p !== 2) throw new DejavuError(`${path}: dj_path returned ${p} (expected 1 streamed or 2 portable)`);
+      return CUDA_PATHS[p] as 'streamed' | 'portable';
     },
     destroy: (h) => void c.destroy(h),
     fillRandom: (h, seed) => ok('dj_fill_random', c.fillRandom(h, seed)),
@@ -147,7 +207,6 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     },
     setPredictor: (h, layer, target, tap, src, w1, w2, rank, k, norm) =>
       ok('dj_set_predictor', c.setPredictor(h, layer, target, tap, src, w1, w2, rank, k, norm ? 1 : 0)),
-    setKvPolicy: (h, policy) => ok('dj_set_kv_policy', c.setKvPolicy(h, policy === 'all' ? 1 : 0)),
     build: (h) => ok('dj_build', c.build(h)),
     graphKernels(h, mode) {
       const n = [0];

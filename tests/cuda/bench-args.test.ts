@@ -1,29 +1,62 @@
 import { describe, expect, it } from 'vitest';
-import { parseArgs, parseDensity } from '../../runtime/cuda/bench-main.js';
-import { mlpSelection, runCudaBench } from '../../runtime/cuda/bench.js';
+import { Command } from 'commander';
+import { benchMainCommand, parseArgs } from '../../runtime/cuda/bench-main.js';
+import { formatBench, parseDensity, register } from '../../cli/commands/bench.js';
+import { mlpSelectionRule, runCudaBench } from '../../runtime/cuda/bench.js';
 import { CudaEngine } from '../../runtime/cuda/engine.js';
+import { builtLibPath, defaultLibPath, loadCudaLib, optionsStruct, packageRootOf } from '../../runtime/cuda/lib.js';
 import { DejavuError } from '../../common/errors.js';
 import type { OptConfig } from '../../checkpoints/types.js';
+import { join } from 'node:path';
+import { REPO_ROOT } from '../helpers/fixtures.js';
+
+// bench-main parses with the CLI's own definition; commander's errors also go to stderr, kept quiet here.
+const quietly = <T>(f: () => T): T => {
+  const write = process.stderr.write;
+  process.stderr.write = (() => true) as typeof process.stderr.write;
+  try {
+    return f();
+  } finally {
+    process.stderr.write = write;
+  }
+};
 
 describe('CUDA bench arguments (checked before any GPU work)', () => {
   it('parses --density and the rest', () => {
     expect(parseDensity('mlp=0.05,heads=0.2')).toEqual({ mlp: 0.05, heads: 0.2 });
     expect(parseDensity('mlp=0.1')).toEqual({ mlp: 0.1, heads: 1 });
     const o = parseArgs(['--shape', 'opt-13b', '--density', 'mlp=0.05,heads=0.2', '--prompt', '64', '--gen', '32', '--json']);
-    expect(o).toMatchObject({ shape: 'opt-13b', prompt: 64, gen: 32, json: true, density: { mlp: 0.05, heads: 0.2 } });
+    expect(o).toMatchObject({ shape: 'opt-13b', prompt: 64, gen: 32, json: true, density: { mlp: 0.05, heads: 0.2 }, reps: 3 });
+    expect(parseArgs(['--shape', 'opt-13b', '--reps', '5', '--seed', '7', '--out', 'r.json'])).toMatchObject({ reps: 5, seed: 7, out: 'r.json', prompt: 128, gen: 128, json: false });
   });
 
-  it('rejects malformed arguments with a DejavuError naming the flag', () => {
+  it('rejects malformed arguments naming the flag', () => {
     expect(() => parseDensity('attn=0.2')).toThrow(/--density/);
     expect(() => parseDensity('mlp=x')).toThrow(DejavuError);
     expect(() => parseArgs(['--prompt', '1.5'])).toThrow(/--prompt/);
-    expect(() => parseArgs(['--shape'])).toThrow(/--shape.*missing/);
-    expect(() => parseArgs(['--frobnicate'])).toThrow(/--frobnicate/);
+    expect(() => quietly(() => parseArgs(['--shape']))).toThrow(/--shape.*missing/);
+    expect(() => quietly(() => parseArgs(['--frobnicate']))).toThrow(/--frobnicate/);
+    expect(() => quietly(() => parseArgs(['--shape', 'opt-13b', '--path', 'fast']))).toThrow(/--path.*auto, streamed, portable/);
   });
 
-  it('--mlp-input is parsed', () => {
+  it('--mlp-input, --mlp-select and --path are parsed', () => {
     expect(parseArgs(['--shape', 'opt-13b', '--mlp-input', 'prev_att_in']).mlpInput).toBe('prev_att_in');
     expect(parseArgs(['--shape', 'opt-13b', '--mlp-select', 'grouped']).mlpSelect).toBe('grouped');
+    expect(parseArgs(['--shape', 'opt-13b', '--path', 'portable']).path).toBe('portable');
+    expect(parseArgs(['--shape', 'opt-13b']).path).toBeUndefined();
+  });
+
+  it('dejavu bench defines the same CUDA options as bench-main (one definition)', () => {
+    const program = new Command();
+    register(program);
+    const bench = program.commands.find((c) => c.name() === 'bench')!;
+    const flags = (c: Command) => c.options.map((o) => o.long);
+    const cuda = ['--shape', '--model', '--bundle', '--density', '--prompt', '--gen', '--mlp-input', '--mlp-select', '--path', '--rank', '--json'];
+    for (const f of cuda) {
+      expect(flags(bench)).toContain(f);
+      expect(flags(benchMainCommand())).toContain(f);
+    }
+    expect(flags(benchMainCommand())).toEqual(expect.arrayContaining(['--reps', '--out', '--seed']));
   });
 
   it('runCudaBench refuses inconsistent requests before loading the library', async () => {
@@ -37,6 +70,8 @@ describe('CUDA bench arguments (checked before any GPU work)', () => {
     await expect(runCudaBench({ ...base, shape: 'opt-13b', mlpSelect: 'fast' as 'exact' })).rejects.toThrow(/--mlp-select.*exact or grouped/);
     await expect(runCudaBench({ ...base, shape: 'opt-13b', rank: 100 })).rejects.toThrow(/--rank.*multiple of 8/);
     await expect(runCudaBench({ ...base, model: 'm', bundle: 'b', rank: 64 })).rejects.toThrow(/--rank.*random predictors/);
+    await expect(runCudaBench({ ...base, shape: 'opt-13b', path: 'fast' as 'auto' })).rejects.toThrow(/--path.*auto, streamed, portable/);
+    await expect(runCudaBench({ ...base, shape: 'opt-13b', path: 'portable', mlpSelect: 'grouped' })).rejects.toThrow(/--mlp-select.*streamed kernels/);
   });
 });
 
@@ -56,10 +91,49 @@ describe('CudaEngine.dimsOf: the OPT variants the CUDA runtime supports', () => 
 });
 
 describe('CUDA bench: the MLP selection it reports', () => {
-  it('is grouped only when the fused predictors run with DEJAVU_CUDA_PF_LOCAL=1', () => {
-    expect(mlpSelection({})).toMatch(/^exact top-k/);
-    expect(mlpSelection({ DEJAVU_CUDA_PF_LOCAL: '1' })).toMatch(/^exact top-k/);
-    expect(mlpSelection({ DEJAVU_CUDA_PFUSE: '1', DEJAVU_CUDA_PF_LOCAL: '1' })).toMatch(/^grouped top-k.*warp-max rounds/);
-    expect(mlpSelection({ DEJAVU_CUDA_PFUSE: '1', DEJAVU_CUDA_PF_LOCAL: '1', DEJAVU_CUDA_PF_SEL: '0' })).toMatch(/bitwise/);
+  it('describes each selection in one line', () => {
+    expect(mlpSelectionRule('exact')).toMatch(/^one top-k over all neurons/);
+    expect(mlpSelectionRule('grouped')).toMatch(/its share of k.*groupedTopK/);
+  });
+});
+
+describe('CUDA engine options (lib.ts): the C struct DjOptions', () => {
+  it('maps the defaults to zeros (auto path, exact top-k, KV of selected heads)', () => {
+    expect(optionsStruct()).toEqual({ path: 0, selection: 0, kv_policy: 0 });
+    expect(optionsStruct({})).toEqual({ path: 0, selection: 0, kv_policy: 0 });
+  });
+  it('maps each option to engine.cu\'s enum values', () => {
+    expect(optionsStruct({ path: 'streamed', selection: 'grouped', kvPolicy: 'all' })).toEqual({ path: 1, selection: 1, kv_policy: 1 });
+    expect(optionsStruct({ path: 'portable' })).toEqual({ path: 2, selection: 0, kv_policy: 0 });
+  });
+  it('refuses an unknown value naming the option', () => {
+    expect(() => optionsStruct({ path: 'fast' as 'auto' })).toThrow(/--path.*'fast'/);
+    expect(() => optionsStruct({ selection: 'some' as 'exact' })).toThrow(/--mlp-select/);
+  });
+});
+
+describe('CUDA library location', () => {
+  it('is <package>/runtime/cuda/build in the source tree, a compiled tree, and the GPU machine\'s pruned copy', () => {
+    expect(packageRootOf('/p/runtime/cuda')).toBe('/p');
+    expect(packageRootOf('/p/dist/runtime/cuda')).toBe('/p');
+    expect(packageRootOf('/p/.devnm/dist/runtime/cuda')).toBe('/p');
+    expect(packageRootOf('/x/node_modules/dejavu-ts/dist/runtime/cuda')).toBe('/x/node_modules/dejavu-ts');
+    expect(builtLibPath('/x/node_modules/dejavu-ts/dist/runtime/cuda')).toBe('/x/node_modules/dejavu-ts/runtime/cuda/build/libdejavu_cuda.so');
+  });
+  it('DEJAVU_CUDA_LIB overrides it; otherwise the built path, never outside the package', () => {
+    expect(defaultLibPath({ DEJAVU_CUDA_LIB: '/opt/lib.so' })).toBe('/opt/lib.so');
+    expect(defaultLibPath({})).toBe(join(REPO_ROOT, 'runtime', 'cuda', 'build', 'libdejavu_cuda.so'));
+  });
+  it('a missing library names the path and the build command', async () => {
+    const missing = join(REPO_ROOT, 'no-such-dir', 'libdejavu_cuda.so');
+    await expect(loadCudaLib(missing)).rejects.toThrow(/no-such-dir\/libdejavu_cuda\.so: CUDA library not built; run `npm run build:cuda`.*it writes .*runtime\/cuda\/build\/libdejavu_cuda\.so/);
+  });
+});
+
+describe('formatBench on a CUDA result', () => {
+  it('prints no KV policy cost line for the CUDA bench (its kv_policy is a name, not the CPU bench\'s cost object)', () => {
+    const text = formatBench({ device: 'GPU', dense: { ms_per_token: 2 }, sparse: { ms_per_token: 1 }, kv_policy: 'selected' });
+    expect(text).not.toMatch(/KV policy cost/);
+    expect(formatBench({ device: 'cpu', kv_policy: { extra_ms_per_token: 0.5 } })).toMatch(/KV policy cost.*0\.500 ms/);
   });
 });
