@@ -10,14 +10,30 @@ import type { Document, DocumentSelection, ReadStats } from './types.js';
 export const MAX_SKIP_EXAMPLES = 5;
 
 export function createReadStats(): ReadStats {
-  return { documents: 0, skipped: 0, skippedExamples: [], files: [] };
+  return { documents: 0, skipped: 0, skippedExamples: [], replaced: 0, replacedExamples: [], files: [] };
 }
 
-/** The line commands print on stderr about skipped lines/rows, or null when nothing was skipped. */
+/**
+ * What commands print on stderr about skipped lines/rows and about documents kept with replaced characters (not
+ * UTF-8), or null when there is nothing to say.
+ */
 export function describeSkips(stats: ReadStats): string | null {
-  if (stats.skipped === 0) return null;
-  const more = stats.skipped > stats.skippedExamples.length ? `\n  ... and ${stats.skipped - stats.skippedExamples.length} more` : '';
-  return `skipped ${stats.skipped} malformed line${stats.skipped === 1 ? '' : 's'}/rows:\n  ${stats.skippedExamples.join('\n  ')}${more}`;
+  const parts: string[] = [];
+  const more = (n: number, shown: number) => (n > shown ? `\n  ... and ${n - shown} more` : '');
+  if (stats.skipped > 0) {
+    parts.push(
+      `skipped ${stats.skipped} malformed line${stats.skipped === 1 ? '' : 's'}/rows:\n  ${stats.skippedExamples.join('\n  ')}` +
+        more(stats.skipped, stats.skippedExamples.length),
+    );
+  }
+  if (stats.replaced > 0) {
+    parts.push(
+      `kept ${stats.replaced} line${stats.replaced === 1 ? '' : 's'}/rows with characters replaced by U+FFFD (not UTF-8):\n  ` +
+        stats.replacedExamples.join('\n  ') +
+        more(stats.replaced, stats.replacedExamples.length),
+    );
+  }
+  return parts.length > 0 ? parts.join('\n') : null;
 }
 
 /** The raw records of one file, whatever its format. */
@@ -28,12 +44,28 @@ function readFile(path: string, onSkip: OnSkip): AsyncGenerator<RawDoc> {
   throw new DejavuError('unsupported file type (expected .json.gz, .jsonl.gz, .jsonl, .json or .parquet)', path);
 }
 
+/** A document and, when characters of its text were replaced by U+FFFD, where and why ("file:line 3: reason"). */
+interface ReadDoc {
+  doc: Document;
+  replaced?: string;
+}
+
+/** Counts a document that is handed to the caller. */
+function countYielded(stats: ReadStats, r: ReadDoc): Document {
+  stats.documents++;
+  if (r.replaced !== undefined) {
+    stats.replaced++;
+    if (stats.replacedExamples.length < MAX_SKIP_EXAMPLES) stats.replacedExamples.push(r.replaced);
+  }
+  return r.doc;
+}
+
 /**
  * Every document of `files` in file order, numbered from 0. Skipped lines/rows get no number (document indices are
  * contiguous) and are counted in `stats` when `countSkips` (the sampling pass that only counts does not count them
  * twice).
  */
-async function* allDocuments(files: string[], stats: ReadStats, countSkips: boolean): AsyncGenerator<Document> {
+async function* allDocuments(files: string[], stats: ReadStats, countSkips: boolean): AsyncGenerator<ReadDoc> {
   let index = 0;
   for (const path of files) {
     if (!stats.files.includes(path)) stats.files.push(path);
@@ -42,7 +74,10 @@ async function* allDocuments(files: string[], stats: ReadStats, countSkips: bool
       stats.skipped++;
       if (stats.skippedExamples.length < MAX_SKIP_EXAMPLES) stats.skippedExamples.push(`${path}:${where}: ${reason}`);
     };
-    for await (const raw of readFile(path, onSkip)) yield { index: index++, text: raw.text, source: path };
+    for await (const raw of readFile(path, onSkip)) {
+      const doc = { index: index++, text: raw.text, source: path };
+      yield raw.replaced === undefined ? { doc } : { doc, replaced: `${path}:${raw.where}: ${raw.replaced}` };
+    }
   }
 }
 
@@ -58,7 +93,8 @@ function emptyError(files: string[], stats: ReadStats): DejavuError {
  *   in file order. Two passes: the first counts the documents, the second yields the chosen ones. A sample larger
  *   than the data set yields every document.
  * `Document.index` is the position in file order across all inputs (document 0 = first document of the first file).
- * Malformed lines/rows are skipped and counted in `stats`; a data set without any document is an error.
+ * Malformed lines/rows are skipped and counted in `stats`; documents yielded with characters replaced by U+FFFD (bytes
+ * that are not UTF-8) are counted in `stats.replaced`; a data set without any document is an error.
  */
 export async function* readDocuments(
   inputs: string[],
@@ -71,10 +107,9 @@ export async function* readDocuments(
   if (kind !== 'sample') {
     const limit = kind === 'first' ? (selection.docs as number) : Infinity;
     let seen = 0;
-    for await (const doc of allDocuments(files, stats, true)) {
+    for await (const r of allDocuments(files, stats, true)) {
       seen++;
-      stats.documents++;
-      yield doc;
+      yield countYielded(stats, r);
       if (seen >= limit) return;
     }
     if (seen === 0) throw emptyError(files, stats);
@@ -85,7 +120,7 @@ export async function* readDocuments(
   const bar = progressBar('counting documents', files.length, 'files');
   let total = 0;
   let lastSource = '';
-  for await (const doc of allDocuments(files, stats, true)) {
+  for await (const { doc } of allDocuments(files, stats, true)) {
     total++;
     if (doc.source !== lastSource) {
       if (lastSource) bar.increment();
@@ -99,10 +134,9 @@ export async function* readDocuments(
   // Pass 2: yield the chosen indices (sorted), stopping after the last one.
   const chosen = sampleIndices(total, selection.sample as number, selection.seed ?? 0);
   let next = 0;
-  for await (const doc of allDocuments(files, stats, false)) {
-    if (doc.index !== chosen[next]) continue;
-    stats.documents++;
-    yield doc;
+  for await (const r of allDocuments(files, stats, false)) {
+    if (r.doc.index !== chosen[next]) continue;
+    yield countYielded(stats, r);
     if (++next === chosen.length) return;
   }
   throw new DejavuError(`the inputs changed while they were read: ${total} documents counted, fewer found on the second pass`);

@@ -16,12 +16,17 @@ export interface DocumentSelection {
   seed?: number;
 }
 
-/** Counts a reader fills in while streaming; malformed lines/rows are skipped and counted, never fatal. */
+/** Counts a reader fills in while streaming; malformed lines/rows are skipped and counted, never fatal; text with
+ *  characters that had to be replaced is kept and counted. */
 export interface ReadStats {
   documents: number;
   skipped: number;
   /** A few examples of what was skipped: "file:line: reason". */
   skippedExamples: string[];
+  /** Documents kept with replaced characters: bytes that are not UTF-8, lone surrogate escapes (now U+FFFD). */
+  replaced: number;
+  /** A few examples: "file:line 17: bytes that are not UTF-8, replaced by U+FFFD". */
+  replacedExamples: string[];
   files: string[];
 }
 

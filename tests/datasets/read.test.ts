@@ -68,6 +68,62 @@ describe('JSON lines (no shared fixtures needed)', () => {
     expect(b.map((d) => d.text)).toEqual(a.map((d) => d.text));
   });
 
+  it('bytes that are not UTF-8 and lone surrogate escapes are replaced, counted and reported; the documents are kept', async () => {
+    const body = Buffer.concat([
+      Buffer.from('{"text": "fine"}\n{"text": "caf'),
+      Buffer.from([0xe9]), // latin-1 é
+      Buffer.from(' au lait"}\n{"text": "a real \ufffd is not counted"}\n{"text": "escaped \\ud800 surrogate"}\n{"text": "x'),
+      Buffer.from([0xff, 0xfe]),
+      Buffer.from('"}\n{"text": "broken json '),
+      Buffer.from([0xff]),
+      Buffer.from('\n'),
+    ]);
+    const p = join(tmp, 'latin1.jsonl');
+    writeFileSync(p, body);
+    const gz = join(tmp, 'latin1.jsonl.gz');
+    writeFileSync(gz, gzipSync(body));
+    for (const f of [p, gz]) {
+      const stats = createReadStats();
+      const docs = await collect([f], {}, stats);
+      expect(docs.map((d) => d.text)).toEqual(['fine', 'caf\ufffd au lait', 'a real \ufffd is not counted', 'escaped \ud800 surrogate', 'x\ufffd\ufffd']);
+      expect(stats.documents).toBe(5);
+      expect(stats.skipped).toBe(1);
+      expect(stats.replaced).toBe(3);
+      expect(stats.replacedExamples).toEqual([
+        `${f}:line 2: bytes that are not UTF-8, replaced by U+FFFD`,
+        `${f}:line 4: a lone surrogate escape, replaced by U+FFFD`,
+        `${f}:line 5: bytes that are not UTF-8, replaced by U+FFFD`,
+      ]);
+      expect(describeSkips(stats)).toBe(
+        `skipped 1 malformed line/rows:\n  ${stats.skippedExamples[0]}\n` +
+          `kept 3 lines/rows with characters replaced by U+FFFD (not UTF-8):\n  ${stats.replacedExamples.join('\n  ')}`,
+      );
+    }
+    // Counted for the documents handed out only: the first 2, or a sample.
+    const first = createReadStats();
+    await collect([p], { docs: 2 }, first);
+    expect(first.replaced).toBe(1);
+    const sampled = createReadStats();
+    const picked = await collect([p], { sample: 2, seed: 1 }, sampled);
+    const replacedTexts = ['caf\ufffd au lait', 'escaped \ud800 surrogate', 'x\ufffd\ufffd'];
+    expect(sampled.replaced).toBe(picked.filter((d) => replacedTexts.includes(d.text)).length);
+  });
+
+  it('lines split as readline splits them (\\n, \\r\\n, a lone \\r); characters across read chunks stay whole', async () => {
+    const p = join(tmp, 'line-ends.jsonl');
+    writeFileSync(p, '{"text":"a"}\r{"text":"b"}\r\n\r\n{"text":"c"}\n{"text":"d"}\r');
+    const stats = createReadStats();
+    expect((await collect([p], {}, stats)).map((d) => d.text)).toEqual(['a', 'b', 'c', 'd']);
+    expect(stats.skipped + stats.replaced).toBe(0);
+    // ~400 KB of multi-byte text: many 3- and 4-byte characters straddle the 64 KiB chunks the file is read in.
+    const big = join(tmp, 'multibyte.jsonl');
+    const texts = Array.from({ length: 3000 }, (_, i) => `${i} ü✓😀`.repeat(1 + (i % 17)));
+    writeFileSync(big, texts.map((text) => JSON.stringify({ text })).join('\n'));
+    const st = createReadStats();
+    expect((await collect([big], {}, st)).map((d) => d.text)).toEqual(texts);
+    expect(st.replaced).toBe(0);
+  });
+
   it('a truncated gzip file is an error naming the file, after the documents before the damage', async () => {
     const big = Array.from({ length: 2000 }, (_, i) => JSON.stringify({ text: `document ${i} `.repeat(20) }));
     const gz = gzipSync(big.join('\n'));
@@ -118,6 +174,16 @@ describe('parquet edge cases (committed fixtures, made by tests/datasets/fixture
     expect(stats.skippedExamples).toEqual([`${p}:row 1: text is null`, `${p}:row 4: text is null`]);
   });
 
+  it('a string column with bytes that are not UTF-8: rows kept with U+FFFD, counted (a dictionary value shared by two rows)', async () => {
+    const p = join(LOCAL, 'not-utf8.parquet');
+    const stats = createReadStats();
+    const docs = await collect([p], {}, stats);
+    expect(docs.map((d) => d.text)).toEqual(['fine', 'caf\ufffd au lait', 'caf\ufffd au lait', '\ufffd\ufffd stray bytes', 'ok ✓', 'last']);
+    expect(stats.replaced).toBe(3);
+    expect(stats.replacedExamples).toEqual([1, 2, 3].map((r) => `${p}:row ${r}: bytes that are not UTF-8, replaced by U+FFFD`));
+    expect(stats.skipped).toBe(0);
+  });
+
   it('a file that is not parquet is an error naming it', async () => {
     const p = join(tmp, 'fake.parquet');
     writeFileSync(p, 'this is not parquet at all, just text');
@@ -139,7 +205,7 @@ describe.skipIf(!HAVE_FIXTURES)('c4mini fixtures', () => {
       const docs = await collect([p], {}, stats);
       expect(docs.map((d) => d.text), basename(p)).toEqual(ref.map((d) => d.text));
       expect(docs.map((d) => d.index)).toEqual(ref.map((d) => d.index));
-      expect(stats).toEqual({ documents: 100, skipped: 0, skippedExamples: [], files: [p] });
+      expect(stats).toEqual({ documents: 100, skipped: 0, skippedExamples: [], replaced: 0, replacedExamples: [], files: [p] });
     }
   });
 
