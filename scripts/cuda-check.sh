@@ -10,8 +10,7 @@
 #                                 program with nvcc, runs every kernel check (fresh random inputs, CPU references),
 #                                 the opt-mini end-to-end checks, then the benchmarks for SHAPES.
 # Environment: OUT (output folder, default ./cuda-out), SHAPES (default "opt-6.7b opt-13b opt-30b"), BENCH_ARGS.
-# Engine knobs (DEJAVU_CUDA_*, docs/cuda.md) pass through to every step; VARIANTS="NAME:VAR=VAL,VAR=VAL ..." reruns the
-# opt-13b bench under other knobs (e.g. perop:DEJAVU_CUDA_PERSIST=0). The kernel checks cover both dense paths.
+# cuda-check covers both engine paths (streamed and portable) on a Hopper card; check-mini runs on each path.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -75,8 +74,11 @@ G=""
 [ -d .devnm/bundle-grouped ] && G="--grouped-bundle .devnm/bundle-grouped"
 MINI=.devnm/opt-mini
 [ -f examples/opt-mini/model.safetensors ] && MINI=examples/opt-mini
-timeout 120 "$NODE" .devnm/dist/runtime/cuda/check-mini.js $MINI --ref .devnm/opt-mini/reference.safetensors $B $G > "$OUT/mini.json" || status=1
-cat "$OUT/mini.json"
+for p in streamed portable; do
+  timeout 120 "$NODE" .devnm/dist/runtime/cuda/check-mini.js $MINI --ref .devnm/opt-mini/reference.safetensors --path $p $B $G \
+    > "$OUT/mini-$p.json" || status=1
+  cat "$OUT/mini-$p.json"
+done
 for s in ${SHAPES:-opt-6.7b opt-13b opt-30b}; do
   echo "== bench $s"
   timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/cuda-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
@@ -85,15 +87,6 @@ if [ -n "${MODEL_BENCH:-}" ]; then  # real weights: the opt-mini checkpoint with
   echo "== bench --model $MINI ${B}"
   timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --model $MINI $B --json --out "$OUT/cuda-opt-mini.json" ${BENCH_ARGS:-} > /dev/null || status=1
 fi
-for s in ${NOPDL_SHAPES:-}; do  # the same bench with programmatic dependent launch off, for comparison
-  echo "== bench $s (DEJAVU_CUDA_PDL=0)"
-  DEJAVU_CUDA_PDL=0 timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/nopdl-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
-done
-for v in ${VARIANTS:-}; do  # NAME:VAR=VAL,VAR=VAL -> the opt-13b bench under those engine knobs
-  name=${v%%:*}; envs=${v#*:}
-  echo "== bench opt-13b variant $name ($envs)"
-  env ${envs//,/ } timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape opt-13b --json --out "$OUT/var-$name.json" ${BENCH_ARGS:-} > /dev/null || status=1
-done
 if [ -n "${NCU:-}" ]; then  # per-kernel durations of one sparse step under Nsight Compute (kernels serialised)
   echo "== ncu (opt-13b, sparse step, kernels $NCU)"
   ncu --clock-control none -k 'regex:k_(rows|cols|attention|pred|topk|embed)' --launch-skip ${NCU%%:*} --launch-count ${NCU##*:} \
@@ -114,7 +107,7 @@ fi
 echo "== summary"
 "$NODE" -e '
 const fs = require("fs");
-for (const f of fs.readdirSync(process.argv[1]).filter((f) => /^(cuda|nopdl|var)-.*\.json$/.test(f)).sort()) {
+for (const f of fs.readdirSync(process.argv[1]).filter((f) => /^cuda-.*\.json$/.test(f)).sort()) {
   const r = JSON.parse(fs.readFileSync(process.argv[1] + "/" + f, "utf8"));
   console.log(`${f.replace(/\.json$/, "")}: dense ${r.dense.ms_per_token} ms (floor ${r.floor_ms}, x${r.dense_vs_floor}) | sparse ${r.sparse.ms_per_token} ms (floor ${r.sparse_floor_ms}, ${r.sparse_vs_dense_floor} of dense floor, pred share ${r.sparse.predictor_ms_share}, fixed ${r.sparse.fixed_selection_ms_per_token} ms) | speedup ${r.speedup} | bw ${r.copy_bandwidth_gbps} GB/s`);
 }' "$OUT"
