@@ -272,5 +272,14 @@ export async function loadTokenizer(modelDir: string, opts: LoadTokenizerOptions
   }
   let vocabSize = 0;
   for (const id of tok.get_vocab(true).values()) if (id + 1 > vocabSize) vocabSize = id + 1;
+  // An id the model cannot embed would fail mid-forward without naming a file; say which two files disagree.
+  const configPath = join(modelDir, 'config.json');
+  const modelVocab = readJsonIfExists(configPath).vocab_size;
+  if (typeof modelVocab === 'number' && vocabSize > modelVocab) {
+    throw new DejavuError(
+      `the tokenizer has ids up to ${vocabSize - 1}, but ${configPath} has vocab_size ${modelVocab} (a tokenizer of another model?)`,
+      prefer === 'tokenizer.json' ? tjPath : vocabPath,
+    );
+  }
   return new HfBackedTokenizer(tok, source, bosId, addBos, vocabSize, prefixRulesFor(tokenizerJson, hfConfig));
 }

@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { METRICS_FILE, type MetricsEntry, type Target, type TrainMetrics } from '../common/contracts.js';
-import { log } from '../common/progress.js';
+import { log, warn } from '../common/progress.js';
 import { DejavuError } from '../common/errors.js';
 import { selectBackend, type BackendName } from './backend.js';
 import { capWorkers, thisMachine, type Machine } from '../common/workers.js';
@@ -24,7 +24,7 @@ async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMet
   // Biggest predictors first, so the last job to finish is a small one.
   const queue = [...jobs].sort((a, b) => b.outDim - a.outDim || a.layer - b.layer);
   const cap = capWorkers(o.workers, '--workers', trainWorkerBytes(jobs, o), machine);
-  if (cap.warning) log(`warning: ${cap.warning}`);
+  if (cap.warning) warn(cap.warning);
   const n = Math.min(cap.workers, queue.length);
   log(`train: ${jobs.length} predictors on ${n} worker thread${n === 1 ? '' : 's'}, backend ${o.backend}`);
   const { backend: _b, workers: _w, json: _j, ...trainOpts } = o;

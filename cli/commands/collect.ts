@@ -23,7 +23,7 @@ interface Flags {
  * Forward threads: the --workers asked for (default: as many as allowed), at most the cores and the model copies the
  * memory holds (common/workers.ts); a lowered request is said on stderr.
  */
-async function workerCount(model: string, maxLen: number, requested: number | undefined, log: (s: string) => void): Promise<number> {
+async function workerCount(model: string, maxLen: number, requested: number | undefined): Promise<number> {
   const { join } = await import('node:path');
   const { parseOptConfig } = await import('../../checkpoints/opt-config.js');
   const { capWorkers, forwardWorkerBytes, thisMachine } = await import('../../common/workers.js');
@@ -35,7 +35,7 @@ async function workerCount(model: string, maxLen: number, requested: number | un
     // collect itself reports a bad model folder, after the cheaper checks of the data and output paths.
   }
   const cap = capWorkers(requested, '--workers', perWorker, thisMachine());
-  if (cap.warning) log(`warning: ${cap.warning}`);
+  if (cap.warning) (await import('../../common/progress.js')).warn(cap.warning);
   return cap.workers;
 }
 
@@ -64,7 +64,7 @@ export function register(program: Command): void {
         throw new DejavuError('use --docs or --sample, not both', '--docs');
       }
       const maxLen = f.maxLen !== undefined ? parseIntFlag(f.maxLen, '--max-len') : DEFAULT_MAX_LEN;
-      const workers = await workerCount(f.model, maxLen, f.workers !== undefined ? parseIntFlag(f.workers, '--workers') : undefined, log);
+      const workers = await workerCount(f.model, maxLen, f.workers !== undefined ? parseIntFlag(f.workers, '--workers') : undefined);
       const r = await collect({
         model: f.model,
         data: f.data,

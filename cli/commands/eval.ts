@@ -43,19 +43,19 @@ async function workerCount(
   config: import('../../checkpoints/types.js').OptConfig,
   maxLen: number,
   knownDocs: number | undefined,
-  log: (s: string) => void,
 ): Promise<number> {
   const { DejavuError } = await import('../../common/errors.js');
   const { capWorkers, forwardWorkerBytes, thisMachine } = await import('../../common/workers.js');
+  const { warn } = await import('../../common/progress.js');
   if (f.threads !== undefined) {
     if (f.workers !== undefined) throw new DejavuError('--threads is the old name of --workers; give only --workers', '--threads');
-    log('note: --threads is deprecated; use --workers');
+    warn('--threads is deprecated; use --workers');
   }
   const flag = f.workers !== undefined ? '--workers' : '--threads';
   const value = f.workers ?? f.threads;
   const requested = value !== undefined ? parseIntFlag(value, flag) : undefined;
   const cap = capWorkers(requested, flag, forwardWorkerBytes(config, maxLen), thisMachine());
-  if (cap.warning) log(`warning: ${cap.warning}`);
+  if (cap.warning) warn(cap.warning);
   // Fewer workers than documents would idle; each worker loads its own model copy.
   return Math.min(cap.workers, knownDocs ?? Infinity);
 }
@@ -94,7 +94,8 @@ export function register(program: Command): void {
       if (!['auto', 'wasm', 'js'].includes(f.backend)) throw new DejavuError(`expected auto, wasm or js, got '${f.backend}'`, '--backend');
       if (!f.bundle) {
         const given = BUNDLE_FLAGS.filter(([key]) => f[key] !== undefined).map(([, flag]) => flag);
-        if (given.length) throw new DejavuError(`${given.join(', ')} only ${given.length > 1 ? 'apply' : 'applies'} with --bundle (sparse perplexity); add --bundle B or drop ${given.length > 1 ? 'them' : 'it'}`, given[0]);
+        if (given.length === 1) throw new DejavuError('only applies with --bundle (sparse perplexity); add --bundle B or drop it', given[0]);
+        if (given.length > 1) throw new DejavuError(`${given.join(', ')} only apply with --bundle (sparse perplexity); add --bundle B or drop them`);
       }
       const docs = f.docs !== undefined ? parseIntFlag(f.docs, '--docs') : undefined;
       const sample = f.sample !== undefined ? parseIntFlag(f.sample, '--sample') : undefined;
@@ -104,7 +105,7 @@ export function register(program: Command): void {
       if (maxLen > config.maxPositionEmbeddings) {
         throw new DejavuError(`${maxLen} exceeds the model's max_position_embeddings (${config.maxPositionEmbeddings})`, '--max-len');
       }
-      const workers = await workerCount(f, config, maxLen, docs ?? sample, log);
+      const workers = await workerCount(f, config, maxLen, docs ?? sample);
       if (f.bundle) {
         const { runBundleCli } = await import('../../runtime/sparse/eval.js');
         return runBundleCli(f, { selection: docs !== undefined ? { docs } : sample !== undefined ? { sample, seed } : {}, maxLen, threads: workers });

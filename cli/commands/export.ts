@@ -41,7 +41,7 @@ export function register(program: Command): void {
         ckpt,
       );
       if (s.unfinished.length) {
-        process.stderr.write(`warning: --partial: the train run did not finish; ${s.unfinished.join(', ')} left dense in ${f.out}\n`);
+        (await import('../../common/progress.js')).warn(`--partial: the train run did not finish; ${s.unfinished.join(', ')} left dense in ${f.out}`);
       }
       if (f.json) {
         process.stdout.write(JSON.stringify(s) + '\n');

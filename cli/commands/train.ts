@@ -8,7 +8,7 @@ import { MLP_INPUTS } from '../../train/jobs.js';
 export function register(program: Command): void {
   program
     .command('train')
-    .description('Train per-layer low-rank sparsity predictors (DejaVu) from collect shards with TensorFlow.js')
+    .description('train per-layer low-rank sparsity predictors (DejaVu) from collect shards with TensorFlow.js')
     .requiredOption('--shards <dir>', 'shard folder written by `dejavu collect`')
     .requiredOption('--out <dir>', 'output folder: layer_XX.{mlp|attn}.safetensors, metrics.json, checkpoints/')
     .addOption(new Option('--target <t>', 'which predictors').choices(['mlp', 'attn', 'both']).default('both'))
