@@ -24,6 +24,15 @@ program
   .version('0.1.0')
   .showHelpAfterError();
 
+// The one place --model becomes a folder: a local folder as given, or a Hugging Face id (facebook/opt-1.3b[@rev])
+// resolved offline from the Hugging Face cache (checkpoints/hf-cache.ts), for every command that takes --model.
+program.hook('preAction', async (_program, action) => {
+  const model: unknown = action.getOptionValue('model');
+  if (typeof model !== 'string') return;
+  const { resolveModelDir } = await import('../checkpoints/hf-cache.js');
+  action.setOptionValue('model', resolveModelDir(model));
+});
+
 // --- register calls (in pipeline order: `dejavu --help` lists commands in this order) ---
 registerCollect(program);
 registerTrain(program);
