@@ -16,6 +16,8 @@ export interface RunOptions extends TrainOptions {
   backend: BackendName;
   workers: number;
   json: boolean;
+  /** Where the metrics table goes without --json: stdout for `dejavu train` (its result), stderr inside the demo. */
+  table?: 'stdout' | 'stderr';
 }
 
 async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMetrics> {
@@ -27,7 +29,7 @@ async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMet
   if (cap.warning) warn(cap.warning);
   const n = Math.min(cap.workers, queue.length);
   log(`train: ${jobs.length} predictors on ${n} worker thread${n === 1 ? '' : 's'}, backend ${o.backend}`);
-  const { backend: _b, workers: _w, json: _j, ...trainOpts } = o;
+  const { backend: _b, workers: _w, json: _j, table: _t, ...trainOpts } = o;
   await Promise.all(
     Array.from({ length: n }, (_, wi) => new Promise<void>((resolve, reject) => {
       const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { options: { ...trainOpts, noProgress: true }, backend: o.backend } });
@@ -62,7 +64,7 @@ async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMet
 
 /**
  * Trains, then prints the result: with --json the report as one line on stdout, else the metrics table and where
- * metrics.json is on stdout (progress and logs stay on stderr). `machine` bounds --workers (tests inject one).
+ * metrics.json is (on `o.table`, default stderr). `machine` bounds --workers (tests inject one).
  */
 export async function runTrain(o: RunOptions, machine: Machine = thisMachine()): Promise<TrainMetrics> {
   let report: TrainMetrics;
@@ -75,6 +77,10 @@ export async function runTrain(o: RunOptions, machine: Machine = thisMachine()):
     report = await train(b.tf, b.description, o);
   }
   if (o.json) process.stdout.write(JSON.stringify(report) + '\n');
-  else process.stdout.write(`${formatTable(report)}\nmetrics: ${join(o.out, METRICS_FILE)} (${report.seconds} s)\n`);
+  else {
+    const text = `${formatTable(report)}\nmetrics: ${join(o.out, METRICS_FILE)} (${report.seconds} s)`;
+    if (o.table === 'stdout') process.stdout.write(text + '\n');
+    else log(text);
+  }
   return report;
 }

@@ -58,6 +58,7 @@ export function register(program: Command): void {
         backend: a.backend,
         workers: a.workers,
         json: !!a.json,
+        table: 'stdout',
       });
     });
 }
