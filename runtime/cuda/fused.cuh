@@ -81,7 +81,7 @@ struct TGeo {
 //   in.c1 set (deferred): the planes hold g * x, and the row epilogue applies the rest (t_ln_row):
 //     W . (g * (x - mean) * rstd + b) = rstd * (W . (g * x) - mean * c1) + c2,  c1 = W . g, c2 = W . b per row,
 //   so the dots start after one round trip (x; g is loaded before pdl_wait) and one barrier. Why: the prologue is
-//   on the critical path of every kernel (3.5-6 us measured with bench/cuda/trace.cu), the weight ring is full then.
+//   on the critical path of every kernel (3.5-6 us measured by an in-kernel timeline trace), the weight ring is full then.
 template <int NW> __host__ __device__ constexpr int t_xv() { return (T_DMAX / 4 + NW * 32 - 1) / (NW * 32); }
 struct LnStat {
   float mean, rstd;

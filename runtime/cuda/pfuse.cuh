@@ -48,7 +48,7 @@ struct PredFuse {
 };
 // Predictor warps per block in the grouped mode (scores off the consumers' path). 3, not 4: fewer warps beside the
 // 16 consumer warps, the same two rounds of rows (13B groups of 160): H200 13B 1.540-1.542 -> 1.532-1.535 ms, three
-// interleaved pairs (s17 call M); 5 and 6 slower, 2 slower (call G).
+// interleaved pairs; 5 and 6 slower, 2 slower.
 constexpr int PF_LOCAL_WARPS = 3;
 
 // Shared-memory area of the predictor warp (host and device agree through this).
@@ -170,9 +170,9 @@ __device__ __forceinline__ void pf_keys(const PredFuse& p, const PfLayout& L, co
 // Block b owns the big member's rows [r0, r0 + nr) (r0 = b * per) and selects the top
 // floor(k*(r0+nr)/n) - floor(k*r0/n) of them into sel at floor(k*r0/n): the same rule as runtime/sparse/kernels.ts
 // groupedTopK with groups = gridDim.x. Why: the exact top-k over all n needs global histogram rounds whose round trips,
-// issued from SMs with ~100 KB of copies in flight, end after the attention they should hide behind (v15); a
+// issued from SMs with ~100 KB of copies in flight, end after the attention they should hide behind; a
 // block's own share needs no global pass, and each group releases a flag of its own. The cost is in what it picks (a
-// group cannot take more than its share), measured on opt-mini (bench/results/grouped-topk-study-opt-mini-*).
+// group cannot take more than its share), measured on opt-mini (bench/results/grouped-topk-study-opt-mini/).
 // Run by PF_LOCAL_WARPS warps of k_attn_out after their grid dependency; the consumer warps do none of it, so the
 // attention does not wait for the w2 copy.
 __device__ __forceinline__ void pbar_local(int threads) { asm volatile("bar.sync 2, %0;" ::"r"(threads) : "memory"); }
@@ -208,7 +208,7 @@ __device__ __forceinline__ void pf_group_select(const uint32_t* keys, int nr, in
 // Warp-max rounds: c rounds, each one warp max of the keys left (redux) and the lowest index
 // holding it (a second redux), so ties go to the lower index as in the bitwise search. Why: c is 7-8 at 13B (groups
 // of 160 picking 8), so c rounds of two reductions replace 32 dependent steps (the trace put the search at ~8 us of
-// the predictor warps' ~14, s13 call 1; H200 13B sparse 1.776 -> 1.663 ms, call 2). Needs nr <= 32 * PF_SEL_REG and
+// the predictor warps' ~14; H200 13B sparse 1.776 -> 1.663 ms). Needs nr <= 32 * PF_SEL_REG and
 // c <= 32 (else the bitwise search runs); out ascending, as pf_group_select.
 __device__ __forceinline__ void pf_group_select_max(const uint32_t* keys, int nr, int c, int r0, int* out) {
   const int lane = threadIdx.x & 31;
@@ -270,7 +270,7 @@ __device__ __forceinline__ void pf_emit_above(const uint32_t* keys, int nr, int 
 }
 // The block's w2 rows (its group and the small members it selects) into shared memory: weights, never written in a
 // step, so copied at block entry by the kernel's prologue thread, ahead of the out_proj copies (queued behind
-// them, the rows landed ~6 us after the grid dependency: trace, s12 call 4).
+// them, the rows landed ~6 us after the grid dependency, measured by a trace).
 __device__ __forceinline__ void pf_local_copy(const PredFuse& p, unsigned char* area, uint64_t* bar) {
   const PfLayout L = pf_layout(p);
   const PfBlk B = pf_blk(p);
@@ -360,7 +360,7 @@ __global__ void __launch_bounds__(256) k_pf_prep(const __half* __restrict__ w1, 
 // scores are rstd . w2 . w1 . (x - mean(x)): the centring is linear too (x - mean(x) = centred e + centred p), and
 // rstd > 0 scales every head alike, so the tables hold the centred rows' scores and the top-k is the same.
 // The sparse graph's step then picks layer 0's heads in one warp right after the embedding (k_head0_select) instead
-// of a side-stream chain of three kernels with a fork and a join (which cost the grouped 13B step ~0.009 ms, v26),
+// of a side-stream chain of three kernels with a fork and a join (which cost the grouped 13B step ~0.009 ms),
 // and keeps no side stream at all.
 // k_head0_table: out[row][h] = sum_j w2[h][j] * (w1[j] . (X[row] - mu)), mu = the row's mean when center, else 0;
 // one warp per row, fp32 (H <= 128).

@@ -1,10 +1,9 @@
-// The predictor chain's first layer on the streamed path (engine.cu fire_tap; env DEJAVU_CUDA_PCHAIN=0 selects the
-// earlier snapshot kernel + k_rows). Why: the chain feeding a layer's MLP selection runs beside that layer's QKV and
-// attention kernels and must end before its MLP starts; it was 4 kernels per tap (one-block snapshot of the tap's
-// input as fp16, stacked w1 GEMV, scores + histogram, top-k select) at ~28 us per tap with the GPU to itself
-// (13B, rank 128), longer than the ~25 us window, so the MLP waited. Here every block of the w1 GEMV computes
-// the tap's input itself (x = X[r-1] + D[r] from L2, 20-40 KB, and the parameter-free LayerNorm when asked): one
-// kernel and one round trip fewer, and x stays fp32 (the CPU runtime's precision).
+// The predictor chain's first layer on the streamed path (engine.cu fire_tap). Why: the chain feeding a layer's MLP
+// selection runs beside that layer's QKV and attention kernels and must end before its MLP starts; as a one-block
+// snapshot of the tap's input plus a register GEMV it took ~28 us per tap (13B, rank 128), longer than the ~25 us
+// window. Here every block of the w1 GEMV computes the tap's input itself (x = X[r-1] + D[r] from L2, 20-40 KB, and
+// the parameter-free LayerNorm when asked): one kernel and one round trip fewer, and x stays fp32 (the CPU runtime's
+// precision).
 #pragma once
 #include "fused.cuh"
 
