@@ -6,6 +6,7 @@
 import { existsSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { PredictorInput } from '../../common/contracts.js';
 import { DejavuError } from '../../common/errors.js';
 
 /** Decode modes, one CUDA graph each (engine.cu `Mode`). */
@@ -20,7 +21,7 @@ export const TENSOR = {
 } as const;
 
 /** Where the residual stream is read by a predictor. */
-export const TAP = { att_in: 0, mlp_in: 1 } as const;
+export const TAP = { att_in: 0, mlp_in: 1 } as const satisfies Record<PredictorInput, number>;
 
 type Fn = (...args: unknown[]) => unknown;
 
