@@ -1,10 +1,12 @@
 /**
  * `dejavu demo`: the whole pipeline on the example vendored under examples/ (opt-mini + a c4mini subset), in-process:
- * collect -> train -> export -> eval ppl (dense / oracle / predicted) -> CPU bench, ending with one summary table.
- * Sized to finish within 10 minutes on 2 CPU cores; every stage writes under the work folder, and a rerun resumes
- * collect and train from what is there.
+ * collect -> train -> export -> eval ppl (dense / oracle / predicted) -> CPU bench -> report (report.html), ending
+ * with one summary table. Sized to finish within 10 minutes on 2 CPU cores; every stage writes under the work folder
+ * (by default in the OS temp folder, so a demo run from a checkout leaves nothing in it), and a rerun resumes collect
+ * and train from what is there.
  */
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadOptCheckpoint } from '../checkpoints/opt-checkpoint.js';
@@ -13,6 +15,7 @@ import { DejavuError } from '../common/errors.js';
 import { log } from '../common/progress.js';
 import { loadBundle } from '../export/bundle.js';
 import { exportBundle } from '../export/export.js';
+import { writeReport } from '../report/report.js';
 import { runCpuBench } from '../runtime/sparse/bench-cpu.js';
 import { runBundlePpl } from '../runtime/sparse/eval.js';
 
@@ -32,6 +35,11 @@ export interface DemoOptions {
 }
 
 export const DEMO_DEFAULTS = { trainDocs: 120, maxLen: 256, rank: 64, epochs: 4, evalDocs: 12, workers: 2, mlpDensity: 0.15 };
+
+/** The default work folder: under the OS temp folder (stable across runs, so a rerun resumes). */
+export function defaultDemoWork(): string {
+  return join(tmpdir(), 'dejavu-demo');
+}
 
 /** The examples/ folder: walk up from this module (dist/cli or cli) to the package root. */
 export function findExamples(): string {
@@ -53,6 +61,7 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
   const work = resolve(o.work);
   mkdirSync(work, { recursive: true });
   const paths = { shards: join(work, 'shards'), predictors: join(work, 'predictors'), bundle: join(work, 'bundle') };
+  const files = { eval: join(work, 'eval.json'), bench: join(work, 'bench.json'), report: join(work, 'report.html') };
   // A rerun with the same settings resumes collect and train; other settings start over (stale stages removed).
   const args = { trainDocs: o.trainDocs, maxLen: o.maxLen, rank: o.rank, epochs: o.epochs, examples: ex };
   const argsPath = join(work, 'demo-args.json');
@@ -153,6 +162,24 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
     () => runCpuBench({ model, bundle: paths.bundle, density: { mlp: o.mlpDensity, heads: 1 }, prompt: 64, gen: 32, rounds: 3, quiet: o.quiet, ckpt }),
     (r) => `dense ${(r.dense as { ms_per_token: number }).ms_per_token} ms/token, sparse ${(r.sparse as { ms_per_token: number }).ms_per_token} ms/token (${r.speedup}x)`,
   );
+  // The full results, as `dejavu eval ppl --json` / `dejavu bench --json` print them, for the report (and for reruns
+  // of `dejavu report` with other inputs).
+  writeJsonAtomic(files.eval, ppl);
+  writeJsonAtomic(files.bench, bench);
+
+  const report = await timed(
+    'report',
+    async () =>
+      writeReport({
+        out: files.report,
+        title: 'dejavu demo: opt-mini on c4mini',
+        predictors: paths.predictors,
+        bundle: paths.bundle,
+        evals: [files.eval],
+        benches: [files.bench],
+      }),
+    (r) => `${r.charts.length} charts -> report.html`,
+  );
 
   const summary = {
     work,
@@ -162,6 +189,7 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
     train: tr.layers.map((l) => ({ layer: l.layer, target: l.target, recall: l.recall, precision: l.precision, k99: l.k99 })),
     export: ex1,
     ppl,
+    report: report.out,
     bench: {
       dense_ms_per_token: (bench.dense as { ms_per_token: number }).ms_per_token,
       sparse_ms_per_token: (bench.sparse as { ms_per_token: number }).ms_per_token,
@@ -180,6 +208,11 @@ export function formatDemo(s: Awaited<ReturnType<typeof runDemo>>): string {
   const stages = s.stages as { stage: string; seconds: number; result: string }[];
   const lines = ['', 'dejavu demo: opt-mini on c4mini', '', 'stage       seconds  result'];
   for (const st of stages) lines.push(`${st.stage.padEnd(12)}${String(st.seconds).padStart(7)}  ${st.result}`);
-  lines.push(`${'total'.padEnd(12)}${String(s.seconds).padStart(7)}`, '', `work folder: ${s.work} (summary.json, bundle/, predictors/, shards/)`);
+  lines.push(
+    `${'total'.padEnd(12)}${String(s.seconds).padStart(7)}`,
+    '',
+    `work folder: ${s.work} (summary.json, eval.json, bench.json, bundle/, predictors/, shards/)`,
+    `report: ${s.report} (open it in a browser)`,
+  );
   return lines.join('\n');
 }

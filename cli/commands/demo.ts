@@ -1,5 +1,7 @@
 /** `dejavu demo`: argument parsing and the closing table; the pipeline is cli/demo.ts. */
 import type { Command } from 'commander';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { DejavuError } from '../../common/errors.js';
 import { intArg } from '../args.js';
 
@@ -8,8 +10,8 @@ const int = (flag: string) => intArg(flag);
 export function register(program: Command): void {
   program
     .command('demo')
-    .description('collect -> train -> export -> eval -> bench on the bundled example (opt-mini + c4mini), ~10 min on 2 cores')
-    .option('--work <dir>', 'work folder (shards, predictors, bundle, summary.json); rerunning resumes', './dejavu-demo')
+    .description('collect -> train -> export -> eval -> bench -> report on the bundled example (opt-mini + c4mini), ~10 min on 2 cores')
+    .option('--work <dir>', `work folder (shards, predictors, bundle, eval/bench JSON, report.html, summary.json); rerunning resumes (default: ${join(tmpdir(), 'dejavu-demo')})`)
     .option('--examples <dir>', 'examples folder (default: the one shipped with dejavu)')
     .option('--train-docs <n>', 'c4mini training documents to collect', int('--train-docs'))
     .option('--eval-docs <n>', 'c4mini validation documents for perplexity', int('--eval-docs'))
@@ -23,10 +25,10 @@ export function register(program: Command): void {
       return x;
     })
     .option('--json', 'print the summary as one JSON object on stdout')
-    .action(async (f: { work: string; examples?: string; trainDocs?: number; evalDocs?: number; maxLen?: number; rank?: number; epochs?: number; workers?: number; mlpDensity?: number; json?: boolean }) => {
-      const { runDemo, formatDemo, DEMO_DEFAULTS } = await import('../demo.js');
+    .action(async (f: { work?: string; examples?: string; trainDocs?: number; evalDocs?: number; maxLen?: number; rank?: number; epochs?: number; workers?: number; mlpDensity?: number; json?: boolean }) => {
+      const { runDemo, formatDemo, DEMO_DEFAULTS, defaultDemoWork } = await import('../demo.js');
       const s = await runDemo({
-        work: f.work,
+        work: f.work ?? defaultDemoWork(),
         examples: f.examples,
         trainDocs: f.trainDocs ?? DEMO_DEFAULTS.trainDocs,
         evalDocs: f.evalDocs ?? DEMO_DEFAULTS.evalDocs,
