@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { writeJsonAtomic } from '../common/atomic.js';
 import { layerDirName, layerOfDirName, shardFileName, shardIndexOfFileName, SHARD_MANIFEST_FILE } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
+import { acquireLock as takeLock } from '../common/lock.js';
 import { diffArgs, type CollectArgs } from './args.js';
 
 export const STATE_FILE = 'collect-state.json';
@@ -158,22 +159,7 @@ export function removeStale(out: string, layers: number[], fromIndex: number): v
   }
 }
 
-/** One writer per folder: a second collect on the same OUT would interleave shards. */
+/** One writer per folder: a second collect on the same OUT would interleave shards (common/lock.ts). */
 export function acquireLock(out: string): () => void {
-  const path = join(out, LOCK_FILE);
-  if (existsSync(path)) {
-    const pid = Number(readFileSync(path, 'utf8').trim());
-    let alive = false;
-    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
-      try {
-        process.kill(pid, 0);
-        alive = true;
-      } catch (e) {
-        alive = (e as NodeJS.ErrnoException).code === 'EPERM';
-      }
-    }
-    if (alive) throw new DejavuError(`another collect (pid ${pid}) is writing here`, out);
-  }
-  writeFileSync(path, String(process.pid));
-  return () => rmSync(path, { force: true });
+  return takeLock(join(out, LOCK_FILE), { what: 'collect', folder: out });
 }
