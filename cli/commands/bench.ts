@@ -155,10 +155,19 @@ export function formatBench(r: Record<string, unknown>): string {
   lines.push('', `speedup: ${num(r.speedup)}x`);
   if (r.mlp_block_speedup !== undefined) lines.push(`MLP block speedup: ${num(r.mlp_block_speedup)}x (incl. predictors ${num(r.mlp_block_speedup_incl_predictors)}x)`);
   const a = r.amdahl as Record<string, unknown> | undefined;
-  if (a) lines.push(`Amdahl bound (MLP only, share ${num(a.dense_mlp_share)}): ${num(a.bound_at_ideal_mlp_speedup)}x at ideal MLP speedup, ${num(a.bound_at_measured_mlp_speedup)}x at the measured one`);
+  if (a) {
+    lines.push(`Amdahl, MLP only (dense MLP share ${num(a.dense_mlp_share)}): at most ${num(a.limit_mlp_free)}x (the MLP taking no time)`);
+    lines.push(
+      `  ${num(a.at_proportional_mlp_speedup)}x if the MLP time scaled with the neurons kept (MLP ${num(a.proportional_mlp_speedup)}x, an estimate); ` +
+        `${num(a.at_measured_mlp_speedup)}x at the measured MLP ${num(a.measured_mlp_speedup)}x, ${num(a.at_measured_mlp_speedup_incl_predictors)}x with the predictors`,
+    );
+  }
   lines.push(`memory-traffic floor: dense ${num(r.floor_ms)} ms, sparse ${num(r.sparse_floor_ms)} ms`);
   // The CPU bench's kv_policy is its cost; the CUDA bench's is the policy's name (its kv_all figures sit in sparse).
   const kv = typeof r.kv_policy === 'object' ? (r.kv_policy as Record<string, unknown>) : undefined;
-  if (kv) lines.push(`KV policy cost (K/V rows of skipped heads): ${num(kv.extra_ms_per_token)} ms/token`);
+  if (kv) {
+    const kept = typeof kv.heads_kept_fraction === 'number' ? `${(100 * kv.heads_kept_fraction).toFixed(0)}% of heads kept; ` : '';
+    lines.push(`KV policy cost (K/V rows of skipped heads): ${num(kv.extra_ms_per_token)} ms/token (${kept}K/V for all heads ${num(kv.kv_all_heads_ms_per_token)} ms)`);
+  }
   return lines.join('\n');
 }
