@@ -49,6 +49,16 @@ describe.skipIf(!existsSync(cli) || !HAVE_FIXTURES)('progress off a terminal (CL
     expect(lines.at(-1)).toMatch(/^collect: 4\/4 docs \(100\.0%\), [\d.,]+ docs\/s, done in \d+:\d\d/);
   });
 
+  it('bench --json keeps stdout to one JSON object and still reports progress on stderr', () => {
+    const r = run(['bench', '--device', 'cpu', '--model', OPT_MINI, '--density', 'mlp=0.5', '--prompt', '4', '--gen', '2', '--rounds', '3', '--json'], {
+      DEJAVU_PROGRESS_INTERVAL: '0.001',
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout.trim().split('\n')).toHaveLength(1);
+    expect(JSON.parse(r.stdout).device).toBe('cpu');
+    expect(r.stderr).toMatch(/^bench cpu: 3\/3 rounds \(100\.0%\), [\d.,]+ rounds\/s, done in \d+:\d\d$/m);
+  });
+
   it('--quiet prints nothing on stderr; --verbose adds the options in effect and the time', () => {
     const q = run([...args(join(tmp, 'c2')), '--quiet'], { DEJAVU_PROGRESS_INTERVAL: '0.001' });
     expect(q.status, q.stderr).toBe(0);

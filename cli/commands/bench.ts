@@ -127,7 +127,7 @@ export function register(program: Command): void {
           prompt: f.prompt,
           gen: f.gen,
           rounds: f.rounds,
-          quiet: !!f.json && !process.stderr.isTTY,
+          // No quiet here: progress goes to stderr with --json too (plain lines off a terminal); --quiet turns it off.
         });
       } else {
         throw new DejavuError(`unknown device '${f.device}' (expected cpu or cuda)`, '--device');

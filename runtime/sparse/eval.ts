@@ -116,7 +116,7 @@ export async function runBundleCli(
     mlpGroups: num(f.mlpGroups, '--mlp-groups', true),
     modes: modes as SparseMode[],
     threads: common.threads ?? availableParallelism(),
-    quiet: !!f.json && !process.stderr.isTTY,
+    // No quiet here: progress goes to stderr with --json too (plain lines off a terminal); --quiet turns it off.
   });
   process.stdout.write((f.json ? JSON.stringify(r) : formatBundlePpl(r)) + '\n');
 }
