@@ -7,13 +7,23 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DejavuError } from '../common/errors.js';
-import { progressBar } from '../common/progress.js';
-import { computeFingerprint } from './fingerprint.js';
+import { debug, progressBar } from '../common/progress.js';
+import { computeFingerprint, modelFingerprint } from './fingerprint.js';
 import { parseOptConfig } from './opt-config.js';
 import { assembleWeights, canonicalName, expectedTensors, LM_HEAD } from './opt-names.js';
 import { safetensorsSource, shardedSource, type SourceTensor, type TensorSource } from './tensor-source.js';
 import { torchBinSource } from './torch-bin.js';
 import type { OptCheckpoint } from './types.js';
+import {
+  combineTensorHashes,
+  readCachedWeightsHash,
+  tensorSha256,
+  weightsCacheKey,
+  writeCachedWeightsHash,
+  type HashedTensor,
+} from './weights-hash.js';
+import { bytesToFloat32 } from './safetensors.js';
+
 
 /** Weight files in the order transformers prefers them. */
 const WEIGHT_FILES: [string, (path: string) => TensorSource][] = [
@@ -74,12 +84,23 @@ export async function loadOptCheckpoint(dir: string, opts: LoadOptions = {}): Pr
       used.push(t);
     }
 
+    // weights_sha256 from the cache, or hashed from the bytes this load reads anyway (weights-hash.ts).
+    const cacheKey = weightsCacheKey(source.files, used.map((t) => t.name));
+    let weightsSha256 = readCachedWeightsHash(cacheKey);
+    const hashed: HashedTensor[] = [];
     const bar = progressBar('load', used.length + 1, 'tensors', opts.quiet);
     const weights = assembleWeights(config, (name) => {
-      const x = source.readFloat32(byCanonical.get(name)!.name);
+      const t = byCanonical.get(name)!;
+      const raw = source.readStored(t.name);
+      if (weightsSha256 === undefined) hashed.push({ name, dtype: t.dtype, shape: t.shape, sha256: tensorSha256(raw) });
+      const x = bytesToFloat32(raw, t.dtype, t.file, t.name);
       bar.increment();
       return x;
     });
+    if (weightsSha256 === undefined) {
+      weightsSha256 = combineTensorHashes(hashed);
+      if (!writeCachedWeightsHash(cacheKey, weightsSha256, source.files)) debug(`weights hash of ${dir} not cached (cache folder unusable)`);
+    }
     // A tied model may still store lm_head (torch.save of a state dict does); it must then be the embedding.
     const lm = byCanonical.get(LM_HEAD);
     if (config.tieWordEmbeddings && lm) {
@@ -98,11 +119,12 @@ export async function loadOptCheckpoint(dir: string, opts: LoadOptions = {}): Pr
     bar.increment();
     bar.stop();
 
-    const fingerprint = computeFingerprint(
+    const architectureFingerprint = computeFingerprint(
       config,
       used.map((t) => ({ name: canonicalName(t.name)!, shape: t.shape, dtype: t.dtype })),
     );
-    return { dir, config, weights, fingerprint, format: source.format };
+    const fingerprint = modelFingerprint(architectureFingerprint, weightsSha256);
+    return { dir, config, weights, fingerprint, architectureFingerprint, weightsSha256, format: source.format };
   } finally {
     source.close();
   }

@@ -22,9 +22,13 @@ export interface TensorSource {
   format: string;
   /** The file (or index) the weights were found through, for error messages. */
   path: string;
+  /** Every file the tensors are read from (the index and its shards): what the weights hash cache is keyed by. */
+  files: string[];
   tensors(): SourceTensor[];
   /** Read one tensor as fp32 (each call reads only that tensor from disk). */
   readFloat32(name: string): Float32Array;
+  /** Its bytes as stored (its dtype, little-endian), in row-major order whatever the file's layout: what is hashed. */
+  readStored(name: string): Uint8Array;
   close(): void;
 }
 
@@ -33,8 +37,10 @@ export function safetensorsSource(path: string): TensorSource {
   return {
     format: 'safetensors',
     path,
+    files: [path],
     tensors: () => f.names().map((name) => ({ name, ...pick(f.info(name)), file: path })),
     readFloat32: (name) => f.readFloat32(name),
+    readStored: (name) => f.readBytes(name),
     close: () => f.close(),
   };
 }
@@ -90,15 +96,18 @@ export function shardedSource(indexPath: string, format: string, openShard: (pat
       if (!t) throw new DejavuError(`missing tensor ${name} (the index ${indexPath} says it is in this shard)`, join(dir, file));
       list.push(t);
     }
+    const shardOf = (name: string): TensorSource => {
+      const file = map.get(name);
+      if (!file) throw new DejavuError(`missing tensor ${name}`, indexPath);
+      return shards.get(file)!;
+    };
     return {
       format,
       path: indexPath,
+      files: [indexPath, ...[...shards.values()].flatMap((s) => s.files)],
       tensors: () => list,
-      readFloat32: (name) => {
-        const file = map.get(name);
-        if (!file) throw new DejavuError(`missing tensor ${name}`, indexPath);
-        return shards.get(file)!.readFloat32(name);
-      },
+      readFloat32: (name) => shardOf(name).readFloat32(name),
+      readStored: (name) => shardOf(name).readStored(name),
       close: closeAll,
     };
   } catch (e) {

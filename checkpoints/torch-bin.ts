@@ -106,14 +106,41 @@ export function readTorchTensorF32(bin: TorchBinTensors, name: string): Float32A
   return isContiguous(t) ? x : gather(x, t.shape, t.stride);
 }
 
+/** A tensor's stored bytes in row-major order (a strided view gathered element by element). */
+export function readTorchTensorStored(bin: TorchBinTensors, name: string): Uint8Array {
+  const t = bin.tensors.get(name);
+  if (!t) throw new DejavuError(`missing tensor ${name}`, bin.path);
+  const span = bin.readSpan(t);
+  if (isContiguous(t)) return span;
+  const es = DTYPE_SIZE[t.storage.dtype];
+  const n = numel(t.shape);
+  const out = new Uint8Array(n * es);
+  const idx = new Array<number>(t.shape.length).fill(0);
+  let s = 0;
+  for (let o = 0; o < n; o++) {
+    out.set(span.subarray(s * es, s * es + es), o * es);
+    for (let d = t.shape.length - 1; d >= 0; d--) {
+      if (++idx[d] < t.shape[d]) {
+        s += t.stride[d];
+        break;
+      }
+      s -= (t.shape[d] - 1) * t.stride[d];
+      idx[d] = 0;
+    }
+  }
+  return out;
+}
+
 export function torchBinSource(path: string): TensorSource {
   const bin = openTorchBin(path);
   const list: SourceTensor[] = [...bin.tensors].map(([name, t]) => ({ name, dtype: t.storage.dtype, shape: t.shape, file: path }));
   return {
     format: 'pytorch-bin',
     path,
+    files: [path],
     tensors: () => list,
     readFloat32: (name) => readTorchTensorF32(bin, name),
+    readStored: (name) => readTorchTensorStored(bin, name),
     close: () => bin.close(),
   };
 }

@@ -76,8 +76,14 @@ export interface OptCheckpoint {
   dir: string;
   config: OptConfig;
   weights: OptWeights;
-  /** Hex SHA-256 of the canonical config + sorted tensor names/shapes/dtypes: binds shards and bundles to a model. */
+  /** Hex SHA-256 of the architecture fingerprint and weights_sha256: binds shards, predictors and bundles to these
+   *  weights (checkpoints/fingerprint.ts). */
   fingerprint: string;
+  /** Hex SHA-256 of the canonical config + sorted tensor names/shapes/dtypes (the whole fingerprint before weight
+   *  values were hashed: artifacts of that time carry it). */
+  architectureFingerprint: string;
+  /** Content hash of the tensors the model reads (checkpoints/weights-hash.ts). */
+  weightsSha256: string;
   /** Which file format the weights came from, e.g. 'safetensors', 'safetensors-sharded', 'pytorch-bin'. */
   format: string;
 }

@@ -63,6 +63,8 @@ export interface CollectManifest {
   format: 'dejavu-shards/1';
   complete: true;
   model_fingerprint: string;
+  /** The weights part of the fingerprint (checkpoints/weights-hash.ts), for messages naming what differs. */
+  weights_sha256: string;
   model: string;
   args: CollectArgs;
   layers: number[];
@@ -85,6 +87,9 @@ export interface CollectManifest {
   seconds: number;
   skipped_lines: number;
   skipped_examples: string[];
+  /** Lines/rows kept with characters replaced by U+FFFD (bytes that are not UTF-8), and a few "file:line" examples. */
+  replaced_lines: number;
+  replaced_examples: string[];
   files: string[];
 }
 
@@ -125,7 +130,8 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
   // The weights are needed in this thread only without workers; with workers this reference is dropped before they
   // load their own copies, so the model's weights are held N times, not N + 1.
   let loaded: OptCheckpoint | undefined = await loadOptCheckpoint(opts.model, { quiet: opts.quiet });
-  const ckpt: ModelInfo = { dir: loaded.dir, config: loaded.config, fingerprint: loaded.fingerprint };
+  const { dir, config, fingerprint, architectureFingerprint, weightsSha256 } = loaded;
+  const ckpt: ModelInfo = { dir, config, fingerprint, architectureFingerprint, weightsSha256 };
   const c = ckpt.config;
   if (maxLen < 1 || maxLen > c.maxPositionEmbeddings) {
     throw new DejavuError(`must be 1..${c.maxPositionEmbeddings} (the model's max_position_embeddings), got ${maxLen}`, '--max-len');
@@ -159,8 +165,10 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    const prev = openOutput(out, ckpt.fingerprint, args, opts.force ?? false);
-    const state: CollectState = prev ?? newState(ckpt.fingerprint, args);
+    const prev = openOutput(out, ckpt, args, opts.force ?? false);
+    const state: CollectState = prev ?? newState(ckpt, args);
+    // The state is written before any layer_* folder, so a run stopped before its first shard resumes.
+    if (!prev) saveState(out, state);
     const done = prev ? finishedShards(out, prev) : [];
     const resumedAll = prev?.complete && done.length === prev.shards.length;
     if (resumedAll) {
@@ -277,6 +285,8 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     state.seconds = (prev?.seconds ?? 0) + (performance.now() - t0) / 1000;
     state.skipped_lines = stats.skipped;
     state.skipped_examples = stats.skippedExamples;
+    state.replaced_lines = stats.replaced;
+    state.replaced_examples = stats.replacedExamples;
     saveState(out, state);
     const manifest = buildManifest(ckpt, state);
     writeJsonAtomic(join(out, SHARD_MANIFEST_FILE), manifest);
@@ -310,6 +320,7 @@ function buildManifest(ckpt: ModelInfo, state: CollectState): CollectManifest {
     format: 'dejavu-shards/1',
     complete: true,
     model_fingerprint: ckpt.fingerprint,
+    weights_sha256: ckpt.weightsSha256,
     model: resolve(ckpt.dir),
     args: a,
     layers: a.layers,
@@ -336,6 +347,8 @@ function buildManifest(ckpt: ModelInfo, state: CollectState): CollectManifest {
     seconds: round(state.seconds),
     skipped_lines: state.skipped_lines ?? 0,
     skipped_examples: state.skipped_examples ?? [],
+    replaced_lines: state.replaced_lines ?? 0,
+    replaced_examples: state.replaced_examples ?? [],
     files: a.data.map((d) => d.path),
   };
 }

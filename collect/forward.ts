@@ -40,7 +40,7 @@ export interface DocForward {
 }
 
 /** What the main thread keeps of the model when workers hold the weights. */
-export type ModelInfo = Pick<OptCheckpoint, 'dir' | 'config' | 'fingerprint'>;
+export type ModelInfo = Pick<OptCheckpoint, 'dir' | 'config' | 'fingerprint' | 'architectureFingerprint' | 'weightsSha256'>;
 
 const WORKER_SCRIPT = fileURLToPath(new URL('./forward-worker.js', import.meta.url));
 

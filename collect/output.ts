@@ -7,11 +7,12 @@
  *   OUT/layer_XX/shard_NNNNN.arrow
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { writeJsonAtomic } from '../common/atomic.js';
 import { layerDirName, layerOfDirName, shardFileName, shardIndexOfFileName, SHARD_MANIFEST_FILE } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
 import { acquireLock as takeLock } from '../common/lock.js';
+import { fingerprintMismatch, type ModelIdentity } from '../checkpoints/fingerprint.js';
 import { diffArgs, type CollectArgs } from './args.js';
 
 export const STATE_FILE = 'collect-state.json';
@@ -35,6 +36,10 @@ export interface ShardRecord {
 export interface CollectState {
   format: string;
   model_fingerprint: string;
+  /** Absent in folders written before weights were hashed (those are refused). */
+  weights_sha256?: string;
+  /** The model folder (resolved), named in messages. */
+  model?: string;
   args: CollectArgs;
   shards: ShardRecord[];
   complete: boolean;
@@ -43,6 +48,9 @@ export interface CollectState {
   /** Malformed lines/rows the reader skipped (set when complete). */
   skipped_lines?: number;
   skipped_examples?: string[];
+  /** Lines/rows kept with characters replaced by U+FFFD (not UTF-8) (set when complete). */
+  replaced_lines?: number;
+  replaced_examples?: string[];
 }
 
 /** Create the folder and prove it is writable before any expensive work. */
@@ -75,38 +83,53 @@ export function clearOutput(out: string): void {
   for (const name of readdirSync(out)) if (ours(name) && name !== LOCK_FILE) rmSync(join(out, name), { recursive: true, force: true });
 }
 
+/** A folder with no visible file but temp files (`.*.tmp`); false for anything else, a file included. */
+function holdsNoShard(dir: string): boolean {
+  try {
+    return readdirSync(dir).every((n) => /^\..*\.tmp$/.test(n));
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Decide what an existing output folder means for this run: the state to resume from (null = start fresh), or a
  * refusal when it belongs to another model or other arguments (unless `force`, which clears it).
  */
-export function openOutput(out: string, fingerprint: string, args: CollectArgs, force: boolean): CollectState | null {
+export function openOutput(out: string, model: ModelIdentity, args: CollectArgs, force: boolean): CollectState | null {
   const statePath = join(out, STATE_FILE);
   const manifestPath = join(out, SHARD_MANIFEST_FILE);
   if (force) {
     clearOutput(out);
     return null;
   }
-  let prev: { model_fingerprint?: unknown; args?: unknown } | null = null;
+  let prev: { model_fingerprint?: unknown; weights_sha256?: unknown; model?: unknown; args?: unknown } | null = null;
   let from = statePath;
   if (existsSync(statePath)) prev = readJson(statePath) as CollectState;
   else if (existsSync(manifestPath)) {
-    prev = readJson(manifestPath) as { model_fingerprint?: unknown; args?: unknown };
+    prev = readJson(manifestPath) as typeof prev;
     from = manifestPath;
   }
   if (!prev) {
-    const foreign = readdirSync(out).filter((n) => ours(n) && n !== LOCK_FILE);
+    // Layer folders holding no finished shard (empty, or only temp files) are what a run stopped before its first
+    // shard left when the state was written later than the folders: nothing to keep, nothing to refuse.
+    const names = readdirSync(out).filter((n) => ours(n) && n !== LOCK_FILE);
+    const leftovers = names.filter((n) => layerOfDirName(n) !== null && holdsNoShard(join(out, n)));
+    const foreign = names.filter((n) => !leftovers.includes(n));
     if (foreign.length) {
       throw new DejavuError(`holds ${foreign.join(', ')} but no ${STATE_FILE}; use --force to replace them`, out);
     }
+    for (const n of leftovers) rmSync(join(out, n), { recursive: true, force: true });
     return null;
   }
-  if (prev.model_fingerprint !== fingerprint) {
-    throw new DejavuError(
-      `holds shards of another model (fingerprint ${String(prev.model_fingerprint).slice(0, 12)}..., this model ` +
-        `${fingerprint.slice(0, 12)}...); use --force to replace them, or another --out`,
-      out,
-    );
-  }
+  const differs = fingerprintMismatch(
+    'shards',
+    { fingerprint: prev.model_fingerprint, weightsSha256: prev.weights_sha256, model: prev.model },
+    model,
+    'use --force to replace them, or another --out',
+    'rebuild them with --force (or use another --out)',
+  );
+  if (differs) throw new DejavuError(differs, from);
   const differ = diffArgs(prev.args as CollectArgs, args);
   if (differ.length) {
     const show = (a: unknown, k: string) => JSON.stringify((a as Record<string, unknown>)?.[k]);
@@ -138,8 +161,17 @@ export function finishedShards(out: string, state: CollectState): ShardRecord[] 
   return done;
 }
 
-export function newState(fingerprint: string, args: CollectArgs): CollectState {
-  return { format: STATE_FORMAT, model_fingerprint: fingerprint, args, shards: [], complete: false, seconds: 0 };
+export function newState(model: ModelIdentity, args: CollectArgs): CollectState {
+  return {
+    format: STATE_FORMAT,
+    model_fingerprint: model.fingerprint,
+    weights_sha256: model.weightsSha256,
+    model: resolve(model.dir),
+    args,
+    shards: [],
+    complete: false,
+    seconds: 0,
+  };
 }
 
 export function saveState(out: string, state: CollectState): void {

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { tempPathFor, writeJsonAtomic } from '../common/atomic.js';
 import { DejavuError, rethrowFs } from '../common/errors.js';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../checkpoints/safetensors.js';
+import { fingerprintMismatch } from '../checkpoints/fingerprint.js';
 import type { OptCheckpoint } from '../checkpoints/types.js';
 import type { InputNorm, PredictorInput, Target } from '../common/contracts.js';
 
@@ -51,6 +52,9 @@ export interface BundleManifest {
   format: typeof BUNDLE_FORMAT;
   version: number;
   model_fingerprint: string;
+  /** The weights part of the fingerprint; absent in bundles exported before weights were hashed (refused against a
+   *  model, with how to rebuild them). */
+  weights_sha256?: string;
   model: { n_layers: number; d_model: number; n_heads: number; head_dim: number; ffn_dim: number };
   dtype: 'float16';
   created: string;
@@ -149,6 +153,9 @@ function validateManifest(raw: unknown, path: string): BundleManifest {
     bad(`unknown bundle format version ${JSON.stringify(m.version)} (this dejavu reads version ${BUNDLE_VERSION}; re-export the bundle)`);
   }
   if (typeof m.model_fingerprint !== 'string' || !m.model_fingerprint) bad('model_fingerprint missing');
+  if (m.weights_sha256 !== undefined && (typeof m.weights_sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(m.weights_sha256))) {
+    bad(`weights_sha256 is ${JSON.stringify(m.weights_sha256)}, expected 64 hex digits`);
+  }
   const dims = m.model as Record<string, unknown> | undefined;
   if (!dims || typeof dims !== 'object') bad('model dims missing');
   for (const key of ['n_layers', 'd_model', 'n_heads', 'head_dim', 'ffn_dim']) {
@@ -190,13 +197,14 @@ function validateManifest(raw: unknown, path: string): BundleManifest {
 
 /** Check a manifest against a loaded model: same fingerprint, same dims. */
 export function checkBundleModel(manifest: BundleManifest, ckpt: OptCheckpoint, path: string): void {
-  if (manifest.model_fingerprint !== ckpt.fingerprint) {
-    throw new DejavuError(
-      `bundle was exported for model fingerprint ${manifest.model_fingerprint.slice(0, 16)}…, but ${ckpt.dir} has ` +
-        `${ckpt.fingerprint.slice(0, 16)}… (a bundle for another model)`,
-      path,
-    );
-  }
+  const differs = fingerprintMismatch(
+    'a bundle',
+    { fingerprint: manifest.model_fingerprint, weightsSha256: manifest.weights_sha256, model: manifest.source?.model },
+    ckpt,
+    'use the bundle exported for this model, or the --model this bundle was exported for',
+    'rebuild it from this model: dejavu collect, train and export (--force over their earlier output)',
+  );
+  if (differs) throw new DejavuError(differs, path);
   const c = ckpt.config;
   const want = { n_layers: c.numLayers, d_model: c.hiddenSize, n_heads: c.numHeads, head_dim: c.headDim, ffn_dim: c.ffnDim };
   for (const [k, v] of Object.entries(want)) {

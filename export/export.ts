@@ -15,6 +15,7 @@ import type { OptCheckpoint } from '../checkpoints/types.js';
 import { METRICS_FILE, parseLayers, parseMetrics, predictorFileName, predictorName, predictorOfFileName, type CheckedMetrics, type Target } from '../common/contracts.js';
 import { readCheckpointState } from '../train/checkpoint.js';
 import { DejavuError } from '../common/errors.js';
+import { fingerprintMismatch } from '../checkpoints/fingerprint.js';
 import { BUNDLE_FORMAT, BUNDLE_VERSION, tensorName, writeBundle, type BundleManifest, type LayerTargetEntry } from './bundle.js';
 
 export interface ExportOptions {
@@ -114,6 +115,10 @@ export interface ExportSummary {
   unfinished: string[];
 }
 
+/** How to resolve a predictors/model mismatch, and how to rebuild predictors made before weights were hashed. */
+const EXPORT_FIX = 'export with the --model the shards were collected from';
+const EXPORT_REBUILD = 'rebuild them from this model: dejavu collect ... --force, dejavu train ... --force, then export';
+
 export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSummary {
   const c = ckpt.config;
   const d = c.hiddenSize;
@@ -123,12 +128,8 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
   const recall = o.recall ?? 0.99;
   const metrics = readMetrics(o.predictors);
   const mpath = join(o.predictors, METRICS_FILE);
-  if (metrics.model_fingerprint !== ckpt.fingerprint) {
-    throw new DejavuError(
-      `predictors were trained for model fingerprint ${metrics.model_fingerprint.slice(0, 16)}…, but ${ckpt.dir} has ${ckpt.fingerprint.slice(0, 16)}…`,
-      mpath,
-    );
-  }
+  const differs = fingerprintMismatch('predictors', { fingerprint: metrics.model_fingerprint }, ckpt, EXPORT_FIX, EXPORT_REBUILD);
+  if (differs) throw new DejavuError(differs, mpath);
   const chosen = new Set(parseLayers(o.layers, c.numLayers));
   const unfinished = unfinishedPredictors(o.predictors, metrics).filter((j) => chosen.has(j.layer));
   const unfinishedNames = new Set(unfinished.map((j) => predictorName(j.layer, j.target)));
@@ -175,9 +176,8 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
       const st = SafetensorsFile.open(file);
       try {
         const meta = st.metadata;
-        if (meta.model_fingerprint !== ckpt.fingerprint) {
-          throw new DejavuError(`predictor was trained for another model (fingerprint ${String(meta.model_fingerprint).slice(0, 16)}…)`, file);
-        }
+        const differsHere = fingerprintMismatch('a predictor', { fingerprint: meta.model_fingerprint }, ckpt, EXPORT_FIX, EXPORT_REBUILD);
+        if (differsHere) throw new DejavuError(differsHere, file);
         if (meta.target !== target || Number(meta.layer) !== l) {
           throw new DejavuError(`metadata says layer ${meta.layer} ${meta.target}, the file name says layer ${l} ${target}`, file);
         }
@@ -238,6 +238,7 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
     format: BUNDLE_FORMAT,
     version: BUNDLE_VERSION,
     model_fingerprint: ckpt.fingerprint,
+    weights_sha256: ckpt.weightsSha256,
     model: { n_layers: c.numLayers, d_model: d, n_heads: c.numHeads, head_dim: c.headDim, ffn_dim: c.ffnDim },
     dtype: 'float16',
     created: new Date().toISOString(),

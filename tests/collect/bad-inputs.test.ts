@@ -56,7 +56,9 @@ describe.skipIf(!HAVE_FIXTURES)('collect refuses bad inputs', () => {
     await collect({ ...base, out });
     const state = readFileSync(join(out, 'collect-state.json'), 'utf8');
     // tiny-opt-bin-fp16 is another model (and has no tokenizer: the refusal comes before the tokenizer is needed).
-    await expect(collect({ ...base, model: TINY_BIN, out })).rejects.toThrow(/mixed: holds shards of another model \(fingerprint [0-9a-f]{12}\.\.\., this model [0-9a-f]{12}\.\.\.\); use --force/);
+    await expect(collect({ ...base, model: TINY_BIN, out })).rejects.toThrow(
+      /mixed\/collect-state\.json: shards for other weights: weights_sha256 [0-9a-f]{16}… recorded here \(model .*opt-mini\), [0-9a-f]{16}… in .*tiny-opt-bin-fp16; use --force/,
+    );
     await expect(collect({ ...base, out, maxLen: 32 })).rejects.toThrow(/was collected with other arguments \(max_len: 16 there, 32 now\)/);
     await expect(collect({ ...base, out, layers: '1' })).rejects.toThrow(/other arguments \(layers: \[0,1,2,3,4,5\] there, \[1\] now\)/);
     expect(readFileSync(join(out, 'collect-state.json'), 'utf8')).toBe(state); // refusals change nothing

@@ -20,7 +20,8 @@ const FP = 'f'.repeat(64);
 
 function fakeCkpt(fingerprint = FP, over: Partial<OptConfig> = {}): OptCheckpoint {
   const config = { numLayers: 3, hiddenSize: 8, numHeads: 2, headDim: 4, ffnDim: 16, ...over } as OptConfig;
-  return { dir: '/models/fake', config, weights: {} as OptCheckpoint['weights'], fingerprint, format: 'test' };
+  const weights = {} as OptCheckpoint['weights'];
+  return { dir: '/models/fake', config, weights, fingerprint, architectureFingerprint: 'e'.repeat(64), weightsSha256: '1'.repeat(64), format: 'test' };
 }
 
 function values(n: number, seed: number): Float32Array {
