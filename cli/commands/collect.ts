@@ -59,6 +59,7 @@ export function register(program: Command): void {
     .action(async (f: Flags) => {
       const { collect, DEFAULT_MAX_LEN } = await import('../../collect/collect.js');
       const { log } = await import('../../common/progress.js');
+      const { describeSkips } = await import('../../datasets/index.js');
       if (f.docs !== undefined && f.sample !== undefined) {
         const { DejavuError } = await import('../../common/errors.js');
         throw new DejavuError('use --docs or --sample, not both', '--docs');
@@ -90,7 +91,15 @@ export function register(program: Command): void {
       );
       log(`bytes per token per layer: ${m.bytes_per_token_per_layer} (row data ${m.row_bytes}, bound ${m.bound_bytes_per_token_per_layer})`);
       log(m.layers.map((l, i) => `  layer ${String(l).padStart(2, '0')}: ${m.bytes_per_token_by_layer[i]} B/token`).join('\n'));
-      if (m.skipped_lines) log(`skipped ${m.skipped_lines} malformed lines/rows, e.g. ${m.skipped_examples[0]}`);
+      const skips = describeSkips({
+        documents: m.docs,
+        files: m.files,
+        skipped: m.skipped_lines,
+        skippedExamples: m.skipped_examples,
+        replaced: m.replaced_lines,
+        replacedExamples: m.replaced_examples,
+      });
+      if (skips) log(skips);
       log(`-> ${f.out}/${SHARD_MANIFEST_FILE}`);
       if (f.json) {
         console.log(
@@ -107,6 +116,7 @@ export function register(program: Command): void {
             tokens_per_second: Math.round(tokPerS * 10) / 10,
             shards_resumed: r.shardsResumed,
             skipped_lines: m.skipped_lines,
+            replaced_lines: m.replaced_lines,
             out: f.out,
           }),
         );

@@ -86,7 +86,7 @@ export function register(program: Command): void {
       const { log, progressBar } = await import('../../common/progress.js');
       const { join } = await import('node:path');
       const { parseOptConfig } = await import('../../checkpoints/opt-config.js');
-      const { createReadStats, loadTokenizer, readDocuments } = await import('../../datasets/index.js');
+      const { createReadStats, describeSkips, loadTokenizer, readDocuments } = await import('../../datasets/index.js');
       const { PrefillPool } = await import('../../runtime/cpu/pool.js');
       const { encodeDocuments, perplexity } = await import('../../runtime/cpu/perplexity.js');
 
@@ -132,7 +132,8 @@ export function register(program: Command): void {
         bar.stop();
         await pool.close();
       }
-      if (stats.skipped) log(`skipped ${stats.skipped} malformed lines/rows, e.g. ${stats.skippedExamples[0]}`);
+      const skips = describeSkips(stats);
+      if (skips) log(skips);
       if (result.tokens === 0) throw new DejavuError('no predicted tokens (every document is empty or max-len is 1)', '--data');
       const r = {
         ppl: result.ppl,

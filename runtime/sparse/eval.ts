@@ -8,7 +8,7 @@ import type { OptCheckpoint } from '../../checkpoints/types.js';
 import { parseIntFlag, parseNumberFlag } from '../../cli/args.js';
 import { DejavuError } from '../../common/errors.js';
 import { log } from '../../common/progress.js';
-import { createReadStats, readDocuments } from '../../datasets/read.js';
+import { createReadStats, describeSkips, readDocuments } from '../../datasets/read.js';
 import { loadTokenizer } from '../../datasets/tokenizer.js';
 import type { DocumentSelection } from '../../datasets/types.js';
 import { loadBundle, type Bundle } from '../../export/bundle.js';
@@ -46,7 +46,8 @@ export async function tokenizeDocs(model: string, data: string[], selection: Doc
     const ids = tok.encode(doc.text, maxLen);
     if (ids.length >= 2) docs.push(ids);
   }
-  if (stats.skipped) log(`skipped ${stats.skipped} malformed lines/rows (e.g. ${stats.skippedExamples[0]})`);
+  const skips = describeSkips(stats);
+  if (skips) log(skips);
   return docs;
 }
 
