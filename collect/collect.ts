@@ -167,8 +167,9 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
   try {
     const prev = openOutput(out, ckpt, args, opts.force ?? false);
     const state: CollectState = prev ?? newState(ckpt, args);
-    // The state is written before any layer_* folder, so a run stopped before its first shard resumes.
-    if (!prev) saveState(out, state);
+    // The state goes to disk before any layer_* folder (with the first row, so a run that yields no row leaves
+    // nothing behind): a run stopped before its first shard is finished resumes like any other.
+    let stateOnDisk = prev !== null;
     const done = prev ? finishedShards(out, prev) : [];
     const resumedAll = prev?.complete && done.length === prev.shards.length;
     if (resumedAll) {
@@ -245,6 +246,10 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
         shardsWritten++;
       }
       if (!cur) {
+        if (!stateOnDisk) {
+          saveState(out, state);
+          stateOnDisk = true;
+        }
         const index = state.shards.length;
         cur = { index, rows: 0, docs: 0, first_doc: job.index, last_doc: job.index };
         for (let i = 0; i < layers.length; i++) {

@@ -66,9 +66,12 @@ describe.skipIf(!HAVE_FIXTURES)('collect refuses bad inputs', () => {
     expect(r.manifest.layers).toEqual([1]);
     expect(readdirSync(out).sort()).toEqual(['collect-state.json', 'layer_01', 'manifest.json']);
 
+    // A layer folder holding a shard, without a state that says which run wrote it, is not taken as ours.
     const foreign = join(root, 'foreign');
     mkdirSync(join(foreign, 'layer_00'), { recursive: true });
+    writeFileSync(join(foreign, 'layer_00', 'shard_00000.arrow'), 'x');
     await expect(collect({ ...base, out: foreign })).rejects.toThrow(/foreign: holds layer_00 but no collect-state\.json; use --force/);
+    expect(readFileSync(join(foreign, 'layer_00', 'shard_00000.arrow'), 'utf8')).toBe('x');
   });
 
   it('a folder another live collect is writing to (its lock names a running pid); a dead pid is taken over', async () => {

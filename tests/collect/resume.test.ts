@@ -4,7 +4,7 @@
  * (dist/cli/main.js, which `npm ci` builds through `prepare`) as the child process to kill.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -116,5 +116,78 @@ describe.skipIf(!HAVE_FIXTURES || !existsSync(CLI))('collect: interrupt + rerun 
     expect(redo.shardsResumed).toBe(3);
     const after = snapshot(out);
     for (const k of shardsOf(reference)) expect(after.get(k)!.equals(reference.get(k)!), k).toBe(true);
+  });
+});
+
+/**
+ * A collect stopped before its first shard is finished (with the default --shard-tokens every small collect is one
+ * shard, so any interrupt lands here): the state file exists before any layer folder, so the same command resumes.
+ */
+describe.skipIf(!HAVE_FIXTURES)('collect: interrupted before the first shard, then the same command', () => {
+  let root: string;
+  let reference: Map<string, Buffer>;
+  // 40 documents of <= 64 tokens: one shard with the default --shard-tokens.
+  const ONE = { docs: 40, maxLen: 64 };
+  const one = (out: string, over: Partial<CollectOptions> = {}): CollectOptions => ({ model: OPT_MINI, data: [C4_VALID_JSON], out, quiet: true, ...ONE, ...over });
+  const sameAsReference = (out: string) => {
+    const after = snapshot(out);
+    expect(shardsOf(after)).toEqual(shardsOf(reference));
+    for (const k of shardsOf(reference)) expect(after.get(k)!.equals(reference.get(k)!), k).toBe(true);
+    expect([...after.keys()].filter((k) => k.endsWith('.tmp') || k.endsWith('.lock'))).toEqual([]);
+    const m = JSON.parse(after.get('manifest.json')!.toString());
+    const mr = JSON.parse(reference.get('manifest.json')!.toString());
+    expect({ ...m, seconds: 0 }).toEqual({ ...mr, seconds: 0 });
+  };
+  beforeAll(async () => {
+    root = mkdtempSync(join(tmpdir(), 'dejavu-collect-first-'));
+    await collect(one(join(root, 'ref')));
+    reference = snapshot(join(root, 'ref'));
+    expect(JSON.parse(reference.get('manifest.json')!.toString()).num_shards).toBe(1);
+  });
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  it('an error after the layer folders exist (as Ctrl-C or a full disk would stop it): the rerun resumes', async () => {
+    const out = join(root, 'thrown');
+    let seen = 0;
+    const stop = () => {
+      if (++seen === 3) throw new Error('stopped after 3 documents');
+    };
+    await expect(collect(one(out, { onDocument: stop }))).rejects.toThrow(/stopped after 3 documents/);
+    expect(existsSync(join(out, 'layer_00'))).toBe(true);
+    expect(shardsOf(snapshot(out))).toEqual([]);
+    const res = await collect(one(out));
+    expect(res.shardsResumed).toBe(0);
+    expect(res.shardsWritten).toBe(1);
+    sameAsReference(out);
+  });
+
+  it.skipIf(!existsSync(CLI))('SIGKILL while the first shard is written: the same command completes identically', async () => {
+    const out = join(root, 'killed');
+    const writing = () => existsSync(join(out, 'layer_05')) && readdirSync(join(out, 'layer_05')).some((n) => n.endsWith('.tmp'));
+    const args = [CLI, 'collect', '--model', OPT_MINI, '--data', C4_VALID_JSON, '--out', out, '--docs', String(ONE.docs), '--max-len', String(ONE.maxLen)];
+    const r = await new Promise<{ signal: string | null }>((resolve, reject) => {
+      const child = spawn(process.execPath, args, { stdio: 'ignore' });
+      const timer = setInterval(() => writing() && child.kill('SIGKILL'), 2);
+      child.on('error', reject);
+      child.on('exit', (_code, signal) => {
+        clearInterval(timer);
+        resolve({ signal });
+      });
+    });
+    expect(r.signal).toBe('SIGKILL');
+    const killed = snapshot(out);
+    expect(shardsOf(killed)).toEqual([]);
+    expect([...killed.keys()].some((k) => k.endsWith('.tmp'))).toBe(true); // SIGKILL leaves the temp files
+    await collect(one(out));
+    sameAsReference(out);
+  });
+
+  it('layer folders without a state that hold only temp files (left by versions that wrote the state later) are cleared', async () => {
+    const out = join(root, 'legacy');
+    mkdirSync(join(out, 'layer_00'), { recursive: true });
+    mkdirSync(join(out, 'layer_04'));
+    writeFileSync(join(out, 'layer_00', '.shard_00000.arrow.12345.tmp'), 'partial');
+    await collect(one(out));
+    sameAsReference(out);
   });
 });
