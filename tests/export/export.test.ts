@@ -94,9 +94,9 @@ describe('dejavu export', () => {
 
   it('refuses predictors of another model, incomplete training and bad shapes, naming the file', () => {
     const other = { ...ckpt, fingerprint: 'b'.repeat(64) };
-    expect(() => exportBundle({ predictors: trainOutput(), out: join(root, 'x') }, other)).toThrow(/metrics\.json: predictors for another model: model_fingerprint a{16}… recorded here, b{16}… for \/models\/fake/);
+    expect(() => exportBundle({ predictors: trainOutput(), out: join(root, 'x') }, other)).toThrow(/metrics\.json: predictors for another model or other weights: model_fingerprint a{16}… recorded here, b{16}… for \/models\/fake/);
     expect(() => exportBundle({ predictors: trainOutput({ fingerprint: 'c'.repeat(64) }), out: join(root, 'x') }, ckpt)).toThrow(
-      /layer_00\.mlp\.safetensors: a predictor for another model: model_fingerprint c{16}… recorded here, a{16}… for/,
+      /layer_00\.mlp\.safetensors: a predictor for another model or other weights: model_fingerprint c{16}… recorded here, a{16}… for/,
     );
     expect(() => exportBundle({ predictors: trainOutput({ skipFile: '2.attn' }), out: join(root, 'x') }, ckpt)).toThrow(
       /layer_02\.attn\.safetensors: metrics\.json lists layer 2 attn but its predictor file is missing/,
