@@ -96,8 +96,11 @@ export function fingerprintMismatch(what: string, rec: RecordedModel, m: ModelId
   if (typeof rec.weightsSha256 === 'string' && rec.weightsSha256 !== m.weightsSha256) {
     return `${what} for other weights: weights_sha256 ${short(rec.weightsSha256)} ${here}, ${short(m.weightsSha256)} in ${m.dir}; ${fix}`;
   }
+  // Same weight bytes but another fingerprint: the config or the dtypes differ. Without a recorded weights hash
+  // (predictors record only the fingerprint) either may differ.
+  const kind = typeof rec.weightsSha256 === 'string' ? 'another architecture (config or dtypes)' : 'another model or other weights';
   return (
-    `${what} for another model: model_fingerprint ${short(rec.fingerprint)} ${here}, ${short(m.fingerprint)} for ${m.dir} ` +
+    `${what} for ${kind}: model_fingerprint ${short(rec.fingerprint)} ${here}, ${short(m.fingerprint)} for ${m.dir} ` +
     `(weights_sha256 ${short(m.weightsSha256)}); ${fix}`
   );
 }
