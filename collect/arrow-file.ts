@@ -3,6 +3,7 @@
  * place. apache-arrow's RecordBatchFileWriter normally queues every byte in memory until it is read; handing it a
  * sink that writes synchronously to a file descriptor keeps memory at one batch whatever the file size.
  */
+import { createHash } from 'node:crypto';
 import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { AsyncByteQueue, RecordBatchFileWriter, type RecordBatch, type Schema } from 'apache-arrow';
 import { tempPathFor } from '../common/atomic.js';
@@ -11,6 +12,8 @@ import { DejavuError } from '../common/errors.js';
 /** A byte sink the Arrow writer accepts (it must be an AsyncByteQueue) that writes through to a file descriptor. */
 class FdSink extends AsyncByteQueue {
   bytes = 0;
+  /** SHA-256 of the bytes as written (the manifest's per-shard checksum), computed on the way: no second read. */
+  readonly hash = createHash('sha256');
   constructor(
     private readonly fd: number,
     private readonly path: string,
@@ -26,6 +29,7 @@ class FdSink extends AsyncByteQueue {
     } catch (e) {
       throw new DejavuError(`cannot write: ${(e as Error).message}`, this.path);
     }
+    this.hash.update(buf);
     this.bytes += buf.byteLength;
   }
 }
@@ -35,6 +39,8 @@ export class ArrowFileWriter {
   private readonly sink: FdSink;
   private fd: number | undefined;
   readonly tempPath: string;
+  /** Hex SHA-256 of the whole file, set by commit(). */
+  sha256 = '';
 
   private constructor(
     readonly path: string,
@@ -76,7 +82,7 @@ export class ArrowFileWriter {
     return this.sink.bytes;
   }
 
-  /** Footer, fsync, close, rename into place. Returns the file size. */
+  /** Footer, fsync, close, rename into place. Returns the file size; `sha256` is its checksum from then on. */
   commit(): number {
     this.writer.finish(); // writes the footer (schema + batch index) and closes the sink
     const fd = this.fd!;
@@ -87,6 +93,7 @@ export class ArrowFileWriter {
       closeSync(fd);
     }
     renameSync(this.tempPath, this.path);
+    this.sha256 = this.sink.hash.digest('hex');
     return this.sink.bytes;
   }
 

@@ -75,7 +75,8 @@ export interface CollectManifest {
   docs: number;
   tokens: number;
   num_shards: number;
-  shards: { file: string; rows: number; docs: number; first_doc: number; last_doc: number; bytes: number[] }[];
+  /** `bytes[j]` and `sha256[j]` (hex SHA-256, verified by train's reader) are layer `layers[j]`'s file's. */
+  shards: { file: string; rows: number; docs: number; first_doc: number; last_doc: number; bytes: number[]; sha256: string[] }[];
   bytes: number;
   /** Total shard bytes / (tokens x collected layers): what a token costs on disk per layer, framing included. */
   bytes_per_token_per_layer: number;
@@ -102,6 +103,13 @@ export interface CollectResult {
   /** Tokens pushed through the model by this run, and its wall time. */
   tokensThisRun: number;
   secondsThisRun: number;
+  /** The folder was complete before this run, which collected nothing. */
+  alreadyComplete: boolean;
+  /**
+   * Tokens per second of this run; for an already complete folder, of the runs that produced it (manifest tokens /
+   * seconds). null when there is no such figure (no time recorded).
+   */
+  tokensPerSecond: number | null;
 }
 
 export const DEFAULT_SHARD_TOKENS = 65536;
@@ -174,9 +182,14 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     const resumedAll = prev?.complete && done.length === prev.shards.length;
     if (resumedAll) {
       if (!opts.quiet) log(`${out}: already complete (${done.length} shards); nothing to do`);
+      if (done.some((s, i) => s !== prev.shards[i])) {
+        state.shards = done; // checksums added to the records of an older state
+        saveState(out, state);
+      }
       const manifest = buildManifest(ckpt, state);
       writeJsonAtomic(join(out, SHARD_MANIFEST_FILE), manifest);
-      return { manifest, shardsWritten: 0, shardsResumed: done.length, tokensThisRun: 0, secondsThisRun: 0 };
+      const tokensPerSecond = manifest.seconds > 0 ? Math.round((manifest.tokens / manifest.seconds) * 10) / 10 : null;
+      return { manifest, shardsWritten: 0, shardsResumed: done.length, tokensThisRun: 0, secondsThisRun: 0, alreadyComplete: true, tokensPerSecond };
     }
     state.shards = [...done]; // a copy: `done` stays the list of shards kept from earlier runs
     state.complete = false;
@@ -212,8 +225,9 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     const closeShard = (consumedEnd: number) => {
       flush();
       const bytes = writers.map((w) => w.commit());
+      const sha256 = writers.map((w) => w.sha256);
       writers.length = 0;
-      state.shards.push({ ...cur!, consumed_end: consumedEnd, bytes });
+      state.shards.push({ ...cur!, consumed_end: consumedEnd, bytes, sha256 });
       state.seconds = (prev?.seconds ?? 0) + (performance.now() - t0) / 1000;
       saveState(out, state); // after every layer's rename: a crash in between redoes this shard, same bytes
       cur = null;
@@ -295,12 +309,15 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     saveState(out, state);
     const manifest = buildManifest(ckpt, state);
     writeJsonAtomic(join(out, SHARD_MANIFEST_FILE), manifest);
+    const secondsThisRun = (performance.now() - t0) / 1000;
     return {
       manifest,
       shardsWritten,
       shardsResumed: done.length,
       tokensThisRun: tokensRun,
-      secondsThisRun: (performance.now() - t0) / 1000,
+      secondsThisRun,
+      alreadyComplete: false,
+      tokensPerSecond: secondsThisRun > 0 ? Math.round((tokensRun / secondsThisRun) * 10) / 10 : null,
     };
   } catch (e) {
     for (const w of writers) w.abort();
@@ -343,6 +360,7 @@ function buildManifest(ckpt: ModelInfo, state: CollectState): CollectManifest {
       first_doc: s.first_doc,
       last_doc: s.last_doc,
       bytes: s.bytes,
+      sha256: s.sha256 ?? [],
     })),
     bytes,
     bytes_per_token_per_layer: round(bytes / (tokens * a.layers.length)),

@@ -6,7 +6,8 @@
  *   OUT/collect-state.json       resume record, rewritten after every finished shard
  *   OUT/layer_XX/shard_NNNNN.arrow
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { writeJsonAtomic } from '../common/atomic.js';
 import { layerDirName, layerOfDirName, shardFileName, shardIndexOfFileName, SHARD_MANIFEST_FILE } from '../common/contracts.js';
@@ -31,6 +32,8 @@ export interface ShardRecord {
   consumed_end: number;
   /** File size per collected layer, in `args.layers` order. */
   bytes: number[];
+  /** Hex SHA-256 of each layer's file, in `args.layers` order (absent in states written before checksums). */
+  sha256?: string[];
 }
 
 export interface CollectState {
@@ -147,7 +150,10 @@ export function openOutput(out: string, model: ModelIdentity, args: CollectArgs,
   return state;
 }
 
-/** The finished prefix of `state.shards`: every layer's file present with the recorded size. */
+/**
+ * The finished prefix of `state.shards`: every layer's file present with the recorded size. A record from before
+ * checksums gets them here, from the files (one read of those shards, once).
+ */
 export function finishedShards(out: string, state: CollectState): ShardRecord[] {
   const done: ShardRecord[] = [];
   for (const s of state.shards) {
@@ -156,9 +162,22 @@ export function finishedShards(out: string, state: CollectState): ShardRecord[] 
       return existsSync(p) && statSync(p).size === s.bytes[i];
     });
     if (!ok) break;
-    done.push(s);
+    done.push(s.sha256 ? s : { ...s, sha256: state.args.layers.map((l) => sha256OfFile(shardPath(out, l, s.index))) });
   }
   return done;
+}
+
+/** Hex SHA-256 of a file, read in 4 MiB pieces. */
+export function sha256OfFile(path: string): string {
+  const hash = createHash('sha256');
+  const buf = Buffer.alloc(4 * 2 ** 20);
+  const fd = openSync(path, 'r');
+  try {
+    for (let n; (n = readSync(fd, buf, 0, buf.length, null)) > 0; ) hash.update(buf.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest('hex');
 }
 
 export function newState(model: ModelIdentity, args: CollectArgs): CollectState {

@@ -7,12 +7,14 @@
  * and that every layer has the same shard names with the same row counts, so a bad folder fails before training
  * starts, with the file named.
  */
-import { closeSync, existsSync, openSync, readFileSync, readSync, readdirSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, createReadStream, existsSync, openSync, readFileSync, readSync, readdirSync, statSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RecordBatchReader, type Data, type RecordBatch } from 'apache-arrow';
 import { layerDirName, layerOfDirName, shardIndexOfFileName, SHARD_FORMAT, SHARD_MANIFEST_FILE, SHARD_META, type ShardDims } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
+import { warn } from '../common/progress.js';
 
 const ARROW_MAGIC = 'ARROW1';
 
@@ -81,7 +83,7 @@ export class ShardFile {
     } catch (e) {
       await fh.close();
       if (e instanceof DejavuError) throw e;
-      throw new DejavuError(`unreadable Arrow shard: ${(e as Error).message}`, path);
+      throw new DejavuError(`unreadable Arrow shard (corrupted footer or schema?): ${(e as Error).message}`, path);
     }
   }
 
@@ -133,11 +135,60 @@ function metaInt(meta: Map<string, string>, key: string, path: string): number {
   return v;
 }
 
+export interface OpenShardSetOptions {
+  /**
+   * Check every shard file against the SHA-256 collect recorded in manifest.json, before its Arrow footer is parsed
+   * (default true). Training's worker threads pass false: the main thread has checked the same files.
+   */
+  verify?: boolean;
+  /** Receives the one-line warning about shards without a recorded checksum (default: common/progress warn). */
+  warn?: (message: string) => void;
+}
+
+type ManifestShard = { file: string; rows: number; bytes?: unknown; sha256?: unknown };
+
+/** The SHA-256 and size collect recorded for `layer`'s copy of shard `file`, when the manifest has them. */
+function recorded(manifest: { layers?: unknown; shards?: ManifestShard[] }, layer: number, file: string): { sha256: string; bytes?: number } | null {
+  const j = Array.isArray(manifest.layers) ? manifest.layers.indexOf(layer) : -1;
+  const s = j >= 0 ? manifest.shards?.find((x) => x.file === file) : undefined;
+  const sha = Array.isArray(s?.sha256) ? s.sha256[j] : undefined;
+  if (typeof sha !== 'string' || !/^[0-9a-f]{64}$/.test(sha)) return null;
+  const bytes = Array.isArray(s?.bytes) && Number.isInteger(s.bytes[j]) ? (s.bytes[j] as number) : undefined;
+  return { sha256: sha, bytes };
+}
+
+async function fileSha256(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 * 2 ** 20 })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Flipped bits or a bad copy: refused by name before a byte of it is parsed (a corrupt footer can hang the parser). */
+async function verifyShard(path: string, want: { sha256: string; bytes?: number }): Promise<void> {
+  const rebuild = `delete it and rerun the same dejavu collect command to rewrite it`;
+  const size = statSync(path).size;
+  if (want.bytes !== undefined && size !== want.bytes) {
+    throw new DejavuError(`${size} bytes but ${SHARD_MANIFEST_FILE} records ${want.bytes} (truncated or replaced); ${rebuild}`, path);
+  }
+  const got = await fileSha256(path);
+  if (got !== want.sha256) {
+    throw new DejavuError(
+      `checksum mismatch: SHA-256 ${got.slice(0, 16)}..., ${SHARD_MANIFEST_FILE} records ${want.sha256.slice(0, 16)}... ` +
+        `(the file changed after collect wrote it); ${rebuild}`,
+      path,
+    );
+  }
+}
+
 /**
- * Lists and validates a shard folder. Every shard file is opened once (footer + schema only), so a truncated file,
- * shards of another model, or a layer with a missing shard is reported before any training.
+ * Lists and validates a shard folder. Every shard file is checked against its recorded SHA-256 and opened once
+ * (footer + schema only), so a corrupted or truncated file, shards of another model, or a layer with a missing shard
+ * is reported before any training.
  */
-export async function openShardSet(dir: string): Promise<ShardSet> {
+export async function openShardSet(dir: string, opts: OpenShardSetOptions = {}): Promise<ShardSet> {
+  const verify = opts.verify ?? true;
+  let unverified = 0;
+  let files = 0;
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new DejavuError('shard folder not found', dir);
   // collect writes manifest.json last, as its "done" marker (docs/shards.md): a folder without it is a collection
   // still running or killed before its end, whose last shard may be missing in some layers.
@@ -145,7 +196,7 @@ export async function openShardSet(dir: string): Promise<ShardSet> {
   if (!existsSync(manifestPath)) {
     throw new DejavuError(`no ${SHARD_MANIFEST_FILE}: the collection is not complete (rerun dejavu collect with the same arguments to finish it)`, dir);
   }
-  let manifest: { complete?: boolean; model_fingerprint?: string; shards?: { file: string; rows: number }[] };
+  let manifest: { complete?: boolean; model_fingerprint?: string; layers?: unknown; shards?: ManifestShard[] };
   try {
     manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
   } catch (e) {
@@ -176,6 +227,12 @@ export async function openShardSet(dir: string): Promise<ShardSet> {
     const layerRows: number[] = [];
     for (const name of names) {
       const path = join(ldir, name);
+      if (verify) {
+        files++;
+        const want = recorded(manifest, layer, name);
+        if (want) await verifyShard(path, want);
+        else unverified++;
+      }
       const f = await ShardFile.open(path);
       try {
         const m = f.metadata;
@@ -226,6 +283,12 @@ export async function openShardSet(dir: string): Promise<ShardSet> {
     const listed = manifest.shards.map((s) => `${s.file}:${s.rows}`).join(', ');
     const found = shardNames.map((n, i) => `${n}:${rows[i]}`).join(', ');
     if (listed !== found) throw new DejavuError(`lists shards [${listed}] but the layer folders hold [${found}]`, manifestPath);
+  }
+  if (unverified > 0) {
+    (opts.warn ?? warn)(
+      `${manifestPath}: ${unverified} of ${files} shard files have no recorded checksum (collected before checksums) and are ` +
+        'read unverified; rerun the same dejavu collect command to add them (--force to rebuild)',
+    );
   }
   return {
     dir,

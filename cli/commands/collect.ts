@@ -58,7 +58,7 @@ export function register(program: Command): void {
     .option('--json', 'print one JSON object on stdout')
     .action(async (f: Flags) => {
       const { collect, DEFAULT_MAX_LEN } = await import('../../collect/collect.js');
-      const { log } = await import('../../common/progress.js');
+      const { debug, log } = await import('../../common/progress.js');
       const { describeSkips } = await import('../../datasets/index.js');
       if (f.docs !== undefined && f.sample !== undefined) {
         const { DejavuError } = await import('../../common/errors.js');
@@ -82,15 +82,17 @@ export function register(program: Command): void {
         quiet: false,
       });
       const m = r.manifest;
-      const tokPerS = r.secondsThisRun > 0 ? r.tokensThisRun / r.secondsThisRun : 0;
-      log(
+      const rate = r.tokensPerSecond === null ? 'no time recorded' : `${Math.round(r.tokensPerSecond)} tok/s`;
+      // The summary is the command's result: on stdout, like eval's and train's; beside --json's object, on stderr.
+      const summary = [
         `collected ${m.docs} docs, ${m.tokens} tokens, ${m.layers.length} layers x ${m.num_shards} shards, ` +
           `${(m.bytes / 2 ** 20).toFixed(1)} MiB in ${m.seconds.toFixed(1)} s` +
-          (r.shardsResumed ? ` (${r.shardsResumed} shards kept from an earlier run)` : '') +
-          (r.tokensThisRun ? `; this run ${Math.round(tokPerS)} tok/s` : ''),
-      );
-      log(`bytes per token per layer: ${m.bytes_per_token_per_layer} (row data ${m.row_bytes}, bound ${m.bound_bytes_per_token_per_layer})`);
-      log(m.layers.map((l, i) => `  layer ${String(l).padStart(2, '0')}: ${m.bytes_per_token_by_layer[i]} B/token`).join('\n'));
+          (r.alreadyComplete
+            ? ` (already complete, nothing collected now; ${rate} when collected)`
+            : (r.shardsResumed ? ` (${r.shardsResumed} shards kept from an earlier run)` : '') + `; this run ${rate}`),
+        `bytes per token per layer: ${m.bytes_per_token_per_layer} (row data ${m.row_bytes}, bound ${m.bound_bytes_per_token_per_layer})`,
+      ];
+      debug(m.layers.map((l, i) => `  layer ${String(l).padStart(2, '0')}: ${m.bytes_per_token_by_layer[i]} B/token`).join('\n'));
       const skips = describeSkips({
         documents: m.docs,
         files: m.files,
@@ -99,8 +101,10 @@ export function register(program: Command): void {
         replaced: m.replaced_lines,
         replacedExamples: m.replaced_examples,
       });
-      if (skips) log(skips);
-      log(`-> ${f.out}/${SHARD_MANIFEST_FILE}`);
+      if (skips) summary.push(skips);
+      summary.push(`-> ${f.out}/${SHARD_MANIFEST_FILE}`);
+      if (f.json) log(summary.join('\n'));
+      else process.stdout.write(summary.join('\n') + '\n');
       if (f.json) {
         console.log(
           JSON.stringify({
@@ -113,7 +117,8 @@ export function register(program: Command): void {
             bytes: m.bytes,
             bytes_per_token_by_layer: m.bytes_per_token_by_layer,
             bound_bytes_per_token_per_layer: m.bound_bytes_per_token_per_layer,
-            tokens_per_second: Math.round(tokPerS * 10) / 10,
+            tokens_per_second: r.tokensPerSecond,
+            already_complete: r.alreadyComplete,
             shards_resumed: r.shardsResumed,
             skipped_lines: m.skipped_lines,
             replaced_lines: m.replaced_lines,
