@@ -118,7 +118,7 @@ export function readTorchTensorStored(bin: TorchBinTensors, name: string): Uint8
   const idx = new Array<number>(t.shape.length).fill(0);
   let s = 0;
   for (let o = 0; o < n; o++) {
-    out.set(span.subarray(s * es, s * es + es), o * es);
+    for (let k = 0, src = s * es, dst = o * es; k < es; k++) out[dst + k] = span[src + k];
     for (let d = t.shape.length - 1; d >= 0; d--) {
       if (++idx[d] < t.shape[d]) {
         s += t.stride[d];
