@@ -6,6 +6,7 @@
 import { Option, type Command } from 'commander';
 import { DejavuError } from '../../common/errors.js';
 import { MLP_INPUTS, type MlpInput } from '../../common/mlp-input.js';
+import { intArg } from '../args.js';
 import { CUDA_PATHS, MLP_SELECTIONS, type CudaOptions } from '../../runtime/cuda/lib.js';
 import type { CudaBenchOptions } from '../../runtime/cuda/bench.js';
 
@@ -29,13 +30,7 @@ export function parseDensity(s: string): Density {
 }
 
 /** An integer flag >= 1 (bench-main's --seed and --reps too). */
-export function positiveInt(flag: string) {
-  return (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new DejavuError(`'${v}' is not a positive integer`, flag);
-    return n;
-  };
-}
+export const positiveInt = (flag: string) => intArg(flag);
 
 /** The flags `dejavu bench --device cuda` reads (addCudaBenchOptions defines them). */
 export interface CudaBenchFlags {
