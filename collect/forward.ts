@@ -13,6 +13,7 @@ import { Worker } from 'node:worker_threads';
 import type { OptCheckpoint } from '../checkpoints/types.js';
 import type { ShardDims } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
+import { workerEnv } from '../common/progress.js';
 import { forwardRows, type LayerRows } from './doc-rows.js';
 
 export interface WorkerData {
@@ -64,7 +65,7 @@ export async function inThreadForward(ckpt: OptCheckpoint, layers: number[], dim
 /** `n` worker threads, each loading the model folder itself. */
 export async function workerForward(ckpt: ModelInfo, layers: number[], dims: ShardDims, n: number): Promise<DocForward> {
   const data: WorkerData = { modelDir: ckpt.dir, layers, dims };
-  const workers = Array.from({ length: n }, () => new Worker(WORKER_SCRIPT, { workerData: data }));
+  const workers = Array.from({ length: n }, () => new Worker(WORKER_SCRIPT, { workerData: data, env: workerEnv() }));
   let backend = '';
   try {
     const ready = await Promise.all(workers.map(waitReady));

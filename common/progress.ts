@@ -9,8 +9,8 @@ import { DejavuError } from './errors.js';
  * without filling with redraws; off with --quiet or DEJAVU_PROGRESS=0.
  *
  * Verbosity (--quiet / --verbose on every command, set once by the CLI): quiet drops progress and log(); warn() and
- * errors always print; debug() prints only when verbose. It is mirrored in DEJAVU_VERBOSITY so worker threads, which
- * get their own copy of this module, follow the same setting.
+ * errors always print; debug() prints only when verbose. Worker threads get their own copy of this module: they are
+ * started with workerEnv(), whose DEJAVU_VERBOSITY carries the level to them.
  */
 export interface Progress {
   update(done: number, extra?: Record<string, string | number>): void;
@@ -28,7 +28,11 @@ let verbosity: Verbosity | undefined;
 
 export function setVerbosity(v: Verbosity): void {
   verbosity = v;
-  process.env[VERBOSITY_ENV] = v;
+}
+
+/** The environment to start a worker thread with (`new Worker(file, { env: workerEnv() })`): this level in it. */
+export function workerEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, [VERBOSITY_ENV]: getVerbosity() };
 }
 
 export function getVerbosity(): Verbosity {

@@ -12,6 +12,7 @@ import {
   progressBar,
   progressMode,
   setVerbosity,
+  workerEnv,
   verbosityFromFlags,
   warn,
 } from '../common/progress.js';
@@ -164,10 +165,18 @@ describe('verbosity', () => {
     expect(out).toEqual(['info\n', 'warning: careful\n', 'detail 2\n']);
   });
 
-  it('is mirrored in DEJAVU_VERBOSITY for worker threads', () => {
+  it('reaches worker threads through workerEnv(), without writing process.env', async () => {
     setVerbosity('quiet');
-    expect(process.env.DEJAVU_VERBOSITY).toBe('quiet');
-    expect(getVerbosity()).toBe('quiet');
+    expect(process.env.DEJAVU_VERBOSITY).toBeUndefined();
+    expect(workerEnv().DEJAVU_VERBOSITY).toBe('quiet');
+    const { Worker } = await import('node:worker_threads');
+    const w = new Worker(
+      "const { parentPort } = require('node:worker_threads'); parentPort.postMessage(process.env.DEJAVU_VERBOSITY);",
+      { eval: true, env: workerEnv() },
+    );
+    const seen = await new Promise((resolve) => w.once('message', resolve));
+    await w.terminate();
+    expect(seen).toBe('quiet');
   });
 
   it('comes from the flags; both at once is refused naming them', () => {

@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { METRICS_FILE, type MetricsEntry, type Target, type TrainMetrics } from '../common/contracts.js';
-import { log, warn } from '../common/progress.js';
+import { log, warn, workerEnv } from '../common/progress.js';
 import { DejavuError } from '../common/errors.js';
 import { selectBackend, type BackendName } from './backend.js';
 import { capWorkers, thisMachine, type Machine } from '../common/workers.js';
@@ -32,7 +32,7 @@ async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMet
   const { backend: _b, workers: _w, json: _j, table: _t, ...trainOpts } = o;
   await Promise.all(
     Array.from({ length: n }, (_, wi) => new Promise<void>((resolve, reject) => {
-      const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { options: { ...trainOpts, noProgress: true }, backend: o.backend } });
+      const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { options: { ...trainOpts, noProgress: true }, backend: o.backend }, env: workerEnv() });
       const next = () => {
         const job = queue.shift();
         if (job) w.postMessage({ job });

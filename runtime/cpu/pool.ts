@@ -11,6 +11,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { DejavuError } from '../../common/errors.js';
+import { workerEnv } from '../../common/progress.js';
 import { OptModel, type CpuBackend, type LogitsMode } from './model.js';
 import { sequenceNll, type DocScore } from './perplexity.js';
 import type { WorkerJob, WorkerReply, WorkerRequest } from './prefill-worker.js';
@@ -38,7 +39,7 @@ export class PrefillPool {
     const backend = opts.backend ?? 'auto';
     const script = fileURLToPath(new URL('./prefill-worker.js', import.meta.url));
     if (!existsSync(script)) return PrefillPool.inProcess(modelDir, backend);
-    const workers = Array.from({ length: n }, () => new Worker(script, { workerData: { modelDir, backend } }));
+    const workers = Array.from({ length: n }, () => new Worker(script, { workerData: { modelDir, backend }, env: workerEnv() }));
     let backendName = '';
     try {
       const names = await Promise.all(workers.map((w) => waitReady(w, modelDir)));

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { OptCheckpoint } from '../../checkpoints/types.js';
 import { DejavuError } from '../../common/errors.js';
-import { progressBar } from '../../common/progress.js';
+import { progressBar, workerEnv } from '../../common/progress.js';
 import type { Bundle } from '../../export/bundle.js';
 import { OptModel } from '../cpu/model.js';
 import { logSumExp } from '../cpu/ops.js';
@@ -156,6 +156,7 @@ export async function parallelSparsePerplexity(
         new Promise<ModeResult>((resolve, reject) => {
           const w = new Worker(script, {
             workerData: { modelDir: ckpt.dir, bundleDir: bundle.dir, mode, docs: part, headsFrac: opts.headsFrac, mlpK: opts.mlpK, headsK: opts.headsK, mlpGroups: opts.mlpGroups },
+            env: workerEnv(),
           });
           w.on('message', (m: { progress?: number; result?: ModeResult; error?: string; dejavu?: boolean }) => {
             if (m.progress) bar.increment(m.progress);
