@@ -12,6 +12,7 @@ import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
 import { writeSafetensors } from '../../checkpoints/safetensors.js';
 import { REPO_ROOT } from '../helpers/fixtures.js';
 import { writeSyntheticShards } from '../train/synthetic.js';
+import { treeSnapshot } from '../helpers/tree.js';
 
 const cli = join(REPO_ROOT, 'dist', 'cli', 'main.js');
 const faultFs = join(REPO_ROOT, 'tests', 'cli', 'fault-fs.mjs');
@@ -37,19 +38,6 @@ function oneLineError(r: SpawnSyncReturns<string>): string {
   return errors[0];
 }
 
-/** Every file under `dir` (relative name -> bytes as base64), to show a failed run left output as it was. */
-function files(dir: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  const walk = (d: string, rel: string) => {
-    for (const f of readdirSync(d).sort()) {
-      const p = join(d, f);
-      if (statSync(p).isDirectory()) walk(p, `${rel}${f}/`);
-      else out[`${rel}${f}`] = readFileSync(p).toString('base64');
-    }
-  };
-  walk(dir, '');
-  return out;
-}
 
 const trainArgs = (out: string, extra: string[] = []) => ['train', '--shards', shards, '--out', out, '--rank', '4', '--batch', '32', '--lr', '0.01', '--val-frac', '0.25', '--epochs', '1', '--target', 'mlp', '--layers', '1', '--backend', 'wasm', ...extra];
 
@@ -102,13 +90,13 @@ describe.skipIf(!existsSync(cli))('filesystem errors: one line naming the path, 
     const bundle = join(tmp, 'bundle');
     const ok = run(['export', '--predictors', predictors, '--model', MODEL, '--out', bundle]);
     expect(ok.status, ok.stderr).toBe(0);
-    const before = files(bundle);
+    const before = treeSnapshot(bundle);
     for (const fault of ['ENOSPC:predictors.safetensors', 'ENOSPC:manifest.json', `EROFS:${bundle}/`]) {
       const line = oneLineError(run(['export', '--predictors', predictors, '--model', MODEL, '--out', bundle, '--recall', '0.95'], fault));
       const what = fault.startsWith('ENOSPC') ? 'no space left on the device \\(ENOSPC, write\\)' : 'read-only file system \\(EROFS, open\\)';
       const file = fault.includes('manifest') ? 'manifest.json' : 'predictors.safetensors';
       expect(line, fault).toMatch(new RegExp(`^error: ${bundle}/${file}: ${what}$`));
-      expect(files(bundle), fault).toEqual(before);
+      expect(treeSnapshot(bundle), fault).toEqual(before);
     }
   });
 
@@ -121,11 +109,11 @@ describe.skipIf(!existsSync(cli))('filesystem errors: one line naming the path, 
 
     const done = join(tmp, 'train-done');
     expect(run(trainArgs(done, ['--quiet'])).status).toBe(0);
-    const before = files(done);
+    const before = treeSnapshot(done);
     for (const fault of ['ENOSPC:metrics.json', `EROFS:${done}/`]) {
       const line = oneLineError(run(trainArgs(done, ['--resume', '--quiet']), fault));
       expect(line, fault).toMatch(new RegExp(`^error: ${done}/metrics.json: (no space left on the device|read-only file system)`));
-      expect(files(done), fault).toEqual(before);
+      expect(treeSnapshot(done), fault).toEqual(before);
     }
   });
 });

@@ -14,6 +14,7 @@ import { collect } from '../../collect/collect.js';
 import { loadBundle } from '../../export/bundle.js';
 import { exportBundle } from '../../export/export.js';
 import { REPO_ROOT } from '../helpers/fixtures.js';
+import { treeSnapshot } from '../helpers/tree.js';
 
 const EXAMPLE = join(REPO_ROOT, 'examples', 'opt-mini');
 const EXAMPLE_BUNDLE = join(REPO_ROOT, 'examples', 'opt-mini-bundle');
@@ -38,19 +39,6 @@ function copyModel(dir: string, flip: boolean): void {
   writeFileSync(p, buf);
 }
 
-/** Every file under `dir` with its bytes, to show a refusal changed nothing. */
-function snapshot(dir: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  const walk = (d: string, rel: string) => {
-    for (const f of readdirSync(d).sort()) {
-      const p = join(d, f);
-      if (statSync(p).isDirectory()) walk(p, `${rel}${f}/`);
-      else out[`${rel}${f}`] = readFileSync(p).toString('base64');
-    }
-  };
-  walk(dir, '');
-  return out;
-}
 
 beforeAll(async () => {
   root = mkdtempSync(join(tmpdir(), 'dejavu-weights-binding-'));
@@ -89,14 +77,14 @@ describe('one changed weight, same architecture', () => {
     writeFileSync(statePath, JSON.stringify(state));
     rmSync(join(out, 'manifest.json'));
     for (const l of ['layer_00', 'layer_01']) rmSync(join(out, l, `shard_${String(last).padStart(5, '0')}.arrow`));
-    const before = snapshot(out);
+    const before = treeSnapshot(out);
     await expect(collect({ ...opts, model: b.dir })).rejects.toThrow(
       new RegExp(
         `^${statePath}: shards for other weights: weights_sha256 ${a.weightsSha256.slice(0, 16)}… recorded here \\(model ${a.dir}\\), ` +
           `${b.weightsSha256.slice(0, 16)}… in ${b.dir}; use --force to replace them, or another --out$`,
       ),
     );
-    expect(snapshot(out)).toEqual(before);
+    expect(treeSnapshot(out)).toEqual(before);
     // The right weights resume it.
     const resumed = await collect({ ...opts, model: a.dir });
     expect(resumed.shardsResumed).toBe(last);

@@ -13,6 +13,7 @@ import { selectBackend } from '../../train/backend.js';
 import type { Tf } from '../../train/model.js';
 import { DEFAULTS, train, type TrainOptions } from '../../train/trainer.js';
 import { writeSyntheticShards } from './synthetic.js';
+import { treeSnapshot } from '../helpers/tree.js';
 
 let tmp: string;
 let tf: Tf;
@@ -37,19 +38,6 @@ const opts = (out: string, over: Partial<TrainOptions> = {}): TrainOptions => ({
   ...over,
 });
 
-/** Every file under `dir` with its bytes and mtime, to show a refused run touched nothing. */
-function snapshot(dir: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  const walk = (d: string, rel: string) => {
-    for (const f of readdirSync(d).sort()) {
-      const p = join(d, f);
-      if (statSync(p).isDirectory()) walk(p, `${rel}${f}/`);
-      else out[`${rel}${f}`] = `${statSync(p).mtimeMs} ${readFileSync(p).toString('base64')}`;
-    }
-  };
-  walk(dir, '');
-  return out;
-}
 
 /** The checkpoint loader's view of the synthetic model (3 layers, d 16, 4 heads, ffn 24; synthetic.ts defaults). */
 const ckpt = (): OptCheckpoint => ({
@@ -73,13 +61,13 @@ describe('train output folder', () => {
   it('a rerun on a subset without --resume or --force is refused, naming the folder; nothing is touched', async () => {
     const out = join(tmp, 'subset');
     await train(tf, 'wasm', opts(out));
-    const before = snapshot(out);
+    const before = treeSnapshot(out, { mtime: true });
     const seen: string[] = [];
     await expect(train(tf, 'wasm', opts(out, { layers: '1', onEpochEnd: (j) => seen.push(j) }))).rejects.toThrow(
       new RegExp(`^${out}: holds the output of an earlier train run \\(layer_01\\.mlp\\.safetensors, layer_02\\.mlp\\.safetensors, metrics\\.json, .*\\); use --resume .* or --force`),
     );
     expect(seen).toEqual([]);
-    expect(snapshot(out)).toEqual(before);
+    expect(treeSnapshot(out, { mtime: true })).toEqual(before);
   });
 
   it('--force deletes the earlier predictors, so the folder holds only this run and exports', async () => {
@@ -114,14 +102,14 @@ describe('train output folder', () => {
     await expect(
       train(tf, 'wasm', opts(out, { epochs: 3, onEpochEnd: (j, e) => { if (j === 'layer_02.mlp' && e === 1) throw new Error('killed'); } })),
     ).rejects.toThrow('killed');
-    const before = snapshot(out);
+    const before = treeSnapshot(out, { mtime: true });
     for (const change of [{ lr: 2e-2 }, { headFrac: 0.5, target: 'both' as const }, { layers: '1' }, { seed: 3 }]) {
       const seen: string[] = [];
       await expect(train(tf, 'wasm', opts(out, { epochs: 3, resume: true, ...change, onEpochEnd: (j) => seen.push(j) })), JSON.stringify(change)).rejects.toThrow(
         /metrics\.json: was written with other settings \(.*->.*\); --resume needs the same ones/,
       );
       expect(seen).toEqual([]);
-      expect(snapshot(out)).toEqual(before);
+      expect(treeSnapshot(out, { mtime: true })).toEqual(before);
     }
     // More epochs is a legitimate resume.
     const r = await train(tf, 'wasm', opts(out, { epochs: 4, resume: true }));
@@ -138,14 +126,14 @@ describe('train output folder', () => {
     const m = JSON.parse(readFileSync(mpath, 'utf8'));
     delete m.args;
     writeFileSync(mpath, JSON.stringify(m));
-    const before = snapshot(out);
+    const before = treeSnapshot(out, { mtime: true });
     const seen: string[] = [];
     // --head-frac changes only the attention job's settings: before, the MLP job resumed and trained first.
     await expect(train(tf, 'wasm', opts(out, { target: 'both', layers: '1', epochs: 3, headFrac: 0.75, resume: true, onEpochEnd: (j) => seen.push(j) }))).rejects.toThrow(
       /checkpoints\/layer_01\.attn\.safetensors: checkpoint was written with other settings/,
     );
     expect(seen).toEqual([]);
-    expect(snapshot(out)).toEqual(before);
+    expect(treeSnapshot(out, { mtime: true })).toEqual(before);
   });
 });
 
