@@ -43,7 +43,7 @@ if (!nvcc) {
   process.exit(1);
 }
 mkdirSync(out, { recursive: true });
-const common = ['-O3', ...gencode, '-std=c++17', '-lineinfo'];
+const common = ['-O3', ...gencode, '--threads', '0', '-std=c++17', '-lineinfo'];  // --threads: the architectures in parallel
 const jobs = [
   ['libdejavu_cuda.so', [...common, '-shared', '-Xcompiler', '-fPIC', '-o', join(out, 'libdejavu_cuda.so'), join(src, 'engine.cu')]],
   ['cuda-check', [...common, '-o', join(out, 'cuda-check'), join(src, 'check.cu')]],
