@@ -294,6 +294,57 @@ export function attendHeads(
 
 
 /**
+ * attendHeads under KV policy "selected" (runtime/cuda k_attention's semantics): head h attends only over the
+ * positions t < T with valid[h * maxLen + t] = 1, the positions where its K/V were computed; the others are masked
+ * out of the softmax entirely. `valid` is one layer's [H][maxLen] flags; the caller marks the current position of
+ * every head it runs, so a kept head always sees at least itself. `pos` is scratch of length >= T.
+ */
+export function attendHeadsMasked(
+  q: Float32Array,
+  kCache: Float32Array,
+  vCache: Float32Array,
+  T: number,
+  d: number,
+  hd: number,
+  heads: Int32Array,
+  k: number,
+  scale: number,
+  valid: Uint8Array,
+  maxLen: number,
+  scores: Float32Array,
+  pos: Int32Array,
+  out: Float32Array,
+): Float32Array {
+  for (let j = 0; j < k; j++) {
+    const h = heads[j];
+    const qOff = h * hd;
+    const vb = h * maxLen;
+    // The positions this head was computed at, then the same softmax-weighted sum as attendHeads over those only.
+    let n = 0;
+    for (let t = 0; t < T; t++) if (valid[vb + t]) pos[n++] = t;
+    let max = -Infinity;
+    for (let u = 0; u < n; u++) {
+      const s = dot(q, qOff, kCache, pos[u] * d + qOff, hd) * scale;
+      scores[u] = s;
+      if (s > max) max = s;
+    }
+    let sum = 0;
+    for (let u = 0; u < n; u++) {
+      const e = Math.exp(scores[u] - max);
+      scores[u] = e;
+      sum += e;
+    }
+    const inv = n ? 1 / sum : 0;
+    for (let i = 0; i < hd; i++) {
+      let a = 0;
+      for (let u = 0; u < n; u++) a += scores[u] * vCache[pos[u] * d + qOff + i];
+      out[qOff + i] = a * inv;
+    }
+  }
+  return out;
+}
+
+/**
  * out_proj contribution of the selected heads through oT = out_proj^T [d_in][d_out]: y += sum over the heads' input
  * columns c of headOut[c] * oT[c]. The caller adds the bias once.
  */

@@ -11,10 +11,16 @@
  *      fc1 activation (this computes the dense quantities first: it measures selection quality, not speed);
  *   4. otherwise (mode 'dense', or a layer the bundle marks dense): all heads / neurons through dense GEMVs.
  *
- * KV-cache policy (docs/sparse-runtime.md): K and V are projected and written for ALL heads at every step, even for
- * heads whose attention is skipped. A head picked at a later step then attends over a complete history, so results
- * never depend on which heads earlier steps happened to pick, and the cache is the dense runtime's KVCache (a dense
- * prefill can hand over to a sparse decode). The price is the K/V projection rows of skipped heads; bench measures it.
+ * KV-cache policy (docs/sparse-runtime.md), SparseOptions.kvPolicy, the CUDA engine's two policies:
+ *  - 'all' (default): K and V are projected and written for ALL heads at every step, even for heads whose attention
+ *    is skipped. A head picked later attends over a complete history, so results never depend on which heads earlier
+ *    steps picked. The price is the K/V projection rows of skipped heads; bench measures it.
+ *  - 'selected': a head skipped at step t computes no K/V at t; its slot is marked invalid (cache.valid, [H][maxLen]
+ *    per layer) and masked out whenever that head is picked later; a kept head attends over only the positions where
+ *    it was kept, its own included. The oracle computes every head's K/V anyway (it ranks heads by their output over
+ *    the full history) and marks only the kept heads valid, so its kept heads see exactly what 'selected' leaves.
+ * Either way the cache is the dense runtime's KVCache (a dense prefill can hand over to a sparse decode: positions
+ * cached before the first 'selected' step count as valid for every head).
  */
 import type { OptCheckpoint, OptConfig, OptWeights } from '../../checkpoints/types.js';
 import type { PredictorInput } from '../../common/contracts.js';
@@ -36,10 +42,24 @@ import {
   groupedTopK,
   topK,
   transpose,
+  attendHeadsMasked,
 } from './kernels.js';
 import { predictorScores } from './predictor.js';
 
 export type SparseMode = 'dense' | 'predicted' | 'oracle';
+
+/** KV-cache policies (header comment; runtime/cuda DjOptions::kv_policy). */
+export const KV_POLICIES = ['all', 'selected'] as const;
+export type KvPolicy = (typeof KV_POLICIES)[number];
+
+/** MLP selections of the predicted mode: one top-k over all neurons, or the grouped top-k (SparseOptions.mlpGroups). */
+export const MLP_SELECTIONS = ['exact', 'grouped'] as const;
+export type MlpSelection = (typeof MLP_SELECTIONS)[number];
+
+/** A KV cache with, under KV policy 'selected', per layer the [H][maxLen] flags of the positions each head computed. */
+export interface SparseKVCache extends KVCache {
+  valid?: Uint8Array[];
+}
 
 export interface SparseOptions {
   mode: SparseMode;
@@ -53,6 +73,8 @@ export interface SparseOptions {
    *  predictors' selection), one number for every layer or one per layer (the CUDA engine's groups differ by layer:
    *  CudaEngine.mlpGroups). Undefined or 1: one top-k over all neurons. */
   mlpGroups?: number | readonly number[];
+  /** KV-cache policy (header comment). Default 'all'. */
+  kvPolicy?: KvPolicy;
 }
 
 /** Explicit per-layer selections for one step (null/undefined entry = use the mode's rule for that layer). */
@@ -123,6 +145,9 @@ export class SparseOptModel {
   private readonly headIdx: Int32Array[];
   private readonly neuronIdx: Int32Array[];
   private attnScores = new Float32Array(0);
+  private attnPos = new Int32Array(0);
+  /** KV policy 'selected' (header comment). */
+  readonly kvSelected: boolean;
   private readonly final: Float32Array;
 
   constructor(
@@ -158,6 +183,9 @@ export class SparseOptModel {
         throw new DejavuError(`${v} must be an integer in 1..${max}`, name);
       }
     }
+    const policy = opts.kvPolicy ?? 'all';
+    if (!KV_POLICIES.includes(policy)) throw new DejavuError(`'${policy}' is not a KV policy (${KV_POLICIES.join(', ')})`, '--kv-policy');
+    this.kvSelected = policy === 'selected';
     const groups = opts.mlpGroups ?? 1;
     if (typeof groups !== 'number' && groups.length !== n) {
       throw new DejavuError(`${groups.length} values for ${n} layers`, '--mlp-groups');
@@ -218,8 +246,10 @@ export class SparseOptModel {
     this.final = new Float32Array(c.wordEmbedProjDim);
   }
 
-  newCache(maxLen = this.config.maxPositionEmbeddings): KVCache {
-    return newKVCache(this.config.numLayers, this.config.hiddenSize, maxLen);
+  newCache(maxLen = this.config.maxPositionEmbeddings): SparseKVCache {
+    const cache: SparseKVCache = newKVCache(this.config.numLayers, this.config.hiddenSize, maxLen);
+    if (this.kvSelected) ensureValidity(cache, this.config.numHeads);
+    return cache;
   }
 
   /** One decode step: logits [V] of token `id` at position cache.length; appends its K/V (all heads) to the cache. */
@@ -285,7 +315,11 @@ export class SparseOptModel {
     }
     const po = (pos + 2) * d;
     for (let i = 0; i < d; i++) x[i] += w.embedPositions[po + i];
-    if (this.attnScores.length < pos + 1) this.attnScores = new Float32Array(Math.max(2 * (pos + 1), 64));
+    if (this.attnScores.length < pos + 1) {
+      this.attnScores = new Float32Array(Math.max(2 * (pos + 1), 64));
+      this.attnPos = new Int32Array(this.attnScores.length);
+    }
+    const valid = this.kvSelected ? ensureValidity(cache, H) : undefined;
     if (timing) lap('embed');
 
     for (let l = 0; l < c.numLayers; l++) {
@@ -297,38 +331,59 @@ export class SparseOptModel {
       if (timing) lap('predictors');
       const hin = preLN ? (layerNorm(x, 1, d, affine ? L.attnLnW : undefined, L.attnLnB, h, LN_EPS), h) : x;
       if (timing) lap('attn_ln');
-      // KV policy: every head's K/V row is written, selected or not.
       const kRow = cache.k[l].subarray(pos * d, (pos + 1) * d);
       const vRow = cache.v[l].subarray(pos * d, (pos + 1) * d);
-      gemv(L.kW, d, d, hin, kRow, bias(L.kB));
-      gemv(L.vW, d, d, hin, vRow, bias(L.vB));
-      if (timing) lap('kv');
+      const validL = valid?.[l];
+      const kc = cache.k[l];
+      const vc = cache.v[l];
 
+      // Heads chosen before the layer runs (explicit, predicted): under policy 'selected' only they get K/V rows.
       let heads: Int32Array;
       let nh: number;
       const explicitH = sel?.heads?.[l];
       const kH = this.headK[l];
-      if (explicitH) {
-        heads = checkSel(explicitH, H, `heads for layer ${l}`);
+      let chosen: Int32Array | null = null;
+      if (explicitH) chosen = checkSel(explicitH, H, `heads for layer ${l}`);
+      else if (mode === 'predicted' && kH !== null) chosen = topK(this.scores.attn[l], H, kH, this.headIdx[l], this.topScratch).subarray(0, kH);
+      if (chosen) {
+        heads = chosen;
         nh = heads.length;
+        if (validL) {
+          headRowsGemv(L.kW, bias(L.kB), d, hd, hin, heads, nh, kRow);
+          headRowsGemv(L.vW, bias(L.vB), d, hd, hin, heads, nh, vRow);
+        } else {
+          gemv(L.kW, d, d, hin, kRow, bias(L.kB));
+          gemv(L.vW, d, d, hin, vRow, bias(L.vB));
+        }
+        if (timing) lap('kv');
         headRowsGemv(L.qW, bias(L.qB), d, hd, hin, heads, nh, this.q);
-        attendHeads(this.q, cache.k[l], cache.v[l], pos + 1, d, hd, heads, nh, scale, this.attnScores, this.headOut);
-      } else if (mode === 'predicted' && kH !== null) {
-        heads = topK(this.scores.attn[l], H, kH, this.headIdx[l], this.topScratch).subarray(0, kH);
-        nh = kH;
-        headRowsGemv(L.qW, bias(L.qB), d, hd, hin, heads, nh, this.q);
-        attendHeads(this.q, cache.k[l], cache.v[l], pos + 1, d, hd, heads, nh, scale, this.attnScores, this.headOut);
+        if (validL) {
+          markValid(validL, cache.maxLen, pos, H, heads, nh);
+          attendHeadsMasked(this.q, kc, vc, pos + 1, d, hd, heads, nh, scale, validL, cache.maxLen, this.attnScores, this.attnPos, this.headOut);
+        } else {
+          attendHeads(this.q, kc, vc, pos + 1, d, hd, heads, nh, scale, this.attnScores, this.headOut);
+        }
       } else {
+        // Every head's K/V: policy 'all', a dense layer, or the oracle (it ranks heads over the full history).
+        gemv(L.kW, d, d, hin, kRow, bias(L.kB));
+        gemv(L.vW, d, d, hin, vRow, bias(L.vB));
+        if (timing) lap('kv');
         // Dense attention (also the oracle's first half: every head's output, to rank them by norm).
         gemv(L.qW, d, d, hin, this.q, bias(L.qB));
-        attendHeads(this.q, cache.k[l], cache.v[l], pos + 1, d, hd, this.allHeads, H, scale, this.attnScores, this.headOut);
+        attendHeads(this.q, kc, vc, pos + 1, d, hd, this.allHeads, H, scale, this.attnScores, this.headOut);
         if (mode === 'oracle' && kH !== null) {
           headNorms(this.headOut, H, hd, this.normsBuf);
           heads = topK(this.normsBuf, H, kH, this.headIdx[l], this.topScratch).subarray(0, kH);
           nh = kH;
+          if (validL) {
+            // Policy 'selected': the kept heads' attention again, over only the positions where each was kept.
+            markValid(validL, cache.maxLen, pos, H, heads, nh);
+            attendHeadsMasked(this.q, kc, vc, pos + 1, d, hd, heads, nh, scale, validL, cache.maxLen, this.attnScores, this.attnPos, this.headOut);
+          }
         } else {
           heads = this.allHeads;
           nh = H;
+          if (validL) markValid(validL, cache.maxLen, pos, H, heads, nh);
         }
       }
       const attnOut = this.tmp;
@@ -422,6 +477,28 @@ export class SparseOptModel {
     this.headDensitySum.fill(0);
     this.densitySteps = 0;
   }
+}
+
+/**
+ * The validity flags of a cache under KV policy 'selected', created on first use: positions already cached (a dense
+ * prefill, every head computed) count as valid for every head.
+ */
+export function ensureValidity(cache: SparseKVCache, H: number): Uint8Array[] {
+  const n = cache.maxLen * H;
+  if (!cache.valid || cache.valid.length !== cache.k.length || cache.valid.some((v) => v.length !== n)) {
+    cache.valid = cache.k.map(() => {
+      const v = new Uint8Array(n);
+      for (let h = 0; h < H; h++) v.fill(1, h * cache.maxLen, h * cache.maxLen + cache.length);
+      return v;
+    });
+  }
+  return cache.valid;
+}
+
+/** Position `pos` of one layer's flags: 1 for the heads that computed K/V there, 0 for every other head. */
+export function markValid(valid: Uint8Array, maxLen: number, pos: number, H: number, heads: Int32Array, nh: number): void {
+  for (let h = 0; h < H; h++) valid[h * maxLen + pos] = 0;
+  for (let j = 0; j < nh; j++) valid[heads[j] * maxLen + pos] = 1;
 }
 
 /** An explicit selection must be distinct, in-range indices (ascending order is not required). */
