@@ -270,3 +270,51 @@ export function loadBundle(dir: string, ckpt?: OptCheckpoint): Bundle {
     st.close();
   }
 }
+
+/** Mirrors runtime/cuda/pfuse.cuh: outputs up to this many are selected whole (exact) by one warp; more are "big". */
+const FUSED_SMALL_MAX = 128;
+/** Mirrors pfuse.cuh PF_MAX_SMALL: small fused predictors per tap layer. */
+const FUSED_MAX_SMALL = 2;
+
+/**
+ * Why the GPU's grouped top-k (`--mlp-select grouped`) cannot run with this bundle, or null when it can. The grouped
+ * selection happens inside the attention kernel of the layer whose att_in the MLP predictor reads; a predictor that
+ * does not ride there would silently get the exact top-k instead. This replays the bundle-dependent part of
+ * engine.cu's plan_fused (tap att_in, source layer <= layer, one big member per tap layer, taken in layer order with
+ * each layer's MLP before its heads; at most FUSED_MAX_SMALL small ones) and names every MLP predictor left out. Pure:
+ * the manifest alone decides (the weights' part, a LayerNorm gain near zero, is refused by the GPU build itself).
+ */
+export function groupedSelectionProblem(bundle: Bundle | BundleManifest): string | null {
+  const m = 'manifest' in bundle ? bundle.manifest : bundle;
+  const { n_layers: n, ffn_dim: ffn, n_heads: H } = m.model;
+  const big = new Array<boolean>(n).fill(false);
+  const small = new Array<number>(n).fill(0);
+  const why = new Map<string, number[]>(); // reason -> layers
+  for (let li = 0; li < n; li++) {
+    for (const target of ['mlp', 'attn'] as const) {
+      const e = m.layers[li][target];
+      if (e.dense) continue;
+      const src = li - e.lookahead;
+      const isBig = (target === 'mlp' ? ffn : H) > FUSED_SMALL_MAX;
+      let reason: string | null = null;
+      if (e.input !== 'att_in') reason = `reads ${e.input}${e.lookahead ? ` of layer ${src}` : ''}`;
+      else if (target === 'attn' && e.lookahead < 1) reason = 'reads its own layer'; // (layer 0's heads: tables)
+      else if (isBig && big[src]) reason = `reads att_in of layer ${src}, whose grouped slot an earlier predictor holds`;
+      else if (!isBig && small[src] >= FUSED_MAX_SMALL) reason = `reads att_in of layer ${src}, whose small slots are taken`;
+      if (reason === null) {
+        if (isBig) big[src] = true;
+        else small[src]++;
+      }
+      if (target !== 'mlp') continue;
+      if (reason === null && !isBig) reason = `has ${ffn} <= ${FUSED_SMALL_MAX} outputs, selected whole (exact)`;
+      if (reason !== null) why.set(reason, [...(why.get(reason) ?? []), li]);
+    }
+  }
+  if (why.size === 0) return null;
+  const parts = [...why].map(([reason, ls]) => `layer${ls.length > 1 ? 's' : ''} ${ls.join(', ')}: ${reason}`);
+  return (
+    `--mlp-select grouped needs MLP predictors that read att_in of their own layer (train --mlp-input att_in; for ` +
+    `opt-mini: examples/opt-mini-bundle-att-in); this bundle's MLP predictor of ${parts.join('; ')}. ` +
+    `Use --mlp-select exact with this bundle`
+  );
+}

@@ -69,6 +69,12 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
   if (!CUDA_PATHS.includes(path)) throw new DejavuError(`'${path}': expected one of ${CUDA_PATHS.join(', ')}`, '--path');
   if (path === 'portable' && selection === 'grouped')
     throw new DejavuError('the grouped top-k runs inside the streamed kernels; the portable path has the exact top-k only', '--mlp-select');
+  if (o.bundle && selection === 'grouped') {
+    // Before any GPU work: a predictor the fused kernels cannot take would silently get the exact top-k.
+    const { readManifest, groupedSelectionProblem } = await import('../../export/bundle.js');
+    const why = groupedSelectionProblem(readManifest(o.bundle));
+    if (why) throw new DejavuError(why, o.bundle);
+  }
   const options: CudaOptions = { path, selection, kvPolicy: 'selected' };
 
   const lib = await loadCudaLib();
