@@ -50,6 +50,8 @@ export interface CudaBenchFlags {
 interface BenchFlags extends CudaBenchFlags {
   device: string;
   rounds?: number;
+  kvPolicy?: string;
+  mlpGroups?: string;
 }
 
 /**
@@ -101,9 +103,15 @@ export function register(program: Command): void {
     .option('--device <device>', 'cpu or cuda', 'cpu');
   addCudaBenchOptions(cmd)
     .option('--rounds <n>', 'cpu: alternating dense/sparse rounds, median reported', positiveInt('--rounds'))
+    .option('--kv-policy <p>', "cpu: all (default: every head's K/V every step) or selected (a skipped head computes no K/V, its slots masked when picked later)")
+    .option('--mlp-groups <g>', 'cpu: G neuron groups of --mlp-select grouped (required with it; alone it implies grouped)')
     .action(async (f: BenchFlags) => {
       let result: Record<string, unknown>;
       if (f.device === 'cuda') {
+        // The CUDA bench times both KV policies in one run (sparse: selected; sparse.kv_all_*: all) and derives G per
+        // layer from its kernel's blocks (its JSON reports both).
+        if (f.kvPolicy) throw new DejavuError('the CUDA bench times both policies in one run (sparse: selected, sparse.kv_all_*: all); the flag is for --device cpu', '--kv-policy');
+        if (f.mlpGroups) throw new DejavuError('the CUDA engine picks G per layer from its kernel\'s blocks; the flag is for --device cpu', '--mlp-groups');
         // Imported here, not at top level: the CPU bench's dependencies stay off the CUDA machine and vice versa.
         const mod = await import('../../runtime/cuda/bench.js');
         result = await mod.runCudaBench(cudaBenchOptions(f));
@@ -111,10 +119,11 @@ export function register(program: Command): void {
         if (!f.model) throw new DejavuError('the CPU bench needs a model folder', '--model');
         if (f.shape) throw new DejavuError('--shape (random weights of a large model) is for --device cuda', '--shape');
         if (f.mlpInput) throw new DejavuError('--mlp-input places random predictors on the GPU; the CPU bench takes them from --bundle', '--mlp-input');
-        if (f.mlpSelect) throw new DejavuError('--mlp-select picks the CUDA selection kernel; for the CPU use dejavu eval ppl --mlp-groups', '--mlp-select');
         if (f.path) throw new DejavuError('--path picks the CUDA kernels; the CPU bench has one path', '--path');
         if (f.rank) throw new DejavuError('--rank sizes random predictors on the GPU; the CPU bench takes them from --bundle', '--rank');
         const { runCpuBench } = await import('../../runtime/sparse/bench-cpu.js');
+        const { parseKvPolicy, resolveMlpSelection } = await import('../../runtime/sparse/eval.js');
+        const mlp = resolveMlpSelection(f.mlpSelect, f.mlpGroups);
         result = await runCpuBench({
           model: f.model,
           bundle: f.bundle,
@@ -122,6 +131,8 @@ export function register(program: Command): void {
           prompt: f.prompt,
           gen: f.gen,
           rounds: f.rounds,
+          kvPolicy: parseKvPolicy(f.kvPolicy),
+          mlpGroups: mlp.groups,
           // No quiet here: progress goes to stderr with --json too (plain lines off a terminal); --quiet turns it off.
         });
       } else {
@@ -158,11 +169,16 @@ export function formatBench(r: Record<string, unknown>): string {
     );
   }
   lines.push(`memory-traffic floor: dense ${num(r.floor_ms)} ms, sparse ${num(r.sparse_floor_ms)} ms`);
-  // The CPU bench's kv_policy is its cost; the CUDA bench's is the policy's name (its kv_all figures sit in sparse).
-  const kv = typeof r.kv_policy === 'object' ? (r.kv_policy as Record<string, unknown>) : undefined;
+  if (typeof r.kv_policy === 'string') {
+    const g = r.mlp_selection === 'grouped' && r.mlp_groups !== undefined ? ` (G = ${String(r.mlp_groups)})` : '';
+    lines.push(`KV policy ${r.kv_policy}, MLP selection ${String(r.mlp_selection ?? 'exact')}${g}`);
+  }
+  // The CPU bench measures what policy 'all' costs over 'selected'; the CUDA bench's kv_all figures sit in sparse.
+  const kvSrc = r.kv_policy_cost ?? r.kv_policy; // kv_policy held the cost object in results before kv_policy_cost
+  const kv = typeof kvSrc === 'object' && kvSrc ? (kvSrc as Record<string, unknown>) : undefined;
   if (kv) {
     const kept = typeof kv.heads_kept_fraction === 'number' ? `${(100 * kv.heads_kept_fraction).toFixed(0)}% of heads kept; ` : '';
-    lines.push(`KV policy cost (K/V rows of skipped heads): ${num(kv.extra_ms_per_token)} ms/token (${kept}K/V for all heads ${num(kv.kv_all_heads_ms_per_token)} ms)`);
+    lines.push(`KV policy cost of all over selected (K/V rows of skipped heads): ${num(kv.extra_ms_per_token)} ms/token (${kept}K/V for all heads ${num(kv.kv_all_heads_ms_per_token)} ms)`);
   }
   return lines.join('\n');
 }

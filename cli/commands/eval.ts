@@ -22,7 +22,10 @@ interface PplFlags {
   mlpK?: string;
   headsK?: string;
   mlpGroups?: string;
+  mlpSelect?: string;
+  kvPolicy?: string;
   modes?: string;
+  dumpIds?: string;
 }
 
 /** Flags that only mean something with --bundle (given without it they would be silently ignored). */
@@ -31,6 +34,8 @@ const BUNDLE_FLAGS = [
   ['mlpK', '--mlp-k'],
   ['headsK', '--heads-k'],
   ['mlpGroups', '--mlp-groups'],
+  ['mlpSelect', '--mlp-select'],
+  ['kvPolicy', '--kv-policy'],
   ['modes', '--modes'],
 ] as const;
 
@@ -80,6 +85,9 @@ export function register(program: Command): void {
     .option('--mlp-k <n>', 'with --bundle: neurons kept per layer with an MLP predictor (default: the bundle k)')
     .option('--heads-k <n>', 'with --bundle: heads kept per layer with an attention predictor (default: the bundle k)')
     .option('--mlp-groups <g>', 'with --bundle: predicted MLP top-k split over G equal neuron groups, as the CUDA fused predictors select (default 1: one top-k)')
+    .option('--mlp-select <how>', 'with --bundle: predicted MLP neurons by exact top-k (default) or grouped (needs --mlp-groups G; --mlp-groups alone implies grouped)')
+    .option('--kv-policy <p>', "with --bundle: all (default: every head's K/V every step) or selected (a skipped head computes no K/V; its slots are masked when it is picked later, as the CUDA engine)")
+    .option('--dump-ids <file>', 'also write the scored documents\' token ids to FILE as JSON ({max_len, docs: [[ids]]}), e.g. for bench/oracle_heads_reference.py')
     .option('--modes <list>', 'with --bundle: comma-separated subset of dense,oracle,predicted (default: all three)')
     .action(async (f: PplFlags) => {
       const { DejavuError } = await import('../../common/errors.js');
@@ -106,6 +114,14 @@ export function register(program: Command): void {
         throw new DejavuError(`${maxLen} exceeds the model's max_position_embeddings (${config.maxPositionEmbeddings})`, '--max-len');
       }
       const workers = await workerCount(f, config, maxLen, docs ?? sample);
+      if (f.dumpIds) {
+        const { tokenizeDocs } = await import('../../runtime/sparse/eval.js');
+        const { writeFileAtomic } = await import('../../common/atomic.js');
+        const sel = docs !== undefined ? { docs } : sample !== undefined ? { sample, seed } : {};
+        const ids = await tokenizeDocs(f.model, f.data, sel, maxLen);
+        writeFileAtomic(f.dumpIds, JSON.stringify({ model: f.model, data: f.data, max_len: maxLen, docs: ids.map((a) => Array.from(a)) }) + '\n');
+        log(`token ids of ${ids.length} documents written to ${f.dumpIds}`);
+      }
       if (f.bundle) {
         const { runBundleCli } = await import('../../runtime/sparse/eval.js');
         return runBundleCli(f, { selection: docs !== undefined ? { docs } : sample !== undefined ? { sample, seed } : {}, maxLen, threads: workers });

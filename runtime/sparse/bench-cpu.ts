@@ -1,7 +1,8 @@
 /**
  * CPU decode benchmark, dense vs sparse, batch 1, one thread: per-token latency, the per-block split (attention, MLP,
  * LM head, predictors), tokens/s, the memory-traffic floor, Amdahl's law for sparsifying only the MLP, and the cost
- * of the KV policy (K/V rows written for every head, docs/sparse-runtime.md).
+ * of KV policy 'all' (K/V rows written for every head, docs/sparse-runtime.md). The sparse step runs the KV policy
+ * and MLP selection asked for (--kv-policy, --mlp-select / --mlp-groups; defaults 'all' and 'exact').
  *
  * Dense and sparse run the same code (runtime/sparse/model.ts; dense = plain GEMVs over the PyTorch layouts), in
  * alternating rounds from the same prefilled prompt, so machine noise hits both alike; the median round is reported.
@@ -9,7 +10,7 @@
  *
  * Selections: with a bundle, the predictors pick (their cost is inside the sparse step and reported as `predictors`);
  * with --density only, each step gets a fresh seeded random set of k heads / neurons per layer, generated outside the
- * timed region (kernel cost alone, no predictor).
+ * timed region (kernel cost alone, no predictor); grouped, each of G equal neuron groups gets its share of k at random.
  */
 import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
 import type { OptCheckpoint } from '../../checkpoints/types.js';
@@ -19,7 +20,7 @@ import { loadBundle, type Bundle } from '../../export/bundle.js';
 import { OptModel } from '../cpu/model.js';
 import type { KVCache } from '../cpu/kv-cache.js';
 import { gemv, headRowsGemv } from './kernels.js';
-import { SparseOptModel, zeroTimes, type BlockTimes, type Selection } from './model.js';
+import { SparseOptModel, zeroTimes, type BlockTimes, type KvPolicy, type Selection } from './model.js';
 
 export interface CpuBenchOptions {
   model: string;
@@ -29,6 +30,10 @@ export interface CpuBenchOptions {
   gen: number;
   /** Alternating dense/sparse rounds (median reported). */
   rounds?: number;
+  /** KV-cache policy of the sparse step (default 'all'). */
+  kvPolicy?: KvPolicy;
+  /** MLP selection 'grouped' over this many neuron groups (undefined: exact top-k). */
+  mlpGroups?: number;
   quiet?: boolean;
   /** A checkpoint already in memory (the demo passes it to skip a reload). */
   ckpt?: OptCheckpoint;
@@ -55,10 +60,13 @@ export async function runCpuBench(opts: CpuBenchOptions): Promise<Record<string,
   const mlpK = density ? Math.max(1, Math.round(density.mlp * ffn)) : undefined;
   const headsK = density ? Math.max(1, Math.round(density.heads * H)) : undefined;
 
+  const kvPolicy = opts.kvPolicy ?? 'all';
+  const G = opts.mlpGroups;
+  if (G !== undefined && !(Number.isInteger(G) && G >= 1 && G <= ffn)) throw new DejavuError(`${G} must be an integer in 1..${ffn} (the MLP width)`, '--mlp-groups');
   const denseModel = new SparseOptModel(ckpt, undefined, { mode: 'dense' });
   const sparseModel = bundle
-    ? new SparseOptModel(ckpt, bundle, { mode: 'predicted', mlpK, headsK })
-    : new SparseOptModel(ckpt, undefined, { mode: 'dense' });
+    ? new SparseOptModel(ckpt, bundle, { mode: 'predicted', mlpK, headsK, kvPolicy, mlpGroups: G })
+    : new SparseOptModel(ckpt, undefined, { mode: 'dense', kvPolicy });
   const ref = await OptModel.load(ckpt, { backend: 'js' });
 
   // Prompt: BOS + seeded pseudo-random ids; prefilled once by the dense runtime and copied per round (shared KV layout).
@@ -73,7 +81,7 @@ export async function runCpuBench(opts: CpuBenchOptions): Promise<Record<string,
     if (bundle || !density) return undefined;
     return {
       heads: headsK! < H ? Array.from({ length: nL }, () => randomSubset(H, headsK!, rng)) : undefined,
-      neurons: mlpK! < ffn ? Array.from({ length: nL }, () => randomSubset(ffn, mlpK!, rng)) : undefined,
+      neurons: mlpK! < ffn ? Array.from({ length: nL }, () => (G ? groupedRandomSubset(ffn, mlpK!, G, rng) : randomSubset(ffn, mlpK!, rng))) : undefined,
     };
   };
 
@@ -142,7 +150,9 @@ export async function runCpuBench(opts: CpuBenchOptions): Promise<Record<string,
   for (let l = 0; l < nL; l++) {
     const hk = dens.heads[l] * H;
     const nk = dens.mlp[l] * ffn;
-    sparseBytes += (2 * d * d + 2 * hk * hd * d + 2 * ctx * hk * hd + 2 * nk * d) * F32;
+    // K/V projection rows: every head's under policy 'all', the kept heads' under 'selected'.
+    const kvRows = kvPolicy === 'all' ? d : hk * hd;
+    sparseBytes += (2 * kvRows * d + 2 * hk * hd * d + 2 * ctx * hk * hd + 2 * nk * d) * F32;
   }
   if (bundle) {
     for (const p of [...bundle.mlp, ...bundle.attn]) if (p) sparseBytes += p.rank * (d + p.out) * F32;
@@ -155,7 +165,7 @@ export async function runCpuBench(opts: CpuBenchOptions): Promise<Record<string,
   const mlpWithPred = dB.mlp / (sB.mlp + sB.predictors);
   const amdahl = amdahlMlp(dB.mlp / dMs, mlpDensity, mlpSpeedup, mlpWithPred);
 
-  const kv = measureKvPolicy(ckpt, dens.heads);
+  const kv = measureKvPolicy(ckpt, dens.heads, kvPolicy);
 
   const round3 = (v: number) => Math.round(v * 1000) / 1000;
   const blocks = (b: BlockTimes) => ({
@@ -173,6 +183,9 @@ export async function runCpuBench(opts: CpuBenchOptions): Promise<Record<string,
     model_fingerprint: ckpt.fingerprint,
     bundle: bundle?.dir ?? null,
     selection: bundle ? 'predicted (bundle predictors, top-k)' : 'seeded random k per layer per step (no predictor)',
+    kv_policy: kvPolicy,
+    mlp_selection: G !== undefined ? 'grouped' : 'exact',
+    mlp_groups: G ?? 1,
     prompt: opts.prompt,
     gen: opts.gen,
     rounds,
@@ -194,7 +207,7 @@ export async function runCpuBench(opts: CpuBenchOptions): Promise<Record<string,
       read_bandwidth_gb_s: round3(bw / 1e9),
       note: 'bytes that must be read per token (fp32 weights touched + KV history at the mean context) / measured single-thread streaming read bandwidth',
     },
-    kv_policy: kv,
+    kv_policy_cost: kv,
     dense_runtime_cpu: { ms_per_token: round3(median(refMs)), note: 'runtime/cpu OptModel.decodeStep, same tokens' },
   };
   if (!opts.quiet) log(`cpu bench: dense ${round3(dMs)} ms/token, sparse ${round3(sMs)} ms/token, speedup ${round3(dMs / sMs)}x`);
@@ -239,7 +252,7 @@ export function kvPolicyExtraMs(kvAllHeadsMsPerLayer: number[], headsKept: numbe
  * timed on one hidden state, and the share of it spent on skipped heads (kvPolicyExtraMs). The selected-heads-only
  * loop is timed too, interleaved with the all-heads one, as a cross-check.
  */
-function measureKvPolicy(ckpt: OptCheckpoint, headDensity: number[]): Record<string, unknown> {
+function measureKvPolicy(ckpt: OptCheckpoint, headDensity: number[], kvPolicy: KvPolicy): Record<string, unknown> {
   const c = ckpt.config;
   const { hiddenSize: d, headDim: hd, numHeads: H, numLayers: nL } = c;
   const x = Float32Array.from({ length: d }, (_, i) => Math.sin(i));
@@ -279,7 +292,8 @@ function measureKvPolicy(ckpt: OptCheckpoint, headDensity: number[]): Record<str
   const extra = kvPolicyExtraMs(new Array<number>(nL).fill(allMed / nL), kept, H);
   const r = (v: number) => Math.round(v * 1e4) / 1e4;
   return {
-    policy: 'eager: K/V projected and cached for all heads every step; Q, attention and out_proj only for selected heads',
+    policy: "what policy 'all' (K/V projected and cached for all heads every step) costs over 'selected' (K/V of the kept heads only)",
+    paid_by_sparse_step: kvPolicy === 'all',
     heads_kept_fraction: r(kept.reduce((a, k) => a + k, 0) / (nL * H)),
     kv_all_heads_ms_per_token: r(allMed),
     extra_ms_per_token: r(extra),
@@ -341,6 +355,19 @@ function median(xs: number[]): number {
 
 function mean(xs: number[]): number {
   return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+}
+
+/** k indices split over G equal groups of consecutive rows with groupedTopK's quotas, random within each group. */
+export function groupedRandomSubset(n: number, k: number, G: number, rng: () => number): Int32Array {
+  if (G <= 1 || k >= n) return randomSubset(n, k, rng);
+  const per = Math.ceil(n / G);
+  const out: number[] = [];
+  for (let r0 = 0; r0 < n; r0 += per) {
+    const r1 = Math.min(n, r0 + per);
+    const q = Math.floor((k * r1) / n) - Math.floor((k * r0) / n);
+    for (const i of randomSubset(r1 - r0, q, rng)) out.push(r0 + i);
+  }
+  return Int32Array.from(out);
 }
 
 /** k distinct indices of 0..n-1, ascending (partial Fisher-Yates). */

@@ -12,7 +12,7 @@ import { createReadStats, describeSkips, readDocuments } from '../../datasets/re
 import { loadTokenizer } from '../../datasets/tokenizer.js';
 import type { DocumentSelection } from '../../datasets/types.js';
 import { loadBundle, type Bundle } from '../../export/bundle.js';
-import type { SparseMode } from './model.js';
+import { KV_POLICIES, MLP_SELECTIONS, type KvPolicy, type MlpSelection, type SparseMode } from './model.js';
 import { bundlePerplexity } from './ppl.js';
 
 export interface BundlePplOptions {
@@ -27,6 +27,8 @@ export interface BundlePplOptions {
   headsK?: number;
   /** Predicted MLP top-k over this many neuron groups (SparseOptions.mlpGroups). */
   mlpGroups?: number;
+  /** KV-cache policy of the sparse modes (default 'all'). */
+  kvPolicy?: KvPolicy;
   /** Default: dense, oracle, predicted. */
   modes?: SparseMode[];
   quiet?: boolean;
@@ -65,6 +67,7 @@ export async function runBundlePpl(o: BundlePplOptions): Promise<Record<string, 
     mlpK: o.mlpK,
     headsK: o.headsK,
     mlpGroups: o.mlpGroups,
+    kvPolicy: o.kvPolicy,
     quiet: o.quiet,
     threads: o.threads,
   });
@@ -74,6 +77,8 @@ export async function runBundlePpl(o: BundlePplOptions): Promise<Record<string, 
 /** A short text table of a runBundlePpl result. */
 export function formatBundlePpl(r: Record<string, unknown>): string {
   const lines = [`documents ${r.docs}, predicted tokens ${r.tokens}`];
+  const groups = r.mlp_selection === 'grouped' ? ` (G = ${r.mlp_groups})` : '';
+  lines.push(`KV policy ${r.kv_policy}, MLP selection ${r.mlp_selection}${groups}`);
   for (const mode of ['dense', 'oracle', 'predicted']) {
     const m = r[mode] as { ppl: number; delta_vs_dense?: number } | undefined;
     if (!m) continue;
@@ -90,9 +95,45 @@ export function formatBundlePpl(r: Record<string, unknown>): string {
   return lines.join('\n');
 }
 
+/** --kv-policy: 'all' (default) or 'selected'. */
+export function parseKvPolicy(v: string | undefined): KvPolicy {
+  if (v === undefined) return 'all';
+  if (!(KV_POLICIES as readonly string[]).includes(v)) throw new DejavuError(`expected ${KV_POLICIES.join(' or ')}, got '${v}'`, '--kv-policy');
+  return v as KvPolicy;
+}
+
+/**
+ * --mlp-select and --mlp-groups on the CPU: 'exact' (default) is one top-k over all neurons; 'grouped' needs G
+ * (--mlp-groups; the GPU derives its G per layer from its kernel's blocks, so the CPU has no G of its own to default
+ * to). --mlp-groups alone means grouped, as it did before --mlp-select existed; with 'exact' it is refused.
+ */
+export function resolveMlpSelection(select: string | undefined, groups: string | undefined): { selection: MlpSelection; groups?: number } {
+  if (select !== undefined && !(MLP_SELECTIONS as readonly string[]).includes(select)) {
+    throw new DejavuError(`expected ${MLP_SELECTIONS.join(' or ')}, got '${select}'`, '--mlp-select');
+  }
+  const g = groups !== undefined ? parseIntFlag(groups, '--mlp-groups') : undefined;
+  if (select === 'exact' && g !== undefined) throw new DejavuError('applies to --mlp-select grouped; drop it or choose grouped', '--mlp-groups');
+  if (select === 'grouped' && g === undefined) {
+    throw new DejavuError('grouped needs --mlp-groups G on the CPU (the MLP top-k split over G equal neuron groups)', '--mlp-select');
+  }
+  return g === undefined ? { selection: 'exact' } : { selection: 'grouped', groups: g };
+}
+
 /** The `dejavu eval ppl --bundle` action (flag parsing beyond the dense command's, then print). */
 export async function runBundleCli(
-  f: { model: string; data: string[]; bundle?: string; headsFrac?: string; mlpK?: string; headsK?: string; mlpGroups?: string; modes?: string; json?: boolean },
+  f: {
+    model: string;
+    data: string[];
+    bundle?: string;
+    headsFrac?: string;
+    mlpK?: string;
+    headsK?: string;
+    mlpGroups?: string;
+    mlpSelect?: string;
+    kvPolicy?: string;
+    modes?: string;
+    json?: boolean;
+  },
   common: { selection: DocumentSelection; maxLen: number; threads?: number },
 ): Promise<void> {
   // Integers must be written as digits (cli/args.ts), fractions as numbers > 0.
@@ -105,6 +146,8 @@ export async function runBundleCli(
     if (m !== 'dense' && m !== 'oracle' && m !== 'predicted') throw new DejavuError(`unknown mode '${m}' (dense, oracle, predicted)`, '--modes');
   }
   const headsFrac = num(f.headsFrac, '--heads-frac', false);
+  const mlp = resolveMlpSelection(f.mlpSelect, f.mlpGroups);
+  const kvPolicy = parseKvPolicy(f.kvPolicy);
   const r = await runBundlePpl({
     model: f.model,
     bundle: f.bundle!,
@@ -114,7 +157,8 @@ export async function runBundleCli(
     headsFrac,
     mlpK: num(f.mlpK, '--mlp-k', true),
     headsK: num(f.headsK, '--heads-k', true),
-    mlpGroups: num(f.mlpGroups, '--mlp-groups', true),
+    mlpGroups: mlp.groups,
+    kvPolicy,
     modes: modes as SparseMode[],
     threads: common.threads ?? availableParallelism(),
     // No quiet here: progress goes to stderr with --json too (plain lines off a terminal); --quiet turns it off.

@@ -5,7 +5,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
 import { loadBundle } from '../../export/bundle.js';
-import type { SparseMode } from './model.js';
+import type { KvPolicy, SparseMode } from './model.js';
 import { sparseModePerplexity } from './ppl.js';
 
 export interface PplWorkerData {
@@ -17,6 +17,7 @@ export interface PplWorkerData {
   mlpK?: number;
   headsK?: number;
   mlpGroups?: number;
+  kvPolicy?: KvPolicy;
 }
 
 const data = workerData as PplWorkerData;
@@ -28,6 +29,7 @@ try {
     mlpK: data.mlpK,
     headsK: data.headsK,
     mlpGroups: data.mlpGroups,
+    kvPolicy: data.kvPolicy,
     quiet: true,
     onTokens: (n) => parentPort!.postMessage({ progress: n }),
   });

@@ -14,7 +14,7 @@ import { progressBar, workerEnv } from '../../common/progress.js';
 import type { Bundle } from '../../export/bundle.js';
 import { OptModel } from '../cpu/model.js';
 import { logSumExp } from '../cpu/ops.js';
-import { SparseOptModel, type SparseMode } from './model.js';
+import { SparseOptModel, type KvPolicy, type SparseMode } from './model.js';
 
 export interface SparsePplOptions {
   modes: SparseMode[];
@@ -23,6 +23,8 @@ export interface SparsePplOptions {
   headsK?: number;
   /** Predicted MLP top-k over this many neuron groups (SparseOptions.mlpGroups). */
   mlpGroups?: number;
+  /** KV-cache policy of the sparse modes (SparseOptions.kvPolicy; default 'all'). */
+  kvPolicy?: KvPolicy;
   quiet?: boolean;
   /** A dense model already loaded (reused for the dense mode). */
   dense?: OptModel;
@@ -80,7 +82,14 @@ export function sparseModePerplexity(
   mode: SparseMode,
   opts: Omit<SparsePplOptions, 'modes'> = {},
 ): ModeResult {
-  const model = new SparseOptModel(ckpt, bundle, { mode, headsFrac: opts.headsFrac, mlpK: opts.mlpK, headsK: opts.headsK, mlpGroups: opts.mlpGroups });
+  const model = new SparseOptModel(ckpt, bundle, {
+    mode,
+    headsFrac: opts.headsFrac,
+    mlpK: opts.mlpK,
+    headsK: opts.headsK,
+    mlpGroups: opts.mlpGroups,
+    kvPolicy: opts.kvPolicy,
+  });
   const c = ckpt.config;
   const V = c.vocabSize;
   const p = c.wordEmbedProjDim;
@@ -155,7 +164,7 @@ export async function parallelSparsePerplexity(
       (part) =>
         new Promise<ModeResult>((resolve, reject) => {
           const w = new Worker(script, {
-            workerData: { modelDir: ckpt.dir, bundleDir: bundle.dir, mode, docs: part, headsFrac: opts.headsFrac, mlpK: opts.mlpK, headsK: opts.headsK, mlpGroups: opts.mlpGroups },
+            workerData: { modelDir: ckpt.dir, bundleDir: bundle.dir, mode, docs: part, headsFrac: opts.headsFrac, mlpK: opts.mlpK, headsK: opts.headsK, mlpGroups: opts.mlpGroups, kvPolicy: opts.kvPolicy },
             env: workerEnv(),
           });
           w.on('message', (m: { progress?: number; result?: ModeResult; error?: string; dejavu?: boolean }) => {
@@ -221,6 +230,8 @@ export async function bundlePerplexity(
   out.heads_frac = opts.headsFrac ?? null;
   out.mlp_k = opts.mlpK ?? null;
   out.heads_k = opts.headsK ?? null;
+  out.kv_policy = opts.kvPolicy ?? 'all';
+  out.mlp_selection = opts.mlpGroups !== undefined ? 'grouped' : 'exact';
   out.mlp_groups = opts.mlpGroups ?? 1;
   out.bundle = bundle.dir;
   out.threads = opts.threads ?? 1;

@@ -34,13 +34,13 @@ describe.skipIf(!HAVE_FIXTURES)('CPU bench on opt-mini: Amdahl and KV policy fig
   it('at 75% heads the KV cost is a quarter of the all-heads K/V time; at 100% it is 0', async () => {
     const base = { model: OPT_MINI, prompt: 8, gen: 4, rounds: 1, quiet: true };
     const r = (await runCpuBench({ ...base, density: { mlp: 0.1, heads: 0.75 } })) as Record<string, any>;
-    expect(r.kv_policy.heads_kept_fraction).toBe(0.75);
-    expect(r.kv_policy.extra_ms_per_token).toBeGreaterThan(0);
-    expect(r.kv_policy.extra_ms_per_token).toBeCloseTo(r.kv_policy.kv_all_heads_ms_per_token * 0.25, 3);
+    expect(r.kv_policy_cost.heads_kept_fraction).toBe(0.75);
+    expect(r.kv_policy_cost.extra_ms_per_token).toBeGreaterThan(0);
+    expect(r.kv_policy_cost.extra_ms_per_token).toBeCloseTo(r.kv_policy_cost.kv_all_heads_ms_per_token * 0.25, 3);
     expect(r.amdahl.limit_mlp_free).toBeGreaterThanOrEqual(r.amdahl.at_measured_mlp_speedup);
     expect(r.amdahl.limit_mlp_free).toBeGreaterThanOrEqual(r.amdahl.at_proportional_mlp_speedup);
     expect(r.amdahl.limit_mlp_free).toBeCloseTo(1 / (1 - r.amdahl.dense_mlp_share), 2);
     const dense = (await runCpuBench({ ...base, density: { mlp: 0.1, heads: 1 } })) as Record<string, any>;
-    expect(dense.kv_policy.extra_ms_per_token).toBe(0);
+    expect(dense.kv_policy_cost.extra_ms_per_token).toBe(0);
   });
 });

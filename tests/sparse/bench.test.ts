@@ -30,7 +30,7 @@ describe.skipIf(!HAVE_FIXTURES)('CPU decode bench on opt-mini', () => {
     expect(r.floor.sparse_bytes_per_token).toBeLessThan(r.floor.dense_bytes_per_token);
     expect(r.amdahl.dense_mlp_share).toBeGreaterThan(0);
     expect(r.amdahl.dense_mlp_share).toBeLessThan(1);
-    expect(r.kv_policy.kv_all_heads_ms_per_token).toBeGreaterThan(0);
+    expect(r.kv_policy_cost.kv_all_heads_ms_per_token).toBeGreaterThan(0);
   });
 
   it('refuses a missing selection source and bad densities', async () => {
