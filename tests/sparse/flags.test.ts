@@ -4,11 +4,13 @@
  */
 import { Command } from 'commander';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { describe, expect, it, vi } from 'vitest';
 import { formatBench, register as registerBench } from '../../cli/commands/bench.js';
 import { register as registerEval } from '../../cli/commands/eval.js';
 import { groupedRandomSubset, mulberry32, runCpuBench } from '../../runtime/sparse/bench-cpu.js';
-import { parseKvPolicy, resolveMlpSelection, runBundlePpl } from '../../runtime/sparse/eval.js';
+import { parseKvPolicy, resolveMlpSelection, runBundlePpl, tokenizeDocs } from '../../runtime/sparse/eval.js';
 import { C4_VALID_JSON, HAVE_FIXTURES, OPT_MINI, REPO_ROOT } from '../helpers/fixtures.js';
 
 const BUNDLE = join(REPO_ROOT, 'examples', 'opt-mini-bundle');
@@ -86,5 +88,31 @@ describe.skipIf(!HAVE_FIXTURES)('the JSON states kv_policy, mlp_selection and G'
       /^--mlp-select: grouped needs --mlp-groups G/,
     );
     await expect(parse(registerBench, ['bench', '--device', 'cuda', '--shape', 'opt-13b', '--kv-policy', 'all'])).rejects.toThrow(/^--kv-policy: the CUDA bench times both/);
+  });
+
+  it('eval ppl --dump-ids writes the scored token ids; a path under a file fails in one line, leaving it alone', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dejavu-dump-ids-'));
+    try {
+      const run = async (out: string) => {
+        const program = new Command().exitOverride();
+        registerEval(program);
+        const args = ['eval', 'ppl', '--model', OPT_MINI, '--data', C4_VALID_JSON, '--docs', '2', '--max-len', '16', '--workers', '1'];
+        await program.parseAsync(['node', 'dejavu', ...args, '--bundle', BUNDLE, '--modes', 'dense', '--json', '--dump-ids', out]);
+      };
+      const write = vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
+      try {
+        await run(join(dir, 'ids.json'));
+        const dumped = JSON.parse(readFileSync(join(dir, 'ids.json'), 'utf8')) as { max_len: number; docs: number[][] };
+        expect(dumped.max_len).toBe(16);
+        expect(dumped.docs).toEqual((await tokenizeDocs(OPT_MINI, [C4_VALID_JSON], { docs: 2 }, 16)).map((d) => Array.from(d)));
+        writeFileSync(join(dir, 'file'), 'x');
+        await expect(run(join(dir, 'file', 'ids.json'))).rejects.toThrow(/file\/ids\.json: .*ENOTDIR/);
+        expect(readFileSync(join(dir, 'file'), 'utf8')).toBe('x');
+      } finally {
+        write.mockRestore();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
