@@ -73,6 +73,17 @@ describe('CUDA bench arguments (checked before any GPU work)', () => {
     await expect(runCudaBench({ ...base, shape: 'opt-13b', path: 'fast' as 'auto' })).rejects.toThrow(/--path.*auto, streamed, portable/);
     await expect(runCudaBench({ ...base, shape: 'opt-13b', path: 'portable', mlpSelect: 'grouped' })).rejects.toThrow(/--mlp-select.*streamed kernels/);
   });
+
+  it('runCudaBench refuses --mlp-select grouped with a bundle whose MLP predictors cannot run it, before the GPU', async () => {
+    const base = { prompt: 8, gen: 8, json: true, model: 'no-such-model', mlpSelect: 'grouped' as const };
+    const mlpIn = join(REPO_ROOT, 'examples', 'opt-mini-bundle');
+    await expect(runCudaBench({ ...base, bundle: mlpIn })).rejects.toThrow(
+      new RegExp(`^${mlpIn}: --mlp-select grouped needs MLP predictors that read att_in .*layers 1, 2, 3, 4, 5: reads mlp_in`),
+    );
+    // the att_in bundle passes this check (and fails later: no GPU here, or no such model)
+    const attIn = join(REPO_ROOT, 'examples', 'opt-mini-bundle-att-in');
+    await expect(runCudaBench({ ...base, bundle: attIn })).rejects.not.toThrow(/needs MLP predictors/);
+  });
 });
 
 describe('CudaEngine.dimsOf: the OPT variants the CUDA runtime supports', () => {
