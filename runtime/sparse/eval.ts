@@ -11,7 +11,7 @@ import { log } from '../../common/progress.js';
 import { createReadStats, describeSkips, readDocuments } from '../../datasets/read.js';
 import { loadTokenizer } from '../../datasets/tokenizer.js';
 import type { DocumentSelection } from '../../datasets/types.js';
-import { loadBundle, type Bundle } from '../../export/bundle.js';
+import { groupedSelectionProblem, loadBundle, readManifest, type Bundle } from '../../export/bundle.js';
 import { KV_POLICIES, MLP_SELECTIONS, type KvPolicy, type MlpSelection, type SparseMode } from './model.js';
 import { bundlePerplexity } from './ppl.js';
 
@@ -147,6 +147,10 @@ export async function runBundleCli(
   }
   const headsFrac = num(f.headsFrac, '--heads-frac', false);
   const mlp = resolveMlpSelection(f.mlpSelect, f.mlpGroups);
+  // The CPU's grouped rule measures what the GPU's fused predictors pick; a bundle the GPU cannot run grouped has no
+  // such figure to measure (export/bundle.ts groupedSelectionProblem).
+  const why = mlp.selection === 'grouped' && f.bundle ? groupedSelectionProblem(readManifest(f.bundle)) : null;
+  if (why) throw new DejavuError(why, f.bundle);
   const kvPolicy = parseKvPolicy(f.kvPolicy);
   const r = await runBundlePpl({
     model: f.model,

@@ -70,3 +70,20 @@ describe('groupedSelectionProblem: can the GPU run the grouped top-k with this b
     expect(groupedSelectionProblem(readManifest(join(REPO_ROOT, 'examples', 'opt-mini-bundle-att-in')))).toBeNull();
   });
 });
+
+describe('eval ppl --bundle --mlp-select grouped on the CPU refuses a bundle the GPU cannot run grouped', () => {
+  const base = { model: 'no-such-model', data: ['no-such-data'], mlpSelect: 'grouped', mlpGroups: '8' };
+  const common = { selection: { docs: 1 }, maxLen: 8 };
+  it('names the bundle and the reason, before the model is read', async () => {
+    const { runBundleCli } = await import('../../runtime/sparse/eval.js');
+    const mlpIn = join(REPO_ROOT, 'examples', 'opt-mini-bundle');
+    await expect(runBundleCli({ ...base, bundle: mlpIn }, common)).rejects.toThrow(
+      new RegExp(`^${mlpIn}: --mlp-select grouped needs MLP predictors that read att_in .*layers 1, 2, 3, 4, 5: reads mlp_in`),
+    );
+    // --mlp-groups alone means grouped too
+    await expect(runBundleCli({ ...base, mlpSelect: undefined, bundle: mlpIn }, common)).rejects.toThrow(/reads mlp_in/);
+    // the att_in bundle passes (and fails on the missing model instead)
+    const attIn = join(REPO_ROOT, 'examples', 'opt-mini-bundle-att-in');
+    await expect(runBundleCli({ ...base, bundle: attIn }, common)).rejects.toThrow(/no-such-model/);
+  });
+});
