@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { METRICS_FILE, type MetricsEntry, type Target, type TrainMetrics } from '../common/contracts.js';
-import { log, warn, workerEnv } from '../common/progress.js';
+import { log, progressBar, warn, workerEnv } from '../common/progress.js';
 import { DejavuError } from '../common/errors.js';
 import { selectBackend, type BackendName } from './backend.js';
 import { capWorkers, thisMachine, type Machine } from '../common/workers.js';
@@ -30,6 +30,9 @@ async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMet
   const n = Math.min(cap.workers, queue.length);
   log(`train: ${jobs.length} predictors on ${n} worker thread${n === 1 ? '' : 's'}, backend ${o.backend}`);
   const { backend: _b, workers: _w, json: _j, table: _t, ...trainOpts } = o;
+  // The workers train silently (noProgress); the main thread shows predictors done, rate and ETA (plain lines off a
+  // terminal).
+  const bar = progressBar('train', jobs.length, 'predictors', o.quiet);
   await Promise.all(
     Array.from({ length: n }, (_, wi) => new Promise<void>((resolve, reject) => {
       const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { options: { ...trainOpts, noProgress: true }, backend: o.backend }, env: workerEnv() });
@@ -48,6 +51,7 @@ async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMet
           void w.terminate();
         } else if (m.result && m.job) {
           addResult(report, m.job, m.result);
+          bar.increment();
           report.seconds = Math.round((performance.now() - t0) / 10) / 100;
           writeMetrics(o.out, report);
           next();
@@ -56,7 +60,7 @@ async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMet
       w.on('error', reject);
       w.on('exit', () => resolve());
     })),
-  );
+  ).finally(() => bar.stop());
   report.seconds = Math.round((performance.now() - t0) / 10) / 100;
   writeMetrics(o.out, report);
   return report;

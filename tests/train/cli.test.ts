@@ -33,8 +33,13 @@ describe.skipIf(!existsSync(cli))('dejavu train (CLI)', () => {
     const report = JSON.parse(lines[0]);
     expect(report.layers.map((l: { layer: number; target: string }) => `${l.layer}.${l.target}`)).toEqual(['0.mlp', '1.attn', '1.mlp', '2.attn', '2.mlp']);
     expect(one.stderr).toMatch(/backend: wasm \(simd/);
-    const two = spawnSync(process.execPath, [cli, ...base(join(tmp, 'two'), ['--epochs', '2', '--workers', '2', '--quiet'])], { encoding: 'utf8' });
+    // Off a terminal the main thread reports the workers' predictors as plain progress lines (here every 1 ms).
+    const two = spawnSync(process.execPath, [cli, ...base(join(tmp, 'two'), ['--epochs', '2', '--workers', '2'])], {
+      encoding: 'utf8',
+      env: { ...process.env, DEJAVU_PROGRESS_INTERVAL: '0.001', DEJAVU_PROGRESS: '' },
+    });
     expect(two.status, two.stderr).toBe(0);
+    expect(two.stderr).toMatch(/train: [1-5]\/5 predictors/);
     expect(layers(join(tmp, 'two'))).toEqual(layers(join(tmp, 'one')));
   });
 
