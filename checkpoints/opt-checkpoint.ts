@@ -25,8 +25,10 @@ import {
 import { bytesToFloat32 } from './safetensors.js';
 
 
-/** Weight files in the order transformers prefers them. */
-const WEIGHT_FILES: [string, (path: string) => TensorSource][] = [
+/** Weight file names, in the order transformers prefers them. */
+export const WEIGHT_FILE_NAMES = ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json'] as const;
+
+const WEIGHT_FILES: [(typeof WEIGHT_FILE_NAMES)[number], (path: string) => TensorSource][] = [
   ['model.safetensors', safetensorsSource],
   ['model.safetensors.index.json', (p) => shardedSource(p, 'safetensors-sharded', safetensorsSource)],
   ['pytorch_model.bin', torchBinSource],

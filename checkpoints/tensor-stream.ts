@@ -14,6 +14,7 @@ import { DejavuError, fsErrorToDejavu } from '../common/errors.js';
 import { canonicalName } from './opt-names.js';
 import { SafetensorsFile, type StDtype } from './safetensors.js';
 import { readShardIndex } from './tensor-source.js';
+import { WEIGHT_FILE_NAMES } from './opt-checkpoint.js';
 import { openTorchBin, readTorchTensorStored, type TorchBinTensors } from './torch-bin.js';
 
 export type StreamDtype = 'F16' | 'BF16' | 'F32';
@@ -42,7 +43,7 @@ interface Planned {
   bin?: TorchBinTensors;
 }
 
-const WEIGHT_FILES = ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json'];
+const WEIGHT_FILES = WEIGHT_FILE_NAMES;
 const STREAM_DTYPES = new Set<StDtype>(['F16', 'BF16', 'F32']);
 
 /**
