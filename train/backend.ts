@@ -3,8 +3,9 @@
  * when installed and loadable), WebGPU (Dawn for Node, when a hardware adapter exists), wasm, cpu. Every backend module
  * is imported dynamically, so a missing optional package is just "not available".
  */
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, sep } from 'node:path';
+import { dirname, join, sep } from 'node:path';
 import { DejavuError } from '../common/errors.js';
 import type { Tf } from './model.js';
 
@@ -65,10 +66,56 @@ async function tryNode(pkg: string, tf: Tf): Promise<string> {
   return pkg;
 }
 
+/** The library directories the Linux dynamic loader searches: LD_LIBRARY_PATH, /etc/ld.so.conf(.d), the defaults. */
+export function linuxLibraryDirs(env: NodeJS.ProcessEnv = process.env, confRoot = '/etc'): string[] {
+  const dirs = (env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean);
+  const readConf = (file: string, depth: number): void => {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch {
+      return;
+    }
+    for (const raw of text.split('\n')) {
+      const line = raw.replace(/#.*/, '').trim();
+      if (!line) continue;
+      const inc = /^include\s+(.+)$/.exec(line);
+      if (!inc) dirs.push(line);
+      else if (depth < 4) {
+        // Only the `dir/*.conf` form that distributions use.
+        const dir = dirname(inc[1].startsWith('/') ? inc[1] : join(confRoot, inc[1]));
+        let names: string[] = [];
+        try {
+          names = readdirSync(dir).filter((n) => n.endsWith('.conf')).sort();
+        } catch {
+          /* no such folder */
+        }
+        for (const n of names) readConf(join(dir, n), depth + 1);
+      }
+    }
+  };
+  readConf(join(confRoot, 'ld.so.conf'), 0);
+  dirs.push('/lib', '/usr/lib', '/lib64', '/usr/lib64', '/usr/local/lib', '/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu', '/lib/aarch64-linux-gnu', '/usr/lib/aarch64-linux-gnu');
+  return [...new Set(dirs)];
+}
+
+/**
+ * Why Dawn cannot use a GPU here, or null when it may. On Linux Dawn drives the GPU through Vulkan; without the Vulkan
+ * loader it prints "Couldn't load Vulkan" from native code (to fd 2, once per tfjs instance, so once per train worker)
+ * and finds no adapter. Looking for libvulkan.so.1 first keeps that warning from ever appearing.
+ */
+export function webGpuBlocker(platform: NodeJS.Platform = process.platform, dirs: () => string[] = linuxLibraryDirs, exists: (p: string) => boolean = existsSync): string | null {
+  if (platform !== 'linux') return null; // Metal / D3D12 come with the OS
+  if (dirs().some((d) => exists(join(d, 'libvulkan.so.1')))) return null;
+  return 'the Vulkan loader libvulkan.so.1 is not installed (Dawn needs it on Linux; docs/training.md, "Backends")';
+}
+
 /** Sets up `navigator.gpu` from Dawn (npm `webgpu`) before tfjs-backend-webgpu loads (it checks at import time). */
 async function tryWebGpu(tf: Tf, allowFallbackAdapter: boolean): Promise<string> {
   const g = globalThis as unknown as { navigator?: { gpu?: unknown } };
   if (!g.navigator?.gpu) {
+    const blocker = webGpuBlocker();
+    if (blocker) throw new Error(blocker);
     const { create, globals } = (await import('webgpu')) as unknown as { create: (o: string[]) => unknown; globals: Record<string, unknown> };
     Object.assign(globalThis, globals);
     const gpu = create([]);
@@ -77,7 +124,7 @@ async function tryWebGpu(tf: Tf, allowFallbackAdapter: boolean): Promise<string>
   }
   const gpu = g.navigator!.gpu as { requestAdapter(o: object): Promise<null | { info?: Record<string, string>; isFallbackAdapter?: boolean }> };
   const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
-  if (!adapter) throw new Error('no WebGPU adapter');
+  if (!adapter) throw new Error('Dawn found no GPU adapter (is a Vulkan driver for the GPU installed?)');
   const info = adapter.info ?? {};
   const software = adapter.isFallbackAdapter || /swiftshader|llvmpipe|lavapipe/i.test(`${info.vendor} ${info.architecture} ${info.device} ${info.description}`);
   if (software && !allowFallbackAdapter) throw new Error(`only a software adapter (${info.description || info.device || 'fallback'})`);
@@ -104,6 +151,15 @@ async function tryCpu(tf: Tf): Promise<string> {
   await import('@tensorflow/tfjs-backend-cpu');
   if (!(await tf.setBackend('cpu'))) throw new Error('cpu backend did not initialise');
   return 'pure JS';
+}
+
+/**
+ * The one line `train` prints about its backend: the one in use and, when auto passed over WebGPU, why (the tfjs-node
+ * packages are optional and usually absent, so their skips are not news).
+ */
+export function backendLine(b: Pick<BackendInfo, 'description' | 'skipped'>): string {
+  const webgpu = b.skipped.find((s) => s.startsWith('webgpu: '));
+  return webgpu ? `backend: ${b.description}; WebGPU not used: ${webgpu.slice('webgpu: '.length)}` : `backend: ${b.description}`;
 }
 
 /** Chooses and initialises a backend. A named backend that fails is an error; `auto` falls through the list. */

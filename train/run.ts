@@ -8,7 +8,7 @@ import { Worker } from 'node:worker_threads';
 import { METRICS_FILE, type MetricsEntry, type Target, type TrainMetrics } from '../common/contracts.js';
 import { log, progressBar, warn, workerEnv } from '../common/progress.js';
 import { DejavuError } from '../common/errors.js';
-import { selectBackend, type BackendName } from './backend.js';
+import { backendLine, selectBackend, type BackendName } from './backend.js';
 import { capWorkers, thisMachine, type Machine } from '../common/workers.js';
 import { addResult, formatTable, prepareRun, train, trainWorkerBytes, writeMetrics, type TrainOptions } from './trainer.js';
 
@@ -41,10 +41,13 @@ async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMet
         if (job) w.postMessage({ job });
         else w.postMessage({ exit: true });
       };
-      w.on('message', (m: { ready?: string; result?: MetricsEntry | { skipped: string }; job?: { layer: number; target: Target }; error?: { message: string; dejavu: boolean } }) => {
+      w.on('message', (m: { ready?: string; line?: string; result?: MetricsEntry | { skipped: string }; job?: { layer: number; target: Target }; error?: { message: string; dejavu: boolean } }) => {
         if (m.ready) {
-          if (wi === 0) report.backend = m.ready;
-          log(`worker ${wi}: backend ${m.ready}`);
+          // Every worker makes the same choice: one line for all.
+          if (wi === 0) {
+            report.backend = m.ready;
+            log(`${m.line ?? `backend: ${m.ready}`} (each of ${n} workers)`);
+          }
           next();
         } else if (m.error) {
           reject(m.error.dejavu ? new DejavuError(m.error.message) : new Error(m.error.message));
@@ -76,8 +79,7 @@ export async function runTrain(o: RunOptions, machine: Machine = thisMachine()):
     report = await trainInWorkers(o, machine);
   } else {
     const b = await selectBackend(o.backend);
-    for (const s of b.skipped) log(`backend skipped: ${s}`);
-    log(`backend: ${b.description}`);
+    log(backendLine(b));
     report = await train(b.tf, b.description, o);
   }
   if (o.json) process.stdout.write(JSON.stringify(report) + '\n');

@@ -4,7 +4,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { DejavuError, fsErrorToDejavu } from '../common/errors.js';
-import { selectBackend, type BackendName } from './backend.js';
+import { backendLine, selectBackend, type BackendName } from './backend.js';
 import type { Job } from './jobs.js';
 import { trainJob, type TrainOptions } from './trainer.js';
 import { openShardSet } from './shard-reader.js';
@@ -32,7 +32,7 @@ try {
       port.postMessage({ error: asMessage(e) });
     }
   });
-  port.postMessage({ ready: b.description });
+  port.postMessage({ ready: b.description, line: backendLine(b) });
 } catch (e) {
   port.postMessage({ error: asMessage(e) });
 }

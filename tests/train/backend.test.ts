@@ -1,6 +1,12 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DejavuError } from '../../common/errors.js';
-import { selectBackend } from '../../train/backend.js';
+import { backendLine, linuxLibraryDirs, selectBackend, webGpuBlocker } from '../../train/backend.js';
+import { REPO_ROOT } from '../helpers/fixtures.js';
+import { writeSyntheticShards } from './synthetic.js';
 
 describe('backend selection', () => {
   it('a named backend that is not installed is a DejavuError naming --backend', async () => {
@@ -27,4 +33,55 @@ describe('backend selection', () => {
     expect(Array.from(await b.tf.sum(t).data())).toEqual([6]);
     t.dispose();
   });
+});
+
+describe('why WebGPU is not used', () => {
+  it('linuxLibraryDirs reads LD_LIBRARY_PATH, ld.so.conf and its include of *.conf files', () => {
+    const root = mkdtempSync(join(tmpdir(), 'dejavu-ldconf-'));
+    try {
+      mkdirSync(join(root, 'ld.so.conf.d'));
+      writeFileSync(join(root, 'ld.so.conf'), '# comment\ninclude ld.so.conf.d/*.conf\n/opt/a\n');
+      writeFileSync(join(root, 'ld.so.conf.d', 'x.conf'), '/opt/vk # the driver\n');
+      writeFileSync(join(root, 'ld.so.conf.d', 'ignored.txt'), '/opt/no\n');
+      const dirs = linuxLibraryDirs({ LD_LIBRARY_PATH: '/env/lib::/env/lib2' }, root);
+      expect(dirs.slice(0, 4)).toEqual(['/env/lib', '/env/lib2', '/opt/vk', '/opt/a']);
+      expect(dirs).toContain('/usr/lib/x86_64-linux-gnu');
+      expect(dirs).not.toContain('/opt/no');
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('webGpuBlocker: on Linux, the Vulkan loader must be in a library folder; other systems are not checked', () => {
+    const dirs = () => ['/a', '/b'];
+    expect(webGpuBlocker('linux', dirs, () => false)).toMatch(/libvulkan\.so\.1 is not installed/);
+    expect(webGpuBlocker('linux', dirs, (p) => p === '/b/libvulkan.so.1')).toBeNull();
+    expect(webGpuBlocker('darwin', dirs, () => false)).toBeNull();
+  });
+
+  it('backendLine names the backend in use and, only when auto passed over WebGPU, why', () => {
+    const skipped = ["node-gpu: Cannot find package '@tensorflow/tfjs-node-gpu'", 'webgpu: no Vulkan'];
+    expect(backendLine({ description: 'wasm (simd)', skipped })).toBe('backend: wasm (simd); WebGPU not used: no Vulkan');
+    expect(backendLine({ description: 'webgpu (nvidia)', skipped: skipped.slice(0, 1) })).toBe('backend: webgpu (nvidia)');
+  });
+
+  const cli = join(REPO_ROOT, 'dist', 'cli', 'main.js');
+  // Only where the check applies (no Vulkan loader, as in CI): elsewhere Dawn may legitimately find a GPU.
+  it.skipIf(!existsSync(cli) || webGpuBlocker() === null)('dejavu train --backend auto without Vulkan: one line about WebGPU, no Dawn warning, with workers too', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'dejavu-train-auto-'));
+    try {
+      const shards = (await writeSyntheticShards({ dir: join(tmp, 's'), docs: 8, tokens: 10, docsPerShard: 4 })).dir;
+      for (const workers of ['1', '2']) {
+        const args = ['train', '--shards', shards, '--out', join(tmp, `o${workers}`), '--rank', '4', '--epochs', '1', '--target', 'mlp', '--layers', '0', '--val-frac', '0.25', '--backend', 'auto', '--workers', workers];
+        const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
+        expect(r.status, r.stderr).toBe(0);
+        expect(r.stderr).not.toMatch(/Couldn't load Vulkan/);
+        const about = r.stderr.split('\n').filter((l) => /webgpu/i.test(l));
+        expect(about, r.stderr).toHaveLength(1);
+        expect(about[0]).toMatch(/^backend: (wasm|cpu|node|node-gpu) .*; WebGPU not used: the Vulkan loader libvulkan\.so\.1 is not installed/);
+      }
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
