@@ -9,8 +9,8 @@
 // ITER), for R = 16 and 8 and a row pitch of E x 2 bytes (a multiple of 128: ldmatrix's 8 row addresses on the same
 // banks) or E x 2 + 16.
 // (c) the W-as-B form (rows as B columns, x as A rows 0 / 1; k steps batched BT at a time).
-// Results (H200, tenth session): bench/results/s10-2026-11-21/call{1,2}-mmadot.txt. Padded rows: 16 rows 4080 (today)
-// vs 1674 cycles (a) vs 1929 (c); unpadded, the mma forms are 1.5x slower than today (bank conflicts).
+// Measured on an H200 (logs in git history, commit 4fb1d5c and earlier): padded rows, 16 rows 4080 cycles (a) vs
+// 1674 (b) vs 1929 (c); unpadded, the mma forms are 1.5x slower than (a) (bank conflicts).
 // nvcc -O3 -arch=sm_90 -std=c++17 -o /tmp/mmadot bench/cuda/mmadot.cu && /tmp/mmadot
 #include <cuda_fp16.h>
 #include <cstdio>

@@ -8,7 +8,7 @@
 //          of the cluster adds 1/C of the columns (G / C atomics per address, total / C)
 //   store  plain stores of each partial to its own buffer (no reduction; the traffic without atomics)
 //   bulkP  the partial staged in shared memory, then one cp.reduce.async.bulk .add.f32 into copy b % P of y: the
-//          reduction done by the copy engine in L2, a whole line per operation instead of 16 bytes (sixteenth session)
+//          reduction done by the copy engine in L2, a whole line per operation instead of 16 bytes
 //   cl2bP  clusters of 2 as clC, then each block bulk-reduces its owned (contiguous) half into copy (b / 2) % P
 //   empty  the launch alone
 // Time per launch: events around 200 back-to-back launches on one stream (each waits for the previous to complete,
