@@ -172,7 +172,7 @@ __device__ __forceinline__ void pf_keys(const PredFuse& p, const PfLayout& L, co
 // groupedTopK with groups = gridDim.x. Why: the exact top-k over all n needs global histogram rounds whose round trips,
 // issued from SMs with ~100 KB of copies in flight, end after the attention they should hide behind; a
 // block's own share needs no global pass, and each group releases a flag of its own. The cost is in what it picks (a
-// group cannot take more than its share), measured on opt-mini (bench/results/grouped-topk-study-opt-mini/).
+// group cannot take more than its share), measured on opt-mini (bench/results/grouped-topk-study-opt-mini.json).
 // Run by PF_LOCAL_WARPS warps of k_attn_out after their grid dependency; the consumer warps do none of it, so the
 // attention does not wait for the w2 copy.
 __device__ __forceinline__ void pbar_local(int threads) { asm volatile("bar.sync 2, %0;" ::"r"(threads) : "memory"); }
