@@ -5,10 +5,9 @@
  */
 import { Option, type Command } from 'commander';
 import { parseIntFlag } from '../args.js';
+import type { BundleCliFlags } from '../../runtime/sparse/eval.js';
 
-interface PplFlags {
-  model: string;
-  data: string[];
+interface PplFlags extends BundleCliFlags {
   docs?: string;
   sample?: string;
   seed: string;
@@ -16,15 +15,6 @@ interface PplFlags {
   workers?: string;
   threads?: string;
   backend: string;
-  json?: boolean;
-  bundle?: string;
-  headsFrac?: string;
-  mlpK?: string;
-  headsK?: string;
-  mlpGroups?: string;
-  mlpSelect?: string;
-  kvPolicy?: string;
-  modes?: string;
   dumpIds?: string;
 }
 

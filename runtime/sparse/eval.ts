@@ -119,21 +119,24 @@ export function resolveMlpSelection(select: string | undefined, groups: string |
   return g === undefined ? { selection: 'exact' } : { selection: 'grouped', groups: g };
 }
 
+/** The flags of `dejavu eval ppl` that the bundle path reads (as commander gives them: strings). */
+export interface BundleCliFlags {
+  model: string;
+  data: string[];
+  bundle?: string;
+  headsFrac?: string;
+  mlpK?: string;
+  headsK?: string;
+  mlpGroups?: string;
+  mlpSelect?: string;
+  kvPolicy?: string;
+  modes?: string;
+  json?: boolean;
+}
+
 /** The `dejavu eval ppl --bundle` action (flag parsing beyond the dense command's, then print). */
 export async function runBundleCli(
-  f: {
-    model: string;
-    data: string[];
-    bundle?: string;
-    headsFrac?: string;
-    mlpK?: string;
-    headsK?: string;
-    mlpGroups?: string;
-    mlpSelect?: string;
-    kvPolicy?: string;
-    modes?: string;
-    json?: boolean;
-  },
+  f: BundleCliFlags,
   common: { selection: DocumentSelection; maxLen: number; threads?: number },
 ): Promise<void> {
   // Integers must be written as digits (cli/args.ts), fractions as numbers > 0.
