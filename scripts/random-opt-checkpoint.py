@@ -196,31 +196,23 @@ def write_shard(path, tensors, a, meta, log):
     if shard_complete(path, head, data_len):
         log(f'{os.path.basename(path)}: already complete, kept')
         return data_len
-    tmp = path + '.tmp'
-    try:
-        with open(tmp, 'wb') as fh:
-            fh.write(head)
-            for name, shape, kind in tensors:
-                for x in draw(a.seed, name, shape, kind):
-                    fh.write(encode(x, a.dtype).tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise Fail(path, f'cannot write ({e.strerror or e})')
+    def body(fh):
+        fh.write(head)
+        for name, shape, kind in tensors:
+            for x in draw(a.seed, name, shape, kind):
+                fh.write(encode(x, a.dtype).tobytes())
+
+    write_atomic(path, 'wb', body)
     log(f'{os.path.basename(path)}: {len(tensors)} tensors, {data_len / 1e9:.3f} GB')
     return data_len
 
 
-def write_text_atomic(path, text):
+def write_atomic(path, mode, body):
+    """body(fh) writes the file under a temporary name; it replaces `path` only once complete and on disk."""
     tmp = path + '.tmp'
     try:
-        with open(tmp, 'w') as fh:
-            fh.write(text)
+        with open(tmp, mode) as fh:
+            body(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -230,6 +222,10 @@ def write_text_atomic(path, text):
         except OSError:
             pass
         raise Fail(path, f'cannot write ({e.strerror or e})')
+
+
+def write_text_atomic(path, text):
+    write_atomic(path, 'w', lambda fh: fh.write(text))
 
 
 def main(argv):
