@@ -61,6 +61,8 @@ export interface BundleManifest {
   /** The export arguments and predictor folder, for provenance. */
   source: Record<string, unknown>;
   layers: { layer: number; mlp: LayerTargetEntry; attn: LayerTargetEntry }[];
+  /** The quality measured at export on calibration documents (`--ppl-budget`, or `--calib-data`; export/quality.ts). */
+  quality?: Record<string, unknown>;
 }
 
 /** A predictor ready to run: fp32 weights (converted from the bundle's fp16) plus its manifest entry. */

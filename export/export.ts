@@ -17,6 +17,7 @@ import { readCheckpointState } from '../train/checkpoint.js';
 import { DejavuError } from '../common/errors.js';
 import { fingerprintMismatch } from '../checkpoints/fingerprint.js';
 import { BUNDLE_FORMAT, BUNDLE_VERSION, tensorName, writeBundle, type BundleManifest, type LayerTargetEntry } from './bundle.js';
+import type { LayerK } from './layer-k.js';
 
 export interface ExportOptions {
   predictors: string;
@@ -29,6 +30,12 @@ export interface ExportOptions {
   layers?: string;
   /** Export the predictors of an unfinished train run; the ones it lacks stay dense (listed in `unfinished`). */
   partial?: boolean;
+  /** Per-layer k chosen elsewhere (the quality-budget search, export/budget.ts): a number replaces the k of that
+   *  layer's predictor (k_rule `layerKRule`), null keeps the block dense. */
+  layerK?: LayerK;
+  layerKRule?: string;
+  /** Measured quality recorded in the manifest (`quality`, docs/bundle.md). */
+  quality?: Record<string, unknown>;
 }
 
 export const predictorFile = (dir: string, layer: number, target: Target) => join(dir, predictorFileName(layer, target));
@@ -172,6 +179,14 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
       }
       if (!haveFile) throw new DejavuError(`metrics.json lists layer ${l} ${target} but its predictor file is missing (training incomplete?)`, file);
       if (!m) throw new DejavuError(`predictor file present but metrics.json has no entry for layer ${l} ${target}`, mpath);
+      const chosenK = o.layerK ? (target === 'mlp' ? o.layerK.mlp : o.layerK.attn)[l] : undefined;
+      if (chosenK === null) {
+        entry[target] = { dense: true, reason: `kept dense by the ${o.layerKRule ?? 'quality-budget'} search` };
+        sum[target] = { dense: true };
+        if (target === 'mlp') mlpDen += 1;
+        else headDen += 1;
+        continue;
+      }
 
       const st = SafetensorsFile.open(file);
       try {
@@ -204,7 +219,11 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
         const fixed = target === 'mlp' ? o.mlpK : o.headsK;
         let k: number;
         let rule: string;
-        if (fixed !== undefined) {
+        if (chosenK !== undefined) {
+          if (!Number.isInteger(chosenK) || chosenK < 1 || chosenK > out) throw new Error(`layer ${l} ${target}: k ${chosenK} outside 1..${out}`);
+          k = chosenK;
+          rule = o.layerKRule ?? 'budget';
+        } else if (fixed !== undefined) {
           if (!Number.isInteger(fixed) || fixed < 1 || fixed > out) {
             throw new DejavuError(`${fixed} must be an integer in 1..${out}`, target === 'mlp' ? '--mlp-k' : '--heads-k');
           }
@@ -244,6 +263,7 @@ export function exportBundle(o: ExportOptions, ckpt: OptCheckpoint): ExportSumma
     created: new Date().toISOString(),
     source: { predictors: o.predictors, model: ckpt.dir, recall: o.mlpK !== undefined && o.headsK !== undefined ? null : recall, layers: o.layers ?? 'all', mlp_k: o.mlpK ?? null, heads_k: o.headsK ?? null, train_args: metrics.args ?? null },
     layers,
+    ...(o.quality ? { quality: o.quality } : {}),
   };
   writeBundle(o.out, manifest, tensors);
   const r4 = (v: number) => Math.round(v * 1e4) / 1e4;

@@ -12,6 +12,7 @@ import { createReadStats, describeSkips, readDocuments } from '../../datasets/re
 import { loadTokenizer } from '../../datasets/tokenizer.js';
 import type { DocumentSelection } from '../../datasets/types.js';
 import { groupedSelectionProblem, loadBundle, readManifest, type Bundle } from '../../export/bundle.js';
+import { recordedQualityJson } from '../../export/quality.js';
 import { KV_POLICIES, MLP_SELECTIONS, type KvPolicy, type MlpSelection, type SparseMode } from './model.js';
 import { bundlePerplexity } from './ppl.js';
 
@@ -71,7 +72,14 @@ export async function runBundlePpl(o: BundlePplOptions): Promise<Record<string, 
     quiet: o.quiet,
     threads: o.threads,
   });
-  return { ...res, max_len: o.maxLen, seconds: Math.round((performance.now() - t0) / 10) / 100 };
+  // The quality the bundle recorded at export (calibration docs), beside this run's figures.
+  const recorded = recordedQualityJson(bundle.manifest);
+  return {
+    ...res,
+    max_len: o.maxLen,
+    seconds: Math.round((performance.now() - t0) / 10) / 100,
+    ...(recorded ? { recorded_quality: recorded } : {}),
+  };
 }
 
 /** A short text table of a runBundlePpl result. */
@@ -92,6 +100,8 @@ export function formatBundlePpl(r: Record<string, unknown>): string {
     const h = r.head_density_per_layer as number[];
     lines.push('per layer (mlp / heads): ' + m.map((v, l) => `L${l} ${pct(v)}/${pct(h[l])}`).join('  '));
   }
+  const rq = r.recorded_quality as { summary?: string } | undefined;
+  if (rq?.summary) lines.push(`bundle's ${rq.summary}`);
   return lines.join('\n');
 }
 

@@ -5,6 +5,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
 import { loadBundle } from '../../export/bundle.js';
+import type { LayerK } from '../../export/layer-k.js';
 import type { KvPolicy, SparseMode } from './model.js';
 import { sparseModePerplexity } from './ppl.js';
 
@@ -18,6 +19,7 @@ export interface PplWorkerData {
   headsK?: number;
   mlpGroups?: number;
   kvPolicy?: KvPolicy;
+  layerK?: LayerK;
 }
 
 const data = workerData as PplWorkerData;
@@ -30,6 +32,7 @@ try {
     headsK: data.headsK,
     mlpGroups: data.mlpGroups,
     kvPolicy: data.kvPolicy,
+    layerK: data.layerK,
     quiet: true,
     onTokens: (n) => parentPort!.postMessage({ progress: n }),
   });

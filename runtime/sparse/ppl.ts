@@ -12,6 +12,7 @@ import type { OptCheckpoint } from '../../checkpoints/types.js';
 import { DejavuError } from '../../common/errors.js';
 import { progressBar, workerEnv } from '../../common/progress.js';
 import type { Bundle } from '../../export/bundle.js';
+import { applyLayerK, type LayerK } from '../../export/layer-k.js';
 import { OptModel } from '../cpu/model.js';
 import { logSumExp } from '../cpu/ops.js';
 import { SparseOptModel, type KvPolicy, type SparseMode } from './model.js';
@@ -32,6 +33,8 @@ export interface SparsePplOptions {
   threads?: number;
   /** Progress callback (predicted tokens done), used by the worker threads. */
   onTokens?: (n: number) => void;
+  /** Per-layer k of the bundle's predictors (null: that block dense), replacing the manifest's (export/layer-k.ts). */
+  layerK?: LayerK;
 }
 
 export interface ModeResult {
@@ -82,7 +85,7 @@ export function sparseModePerplexity(
   mode: SparseMode,
   opts: Omit<SparsePplOptions, 'modes'> = {},
 ): ModeResult {
-  const model = new SparseOptModel(ckpt, bundle, {
+  const model = new SparseOptModel(ckpt, opts.layerK ? applyLayerK(bundle, opts.layerK) : bundle, {
     mode,
     headsFrac: opts.headsFrac,
     mlpK: opts.mlpK,
@@ -164,7 +167,7 @@ export async function parallelSparsePerplexity(
       (part) =>
         new Promise<ModeResult>((resolve, reject) => {
           const w = new Worker(script, {
-            workerData: { modelDir: ckpt.dir, bundleDir: bundle.dir, mode, docs: part, headsFrac: opts.headsFrac, mlpK: opts.mlpK, headsK: opts.headsK, mlpGroups: opts.mlpGroups, kvPolicy: opts.kvPolicy },
+            workerData: { modelDir: ckpt.dir, bundleDir: bundle.dir, mode, docs: part, headsFrac: opts.headsFrac, mlpK: opts.mlpK, headsK: opts.headsK, mlpGroups: opts.mlpGroups, kvPolicy: opts.kvPolicy, layerK: opts.layerK },
             env: workerEnv(),
           });
           w.on('message', (m: { progress?: number; result?: ModeResult; error?: string; dejavu?: boolean }) => {

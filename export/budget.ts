@@ -1,0 +1,302 @@
+/**
+ * `dejavu export --ppl-budget P --calib-data FILES` and `export --recall ... --calib-data FILES`: export measured on
+ * calibration documents. The search itself is export/budget-search.ts (pure); this module reads the calibration
+ * text, runs the measurements through the eval machinery (runtime/sparse/ppl.ts: dense prefill, the sparse decode
+ * step in worker threads, the KV policy and MLP selection given) and writes the bundle with its `quality` record
+ * (export/quality.ts).
+ *
+ * All predictors are first exported to a staging bundle in the OS temp folder (fp16, exactly what the final bundle
+ * holds); every measurement loads that one and replaces per-layer k in memory (export/layer-k.ts). The staging
+ * folder is removed at the end, whatever happens.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { OptCheckpoint } from '../checkpoints/types.js';
+import { DejavuError } from '../common/errors.js';
+import { log, progressBar, warn } from '../common/progress.js';
+import { createReadStats, describeSkips, readDocuments } from '../datasets/read.js';
+import { loadTokenizer } from '../datasets/tokenizer.js';
+import type { Dims } from '../runtime/cuda/floor.js';
+import type { KvPolicy } from '../runtime/sparse/model.js';
+import { densePerplexity, parallelSparsePerplexity } from '../runtime/sparse/ppl.js';
+import { groupedSelectionProblem, loadBundle, type Bundle } from './bundle.js';
+import {
+  HEAD_FACTORS,
+  MLP_FACTORS,
+  bisectPath,
+  configBytes,
+  greedyPath,
+  ladder,
+  layerKs,
+  monotoneCosts,
+  type ByteModel,
+  type SearchUnit,
+} from './budget-search.js';
+import { textHash, trainingOverlap } from './calib-overlap.js';
+import { exportBundle, type ExportOptions, type ExportSummary } from './export.js';
+import type { LayerK } from './layer-k.js';
+import type { QualityRecord, SearchRecord } from './quality.js';
+
+export interface CalibrationOptions {
+  /** The model folder (its tokenizer). */
+  model: string;
+  data: string[];
+  /** The first N documents of `data`. */
+  docs: number;
+  /** Tokens per document, BOS included. */
+  maxLen: number;
+  kvPolicy?: KvPolicy;
+  /** Grouped MLP top-k over G neuron groups (undefined: exact). */
+  mlpGroups?: number;
+  threads?: number;
+  quiet?: boolean;
+  /** Calibration documents the per-unit sensitivities are measured on (the first ones; default min(docs, 8)). */
+  sensitivityDocs?: number;
+  /** Decode context of the byte model (default 128 + 128, as the benches). */
+  prompt?: number;
+  gen?: number;
+}
+
+export interface BudgetExportSummary extends ExportSummary {
+  quality: QualityRecord;
+}
+
+export interface CalibrationDocs {
+  ids: Int32Array[];
+  hashes: string[];
+  tokens: number;
+}
+
+/** The first `docs` documents of `data`, each `[BOS] + text` cut to maxLen (documents under 2 tokens dropped). */
+export async function readCalibration(model: string, data: string[], docs: number, maxLen: number): Promise<CalibrationDocs> {
+  const tok = await loadTokenizer(model);
+  const stats = createReadStats();
+  const out: CalibrationDocs = { ids: [], hashes: [], tokens: 0 };
+  for await (const doc of readDocuments(data, { docs }, stats)) {
+    const ids = tok.encode(doc.text, maxLen);
+    if (ids.length < 2) continue;
+    out.ids.push(ids);
+    out.hashes.push(textHash(doc.text));
+    out.tokens += ids.length - 1;
+  }
+  const skips = describeSkips(stats);
+  if (skips) log(skips);
+  if (out.ids.length === 0) throw new DejavuError('no calibration document of 2 tokens or more', '--calib-data');
+  return out;
+}
+
+export function dimsOf(ckpt: OptCheckpoint): Dims {
+  const c = ckpt.config;
+  return { vocab: c.vocabSize, d: c.hiddenSize, layers: c.numLayers, heads: c.numHeads, ffn: c.ffnDim, maxPos: c.maxPositionEmbeddings };
+}
+
+/** The predictors of a staging bundle as search units, each with its ladder of candidate k around its k99. */
+export function unitsOf(bundle: Bundle): SearchUnit[] {
+  const units: SearchUnit[] = [];
+  for (let l = 0; l < bundle.manifest.model.n_layers; l++) {
+    for (const target of ['mlp', 'attn'] as const) {
+      const p = bundle[target][l];
+      if (!p) continue;
+      const k99 = typeof p.metrics.k99 === 'number' ? p.metrics.k99 : p.k;
+      const levels = ladder(p.out, k99, target === 'mlp' ? MLP_FACTORS : HEAD_FACTORS);
+      if (levels.length) units.push({ layer: l, target, out: p.out, rank: p.rank, levels });
+    }
+  }
+  return units;
+}
+
+const r4 = (v: number) => Math.round(v * 1e4) / 1e4;
+const pct = (v: number) => `${v >= 0 ? '+' : ''}${(100 * v).toFixed(2)}%`;
+
+/** A calibration context: the staging bundle and the measurements on it. */
+class Calibration {
+  constructor(
+    readonly ckpt: OptCheckpoint,
+    readonly bundle: Bundle,
+    readonly o: CalibrationOptions,
+  ) {}
+
+  /** Perplexity of `docs` with per-layer k `layerK` (the predicted mode). */
+  async predicted(docs: Int32Array[], layerK: LayerK | undefined, quiet: boolean): Promise<number> {
+    const r = await parallelSparsePerplexity(this.ckpt, this.bundle, docs, 'predicted', {
+      kvPolicy: this.o.kvPolicy,
+      mlpGroups: this.o.mlpGroups,
+      threads: this.o.threads,
+      layerK,
+      quiet,
+    });
+    return r.ppl;
+  }
+}
+
+function stage(ckpt: OptCheckpoint, o: ExportOptions): { dir: string; bundle: Bundle } {
+  const dir = mkdtempSync(join(tmpdir(), 'dejavu-calib-'));
+  try {
+    exportBundle({ ...o, out: dir, layerK: undefined, quality: undefined }, ckpt);
+    return { dir, bundle: loadBundle(dir, ckpt) };
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+function checkCalibration(ckpt: OptCheckpoint, bundle: Bundle, c: CalibrationOptions): void {
+  if (!(Number.isInteger(c.maxLen) && c.maxLen >= 2)) throw new DejavuError(`${c.maxLen} must be an integer >= 2`, '--calib-max-len');
+  if (c.maxLen > ckpt.config.maxPositionEmbeddings) {
+    throw new DejavuError(`${c.maxLen} exceeds max_position_embeddings ${ckpt.config.maxPositionEmbeddings}`, '--calib-max-len');
+  }
+  if (c.mlpGroups !== undefined) {
+    const why = groupedSelectionProblem(bundle);
+    if (why) throw new DejavuError(why, '--mlp-select');
+  }
+}
+
+/** The quality record's common part. */
+function baseRecord(c: CalibrationOptions, cal: CalibrationDocs, densePpl: number): Omit<QualityRecord, 'budget' | 'met' | 'predicted_ppl' | 'delta' | 'layers' | 'bytes_per_token' | 'overlap' | 'seconds'> {
+  return {
+    calibration: { data: c.data, docs: cal.ids.length, tokens: cal.tokens, max_len: c.maxLen, selection: { docs: c.docs } },
+    dense_ppl: r4(densePpl),
+    kv_policy: c.kvPolicy ?? 'all',
+    mlp_selection: c.mlpGroups !== undefined ? 'grouped' : 'exact',
+    mlp_groups: c.mlpGroups ?? 1,
+  };
+}
+
+const layersOf = (k: LayerK) => k.mlp.map((m, l) => ({ layer: l, mlp_k: m, heads_k: k.attn[l] }));
+
+/** `export --recall ... --calib-data`: the bundle as export would write it, with its measured cost recorded. */
+export async function exportMeasured(o: ExportOptions, c: CalibrationOptions, ckpt: OptCheckpoint): Promise<BudgetExportSummary> {
+  const t0 = performance.now();
+  const { dir, bundle } = stage(ckpt, o);
+  try {
+    checkCalibration(ckpt, bundle, c);
+    const cal = await readCalibration(c.model, c.data, c.docs, c.maxLen);
+    const overlap = await trainingOverlap(o.predictors, cal.hashes);
+    reportOverlap(overlap);
+    const dense = (await densePerplexity(ckpt, cal.ids, { quiet: c.quiet })).ppl;
+    const predicted = await new Calibration(ckpt, bundle, c).predicted(cal.ids, undefined, !!c.quiet);
+    const k: LayerK = { mlp: bundle.mlp.map((p) => p?.k ?? null), attn: bundle.attn.map((p) => p?.k ?? null) };
+    const units = unitsOf(bundle);
+    const bm = byteModel(ckpt, c);
+    const ks = units.map((u) => (u.target === 'mlp' ? k.mlp : k.attn)[u.layer] ?? u.out);
+    const quality: QualityRecord = {
+      budget: null,
+      met: null,
+      ...baseRecord(c, cal, dense),
+      predicted_ppl: r4(predicted),
+      delta: r4(predicted / dense - 1),
+      layers: layersOf(k),
+      bytes_per_token: { dense: configBytes(units, units.map((u) => u.out), bm), bundle: configBytes(units, ks, bm), prompt: bm.prompt, gen: bm.gen },
+      overlap,
+      seconds: Math.round((performance.now() - t0) / 100) / 10,
+    };
+    return { ...exportBundle({ ...o, quality: quality as unknown as Record<string, unknown> }, ckpt), quality };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function byteModel(ckpt: OptCheckpoint, c: CalibrationOptions): ByteModel {
+  return { dims: dimsOf(ckpt), kvPolicy: c.kvPolicy ?? 'all', prompt: c.prompt ?? 128, gen: c.gen ?? 128 };
+}
+
+function reportOverlap(r: Awaited<ReturnType<typeof trainingOverlap>>): void {
+  if (!r.checked) warn(`calibration docs: could not check them against the predictors' training docs (${r.note})`);
+  else if (r.overlap > 0) {
+    warn(
+      `calibration docs: ${r.overlap} of ${r.calibration_docs} are among the ${r.training_docs} documents the predictors were trained on ` +
+        `(shards ${r.shards}); their perplexity flatters the predictors: calibrate on other documents`,
+    );
+  }
+}
+
+/** `export --ppl-budget P`: the search (export/budget-search.ts), then the bundle with the chosen per-layer k. */
+export async function exportToBudget(o: ExportOptions, budget: number, c: CalibrationOptions, ckpt: OptCheckpoint): Promise<BudgetExportSummary> {
+  if (!(Number.isFinite(budget) && budget >= 0)) throw new DejavuError(`${budget} must be a relative perplexity increase >= 0 (e.g. 1% or 0.01)`, '--ppl-budget');
+  const t0 = performance.now();
+  const { dir, bundle } = stage(ckpt, o);
+  try {
+    checkCalibration(ckpt, bundle, c);
+    const cal = await readCalibration(c.model, c.data, c.docs, c.maxLen);
+    const overlap = await trainingOverlap(o.predictors, cal.hashes);
+    reportOverlap(overlap);
+    const calib = new Calibration(ckpt, bundle, c);
+    const n = ckpt.config.numLayers;
+    const units = unitsOf(bundle);
+    const bm = byteModel(ckpt, c);
+    const dense = (await densePerplexity(ckpt, cal.ids, { quiet: true })).ppl;
+    log(`calibration: ${cal.ids.length} docs, ${cal.tokens} tokens, dense ppl ${dense.toFixed(3)}; budget ${pct(budget).slice(1)}`);
+
+    // 1-2. Sensitivity of each unit at each level alone, on the first calibration documents.
+    const sensN = Math.min(cal.ids.length, c.sensitivityDocs ?? 8);
+    const sensDocs = cal.ids.slice(0, sensN);
+    const measuredCost: number[][] = units.map((u) => u.levels.map(() => NaN));
+    if (budget > 0 && units.length) {
+      const sensDense = (await densePerplexity(ckpt, sensDocs, { quiet: true })).ppl;
+      const total = units.reduce((a, u) => a + u.levels.length, 0);
+      const bar = progressBar('budget: sensitivity', total, 'evals', c.quiet);
+      for (let i = 0; i < units.length; i++) {
+        for (let j = 0; j < units[i].levels.length; j++) {
+          const ks = units.map((u) => u.out);
+          ks[i] = units[i].levels[j];
+          const ppl = await calib.predicted(sensDocs, layerKs(units, ks, n), true);
+          measuredCost[i][j] = Math.log(ppl / sensDense);
+          bar.increment();
+        }
+      }
+      bar.stop();
+    }
+    const costs = monotoneCosts(measuredCost.map((row) => row.map((v) => (Number.isNaN(v) ? 0 : v))));
+
+    // 3. The greedy path; 4. verification by bisection on every calibration document.
+    const path = greedyPath(units, costs, bm);
+    let evals = 0;
+    const bisect = await bisectPath(path, budget, async (i) => {
+      evals++;
+      const ppl = await calib.predicted(cal.ids, layerKs(units, path[i].ks, n), !!c.quiet);
+      const d = ppl / dense - 1;
+      log(`budget: path point ${i}/${path.length - 1}: ${(path[i].bytes / 1e6).toFixed(3)} MB/token, estimated ${pct(path[i].estimate)}, measured ${pct(d)} -> ${d <= budget ? 'within' : 'over'} the budget`);
+      return d;
+    });
+    const chosen = path[bisect.chosen];
+    const k = layerKs(units, chosen.ks, n);
+    const met = bisect.chosen > 0;
+    const delta = met ? bisect.measured.get(bisect.chosen)! : 0;
+    let message: string | undefined;
+    if (!met) {
+      const tried = [...bisect.measured.values()];
+      message =
+        budget <= 0
+          ? `a budget of ${pct(budget).slice(1)} allows no perplexity increase: only the dense model meets it; the bundle keeps every layer dense (the densest bundle)`
+          : `no sparse configuration met the budget of ${pct(budget).slice(1)} on the calibration docs` +
+            (tried.length ? ` (the cheapest measured cost: ${pct(Math.min(...tried))})` : '') +
+            '; the bundle keeps every layer dense (the densest bundle): raise the budget or train better predictors';
+      warn(message);
+    }
+    const search: SearchRecord = {
+      sensitivity_docs: budget > 0 ? sensN : 0,
+      units: units.map((u, i) => ({ layer: u.layer, target: u.target, out: u.out, rank: u.rank, levels: u.levels, cost: measuredCost[i].map((v) => (Number.isNaN(v) ? null : r4(v))) as number[] })),
+      path: path.map((p, i) => ({ ks: p.ks, bytes: Math.round(p.bytes), estimate: r4(p.estimate), measured: bisect.measured.has(i) ? r4(bisect.measured.get(i)!) : null })),
+      chosen: bisect.chosen,
+      evaluations: evals,
+    };
+    const quality: QualityRecord = {
+      budget,
+      met,
+      ...(message ? { message } : {}),
+      ...baseRecord(c, cal, dense),
+      predicted_ppl: r4(dense * (1 + delta)),
+      delta: r4(delta),
+      layers: layersOf(k),
+      bytes_per_token: { dense: Math.round(path[0].bytes), bundle: Math.round(chosen.bytes), prompt: bm.prompt, gen: bm.gen },
+      overlap,
+      search,
+      seconds: Math.round((performance.now() - t0) / 100) / 10,
+    };
+    const s = exportBundle({ ...o, layerK: k, layerKRule: 'budget', quality: quality as unknown as Record<string, unknown> }, ckpt);
+    return { ...s, quality };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
