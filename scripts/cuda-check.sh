@@ -119,6 +119,8 @@ echo "== summary"
 const fs = require("fs");
 for (const f of fs.readdirSync(process.argv[1]).filter((f) => /^cuda-.*\.json$/.test(f)).sort()) {
   const r = JSON.parse(fs.readFileSync(process.argv[1] + "/" + f, "utf8"));
-  console.log(`${f.replace(/\.json$/, "")}: dense ${r.dense.ms_per_token} ms (floor ${r.floor_ms}, x${r.dense_vs_floor}) | sparse ${r.sparse.ms_per_token} ms (floor ${r.sparse_floor_ms}, ${r.sparse_vs_dense_floor} of dense floor, pred share ${r.sparse.predictor_ms_share}, fixed ${r.sparse.fixed_selection_ms_per_token} ms) | speedup ${r.speedup} | bw ${r.copy_bandwidth_gbps} GB/s`);
+  if (r.sweep) { console.log(`${f.replace(/\.json$/, "")}: sweep, dense ${r.dense.ms_per_token} ms, ${r.sweep.length} points`); continue; }
+  const kv = r.kv_policies;
+  console.log(`${f.replace(/\.json$/, "")}: dense ${r.dense.ms_per_token} ms (floor ${r.floor_ms}, x${r.dense_vs_floor}) | sparse, KV ${r.kv_policy}: ${r.sparse.ms_per_token} ms (floor ${r.sparse_floor_ms}, ${r.sparse_vs_dense_floor} of dense floor, pred share ${r.sparse.predictor_ms_share}, fixed ${r.sparse.fixed_selection_ms_per_token} ms) | KV all ${kv.all.ms_per_token} ms, selected ${kv.selected.ms_per_token} ms | speedup ${r.speedup} | bw ${r.copy_bandwidth_gbps} GB/s`);
 }' "$OUT"
 exit $status

@@ -8,7 +8,8 @@
 #                                      between calls on a warm machine), then times the bench of SHAPE (default
 #                                      opt-13b) for each MODES entry (default "exact grouped"), A and B alternately,
 #                                      ROUNDS times (default 2); PORTABLE=1 adds B on the portable path.
-# Writes $OUT/compare.json: every run's bench JSON (device, date, command) and a summary of B / A per mode.
+# Writes $OUT/compare.json: every run's bench JSON (device, date, command) and a summary of B / A per mode: dense and
+# sparse under each KV policy (kv_policies; in benches before it, sparse was KV selected and sparse.kv_all_* KV all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -57,7 +58,7 @@ bench() {  # side mode round [extra args]
   local args=(--shape "$SHAPE" --mlp-select "$mode" --json "$@")
   DEJAVU_CUDA_LIB=$([ "$side" = A ] && echo "$ALIB") timeout 150 "$NODE" "$js" "${args[@]}" --out "$RUNS/$side-$mode-$r.json" > /dev/null 2> "$RUNS/$side-$mode-$r.err" ||
     { echo "run $side $mode $r failed: $(tail -3 "$RUNS/$side-$mode-$r.err")"; return 1; }
-  echo "$side $mode $r: $("$NODE" -e 'const r=require(process.argv[1]);console.log(`dense ${r.dense.ms_per_token} ms, sparse ${r.sparse.ms_per_token} ms (${r.sparse_vs_dense_floor} of the dense floor, share ${r.sparse.predictor_ms_share}), kv all ${r.sparse.kv_all_ms_per_token} ms`)' "$RUNS/$side-$mode-$r.json")"
+  echo "$side $mode $r: $("$NODE" -e 'const r=require(process.argv[1]);const kv=(p)=>r.kv_policies?r.kv_policies[p].ms_per_token:p==="all"?r.sparse.kv_all_ms_per_token:r.sparse.ms_per_token;console.log(`dense ${r.dense.ms_per_token} ms, sparse (KV ${r.kv_policy}) ${r.sparse.ms_per_token} ms (${r.sparse_vs_dense_floor} of the dense floor, share ${r.sparse.predictor_ms_share}), KV all ${kv("all")} ms, KV selected ${kv("selected")} ms`)' "$RUNS/$side-$mode-$r.json")"
   printf '%s\n' "node ${js#$ROOT/} ${args[*]}" > "$RUNS/$side-$mode-$r.cmd"
 }
 status=0
@@ -76,19 +77,21 @@ const runs = fs.readdirSync(dir).filter((f) => f.endsWith(".json")).sort().map((
            result: JSON.parse(fs.readFileSync(`${dir}/${f}`, "utf8")) };
 });
 const med = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
+// Per KV policy: kv_policies (present bench), else sparse (policy selected) and sparse.kv_all_* (benches before it).
+const kvMs = (x, p) => (x.kv_policies ? x.kv_policies[p].ms_per_token : p === "all" ? x.sparse.kv_all_ms_per_token : x.sparse.ms_per_token);
 const summary = {};
 for (const mode of [...new Set(runs.map((r) => r.mode))]) {
   const pick = (side, f) => runs.filter((r) => r.side === side && r.mode === mode && r.round !== "portable").map((r) => f(r.result));
   const row = {};
-  for (const [k, f] of [["dense_ms", (x) => x.dense.ms_per_token], ["sparse_ms", (x) => x.sparse.ms_per_token],
-                        ["kv_all_ms", (x) => x.sparse.kv_all_ms_per_token]]) {
+  for (const [k, f] of [["dense_ms", (x) => x.dense.ms_per_token], ["sparse_kv_selected_ms", (x) => kvMs(x, "selected")],
+                        ["sparse_kv_all_ms", (x) => kvMs(x, "all")]]) {
     const a = pick("A", f), b = pick("B", f);
     row[k] = { A: a, B: b, B_over_A: a.length && b.length ? Math.round((med(b) / med(a)) * 10000) / 10000 : null };
   }
   summary[mode] = row;
 }
 const portable = runs.find((r) => r.round === "portable");
-if (portable) summary.portable_exact = { dense_ms: portable.result.dense.ms_per_token, sparse_ms: portable.result.sparse.ms_per_token };
+if (portable) summary.portable_exact = { dense_ms: portable.result.dense.ms_per_token, sparse_kv_selected_ms: kvMs(portable.result, "selected"), sparse_kv_all_ms: kvMs(portable.result, "all") };
 fs.writeFileSync(out, JSON.stringify({ baseline_rev: rev, device: runs[0]?.result.device, date: new Date().toISOString(), summary, runs }, null, 1) + "\n");
 console.log(JSON.stringify(summary));
 ' "$RUNS" "$OUT/compare.json" "$(cat "$BASE/REV" 2>/dev/null)"

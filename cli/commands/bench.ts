@@ -9,6 +9,7 @@ import { MLP_INPUTS, type MlpInput } from '../../common/mlp-input.js';
 import { intArg } from '../args.js';
 import { CUDA_PATHS, MLP_SELECTIONS, type CudaOptions } from '../../runtime/cuda/lib.js';
 import type { CudaBenchOptions } from '../../runtime/cuda/bench.js';
+import { QUALITY_COST, groupsText, kvPoliciesTable, sweepTables, type SweepPoint } from '../../runtime/cuda/bench-format.js';
 
 export interface Density {
   mlp: number;
@@ -43,6 +44,8 @@ export interface CudaBenchFlags {
   mlpInput?: MlpInput;
   mlpSelect?: CudaOptions['selection'];
   path?: CudaOptions['path'];
+  kvPolicy?: CudaOptions['kvPolicy'];
+  sweep?: boolean;
   rank?: number;
   json?: boolean;
 }
@@ -50,7 +53,6 @@ export interface CudaBenchFlags {
 interface BenchFlags extends CudaBenchFlags {
   device: string;
   rounds?: number;
-  kvPolicy?: string;
   mlpGroups?: string;
 }
 
@@ -75,6 +77,13 @@ export function addCudaBenchOptions(cmd: Command): Command {
     .addOption(
       new Option('--path <path>', 'cuda: the kernels: streamed (sm_90+, d <= 10240), portable (per-op, sm_80+), or auto (streamed where it runs; default)').choices([...CUDA_PATHS]),
     )
+    .addOption(
+      new Option(
+        '--kv-policy <p>',
+        "K/V of skipped heads: all (default: every head's K/V every step) or selected (a skipped head computes no K/V, its slots masked when picked later: faster, more perplexity); cuda: the other policy is timed beside it",
+      ).choices(['all', 'selected']),
+    )
+    .option('--sweep', 'cuda: ms/token over heads 0.2/0.5/0.75/1 x neurons 0.05/0.1/0.2/0.5 x both KV policies (no --density)')
     .option('--rank <r>', 'cuda, random predictors: their rank (default 128; a multiple of 8)', positiveInt('--rank'))
     .option('--json', 'print one JSON object on stdout');
 }
@@ -91,6 +100,8 @@ export function cudaBenchOptions(f: CudaBenchFlags): CudaBenchOptions {
     mlpInput: f.mlpInput,
     mlpSelect: f.mlpSelect,
     path: f.path,
+    kvPolicy: f.kvPolicy,
+    sweep: !!f.sweep,
     rank: f.rank,
     json: !!f.json,
   };
@@ -103,14 +114,11 @@ export function register(program: Command): void {
     .option('--device <device>', 'cpu or cuda', 'cpu');
   addCudaBenchOptions(cmd)
     .option('--rounds <n>', 'cpu: alternating dense/sparse rounds, median reported', positiveInt('--rounds'))
-    .option('--kv-policy <p>', "cpu: all (default: every head's K/V every step) or selected (a skipped head computes no K/V, its slots masked when picked later)")
     .option('--mlp-groups <g>', 'cpu: G neuron groups of --mlp-select grouped (required with it; alone it implies grouped)')
     .action(async (f: BenchFlags) => {
       let result: Record<string, unknown>;
       if (f.device === 'cuda') {
-        // The CUDA bench times both KV policies in one run (sparse: selected; sparse.kv_all_*: all) and derives G per
-        // layer from its kernel's blocks (its JSON reports both).
-        if (f.kvPolicy) throw new DejavuError('the CUDA bench times both policies in one run (sparse: selected, sparse.kv_all_*: all); the flag is for --device cpu', '--kv-policy');
+        // The CUDA engine derives G per layer from its kernel's blocks (its JSON reports it: mlp_groups).
         if (f.mlpGroups) throw new DejavuError('the CUDA engine picks G per layer from its kernel\'s blocks; the flag is for --device cpu', '--mlp-groups');
         // Imported here, not at top level: the CPU bench's dependencies stay off the CUDA machine and vice versa.
         const mod = await import('../../runtime/cuda/bench.js');
@@ -121,6 +129,7 @@ export function register(program: Command): void {
         if (f.mlpInput) throw new DejavuError('--mlp-input places random predictors on the GPU; the CPU bench takes them from --bundle', '--mlp-input');
         if (f.path) throw new DejavuError('--path picks the CUDA kernels; the CPU bench has one path', '--path');
         if (f.rank) throw new DejavuError('--rank sizes random predictors on the GPU; the CPU bench takes them from --bundle', '--rank');
+        if (f.sweep) throw new DejavuError('the density sweep is for --device cuda', '--sweep');
         const { runCpuBench } = await import('../../runtime/sparse/bench-cpu.js');
         const { parseKvPolicy, resolveMlpSelection } = await import('../../runtime/sparse/eval.js');
         const mlp = resolveMlpSelection(f.mlpSelect, f.mlpGroups);
@@ -143,13 +152,22 @@ export function register(program: Command): void {
     });
 }
 
-/** A human-readable table of a bench result (CPU or CUDA: the shared keys). */
+/** A human-readable table of a bench result (CPU or CUDA: the shared keys; a CUDA sweep as its tables). */
 export function formatBench(r: Record<string, unknown>): string {
   const num = (v: unknown) => (typeof v === 'number' ? v.toFixed(3) : '-');
   const dense = (r.dense ?? {}) as Record<string, unknown>;
   const sparse = (r.sparse ?? {}) as Record<string, unknown>;
   const lines = [`device: ${String(r.device)}`];
+  if (Array.isArray(r.sweep)) {
+    const g = r.mlp_selection === 'grouped' ? ' (G per layer in the JSON: sweep[].mlp_groups)' : '';
+    lines.push(`MLP selection ${String(r.mlp_selection ?? 'exact')}${g}`, '');
+    lines.push(sweepTables(r.sweep as SweepPoint[], { denseMs: dense.ms_per_token as number, floorMs: r.floor_ms as number }));
+    lines.push('', QUALITY_COST);
+    return lines.join('\n');
+  }
   if (r.mlp_density !== undefined) lines.push(`density: mlp ${num(r.mlp_density)}, heads ${num(r.head_density)}`);
+  const dn = r.density as Record<string, unknown> | undefined; // the CUDA bench's kept fractions
+  if (r.mlp_density === undefined && typeof dn === 'object' && dn) lines.push(`density: mlp ${num(dn.mlp)}, heads ${num(dn.heads)}`);
   lines.push('', 'ms/token           dense     sparse');
   lines.push(`total         ${num(dense.ms_per_token).padStart(10)} ${num(sparse.ms_per_token).padStart(10)}`);
   const db = (dense.blocks_ms_per_token ?? {}) as Record<string, unknown>;
@@ -170,10 +188,12 @@ export function formatBench(r: Record<string, unknown>): string {
   }
   lines.push(`memory-traffic floor: dense ${num(r.floor_ms)} ms, sparse ${num(r.sparse_floor_ms)} ms`);
   if (typeof r.kv_policy === 'string') {
-    const g = r.mlp_selection === 'grouped' && r.mlp_groups !== undefined ? ` (G = ${String(r.mlp_groups)})` : '';
+    const g = r.mlp_selection === 'grouped' && r.mlp_groups !== undefined ? ` (${groupsText(r.mlp_groups)})` : '';
     lines.push(`KV policy ${r.kv_policy}, MLP selection ${String(r.mlp_selection ?? 'exact')}${g}`);
   }
-  // The CPU bench measures what policy 'all' costs over 'selected'; the CUDA bench's kv_all figures sit in sparse.
+  const kvTable = kvPoliciesTable(r); // the CUDA bench: both KV policies side by side
+  if (kvTable) lines.push('', kvTable, '', QUALITY_COST);
+  // The CPU bench measures what policy 'all' costs over 'selected'; the CUDA bench times both (kv_policies).
   const kvSrc = r.kv_policy_cost ?? r.kv_policy; // kv_policy held the cost object in results before kv_policy_cost
   const kv = typeof kvSrc === 'object' && kvSrc ? (kvSrc as Record<string, unknown>) : undefined;
   if (kv) {

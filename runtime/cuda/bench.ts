@@ -7,14 +7,17 @@
  * replays; 3 repetitions, median reported. Modes: dense; sparse (predictors + top-k + gathered kernels);
  * fixed (the same sparse kernels on the last predicted selections, predictors left out: the predictor share is
  * 1 - fixed/sparse); predictors alone (their own time, for reference). The sparse mode is timed under both KV
- * policies: 'selected' (the headline figure) and 'all' (kv_all_*). Engine behaviour comes from the options only
- * (lib.ts CudaOptions), never from the environment.
+ * policies: the chosen one (`kvPolicy`, default 'all': the headline `sparse`) and the other, side by side in
+ * `kv_policies`. `sweep`: dense once, then the sparse mode at every point of heads x neurons (bench-format.ts
+ * SWEEP_*) under both policies, k set per layer and the graphs rebuilt per point on the same engine. Engine
+ * behaviour comes from the options only (lib.ts CudaOptions), never from the environment.
  */
 import { DejavuError } from '../../common/errors.js';
 import { MLP_INPUTS, type MlpInput } from '../../common/mlp-input.js';
 import { CudaEngine, type SparsityPlan } from './engine.js';
 import { avgStepBytes, shapeDims, weightBytes, type Dims, type StepSparsity } from './floor.js';
-import { CUDA_PATHS, MLP_SELECTIONS, loadCudaLib, type CudaOptions, type Mode } from './lib.js';
+import { CUDA_PATHS, KV_POLICIES, MLP_SELECTIONS, loadCudaLib, type CudaLib, type CudaOptions, type Mode } from './lib.js';
+import { QUALITY_COST, SWEEP_HEADS, SWEEP_KV_POLICIES, SWEEP_NEURONS, otherKvPolicy, type SweepPoint } from './bench-format.js';
 
 export interface CudaBenchOptions {
   shape?: string;
@@ -32,8 +35,14 @@ export interface CudaBenchOptions {
   mlpSelect?: CudaOptions['selection'];
   /** Which kernels: auto (default: streamed where it runs), streamed, or portable. */
   path?: CudaOptions['path'];
+  /** KV policy of the headline sparse figure: 'all' (default) or 'selected'; the other one is timed beside it. */
+  kvPolicy?: CudaOptions['kvPolicy'];
+  /** ms/token over SWEEP_HEADS x SWEEP_NEURONS x both KV policies instead of one density (no --density). */
+  sweep?: boolean;
   seed?: number;
   reps?: number;
+  /** The loaded library (default: loadCudaLib()). */
+  lib?: CudaLib;
 }
 
 const log = (json: boolean, msg: string) => {
@@ -65,6 +74,10 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
   const reps = o.reps ?? 3;
   const selection = o.mlpSelect ?? 'exact';
   if (!MLP_SELECTIONS.includes(selection)) throw new DejavuError(`'${selection}': expected exact or grouped`, '--mlp-select');
+  const kvPolicy = o.kvPolicy ?? 'all';
+  if (!KV_POLICIES.includes(kvPolicy)) throw new DejavuError(`'${kvPolicy}': expected all or selected`, '--kv-policy');
+  if (o.sweep && o.density) throw new DejavuError('the sweep sets the densities itself (heads x neurons); leave --density out', '--density');
+  if (o.sweep && o.kvPolicy) throw new DejavuError('the sweep times both KV policies at every point; leave --kv-policy out', '--kv-policy');
   const path = o.path ?? 'auto';
   if (!CUDA_PATHS.includes(path)) throw new DejavuError(`'${path}': expected one of ${CUDA_PATHS.join(', ')}`, '--path');
   if (path === 'portable' && selection === 'grouped')
@@ -75,9 +88,9 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
     const why = groupedSelectionProblem(readManifest(o.bundle));
     if (why) throw new DejavuError(why, o.bundle);
   }
-  const options: CudaOptions = { path, selection, kvPolicy: 'selected' };
+  const options: CudaOptions = { path, selection, kvPolicy };
 
-  const lib = await loadCudaLib();
+  const lib = o.lib ?? (await loadCudaLib());
   const info = lib.deviceInfo();
   log(json, `device: ${info.name} (${info.sms} SMs, ${(info.memBytes / 2 ** 30).toFixed(1)} GiB)`);
 
@@ -107,21 +120,26 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
   try {
     if (ckpt) eng.uploadCheckpoint(ckpt);
     else eng.fillRandom(o.seed ?? 1);
+    // The sweep times its heads = 1 row first, with MLP predictors only (a predictor once set runs in every sparse
+    // step); `installAttn` adds the attention predictors before the first row with fewer heads.
+    const sweep0 = { heads: 1, mlp: SWEEP_NEURONS[0] };
+    let bundle: import('../../export/bundle.js').Bundle | undefined;
+    const fromBundle = (b: import('../../export/bundle.js').Bundle, dn?: { mlp: number; heads: number }) =>
+      // --density (or a sweep point) with a bundle overrides its k (in the layers it has predictors for).
+      eng.applyBundle(b, dn ? { headsK: Math.max(1, Math.round(dn.heads * dims.heads)), mlpK: Math.max(1, Math.round(dn.mlp * dims.ffn)) } : {});
     let plan: SparsityPlan;
     if (o.bundle) {
       const { loadBundle } = await import('../../export/bundle.js');
-      const b = loadBundle(o.bundle, ckpt);
-      // --density with a bundle overrides its k (in the layers it has predictors for).
-      const over = o.density
-        ? { headsK: Math.max(1, Math.round(o.density.heads * dims.heads)), mlpK: Math.max(1, Math.round(o.density.mlp * dims.ffn)) }
-        : {};
-      plan = eng.applyBundle(b, over);
+      bundle = loadBundle(o.bundle, ckpt);
+      plan = o.sweep ? fromBundle({ ...bundle, attn: bundle.attn.map(() => null) }, sweep0) : fromBundle(bundle, o.density);
     } else {
-      plan = eng.randomPredictors(density, rank, mlpInput);
+      plan = eng.randomPredictors(o.sweep ? sweep0 : density, rank, mlpInput);
     }
+    const installAttn = (heads: number): SparsityPlan =>
+      bundle ? fromBundle(bundle, { heads, mlp: sweep0.mlp }) : eng.randomPredictors({ heads, mlp: sweep0.mlp }, rank, mlpInput);
     eng.build();
     const enginePath = eng.path();
-    log(json, `${enginePath} path, ${selection} MLP selection`);
+    log(json, `${enginePath} path, ${selection} MLP selection${o.sweep ? '' : `, KV policy ${kvPolicy}`}`);
     log(json, `loaded + graphs in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
     // Prompt: seeded pseudo-random ids (the timing does not depend on the text).
@@ -144,14 +162,89 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
       return median(xs);
     };
     const denseMs = time('dense', o.gen);
+    // The copy bandwidth is measured after every timing (as the floors need it only for the result).
+    let bw = NaN;
+    const measureBandwidth = () => (bw = lib.copyBandwidth(1 << 30, 10) * 1e9); // bytes/s, read + write counted
+    const dB = avgStepBytes(dims, o.prompt, o.gen);
+    const floorOf = (p: SparsityPlan, kv: CudaOptions['kvPolicy']) => (avgStepBytes(dims, o.prompt, o.gen, { ...p, kvPolicy: kv }).total / bw) * 1e3;
+    const avg = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+    const groups = () => Array.from({ length: dims.layers }, (_, l) => eng.mlpGroups(l));
+    const common: Record<string, unknown> = {
+      device: info.name,
+      date: new Date().toISOString().slice(0, 10),
+      shape: o.shape ?? null,
+      model: o.model ?? null,
+      bundle: o.bundle ?? null,
+      weights: ckpt ? 'checkpoint (fp16)' : 'random fp16 (GPU hash fill)',
+      dims,
+      prompt: o.prompt,
+      gen: o.gen,
+      batch: 1,
+    };
+    const kvRule = 'all: K/V of every head every step; selected: skipped heads compute no K/V, their slots masked when picked later';
+
+    if (o.sweep) {
+      const points: (SweepPoint & { plan: SparsityPlan })[] = [];
+      let attn = false;
+      // heads = 1 first (no attention predictor), then down; both policies at each point, the default first.
+      for (const heads of [...SWEEP_HEADS].sort((a, b) => b - a)) {
+        if (heads < 1 && !attn) {
+          plan = installAttn(heads);
+          attn = true;
+        }
+        for (const neurons of SWEEP_NEURONS) {
+          const p = eng.setDensity(plan, { heads, mlp: neurons });
+          for (const kv of SWEEP_KV_POLICIES) {
+            eng.setOptions({ ...options, kvPolicy: kv });
+            eng.build();
+            const ms = time('sparse', o.gen);
+            points.push({
+              heads,
+              neurons,
+              kv_policy: kv,
+              ms_per_token: r3(ms),
+              plan: p,
+              speedup: r3(denseMs / ms),
+              kept: { heads: r3(avg(p.kH) / dims.heads), neurons: r3(avg(p.kM) / dims.ffn) },
+              mlp_groups: groups(),
+            });
+            log(json, `heads ${heads}, neurons ${neurons}, KV ${kv}: ${ms.toFixed(3)} ms/token`);
+          }
+        }
+      }
+      measureBandwidth();
+      const floorMs = (dB.total / bw) * 1e3;
+      const sweep: SweepPoint[] = points.map(({ plan: p, ...pt }) => ({ ...pt, floor_ms: r3(floorOf(p, pt.kv_policy)) }));
+      return {
+        ...common,
+        sparsity_source: plan.source,
+        mlp_input: o.bundle ? null : mlpInput,
+        mlp_selection: selection,
+        mlp_selection_rule: mlpSelectionRule(selection),
+        predictor_rank: { attn: Math.max(...plan.rankAttn), mlp: Math.max(...plan.rankMlp) },
+        engine_path: enginePath,
+        kv_policy_rule: kvRule,
+        copy_bandwidth_gbps: r3(bw / 1e9),
+        dense: { ms_per_token: r3(denseMs), tokens_per_s: r3(1000 / denseMs) },
+        floor_ms: r3(floorMs),
+        dense_vs_floor: r3(denseMs / floorMs),
+        sweep_grid: { heads: [...SWEEP_HEADS], neurons: [...SWEEP_NEURONS], kv_policies: [...SWEEP_KV_POLICIES] },
+        sweep,
+        quality_cost: QUALITY_COST,
+        seconds: r3((performance.now() - t0) / 1000),
+      };
+    }
+
     const sparseMs = time('sparse', o.gen);
     const fixedMs = time('fixed', o.gen); // selections left by the last sparse step
     const predMs = time('predictors', o.gen);
-    eng.setOptions({ ...options, kvPolicy: 'all' });
+    const other = otherKvPolicy(kvPolicy);
+    eng.setOptions({ ...options, kvPolicy: other });
     eng.build();
-    const kvAllMs = time('sparse', o.gen);
+    const otherMs = time('sparse', o.gen);
     eng.setOptions(options);
     eng.build();
+    const mlpGroups = groups();
     // Per-kernel-kind breakdown (eager launches with events: gaps included, so the total exceeds a graph replay).
     const prof = (mode: Mode) => {
       const steps = 8;
@@ -168,34 +261,27 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
     };
 
     // ---- floors ----
-    const bw = lib.copyBandwidth(1 << 30, 10) * 1e9; // bytes/s, read + write counted
-    const sp: StepSparsity = { ...plan, kvPolicy: 'selected' };
-    const dB = avgStepBytes(dims, o.prompt, o.gen);
-    const sB = avgStepBytes(dims, o.prompt, o.gen, sp);
-    const sBall = avgStepBytes(dims, o.prompt, o.gen, { ...sp, kvPolicy: 'all' });
+    measureBandwidth();
     const floorMs = (dB.total / bw) * 1e3;
+    const sp: StepSparsity = { ...plan, kvPolicy };
+    const sB = avgStepBytes(dims, o.prompt, o.gen, sp);
     const sparseFloorMs = (sB.total / bw) * 1e3;
-    const avg = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+    const policyFigures = (kv: CudaOptions['kvPolicy'], ms: number) => {
+      const f = floorOf(plan, kv);
+      return { ms_per_token: r3(ms), tokens_per_s: r3(1000 / ms), floor_ms: r3(f), vs_floor: r3(ms / f), vs_dense_floor: r3(ms / floorMs), speedup: r3(denseMs / ms) };
+    };
     const result: Record<string, unknown> = {
-      device: info.name,
-      date: new Date().toISOString().slice(0, 10),
-      shape: o.shape ?? null,
-      model: o.model ?? null,
-      bundle: o.bundle ?? null,
-      weights: ckpt ? 'checkpoint (fp16)' : 'random fp16 (GPU hash fill)',
-      dims,
-      prompt: o.prompt,
-      gen: o.gen,
-      batch: 1,
+      ...common,
       density: { mlp: r3(avg(plan.kM) / dims.ffn), heads: r3(avg(plan.kH) / dims.heads) },
       sparsity_source: plan.source,
       mlp_input: o.bundle ? null : mlpInput,
       mlp_selection: selection,
       mlp_selection_rule: mlpSelectionRule(selection),
+      mlp_groups: mlpGroups,
       predictor_rank: { attn: Math.max(...plan.rankAttn), mlp: Math.max(...plan.rankMlp) },
       engine_path: enginePath,
-      kv_policy: options.kvPolicy,
-      kv_policy_rule: 'sparse: skipped heads compute no K/V, their slots masked when picked later; sparse.kv_all_*: K/V of every head',
+      kv_policy: kvPolicy,
+      kv_policy_rule: `sparse: KV policy ${kvPolicy}; kv_policies: both side by side (${kvRule})`,
       copy_bandwidth_gbps: r3(bw / 1e9),
       bytes_per_token: { dense: Math.round(dB.total), sparse: Math.round(sB.total), sparse_predictors: Math.round(sB.predictors) },
       dense: {
@@ -211,10 +297,9 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
         fixed_selection_ms_per_token: r3(fixedMs),
         predictors_alone_ms: r3(predMs),
         kernels_per_step: kernels.sparse,
-        kv_all_ms_per_token: r3(kvAllMs),
-        kv_all_floor_ms: r3((sBall.total / bw) * 1e3),
         achieved_gbps: r3(sB.total / (sparseMs * 1e-3) / 1e9),
       },
+      kv_policies: { [kvPolicy]: policyFigures(kvPolicy, sparseMs), [other]: policyFigures(other, otherMs) },
       profile,
       speedup: r3(denseMs / sparseMs),
       floor_ms: r3(floorMs),
@@ -222,12 +307,14 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
       sparse_floor_ms: r3(sparseFloorMs),
       sparse_vs_sparse_floor: r3(sparseMs / sparseFloorMs),
       sparse_vs_dense_floor: r3(sparseMs / floorMs),
+      quality_cost: QUALITY_COST,
       seconds: r3((performance.now() - t0) / 1000),
     };
     log(
       json,
       `${o.shape ?? o.model}: dense ${denseMs.toFixed(3)} ms/token (floor ${floorMs.toFixed(3)}, x${(denseMs / floorMs).toFixed(2)}), ` +
-        `sparse ${sparseMs.toFixed(3)} ms/token (floor ${sparseFloorMs.toFixed(3)}; ${(sparseMs / floorMs).toFixed(3)} of the dense floor), ` +
+        `sparse (KV ${kvPolicy}) ${sparseMs.toFixed(3)} ms/token (floor ${sparseFloorMs.toFixed(3)}; ${(sparseMs / floorMs).toFixed(3)} of the dense floor), ` +
+        `KV ${other} ${otherMs.toFixed(3)} ms/token, ` +
         `speedup ${(denseMs / sparseMs).toFixed(2)}x, predictor share ${(100 * Math.max(0, (sparseMs - fixedMs) / sparseMs)).toFixed(1)}%`,
     );
     return result;

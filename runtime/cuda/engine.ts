@@ -222,4 +222,25 @@ export class CudaEngine {
     if (!this.destroyed) this.lib.destroy(this.h);
     this.destroyed = true;
   }
+
+  /**
+   * k per layer at a density over the predictors already set (`plan`: what randomPredictors or applyBundle returned):
+   * a layer with a heads (neurons) predictor keeps max(1, round(density x heads (ffn))) of them, one without stays
+   * dense. No weights or predictors move; effective at the next build(). A predictor once set runs in every sparse
+   * step, also at density 1: a layer is timed without its predictor only before that predictor is set.
+   */
+  setDensity(plan: SparsityPlan, density: { mlp: number; heads: number }): SparsityPlan {
+    const { layers, heads, ffn } = this.dims;
+    const kH = Math.max(1, Math.min(heads, Math.round(density.heads * heads)));
+    const kM = Math.max(1, Math.min(ffn, Math.round(density.mlp * ffn)));
+    const out: SparsityPlan = { ...plan, kH: [], kM: [] };
+    for (let l = 0; l < layers; l++) {
+      const h = plan.rankAttn[l] > 0 ? kH : heads;
+      const m = plan.rankMlp[l] > 0 ? kM : ffn;
+      this.lib.setK(this.h, l, h, m);
+      out.kH.push(h);
+      out.kM.push(m);
+    }
+    return out;
+  }
 }

@@ -51,7 +51,7 @@ describe('CUDA bench arguments (checked before any GPU work)', () => {
     register(program);
     const bench = program.commands.find((c) => c.name() === 'bench')!;
     const flags = (c: Command) => c.options.map((o) => o.long);
-    const cuda = ['--shape', '--model', '--bundle', '--density', '--prompt', '--gen', '--mlp-input', '--mlp-select', '--path', '--rank', '--json'];
+    const cuda = ['--shape', '--model', '--bundle', '--density', '--prompt', '--gen', '--mlp-input', '--mlp-select', '--path', '--kv-policy', '--sweep', '--rank', '--json'];
     for (const f of cuda) {
       expect(flags(bench)).toContain(f);
       expect(flags(benchMainCommand())).toContain(f);

@@ -87,7 +87,7 @@ describe.skipIf(!HAVE_FIXTURES)('the JSON states kv_policy, mlp_selection and G'
     await expect(parse(registerBench, ['bench', '--device', 'cpu', '--model', OPT_MINI, '--density', 'mlp=0.1', '--mlp-select', 'grouped'])).rejects.toThrow(
       /^--mlp-select: grouped needs --mlp-groups G/,
     );
-    await expect(parse(registerBench, ['bench', '--device', 'cuda', '--shape', 'opt-13b', '--kv-policy', 'all'])).rejects.toThrow(/^--kv-policy: the CUDA bench times both/);
+    await expect(parse(registerBench, ['bench', '--device', 'cuda', '--shape', 'opt-13b', '--mlp-groups', '4'])).rejects.toThrow(/^--mlp-groups: the CUDA engine picks G/);
   });
 
   it('eval ppl --dump-ids writes the scored token ids; a path under a file fails in one line, leaving it alone', async () => {
