@@ -51,8 +51,10 @@ export interface CalibrationOptions {
   mlpGroups?: number;
   threads?: number;
   quiet?: boolean;
-  /** Calibration documents the per-unit sensitivities are measured on (the first ones; default min(docs, 8)). */
+  /** The per-unit sensitivities are measured on the first `sensitivityDocs` calibration documents (default 8), each
+   *  cut to `sensitivityLen` tokens (default 64): they only order the search; the choice is measured on every doc. */
   sensitivityDocs?: number;
+  sensitivityLen?: number;
   /** Decode context of the byte model (default 128 + 128, as the benches). */
   prompt?: number;
   gen?: number;
@@ -106,7 +108,7 @@ export function unitsOf(bundle: Bundle): SearchUnit[] {
   return units;
 }
 
-const r4 = (v: number) => Math.round(v * 1e4) / 1e4;
+const r4 = (v: number) => Math.round(v * 1e4) / 1e4 + 0; // + 0: no -0 in the JSON
 const pct = (v: number) => `${v >= 0 ? '+' : ''}${(100 * v).toFixed(2)}%`;
 
 /** A calibration context: the staging bundle and the measurements on it. */
@@ -230,7 +232,8 @@ export async function exportToBudget(o: ExportOptions, budget: number, c: Calibr
 
     // 1-2. Sensitivity of each unit at each level alone, on the first calibration documents.
     const sensN = Math.min(cal.ids.length, c.sensitivityDocs ?? 8);
-    const sensDocs = cal.ids.slice(0, sensN);
+    const sensLen = c.sensitivityLen ?? 64;
+    const sensDocs = cal.ids.slice(0, sensN).map((ids) => ids.subarray(0, sensLen));
     const measuredCost: number[][] = units.map((u) => u.levels.map(() => NaN));
     if (budget > 0 && units.length) {
       const sensDense = (await densePerplexity(ckpt, sensDocs, { quiet: true })).ppl;
@@ -276,6 +279,7 @@ export async function exportToBudget(o: ExportOptions, budget: number, c: Calibr
     }
     const search: SearchRecord = {
       sensitivity_docs: budget > 0 ? sensN : 0,
+      sensitivity_tokens: budget > 0 ? sensDocs.reduce((a, d) => a + d.length - 1, 0) : 0,
       units: units.map((u, i) => ({ layer: u.layer, target: u.target, out: u.out, rank: u.rank, levels: u.levels, cost: measuredCost[i].map((v) => (Number.isNaN(v) ? null : r4(v))) as number[] })),
       path: path.map((p, i) => ({ ks: p.ks, bytes: Math.round(p.bytes), estimate: r4(p.estimate), measured: bisect.measured.has(i) ? r4(bisect.measured.get(i)!) : null })),
       chosen: bisect.chosen,

@@ -29,8 +29,10 @@ export interface QualityRecord {
 }
 
 export interface SearchRecord {
-  /** Calibration documents the per-unit sensitivities were measured on (the first ones). */
+  /** Calibration documents the per-unit sensitivities were measured on (the first ones, cut short), and their
+   *  predicted tokens. */
   sensitivity_docs: number;
+  sensitivity_tokens: number;
   units: { layer: number; target: 'mlp' | 'attn'; out: number; rank: number; levels: number[]; cost: number[] }[];
   /** The greedy path: per point, k per unit (the order of `units`; out = dense), bytes, estimated and (where
    *  measured) measured relative perplexity increase. */

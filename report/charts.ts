@@ -3,7 +3,7 @@
  * is built from the checked inputs of report/inputs.ts; a chart whose data is absent is left out.
  */
 import * as echarts from 'echarts';
-import type { BenchPoint, BundleInfo, EvalPoint, PredictorRow, ReportData } from './inputs.js';
+import type { BenchPoint, BundleInfo, BundleQuality, EvalPoint, PredictorRow, ReportData } from './inputs.js';
 
 export interface Chart {
   /** Stable id (the HTML's data-chart attribute). */
@@ -97,6 +97,67 @@ function bundleChart(b: BundleInfo): Chart {
       series: [
         { name: 'MLP neurons', type: 'bar', data: layers.map((l) => r3(l.mlp)) },
         { name: 'heads', type: 'bar', data: layers.map((l) => r3(l.heads)) },
+      ],
+    }),
+  };
+}
+
+/** The k export chose per layer (quality-budget or measured exports): neurons and heads on two axes. */
+function chosenKChart(b: BundleInfo, q: BundleQuality): Chart {
+  const layers = [...q.layers].sort((x, y) => x.layer - y.layer);
+  const budget = q.budget === null ? 'measured at export' : `budget ${(100 * q.budget).toFixed(2)}%`;
+  return {
+    id: 'bundle-k',
+    title: `Chosen k per layer (${budget})`,
+    caption:
+      `Neurons (of ${b.ffn}) and heads (of ${b.heads}) each layer keeps; a dense block is drawn at its full count. ` +
+      `Perplexity on ${q.calibration_docs} calibration docs: dense ${q.dense_ppl.toFixed(3)}, this bundle ${q.predicted_ppl.toFixed(3)} ` +
+      `(KV ${q.kv_policy}, MLP ${q.mlp_selection}).`,
+    svg: renderSvg({
+      legend,
+      grid,
+      tooltip: {},
+      xAxis: { type: 'category', name: 'layer', nameLocation: 'middle', nameGap: 28, data: layers.map((l) => String(l.layer)) },
+      yAxis: [
+        { type: 'value', name: 'neurons', min: 0, max: b.ffn },
+        { type: 'value', name: 'heads', min: 0, max: b.heads },
+      ],
+      series: [
+        { name: 'MLP neurons kept', type: 'bar', data: layers.map((l) => l.mlp_k ?? b.ffn), label: { show: true, position: 'top' as const } },
+        { name: 'heads kept', type: 'bar', yAxisIndex: 1, data: layers.map((l) => l.heads_k ?? b.heads), label: { show: true, position: 'top' as const } },
+      ],
+    }),
+  };
+}
+
+/** The bytes-vs-perplexity frontier the budget search explored: its greedy path (estimated) and the points measured. */
+function frontierChart(q: BundleQuality): Chart {
+  const mb = (v: number) => Math.round(v / 1e3) / 1e3;
+  const pc = (v: number) => Math.round(v * 1e5) / 1e3;
+  const measured = q.path.map((p, i) => ({ p, i })).filter((x) => x.p.measured !== null);
+  const chosen = q.chosen !== null ? q.path[q.chosen] : undefined;
+  return {
+    id: 'budget-frontier',
+    title: 'Decode bytes vs perplexity: the frontier the budget search explored',
+    caption:
+      'Each point of the greedy path is a whole configuration (per-layer k), from dense (right) to the sparsest; the line is the estimate ' +
+      'from per-layer sensitivities, the dots the configurations measured on every calibration doc, the ring the one exported. ' +
+      'Bytes per token from the byte model of runtime/cuda/floor.ts.',
+    svg: renderSvg({
+      legend: { bottom: 0 },
+      grid: { ...grid, top: 40, bottom: 72 },
+      tooltip: {},
+      xAxis: { type: 'value', name: 'MB / token', nameLocation: 'middle', nameGap: 28, scale: true },
+      yAxis: { type: 'value', name: 'perplexity increase (%)', scale: true },
+      series: [
+        { name: 'estimated (greedy path)', type: 'line', symbolSize: 5, data: q.path.map((p) => [mb(p.bytes), pc(p.estimate)]) },
+        { name: 'measured', type: 'scatter', symbolSize: 10, data: measured.map((x) => [mb(x.p.bytes), pc(x.p.measured!)]) },
+        ...(chosen
+          ? [{ name: 'exported', type: 'scatter' as const, symbolSize: 18, itemStyle: { color: 'transparent', borderColor: '#c00', borderWidth: 2 }, data: [[mb(chosen.bytes), pc(chosen.measured ?? 0)]] }]
+          : []),
+        ...(q.budget !== null
+          ? [{ name: `budget ${pc(q.budget)}%`, type: 'line' as const, symbol: 'none', lineStyle: { type: 'dashed' as const }, data: [[mb(Math.min(...q.path.map((p) => p.bytes))), pc(q.budget)], [mb(Math.max(...q.path.map((p) => p.bytes))), pc(q.budget)]] }]
+          : []),
       ],
     }),
   };
@@ -238,7 +299,12 @@ function speedGrids(points: BenchPoint[]): Chart[] {
 export function buildCharts(d: ReportData): Chart[] {
   const charts: Chart[] = [];
   if (d.predictors.length) charts.push(...predictorCharts(d.predictors));
-  if (d.bundle) charts.push(bundleChart(d.bundle));
+  if (d.bundle) {
+    charts.push(bundleChart(d.bundle));
+    const q = d.bundle.quality;
+    if (q && q.layers.length) charts.push(chosenKChart(d.bundle, q));
+    if (q && q.path.length > 1) charts.push(frontierChart(q));
+  }
   if (d.evals.length) charts.push(pplChart(d.evals));
   if (d.benches.length) {
     charts.push(latencyChart(d.benches));

@@ -42,6 +42,23 @@ export interface BundleInfo {
   ffn: number;
   heads: number;
   layers: BundleLayer[];
+  /** What export measured on calibration docs (manifest `quality`), when it did. */
+  quality: BundleQuality | null;
+}
+
+/** The manifest's `quality` (export/quality.ts), the parts the report draws. */
+export interface BundleQuality {
+  budget: number | null;
+  kv_policy: string;
+  mlp_selection: string;
+  calibration_docs: number;
+  dense_ppl: number;
+  predicted_ppl: number;
+  /** Per layer, k kept (null: dense). */
+  layers: { layer: number; mlp_k: number | null; heads_k: number | null }[];
+  /** The search's path (budget exports): bytes per token, estimated and measured relative perplexity increase. */
+  path: { bytes: number; estimate: number; measured: number | null }[];
+  chosen: number | null;
 }
 
 export interface EvalPoint {
@@ -147,7 +164,30 @@ export function readBundle(dir: string): BundleInfo {
     if (!isObj(L)) throw new DejavuError(`layers[${i}] is not an object`, path);
     return { layer: need(L, 'layer', `layers[${i}].`, path), mlp: density(L.mlp, `layers[${i}].mlp`, ffn), heads: density(L.attn, `layers[${i}].attn`, heads) };
   });
-  return { path: dir, ffn, heads, layers };
+  return { path: dir, ffn, heads, layers, quality: isObj(raw.quality) ? readQuality(raw.quality, path) : null };
+}
+
+function readQuality(q: Obj, path: string): BundleQuality {
+  const at = 'quality.';
+  const cal = isObj(q.calibration) ? q.calibration : {};
+  const layers = Array.isArray(q.layers) ? q.layers : [];
+  const search = isObj(q.search) ? q.search : null;
+  const path_ = search && Array.isArray(search.path) ? search.path : [];
+  return {
+    budget: num(q.budget),
+    kv_policy: typeof q.kv_policy === 'string' ? q.kv_policy : 'all',
+    mlp_selection: typeof q.mlp_selection === 'string' ? q.mlp_selection : 'exact',
+    calibration_docs: num(cal.docs) ?? 0,
+    dense_ppl: need(q, 'dense_ppl', at, path),
+    predicted_ppl: need(q, 'predicted_ppl', at, path),
+    layers: layers.filter(isObj).map((L, i) => ({ layer: num(L.layer) ?? i, mlp_k: num(L.mlp_k), heads_k: num(L.heads_k) })),
+    path: path_.filter(isObj).map((p, i) => ({
+      bytes: need(p, 'bytes', `${at}search.path[${i}].`, path),
+      estimate: need(p, 'estimate', `${at}search.path[${i}].`, path),
+      measured: num(p.measured),
+    })),
+    chosen: search ? num(search.chosen) : null,
+  };
 }
 
 /** The named results in a file: one result, or a collection under `runs` (an object by name, or an array). */
