@@ -185,3 +185,80 @@ export async function bisectPath(
   }
   return { chosen: lo, measured };
 }
+
+/**
+ * The cost table corrected by a measurement: path point `hi` (measured `dHi`) is point `hi - 1` (measured `dLo`)
+ * plus one move, so that move's unit gets the measured difference as its cost at the level moved to (and at least
+ * that further down its ladder). Returns null when nothing changes.
+ */
+export function learnMove(costs: number[][], units: SearchUnit[], path: PathPoint[], hi: number, dLo: number, dHi: number): number[][] | null {
+  const move = path[hi]?.move;
+  if (!move) return null;
+  const i = move.unit;
+  const j = units[i].levels.indexOf(move.to);
+  const from = units[i].levels.indexOf(move.from);
+  const c0 = from < 0 ? 0 : costs[i][from];
+  const c = c0 + Math.max(0, Math.log1p(dHi) - Math.log1p(dLo));
+  if (!(c > costs[i][j])) return null;
+  const next = costs.map((row) => [...row]);
+  for (let k = j; k < next[i].length; k++) next[i][k] = Math.max(next[i][k], c);
+  return next;
+}
+
+export interface FeedbackResult {
+  /** The configuration chosen: measured within the budget (all dense when none was). */
+  ks: UnitKs;
+  bytes: number;
+  measured: number;
+  /** The last round's path and the index chosen on it. */
+  path: PathPoint[];
+  chosen: number;
+  /** Every configuration measured on the calibration documents, in order. */
+  measurements: { ks: UnitKs; bytes: number; measured: number }[];
+  costs: number[][];
+  rounds: number;
+}
+
+/**
+ * greedyPath + bisectPath, repeated: when the point right after the chosen one was measured over the budget, the move
+ * into it is the culprit; its measured cost replaces the estimate (learnMove) and the path is rebuilt, so one
+ * underestimated predictor no longer cuts the path short for the others. Measurements are cached by configuration.
+ * The result is the cheapest configuration in bytes measured within the budget over all rounds.
+ */
+export async function searchWithFeedback(
+  units: SearchUnit[],
+  costs0: number[][],
+  m: ByteModel,
+  budget: number,
+  measure: (ks: UnitKs) => Promise<number>,
+  maxRounds = 4,
+): Promise<FeedbackResult> {
+  const cache = new Map<string, number>();
+  const measurements: FeedbackResult['measurements'] = [];
+  const measureKs = async (ks: UnitKs, bytes: number): Promise<number> => {
+    const key = ks.join(',');
+    if (!cache.has(key)) {
+      const d = await measure(ks);
+      cache.set(key, d);
+      measurements.push({ ks: [...ks], bytes, measured: d });
+    }
+    return cache.get(key)!;
+  };
+  let costs = costs0;
+  let best: FeedbackResult | null = null;
+  let rounds = 0;
+  for (; rounds < maxRounds; ) {
+    rounds++;
+    const path = greedyPath(units, costs, m);
+    const r = await bisectPath(path, budget, (i) => measureKs(path[i].ks, path[i].bytes));
+    const p = path[r.chosen];
+    const d = r.chosen === 0 ? 0 : r.measured.get(r.chosen)!;
+    if (!best || p.bytes < best.bytes) best = { ks: p.ks, bytes: p.bytes, measured: d, path, chosen: r.chosen, measurements, costs, rounds: 0 };
+    const hi = r.chosen + 1;
+    if (!r.measured.has(hi)) break;
+    const next = learnMove(costs, units, path, hi, d, r.measured.get(hi)!);
+    if (!next) break;
+    costs = next;
+  }
+  return { ...best!, measurements, costs, rounds };
+}

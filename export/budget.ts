@@ -24,9 +24,8 @@ import { groupedSelectionProblem, loadBundle, type Bundle } from './bundle.js';
 import {
   HEAD_FACTORS,
   MLP_FACTORS,
-  bisectPath,
   configBytes,
-  greedyPath,
+  searchWithFeedback,
   ladder,
   layerKs,
   monotoneCosts,
@@ -51,8 +50,8 @@ export interface CalibrationOptions {
   mlpGroups?: number;
   threads?: number;
   quiet?: boolean;
-  /** The per-unit sensitivities are measured on the first `sensitivityDocs` calibration documents (default 8), each
-   *  cut to `sensitivityLen` tokens (default 64): they only order the search; the choice is measured on every doc. */
+  /** The per-unit sensitivities are measured on the first `sensitivityDocs` calibration documents, each
+   *  cut to `sensitivityLen` tokens (default 4 x 128): they only order the search; the choice is measured on every doc. */
   sensitivityDocs?: number;
   sensitivityLen?: number;
   /** Decode context of the byte model (default 128 + 128, as the benches). */
@@ -231,8 +230,8 @@ export async function exportToBudget(o: ExportOptions, budget: number, c: Calibr
     log(`calibration: ${cal.ids.length} docs, ${cal.tokens} tokens, dense ppl ${dense.toFixed(3)}; budget ${pct(budget).slice(1)}`);
 
     // 1-2. Sensitivity of each unit at each level alone, on the first calibration documents.
-    const sensN = Math.min(cal.ids.length, c.sensitivityDocs ?? 8);
-    const sensLen = c.sensitivityLen ?? 64;
+    const sensN = Math.min(cal.ids.length, c.sensitivityDocs ?? 4);
+    const sensLen = c.sensitivityLen ?? 128;
     const sensDocs = cal.ids.slice(0, sensN).map((ids) => ids.subarray(0, sensLen));
     const measuredCost: number[][] = units.map((u) => u.levels.map(() => NaN));
     if (budget > 0 && units.length) {
@@ -252,23 +251,22 @@ export async function exportToBudget(o: ExportOptions, budget: number, c: Calibr
     }
     const costs = monotoneCosts(measuredCost.map((row) => row.map((v) => (Number.isNaN(v) ? 0 : v))));
 
-    // 3. The greedy path; 4. verification by bisection on every calibration document.
-    const path = greedyPath(units, costs, bm);
+    // 3. The greedy path; 4. verification by bisection on every calibration document, the estimate corrected by
+    // what is measured (searchWithFeedback).
     let evals = 0;
-    const bisect = await bisectPath(path, budget, async (i) => {
+    const res = await searchWithFeedback(units, costs, bm, budget, async (ks) => {
       evals++;
-      const ppl = await calib.predicted(cal.ids, layerKs(units, path[i].ks, n), !!c.quiet);
+      const ppl = await calib.predicted(cal.ids, layerKs(units, ks, n), !!c.quiet);
       const d = ppl / dense - 1;
-      log(`budget: path point ${i}/${path.length - 1}: ${(path[i].bytes / 1e6).toFixed(3)} MB/token, estimated ${pct(path[i].estimate)}, measured ${pct(d)} -> ${d <= budget ? 'within' : 'over'} the budget`);
+      log(`budget: measured ${pct(d)} at ${(configBytes(units, ks, bm) / 1e6).toFixed(3)} MB/token -> ${d <= budget ? 'within' : 'over'} the budget`);
       return d;
     });
-    const chosen = path[bisect.chosen];
-    const k = layerKs(units, chosen.ks, n);
-    const met = bisect.chosen > 0;
-    const delta = met ? bisect.measured.get(bisect.chosen)! : 0;
+    const k = layerKs(units, res.ks, n);
+    const met = res.bytes < res.path[0].bytes;
+    const delta = met ? res.measured : 0;
     let message: string | undefined;
     if (!met) {
-      const tried = [...bisect.measured.values()];
+      const tried = res.measurements.map((x) => x.measured);
       message =
         budget <= 0
           ? `a budget of ${pct(budget).slice(1)} allows no perplexity increase: only the dense model meets it; the bundle keeps every layer dense (the densest bundle)`
@@ -281,8 +279,13 @@ export async function exportToBudget(o: ExportOptions, budget: number, c: Calibr
       sensitivity_docs: budget > 0 ? sensN : 0,
       sensitivity_tokens: budget > 0 ? sensDocs.reduce((a, d) => a + d.length - 1, 0) : 0,
       units: units.map((u, i) => ({ layer: u.layer, target: u.target, out: u.out, rank: u.rank, levels: u.levels, cost: measuredCost[i].map((v) => (Number.isNaN(v) ? null : r4(v))) as number[] })),
-      path: path.map((p, i) => ({ ks: p.ks, bytes: Math.round(p.bytes), estimate: r4(p.estimate), measured: bisect.measured.has(i) ? r4(bisect.measured.get(i)!) : null })),
-      chosen: bisect.chosen,
+      path: res.path.map((p) => {
+        const hit = res.measurements.find((x) => x.ks.join(',') === p.ks.join(','));
+        return { ks: p.ks, bytes: Math.round(p.bytes), estimate: r4(p.estimate), measured: hit ? r4(hit.measured) : null };
+      }),
+      chosen: res.chosen,
+      measurements: res.measurements.map((x) => ({ ks: x.ks, bytes: Math.round(x.bytes), measured: r4(x.measured) })),
+      rounds: res.rounds,
       evaluations: evals,
     };
     const quality: QualityRecord = {
@@ -293,7 +296,7 @@ export async function exportToBudget(o: ExportOptions, budget: number, c: Calibr
       predicted_ppl: r4(dense * (1 + delta)),
       delta: r4(delta),
       layers: layersOf(k),
-      bytes_per_token: { dense: Math.round(path[0].bytes), bundle: Math.round(chosen.bytes), prompt: bm.prompt, gen: bm.gen },
+      bytes_per_token: { dense: Math.round(res.path[0].bytes), bundle: Math.round(res.bytes), prompt: bm.prompt, gen: bm.gen },
       overlap,
       search,
       seconds: Math.round((performance.now() - t0) / 100) / 10,

@@ -38,6 +38,10 @@ export interface SearchRecord {
    *  measured) measured relative perplexity increase. */
   path: { ks: number[]; bytes: number; estimate: number; measured: number | null }[];
   chosen: number;
+  /** Every configuration measured on all calibration documents (over all rounds). */
+  measurements: { ks: number[]; bytes: number; measured: number }[];
+  /** Rounds of path + bisection (searchWithFeedback). */
+  rounds: number;
   evaluations: number;
 }
 
@@ -70,7 +74,9 @@ export function describeQuality(q: QualityRecord): string[] {
     `decode bytes per token (prompt ${q.bytes_per_token.prompt} + ${q.bytes_per_token.gen}): dense ${mb(q.bytes_per_token.dense)}, ` +
       `this bundle ${mb(q.bytes_per_token.bundle)} (${(100 * (q.bytes_per_token.bundle / q.bytes_per_token.dense)).toFixed(1)}%)`,
   ];
-  if (q.search) lines.push(`search: ${q.search.units.length} predictors, ${q.search.path.length} path points, ${q.search.evaluations} verified on every calibration doc`);
+  if (q.search) {
+    lines.push(`search: ${q.search.units.length} predictors, ${q.search.path.length} path points, ${q.search.rounds} round(s), ${q.search.evaluations} configurations measured on every calibration doc`);
+  }
   const o = q.overlap;
   lines.push(
     o.checked

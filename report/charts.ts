@@ -134,14 +134,13 @@ function chosenKChart(b: BundleInfo, q: BundleQuality): Chart {
 function frontierChart(q: BundleQuality): Chart {
   const mb = (v: number) => Math.round(v / 1e3) / 1e3;
   const pc = (v: number) => Math.round(v * 1e5) / 1e3;
-  const measured = q.path.map((p, i) => ({ p, i })).filter((x) => x.p.measured !== null);
-  const chosen = q.chosen !== null ? q.path[q.chosen] : undefined;
+  const measured = q.measurements.length ? q.measurements : q.path.filter((p) => p.measured !== null).map((p) => ({ bytes: p.bytes, measured: p.measured! }));
   return {
     id: 'budget-frontier',
     title: 'Decode bytes vs perplexity: the frontier the budget search explored',
     caption:
-      'Each point of the greedy path is a whole configuration (per-layer k), from dense (right) to the sparsest; the line is the estimate ' +
-      'from per-layer sensitivities, the dots the configurations measured on every calibration doc, the ring the one exported. ' +
+      'Each point of the greedy path (its last round) is a whole configuration (per-layer k), from dense (right) to the sparsest; the line ' +
+      'is the estimate from per-layer sensitivities, the dots every configuration measured on all calibration docs, the ring the one exported. ' +
       'Bytes per token from the byte model of runtime/cuda/floor.ts.',
     svg: renderSvg({
       legend: { bottom: 0 },
@@ -151,9 +150,9 @@ function frontierChart(q: BundleQuality): Chart {
       yAxis: { type: 'value', name: 'perplexity increase (%)', scale: true },
       series: [
         { name: 'estimated (greedy path)', type: 'line', symbolSize: 5, data: q.path.map((p) => [mb(p.bytes), pc(p.estimate)]) },
-        { name: 'measured', type: 'scatter', symbolSize: 10, data: measured.map((x) => [mb(x.p.bytes), pc(x.p.measured!)]) },
-        ...(chosen
-          ? [{ name: 'exported', type: 'scatter' as const, symbolSize: 18, itemStyle: { color: 'transparent', borderColor: '#c00', borderWidth: 2 }, data: [[mb(chosen.bytes), pc(chosen.measured ?? 0)]] }]
+        { name: 'measured', type: 'scatter', symbolSize: 10, data: measured.map((x) => [mb(x.bytes), pc(x.measured)]) },
+        ...(q.exported
+          ? [{ name: 'exported', type: 'scatter' as const, symbolSize: 18, itemStyle: { color: 'transparent', borderColor: '#c00', borderWidth: 2 }, data: [[mb(q.exported.bytes), pc(q.exported.delta)]] }]
           : []),
         ...(q.budget !== null
           ? [{ name: `budget ${pc(q.budget)}%`, type: 'line' as const, symbol: 'none', lineStyle: { type: 'dashed' as const }, data: [[mb(Math.min(...q.path.map((p) => p.bytes))), pc(q.budget)], [mb(Math.max(...q.path.map((p) => p.bytes))), pc(q.budget)]] }]

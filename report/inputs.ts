@@ -58,7 +58,10 @@ export interface BundleQuality {
   layers: { layer: number; mlp_k: number | null; heads_k: number | null }[];
   /** The search's path (budget exports): bytes per token, estimated and measured relative perplexity increase. */
   path: { bytes: number; estimate: number; measured: number | null }[];
-  chosen: number | null;
+  /** Every configuration the search measured on all calibration docs. */
+  measurements: { bytes: number; measured: number }[];
+  /** The exported configuration: bytes per token and measured relative increase. */
+  exported: { bytes: number; delta: number } | null;
 }
 
 export interface EvalPoint {
@@ -186,7 +189,11 @@ function readQuality(q: Obj, path: string): BundleQuality {
       estimate: need(p, 'estimate', `${at}search.path[${i}].`, path),
       measured: num(p.measured),
     })),
-    chosen: search ? num(search.chosen) : null,
+    measurements: (search && Array.isArray(search.measurements) ? search.measurements : []).filter(isObj).map((p, i) => ({
+      bytes: need(p, 'bytes', `${at}search.measurements[${i}].`, path),
+      measured: need(p, 'measured', `${at}search.measurements[${i}].`, path),
+    })),
+    exported: isObj(q.bytes_per_token) && num(q.bytes_per_token.bundle) !== null && num(q.delta) !== null ? { bytes: num(q.bytes_per_token.bundle)!, delta: num(q.delta)! } : null,
   };
 }
 

@@ -1,7 +1,7 @@
 /** The quality-budget search on synthetic sensitivities (export/budget-search.ts): ladders, byte model, greedy order,
  *  bisection against a budget. */
 import { describe, expect, it } from 'vitest';
-import { bisectPath, configBytes, greedyPath, ladder, layerKs, monotoneCosts, type ByteModel, type SearchUnit } from '../../export/budget-search.js';
+import { bisectPath, configBytes, greedyPath, ladder, layerKs, learnMove, monotoneCosts, searchWithFeedback, type ByteModel, type SearchUnit } from '../../export/budget-search.js';
 
 const dims = { vocab: 8192, d: 384, layers: 3, heads: 12, ffn: 1536, maxPos: 2048 };
 const bm: ByteModel = { dims, kvPolicy: 'all', prompt: 128, gen: 128 };
@@ -120,5 +120,36 @@ describe('bisectPath', () => {
     const r = await bisectPath(path, 0.001, async () => 0.05);
     expect(r.chosen).toBe(0);
     expect(r.measured.size).toBeGreaterThan(0);
+  });
+});
+
+describe('searchWithFeedback', () => {
+  // The sensitivities say the heads are free; in truth they cost 3% at any level (a short-context measurement misses
+  // what heads cost on long documents). The MLP costs are right.
+  const est = monotoneCosts([[0.002, 0.004, 0.01], [0.0005, 0.001, 0.002], [0.001, 0.002, 0.004], [0, 0, 0]]);
+  const truthCost = [[0.002, 0.004, 0.01], [0.0005, 0.001, 0.002], [0.001, 0.002, 0.004], [0.03, 0.03, 0.03]];
+  const truth = async (ks: number[]) =>
+    Math.expm1(ks.reduce((a, k, i) => a + (k === units[i].out ? 0 : truthCost[i][units[i].levels.indexOf(k)]), 0));
+
+  it('one round stops at the underestimated move; with feedback the other units go on, heads stay dense', async () => {
+    const one = await searchWithFeedback(units, est, bm, 0.01, truth, 1);
+    const fed = await searchWithFeedback(units, est, bm, 0.01, truth, 6);
+    expect(fed.bytes).toBeLessThan(one.bytes);
+    expect(fed.ks[3]).toBe(12);
+    expect(fed.measured).toBeLessThanOrEqual(0.01);
+    expect(fed.measured).toBe(await truth(fed.ks));
+    expect(fed.rounds).toBeGreaterThan(1);
+    // Each configuration is measured once.
+    const keys = fed.measurements.map((x) => x.ks.join(','));
+    expect(new Set(keys).size).toBe(keys.length);
+  });
+  it('learnMove raises the culprit unit from the level moved to downwards, and only then', () => {
+    const path = greedyPath(units, est, bm);
+    const hi = path.findIndex((p) => p.move?.unit === 3);
+    const next = learnMove(est, units, path, hi, 0.001, 0.031)!;
+    const j = units[3].levels.indexOf(path[hi].move!.to);
+    expect(next[3][j]).toBeCloseTo(Math.log1p(0.031) - Math.log1p(0.001), 12);
+    expect(next.slice(0, 3)).toEqual(est.slice(0, 3));
+    expect(learnMove(next, units, path, hi, 0.001, 0.031)).toBeNull();
   });
 });
