@@ -15,6 +15,9 @@ import { fingerprintMismatch } from '../checkpoints/fingerprint.js';
 import type { OptCheckpoint } from '../checkpoints/types.js';
 import type { InputNorm, PredictorInput, Target } from '../common/contracts.js';
 
+
+/** What a bundle is checked against: a loaded model's identity and config (a checkpoint on the host, or one streamed to the GPU). */
+export type LoadedModelIdentity = Pick<OptCheckpoint, 'dir' | 'config' | 'fingerprint' | 'architectureFingerprint' | 'weightsSha256'>;
 export const BUNDLE_FORMAT = 'dejavu-bundle';
 export const BUNDLE_VERSION = 1;
 export const MANIFEST_FILE = 'manifest.json';
@@ -198,7 +201,7 @@ function validateManifest(raw: unknown, path: string): BundleManifest {
 }
 
 /** Check a manifest against a loaded model: same fingerprint, same dims. */
-export function checkBundleModel(manifest: BundleManifest, ckpt: OptCheckpoint, path: string): void {
+export function checkBundleModel(manifest: BundleManifest, ckpt: LoadedModelIdentity, path: string): void {
   const differs = fingerprintMismatch(
     'a bundle',
     { fingerprint: manifest.model_fingerprint, weightsSha256: manifest.weights_sha256, model: manifest.source?.model },
@@ -220,7 +223,7 @@ export function checkBundleModel(manifest: BundleManifest, ckpt: OptCheckpoint, 
  * dims), open predictors.safetensors and check every predictor tensor's presence, dtype and shape before converting
  * it to fp32.
  */
-export function loadBundle(dir: string, ckpt?: OptCheckpoint): Bundle {
+export function loadBundle(dir: string, ckpt?: LoadedModelIdentity): Bundle {
   const manifest = readManifest(dir);
   const mpath = join(dir, MANIFEST_FILE);
   if (ckpt) checkBundleModel(manifest, ckpt, mpath);

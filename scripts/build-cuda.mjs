@@ -45,8 +45,8 @@ if (!nvcc) {
 mkdirSync(out, { recursive: true });
 const common = ['-O3', ...gencode, '--threads', '0', '-std=c++17', '-lineinfo'];  // --threads: the architectures in parallel
 const jobs = [
-  ['libdejavu_cuda.so', [...common, '-shared', '-Xcompiler', '-fPIC', '-o', join(out, 'libdejavu_cuda.so'), join(src, 'engine.cu')]],
-  ['cuda-check', [...common, '-o', join(out, 'cuda-check'), join(src, 'check.cu')]],
+  ['libdejavu_cuda.so', [...common, '-shared', '-Xcompiler', '-fPIC', '-o', join(out, 'libdejavu_cuda.so'), join(src, 'engine.cu'), '-ldl']],
+  ['cuda-check', [...common, '-o', join(out, 'cuda-check'), join(src, 'check.cu'), '-ldl']],
 ];
 const only = process.argv.includes('--lib-only') ? jobs.slice(0, 1) : jobs;
 const results = await Promise.all(only.map(([name, args]) => new Promise((resolve) => {

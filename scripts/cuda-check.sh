@@ -27,8 +27,11 @@ if [ "$cmd" = prep ]; then
   rm -rf .devnm/node_modules/koffi/{doc,vendor,CHANGELOG.md}
   cp -r node_modules/@koromix/koffi-linux-x64 .devnm/node_modules/@koromix/
   rm -rf .devnm/node_modules/@koromix/koffi-linux-x64/musl_x64
-  for m in cli-progress string-width strip-ansi ansi-regex emoji-regex is-fullwidth-code-point commander; do
-    [ -d node_modules/$m ] && cp -r node_modules/$m .devnm/node_modules/
+  # The CLI for `dejavu eval ppl --device cuda` / `bench --device cuda` on the GPU machine: tokenizer and C4 readers too.
+  mkdir -p .devnm/node_modules/@huggingface
+  for m in cli-progress string-width strip-ansi ansi-regex emoji-regex is-fullwidth-code-point commander hyparquet \
+      hyparquet-compressors fzstd hysnappy @huggingface/tokenizers; do
+    [ -d node_modules/$m ] && cp -r node_modules/$m .devnm/node_modules/$m
   done
   FIX=${FIXTURES:-../shared/fixtures}
   # The model travels in the tracked examples/opt-mini when it is there (the 64 MiB transfer limit).

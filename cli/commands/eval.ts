@@ -16,6 +16,9 @@ interface PplFlags extends BundleCliFlags {
   threads?: string;
   backend: string;
   dumpIds?: string;
+  device: string;
+  batchTokens?: string;
+  path?: string;
 }
 
 /** Flags that only mean something with --bundle (given without it they would be silently ignored). */
@@ -78,15 +81,16 @@ export function register(program: Command): void {
     .option('--mlp-select <how>', 'with --bundle: predicted MLP neurons by exact top-k (default) or grouped (needs --mlp-groups G; --mlp-groups alone implies grouped)')
     .option('--kv-policy <p>', "with --bundle: all (default: every head's K/V every step) or selected (a skipped head computes no K/V; its slots are masked when it is picked later, as the CUDA engine)")
     .option('--dump-ids <file>', 'also write the scored documents\' token ids to FILE as JSON ({max_len, docs: [[ids]]}), e.g. for bench/oracle_heads_reference.py')
-    .option('--modes <list>', 'with --bundle: comma-separated subset of dense,oracle,predicted (default: all three)')
+    .option('--modes <list>', 'with --bundle: comma-separated subset of dense,oracle,predicted (default: all three; on cuda dense,predicted)')
+    .option('--device <d>', 'cpu, or cuda: the GPU engine that `dejavu bench --device cuda` times (weights streamed to the GPU in fp16)', 'cpu')
+    .option('--batch-tokens <n>', 'with --device cuda: tokens per prefill batch, documents packed (default max(max-len, 4096))')
+    .option('--path <p>', 'with --device cuda: decode kernels auto (default), streamed or portable')
     .action(async (f: PplFlags) => {
       const { DejavuError } = await import('../../common/errors.js');
       const { log, progressBar } = await import('../../common/progress.js');
       const { join } = await import('node:path');
       const { parseOptConfig } = await import('../../checkpoints/opt-config.js');
       const { createReadStats, describeSkips, loadTokenizer, readDocuments } = await import('../../datasets/index.js');
-      const { PrefillPool } = await import('../../runtime/cpu/pool.js');
-      const { encodeDocuments, perplexity } = await import('../../runtime/cpu/perplexity.js');
 
       if (f.docs !== undefined && f.sample !== undefined) throw new DejavuError('use --docs or --sample, not both', '--docs');
       if (!['auto', 'wasm', 'js'].includes(f.backend)) throw new DejavuError(`expected auto, wasm or js, got '${f.backend}'`, '--backend');
@@ -103,7 +107,11 @@ export function register(program: Command): void {
       if (maxLen > config.maxPositionEmbeddings) {
         throw new DejavuError(`${maxLen} exceeds the model's max_position_embeddings (${config.maxPositionEmbeddings})`, '--max-len');
       }
-      const workers = await workerCount(f, config, maxLen, docs ?? sample);
+      if (!['cpu', 'cuda'].includes(f.device)) throw new DejavuError(`expected cpu or cuda, got '${f.device}'`, '--device');
+      if (f.device !== 'cuda')
+        for (const [key, flag] of [['batchTokens', '--batch-tokens'], ['path', '--path']] as const)
+          if (f[key] !== undefined) throw new DejavuError('only applies with --device cuda', flag);
+      const workers = f.device === 'cuda' ? 1 : await workerCount(f, config, maxLen, docs ?? sample);
       if (f.dumpIds) {
         const { tokenizeDocs } = await import('../../runtime/sparse/eval.js');
         const { writeFileAtomic } = await import('../../common/atomic.js');
@@ -112,6 +120,9 @@ export function register(program: Command): void {
         writeFileAtomic(f.dumpIds, JSON.stringify({ model: f.model, data: f.data, max_len: maxLen, docs: ids.map((a) => Array.from(a)) }) + '\n');
         log(`token ids of ${ids.length} documents written to ${f.dumpIds}`);
       }
+      if (f.device === 'cuda') return evalOnGpu(f, docs !== undefined ? { docs } : sample !== undefined ? { sample, seed } : {}, maxLen);
+      const { PrefillPool } = await import('../../runtime/cpu/pool.js');
+      const { encodeDocuments, perplexity } = await import('../../runtime/cpu/perplexity.js');
       if (f.bundle) {
         const { runBundleCli } = await import('../../runtime/sparse/eval.js');
         return runBundleCli(f, { selection: docs !== undefined ? { docs } : sample !== undefined ? { sample, seed } : {}, maxLen, threads: workers });
@@ -157,4 +168,65 @@ export function register(program: Command): void {
         console.log(`speed       ${r.tokens_per_s.toLocaleString('en-US')} tokens/s (${r.seconds.toFixed(1)} s, ${pool.backend})`);
       }
     });
+}
+
+/** `eval ppl --device cuda`: dense perplexity from the GPU prefill; with --bundle, predicted from the sparse decode graph. */
+async function evalOnGpu(f: PplFlags, selection: import('../../datasets/index.js').DocumentSelection, maxLen: number): Promise<void> {
+  const { DejavuError } = await import('../../common/errors.js');
+  const { log } = await import('../../common/progress.js');
+  const { createReadStats, describeSkips, loadTokenizer, readDocuments } = await import('../../datasets/index.js');
+  const { runCudaPerplexity } = await import('../../runtime/cuda/eval-ppl.js');
+  for (const [key, flag, why] of [
+    ['mlpGroups', '--mlp-groups', 'the GPU picks G from its kernel grid and reports it (mlp_groups_per_layer); give --mlp-select grouped'],
+    ['workers', '--workers', 'the GPU runs one engine'],
+    ['threads', '--threads', 'the GPU runs one engine'],
+  ] as const)
+    if (f[key] !== undefined) throw new DejavuError(`not with --device cuda: ${why}`, flag);
+  if (f.backend !== 'auto') throw new DejavuError('a CPU prefill backend; not with --device cuda', '--backend');
+  const modes = f.modes?.split(',').map((m) => m.trim());
+  for (const m of modes ?? [])
+    if (m !== 'dense' && m !== 'predicted')
+      throw new DejavuError(m === 'oracle' ? 'oracle perplexity runs on the CPU (drop --device cuda, or --modes dense,predicted)' : `unknown mode '${m}' (dense, predicted)`, '--modes');
+  const tokenizer = await loadTokenizer(f.model);
+  const stats = createReadStats();
+  const docs: Int32Array[] = [];
+  for await (const doc of readDocuments(f.data, selection, stats)) docs.push(tokenizer.encode(doc.text, maxLen));
+  const skips = describeSkips(stats);
+  if (skips) log(skips);
+  const num = (v: string | undefined, flag: string, min: number) => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new DejavuError(`${v}: expected an integer >= ${min}`, flag);
+    return n;
+  };
+  const headsFrac = f.headsFrac !== undefined ? Number(f.headsFrac) : undefined;
+  if (headsFrac !== undefined && !(headsFrac > 0 && headsFrac <= 1)) throw new DejavuError(`${f.headsFrac}: expected a fraction in (0, 1]`, '--heads-frac');
+  const r = await runCudaPerplexity({
+    model: f.model,
+    docs,
+    maxLen,
+    bundle: f.bundle,
+    modes: modes as ('dense' | 'predicted')[] | undefined,
+    kvPolicy: f.kvPolicy as 'all' | 'selected' | undefined,
+    mlpSelect: f.mlpSelect as 'exact' | 'grouped' | undefined,
+    path: f.path as 'auto' | 'streamed' | 'portable' | undefined,
+    headsK: num(f.headsK, '--heads-k', 1),
+    mlpK: num(f.mlpK, '--mlp-k', 1),
+    headsFrac,
+    batchTokens: num(f.batchTokens, '--batch-tokens', 2),
+  });
+  if (f.json) {
+    console.log(JSON.stringify(r));
+    return;
+  }
+  type Fig = { ppl: number; tokens: number; tokens_per_s: number };
+  const dense = r.dense as Fig | undefined;
+  const pred = r.predicted as Fig | undefined;
+  const load = r.load as { seconds: number };
+  console.log(`device      ${r.device} (load ${load.seconds} s)`);
+  if (dense) console.log(`dense       ${dense.ppl.toFixed(4)}  (${dense.tokens.toLocaleString('en-US')} tokens, ${dense.tokens_per_s.toLocaleString('en-US')} tok/s prefill)`);
+  if (pred) {
+    const vs = dense ? ` (${((pred.ppl / dense.ppl - 1) * 100).toFixed(2)}% vs dense)` : '';
+    console.log(`predicted   ${pred.ppl.toFixed(4)}${vs}  kv ${r.kv_policy}, ${r.mlp_selection} top-k, ${r.path} path, ${pred.tokens_per_s.toLocaleString('en-US')} tok/s decode`);
+  }
 }

@@ -10,6 +10,9 @@
  *   5. with --grouped-bundle B2 (MLP predictors on att_in): 4 under the grouped top-k (option selection 'grouped';
  *      streamed path only); the CPU predicts with the same rule and the GPU's groups per layer, and >= 98% of the
  *      GPU's picks must agree.
+ *   6. the CUDA prefill of an engine loaded by streaming (runtime/cuda/load.ts, fp16 on the GPU): logits vs Hugging
+ *      Face's (first 16 positions, pass <= 2e-3) and vs the CPU runtime's prefill (all positions); then a prefill of
+ *      the first 32 tokens fills the KV cache and dense decode continues from it (logits vs decoding every token).
  * Usage: node dist/runtime/cuda/check-mini.js MODEL_DIR [--bundle B] [--grouped-bundle B2] [--ref reference.safetensors]
  *   [--path auto|streamed|portable]   (the engine's kernels, default auto; the JSON's `path` says which ran)
  */
@@ -21,6 +24,7 @@ import { OptModel } from '../cpu/model.js';
 import { SparseOptModel } from '../sparse/model.js';
 import { CudaEngine } from './engine.js';
 import { CUDA_PATHS, loadCudaLib, type CudaOptions } from './lib.js';
+import { loadModelToGpu } from './load.js';
 
 class Rel {
   num = 0;
@@ -261,9 +265,49 @@ async function main(): Promise<void> {
       `top-k instead: ${b.globalAgreement === null ? '-' : ((100 * b.globalAgreement).toFixed(2))}%)`);
   }
   eng.destroy();
+
+  // 6: prefill on a streamed-loaded engine.
+  const loaded = await loadModelToGpu(lib, dir, { maxT: N + 8, prefillTokens: 2 * N, options: { path, kvPolicy: 'all' } });
+  try {
+    const pe = loaded.engine;
+    const lg = new Float32Array(N * V);
+    pe.prefill([Int32Array.from(ids)], { logits: lg });
+    const relPfHf = new Rel();
+    relPfHf.add(lg.subarray(0, 16 * V), hf.subarray(0, 16 * V));
+    const relPfCpu = new Rel();
+    relPfCpu.add(lg, cpu.prefill(Int32Array.from(ids), { logits: 'all' }));
+    out.prefill_vs_hf_reference = relPfHf.value;
+    out.prefill_vs_cpu_runtime = relPfCpu.value;
+    out.prefill_load = loaded.stats;
+    say(`prefill (streamed load) vs HF fp32 reference (16 positions): rel ${relPfHf.value.toExponential(2)}; vs CPU prefill (${N}): rel ${relPfCpu.value.toExponential(2)}`);
+    // Greedy continuation of the first P0 tokens: from a KV-filling prefill, and from decoding every token.
+    pe.build();
+    const K = N - P0;
+    pe.prefill([Int32Array.from(ids.slice(0, P0))], { fillKv: true });
+    const fromPrefill: Float32Array[] = [];
+    for (let i = 0; i < K; i++) {
+      pe.run('dense', 1);
+      fromPrefill.push(pe.logits());
+    }
+    const tokA = pe.state().tokens.slice();
+    pe.setPrompt(ids.slice(0, P0));
+    pe.run('dense', P0 - 1);
+    const relKv = new Rel();
+    for (let i = 0; i < K; i++) {
+      pe.run('dense', 1);
+      relKv.add(fromPrefill[i], pe.logits());
+    }
+    const tokB = pe.state().tokens;
+    out.prefill_kv_then_decode_vs_decode = relKv.value;
+    out.prefill_kv_same_greedy_tokens = tokA.length === tokB.length && tokA.every((t, i) => t === tokB[i]);
+    say(`greedy decode after a KV-filling prefill of ${P0} tokens vs after decoding them (${K} steps): rel ` +
+      `${relKv.value.toExponential(2)}, same tokens: ${out.prefill_kv_same_greedy_tokens as boolean}`);
+  } finally {
+    loaded.engine.destroy();
+  }
   const tol = 1e-2;
   const checks = Object.entries(out).filter(([k, v]) => typeof v === 'number' && /vs/.test(k)) as [string, number][];
-  const pass = checks.every(([, v]) => v <= tol) && out.grouped_picks_pass !== false;
+  const pass = checks.every(([k, v]) => v <= (k === 'prefill_vs_hf_reference' ? 2e-3 : tol)) && out.grouped_picks_pass !== false;
   out.pass = pass;
   console.log(JSON.stringify(out));
   process.exit(pass ? 0 : 1);

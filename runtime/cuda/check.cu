@@ -615,6 +615,196 @@ struct RefModel {
 };
 
 
+// ---- prefill ---------------------------------------------------------------------------------------------------
+// A whole-sequence CPU reference for every OPT variant (pre/post-LN, project_in/out, untied head, final LN or not),
+// in double over the weights as the GPU holds them.
+struct RefFull {
+  int V, d, L, H, hd, ffn, ed;
+  bool pre = true, final_ln = true;
+  std::vector<float> E, P, lnf_g, lnf_b, pin, pout, lm;  // pin [d][ed], pout [ed][d], lm [V][ed]
+  struct Lw { std::vector<float> ln1_g, ln1_b, qkvw, qkvb, ow, ob, ln2_g, ln2_b, w1, b1, w2, b2; };
+  std::vector<Lw> layers;
+  static void ln(std::vector<double>& x, const std::vector<float>& g, const std::vector<float>& b) {
+    std::vector<float> xf(x.begin(), x.end());
+    ref_layernorm(xf.data(), g.data(), b.data(), (int)x.size(), 1e-5f, x);
+  }
+  static std::vector<double> lin(const std::vector<float>& W, const float* b, const std::vector<double>& x, int n_out) {
+    std::vector<double> y(n_out);
+    for (int o = 0; o < n_out; o++) y[o] = ref_dot(&W[(size_t)o * x.size()], x.data(), (int)x.size()) + (b ? b[o] : 0.0);
+    return y;
+  }
+  // Logits [n][V] of one sequence.
+  std::vector<std::vector<double>> forward(const std::vector<int>& ids) {
+    const int n = (int)ids.size();
+    std::vector<std::vector<double>> x(n);
+    for (int t = 0; t < n; t++) {
+      std::vector<double> e(E.begin() + (size_t)ids[t] * ed, E.begin() + (size_t)(ids[t] + 1) * ed);
+      x[t] = ed == d ? e : lin(pin, nullptr, e, d);
+      for (int i = 0; i < d; i++) x[t][i] += P[(size_t)(t + 2) * d + i];
+    }
+    for (auto& w : layers) {
+      std::vector<std::vector<double>> q(n), k(n), v(n);
+      for (int t = 0; t < n; t++) {
+        std::vector<double> a = x[t];
+        if (pre) ln(a, w.ln1_g, w.ln1_b);
+        auto y = lin(w.qkvw, w.qkvb.data(), a, 3 * d);
+        q[t].assign(y.begin(), y.begin() + d);
+        k[t].assign(y.begin() + d, y.begin() + 2 * d);
+        v[t].assign(y.begin() + 2 * d, y.end());
+      }
+      for (int t = 0; t < n; t++) {
+        std::vector<double> att(d, 0);
+        for (int h = 0; h < H; h++) {
+          std::vector<double> sc(t + 1);
+          double m = -1e300, z = 0;
+          for (int j = 0; j <= t; j++) {
+            double s = 0;
+            for (int i = 0; i < hd; i++) s += q[t][h * hd + i] * k[j][h * hd + i];
+            sc[j] = s / std::sqrt((double)hd);
+            m = std::max(m, sc[j]);
+          }
+          for (int j = 0; j <= t; j++) { sc[j] = std::exp(sc[j] - m); z += sc[j]; }
+          for (int j = 0; j <= t; j++)
+            for (int i = 0; i < hd; i++) att[h * hd + i] += sc[j] / z * v[j][h * hd + i];
+        }
+        auto o = lin(w.ow, w.ob.data(), att, d);
+        for (int i = 0; i < d; i++) x[t][i] += o[i];
+        if (!pre) ln(x[t], w.ln1_g, w.ln1_b);
+        std::vector<double> a = x[t];
+        if (pre) ln(a, w.ln2_g, w.ln2_b);
+        auto h1 = lin(w.w1, w.b1.data(), a, ffn);
+        for (auto& u : h1) u = std::max(0.0, u);
+        auto m2 = lin(w.w2, w.b2.data(), h1, d);
+        for (int i = 0; i < d; i++) x[t][i] += m2[i];
+        if (!pre) ln(x[t], w.ln2_g, w.ln2_b);
+      }
+    }
+    std::vector<std::vector<double>> logits(n);
+    for (int t = 0; t < n; t++) {
+      std::vector<double> a = x[t];
+      if (final_ln) ln(a, lnf_g, lnf_b);
+      if (ed != d) a = lin(pout, nullptr, a, ed);
+      logits[t] = lin(lm, nullptr, a, V);
+    }
+    return logits;
+  }
+};
+
+// A tensor in a checkpoint dtype (0 F32, 1 F16, 2 BF16): its bytes, and v rounded to what those bytes hold.
+static std::vector<uint8_t> as_dtype(std::vector<float>& v, int dtype) {
+  std::vector<uint8_t> out(v.size() * (dtype == DT_F32 ? 4 : 2));
+  for (size_t i = 0; i < v.size(); i++) {
+    if (dtype == DT_F32) { memcpy(&out[4 * i], &v[i], 4); continue; }
+    if (dtype == DT_F16) { __half h = __float2half(v[i]); memcpy(&out[2 * i], &h, 2); v[i] = __half2float(h); continue; }
+    __nv_bfloat16 b = __float2bfloat16(v[i]);
+    memcpy(&out[2 * i], &b, 2);
+    v[i] = __bfloat162float(b);
+  }
+  return out;
+}
+
+// Prefill logits and NLL of packed sequences against RefFull; uploads in `dtype`. For the standard form also: the KV
+// cache a prefill fills continues in the dense decode graph, and teacher-forced decode NLL matches the prefill's.
+static void test_prefill(bool pre, int ed, bool untied, bool final_ln, int dtype) {
+  RefFull m;
+  m.V = 512; m.d = 256; m.L = 2; m.H = 4; m.hd = 64; m.ffn = 1024; m.ed = ed; m.pre = pre; m.final_ln = final_ln;
+  const int d = m.d, ffn = m.ffn, maxpos = 64, maxT = 64;
+  const char* dn[] = {"F32", "F16", "BF16"};
+  char label[160];
+  snprintf(label, sizeof label, "prefill %s-LN%s%s%s, %s uploads", pre ? "pre" : "post", ed != d ? ", project_in/out" : "",
+           untied ? ", untied head" : "", final_ln ? "" : ", no final LN", dn[dtype]);
+  printf("-- %s\n", label);
+  void* e = dj_create(m.V, d, m.L, m.H, ffn, maxpos, maxT, 1e-5f, nullptr);
+  if (!e) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
+  API_OK(dj_set_variant(e, pre, final_ln, ed, untied));
+  // Weights: rounded to the dtype, then matrices to fp16 (what the GPU holds) for the reference.
+  auto up = [&](int t, int l, std::vector<float>& v, bool matrix) {
+    auto bytes = as_dtype(v, dtype);
+    if (matrix) v = r16(v);
+    API_OK(dj_upload_raw(e, t, l, bytes.data(), dtype, (long long)v.size()));
+  };
+  const float sd = 1.f / std::sqrt((float)d), sf = 1.f / std::sqrt((float)ffn);
+  m.E = randv((size_t)m.V * ed, 0.5f); up(T_EMBED, 0, m.E, true);
+  m.P = randv((size_t)(maxpos + 2) * d, 0.1f); up(T_POS, 0, m.P, true);
+  if (final_ln) { m.lnf_g = randv(d, 0.1f, 1.f); m.lnf_b = randv(d, 0.02f); up(T_LNF_W, 0, m.lnf_g, false); up(T_LNF_B, 0, m.lnf_b, false); }
+  if (ed != d) {
+    m.pin = randv((size_t)d * ed, 1.f / std::sqrt((float)ed)); up(T_PROJ_IN, 0, m.pin, true);
+    m.pout = randv((size_t)ed * d, sd); up(T_PROJ_OUT, 0, m.pout, true);
+  }
+  if (untied) { m.lm = randv((size_t)m.V * ed, 0.5f); up(T_LM_HEAD, 0, m.lm, true); }
+  else m.lm = m.E;
+  m.layers.resize(m.L);
+  for (int l = 0; l < m.L; l++) {
+    auto& w = m.layers[l];
+    w.ln1_g = randv(d, 0.1f, 1.f); w.ln1_b = randv(d, 0.02f); w.ln2_g = randv(d, 0.1f, 1.f); w.ln2_b = randv(d, 0.02f);
+    up(T_LN1_W, l, w.ln1_g, false); up(T_LN1_B, l, w.ln1_b, false); up(T_LN2_W, l, w.ln2_g, false); up(T_LN2_B, l, w.ln2_b, false);
+    std::vector<float> qw = randv((size_t)d * d, sd), kw = randv((size_t)d * d, sd), vw = randv((size_t)d * d, sd);
+    std::vector<float> qb = randv(d, 0.02f), kb = randv(d, 0.02f), vb = randv(d, 0.02f);
+    up(T_Q_W, l, qw, true); up(T_K_W, l, kw, true); up(T_V_W, l, vw, true);
+    up(T_Q_B, l, qb, false); up(T_K_B, l, kb, false); up(T_V_B, l, vb, false);
+    w.qkvw = qw; w.qkvw.insert(w.qkvw.end(), kw.begin(), kw.end()); w.qkvw.insert(w.qkvw.end(), vw.begin(), vw.end());
+    w.qkvb = qb; w.qkvb.insert(w.qkvb.end(), kb.begin(), kb.end()); w.qkvb.insert(w.qkvb.end(), vb.begin(), vb.end());
+    w.ow = randv((size_t)d * d, sd); up(T_O_W, l, w.ow, true);
+    w.ob = randv(d, 0.02f); up(T_O_B, l, w.ob, false);
+    w.w1 = randv((size_t)ffn * d, sd); up(T_FC1_W, l, w.w1, true);
+    w.b1 = randv(ffn, 0.02f); up(T_FC1_B, l, w.b1, false);
+    w.w2 = randv((size_t)d * ffn, sf); up(T_FC2_W, l, w.w2, true);
+    w.b2 = randv(d, 0.02f); up(T_FC2_B, l, w.b2, false);
+  }
+  const std::vector<int> lens = {37, 1, 20};
+  std::vector<int> toks;
+  std::uniform_int_distribution<int> ut(0, m.V - 1);
+  for (int n : lens) for (int i = 0; i < n; i++) toks.push_back(ut(rng));
+  const int T = (int)toks.size();
+  std::vector<float> logits((size_t)T * m.V, NAN), nll(T, NAN);
+  API_OK(dj_prefill(e, toks.data(), lens.data(), (int)lens.size(), nll.data(), logits.data(), 0));
+  std::vector<double> ref_logits, ref_nll;
+  std::vector<float> got_nll;
+  for (size_t q = 0, o = 0; q < lens.size(); o += lens[q++]) {
+    std::vector<int> ids(toks.begin() + o, toks.begin() + o + lens[q]);
+    auto lg = m.forward(ids);
+    for (int t = 0; t < lens[q]; t++) {
+      ref_logits.insert(ref_logits.end(), lg[t].begin(), lg[t].end());
+      if (t + 1 < lens[q]) {
+        double mx = -1e300, z = 0;
+        for (double v : lg[t]) mx = std::max(mx, v);
+        for (double v : lg[t]) z += std::exp(v - mx);
+        ref_nll.push_back(mx + std::log(z) - lg[t][ids[t + 1]]);
+        got_nll.push_back(nll[o + t]);
+      } else {
+        expect_true("  NLL of a sequence's last row is 0", nll[o + t] == 0.f);
+      }
+    }
+  }
+  expect("  logits of 3 packed sequences (37, 1, 20 tokens) vs CPU", logits, ref_logits);
+  expect("  per-token NLL vs CPU", got_nll, ref_nll, 2e-3);
+  if (pre && final_ln && ed == d) {
+    // One sequence into the KV cache, then the dense decode graph recomputes its last position from the cache.
+    std::vector<int> one(toks.begin(), toks.begin() + 37);
+    const int l1[1] = {37};
+    API_OK(dj_prefill(e, one.data(), l1, 1, nullptr, nullptr, 1));
+    API_OK(dj_build(e));
+    API_OK(dj_run(e, M_DENSE, 1, nullptr));
+    std::vector<float> lg(m.V);
+    API_OK(dj_get_logits(e, lg.data()));
+    std::vector<double> r(ref_logits.begin() + (size_t)36 * m.V, ref_logits.begin() + (size_t)37 * m.V);
+    expect("  decode after a KV-filling prefill: logits at position 36", lg, r);
+    int pos = -1;
+    API_OK(dj_get_state(e, &pos, nullptr, 0));
+    expect_true("  decode state after it: position 37", pos == 37);
+    // Teacher-forced decode NLL over the same sequence (decode graph + k_step_nll) vs the prefill's.
+    API_OK(dj_set_prompt(e, one.data(), 37));
+    std::vector<float> dn(36, NAN);
+    API_OK(dj_decode_nll(e, M_DENSE, 36, dn.data()));
+    std::vector<double> pr(ref_nll.begin(), ref_nll.begin() + 36);
+    expect("  teacher-forced decode NLL (36 steps) vs CPU", dn, pr, 2e-3);
+    expect_true("  decode_nll past the forced tokens: refused", dj_decode_nll(e, M_DENSE, 2, dn.data()) != 0);
+  } else {
+    expect_true("  decode graphs for this form: refused, named", dj_build(e) != 0 && strstr(dj_last_error(), "decode graphs"));
+  }
+  dj_destroy(e);
+}
+
 // API edges: options refused with a reason (grouped on the portable path, the streamed path past T_DMAX), the path
 // chosen for OPT-175B's width, and the grouped selection's edges: errors that name the problem, and every score tied.
 static void test_api_edges() {
@@ -1103,7 +1293,17 @@ int main(int argc, char** argv) {
   int dev = 0, ccmaj = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&ccmaj, cudaDevAttrComputeCapabilityMajor, dev);
-  const bool hopper = ccmaj >= 9;
+  const bool hopper = ccmaj >= 9 && compiled_arch() >= 90;  // a GPU and a build for the streamed kernels
+  printf("-- GPU compute capability %d.x, kernels compiled as compute_%d\n", ccmaj, compiled_arch());
+  if (ccmaj >= 9 && !hopper) {  // an sm_80 build on a Hopper card: auto must pick the portable path, streamed is refused
+    DjOptions s{PATH_STREAMED, SEL_EXACT, KV_SELECTED};
+    void* x = dj_create(256, 512, 1, 8, 2048, 64, 8, 1e-5f, &s);
+    expect_true("sm_80 build on sm_90: the streamed path refused, named", !x && strstr(dj_last_error(), "build for sm_90"));
+    if (x) dj_destroy(x);
+    x = dj_create(256, 512, 1, 8, 2048, 64, 8, 1e-5f, nullptr);
+    expect_true("sm_80 build on sm_90: auto picks the portable path", x && dj_path(x) == PATH_PORTABLE);
+    if (x) dj_destroy(x);
+  }
   const struct { const char* name; DjOptions o; } cfgs[] = {{"streamed, exact top-k", streamed},
                                                            {"streamed, grouped top-k", grouped},
                                                            {"portable, exact top-k", portable}};
@@ -1117,6 +1317,10 @@ int main(int argc, char** argv) {
     printf("-- engine, %s, layer 0's heads predictor with LN\n", c.name);
     test_engine(c.o, 128, 0, true);
   }
+  test_prefill(true, 256, false, true, DT_F32);
+  test_prefill(true, 256, false, true, DT_BF16);
+  test_prefill(false, 128, true, false, DT_F16);  // opt-350m's form: post-LN, project_in/out, no final LN
+  test_prefill(true, 128, true, false, DT_F16);
   if (hopper) {
     test_api_edges();
     test_paths("streamed vs portable", portable, streamed, 1024, 16, 4096, 2, 40, true, 2 + 3 * 2);  // hd 64

@@ -15,6 +15,8 @@
 #include "kernels.cuh"
 #include "fused.cuh"
 #include "predict.cuh"
+#include "prefill.cuh"
+#include "blas.cuh"
 
 using namespace dj;
 
@@ -84,11 +86,11 @@ struct Layer {
 struct DjOptions {
   int path;       // PATH_AUTO: streamed on sm_90+ while d <= T_DMAX, else portable; PATH_STREAMED; PATH_PORTABLE
   int selection;  // SEL_EXACT: one top-k per predictor; SEL_GROUPED: the fused predictors' grouped top-k (streamed only)
-  int kv_policy;  // KV_SELECTED: skipped heads compute no K/V, their slots masked later; KV_ALL: every head's K/V
+  int kv_policy;  // KV_ALL: every head's K/V (exact); KV_SELECTED: skipped heads compute no K/V, their slots masked later
 };
 enum Path { PATH_AUTO = 0, PATH_STREAMED = 1, PATH_PORTABLE = 2 };
 enum Selection { SEL_EXACT = 0, SEL_GROUPED = 1 };
-enum KvPolicy { KV_SELECTED = 0, KV_ALL = 1 };
+enum KvPolicy { KV_ALL = 0, KV_SELECTED = 1 };  // zeroed options = the exact defaults
 
 // Measured winners (13B shape unless said; docs/cuda.md has the table), constants rather than options:
 constexpr int RING_BYTES = 200 * 1024;  // streamed ring per block: at most this, and what fits beside x
@@ -99,11 +101,13 @@ constexpr int TOPK_U = 4;               // score rows per lane in flight (k_pred
 // Streamed row kernels look their block's selected rows up first (fused.cuh T_ROWIX; bit 0): fixed selections
 // 1.69 -> 1.57 ms, and 2.093 -> 2.077 beside predictors with RESERVE_SMS left to them; the MLP's (bit 1) gained nothing.
 constexpr int ROWIX = 1;
+constexpr size_t UPLOAD_STAGE = 64u << 20;  // checkpoint tensors cross to the GPU in chunks of whole rows up to this
 
 struct Engine {
   int vocab, d, L, H, hd, ffn, maxpos, maxT;
   float eps = 1e-5f;
   int sms = 0, cc = 0;  // SMs, compute capability (major * 10 + minor)
+  int arch = 0;         // the architecture the kernels run as here (compiled_arch)
   DjOptions opt{};
   bool tma = true;      // this engine runs the streamed path (fused.cuh); false: the portable per-op kernels
   std::vector<void*> allocs;
@@ -144,6 +148,22 @@ struct Engine {
   cudaGraphExec_t graphs[M_COUNT] = {};
   std::vector<cudaEvent_t> evs;
   cudaEvent_t t0, t1;
+  // Model variant (dj_set_variant): post-LN blocks, no final LayerNorm, and project_in / project_out when the
+  // embedding width e_dim differs from d run in the prefill; the decode graphs need the standard form (dj_build).
+  bool pre_ln = true, final_ln = true;
+  int e_dim = 0;
+  __half *Wpin = nullptr, *Wpout = nullptr;  // [d][e_dim], [e_dim][d] (nn.Linear layout)
+  void* stage = nullptr;                     // upload staging (UPLOAD_STAGE bytes)
+  float* step_nll = nullptr;                 // [maxT] per-position NLL of teacher-forced decode steps
+  Blas blas;
+  struct Prefill {
+    int cap_T = 0, cap_n = 0, cap_R = 0;  // rows, longest sequence, LM-head rows per chunk
+    std::vector<void*> allocs;
+    float *x = nullptr, *y = nullptr, *S = nullptr, *logits = nullptr, *nll = nullptr;
+    __half *a16 = nullptr, *q16 = nullptr, *k16 = nullptr, *v16 = nullptr, *o16 = nullptr, *h16 = nullptr,
+           *p16 = nullptr;
+    int *tok = nullptr, *pos = nullptr, *tgt = nullptr;
+  } pf;
 };
 
 static void fill_h(__half* p, size_t n, uint64_t seed, float scale, float off) {
@@ -177,18 +197,29 @@ int dj_device_info(char* name, int n, int* sms, long long* mem_total) {
   return 0;
 }
 
-// Which path serves this engine: the streamed kernels need sm_90 (bulk copies, mbarrier transactions) and hold x in
-// registers (d <= T_DMAX = 10240); everything else, OPT-175B's d = 12288 included, runs the portable per-op kernels.
+// The architecture this library's kernels were compiled for on this GPU (cudaFuncAttributes::ptxVersion, e.g. 90): a
+// build for sm_80 alone runs on a Hopper card through its PTX, where the streamed kernels' sm_90 instructions are absent.
+__global__ void k_arch_probe() {}
+static int compiled_arch() {
+  cudaFuncAttributes a{};
+  return cudaFuncGetAttributes(&a, k_arch_probe) == cudaSuccess ? a.ptxVersion : 0;
+}
+
+// Which path serves this engine: the streamed kernels need sm_90 (bulk copies, mbarrier transactions) in the GPU and
+// in the build, and hold x in registers (d <= T_DMAX = 10240); everything else, OPT-175B's d = 12288 included, runs
+// the portable per-op kernels.
 static int apply_options(Engine* e, const DjOptions* o) {
   DjOptions v = o ? *o : DjOptions{};
   if (v.path < PATH_AUTO || v.path > PATH_PORTABLE) return fail("options: path %d unknown (0 auto, 1 streamed, 2 portable)", v.path);
   if (v.selection != SEL_EXACT && v.selection != SEL_GROUPED) return fail("options: selection %d unknown (0 exact, 1 grouped)", v.selection);
-  if (v.kv_policy != KV_SELECTED && v.kv_policy != KV_ALL) return fail("options: kv_policy %d unknown (0 selected, 1 all)", v.kv_policy);
-  const bool can_stream = e->cc >= 90 && e->d <= T_DMAX;
-  if (v.path == PATH_STREAMED && !can_stream)
-    return fail(e->cc < 90 ? "the streamed path needs compute capability 9.0 or newer (this GPU: %d.%d)"
-                           : "the streamed path holds x in registers: d <= %d (d = %d); use the portable path",
-                e->cc < 90 ? e->cc / 10 : T_DMAX, e->cc < 90 ? e->cc % 10 : e->d);
+  if (v.kv_policy != KV_SELECTED && v.kv_policy != KV_ALL) return fail("options: kv_policy %d unknown (0 all, 1 selected)", v.kv_policy);
+  const bool can_stream = e->cc >= 90 && e->arch >= 90 && e->d <= T_DMAX;
+  if (v.path == PATH_STREAMED && !can_stream) {
+    if (e->cc < 90) return fail("the streamed path needs compute capability 9.0 or newer (this GPU: %d.%d)", e->cc / 10, e->cc % 10);
+    if (e->arch < 90)
+      return fail("the streamed path needs a build for sm_90 (this library runs compute_%d code; DEJAVU_CUDA_ARCH=sm_80,sm_90)", e->arch);
+    return fail("the streamed path holds x in registers: d <= %d (d = %d); use the portable path", T_DMAX, e->d);
+  }
   const bool tma = v.path == PATH_AUTO ? can_stream : v.path == PATH_STREAMED;
   if (v.selection == SEL_GROUPED && !tma)
     return fail("the grouped top-k runs inside the streamed kernels (sm_90+, d <= %d); the portable path has the exact top-k only",
@@ -196,7 +227,7 @@ static int apply_options(Engine* e, const DjOptions* o) {
   if (e->tma != tma || e->opt.selection != v.selection) e->groups_dirty = true;
   e->tma = tma;
   e->opt = v;
-  e->pdl = e->cc >= 90;
+  e->pdl = e->cc >= 90 && e->arch >= 90;
   return 0;
 }
 
@@ -216,8 +247,25 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
   e->sms = p.multiProcessorCount;
   e->sms_now = e->sms;
   e->cc = p.major * 10 + p.minor;
+  e->arch = compiled_arch();
   e->smem_optin = (int)p.sharedMemPerBlockOptin;
+  e->e_dim = d;
   if (apply_options(e, opt)) { delete e; return nullptr; }
+  {  // Everything dj_create allocates, against the card's free memory, before the first allocation.
+    const double wb = 2.0 * ((double)vocab * d + (double)(maxpos + 2) * d + (double)L * (4.0 * d * d + 2.0 * ffn * d)) +
+                      4.0 * L * (9.0 * d + ffn);
+    const double kv = (double)L * H * maxT * (2.0 * hd * 2 + 1);
+    const double ws = 4.0 * ((double)vocab + 8.0 * d + ffn + 4.0 * L * d + maxT) + (double)UPLOAD_STAGE;
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) { fail("cudaMemGetInfo failed"); delete e; return nullptr; }
+    if (wb + kv + ws > (double)free_b) {
+      fail("the model needs %.2f GB of GPU memory (fp16 weights %.2f GB, KV cache for %d tokens %.2f GB, workspace %.2f GB); "
+           "%s has %.2f GB free of %.2f GB", (wb + kv + ws) / 1e9, wb / 1e9, maxT, kv / 1e9, ws / 1e9, p.name,
+           free_b / 1e9, total_b / 1e9);
+      delete e;
+      return nullptr;
+    }
+  }
   auto bad = [&]() { for (void* v : e->allocs) cudaFree(v); delete e; return (void*)nullptr; };
   if (dalloc(e, &e->E, (size_t)vocab * d) || dalloc(e, &e->P, (size_t)(maxpos + 2) * d) ||
       dalloc(e, &e->lnf_g, d) || dalloc(e, &e->lnf_b, d))
@@ -248,7 +296,9 @@ void* dj_create(int vocab, int d, int L, int H, int ffn, int maxpos, int maxT, f
       dalloc(e, &e->amax, 1) || dalloc(e, &e->lm_counter, 1))
     return bad();
   // D holds two copies of every point's delta ([2][2L+1][d]); the second is used for the MLP outputs.
-  if (dalloc(e, &e->X, (size_t)(2 * L + 1) * d) || dalloc(e, &e->D, (size_t)2 * (2 * L + 1) * d)) return bad();
+  if (dalloc(e, &e->X, (size_t)(2 * L + 1) * d) || dalloc(e, &e->D, (size_t)2 * (2 * L + 1) * d) ||
+      dalloc(e, &e->step_nll, maxT))
+    return bad();
   cudaMemset(e->X, 0, (size_t)(2 * L + 1) * d * sizeof(float));
   cudaMemset(e->D, 0, (size_t)2 * (2 * L + 1) * d * sizeof(float));
   cudaMemset(e->st, 0, 4 * sizeof(int));
@@ -278,6 +328,9 @@ int dj_destroy(void* ev) {
   for (auto g : e->graphs) if (g) cudaGraphExecDestroy(g);
   for (auto v : e->evs) cudaEventDestroy(v);
   for (void* v : e->allocs) cudaFree(v);
+  for (void* v : e->pf.allocs) cudaFree(v);
+  cudaFree(e->stage);
+  blas_close(e->blas);
   cudaStreamDestroy(e->s0);
   cudaStreamDestroy(e->s1);
   cudaStreamDestroy(e->s2);
@@ -315,45 +368,83 @@ int dj_fill_random(void* ev, unsigned seed) {
 }
 
 enum Tensor {
-  T_EMBED = 0, T_POS = 1, T_LNF_W = 2, T_LNF_B = 3, T_LM_HEAD = 4,
+  T_EMBED = 0, T_POS = 1, T_LNF_W = 2, T_LNF_B = 3, T_LM_HEAD = 4, T_PROJ_IN = 5, T_PROJ_OUT = 6,
   T_LN1_W = 10, T_LN1_B, T_Q_W, T_Q_B, T_K_W, T_K_B, T_V_W, T_V_B, T_O_W, T_O_B, T_LN2_W, T_LN2_B, T_FC1_W,
   T_FC1_B, T_FC2_W, T_FC2_B
 };
+enum Dtype { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
 
-static int up_half(__half* dst, const float* src, size_t n, size_t rows = 0, size_t cols = 0) {
+// Predictor weights (host fp32, small): converted on the host.
+static int up_half(__half* dst, const float* src, size_t n) {
   std::vector<__half> tmp(n);
-  if (rows) {  // transpose [rows][cols] -> [cols][rows]
-    for (size_t r = 0; r < rows; r++)
-      for (size_t c = 0; c < cols; c++) tmp[c * rows + r] = __float2half(src[r * cols + c]);
-  } else {
-    for (size_t i = 0; i < n; i++) tmp[i] = __float2half(src[i]);
-  }
+  for (size_t i = 0; i < n; i++) tmp[i] = __float2half(src[i]);
   CK(cudaMemcpy(dst, tmp.data(), n * sizeof(__half), cudaMemcpyHostToDevice));
   return 0;
 }
-static int up_float(float* dst, const float* src, size_t n) {
-  CK(cudaMemcpy(dst, src, n * sizeof(float), cudaMemcpyHostToDevice));
+
+// A checkpoint tensor of `rows` x `cols` (row-major, dtype) to fp16 dst16 or fp32 dst32, transposed when asked: the
+// raw bytes cross in chunks of whole rows through the staging buffer and are converted there (k_convert), so the host
+// never holds a converted copy.
+static int up_raw(Engine* e, const void* src, int dtype, size_t rows, size_t cols, bool transpose, __half* dst16,
+                  float* dst32) {
+  const size_t es = dtype == DT_F32 ? 4 : 2;
+  if (!e->stage) CK(cudaMalloc(&e->stage, UPLOAD_STAGE));
+  const size_t per = std::max<size_t>(1, UPLOAD_STAGE / (cols * es));
+  if (cols * es > UPLOAD_STAGE) return fail("tensor row of %zu bytes exceeds the upload stage", cols * es);
+  for (size_t r0 = 0; r0 < rows; r0 += per) {
+    const size_t nr = std::min(per, rows - r0);
+    CK(cudaMemcpyAsync(e->stage, (const char*)src + r0 * cols * es, nr * cols * es, cudaMemcpyHostToDevice, e->s0));
+    k_convert<<<1024, 256, 0, e->s0>>>(e->stage, dtype, nr, cols, r0, rows, transpose, dst16, dst32);
+    CK(cudaGetLastError());
+  }
+  CK(cudaStreamSynchronize(e->s0));  // the caller may free `src` once this returns
   return 0;
 }
 
-// Upload one fp32 tensor of a checkpoint (nn.Linear layout); converted to fp16 and re-laid-out here.
-int dj_upload(void* ev, int tensor, int layer, const float* data, long long n) {
+// The model's form beyond its dimensions (before uploading weights): pre_ln = 0 for post-LayerNorm blocks
+// (do_layer_norm_before false), final_ln = 0 without the final LayerNorm, e_dim = word_embed_proj_dim (project_in /
+// project_out when it differs from d), untied = 1 for a separate lm_head.
+int dj_set_variant(void* ev, int pre_ln, int final_ln, int e_dim, int untied) {
   Engine* e = (Engine*)ev;
+  if (e_dim < 8 || e_dim > e->d || e_dim % 8) return fail("word_embed_proj_dim %d: need a multiple of 8 in [8, d = %d]", e_dim, e->d);
+  e->pre_ln = pre_ln != 0;
+  e->final_ln = final_ln != 0;
+  if (e_dim != e->d && !e->Wpin) {
+    if (dalloc(e, &e->Wpin, (size_t)e->d * e_dim) || dalloc(e, &e->Wpout, (size_t)e_dim * e->d)) return -1;
+  }
+  e->e_dim = e_dim;
+  if (untied && e->lm == e->E && dalloc(e, &e->lm, (size_t)e->vocab * e->d)) return -1;
+  if (!untied) e->lm = e->E;
+  return 0;
+}
+
+// Upload one checkpoint tensor in its stored dtype (0 F32, 1 F16, 2 BF16; nn.Linear layout, n elements): converted
+// to fp16 (weights) or fp32 (biases, LayerNorms) and re-laid-out on the GPU.
+int dj_upload_raw(void* ev, int tensor, int layer, const void* data, int dtype, long long n) {
+  Engine* e = (Engine*)ev;
+  if (dtype < DT_F32 || dtype > DT_BF16) return fail("tensor %d: dtype %d unknown (0 F32, 1 F16, 2 BF16)", tensor, dtype);
   e->ln_folded = false;  // weights or LayerNorm parameters change: the deferred-LN constants are recomputed before use
-  size_t d = e->d, ffn = e->ffn, dd = d * d;
+  const size_t d = e->d, ffn = e->ffn, dd = d * d, ed = e->e_dim;
   auto want = [&](size_t m) { return (size_t)n == m ? 0 : fail("tensor %d layer %d: %lld values, expected %zu", tensor, layer, n, m); };
+  auto half = [&](__half* dst, size_t rows, size_t cols, bool tr = false) {
+    return want(rows * cols) || up_raw(e, data, dtype, rows, cols, tr, dst, nullptr);
+  };
+  auto flt = [&](float* dst, size_t m) { return want(m) || up_raw(e, data, dtype, 1, m, false, nullptr, dst); };
   if (tensor < 10) {
     switch (tensor) {
       case T_EMBED: if (e->opt.selection == SEL_GROUPED) e->groups_dirty = true;  // layer 0's heads tables (pfuse.cuh head0)
-        return want((size_t)e->vocab * d) || up_half(e->E, data, n);
+        return half(e->E, e->vocab, ed);
       case T_POS: if (e->opt.selection == SEL_GROUPED) e->groups_dirty = true;
-        return want((size_t)(e->maxpos + 2) * d) || up_half(e->P, data, n);
-      case T_LNF_W: return want(d) || up_float(e->lnf_g, data, n);
-      case T_LNF_B: return want(d) || up_float(e->lnf_b, data, n);
+        return half(e->P, e->maxpos + 2, d);
+      case T_LNF_W: return flt(e->lnf_g, d);
+      case T_LNF_B: return flt(e->lnf_b, d);
       case T_LM_HEAD:
-        if (want((size_t)e->vocab * d)) return -1;
         if (e->lm == e->E && dalloc(e, &e->lm, (size_t)e->vocab * d)) return -1;
-        return up_half(e->lm, data, n);
+        return half(e->lm, e->vocab, ed);
+      case T_PROJ_IN: if (!e->Wpin) return fail("project_in given but word_embed_proj_dim = d (dj_set_variant)");
+        return half(e->Wpin, d, ed);
+      case T_PROJ_OUT: if (!e->Wpout) return fail("project_out given but word_embed_proj_dim = d (dj_set_variant)");
+        return half(e->Wpout, ed, d);
     }
     return fail("unknown tensor %d", tensor);
   }
@@ -361,24 +452,38 @@ int dj_upload(void* ev, int tensor, int layer, const float* data, long long n) {
   Layer& l = e->layers[layer];
   switch (tensor) {
     case T_LN1_W: if (e->opt.selection == SEL_GROUPED) e->groups_dirty = true;  // fused predictors depend on it (plan_fused)
-      return want(d) || up_float(l.ln1_g, data, n);
-    case T_LN1_B: return want(d) || up_float(l.ln1_b, data, n);
-    case T_Q_W: return want(dd) || up_half(l.Wqkv, data, n);
-    case T_K_W: return want(dd) || up_half(l.Wqkv + dd, data, n);
-    case T_V_W: return want(dd) || up_half(l.Wqkv + 2 * dd, data, n);
-    case T_Q_B: return want(d) || up_float(l.bqkv, data, n);
-    case T_K_B: return want(d) || up_float(l.bqkv + d, data, n);
-    case T_V_B: return want(d) || up_float(l.bqkv + 2 * d, data, n);
-    case T_O_W: return want(dd) || up_half(l.WoT, data, n, d, d);
-    case T_O_B: return want(d) || up_float(l.bo, data, n);
-    case T_LN2_W: return want(d) || up_float(l.ln2_g, data, n);
-    case T_LN2_B: return want(d) || up_float(l.ln2_b, data, n);
-    case T_FC1_W: return want(ffn * d) || up_half(l.W1, data, n);
-    case T_FC1_B: return want(ffn) || up_float(l.b1, data, n);
-    case T_FC2_W: return want(ffn * d) || up_half(l.W2T, data, n, d, ffn);  // fc2 W [d][ffn] -> W2T [ffn][d]
-    case T_FC2_B: return want(d) || up_float(l.b2, data, n);
+      return flt(l.ln1_g, d);
+    case T_LN1_B: return flt(l.ln1_b, d);
+    case T_Q_W: return half(l.Wqkv, d, d);
+    case T_K_W: return half(l.Wqkv + dd, d, d);
+    case T_V_W: return half(l.Wqkv + 2 * dd, d, d);
+    case T_Q_B: return flt(l.bqkv, d);
+    case T_K_B: return flt(l.bqkv + d, d);
+    case T_V_B: return flt(l.bqkv + 2 * d, d);
+    case T_O_W: return half(l.WoT, d, d, true);
+    case T_O_B: return flt(l.bo, d);
+    case T_LN2_W: return flt(l.ln2_g, d);
+    case T_LN2_B: return flt(l.ln2_b, d);
+    case T_FC1_W: return half(l.W1, ffn, d);
+    case T_FC1_B: return flt(l.b1, ffn);
+    case T_FC2_W: return half(l.W2T, d, ffn, true);  // fc2 W [d][ffn] -> W2T [ffn][d]
+    case T_FC2_B: return flt(l.b2, d);
   }
   return fail("unknown tensor %d", tensor);
+}
+
+// Upload one fp32 tensor (dj_upload_raw with F32).
+int dj_upload(void* ev, int tensor, int layer, const float* data, long long n) {
+  return dj_upload_raw(ev, tensor, layer, data, DT_F32, n);
+}
+
+// Free and total memory of the current GPU (bytes).
+int dj_mem_info(long long* free_b, long long* total_b) {
+  size_t f = 0, t = 0;
+  CK(cudaMemGetInfo(&f, &t));
+  *free_b = (long long)f;
+  *total_b = (long long)t;
+  return 0;
 }
 
 // ---- sparsity ------------------------------------------------------------------------------------------------
@@ -1149,6 +1254,10 @@ extern "C" {
 // Build (or rebuild) the graphs: call after weights, k and predictors are set.
 int dj_build(void* ev) {
   Engine* e = (Engine*)ev;
+  if (!e->pre_ln || !e->final_ln || e->e_dim != e->d)
+    return fail("the decode graphs take pre-LayerNorm OPT with a final LayerNorm and no project_in/out (this model:%s%s%s); "
+                "its prefill and dense perplexity run on the GPU", e->pre_ln ? "" : " post-LN", e->final_ln ? "" : " no final LN",
+                e->e_dim != e->d ? " project_in/out" : "");
   // Events for fork/join inside capture: 3 per predictor at most (created outside capture).
   while (e->evs.size() < (size_t)(6 * e->L + 8)) {
     cudaEvent_t v;
@@ -1239,6 +1348,200 @@ int dj_run(void* ev, int mode, int steps, float* ms) {
   if (ms) CK(cudaEventElapsedTime(ms, e->t0, e->t1));
   return 0;
 }
+
+}  // extern "C"
+
+// ---- prefill ---------------------------------------------------------------------------------------------------
+// Whole sequences through the model at once (prefill.cuh, GEMMs on cuBLAS): the rows of every sequence in one GEMM
+// per weight, attention per sequence (scores S = Q K^T per head on tensor cores, causal softmax, P V), heads taken
+// in groups so S and P stay under PF_ATT_BYTES. Workspace grows to the largest call and is kept.
+constexpr double PF_ATT_BYTES = 1.0 * (1u << 30);
+constexpr int PF_LM_ROWS = 1024;  // LM-head rows per chunk: logits [PF_LM_ROWS][vocab] fp32
+
+static int pf_heads_per_group(const Engine* e, int n) {
+  return std::max(1, std::min(e->H, (int)(PF_ATT_BYTES / (6.0 * n * n))));
+}
+
+static int pf_reserve(Engine* e, int T, int n) {
+  auto& p = e->pf;
+  if (T <= p.cap_T && n <= p.cap_n) return 0;
+  T = std::max(T, p.cap_T);
+  n = std::max(n, p.cap_n);
+  for (void* v : p.allocs) cudaFree(v);
+  p.allocs.clear();
+  p = Engine::Prefill{};
+  const size_t d = e->d, ffn = e->ffn, V = e->vocab, hg = pf_heads_per_group(e, n), R = std::min(T, PF_LM_ROWS);
+  const size_t wide = std::max({3 * d, ffn, (size_t)e->e_dim});
+  const double need = 4.0 * T * d + 4.0 * T * wide + 2.0 * T * d * 5 + 2.0 * T * ffn + 6.0 * hg * n * n + 4.0 * R * V +
+                      4.0 * T * 4;
+  size_t free_b = 0, total_b = 0;
+  CK(cudaMemGetInfo(&free_b, &total_b));
+  if (need > (double)free_b)
+    return fail("the prefill of %d tokens (longest sequence %d) needs %.2f GB of GPU workspace; %.2f GB free of %.2f GB "
+                "(fewer tokens per batch or a shorter --max-len)", T, n, need / 1e9, free_b / 1e9, total_b / 1e9);
+  auto al = [&](auto** ptr, size_t count) -> int {
+    void* v = nullptr;
+    CK(cudaMalloc(&v, std::max<size_t>(count, 1) * sizeof(**ptr)));
+    p.allocs.push_back(v);
+    *ptr = (std::remove_reference_t<decltype(*ptr)>)v;
+    return 0;
+  };
+  if (al(&p.x, (size_t)T * d) || al(&p.y, (size_t)T * wide) || al(&p.a16, (size_t)T * d) || al(&p.q16, (size_t)T * d) ||
+      al(&p.k16, (size_t)T * d) || al(&p.v16, (size_t)T * d) || al(&p.o16, (size_t)T * d) || al(&p.h16, (size_t)T * ffn) ||
+      al(&p.S, hg * n * n) || al(&p.p16, hg * n * n) || al(&p.logits, R * V) || al(&p.nll, (size_t)T) ||
+      al(&p.tok, (size_t)T) || al(&p.pos, (size_t)T) || al(&p.tgt, (size_t)T))
+    return -1;
+  p.cap_T = T; p.cap_n = n; p.cap_R = (int)R;
+  return 0;
+}
+
+#define BK(call)                                                              \
+  do {                                                                        \
+    int s_ = (call);                                                          \
+    if (s_ != 0) return fail("%s:%d cuBLAS status %d", __FILE__, __LINE__, s_); \
+  } while (0)
+
+static int pf_forward(Engine* e, int T, const int* lens, int nseq, bool fill_kv, float* nll_out, float* logits_out) {
+  auto& p = e->pf;
+  const int d = e->d, H = e->H, hd = e->hd, ffn = e->ffn, V = e->vocab, ed = e->e_dim;
+  const cudaStream_t s = e->s0;
+  const Blas& b = e->blas;
+  const int rowsT = T;
+  auto ew_grid = [](size_t n) { return (unsigned)std::min<size_t>((n + 255) / 256, 4096); };
+  const float* ln1g0 = e->pre_ln ? e->layers[0].ln1_g : nullptr;
+  const float* ln1b0 = e->pre_ln ? e->layers[0].ln1_b : nullptr;
+  // Embedding (+ project_in) and positions; a16 = the first GEMM's input.
+  if (ed == d) {
+    k_pf_embed<<<rowsT, PF_THREADS, 0, s>>>(e->E, e->P, p.tok, p.pos, ed, d, true, nullptr, p.x, ln1g0, ln1b0, e->eps, p.a16);
+  } else {
+    k_pf_embed<<<rowsT, PF_THREADS, 0, s>>>(e->E, e->P, p.tok, p.pos, ed, d, false, p.h16, nullptr, nullptr, nullptr, e->eps, nullptr);
+    BK(blas_gemm(b, T, d, ed, p.h16, ed, e->Wpin, true, p.y, CUDA_R_32F, d));
+    k_pf_add_pos<<<rowsT, PF_THREADS, 0, s>>>(p.y, e->P, p.pos, d, p.x, ln1g0, ln1b0, e->eps, p.a16);
+  }
+  CK(cudaGetLastError());
+  for (int li = 0; li < e->L; li++) {
+    Layer& l = e->layers[li];
+    // Attention block.
+    BK(blas_gemm(b, T, 3 * d, d, p.a16, d, l.Wqkv, true, p.y, CUDA_R_32F, 3 * d));
+    k_pf_qkv<<<ew_grid((size_t)T * d), 256, 0, s>>>(p.y, l.bqkv, T, d, hd, 1.f / sqrtf((float)hd), p.q16, p.k16, p.v16,
+                                                    fill_kv ? l.kc : nullptr, l.vc, l.valid, e->maxT);
+    CK(cudaGetLastError());
+    for (int q = 0, o = 0; q < nseq; o += lens[q++]) {
+      const int n = lens[q];
+      const int hg = pf_heads_per_group(e, n);
+      for (int h0 = 0; h0 < H; h0 += hg) {
+        const int nh = std::min(hg, H - h0);
+        const size_t off = (size_t)o * d + (size_t)h0 * hd;
+        const float one = 1.f, zero = 0.f;
+        // S[h][i][j] = q_i . k_j (q pre-scaled): column-major S^T = K Q^T per head.
+        BK(b.gemm_batched(b.h, Blas::OP_T, Blas::OP_N, n, n, hd, &one, p.k16 + off, CUDA_R_16F, d, hd, p.q16 + off,
+                          CUDA_R_16F, d, hd, &zero, p.S, CUDA_R_32F, n, (long long)n * n, nh, Blas::COMPUTE_32F,
+                          Blas::ALGO_DEFAULT));
+        k_pf_softmax<<<(unsigned)(nh * n), PF_THREADS, 0, s>>>(p.S, n, p.p16);
+        CK(cudaGetLastError());
+        // O[i][h] = sum_j P[h][i][j] v_j: column-major O^T = V^T P^T per head, written into o16 [T][d].
+        BK(b.gemm_batched(b.h, Blas::OP_N, Blas::OP_N, hd, n, n, &one, p.v16 + off, CUDA_R_16F, d, hd, p.p16,
+                          CUDA_R_16F, n, (long long)n * n, &zero, p.o16 + off, CUDA_R_16F, d, hd, nh,
+                          Blas::COMPUTE_32F, Blas::ALGO_DEFAULT));
+      }
+    }
+    BK(blas_gemm(b, T, d, d, p.o16, d, l.WoT, false, p.y, CUDA_R_32F, d));
+    k_pf_residual<<<rowsT, PF_THREADS, 0, s>>>(p.x, p.y, l.bo, d, e->pre_ln ? nullptr : l.ln1_g, l.ln1_b,
+                                               e->pre_ln ? l.ln2_g : nullptr, l.ln2_b, e->eps, p.a16);
+    // MLP block.
+    BK(blas_gemm(b, T, ffn, d, p.a16, d, l.W1, true, p.y, CUDA_R_32F, ffn));
+    k_pf_bias_relu<<<ew_grid((size_t)T * ffn), 256, 0, s>>>(p.y, l.b1, T, ffn, p.h16);
+    BK(blas_gemm(b, T, d, ffn, p.h16, ffn, l.W2T, false, p.y, CUDA_R_32F, d));
+    const bool last = li + 1 == e->L;
+    const float* og = !e->pre_ln ? nullptr : !last ? e->layers[li + 1].ln1_g : e->final_ln ? e->lnf_g : nullptr;
+    const float* ob = !e->pre_ln ? nullptr : !last ? e->layers[li + 1].ln1_b : e->final_ln ? e->lnf_b : nullptr;
+    k_pf_residual<<<rowsT, PF_THREADS, 0, s>>>(p.x, p.y, l.b2, d, e->pre_ln ? nullptr : l.ln2_g, l.ln2_b, og, ob, e->eps,
+                                               p.a16);
+    CK(cudaGetLastError());
+  }
+  // project_out, then the LM head and the NLL in chunks of rows.
+  const __half* head_in = p.a16;
+  if (ed != d) {
+    BK(blas_gemm(b, T, ed, d, p.a16, d, e->Wpout, true, p.y, CUDA_R_32F, ed));
+    k_pf_to_half<<<ew_grid((size_t)T * ed), 256, 0, s>>>(p.y, (size_t)T * ed, p.h16);
+    head_in = p.h16;
+  }
+  for (int r0 = 0; r0 < T; r0 += p.cap_R) {
+    const int R = std::min(p.cap_R, T - r0);
+    BK(blas_gemm(b, R, V, ed, head_in + (size_t)r0 * ed, ed, e->lm, true, p.logits, CUDA_R_32F, V));
+    k_pf_nll<<<R, PF_THREADS, 0, s>>>(p.logits, V, p.tgt + r0, p.nll + r0);
+    CK(cudaGetLastError());
+    if (logits_out) CK(cudaMemcpyAsync(logits_out + (size_t)r0 * V, p.logits, (size_t)R * V * 4, cudaMemcpyDeviceToHost, s));
+  }
+  if (nll_out) CK(cudaMemcpyAsync(nll_out, p.nll, (size_t)T * 4, cudaMemcpyDeviceToHost, s));
+  CK(cudaStreamSynchronize(s));
+  return 0;
+}
+
+extern "C" {
+
+// Prefill `nseq` sequences packed back to back in `tokens` (lengths `lens`, each <= max positions; each starts at
+// position 0). nll (optional, host [sum lens]): per row, the NLL of the next token of its sequence (0 at each
+// sequence's last row). logits (optional, host [sum lens][vocab]; tests). fill_kv = 1 (one sequence, <= maxT
+// tokens): its K/V land in the decode cache and the decode state moves to position len - 1 (the next dense step
+// recomputes that position and yields the following token).
+int dj_prefill(void* ev, const int* tokens, const int* lens, int nseq, float* nll, float* logits, int fill_kv) {
+  Engine* e = (Engine*)ev;
+  if (nseq < 1) return fail("prefill: no sequences");
+  if (fill_kv && nseq != 1) return fail("prefill: filling the KV cache takes one sequence (%d given)", nseq);
+  int T = 0, n = 0;
+  for (int i = 0; i < nseq; i++) {
+    if (lens[i] < 1 || lens[i] > e->maxpos) return fail("prefill: sequence %d has %d tokens (1..%d)", i, lens[i], e->maxpos);
+    T += lens[i];
+    n = std::max(n, lens[i]);
+  }
+  if (fill_kv && T > e->maxT) return fail("prefill: %d tokens exceed the KV cache (%d)", T, e->maxT);
+  for (int i = 0; i < T; i++) if (tokens[i] < 0 || tokens[i] >= e->vocab) return fail("prefill: token %d out of range", tokens[i]);
+  const std::string why = blas_open(e->blas, e->s0);
+  if (!why.empty()) return fail("%s", why.c_str());
+  if (pf_reserve(e, T, n)) return -1;
+  std::vector<int> pos(T), tgt(T);
+  for (int q = 0, o = 0; q < nseq; o += lens[q++])
+    for (int i = 0; i < lens[q]; i++) {
+      pos[o + i] = i;
+      tgt[o + i] = i + 1 < lens[q] ? tokens[o + i + 1] : -1;
+    }
+  auto& p = e->pf;
+  CK(cudaMemcpyAsync(p.tok, tokens, T * sizeof(int), cudaMemcpyHostToDevice, e->s0));
+  CK(cudaMemcpyAsync(p.pos, pos.data(), T * sizeof(int), cudaMemcpyHostToDevice, e->s0));
+  CK(cudaMemcpyAsync(p.tgt, tgt.data(), T * sizeof(int), cudaMemcpyHostToDevice, e->s0));
+  if (fill_kv) {
+    for (auto& l : e->layers) CK(cudaMemsetAsync(l.valid, 0, (size_t)e->H * e->maxT, e->s0));
+    int st[2] = {T - 1, T};
+    CK(cudaMemcpyAsync(e->tokens, tokens, T * sizeof(int), cudaMemcpyHostToDevice, e->s0));
+    CK(cudaMemcpyAsync(e->st, st, sizeof st, cudaMemcpyHostToDevice, e->s0));
+  }
+  return pf_forward(e, T, lens, nseq, fill_kv != 0, nll, logits);
+}
+
+// Teacher-forced decode: `steps` replays of mode's graph from the current position, each followed by the NLL of the
+// forced next token (the prompt must reach pos + steps). nll: host [steps].
+int dj_decode_nll(void* ev, int mode, int steps, float* nll) {
+  Engine* e = (Engine*)ev;
+  if (mode < 0 || mode >= M_COUNT || mode == M_PRED || !e->graphs[mode]) return fail("mode %d not built", mode);
+  int st[2];
+  CK(cudaMemcpy(st, e->st, sizeof st, cudaMemcpyDeviceToHost));
+  if (steps < 1 || st[0] + steps >= st[1])
+    return fail("decode_nll: %d steps from position %d pass the forced tokens (prompt length %d)", steps, st[0], st[1]);
+  if (fold_ln(e)) return -1;
+  for (int i = 0; i < steps; i++) {
+    CK(cudaGraphLaunch(e->graphs[mode], e->s0));
+    k_step_nll<<<1, PF_THREADS, 0, e->s0>>>(e->logits, e->vocab, e->st, e->tokens, e->step_nll);
+  }
+  CK(cudaMemcpyAsync(nll, e->step_nll + st[0], steps * sizeof(float), cudaMemcpyDeviceToHost, e->s0));
+  CK(cudaStreamSynchronize(e->s0));
+  CK(cudaGetLastError());
+  return 0;
+}
+
+}  // extern "C"
+
+extern "C" {
 
 // Device-to-device copy bandwidth over `bytes` (GB/s, counting bytes read + written), median of `reps`.
 int dj_copy_bandwidth(long long bytes, int reps, double* gbps) {

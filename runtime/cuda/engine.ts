@@ -39,7 +39,7 @@ export class CudaEngine {
     readonly maxT: number,
   ) {}
 
-  /** Options left out take their defaults (lib.ts DEFAULT_CUDA_OPTIONS: auto path, exact top-k, KV of selected heads). */
+  /** Options left out take their defaults (lib.ts DEFAULT_CUDA_OPTIONS: auto path, exact top-k, KV of every head). */
   static create(lib: CudaLib, dims: Dims, maxT: number, eps = 1e-5, options: Partial<CudaOptions> = {}): CudaEngine {
     const h = lib.create(
       { vocab: dims.vocab, d: dims.d, layers: dims.layers, heads: dims.heads, ffn: dims.ffn, maxPos: dims.maxPos, maxT, eps },
@@ -48,12 +48,24 @@ export class CudaEngine {
     return new CudaEngine(lib, h, dims, maxT);
   }
 
+  /** The engine's dimensions of a model (any OPT variant; decodeProblem says whether the decode graphs take it). */
   static dimsOf(ckpt: Pick<OptCheckpoint, 'config' | 'dir'>): Dims {
     const c = ckpt.config;
-    if (!c.doLayerNormBefore) throw new DejavuError('the CUDA runtime supports pre-LayerNorm OPT only (do_layer_norm_before: true)', ckpt.dir);
-    if (c.wordEmbedProjDim !== c.hiddenSize) throw new DejavuError('the CUDA runtime does not support project_in/project_out (word_embed_proj_dim != hidden_size)', ckpt.dir);
-    if (!c.hasFinalLayerNorm) throw new DejavuError('the CUDA runtime needs the final LayerNorm', ckpt.dir);
     return { vocab: c.vocabSize, d: c.hiddenSize, layers: c.numLayers, heads: c.numHeads, ffn: c.ffnDim, maxPos: c.maxPositionEmbeddings };
+  }
+
+  /**
+   * Why the decode graphs (bench, predicted perplexity) cannot run this model, or undefined: they take pre-LN OPT with
+   * a final LayerNorm and no project_in/out (every released OPT but 350m). The prefill, and so dense perplexity, runs
+   * every variant.
+   */
+  static decodeProblem(c: OptCheckpoint['config']): string | undefined {
+    const why = [
+      !c.doLayerNormBefore && 'post-LayerNorm blocks (do_layer_norm_before: false)',
+      c.wordEmbedProjDim !== c.hiddenSize && `project_in/out (word_embed_proj_dim ${c.wordEmbedProjDim} != hidden_size ${c.hiddenSize})`,
+      !c.hasFinalLayerNorm && 'no final LayerNorm',
+    ].filter(Boolean);
+    return why.length ? `the CUDA decode graphs take pre-LN OPT with a final LayerNorm and no projections; this model has ${why.join(', ')} (its dense perplexity runs on the GPU through the prefill)` : undefined;
   }
 
   fillRandom(seed: number): void {
@@ -81,6 +93,41 @@ export class CudaEngine {
       up(TENSOR.fc1W, l, L.fc1W, 0); up(TENSOR.fc1B, l, L.fc1B, ffn);
       up(TENSOR.fc2W, l, L.fc2W, 0); up(TENSOR.fc2B, l, L.fc2B, d);
     });
+  }
+
+  /** The model's form (before uploads): see CudaLib.setVariant. */
+  setVariant(v: { preLn: boolean; finalLn: boolean; embedDim: number; untiedHead: boolean }): void {
+    this.lib.setVariant(this.h, v);
+  }
+
+  /** One checkpoint tensor in its stored dtype, converted to the engine's layout on the GPU. */
+  uploadRaw(tensor: number, layer: number, bytes: Uint8Array, dtype: 'F32' | 'F16' | 'BF16', n: number): void {
+    this.lib.uploadRaw(this.h, tensor, layer, bytes, dtype, n);
+  }
+
+  /**
+   * Prefill whole sequences (each from position 0). Returns per row the NLL of the next token of its sequence (0 on
+   * each sequence's last row); `logits` [rows][vocab] when asked (tests). fillKv: one sequence whose K/V fill the
+   * decode cache; decode continues at position len - 1.
+   */
+  prefill(seqs: Int32Array[], opts: { logits?: Float32Array; fillKv?: boolean } = {}): Float32Array {
+    const lens = Int32Array.from(seqs, (s) => s.length);
+    const tokens = new Int32Array(lens.reduce((a, b) => a + b, 0));
+    let o = 0;
+    for (const s of seqs) {
+      tokens.set(s, o);
+      o += s.length;
+    }
+    const nll = new Float32Array(tokens.length);
+    this.lib.prefill(this.h, tokens, lens, { nll, logits: opts.logits }, opts.fillKv ?? false);
+    return nll;
+  }
+
+  /** Teacher-forced decode of `steps` tokens (the prompt set by setPrompt holds them): the NLL of each next token. */
+  decodeNll(mode: Mode, steps: number): Float32Array {
+    const nll = new Float32Array(steps);
+    this.lib.decodeNll(this.h, mode, steps, nll);
+    return nll;
   }
 
   /** Predictors of a bundle (k per layer from the manifest unless overridden). */

@@ -15,10 +15,13 @@ export type Mode = keyof typeof MODE;
 
 /** Tensor ids for `upload` (engine.cu `Tensor`). */
 export const TENSOR = {
-  embed: 0, positions: 1, lnfW: 2, lnfB: 3, lmHead: 4,
+  embed: 0, positions: 1, lnfW: 2, lnfB: 3, lmHead: 4, projIn: 5, projOut: 6,
   ln1W: 10, ln1B: 11, qW: 12, qB: 13, kW: 14, kB: 15, vW: 16, vB: 17, oW: 18, oB: 19,
   ln2W: 20, ln2B: 21, fc1W: 22, fc1B: 23, fc2W: 24, fc2B: 25,
 } as const;
+
+/** Checkpoint dtypes for `uploadRaw` (engine.cu `Dtype`). */
+export const DTYPE = { F32: 0, F16: 1, BF16: 2 } as const;
 
 /** Where the residual stream is read by a predictor. */
 export const TAP = { att_in: 0, mlp_in: 1 } as const satisfies Record<PredictorInput, number>;
@@ -41,8 +44,9 @@ export interface CudaOptions {
 
 export const CUDA_PATHS = ['auto', 'streamed', 'portable'] as const;
 export const MLP_SELECTIONS = ['exact', 'grouped'] as const;
-export const KV_POLICIES = ['selected', 'all'] as const;
-export const DEFAULT_CUDA_OPTIONS: CudaOptions = { path: 'auto', selection: 'exact', kvPolicy: 'selected' };
+export const KV_POLICIES = ['all', 'selected'] as const;
+// The exact modes by default; the faster ones (grouped top-k, KV of selected heads) are opt-in and cost perplexity.
+export const DEFAULT_CUDA_OPTIONS: CudaOptions = { path: 'auto', selection: 'exact', kvPolicy: 'all' };
 
 /** The C struct's field values: each option's index in its list above (engine.cu enums Path, Selection, KvPolicy). */
 export function optionsStruct(o: Partial<CudaOptions> = {}): { path: number; selection: number; kv_policy: number } {
@@ -71,6 +75,20 @@ export interface CudaLib {
   destroy(h: unknown): void;
   fillRandom(h: unknown, seed: number): void;
   upload(h: unknown, tensor: number, layer: number, data: Float32Array): void;
+  /** One checkpoint tensor in its stored dtype (raw little-endian bytes of `n` elements), converted on the GPU. */
+  uploadRaw(h: unknown, tensor: number, layer: number, bytes: Uint8Array, dtype: keyof typeof DTYPE, n: number): void;
+  /** The model's form: pre- or post-LN blocks, final LayerNorm or not, embedding width, separate LM head. */
+  setVariant(h: unknown, v: { preLn: boolean; finalLn: boolean; embedDim: number; untiedHead: boolean }): void;
+  /** Free and total bytes of the current GPU. */
+  memInfo(): { freeBytes: number; totalBytes: number };
+  /**
+   * Prefill sequences packed in `tokens` (lengths `lens`). nll: per row the NLL of its sequence's next token (0 on
+   * each sequence's last row); logits: [rows][vocab] (tests). fillKv (one sequence): its K/V fill the decode cache
+   * and decode continues at position len - 1.
+   */
+  prefill(h: unknown, tokens: Int32Array, lens: Int32Array, out: { nll?: Float32Array; logits?: Float32Array }, fillKv: boolean): void;
+  /** Teacher-forced decode: `steps` steps of `mode` from the current position, the NLL of each forced next token. */
+  decodeNll(h: unknown, mode: Mode, steps: number, nll: Float32Array): void;
   setK(h: unknown, layer: number, kH: number, kM: number): void;
   setSelection(h: unknown, layer: number, heads: Int32Array, neurons: Int32Array): void;
   getSelection(h: unknown, layer: number, heads: Int32Array, neurons: Int32Array): void;
@@ -149,6 +167,11 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     destroy: f('int dj_destroy(void* e)'),
     fillRandom: f('int dj_fill_random(void* e, uint32_t seed)'),
     upload: f('int dj_upload(void* e, int tensor, int layer, const float* data, int64_t n)'),
+    uploadRaw: f('int dj_upload_raw(void* e, int tensor, int layer, const uint8_t* data, int dtype, int64_t n)'),
+    setVariant: f('int dj_set_variant(void* e, int pre_ln, int final_ln, int e_dim, int untied)'),
+    memInfo: f('int dj_mem_info(_Out_ int64_t* free, _Out_ int64_t* total)'),
+    prefill: f('int dj_prefill(void* e, const int* tokens, const int* lens, int nseq, float* nll, float* logits, int fill_kv)'),
+    decodeNll: f('int dj_decode_nll(void* e, int mode, int steps, float* nll)'),
     setK: f('int dj_set_k(void* e, int layer, int kH, int kM)'),
     setSelection: f('int dj_set_selection(void* e, int layer, const int* heads, int kH, const int* neurons, int kM)'),
     getSelection: f('int dj_get_selection(void* e, int layer, int* heads, int* neurons)'),
@@ -197,6 +220,23 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     destroy: (h) => void c.destroy(h),
     fillRandom: (h, seed) => ok('dj_fill_random', c.fillRandom(h, seed)),
     upload: (h, tensor, layer, data) => ok(`dj_upload(tensor ${tensor}, layer ${layer})`, c.upload(h, tensor, layer, data, data.length)),
+    uploadRaw: (h, tensor, layer, bytes, dtype, n) =>
+      ok(`dj_upload_raw(tensor ${tensor}, layer ${layer})`, c.uploadRaw(h, tensor, layer, bytes, DTYPE[dtype], n)),
+    setVariant: (h, v) =>
+      ok('dj_set_variant', c.setVariant(h, v.preLn ? 1 : 0, v.finalLn ? 1 : 0, v.embedDim, v.untiedHead ? 1 : 0)),
+    memInfo() {
+      const free = [0];
+      const total = [0];
+      ok('dj_mem_info', c.memInfo(free, total));
+      return { freeBytes: Number(free[0]), totalBytes: Number(total[0]) };
+    },
+    prefill(h, tokens, lens, out, fillKv) {
+      const rows = lens.reduce((a, b) => a + b, 0);
+      if (rows !== tokens.length) throw new DejavuError(`prefill: ${tokens.length} tokens but the lengths sum to ${rows}`);
+      if (out.nll && out.nll.length < rows) throw new DejavuError(`prefill: nll holds ${out.nll.length} of ${rows} rows`);
+      ok('dj_prefill', c.prefill(h, tokens, lens, lens.length, out.nll ?? null, out.logits ?? null, fillKv ? 1 : 0));
+    },
+    decodeNll: (h, mode, steps, nll) => ok(`dj_decode_nll(${mode})`, c.decodeNll(h, MODE[mode], steps, nll)),
     setK: (h, layer, kH, kM) => ok('dj_set_k', c.setK(h, layer, kH, kM)),
     setSelection: (h, layer, heads, neurons) =>
       ok('dj_set_selection', c.setSelection(h, layer, heads, heads.length, neurons, neurons.length)),

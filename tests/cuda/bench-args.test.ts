@@ -95,9 +95,12 @@ describe('CudaEngine.dimsOf: the OPT variants the CUDA runtime supports', () => 
   it('maps a pre-LN OPT config to engine dims', () => {
     expect(CudaEngine.dimsOf({ config, dir: 'm' })).toEqual({ vocab: 8192, d: 384, layers: 6, heads: 12, ffn: 1536, maxPos: 2048 });
   });
-  it('refuses post-LN (opt-350m) and project_in/out with the model folder named', () => {
-    expect(() => CudaEngine.dimsOf({ config: { ...config, doLayerNormBefore: false }, dir: 'opt-350m' })).toThrow(/opt-350m.*pre-LayerNorm/);
-    expect(() => CudaEngine.dimsOf({ config: { ...config, wordEmbedProjDim: 512 }, dir: 'm' })).toThrow(/project_in/);
+  it('maps every variant (the prefill runs them all); the decode graphs name what they cannot take', () => {
+    const post = { ...config, doLayerNormBefore: false, hasFinalLayerNorm: false, wordEmbedProjDim: 256 };
+    expect(CudaEngine.dimsOf({ config: post, dir: 'opt-350m' }).d).toBe(384);
+    expect(CudaEngine.decodeProblem(config)).toBeUndefined();
+    expect(CudaEngine.decodeProblem(post)).toMatch(/post-LayerNorm.*project_in\/out \(word_embed_proj_dim 256 != hidden_size 384\).*no final LayerNorm.*prefill/);
+    expect(CudaEngine.decodeProblem({ ...config, hasFinalLayerNorm: false })).toMatch(/has no final LayerNorm/);
   });
 });
 
@@ -109,12 +112,12 @@ describe('CUDA bench: the MLP selection it reports', () => {
 });
 
 describe('CUDA engine options (lib.ts): the C struct DjOptions', () => {
-  it('maps the defaults to zeros (auto path, exact top-k, KV of selected heads)', () => {
+  it('maps the defaults to zeros (auto path, exact top-k, KV of every head)', () => {
     expect(optionsStruct()).toEqual({ path: 0, selection: 0, kv_policy: 0 });
     expect(optionsStruct({})).toEqual({ path: 0, selection: 0, kv_policy: 0 });
   });
   it('maps each option to engine.cu\'s enum values', () => {
-    expect(optionsStruct({ path: 'streamed', selection: 'grouped', kvPolicy: 'all' })).toEqual({ path: 1, selection: 1, kv_policy: 1 });
+    expect(optionsStruct({ path: 'streamed', selection: 'grouped', kvPolicy: 'selected' })).toEqual({ path: 1, selection: 1, kv_policy: 1 });
     expect(optionsStruct({ path: 'portable' })).toEqual({ path: 2, selection: 0, kv_policy: 0 });
   });
   it('refuses an unknown value naming the option', () => {
