@@ -75,7 +75,8 @@ export function register(program: Command): void {
       }
       if (!f.calibData) {
         const given = CALIB_FLAGS.filter(([key]) => f[key] !== undefined).map(([, flag]) => flag);
-        if (given.length) throw new DejavuError(`${given.join(', ')} only appl${given.length > 1 ? 'y' : 'ies'} with --calib-data`, given[0]);
+        if (given.length === 1) throw new DejavuError('only applies with --calib-data (what the calibration measures)', given[0]);
+        if (given.length > 1) throw new DejavuError(`${given.join(', ')} only apply with --calib-data (what the calibration measures)`);
       }
       const { loadOptCheckpoint } = await import('../../checkpoints/opt-checkpoint.js');
       const { exportBundle } = await import('../../export/export.js');
