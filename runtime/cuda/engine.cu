@@ -1519,6 +1519,36 @@ int dj_prefill(void* ev, const int* tokens, const int* lens, int nseq, float* nl
   return pf_forward(e, T, lens, nseq, fill_kv != 0, nll, logits);
 }
 
+// The fp16 GEMM rate the prefill's GEMMs can reach here: C[M][N] fp32 = A[M][K] . W[N][K]^T on cuBLAS (as the
+// prefill calls it), random inputs, median of `reps` timed with events; *ms per GEMM.
+int dj_gemm_ms(void* ev, int M, int N, int K, int reps, float* ms) {
+  Engine* e = (Engine*)ev;
+  if (M < 1 || N < 1 || K < 1 || reps < 1) return fail("gemm: M, N, K, reps must be >= 1");
+  const std::string why = blas_open(e->blas, e->s0);
+  if (!why.empty()) return fail("%s", why.c_str());
+  __half *A = nullptr, *W = nullptr;
+  float* C = nullptr;
+  auto done = [&](int rc) { cudaFree(A); cudaFree(W); cudaFree(C); return rc; };
+  if (cudaMalloc(&A, (size_t)M * K * 2) != cudaSuccess || cudaMalloc(&W, (size_t)N * K * 2) != cudaSuccess ||
+      cudaMalloc(&C, (size_t)M * N * 4) != cudaSuccess)
+    return done(fail("gemm: out of GPU memory for %d x %d x %d", M, N, K));
+  k_fill_half<<<1024, 256, 0, e->s0>>>(A, (size_t)M * K, 11, 1.f, 0.f);
+  k_fill_half<<<1024, 256, 0, e->s0>>>(W, (size_t)N * K, 12, 0.05f, 0.f);
+  std::vector<float> ts;
+  for (int i = 0; i < reps + 2; i++) {
+    cudaEventRecord(e->t0, e->s0);
+    if (blas_gemm(e->blas, M, N, K, A, K, W, true, C, CUDA_R_32F, N) != 0) return done(fail("gemm: cuBLAS failed"));
+    cudaEventRecord(e->t1, e->s0);
+    if (cudaEventSynchronize(e->t1) != cudaSuccess) return done(fail("gemm: %s", cudaGetErrorString(cudaGetLastError())));
+    float t = 0;
+    cudaEventElapsedTime(&t, e->t0, e->t1);
+    if (i >= 2) ts.push_back(t);
+  }
+  std::sort(ts.begin(), ts.end());
+  *ms = ts[ts.size() / 2];
+  return done(0);
+}
+
 // Teacher-forced decode: `steps` replays of mode's graph from the current position, each followed by the NLL of the
 // forced next token (the prompt must reach pos + steps). nll: host [steps].
 int dj_decode_nll(void* ev, int mode, int steps, float* nll) {

@@ -130,6 +130,11 @@ export class CudaEngine {
     return nll;
   }
 
+  /** Milliseconds of one fp16 cuBLAS GEMM at M x N x K (the prefill's GEMMs), median of `reps`. */
+  gemmMs(m: number, n: number, k: number, reps = 10): number {
+    return this.lib.gemmMs(this.h, m, n, k, reps);
+  }
+
   /** Predictors of a bundle (k per layer from the manifest unless overridden). */
   applyBundle(bundle: Bundle, over: { headsK?: number; mlpK?: number } = {}): SparsityPlan {
     const { layers, heads, ffn } = this.dims;

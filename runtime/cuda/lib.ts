@@ -89,6 +89,8 @@ export interface CudaLib {
   prefill(h: unknown, tokens: Int32Array, lens: Int32Array, out: { nll?: Float32Array; logits?: Float32Array }, fillKv: boolean): void;
   /** Teacher-forced decode: `steps` steps of `mode` from the current position, the NLL of each forced next token. */
   decodeNll(h: unknown, mode: Mode, steps: number, nll: Float32Array): void;
+  /** Milliseconds of one fp16 cuBLAS GEMM [M][K] x [N][K]^T -> fp32 (median of reps): the prefill's reference rate. */
+  gemmMs(h: unknown, m: number, n: number, k: number, reps: number): number;
   setK(h: unknown, layer: number, kH: number, kM: number): void;
   setSelection(h: unknown, layer: number, heads: Int32Array, neurons: Int32Array): void;
   getSelection(h: unknown, layer: number, heads: Int32Array, neurons: Int32Array): void;
@@ -172,6 +174,7 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     memInfo: f('int dj_mem_info(_Out_ int64_t* free, _Out_ int64_t* total)'),
     prefill: f('int dj_prefill(void* e, const int* tokens, const int* lens, int nseq, float* nll, float* logits, int fill_kv)'),
     decodeNll: f('int dj_decode_nll(void* e, int mode, int steps, float* nll)'),
+    gemmMs: f('int dj_gemm_ms(void* e, int M, int N, int K, int reps, _Out_ float* ms)'),
     setK: f('int dj_set_k(void* e, int layer, int kH, int kM)'),
     setSelection: f('int dj_set_selection(void* e, int layer, const int* heads, int kH, const int* neurons, int kM)'),
     getSelection: f('int dj_get_selection(void* e, int layer, int* heads, int* neurons)'),
@@ -237,6 +240,11 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
       ok('dj_prefill', c.prefill(h, tokens, lens, lens.length, out.nll ?? null, out.logits ?? null, fillKv ? 1 : 0));
     },
     decodeNll: (h, mode, steps, nll) => ok(`dj_decode_nll(${mode})`, c.decodeNll(h, MODE[mode], steps, nll)),
+    gemmMs(h, m, n, k, reps) {
+      const ms = [0];
+      ok('dj_gemm_ms', c.gemmMs(h, m, n, k, reps, ms));
+      return ms[0];
+    },
     setK: (h, layer, kH, kM) => ok('dj_set_k', c.setK(h, layer, kH, kM)),
     setSelection: (h, layer, heads, neurons) =>
       ok('dj_set_selection', c.setSelection(h, layer, heads, heads.length, neurons, neurons.length)),

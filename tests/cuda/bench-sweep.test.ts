@@ -81,6 +81,7 @@ function fakeLib() {
     },
     graphKernels: () => 7,
     setPrompt: () => {},
+    prefill: () => void calls.push('prefill'),
     setPos: () => {},
     getState: () => 0,
     getLogits: () => {},
