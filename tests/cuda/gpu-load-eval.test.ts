@@ -13,6 +13,7 @@ import { register as registerEval } from '../../cli/commands/eval.js';
 import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
 import { parseOptConfig } from '../../checkpoints/opt-config.js';
 import { packBatches } from '../../runtime/cuda/eval-ppl.js';
+import { prefillFlopsPerToken } from '../../runtime/cuda/prefill-rate.js';
 import type { CudaLib } from '../../runtime/cuda/lib.js';
 import { TENSOR } from '../../runtime/cuda/lib.js';
 import { deviceBytes, loadModelToGpu, tensorTarget } from '../../runtime/cuda/load.js';
@@ -110,6 +111,15 @@ describe('streamed loading into the engine (stand-in library)', () => {
     const { lib, calls } = fakeLib(64e9);
     await expect(loadModelToGpu(lib, dir, { maxT: 64 })).rejects.toThrow(/activation_function "gelu"/);
     expect(calls.create).toBe(0);
+  });
+});
+
+describe('prefill FLOPs per token', () => {
+  it('2 x matmul parameters (LM head included) + 2 x layers x d x T', () => {
+    const c = { hiddenSize: 4096, ffnDim: 16384, numLayers: 32, vocabSize: 50272, wordEmbedProjDim: 4096 };
+    const params = 32 * (4 * 4096 ** 2 + 2 * 16384 * 4096) + 50272 * 4096;
+    expect(prefillFlopsPerToken(c, 2048)).toBe(2 * params + 2 * 32 * 4096 * 2048);
+    expect(prefillFlopsPerToken({ ...c, wordEmbedProjDim: 512 }, 1) - prefillFlopsPerToken(c, 1)).toBe(2 * (50272 * (512 - 4096) + 2 * 4096 * 512));
   });
 });
 
