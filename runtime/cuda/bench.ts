@@ -349,6 +349,15 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
       sparse_vs_dense_floor: r3(sparseMs / floorMs),
       quality_cost: QUALITY_COST,
     };
+    if (bundle) {
+      // The quality the bundle recorded at export (export --ppl-budget / --calib-data), beside this speed.
+      const { describeRecordedQuality, recordedQualityJson } = await import('../../export/quality.js');
+      const recorded = recordedQualityJson(bundle.manifest);
+      if (recorded) {
+        result.recorded_quality = recorded;
+        log(json, describeRecordedQuality(bundle.manifest) ?? '');
+      }
+    }
     if (docs) {
       // The timed configuration's quality (options as timed): dense from the prefill, predicted from the sparse graph.
       const { decodePerplexity, prefillPerplexity } = await import('./eval-ppl.js');

@@ -17,6 +17,7 @@ import type { OptCheckpoint } from '../../checkpoints/types.js';
 import { DejavuError } from '../../common/errors.js';
 import { log, progressBar } from '../../common/progress.js';
 import { loadBundle, type Bundle } from '../../export/bundle.js';
+import { describeRecordedQuality, recordedQualityJson } from '../../export/quality.js';
 import { OptModel } from '../cpu/model.js';
 import type { KVCache } from '../cpu/kv-cache.js';
 import { gemv, headRowsGemv } from './kernels.js';
@@ -211,6 +212,12 @@ export async function runCpuBench(opts: CpuBenchOptions): Promise<Record<string,
     dense_runtime_cpu: { ms_per_token: round3(median(refMs)), note: 'runtime/cpu OptModel.decodeStep, same tokens' },
   };
   if (!opts.quiet) log(`cpu bench: dense ${round3(dMs)} ms/token, sparse ${round3(sMs)} ms/token, speedup ${round3(dMs / sMs)}x`);
+  // The quality the bundle recorded at export (export --ppl-budget / --calib-data), beside this speed.
+  const recorded = bundle ? recordedQualityJson(bundle.manifest) : undefined;
+  if (recorded && bundle) {
+    if (!opts.quiet) log(describeRecordedQuality(bundle.manifest) ?? '');
+    return { ...result, recorded_quality: recorded };
+  }
   return result;
 }
 
