@@ -1,9 +1,11 @@
 /**
- * `dejavu demo`: the whole pipeline on the example vendored under examples/ (opt-mini + a c4mini subset), in-process:
- * collect -> train -> export -> eval ppl (dense / oracle / predicted) -> CPU bench -> report (report.html), ending
- * with one summary table. Sized to finish within 10 minutes on 2 CPU cores; every stage writes under the work folder
- * (by default in the OS temp folder, so a demo run from a checkout leaves nothing in it), and a rerun resumes collect
- * and train from what is there.
+ * `dejavu demo`: the whole pipeline in-process: collect -> train -> export -> eval ppl -> bench -> report
+ * (report.html), ending with one summary table of every stage's time and result. By default on the example vendored
+ * under examples/ (opt-mini + a c4mini subset), sized to finish within 10 minutes on 2 CPU cores; `--model DIR --data
+ * FILES` runs it on a user's model, and `--device cuda` evaluates and benches on the GPU engine (dense and predicted
+ * perplexity from the CUDA prefill and sparse graph; collect and train stay where they run today). Every stage writes
+ * under the work folder (by default in the OS temp folder), and a rerun with the same settings resumes collect and
+ * train from what is there.
  */
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -29,8 +31,16 @@ export interface DemoOptions {
   epochs: number;
   evalDocs: number;
   workers: number;
-  /** MLP density kept in layers 1-5. */
+  /** MLP density kept in layers 1 to L-1. */
   mlpDensity: number;
+  /** A model folder instead of examples/opt-mini (with `data`). */
+  model?: string;
+  /** C4 files collected from (with `model`; default examples' c4mini-train subset). */
+  data?: string[];
+  /** C4 files scored by eval (default examples' c4mini validation file). */
+  evalData?: string[];
+  /** Where eval and bench run (default cpu). */
+  device?: 'cpu' | 'cuda';
   quiet?: boolean;
 }
 
@@ -53,17 +63,20 @@ export function findExamples(): string {
 }
 
 export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> {
-  const ex = o.examples ?? findExamples();
-  const model = join(ex, 'opt-mini');
-  const trainData = join(ex, 'c4mini', 'c4mini-train-first400.json.gz');
-  const validData = join(ex, 'c4mini', 'c4mini-validation.00000-of-00001.json.gz');
-  for (const p of [model, trainData, validData]) if (!existsSync(p)) throw new DejavuError('missing example file', p);
+  if ((o.model === undefined) !== (o.data === undefined)) throw new DejavuError('give --model and --data together (the model and the C4 files to collect from)', o.model ? '--data' : '--model');
+  const device = o.device ?? 'cpu';
+  if (device !== 'cpu' && device !== 'cuda') throw new DejavuError(`expected cpu or cuda, got '${device as string}'`, '--device');
+  const ex = o.model && o.evalData ? undefined : (o.examples ?? findExamples());
+  const model = o.model ?? join(ex!, 'opt-mini');
+  const trainData = o.data ?? [join(ex!, 'c4mini', 'c4mini-train-first400.json.gz')];
+  const validData = o.evalData ?? [join(ex!, 'c4mini', 'c4mini-validation.00000-of-00001.json.gz')];
+  for (const p of [model, ...trainData, ...validData]) if (!existsSync(p)) throw new DejavuError(o.model ? 'not found' : 'missing example file', p);
   const work = resolve(o.work);
   mkdirSync(work, { recursive: true });
   const paths = { shards: join(work, 'shards'), predictors: join(work, 'predictors'), bundle: join(work, 'bundle') };
   const files = { eval: join(work, 'eval.json'), bench: join(work, 'bench.json'), report: join(work, 'report.html') };
   // A rerun with the same settings resumes collect and train; other settings start over (stale stages removed).
-  const args = { trainDocs: o.trainDocs, maxLen: o.maxLen, rank: o.rank, epochs: o.epochs, examples: ex };
+  const args = { trainDocs: o.trainDocs, maxLen: o.maxLen, rank: o.rank, epochs: o.epochs, model, data: trainData };
   const argsPath = join(work, 'demo-args.json');
   let prev: unknown = null;
   try {
@@ -90,7 +103,7 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
   const { collect } = await import('../collect/collect.js');
   const col = await timed(
     'collect',
-    () => collect({ model, data: [trainData], out: paths.shards, docs: o.trainDocs, maxLen: o.maxLen, quiet: o.quiet }),
+    () => collect({ model, data: trainData, out: paths.shards, docs: o.trainDocs, maxLen: o.maxLen, quiet: o.quiet }),
     (r) => `${r.manifest.docs} docs, ${r.manifest.tokens} tokens x ${r.manifest.layers.length} layers`,
   );
 
@@ -125,41 +138,62 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
   );
 
   const ckpt = await loadOptCheckpoint(model, { quiet: true });
-  // The MLP is where contextual sparsity pays (docs/sparse-runtime.md): fixed MLP density in layers 1-5, layer 0
+  // The MLP is where contextual sparsity pays (docs/sparse-runtime.md): fixed MLP density in layers 1..L-1, layer 0
   // (the least sparse) dense; eval and bench keep attention dense so the figures isolate the MLP.
   const mlpK = Math.round(o.mlpDensity * ckpt.config.ffnDim);
+  const layers = `1-${ckpt.config.numLayers - 1}`;
   const ex1 = await timed(
     'export',
-    async () => exportBundle({ predictors: paths.predictors, out: paths.bundle, layers: '1-5', mlpK, recall: 0.99 }, ckpt),
-    (r) => `layers 1-5: MLP k=${mlpK} (${(100 * o.mlpDensity).toFixed(0)}%), heads k99; layer 0 dense`,
+    async () => exportBundle({ predictors: paths.predictors, out: paths.bundle, layers, mlpK, recall: 0.99 }, ckpt),
+    (r) => `layers ${layers}: MLP k=${mlpK} (${(100 * o.mlpDensity).toFixed(0)}%), heads k99; layer 0 dense`,
   );
   const bundle = loadBundle(paths.bundle, ckpt);
+  const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
 
   const ppl = await timed(
-    'eval ppl',
-    () =>
-      runBundlePpl({
-        model,
-        bundle: paths.bundle,
-        data: [validData],
-        selection: { docs: o.evalDocs },
-        maxLen: o.maxLen,
-        headsFrac: 1,
-        quiet: o.quiet,
-        threads: o.workers,
-        ckpt,
-        loadedBundle: bundle,
-      }),
+    device === 'cuda' ? 'eval ppl (gpu)' : 'eval ppl',
+    async (): Promise<Record<string, unknown>> => {
+      if (device === 'cpu')
+        return runBundlePpl({
+          model,
+          bundle: paths.bundle,
+          data: validData,
+          selection: { docs: o.evalDocs },
+          maxLen: o.maxLen,
+          headsFrac: 1,
+          quiet: o.quiet,
+          threads: o.workers,
+          ckpt,
+          loadedBundle: bundle,
+        });
+      // Dense from the CUDA prefill, predicted from the sparse graph the bench times (oracle runs on the CPU only).
+      const { tokenizeDocs } = await import('../runtime/sparse/eval.js');
+      const { runCudaPerplexity } = await import('../runtime/cuda/eval-ppl.js');
+      const docs = await tokenizeDocs(model, validData, { docs: o.evalDocs }, o.maxLen);
+      const r = await runCudaPerplexity({ model, docs, maxLen: o.maxLen, bundle: paths.bundle, headsFrac: 1, quiet: o.quiet });
+      const dense = (r.dense as { ppl: number }).ppl;
+      for (const m of ['dense', 'predicted']) {
+        const f = r[m] as { ppl: number; delta_vs_dense?: number };
+        f.delta_vs_dense = f.ppl / dense - 1;
+      }
+      return r;
+    },
     (r) => {
+      const has = (m: string) => r[m] !== undefined;
       const g = (m: string) => (r[m] as { ppl: number }).ppl.toFixed(2);
-      const d = (m: string) => (100 * (r[m] as { delta_vs_dense: number }).delta_vs_dense).toFixed(2);
-      return `${r.docs} validation docs: dense ${g('dense')}, oracle ${g('oracle')} (${d('oracle')}%), predicted ${g('predicted')} (${d('predicted')}%)`;
+      const d = (m: string) => pct((r[m] as { delta_vs_dense: number }).delta_vs_dense);
+      return `${r.docs} validation docs: dense ${g('dense')}${has('oracle') ? `, oracle ${g('oracle')} (${d('oracle')})` : ''}, predicted ${g('predicted')} (${d('predicted')})`;
     },
   );
 
   const bench = await timed(
-    'bench cpu',
-    () => runCpuBench({ model, bundle: paths.bundle, density: { mlp: o.mlpDensity, heads: 1 }, prompt: 64, gen: 32, rounds: 3, quiet: o.quiet, ckpt }),
+    device === 'cuda' ? 'bench cuda' : 'bench cpu',
+    async (): Promise<Record<string, unknown>> => {
+      if (device === 'cpu')
+        return runCpuBench({ model, bundle: paths.bundle, density: { mlp: o.mlpDensity, heads: 1 }, prompt: 64, gen: 32, rounds: 3, quiet: o.quiet, ckpt });
+      const { runCudaBench } = await import('../runtime/cuda/bench.js');
+      return runCudaBench({ model, bundle: paths.bundle, density: { mlp: o.mlpDensity, heads: 1 }, prompt: 128, gen: 128, json: !!o.quiet });
+    },
     (r) => `dense ${(r.dense as { ms_per_token: number }).ms_per_token} ms/token, sparse ${(r.sparse as { ms_per_token: number }).ms_per_token} ms/token (${r.speedup}x)`,
   );
   // The full results, as `dejavu eval ppl --json` / `dejavu bench --json` print them, for the report (and for reruns
@@ -172,7 +206,7 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
     async () =>
       writeReport({
         out: files.report,
-        title: 'dejavu demo: opt-mini on c4mini',
+        title: o.model ? `dejavu demo: ${model}` : 'dejavu demo: opt-mini on c4mini',
         predictors: paths.predictors,
         bundle: paths.bundle,
         evals: [files.eval],
@@ -183,6 +217,8 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
 
   const summary = {
     work,
+    model,
+    device,
     seconds: Math.round((performance.now() - t00) / 100) / 10,
     stages,
     collect: { docs: col.manifest.docs, tokens: col.manifest.tokens },
@@ -194,9 +230,9 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
       dense_ms_per_token: (bench.dense as { ms_per_token: number }).ms_per_token,
       sparse_ms_per_token: (bench.sparse as { ms_per_token: number }).ms_per_token,
       speedup: bench.speedup,
-      mlp_block_speedup: bench.mlp_block_speedup,
-      mlp_density: bench.mlp_density,
-      head_density: bench.head_density,
+      ...(device === 'cpu'
+        ? { mlp_block_speedup: bench.mlp_block_speedup, mlp_density: bench.mlp_density, head_density: bench.head_density }
+        : { density: bench.density, kv_policy: bench.kv_policy, mlp_selection: bench.mlp_selection, device: bench.device }),
     },
   };
   writeJsonAtomic(join(work, 'summary.json'), summary);
@@ -206,10 +242,10 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
 /** The closing table. */
 export function formatDemo(s: Awaited<ReturnType<typeof runDemo>>): string {
   const stages = s.stages as { stage: string; seconds: number; result: string }[];
-  const lines = ['', 'dejavu demo: opt-mini on c4mini', '', 'stage       seconds  result'];
-  for (const st of stages) lines.push(`${st.stage.padEnd(12)}${String(st.seconds).padStart(7)}  ${st.result}`);
+  const lines = ['', `dejavu demo: ${String(s.model)} (eval and bench on ${String(s.device)})`, '', 'stage           seconds  result'];
+  for (const st of stages) lines.push(`${st.stage.padEnd(16)}${String(st.seconds).padStart(7)}  ${st.result}`);
   lines.push(
-    `${'total'.padEnd(12)}${String(s.seconds).padStart(7)}`,
+    `${'total'.padEnd(16)}${String(s.seconds).padStart(7)}`,
     '',
     `work folder: ${s.work} (summary.json, eval.json, bench.json, bundle/, predictors/, shards/)`,
     `report: ${s.report} (open it in a browser)`,

@@ -10,9 +10,13 @@ const int = (flag: string) => intArg(flag);
 export function register(program: Command): void {
   program
     .command('demo')
-    .description('collect -> train -> export -> eval -> bench -> report on the bundled example (opt-mini + c4mini), ~10 min on 2 cores')
+    .description('collect -> train -> export -> eval -> bench -> report: on the bundled example (opt-mini + c4mini, ~10 min on 2 cores), or --model DIR --data FILES')
     .option('--work <dir>', `work folder (shards, predictors, bundle, eval/bench JSON, report.html, summary.json); rerunning resumes (default: ${join(tmpdir(), 'dejavu-demo')})`)
     .option('--examples <dir>', 'examples folder (default: the one shipped with dejavu)')
+    .option('--model <dir>', 'a Hugging Face OPT folder instead of the example (with --data)')
+    .option('--data <paths...>', 'with --model: C4 files to collect from (the first --train-docs documents)')
+    .option('--eval-data <paths...>', 'C4 files scored by eval (default: the example c4mini validation file)')
+    .option('--device <d>', 'where eval and bench run: cpu (default) or cuda (the GPU engine; collect and train run as usual)', 'cpu')
     .option('--train-docs <n>', 'c4mini training documents to collect', int('--train-docs'))
     .option('--eval-docs <n>', 'c4mini validation documents for perplexity', int('--eval-docs'))
     .option('--max-len <n>', 'tokens per document, BOS included', int('--max-len'))
@@ -25,11 +29,16 @@ export function register(program: Command): void {
       return x;
     })
     .option('--json', 'print the summary as one JSON object on stdout')
-    .action(async (f: { work?: string; examples?: string; trainDocs?: number; evalDocs?: number; maxLen?: number; rank?: number; epochs?: number; workers?: number; mlpDensity?: number; json?: boolean }) => {
+    .action(async (f: { work?: string; examples?: string; model?: string; data?: string[]; evalData?: string[]; device: string; trainDocs?: number; evalDocs?: number; maxLen?: number; rank?: number; epochs?: number; workers?: number; mlpDensity?: number; json?: boolean }) => {
+      if (f.device !== 'cpu' && f.device !== 'cuda') throw new DejavuError(`expected cpu or cuda, got '${f.device}'`, '--device');
       const { runDemo, formatDemo, DEMO_DEFAULTS, defaultDemoWork } = await import('../demo.js');
       const s = await runDemo({
         work: f.work ?? defaultDemoWork(),
         examples: f.examples,
+        model: f.model,
+        data: f.data,
+        evalData: f.evalData,
+        device: f.device,
         trainDocs: f.trainDocs ?? DEMO_DEFAULTS.trainDocs,
         evalDocs: f.evalDocs ?? DEMO_DEFAULTS.evalDocs,
         maxLen: f.maxLen ?? DEMO_DEFAULTS.maxLen,
