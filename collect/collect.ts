@@ -23,7 +23,7 @@ import { dataEntries, type CollectArgs } from './args.js';
 import { ArrowFileWriter } from './arrow-file.js';
 import { LayerChunk } from './chunk.js';
 import type { LayerRows } from './doc-rows.js';
-import { inThreadForward, workerForward, workersAvailable, type DocForward, type ModelInfo } from './forward.js';
+import { cudaForward, inThreadForward, workerForward, workersAvailable, type DocForward, type ModelInfo } from './forward.js';
 import {
   acquireLock,
   ensureWritable,
@@ -53,6 +53,8 @@ export interface CollectOptions {
   force?: boolean;
   /** Forward threads (default: the number of cores); 1 = in the main thread. Not part of the arguments: same rows. */
   workers?: number;
+  /** Where the forward runs: cpu (default; worker threads) or cuda (the GPU engine's prefill, one engine). */
+  device?: 'cpu' | 'cuda';
   /** No progress bar, no summary lines (the CLI's --json still prints its object). */
   quiet?: boolean;
   /** Called after every document (benchmarks sample memory here). */
@@ -134,13 +136,22 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
   const files = resolveInputs(opts.data);
   ensureWritable(out);
 
-  const { loadOptCheckpoint } = await import('../checkpoints/opt-checkpoint.js');
+  const device = opts.device ?? 'cpu';
+  if (device !== 'cpu' && device !== 'cuda') throw new DejavuError(`expected cpu or cuda, got '${device as string}'`, '--device');
+  if (device === 'cuda' && opts.workers !== undefined) throw new DejavuError('the GPU runs one engine; --workers is for --device cpu', '--workers');
   // The weights are needed in this thread only without workers; with workers this reference is dropped before they
-  // load their own copies, so the model's weights are held N times, not N + 1.
-  let loaded: OptCheckpoint | undefined = await loadOptCheckpoint(opts.model, { quiet: opts.quiet });
-  const { dir, config, fingerprint, architectureFingerprint, weightsSha256 } = loaded;
-  const ckpt: ModelInfo = { dir, config, fingerprint, architectureFingerprint, weightsSha256 };
-  const c = ckpt.config;
+  // load their own copies, so the model's weights are held N times, not N + 1. On the GPU they never reach the host
+  // as fp32: the config is read here and the weights are streamed to the GPU below.
+  let loaded: OptCheckpoint | undefined;
+  let c: OptCheckpoint['config'];
+  if (device === 'cuda') {
+    const { parseOptConfig } = await import('../checkpoints/opt-config.js');
+    c = parseOptConfig(join(opts.model, 'config.json'));
+  } else {
+    const { loadOptCheckpoint } = await import('../checkpoints/opt-checkpoint.js');
+    loaded = await loadOptCheckpoint(opts.model, { quiet: opts.quiet });
+    c = loaded.config;
+  }
   if (maxLen < 1 || maxLen > c.maxPositionEmbeddings) {
     throw new DejavuError(`must be 1..${c.maxPositionEmbeddings} (the model's max_position_embeddings), got ${maxLen}`, '--max-len');
   }
@@ -148,6 +159,11 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
   if (topk < 0 || topk > c.ffnDim) throw new DejavuError(`must be 0..${c.ffnDim} (ffn_dim), got ${topk}`, '--mlp-topk');
   const dims: ShardDims = { dModel: c.hiddenSize, nHeads: c.numHeads, ffnDim: c.ffnDim, topK: topk };
   const batchRows = batchRowsFor(dims, maxLen, shardTokens);
+  let gpu: { forward: DocForward; model: ModelInfo } | undefined;
+  if (device === 'cuda') gpu = await cudaForward(opts.model, layers, dims, maxLen);
+  const ckpt: ModelInfo = gpu
+    ? gpu.model
+    : { dir: loaded!.dir, config: c, fingerprint: loaded!.fingerprint, architectureFingerprint: loaded!.architectureFingerprint, weightsSha256: loaded!.weightsSha256 };
   const args: CollectArgs = {
     data: dataEntries(files),
     docs: opts.docs ?? null,
@@ -202,7 +218,10 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
 
     const tokenizer = await loadTokenizer(opts.model);
     const threads = opts.workers ?? availableParallelism();
-    if (threads > 1 && workersAvailable()) {
+    if (gpu) {
+      forward = gpu.forward;
+      gpu = undefined;
+    } else if (threads > 1 && workersAvailable()) {
       loaded = undefined;
       forward = await workerForward(ckpt, layers, dims, threads);
     } else {

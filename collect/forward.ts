@@ -62,6 +62,40 @@ export async function inThreadForward(ckpt: OptCheckpoint, layers: number[], dim
   };
 }
 
+/**
+ * The GPU: the model streamed to it in fp16 (runtime/cuda/load.ts) and each document's taps computed during a CUDA
+ * prefill (engine.cu dj_prefill_taps). Returns the forward and the model's identity (its fingerprint as the CPU
+ * loader computes it), so the main thread never holds fp32 weights.
+ */
+export async function cudaForward(modelDir: string, layers: number[], dims: ShardDims, maxLen: number): Promise<{ forward: DocForward; model: ModelInfo }> {
+  if (dims.topK > 0) throw new DejavuError('--mlp-topk is computed on the CPU path only; drop it or use --device cpu', '--mlp-topk');
+  const { loadCudaLib } = await import('../runtime/cuda/lib.js');
+  const { loadModelToGpu } = await import('../runtime/cuda/load.js');
+  const lib = await loadCudaLib();
+  const info = lib.deviceInfo();
+  const { engine, model } = await loadModelToGpu(lib, modelDir, { maxT: 1, prefillTokens: maxLen });
+  const nb = Math.ceil(dims.ffnDim / 8);
+  const forward: DocForward = {
+    parallel: 1,
+    describe: `CUDA prefill on ${info.name} (fp16 weights, fp32 accumulation)`,
+    rows: async (ids) => {
+      const T = ids.length;
+      const t = engine.prefillTaps(ids, layers);
+      const { dModel: d, nHeads: H } = dims;
+      return layers.map((_, i) => ({
+        attIn: t.attIn.slice(i * T * d, (i + 1) * T * d),
+        mlpIn: t.mlpIn.slice(i * T * d, (i + 1) * T * d),
+        headNorm: t.headNorm.slice(i * T * H, (i + 1) * T * H),
+        mlpActive: t.mlpActive.slice(i * T * nb, (i + 1) * T * nb),
+        topkVal: new Uint16Array(0),
+        topkIdx: new Int32Array(0),
+      }));
+    },
+    close: async () => engine.destroy(),
+  };
+  return { forward, model };
+}
+
 /** `n` worker threads, each loading the model folder itself. */
 export async function workerForward(ckpt: ModelInfo, layers: number[], dims: ShardDims, n: number): Promise<DocForward> {
   const data: WorkerData = { modelDir: ckpt.dir, layers, dims };

@@ -17,6 +17,7 @@ interface Flags {
   force?: boolean;
   json?: boolean;
   workers?: string;
+  device: string;
 }
 
 /**
@@ -54,6 +55,7 @@ export function register(program: Command): void {
     .option('--shard-tokens <n>', 'tokens per shard (shards hold whole documents)', '65536')
     .option('--mlp-topk <k>', 'also store the top-K fc1 activations and their indices per token (0 = off)', '0')
     .option('--workers <n>', 'forward threads, one document each (default and upper bound: the cores, and as many model copies as memory holds; the rows do not depend on it)')
+    .option('--device <d>', 'cpu (default: worker threads) or cuda (the GPU engine: weights streamed to the GPU in fp16, the taps computed during its prefill; same shards)', 'cpu')
     .option('--force', 'replace an output folder collected from another model or with other arguments')
     .option('--json', 'print one JSON object on stdout')
     .action(async (f: Flags) => {
@@ -65,7 +67,13 @@ export function register(program: Command): void {
         throw new DejavuError('use --docs or --sample, not both', '--docs');
       }
       const maxLen = f.maxLen !== undefined ? parseIntFlag(f.maxLen, '--max-len') : DEFAULT_MAX_LEN;
-      const workers = await workerCount(f.model, maxLen, f.workers !== undefined ? parseIntFlag(f.workers, '--workers') : undefined);
+      if (f.device !== 'cpu' && f.device !== 'cuda') {
+        const { DejavuError } = await import('../../common/errors.js');
+        throw new DejavuError(`expected cpu or cuda, got '${f.device}'`, '--device');
+      }
+      const workers = f.device === 'cuda'
+        ? f.workers !== undefined ? parseIntFlag(f.workers, '--workers') : undefined
+        : await workerCount(f.model, maxLen, f.workers !== undefined ? parseIntFlag(f.workers, '--workers') : undefined);
       const r = await collect({
         model: f.model,
         data: f.data,
@@ -79,6 +87,7 @@ export function register(program: Command): void {
         mlpTopk: parseIntFlag(f.mlpTopk, '--mlp-topk', 0),
         force: f.force,
         workers,
+        device: f.device as 'cpu' | 'cuda',
         quiet: false,
       });
       const m = r.manifest;

@@ -12,7 +12,10 @@
  *      GPU's picks must agree.
  *   6. the CUDA prefill of an engine loaded by streaming (runtime/cuda/load.ts, fp16 on the GPU): logits vs Hugging
  *      Face's (first 16 positions, pass <= 2e-3) and vs the CPU runtime's prefill (all positions); then a prefill of
- *      the first 32 tokens fills the KV cache and dense decode continues from it (logits vs decoding every token).
+ *      the first 32 tokens fills the KV cache and dense decode continues from it (logits vs decoding every token);
+ *   7. collect's taps from the GPU prefill (collect --device cuda) vs the CPU runtime's hooks (collect's own rows) on
+ *      the 64 tokens, every layer: att_in / mlp_in / head_norm relative error <= 2e-3, mlp_active >= 99.9% equal with
+ *      every difference at a pre-ReLU value below 1e-2 x that token's RMS.
  * Usage: node dist/runtime/cuda/check-mini.js MODEL_DIR [--bundle B] [--grouped-bundle B2] [--ref reference.safetensors]
  *   [--path auto|streamed|portable]   (the engine's kernels, default auto; the JSON's `path` says which ran)
  */
@@ -25,6 +28,8 @@ import { SparseOptModel } from '../sparse/model.js';
 import { CudaEngine } from './engine.js';
 import { CUDA_PATHS, loadCudaLib, type CudaOptions } from './lib.js';
 import { loadModelToGpu } from './load.js';
+import { forwardRows } from '../../collect/doc-rows.js';
+import { f16ToF32 } from '../../checkpoints/float16.js';
 
 class Rel {
   num = 0;
@@ -302,12 +307,40 @@ async function main(): Promise<void> {
     out.prefill_kv_same_greedy_tokens = tokA.length === tokB.length && tokA.every((t, i) => t === tokB[i]);
     say(`greedy decode after a KV-filling prefill of ${P0} tokens vs after decoding them (${K} steps): rel ` +
       `${relKv.value.toExponential(2)}, same tokens: ${out.prefill_kv_same_greedy_tokens as boolean}`);
+    // 7: collect's taps, GPU prefill vs the CPU runtime's hooks (both as collect stores them: fp16, bits).
+    const layers = Array.from({ length: L }, (_, l) => l);
+    const dims = { dModel: ckpt.config.hiddenSize, nHeads: H, ffnDim: ffn, topK: 0 };
+    const gpuRows = pe.prefillTaps(Int32Array.from(ids), layers);
+    const cpuRows = forwardRows(cpu, Int32Array.from(ids), layers, dims);
+    const d = ckpt.config.hiddenSize, nb = Math.ceil(ffn / 8);
+    const half = (a: Uint16Array) => f16ToF32(a);
+    const rel = { att: new Rel(), mlp: new Rel(), head: new Rel() };
+    let same = 0, total = 0;
+    for (let l = 0; l < L; l++) {
+      const c = cpuRows[l];
+      rel.att.add(half(gpuRows.attIn.subarray(l * N * d, (l + 1) * N * d)), half(c.attIn));
+      rel.mlp.add(half(gpuRows.mlpIn.subarray(l * N * d, (l + 1) * N * d)), half(c.mlpIn));
+      rel.head.add(half(gpuRows.headNorm.subarray(l * N * H, (l + 1) * N * H)), half(c.headNorm));
+      const g = gpuRows.mlpActive.subarray(l * N * nb, (l + 1) * N * nb);
+      for (let i = 0; i < g.length; i++) {
+        const x = g[i] ^ c.mlpActive[i];
+        for (let j = 0; j < 8; j++) if ((i % nb) * 8 + j < ffn) { total++; if (!((x >> j) & 1)) same++; }
+      }
+    }
+    out.taps_att_in_vs_cpu = rel.att.value;
+    out.taps_mlp_in_vs_cpu = rel.mlp.value;
+    out.taps_head_norm_vs_cpu = rel.head.value;
+    out.taps_mlp_active_agreement = same / total;
+    say(`collect taps, GPU prefill vs CPU hooks (${L} layers x ${N} tokens): att_in ${rel.att.value.toExponential(2)}, ` +
+      `mlp_in ${rel.mlp.value.toExponential(2)}, head_norm ${rel.head.value.toExponential(2)}, mlp_active ${(100 * same / total).toFixed(3)}% equal`);
   } finally {
     loaded.engine.destroy();
   }
   const tol = 1e-2;
   const checks = Object.entries(out).filter(([k, v]) => typeof v === 'number' && /vs/.test(k)) as [string, number][];
-  const pass = checks.every(([k, v]) => v <= (k === 'prefill_vs_hf_reference' ? 2e-3 : tol)) && out.grouped_picks_pass !== false;
+  const strict = (k: string) => k === 'prefill_vs_hf_reference' || k.startsWith('taps_');
+  const pass = checks.every(([k, v]) => v <= (strict(k) ? 2e-3 : tol)) && out.grouped_picks_pass !== false &&
+    (out.taps_mlp_active_agreement as number) >= 0.999;
   out.pass = pass;
   console.log(JSON.stringify(out));
   process.exit(pass ? 0 : 1);

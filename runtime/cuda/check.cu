@@ -624,6 +624,8 @@ struct RefFull {
   std::vector<float> E, P, lnf_g, lnf_b, pin, pout, lm;  // pin [d][ed], pout [ed][d], lm [V][ed]
   struct Lw { std::vector<float> ln1_g, ln1_b, qkvw, qkvb, ow, ob, ln2_g, ln2_b, w1, b1, w2, b2; };
   std::vector<Lw> layers;
+  // Collect's taps of the last forward, per layer and row: att_in, mlp_in, head norms, fc1 pre-activations.
+  std::vector<std::vector<std::vector<double>>> tap_att, tap_mlp, tap_head, tap_pre;
   static void ln(std::vector<double>& x, const std::vector<float>& g, const std::vector<float>& b) {
     std::vector<float> xf(x.begin(), x.end());
     ref_layernorm(xf.data(), g.data(), b.data(), (int)x.size(), 1e-5f, x);
@@ -642,7 +644,11 @@ struct RefFull {
       x[t] = ed == d ? e : lin(pin, nullptr, e, d);
       for (int i = 0; i < d; i++) x[t][i] += P[(size_t)(t + 2) * d + i];
     }
-    for (auto& w : layers) {
+    tap_att.assign(L, std::vector<std::vector<double>>(n));
+    tap_mlp = tap_att; tap_head = tap_att; tap_pre = tap_att;
+    for (int li = 0; li < L; li++) {
+      auto& w = layers[li];
+      for (int t = 0; t < n; t++) tap_att[li][t] = x[t];
       std::vector<std::vector<double>> q(n), k(n), v(n);
       for (int t = 0; t < n; t++) {
         std::vector<double> a = x[t];
@@ -667,12 +673,20 @@ struct RefFull {
           for (int j = 0; j <= t; j++)
             for (int i = 0; i < hd; i++) att[h * hd + i] += sc[j] / z * v[j][h * hd + i];
         }
+        tap_head[li][t].resize(H);
+        for (int h = 0; h < H; h++) {
+          double s2 = 0;
+          for (int i = 0; i < hd; i++) s2 += att[h * hd + i] * att[h * hd + i];
+          tap_head[li][t][h] = std::sqrt(s2);
+        }
         auto o = lin(w.ow, w.ob.data(), att, d);
         for (int i = 0; i < d; i++) x[t][i] += o[i];
         if (!pre) ln(x[t], w.ln1_g, w.ln1_b);
+        tap_mlp[li][t] = x[t];
         std::vector<double> a = x[t];
         if (pre) ln(a, w.ln2_g, w.ln2_b);
         auto h1 = lin(w.w1, w.b1.data(), a, ffn);
+        tap_pre[li][t] = h1;
         for (auto& u : h1) u = std::max(0.0, u);
         auto m2 = lin(w.w2, w.b2.data(), h1, d);
         for (int i = 0; i < d; i++) x[t][i] += m2[i];
@@ -778,6 +792,44 @@ static void test_prefill(bool pre, int ed, bool untied, bool final_ln, int dtype
   }
   expect("  logits of 3 packed sequences (37, 1, 20 tokens) vs CPU", logits, ref_logits);
   expect("  per-token NLL vs CPU", got_nll, ref_nll, 2e-3);
+  {  // collect's taps of the first sequence, layers {1, 0} (any order), against the reference's
+    const int n = lens[0], nb = (ffn + 7) / 8, H = m.H;
+    std::vector<int> ids(toks.begin(), toks.begin() + n);
+    m.forward(ids);
+    const int tl[2] = {1, 0};
+    std::vector<uint16_t> att((size_t)2 * n * d), mlp((size_t)2 * n * d), hn((size_t)2 * n * H);
+    std::vector<uint8_t> bits((size_t)2 * n * nb);
+    API_OK(dj_prefill_taps(e, ids.data(), n, tl, 2, att.data(), mlp.data(), hn.data(), bits.data()));
+    auto h2f = [](uint16_t b) { __half h; memcpy(&h, &b, 2); return __half2float(h); };
+    std::vector<float> ga, gm, gh;
+    std::vector<double> ra, rm, rh;
+    size_t agree = 0, total = 0, bad = 0;
+    for (int s2 = 0; s2 < 2; s2++) {
+      const int L2 = tl[s2];
+      for (int t = 0; t < n; t++) {
+        double rms = 0;
+        for (int j = 0; j < ffn; j++) rms += m.tap_pre[L2][t][j] * m.tap_pre[L2][t][j];
+        rms = std::sqrt(rms / ffn);
+        for (int i = 0; i < d; i++) {
+          ga.push_back(h2f(att[((size_t)s2 * n + t) * d + i])); ra.push_back(m.tap_att[L2][t][i]);
+          gm.push_back(h2f(mlp[((size_t)s2 * n + t) * d + i])); rm.push_back(m.tap_mlp[L2][t][i]);
+        }
+        for (int h = 0; h < H; h++) { gh.push_back(h2f(hn[((size_t)s2 * n + t) * H + h])); rh.push_back(m.tap_head[L2][t][h]); }
+        for (int j = 0; j < ffn; j++) {
+          const bool g = (bits[((size_t)s2 * n + t) * nb + j / 8] >> (j % 8)) & 1;
+          const double pv = m.tap_pre[L2][t][j];
+          total++;
+          if (g == (pv > 0)) agree++;
+          else if (std::fabs(pv) >= 1e-2 * rms) bad++;  // a disagreement away from zero is a real error
+        }
+      }
+    }
+    expect("  taps att_in (layers 1, 0) vs CPU", ga, ra, 2e-3);
+    expect("  taps mlp_in vs CPU", gm, rm, 2e-3);
+    expect("  taps head_norm vs CPU", gh, rh, 2e-3);
+    printf("  taps mlp_active: %zu of %zu bits agree, %zu disagreements away from zero\n", agree, total, bad);
+    expect_true("  taps mlp_active >= 99.9% equal, every difference near zero", agree >= 0.999 * total && bad == 0);
+  }
   if (pre && final_ln && ed == d) {
     // One sequence into the KV cache, then the dense decode graph recomputes its last position from the cache.
     std::vector<int> one(toks.begin(), toks.begin() + 37);

@@ -163,6 +163,8 @@ struct Engine {
     __half *a16 = nullptr, *q16 = nullptr, *k16 = nullptr, *v16 = nullptr, *o16 = nullptr, *h16 = nullptr,
            *p16 = nullptr;
     int *tok = nullptr, *pos = nullptr, *tgt = nullptr;
+    __half *tap_att = nullptr, *tap_mlp = nullptr, *tap_hn = nullptr;  // collect taps of one layer
+    uint8_t* tap_bits = nullptr;
   } pf;
 };
 
@@ -1373,7 +1375,7 @@ static int pf_reserve(Engine* e, int T, int n) {
   const size_t d = e->d, ffn = e->ffn, V = e->vocab, hg = pf_heads_per_group(e, n), R = std::min(T, PF_LM_ROWS);
   const size_t wide = std::max({3 * d, ffn, (size_t)e->e_dim});
   const double need = 4.0 * T * d + 4.0 * T * wide + 2.0 * T * d * 5 + 2.0 * T * ffn + 6.0 * hg * n * n + 4.0 * R * V +
-                      4.0 * T * 4;
+                      4.0 * T * 4 + T * (4.0 * d + 2.0 * e->H + (ffn + 7) / 8);
   size_t free_b = 0, total_b = 0;
   CK(cudaMemGetInfo(&free_b, &total_b));
   if (need > (double)free_b)
@@ -1389,7 +1391,8 @@ static int pf_reserve(Engine* e, int T, int n) {
   if (al(&p.x, (size_t)T * d) || al(&p.y, (size_t)T * wide) || al(&p.a16, (size_t)T * d) || al(&p.q16, (size_t)T * d) ||
       al(&p.k16, (size_t)T * d) || al(&p.v16, (size_t)T * d) || al(&p.o16, (size_t)T * d) || al(&p.h16, (size_t)T * ffn) ||
       al(&p.S, hg * n * n) || al(&p.p16, hg * n * n) || al(&p.logits, R * V) || al(&p.nll, (size_t)T) ||
-      al(&p.tok, (size_t)T) || al(&p.pos, (size_t)T) || al(&p.tgt, (size_t)T))
+      al(&p.tok, (size_t)T) || al(&p.pos, (size_t)T) || al(&p.tgt, (size_t)T) || al(&p.tap_att, (size_t)T * d) ||
+      al(&p.tap_mlp, (size_t)T * d) || al(&p.tap_hn, (size_t)T * e->H) || al(&p.tap_bits, (size_t)T * ((ffn + 7) / 8)))
     return -1;
   p.cap_T = T; p.cap_n = n; p.cap_R = (int)R;
   return 0;
@@ -1401,7 +1404,16 @@ static int pf_reserve(Engine* e, int T, int n) {
     if (s_ != 0) return fail("%s:%d cuBLAS status %d", __FILE__, __LINE__, s_); \
   } while (0)
 
-static int pf_forward(Engine* e, int T, const int* lens, int nseq, bool fill_kv, float* nll_out, float* logits_out) {
+// Host outputs of collect's taps for the layers in `layers` (one sequence), each [nl][T][...] (docs/shards.md).
+struct PfTaps {
+  const int* layers = nullptr;
+  int nl = 0;
+  uint16_t *att_in = nullptr, *mlp_in = nullptr, *head_norm = nullptr;
+  uint8_t* mlp_active = nullptr;
+};
+
+static int pf_forward(Engine* e, int T, const int* lens, int nseq, bool fill_kv, float* nll_out, float* logits_out,
+                      const PfTaps* taps = nullptr) {
   auto& p = e->pf;
   const int d = e->d, H = e->H, hd = e->hd, ffn = e->ffn, V = e->vocab, ed = e->e_dim;
   const cudaStream_t s = e->s0;
@@ -1419,8 +1431,14 @@ static int pf_forward(Engine* e, int T, const int* lens, int nseq, bool fill_kv,
     k_pf_add_pos<<<rowsT, PF_THREADS, 0, s>>>(p.y, e->P, p.pos, d, p.x, ln1g0, ln1b0, e->eps, p.a16);
   }
   CK(cudaGetLastError());
+  const int nb = (ffn + 7) / 8;
+  int last_tap = -1;  // the model runs only as far as the last tapped layer when collecting
+  if (taps) for (int i = 0; i < taps->nl; i++) last_tap = std::max(last_tap, taps->layers[i]);
   for (int li = 0; li < e->L; li++) {
     Layer& l = e->layers[li];
+    int slot = -1;
+    if (taps) for (int i = 0; i < taps->nl; i++) if (taps->layers[i] == li) slot = i;
+    if (slot >= 0) k_pf_to_half<<<ew_grid((size_t)T * d), 256, 0, s>>>(p.x, (size_t)T * d, p.tap_att);
     // Attention block.
     BK(blas_gemm(b, T, 3 * d, d, p.a16, d, l.Wqkv, true, p.y, CUDA_R_32F, 3 * d));
     k_pf_qkv<<<ew_grid((size_t)T * d), 256, 0, s>>>(p.y, l.bqkv, T, d, hd, 1.f / sqrtf((float)hd), p.q16, p.k16, p.v16,
@@ -1445,11 +1463,21 @@ static int pf_forward(Engine* e, int T, const int* lens, int nseq, bool fill_kv,
                           Blas::COMPUTE_32F, Blas::ALGO_DEFAULT));
       }
     }
+    if (slot >= 0) k_pf_head_norm<<<(unsigned)(((size_t)T * H + 255) / 256), 256, 0, s>>>(p.o16, T, H, hd, p.tap_hn);
     BK(blas_gemm(b, T, d, d, p.o16, d, l.WoT, false, p.y, CUDA_R_32F, d));
     k_pf_residual<<<rowsT, PF_THREADS, 0, s>>>(p.x, p.y, l.bo, d, e->pre_ln ? nullptr : l.ln1_g, l.ln1_b,
                                                e->pre_ln ? l.ln2_g : nullptr, l.ln2_b, e->eps, p.a16);
+    if (slot >= 0) k_pf_to_half<<<ew_grid((size_t)T * d), 256, 0, s>>>(p.x, (size_t)T * d, p.tap_mlp);
     // MLP block.
     BK(blas_gemm(b, T, ffn, d, p.a16, d, l.W1, true, p.y, CUDA_R_32F, ffn));
+    if (slot >= 0) {
+      k_pf_active_bits<<<(unsigned)(((size_t)T * nb + 255) / 256), 256, 0, s>>>(p.y, l.b1, T, ffn, p.tap_bits);
+      const size_t o = (size_t)slot * T;
+      CK(cudaMemcpyAsync(taps->att_in + o * d, p.tap_att, (size_t)T * d * 2, cudaMemcpyDeviceToHost, s));
+      CK(cudaMemcpyAsync(taps->mlp_in + o * d, p.tap_mlp, (size_t)T * d * 2, cudaMemcpyDeviceToHost, s));
+      CK(cudaMemcpyAsync(taps->head_norm + o * H, p.tap_hn, (size_t)T * H * 2, cudaMemcpyDeviceToHost, s));
+      CK(cudaMemcpyAsync(taps->mlp_active + o * nb, p.tap_bits, (size_t)T * nb, cudaMemcpyDeviceToHost, s));
+    }
     k_pf_bias_relu<<<ew_grid((size_t)T * ffn), 256, 0, s>>>(p.y, l.b1, T, ffn, p.h16);
     BK(blas_gemm(b, T, d, ffn, p.h16, ffn, l.W2T, false, p.y, CUDA_R_32F, d));
     const bool last = li + 1 == e->L;
@@ -1458,6 +1486,10 @@ static int pf_forward(Engine* e, int T, const int* lens, int nseq, bool fill_kv,
     k_pf_residual<<<rowsT, PF_THREADS, 0, s>>>(p.x, p.y, l.b2, d, e->pre_ln ? nullptr : l.ln2_g, l.ln2_b, og, ob, e->eps,
                                                p.a16);
     CK(cudaGetLastError());
+    if (taps && li == last_tap) {  // collect needs nothing past its last layer, not even the LM head
+      CK(cudaStreamSynchronize(s));
+      return 0;
+    }
   }
   // project_out, then the LM head and the NLL in chunks of rows.
   const __half* head_in = p.a16;
@@ -1547,6 +1579,31 @@ int dj_gemm_ms(void* ev, int M, int N, int K, int reps, float* ms) {
   std::sort(ts.begin(), ts.end());
   *ms = ts[ts.size() / 2];
   return done(0);
+}
+
+// Collect's taps of one sequence (`n` tokens from position 0) for `layers` (nl of them, ascending or not): att_in and
+// mlp_in (fp16 bits, [nl][n][d]), each head's attention-output L2 norm (fp16 bits, [nl][n][H]) and the MLP activity
+// bitmask ([nl][n][ceil(ffn/8)], LSB first), as docs/shards.md defines them; computed during the prefill.
+int dj_prefill_taps(void* ev, const int* tokens, int n, const int* layers, int nl, uint16_t* att_in, uint16_t* mlp_in,
+                    uint16_t* head_norm, uint8_t* mlp_active) {
+  Engine* e = (Engine*)ev;
+  if (n < 1 || n > e->maxpos) return fail("taps: %d tokens (1..%d)", n, e->maxpos);
+  if (nl < 1) return fail("taps: no layers");
+  for (int i = 0; i < nl; i++) if (layers[i] < 0 || layers[i] >= e->L) return fail("taps: layer %d out of range", layers[i]);
+  for (int i = 0; i < n; i++) if (tokens[i] < 0 || tokens[i] >= e->vocab) return fail("taps: token %d out of range", tokens[i]);
+  const std::string why = blas_open(e->blas, e->s0);
+  if (!why.empty()) return fail("%s", why.c_str());
+  if (pf_reserve(e, n, n)) return -1;
+  std::vector<int> pos(n), tgt(n, -1);
+  for (int i = 0; i < n; i++) pos[i] = i;
+  auto& p = e->pf;
+  CK(cudaMemcpyAsync(p.tok, tokens, n * sizeof(int), cudaMemcpyHostToDevice, e->s0));
+  CK(cudaMemcpyAsync(p.pos, pos.data(), n * sizeof(int), cudaMemcpyHostToDevice, e->s0));
+  CK(cudaMemcpyAsync(p.tgt, tgt.data(), n * sizeof(int), cudaMemcpyHostToDevice, e->s0));
+  PfTaps t;
+  t.layers = layers; t.nl = nl; t.att_in = att_in; t.mlp_in = mlp_in; t.head_norm = head_norm; t.mlp_active = mlp_active;
+  const int lens[1] = {n};
+  return pf_forward(e, n, lens, 1, false, nullptr, nullptr, &t);
 }
 
 // Teacher-forced decode: `steps` replays of mode's graph from the current position, each followed by the NLL of the

@@ -130,6 +130,20 @@ export class CudaEngine {
     return nll;
   }
 
+  /** Collect's taps of one sequence (from position 0) for `layers`, computed during a prefill (see CudaLib.prefillTaps). */
+  prefillTaps(ids: Int32Array, layers: number[]): { attIn: Uint16Array; mlpIn: Uint16Array; headNorm: Uint16Array; mlpActive: Uint8Array } {
+    const { d, heads, ffn } = this.dims;
+    const n = ids.length, nl = layers.length;
+    const out = {
+      attIn: new Uint16Array(nl * n * d),
+      mlpIn: new Uint16Array(nl * n * d),
+      headNorm: new Uint16Array(nl * n * heads),
+      mlpActive: new Uint8Array(nl * n * Math.ceil(ffn / 8)),
+    };
+    this.lib.prefillTaps(this.h, ids, Int32Array.from(layers), out);
+    return out;
+  }
+
   /** Milliseconds of one fp16 cuBLAS GEMM at M x N x K (the prefill's GEMMs), median of `reps`. */
   gemmMs(m: number, n: number, k: number, reps = 10): number {
     return this.lib.gemmMs(this.h, m, n, k, reps);

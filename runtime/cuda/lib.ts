@@ -89,6 +89,11 @@ export interface CudaLib {
   prefill(h: unknown, tokens: Int32Array, lens: Int32Array, out: { nll?: Float32Array; logits?: Float32Array }, fillKv: boolean): void;
   /** Teacher-forced decode: `steps` steps of `mode` from the current position, the NLL of each forced next token. */
   decodeNll(h: unknown, mode: Mode, steps: number, nll: Float32Array): void;
+  /**
+   * Collect's taps of one sequence for `layers` during a prefill: att_in / mlp_in ([nl][n][d] fp16 bits), head norms
+   * ([nl][n][H] fp16 bits), MLP activity bitmask ([nl][n][ceil(ffn/8)]); docs/shards.md.
+   */
+  prefillTaps(h: unknown, ids: Int32Array, layers: Int32Array, out: { attIn: Uint16Array; mlpIn: Uint16Array; headNorm: Uint16Array; mlpActive: Uint8Array }): void;
   /** Milliseconds of one fp16 cuBLAS GEMM [M][K] x [N][K]^T -> fp32 (median of reps): the prefill's reference rate. */
   gemmMs(h: unknown, m: number, n: number, k: number, reps: number): number;
   setK(h: unknown, layer: number, kH: number, kM: number): void;
@@ -156,7 +161,15 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
   } catch (e) {
     throw new DejavuError(`${path}: cannot load the CUDA library (${(e as Error).message}); is the NVIDIA driver installed?`);
   }
-  const f = (def: string) => lib.func(def);
+  // A library built from older sources lacks newer entry points: say so and how to fix it, not a koffi stack trace.
+  const f = (def: string) => {
+    try {
+      return lib.func(def);
+    } catch (e) {
+      const name = /(dj_\w+)\(/.exec(def)?.[1] ?? def;
+      throw new DejavuError(`${path}: the CUDA library lacks ${name} (${(e as Error).message}); it was built from older sources: rebuild it with \`npm run build:cuda\` (an installed package: \`dejavu build-cuda\`)`);
+    }
+  };
   const lastError = f('const char* dj_last_error()');
   const ok = (what: string, rc: unknown) => {
     if (rc !== 0) throw new DejavuError(`${path}: ${what} failed: ${lastError() as string}`);
@@ -175,6 +188,7 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     prefill: f('int dj_prefill(void* e, const int* tokens, const int* lens, int nseq, float* nll, float* logits, int fill_kv)'),
     decodeNll: f('int dj_decode_nll(void* e, int mode, int steps, float* nll)'),
     gemmMs: f('int dj_gemm_ms(void* e, int M, int N, int K, int reps, _Out_ float* ms)'),
+    prefillTaps: f('int dj_prefill_taps(void* e, const int* tokens, int n, const int* layers, int nl, uint16_t* att_in, uint16_t* mlp_in, uint16_t* head_norm, uint8_t* mlp_active)'),
     setK: f('int dj_set_k(void* e, int layer, int kH, int kM)'),
     setSelection: f('int dj_set_selection(void* e, int layer, const int* heads, int kH, const int* neurons, int kM)'),
     getSelection: f('int dj_get_selection(void* e, int layer, int* heads, int* neurons)'),
@@ -240,6 +254,8 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
       ok('dj_prefill', c.prefill(h, tokens, lens, lens.length, out.nll ?? null, out.logits ?? null, fillKv ? 1 : 0));
     },
     decodeNll: (h, mode, steps, nll) => ok(`dj_decode_nll(${mode})`, c.decodeNll(h, MODE[mode], steps, nll)),
+    prefillTaps: (h, ids, layers, o) =>
+      ok('dj_prefill_taps', c.prefillTaps(h, ids, ids.length, layers, layers.length, o.attIn, o.mlpIn, o.headNorm, o.mlpActive)),
     gemmMs(h, m, n, k, reps) {
       const ms = [0];
       ok('dj_gemm_ms', c.gemmMs(h, m, n, k, reps, ms));

@@ -205,6 +205,34 @@ __global__ void __launch_bounds__(PF_THREADS) k_step_nll(const float* __restrict
   if (threadIdx.x == 0) nll[p - 1] = m + logf(z) - logits[tokens[p]];
 }
 
+// Collect taps (docs/shards.md): each head's L2 norm of its attention output (o16 [T][d], head h = columns h*hd..),
+// stored fp16 [T][H]; one thread per (row, head).
+__global__ void k_pf_head_norm(const __half* __restrict__ o16, int T, int H, int hd, __half* __restrict__ out) {
+  const size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  if (i >= (size_t)T * H) return;
+  const __half* v = o16 + (i / H) * (size_t)H * hd + (i % H) * hd;
+  float s = 0.f;
+  for (int j = 0; j < hd; j++) { const float x = __half2float(v[j]); s += x * x; }
+  out[i] = __float2half(sqrtf(s));
+}
+
+// MLP activity bitmask: bit j of byte b of row t = fc1 pre-activation (y + b1) of neuron 8b + j > 0, least
+// significant bit first, padding bits 0; one thread per byte.
+__global__ void k_pf_active_bits(const float* __restrict__ y, const float* __restrict__ b1, int T, int ffn,
+                                 uint8_t* __restrict__ out) {
+  const int nb = (ffn + 7) / 8;
+  const size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  if (i >= (size_t)T * nb) return;
+  const size_t t = i / nb;
+  const int b = (int)(i % nb);
+  uint8_t m = 0;
+  for (int j = 0; j < 8; j++) {
+    const int n = 8 * b + j;
+    if (n < ffn && y[t * ffn + n] + b1[n] > 0.f) m |= (uint8_t)(1u << j);
+  }
+  out[i] = m;
+}
+
 // Checkpoint tensors to device layout: `rows` x `cols` source elements (dtype 0 F32, 1 F16, 2 BF16, little-endian,
 // row-major) starting at source row r0, converted to fp16 (dst16) or fp32 (dst32); transpose writes [cols][total_rows].
 __global__ void k_convert(const void* __restrict__ src, int dtype, size_t rows, size_t cols, size_t r0,
