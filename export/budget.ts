@@ -166,15 +166,21 @@ function baseRecord(c: CalibrationOptions, cal: CalibrationDocs, densePpl: numbe
 
 const layersOf = (k: LayerK) => k.mlp.map((m, l) => ({ layer: l, mlp_k: m, heads_k: k.attn[l] }));
 
+/** The calibration documents, checked against the bundle, and their overlap with the predictors' training documents (reported). */
+async function calibrationDocs(ckpt: OptCheckpoint, bundle: Parameters<typeof checkCalibration>[1], c: CalibrationOptions, predictors: string) {
+  checkCalibration(ckpt, bundle, c);
+  const cal = await readCalibration(c.model, c.data, c.docs, c.maxLen);
+  const overlap = await trainingOverlap(predictors, cal.hashes);
+  reportOverlap(overlap);
+  return { cal, overlap };
+}
+
 /** `export --recall ... --calib-data`: the bundle as export would write it, with its measured cost recorded. */
 export async function exportMeasured(o: ExportOptions, c: CalibrationOptions, ckpt: OptCheckpoint): Promise<BudgetExportSummary> {
   const t0 = performance.now();
   const { dir, bundle } = stage(ckpt, o);
   try {
-    checkCalibration(ckpt, bundle, c);
-    const cal = await readCalibration(c.model, c.data, c.docs, c.maxLen);
-    const overlap = await trainingOverlap(o.predictors, cal.hashes);
-    reportOverlap(overlap);
+    const { cal, overlap } = await calibrationDocs(ckpt, bundle, c, o.predictors);
     const dense = (await densePerplexity(ckpt, cal.ids, { quiet: c.quiet })).ppl;
     const predicted = await new Calibration(ckpt, bundle, c).predicted(cal.ids, undefined, !!c.quiet);
     const k: LayerK = { mlp: bundle.mlp.map((p) => p?.k ?? null), attn: bundle.attn.map((p) => p?.k ?? null) };
@@ -218,10 +224,7 @@ export async function exportToBudget(o: ExportOptions, budget: number, c: Calibr
   const t0 = performance.now();
   const { dir, bundle } = stage(ckpt, o);
   try {
-    checkCalibration(ckpt, bundle, c);
-    const cal = await readCalibration(c.model, c.data, c.docs, c.maxLen);
-    const overlap = await trainingOverlap(o.predictors, cal.hashes);
-    reportOverlap(overlap);
+    const { cal, overlap } = await calibrationDocs(ckpt, bundle, c, o.predictors);
     const calib = new Calibration(ckpt, bundle, c);
     const n = ckpt.config.numLayers;
     const units = unitsOf(bundle);

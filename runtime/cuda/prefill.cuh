@@ -164,13 +164,8 @@ __global__ void k_pf_to_half(const float* __restrict__ y, size_t n, __half* __re
     out[i] = __float2half(y[i]);
 }
 
-// Negative log-likelihood per row of logits [R][V]: logsumexp(row) - row[target]; target < 0 scores nothing (0).
-__global__ void __launch_bounds__(PF_THREADS) k_pf_nll(const float* __restrict__ logits, int V,
-                                                       const int* __restrict__ target, float* __restrict__ nll) {
-  __shared__ float red[PF_THREADS / 32];
-  __shared__ float mx[PF_THREADS / 32];
-  const size_t r = blockIdx.x;
-  const float* l = logits + r * V;
+// logsumexp of one row of V floats (PF_THREADS threads; every thread gets it).
+__device__ __forceinline__ float pf_row_lse(const float* __restrict__ l, int V, float* red, float* mx) {
   float m = NEG_INF;
   for (int j = threadIdx.x; j < V; j += PF_THREADS) m = fmaxf(m, l[j]);
   for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
@@ -180,8 +175,17 @@ __global__ void __launch_bounds__(PF_THREADS) k_pf_nll(const float* __restrict__
   for (int w = 1; w < PF_THREADS / 32; w++) m = fmaxf(m, mx[w]);
   float z = 0.f;
   for (int j = threadIdx.x; j < V; j += PF_THREADS) z += __expf(l[j] - m);
-  z = pf_block_sum(z, red);
-  if (threadIdx.x == 0) nll[r] = target[r] < 0 ? 0.f : m + logf(z) - l[target[r]];
+  return m + logf(pf_block_sum(z, red));
+}
+
+// Negative log-likelihood per row of logits [R][V]: logsumexp(row) - row[target]; target < 0 scores nothing (0).
+__global__ void __launch_bounds__(PF_THREADS) k_pf_nll(const float* __restrict__ logits, int V,
+                                                       const int* __restrict__ target, float* __restrict__ nll) {
+  __shared__ float red[PF_THREADS / 32];
+  __shared__ float mx[PF_THREADS / 32];
+  const size_t r = blockIdx.x;
+  const float lse = pf_row_lse(logits + r * V, V, red, mx);
+  if (threadIdx.x == 0) nll[r] = target[r] < 0 ? 0.f : lse - logits[r * V + target[r]];
 }
 
 // The decode step's NLL (teacher-forced evaluation through the decode graphs): after a step, st[0] = the position
@@ -191,18 +195,9 @@ __global__ void __launch_bounds__(PF_THREADS) k_step_nll(const float* __restrict
                                                          float* __restrict__ nll) {
   __shared__ float red[PF_THREADS / 32];
   __shared__ float mx[PF_THREADS / 32];
-  float m = NEG_INF;
-  for (int j = threadIdx.x; j < V; j += PF_THREADS) m = fmaxf(m, logits[j]);
-  for (int o = 16; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  if ((threadIdx.x & 31) == 0) mx[threadIdx.x >> 5] = m;
-  __syncthreads();
-  m = mx[0];
-  for (int w = 1; w < PF_THREADS / 32; w++) m = fmaxf(m, mx[w]);
-  float z = 0.f;
-  for (int j = threadIdx.x; j < V; j += PF_THREADS) z += __expf(logits[j] - m);
-  z = pf_block_sum(z, red);
+  const float lse = pf_row_lse(logits, V, red, mx);
   const int p = st[0];
-  if (threadIdx.x == 0) nll[p - 1] = m + logf(z) - logits[tokens[p]];
+  if (threadIdx.x == 0) nll[p - 1] = lse - logits[tokens[p]];
 }
 
 // Collect taps (docs/shards.md): each head's L2 norm of its attention output (o16 [T][d], head h = columns h*hd..),
