@@ -117,6 +117,16 @@ describe('CUDA bench flags: --kv-policy, --mlp-select, --sweep', () => {
     await expect(runCudaBench({ ...noLib, kvPolicy: 'some' as 'all' })).rejects.toThrow(/^--kv-policy: 'some': expected all or selected/);
     await expect(runCudaBench({ ...noLib, sweep: true, density: { mlp: 0.1, heads: 0.5 } })).rejects.toThrow(/^--density: the sweep sets the densities/);
     await expect(runCudaBench({ ...noLib, sweep: true, kvPolicy: 'all' })).rejects.toThrow(/^--kv-policy: the sweep times both KV policies/);
+    await expect(runCudaBench({ ...noLib, data: ['d.json.gz'] })).rejects.toThrow(/^--data: --data needs --model/);
+    await expect(runCudaBench({ ...noLib, model: 'm', sweep: true, data: ['d.json.gz'] })).rejects.toThrow(/^--data: the sweep times many densities/);
+    await expect(runCudaBench({ ...noLib, model: 'm', data: ['d.json.gz'], maxLen: 1 })).rejects.toThrow(/^--max-len: 1: must be an integer >= 2/);
+    await expect(runCudaBench({ ...noLib, prefillLen: 0 })).rejects.toThrow(/^--prefill-len: 0: must be an integer >= 1/);
+  });
+
+  it('dejavu bench: the quality and prefill flags are for --device cuda', async () => {
+    const program = new Command().exitOverride();
+    registerBench(program);
+    await expect(program.parseAsync(['node', 'dejavu', 'bench', '--device', 'cpu', '--model', 'm', '--data', 'd.json.gz'])).rejects.toThrow(/^--data: is for --device cuda/);
   });
 
   it('dejavu bench: --mlp-groups stays refused on cuda, --sweep on cpu', async () => {
@@ -148,6 +158,14 @@ describe('CudaEngine.setDensity', () => {
 });
 
 describe('runCudaBench with a fake library: both KV policies side by side', () => {
+  it('runs the prompt through the CUDA prefill (filling the KV cache) before any timed decode', async () => {
+    const { lib, calls } = fakeLib();
+    const r = await runCudaBench({ ...base, lib });
+    expect(calls.indexOf('prefill')).toBeGreaterThanOrEqual(0);
+    expect(calls.indexOf('prefill')).toBeLessThan(calls.indexOf('run:sparse'));
+    expect(r.prompt_phase).toMatch(/CUDA prefill/);
+  });
+
   it('times the chosen policy as the headline (default all) and the other beside it; states selection and G', async () => {
     const { lib } = fakeLib();
     const r = (await runCudaBench({ ...base, lib, density: { mlp: 0.1, heads: 0.5 } })) as Record<string, any>;
