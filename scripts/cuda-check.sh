@@ -10,7 +10,7 @@
 #                                 builds the library and the check
 #                                 program with nvcc, runs every kernel check (fresh random inputs, CPU references),
 #                                 the opt-mini end-to-end checks, then the benchmarks for SHAPES.
-# Environment: OUT (output folder, default ./cuda-out), SHAPES (default "opt-6.7b opt-13b opt-30b"), BENCH_ARGS.
+# Environment: OUT (output folder, default ./cuda-out), SHAPES (default "opt-6.7b opt-13b opt-30b"; SHAPES="" for none), BENCH_ARGS.
 # cuda-check covers both engine paths (streamed and portable) on a Hopper card; check-mini runs on each path.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -99,7 +99,7 @@ for p in streamed portable; do
     > "$OUT/mini-$p.json" || status=1
   cat "$OUT/mini-$p.json"
 done
-for s in ${SHAPES:-opt-6.7b opt-13b opt-30b}; do
+for s in ${SHAPES-opt-6.7b opt-13b opt-30b}; do
   echo "== bench $s"
   timeout 150 "$NODE" .devnm/dist/runtime/cuda/bench-main.js --shape "$s" --json --out "$OUT/cuda-$s.json" ${BENCH_ARGS:-} > /dev/null || status=1
 done
