@@ -26,8 +26,20 @@ __device__ __forceinline__ float pf_block_sum(float v, float* red) {
   return t;
 }
 
-// One row of d floats (in v, global) -> out16 = LayerNorm(v; g, b) or, with g == nullptr, v itself. Two passes over
-// the row (mean, then centred variance) as torch does; the row is re-read from L1/L2.
+// LayerNorm statistics of one row of d floats: two passes (mean, then centred variance) as torch does, the row
+// re-read from L1/L2.
+__device__ __forceinline__ void pf_row_stats(const float* __restrict__ v, int d, float eps, float* red, float* mean,
+                                             float* rstd) {
+  float s = 0.f;
+  for (int i = threadIdx.x; i < d; i += PF_THREADS) s += v[i];
+  const float m = pf_block_sum(s, red) / d;
+  float q = 0.f;
+  for (int i = threadIdx.x; i < d; i += PF_THREADS) { const float c = v[i] - m; q += c * c; }
+  *mean = m;
+  *rstd = rsqrtf(pf_block_sum(q, red) / d + eps);
+}
+
+// One row of d floats (in v, global) -> out16 = LayerNorm(v; g, b) or, with g == nullptr, v itself.
 __device__ __forceinline__ void pf_row_out(const float* __restrict__ v, int d, const float* __restrict__ g,
                                            const float* __restrict__ b, float eps, __half* __restrict__ out16,
                                            float* red) {
@@ -35,12 +47,8 @@ __device__ __forceinline__ void pf_row_out(const float* __restrict__ v, int d, c
     for (int i = threadIdx.x; i < d; i += PF_THREADS) out16[i] = __float2half(v[i]);
     return;
   }
-  float s = 0.f;
-  for (int i = threadIdx.x; i < d; i += PF_THREADS) s += v[i];
-  const float mean = pf_block_sum(s, red) / d;
-  float q = 0.f;
-  for (int i = threadIdx.x; i < d; i += PF_THREADS) { const float c = v[i] - mean; q += c * c; }
-  const float rstd = rsqrtf(pf_block_sum(q, red) / d + eps);
+  float mean, rstd;
+  pf_row_stats(v, d, eps, red, &mean, &rstd);
   for (int i = threadIdx.x; i < d; i += PF_THREADS) out16[i] = __float2half((v[i] - mean) * rstd * g[i] + b[i]);
 }
 
@@ -93,12 +101,8 @@ __global__ void __launch_bounds__(PF_THREADS) k_pf_residual(float* __restrict__ 
   for (int i = threadIdx.x; i < d; i += PF_THREADS) xr[i] += y[r * d + i] + bias[i];
   __syncthreads();
   if (pg) {  // in place: each thread rewrites only its own elements, after both reductions
-    float s = 0.f;
-    for (int i = threadIdx.x; i < d; i += PF_THREADS) s += xr[i];
-    const float mean = pf_block_sum(s, red) / d;
-    float q = 0.f;
-    for (int i = threadIdx.x; i < d; i += PF_THREADS) { const float c = xr[i] - mean; q += c * c; }
-    const float rstd = rsqrtf(pf_block_sum(q, red) / d + eps);
+    float mean, rstd;
+    pf_row_stats(xr, d, eps, red, &mean, &rstd);
     for (int i = threadIdx.x; i < d; i += PF_THREADS) xr[i] = (xr[i] - mean) * rstd * pg[i] + pb[i];
     __syncthreads();
   }
