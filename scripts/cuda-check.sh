@@ -79,7 +79,8 @@ LOG=$OUT/check.log
 exec > >(tee -a "$LOG") 2>&1
 NODE=$(command -v node || true)
 if [ -z "$NODE" ]; then
-  xz -dc .devtools/node-v20.20.2-linux-x64.xz > /tmp/node && chmod +x /tmp/node && NODE=/tmp/node
+  [ -x /tmp/node ] || { xz -dc .devtools/node-v20.20.2-linux-x64.xz > /tmp/node && chmod +x /tmp/node; }
+  NODE=/tmp/node
 fi
 echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader)"
 status=0
