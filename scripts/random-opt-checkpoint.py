@@ -16,6 +16,7 @@ Resume: shards are written to a temp file and renamed; a shard already in place 
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -53,6 +54,10 @@ class Fail(Exception):
 
     def __init__(self, path, msg):
         super().__init__(f'{path}: {msg}')
+        self.where = (path, msg)
+
+    def __reduce__(self):  # crosses the process boundary from a --jobs worker
+        return (Fail, self.where)
 
 
 def build_config(a):
@@ -207,6 +212,14 @@ def write_shard(path, tensors, a, meta, log):
     return data_len
 
 
+def write_shard_job(job):
+    """One shard in a worker process: its byte count, or the Fail to raise in the parent."""
+    try:
+        return write_shard(*job, lambda m: sys.stderr.write(m + '\n'))
+    except Fail as e:
+        return e
+
+
 def write_atomic(path, mode, body):
     """body(fh) writes the file under a temporary name; it replaces `path` only once complete and on disk."""
     tmp = path + '.tmp'
@@ -240,11 +253,15 @@ def main(argv):
                     help='word_embed_proj_dim = d/2 with project_in/out (opt-350m: 512, implied)')
     ap.add_argument('--untied-head', action='store_true', help='tie_word_embeddings false, lm_head.weight stored')
     ap.add_argument('--tokenizer-from', default=None, help='folder whose tokenizer files are copied (default examples/opt-mini)')
+    ap.add_argument('--jobs', type=int, default=os.cpu_count() or 1,
+                    help='shards written in parallel (default: the CPU count); drawing the values is the slow part')
     ap.add_argument('--json', action='store_true', help='print one JSON summary object on stdout')
     a = ap.parse_args(argv)
     log = lambda m: sys.stderr.write(m + '\n')
     if a.seed < 0:
         raise Fail('--seed', f'must be >= 0, got {a.seed}')
+    if a.jobs < 1:
+        raise Fail('--jobs', f'must be >= 1, got {a.jobs}')
     if not a.shard_gb > 0:
         raise Fail('--shard-gb', f'must be > 0, got {a.shard_gb}')
     tok_dir = a.tokenizer_from or os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'examples', 'opt-mini')
@@ -275,12 +292,18 @@ def main(argv):
             raise Fail(os.path.join(a.out, f), 'left by a run with other settings; use an empty --out')
     log(f'{a.shape} ({config["hidden_size"]}d x {config["num_hidden_layers"]} layers), {a.dtype}, seed {a.seed}: '
         f'{len(tensors)} tensors in {n} shard(s) -> {a.out}')
-    total = 0
-    weight_map = {}
-    for fname, sh in zip(names, shards):
-        total += write_shard(os.path.join(a.out, fname), sh, a, meta, log)
-        for name, _, _ in sh:
-            weight_map[name] = fname
+    # Every tensor's values depend only on (seed, name), so shards can be written in any order, in parallel.
+    jobs = [(os.path.join(a.out, fname), sh, a, meta) for fname, sh in zip(names, shards)]
+    if a.jobs > 1 and n > 1:
+        with multiprocessing.Pool(min(a.jobs, n)) as pool:
+            results = pool.map(write_shard_job, jobs)
+    else:
+        results = [write_shard_job(j) for j in jobs]
+    for r in results:
+        if isinstance(r, Fail):
+            raise r
+    total = sum(results)
+    weight_map = {name: fname for fname, sh in zip(names, shards) for name, _, _ in sh}
     if n > 1:
         index = {'metadata': {'total_size': total}, 'weight_map': weight_map}
         write_text_atomic(os.path.join(a.out, 'model.safetensors.index.json'), json.dumps(index, indent=2) + '\n')

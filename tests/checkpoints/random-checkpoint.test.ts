@@ -4,7 +4,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { bf16ToF32, f16ToF32, f32ToF16 } from '../../checkpoints/float16.js';
 import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
@@ -60,6 +60,8 @@ describe.skipIf(!HAVE_NUMPY)('scripts/random-opt-checkpoint.py', () => {
     expect(b.format).toBe('safetensors'); // one shard: model.safetensors, same tensors
     expect(b.weightsSha256).toBe(ca.weightsSha256);
     expect(b.fingerprint).toBe(ca.fingerprint);
+    const serial = await loadOptCheckpoint(generateOk('serial', '--seed', '7', '--jobs', '1'), { quiet: true });
+    expect(serial.weightsSha256).toBe(ca.weightsSha256); // shards written in parallel (default) or one by one: same bytes
     const c = await loadOptCheckpoint(generateOk('c', '--seed', '8'), { quiet: true });
     expect(c.weightsSha256).not.toBe(ca.weightsSha256);
 
@@ -115,6 +117,14 @@ describe.skipIf(!HAVE_NUMPY)('scripts/random-opt-checkpoint.py', () => {
     const noTok = generate(join(dir, 'm'), '--tokenizer-from', join(dir, 'nope'));
     expect(noTok.status).toBe(1);
     expect(noTok.stderr.trim()).toBe(`${join(dir, 'nope')}: tokenizer folder not found`);
+
+    // A shard that fails in a --jobs worker process: the same one line from the parent.
+    const blocked = join(dir, 'blocked');
+    mkdirSync(join(blocked, 'model-00002-of-00002.safetensors.tmp'), { recursive: true });
+    const rb = generate(blocked, '--shard-gb', '0.001', '--jobs', '2');
+    expect(rb.status).toBe(1);
+    expect(rb.stderr.trim().split('\n').pop()).toBe(`${join(blocked, 'model-00002-of-00002.safetensors')}: cannot write (Is a directory)`);
+    expect(existsSync(join(blocked, 'config.json'))).toBe(false);
 
     const out = generateOk('resume');
     const again = generate(out, '--shard-gb', '0.001');
