@@ -1,9 +1,9 @@
 /**
  * `dejavu export --ppl-budget P --calib-data FILES` and `export --recall ... --calib-data FILES`: export measured on
  * calibration documents. The search itself is export/budget-search.ts (pure); this module reads the calibration
- * text, runs the measurements through the eval machinery (runtime/sparse/ppl.ts: dense prefill, the sparse decode
- * step in worker threads, the KV policy and MLP selection given) and writes the bundle with its `quality` record
- * (export/quality.ts).
+ * text, runs the measurements through the eval machinery (export/measure.ts: the CPU runtime's, or the CUDA
+ * engine's with `device` cuda; the KV policy and MLP selection given) and writes the bundle with its `quality`
+ * record (export/quality.ts), which names the device that measured.
  *
  * All predictors are first exported to a staging bundle in the OS temp folder (fp16, exactly what the final bundle
  * holds); every measurement loads that one and replaces per-layer k in memory (export/layer-k.ts). The staging
@@ -19,7 +19,7 @@ import { createReadStats, describeSkips, readDocuments } from '../datasets/read.
 import { loadTokenizer } from '../datasets/tokenizer.js';
 import type { Dims } from '../runtime/cuda/floor.js';
 import type { KvPolicy } from '../runtime/sparse/model.js';
-import { densePerplexity, parallelSparsePerplexity } from '../runtime/sparse/ppl.js';
+import type { CudaLib, CudaOptions } from '../runtime/cuda/lib.js';
 import { groupedSelectionProblem, loadBundle, type Bundle } from './bundle.js';
 import {
   HEAD_FACTORS,
@@ -35,6 +35,7 @@ import {
 import { textHash, trainingOverlap } from './calib-overlap.js';
 import { exportBundle, type ExportOptions, type ExportSummary } from './export.js';
 import type { LayerK } from './layer-k.js';
+import { cpuMeasurer, type PplMeasurer } from './measure.js';
 import type { QualityRecord, SearchRecord } from './quality.js';
 
 export interface CalibrationOptions {
@@ -46,9 +47,15 @@ export interface CalibrationOptions {
   /** Tokens per document, BOS included. */
   maxLen: number;
   kvPolicy?: KvPolicy;
-  /** Grouped MLP top-k over G neuron groups (undefined: exact). */
+  /** Grouped MLP top-k over G neuron groups (undefined: exact on the CPU). On cuda the GPU picks G itself; a G
+   *  given here must equal it. */
   mlpGroups?: number;
+  /** MLP selection measured; default grouped when mlpGroups is given, else exact. */
+  mlpSelection?: 'exact' | 'grouped';
+  /** CPU worker threads of the sparse measurements. */
   threads?: number;
+  /** Where the measurements run (default the CPU runtime). cuda: the CUDA engine, the library given. */
+  device?: { type: 'cpu' } | { type: 'cuda'; lib: CudaLib; path?: CudaOptions['path'] };
   quiet?: boolean;
   /** The per-unit sensitivities are measured on the first `sensitivityDocs` calibration documents, each
    *  cut to `sensitivityLen` tokens (default 4 x 128): they only order the search; the choice is measured on every doc. */
@@ -110,25 +117,27 @@ export function unitsOf(bundle: Bundle): SearchUnit[] {
 const r4 = (v: number) => Math.round(v * 1e4) / 1e4 + 0; // + 0: no -0 in the JSON
 const pct = (v: number) => `${v >= 0 ? '+' : ''}${(100 * v).toFixed(2)}%`;
 
-/** A calibration context: the staging bundle and the measurements on it. */
-class Calibration {
-  constructor(
-    readonly ckpt: OptCheckpoint,
-    readonly bundle: Bundle,
-    readonly o: CalibrationOptions,
-  ) {}
+const selectionOf = (c: CalibrationOptions) => c.mlpSelection ?? (c.mlpGroups !== undefined ? 'grouped' : 'exact');
 
-  /** Perplexity of `docs` with per-layer k `layerK` (the predicted mode). */
-  async predicted(docs: Int32Array[], layerK: LayerK | undefined, quiet: boolean): Promise<number> {
-    const r = await parallelSparsePerplexity(this.ckpt, this.bundle, docs, 'predicted', {
-      kvPolicy: this.o.kvPolicy,
-      mlpGroups: this.o.mlpGroups,
-      threads: this.o.threads,
-      layerK,
-      quiet,
-    });
-    return r.ppl;
+/** The measurer of the device asked for, holding the staging bundle's predictors (export/measure.ts). */
+async function openMeasurer(ckpt: OptCheckpoint, staged: { dir: string; bundle: Bundle }, c: CalibrationOptions, cal: CalibrationDocs): Promise<PplMeasurer> {
+  const dev = c.device ?? { type: 'cpu' };
+  if (dev.type === 'cpu') {
+    if (selectionOf(c) === 'grouped' && c.mlpGroups === undefined) throw new DejavuError('grouped needs --mlp-groups G on the CPU', '--mlp-select');
+    const m = cpuMeasurer(ckpt, staged.bundle, { kvPolicy: c.kvPolicy, mlpGroups: c.mlpGroups, threads: c.threads });
+    log(`calibration on the CPU (${m.device.threads} worker thread${m.device.threads === 1 ? '' : 's'})`);
+    return m;
   }
+  const { cudaMeasurer } = await import('../runtime/cuda/calib-ppl.js');
+  return cudaMeasurer(dev.lib, {
+    model: ckpt.dir,
+    bundle: staged.dir,
+    maxT: cal.ids.reduce((a, d) => Math.max(a, d.length), 2),
+    kvPolicy: c.kvPolicy ?? 'all',
+    selection: selectionOf(c),
+    path: dev.path,
+    mlpGroups: c.mlpGroups,
+  });
 }
 
 function stage(ckpt: OptCheckpoint, o: ExportOptions): { dir: string; bundle: Bundle } {
@@ -147,20 +156,21 @@ function checkCalibration(ckpt: OptCheckpoint, bundle: Bundle, c: CalibrationOpt
   if (c.maxLen > ckpt.config.maxPositionEmbeddings) {
     throw new DejavuError(`${c.maxLen} exceeds max_position_embeddings ${ckpt.config.maxPositionEmbeddings}`, '--calib-max-len');
   }
-  if (c.mlpGroups !== undefined) {
+  if (selectionOf(c) === 'grouped') {
     const why = groupedSelectionProblem(bundle);
     if (why) throw new DejavuError(why, '--mlp-select');
   }
 }
 
 /** The quality record's common part. */
-function baseRecord(c: CalibrationOptions, cal: CalibrationDocs, densePpl: number): Omit<QualityRecord, 'budget' | 'met' | 'predicted_ppl' | 'delta' | 'layers' | 'bytes_per_token' | 'overlap' | 'seconds'> {
+function baseRecord(c: CalibrationOptions, cal: CalibrationDocs, densePpl: number, m: PplMeasurer): Omit<QualityRecord, 'budget' | 'met' | 'predicted_ppl' | 'delta' | 'layers' | 'bytes_per_token' | 'overlap' | 'seconds'> {
   return {
     calibration: { data: c.data, docs: cal.ids.length, tokens: cal.tokens, max_len: c.maxLen, selection: { docs: c.docs } },
     dense_ppl: r4(densePpl),
     kv_policy: c.kvPolicy ?? 'all',
-    mlp_selection: c.mlpGroups !== undefined ? 'grouped' : 'exact',
-    mlp_groups: c.mlpGroups ?? 1,
+    mlp_selection: selectionOf(c),
+    mlp_groups: m.mlpGroups ?? 1,
+    device: m.device,
   };
 }
 
@@ -178,11 +188,14 @@ async function calibrationDocs(ckpt: OptCheckpoint, bundle: Parameters<typeof ch
 /** `export --recall ... --calib-data`: the bundle as export would write it, with its measured cost recorded. */
 export async function exportMeasured(o: ExportOptions, c: CalibrationOptions, ckpt: OptCheckpoint): Promise<BudgetExportSummary> {
   const t0 = performance.now();
-  const { dir, bundle } = stage(ckpt, o);
+  const staged = stage(ckpt, o);
+  const { bundle } = staged;
+  let m: PplMeasurer | undefined;
   try {
     const { cal, overlap } = await calibrationDocs(ckpt, bundle, c, o.predictors);
-    const dense = (await densePerplexity(ckpt, cal.ids, { quiet: c.quiet })).ppl;
-    const predicted = await new Calibration(ckpt, bundle, c).predicted(cal.ids, undefined, !!c.quiet);
+    m = await openMeasurer(ckpt, staged, c, cal);
+    const dense = await m.dense(cal.ids);
+    const predicted = await m.predicted(cal.ids, undefined, !!c.quiet);
     const k: LayerK = { mlp: bundle.mlp.map((p) => p?.k ?? null), attn: bundle.attn.map((p) => p?.k ?? null) };
     const units = unitsOf(bundle);
     const bm = byteModel(ckpt, c);
@@ -190,7 +203,7 @@ export async function exportMeasured(o: ExportOptions, c: CalibrationOptions, ck
     const quality: QualityRecord = {
       budget: null,
       met: null,
-      ...baseRecord(c, cal, dense),
+      ...baseRecord(c, cal, dense, m),
       predicted_ppl: r4(predicted),
       delta: r4(predicted / dense - 1),
       layers: layersOf(k),
@@ -200,7 +213,8 @@ export async function exportMeasured(o: ExportOptions, c: CalibrationOptions, ck
     };
     return { ...exportBundle({ ...o, quality: quality as unknown as Record<string, unknown> }, ckpt), quality };
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    m?.close();
+    rmSync(staged.dir, { recursive: true, force: true });
   }
 }
 
@@ -222,14 +236,16 @@ function reportOverlap(r: Awaited<ReturnType<typeof trainingOverlap>>): void {
 export async function exportToBudget(o: ExportOptions, budget: number, c: CalibrationOptions, ckpt: OptCheckpoint): Promise<BudgetExportSummary> {
   if (!(Number.isFinite(budget) && budget >= 0)) throw new DejavuError(`${budget} must be a relative perplexity increase >= 0 (e.g. 1% or 0.01)`, '--ppl-budget');
   const t0 = performance.now();
-  const { dir, bundle } = stage(ckpt, o);
+  const staged = stage(ckpt, o);
+  const { bundle } = staged;
+  let m: PplMeasurer | undefined;
   try {
     const { cal, overlap } = await calibrationDocs(ckpt, bundle, c, o.predictors);
-    const calib = new Calibration(ckpt, bundle, c);
+    const calib = (m = await openMeasurer(ckpt, staged, c, cal));
     const n = ckpt.config.numLayers;
     const units = unitsOf(bundle);
     const bm = byteModel(ckpt, c);
-    const dense = (await densePerplexity(ckpt, cal.ids, { quiet: true })).ppl;
+    const dense = await calib.dense(cal.ids);
     log(`calibration: ${cal.ids.length} docs, ${cal.tokens} tokens, dense ppl ${dense.toFixed(3)}; budget ${pct(budget).slice(1)}`);
 
     // 1-2. Sensitivity of each unit at each level alone, on the first calibration documents.
@@ -238,7 +254,7 @@ export async function exportToBudget(o: ExportOptions, budget: number, c: Calibr
     const sensDocs = cal.ids.slice(0, sensN).map((ids) => ids.subarray(0, sensLen));
     const measuredCost: number[][] = units.map((u) => u.levels.map(() => NaN));
     if (budget > 0 && units.length) {
-      const sensDense = (await densePerplexity(ckpt, sensDocs, { quiet: true })).ppl;
+      const sensDense = await calib.dense(sensDocs);
       const total = units.reduce((a, u) => a + u.levels.length, 0);
       const bar = progressBar('budget: sensitivity', total, 'evals', c.quiet);
       for (let i = 0; i < units.length; i++) {
@@ -295,7 +311,7 @@ export async function exportToBudget(o: ExportOptions, budget: number, c: Calibr
       budget,
       met,
       ...(message ? { message } : {}),
-      ...baseRecord(c, cal, dense),
+      ...baseRecord(c, cal, dense, calib),
       predicted_ppl: r4(dense * (1 + delta)),
       delta: r4(delta),
       layers: layersOf(k),
@@ -307,6 +323,7 @@ export async function exportToBudget(o: ExportOptions, budget: number, c: Calibr
     const s = exportBundle({ ...o, layerK: k, layerKRule: 'budget', quality: quality as unknown as Record<string, unknown> }, ckpt);
     return { ...s, quality };
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    m?.close();
+    rmSync(staged.dir, { recursive: true, force: true });
   }
 }

@@ -4,6 +4,7 @@
  */
 import type { OverlapReport } from './calib-overlap.js';
 import type { BundleManifest } from './bundle.js';
+import type { DeviceRecord } from './measure.js';
 
 export interface QualityRecord {
   /** Relative perplexity budget (0.01 = 1%); null when only measured (`--recall` with `--calib-data`). */
@@ -19,6 +20,8 @@ export interface QualityRecord {
   kv_policy: 'all' | 'selected';
   mlp_selection: 'exact' | 'grouped';
   mlp_groups: number;
+  /** What measured: the CPU runtime or the CUDA engine (absent in bundles exported before the GPU could measure). */
+  device?: DeviceRecord;
   /** Per layer, the k exported (null: dense). */
   layers: { layer: number; mlp_k: number | null; heads_k: number | null }[];
   /** Decode bytes per token (runtime/cuda/floor.ts avgStepBytes, fp16 weights) at context prompt + gen. */
@@ -46,6 +49,7 @@ export interface SearchRecord {
 }
 
 const pct = (v: number) => `${v >= 0 ? '+' : ''}${(100 * v).toFixed(2)}%`;
+const onDevice = (d: DeviceRecord | undefined) => (d ? `, measured on ${d.type}${d.type === 'cuda' ? ` (${d.name})` : ''}` : '');
 
 /** One line about the quality recorded in the manifest, or undefined when none was measured at export. */
 export function describeRecordedQuality(manifest: Pick<BundleManifest, 'quality'>): string | undefined {
@@ -57,7 +61,7 @@ export function describeRecordedQuality(manifest: Pick<BundleManifest, 'quality'
   return (
     `recorded at export: predicted ppl ${q.predicted_ppl.toFixed(3)} vs dense ${q.dense_ppl.toFixed(3)} ` +
     `(${pct(q.predicted_ppl / q.dense_ppl - 1)}) on ${c.docs} calibration docs (${c.tokens} tokens, max-len ${c.max_len})` +
-    `${budget}, KV ${q.kv_policy ?? 'all'}, MLP ${sel}`
+    `${budget}, KV ${q.kv_policy ?? 'all'}, MLP ${sel}${onDevice(q.device)}`
   );
 }
 
@@ -68,7 +72,7 @@ export function describeQuality(q: QualityRecord): string[] {
   const c = q.calibration;
   const lines = [
     `calibration: ${c.docs} docs, ${c.tokens} tokens, max-len ${c.max_len} (${c.data.join(', ')}); KV ${q.kv_policy}, MLP ${q.mlp_selection}` +
-      (q.mlp_selection === 'grouped' ? ` (G = ${q.mlp_groups})` : ''),
+      (q.mlp_selection === 'grouped' ? ` (G = ${q.mlp_groups})` : '') + onDevice(q.device),
     `perplexity on it: dense ${q.dense_ppl.toFixed(3)}, this bundle ${q.predicted_ppl.toFixed(3)} (${pct(q.delta)})` +
       (q.budget === null ? '' : `; budget ${pct(q.budget).replace(/^\+/, '')}: ${q.met ? 'met' : 'not met'}`),
     `decode bytes per token (prompt ${q.bytes_per_token.prompt} + ${q.bytes_per_token.gen}): dense ${mb(q.bytes_per_token.dense)}, ` +
@@ -92,6 +96,6 @@ export function recordedQualityJson(manifest: Pick<BundleManifest, 'quality'>): 
   const summary = describeRecordedQuality(manifest);
   if (!summary) return undefined;
   const q = manifest.quality as unknown as QualityRecord;
-  const { budget, met, calibration, dense_ppl, predicted_ppl, delta, kv_policy, mlp_selection, mlp_groups } = q;
-  return { summary, budget, met, calibration, dense_ppl, predicted_ppl, delta, kv_policy, mlp_selection, mlp_groups, bytes_per_token: q.bytes_per_token };
+  const { budget, met, calibration, dense_ppl, predicted_ppl, delta, kv_policy, mlp_selection, mlp_groups, device } = q;
+  return { summary, budget, met, calibration, dense_ppl, predicted_ppl, delta, kv_policy, mlp_selection, mlp_groups, device, bytes_per_token: q.bytes_per_token };
 }

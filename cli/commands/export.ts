@@ -21,6 +21,7 @@ interface Flags {
   mlpSelect?: string;
   mlpGroups?: string;
   workers?: string;
+  device?: string;
   json?: boolean;
 }
 
@@ -41,6 +42,7 @@ const CALIB_FLAGS = [
   ['mlpSelect', '--mlp-select'],
   ['mlpGroups', '--mlp-groups'],
   ['workers', '--workers'],
+  ['device', '--device'],
 ] as const;
 
 export function register(program: Command): void {
@@ -62,7 +64,8 @@ export function register(program: Command): void {
     .option('--kv-policy <p>', 'with --calib-data: KV policy measured, all (default) or selected')
     .option('--mlp-select <how>', 'with --calib-data: MLP selection measured, exact (default) or grouped (needs --mlp-groups G)')
     .option('--mlp-groups <g>', 'with --calib-data: neuron groups of the grouped MLP top-k')
-    .option('--workers <n>', 'with --calib-data: worker threads of the measurements (default: the cores)')
+    .option('--workers <n>', 'with --calib-data: worker threads of the CPU measurements (default: the cores)')
+    .option('--device <d>', 'with --calib-data: where the measurements run: auto (default: cuda when the CUDA library loads and a GPU is present, else cpu), cpu, or cuda (the GPU engine bench times)')
     .option('--json', 'print one JSON object on stdout')
     .action(async (f: Flags) => {
       const recall = f.recall === undefined ? undefined : Number(f.recall);
@@ -78,9 +81,12 @@ export function register(program: Command): void {
         if (given.length === 1) throw new DejavuError('only applies with --calib-data (what the calibration measures)', given[0]);
         if (given.length > 1) throw new DejavuError(`${given.join(', ')} only apply with --calib-data (what the calibration measures)`);
       }
+      const { DEVICES } = await import('../../runtime/cuda/pick-device.js');
+      if (f.device !== undefined && !(DEVICES as readonly string[]).includes(f.device)) throw new DejavuError(`expected ${DEVICES.join(', ')}, got '${f.device}'`, '--device');
+      if (f.device === 'cuda' && f.workers !== undefined) throw new DejavuError('not with --device cuda: the GPU runs one engine', '--workers');
       const { loadOptCheckpoint } = await import('../../checkpoints/opt-checkpoint.js');
       const { exportBundle } = await import('../../export/export.js');
-      const { warn } = await import('../../common/progress.js');
+      const { log, warn } = await import('../../common/progress.js');
       const ckpt = await loadOptCheckpoint(f.model, { quiet: !!f.json });
       const opts = { predictors: f.predictors, out: f.out, recall, mlpK: int(f.mlpK, '--mlp-k'), headsK: int(f.headsK, '--heads-k'), layers: f.layers, partial: !!f.partial };
       let s: import('../../export/export.js').ExportSummary & { quality?: import('../../export/quality.js').QualityRecord };
@@ -88,7 +94,15 @@ export function register(program: Command): void {
         const { parseKvPolicy, resolveMlpSelection } = await import('../../runtime/sparse/eval.js');
         const { availableParallelism } = await import('node:os');
         const { exportMeasured, exportToBudget } = await import('../../export/budget.js');
-        const mlp = resolveMlpSelection(f.mlpSelect, f.mlpGroups);
+        const { pickDevice } = await import('../../runtime/cuda/pick-device.js');
+        const { loadCudaLib } = await import('../../runtime/cuda/lib.js');
+        const dev = await pickDevice(f.device, ckpt.config, () => loadCudaLib());
+        if (dev.type === 'cpu' && dev.why) log(`--device auto: measuring on the CPU (${dev.why})`);
+        if (dev.type === 'cuda' && f.workers !== undefined) warn('--workers applies to CPU measurements; the GPU runs one engine');
+        // The GPU picks G from its kernel grid (a G given must equal it); the CPU needs one.
+        const mlp = dev.type === 'cuda' && f.mlpSelect === 'grouped' && f.mlpGroups === undefined
+          ? { selection: 'grouped' as const, groups: undefined }
+          : resolveMlpSelection(f.mlpSelect, f.mlpGroups);
         const calib = {
           model: f.model,
           data: f.calibData,
@@ -96,7 +110,9 @@ export function register(program: Command): void {
           maxLen: parseIntFlag(f.calibMaxLen, '--calib-max-len', 2),
           kvPolicy: parseKvPolicy(f.kvPolicy),
           mlpGroups: mlp.groups,
+          mlpSelection: mlp.selection,
           threads: f.workers !== undefined ? parseIntFlag(f.workers, '--workers') : availableParallelism(),
+          device: dev.type === 'cuda' ? { type: 'cuda' as const, lib: dev.lib } : { type: 'cpu' as const },
         };
         s = budget !== undefined ? await exportToBudget(opts, budget, calib, ckpt) : await exportMeasured(opts, calib, ckpt);
       } else {

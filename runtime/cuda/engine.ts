@@ -217,6 +217,11 @@ export class CudaEngine {
     return plan;
   }
 
+  /** k of one layer (kH = heads / kM = ffn: that block keeps everything); effective at the next build(). */
+  setK(layer: number, kH: number, kM: number): void {
+    this.lib.setK(this.h, layer, kH, kM);
+  }
+
   setSelection(layer: number, heads: Int32Array, neurons: Int32Array): void {
     this.lib.setSelection(this.h, layer, heads, neurons);
   }
