@@ -16,6 +16,12 @@
  *   7. collect's taps from the GPU prefill (collect --device cuda) vs the CPU runtime's hooks (collect's own rows) on
  *      the 64 tokens, every layer: att_in / mlp_in / head_norm relative error <= 2e-3, mlp_active >= 99.9% equal with
  *      every difference at a pre-ReLU value below 1e-2 x that token's RMS.
+ *   variants: small random OPTs in HF layout that opt-mini does not exercise (post-LN, project_in/out, untied head, no
+ *      final LayerNorm) as F32 / F16 / BF16 files: GPU prefill logits vs the CPU runtime's, pass <= 2e-3
+ *      (check-variants.ts);
+ *   bad input: a model too big for the card, an unsupported config key, a checkpoint cut short: `eval ppl --device
+ *      cuda` exits 1 with one error line and no stack trace; a failed loadModelToGpu leaves the GPU's free memory
+ *      where it was (check-bad-input.ts).
  * Usage: node dist/runtime/cuda/check-mini.js MODEL_DIR [--bundle B] [--grouped-bundle B2] [--ref reference.safetensors]
  *   [--path auto|streamed|portable]   (the engine's kernels, default auto; the JSON's `path` says which ran)
  */
@@ -28,6 +34,8 @@ import { SparseOptModel } from '../sparse/model.js';
 import { CudaEngine } from './engine.js';
 import { CUDA_PATHS, loadCudaLib, type CudaOptions } from './lib.js';
 import { loadModelToGpu } from './load.js';
+import { checkVariants } from './check-variants.js';
+import { checkBadInput } from './check-bad-input.js';
 import { forwardRows } from '../../collect/doc-rows.js';
 import { f16ToF32 } from '../../checkpoints/float16.js';
 
@@ -336,14 +344,22 @@ async function main(): Promise<void> {
   } finally {
     loaded.engine.destroy();
   }
+  // Model variants and bad input: prefill and loading only (the decode path does not matter).
+  const variants = await checkVariants(lib, say);
+  out.variants = variants;
+  out.variants_pass = variants.every((v) => v.pass);
+  const tokenizer = existsSync(join(dir, 'tokenizer.json')) || existsSync(join(dir, 'vocab.json')) ? dir : join('examples', 'opt-mini');
+  const badInput = await checkBadInput(lib, dir, say, { tokenizer });
+  out.bad_input = badInput;
+  out.bad_input_pass = badInput.every((b) => b.pass);
   const tol = 1e-2;
   const checks = Object.entries(out).filter(([k, v]) => typeof v === 'number' && /vs/.test(k)) as [string, number][];
   const strict = (k: string) => k === 'prefill_vs_hf_reference' || k.startsWith('taps_');
   const pass = checks.every(([k, v]) => v <= (strict(k) ? 2e-3 : tol)) && out.grouped_picks_pass !== false &&
     (out.taps_mlp_active_agreement as number) >= 0.999;
-  out.pass = pass;
+  out.pass = pass && out.variants_pass && out.bad_input_pass;
   console.log(JSON.stringify(out));
-  process.exit(pass ? 0 : 1);
+  process.exit(out.pass ? 0 : 1);
 }
 
 main().catch((e) => {
