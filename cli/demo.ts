@@ -166,13 +166,16 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
           ckpt,
           loadedBundle: bundle,
         });
-      // Dense from the CUDA prefill, predicted from the sparse graph the bench times (oracle runs on the CPU only).
+      // Dense from the CUDA prefill, oracle (the true top-k at the bundle's k) by the GPU's oracle decode, predicted
+      // from the sparse graph the bench times: the three modes the CPU reports.
       const { tokenizeDocs } = await import('../runtime/sparse/eval.js');
       const { runCudaPerplexity } = await import('../runtime/cuda/eval-ppl.js');
       const docs = await tokenizeDocs(model, validData, { docs: o.evalDocs }, o.maxLen);
-      const r = await runCudaPerplexity({ model, docs, maxLen: o.maxLen, bundle: paths.bundle, headsFrac: 1, quiet: o.quiet });
+      const r = await runCudaPerplexity({
+        model, docs, maxLen: o.maxLen, bundle: paths.bundle, headsFrac: 1, modes: ['dense', 'oracle', 'predicted'], quiet: o.quiet,
+      });
       const dense = (r.dense as { ppl: number }).ppl;
-      for (const m of ['dense', 'predicted']) {
+      for (const m of ['dense', 'oracle', 'predicted']) {
         const f = r[m] as { ppl: number; delta_vs_dense?: number };
         f.delta_vs_dense = f.ppl / dense - 1;
       }

@@ -81,7 +81,7 @@ export function register(program: Command): void {
     .option('--mlp-select <how>', 'with --bundle: predicted MLP neurons by exact top-k (default) or grouped (needs --mlp-groups G; --mlp-groups alone implies grouped)')
     .option('--kv-policy <p>', "with --bundle: all (default: every head's K/V every step) or selected (a skipped head computes no K/V; its slots are masked when it is picked later, as the CUDA engine)")
     .option('--dump-ids <file>', 'also write the scored documents\' token ids to FILE as JSON ({max_len, docs: [[ids]]}), e.g. for bench/oracle_heads_reference.py')
-    .option('--modes <list>', 'with --bundle: comma-separated subset of dense,oracle,predicted (default: all three; on cuda dense,predicted)')
+    .option('--modes <list>', 'with --bundle: comma-separated subset of dense,oracle,predicted (default: all three)')
     .option('--device <d>', 'cpu, or cuda: the GPU engine that `dejavu bench --device cuda` times (weights streamed to the GPU in fp16)', 'cpu')
     .option('--batch-tokens <n>', 'with --device cuda: tokens per prefill batch, documents packed (default max(max-len, 4096))')
     .option('--path <p>', 'with --device cuda: decode kernels auto (default), streamed or portable')
@@ -170,7 +170,10 @@ export function register(program: Command): void {
     });
 }
 
-/** `eval ppl --device cuda`: dense perplexity from the GPU prefill; with --bundle, predicted from the sparse decode graph. */
+/**
+ * `eval ppl --device cuda`: dense perplexity from the GPU prefill; with --bundle, oracle (the true top-k at the same
+ * k, eager kernels) and predicted (the sparse decode graph) by teacher-forced decode on the GPU.
+ */
 async function evalOnGpu(f: PplFlags, selection: import('../../datasets/index.js').DocumentSelection, maxLen: number): Promise<void> {
   const { DejavuError } = await import('../../common/errors.js');
   const { log } = await import('../../common/progress.js');
@@ -181,12 +184,12 @@ async function evalOnGpu(f: PplFlags, selection: import('../../datasets/index.js
     ['workers', '--workers', 'the GPU runs one engine'],
     ['threads', '--threads', 'the GPU runs one engine'],
   ] as const)
-    if (f[key] !== undefined) throw new DejavuError(`not with --device cuda: ${why}`, flag);
+    // --workers 1 is what one engine is anyway (the CPU runs' commands carry it), so it is taken as said.
+    if (f[key] !== undefined && !(key === 'workers' && f[key] === '1')) throw new DejavuError(`not with --device cuda: ${why}`, flag);
   if (f.backend !== 'auto') throw new DejavuError('a CPU prefill backend; not with --device cuda', '--backend');
   const modes = f.modes?.split(',').map((m) => m.trim());
   for (const m of modes ?? [])
-    if (m !== 'dense' && m !== 'predicted')
-      throw new DejavuError(m === 'oracle' ? 'oracle perplexity runs on the CPU (drop --device cuda, or --modes dense,predicted)' : `unknown mode '${m}' (dense, predicted)`, '--modes');
+    if (m !== 'dense' && m !== 'oracle' && m !== 'predicted') throw new DejavuError(`unknown mode '${m}' (dense, oracle, predicted)`, '--modes');
   const tokenizer = await loadTokenizer(f.model);
   const stats = createReadStats();
   const docs: Int32Array[] = [];
@@ -206,7 +209,7 @@ async function evalOnGpu(f: PplFlags, selection: import('../../datasets/index.js
     docs,
     maxLen,
     bundle: f.bundle,
-    modes: modes as ('dense' | 'predicted')[] | undefined,
+    modes: modes as ('dense' | 'oracle' | 'predicted')[] | undefined,
     kvPolicy: f.kvPolicy as 'all' | 'selected' | undefined,
     mlpSelect: f.mlpSelect as 'exact' | 'grouped' | undefined,
     path: f.path as 'auto' | 'streamed' | 'portable' | undefined,
@@ -221,12 +224,15 @@ async function evalOnGpu(f: PplFlags, selection: import('../../datasets/index.js
   }
   type Fig = { ppl: number; tokens: number; tokens_per_s: number };
   const dense = r.dense as Fig | undefined;
+  const oracle = r.oracle as Fig | undefined;
   const pred = r.predicted as Fig | undefined;
   const load = r.load as { seconds: number };
+  const vs = (m: Fig) => (dense ? ` (${m.ppl >= dense.ppl ? '+' : ''}${((m.ppl / dense.ppl - 1) * 100).toFixed(2)}% vs dense)` : '');
   console.log(`device      ${r.device} (load ${load.seconds} s)`);
   if (dense) console.log(`dense       ${dense.ppl.toFixed(4)}  (${dense.tokens.toLocaleString('en-US')} tokens, ${dense.tokens_per_s.toLocaleString('en-US')} tok/s prefill)`);
-  if (pred) {
-    const vs = dense ? ` (${((pred.ppl / dense.ppl - 1) * 100).toFixed(2)}% vs dense)` : '';
-    console.log(`predicted   ${pred.ppl.toFixed(4)}${vs}  kv ${r.kv_policy}, ${r.mlp_selection} top-k, ${r.path} path, ${pred.tokens_per_s.toLocaleString('en-US')} tok/s decode`);
-  }
+  if (oracle) console.log(`oracle      ${oracle.ppl.toFixed(4)}${vs(oracle)}  kv ${r.kv_policy}, true top-k, ${oracle.tokens_per_s.toLocaleString('en-US')} tok/s decode`);
+  if (pred) console.log(`predicted   ${pred.ppl.toFixed(4)}${vs(pred)}  kv ${r.kv_policy}, ${r.mlp_selection} top-k, ${r.path} path, ${pred.tokens_per_s.toLocaleString('en-US')} tok/s decode`);
+  const hk = r.heads_k_per_layer as number[] | undefined;
+  const mk = r.mlp_k_per_layer as number[] | undefined;
+  if (hk && mk) console.log(`k per layer heads ${hk.join(',')}, neurons ${mk.join(',')}`);
 }

@@ -22,8 +22,13 @@
  *   bad input: a model too big for the card, an unsupported config key, a checkpoint cut short: `eval ppl --device
  *      cuda` exits 1 with one error line and no stack trace; a failed loadModelToGpu leaves the GPU's free memory
  *      where it was (check-bad-input.ts).
+ *   8. with a bundle (--bundle, else --grouped-bundle): oracle perplexity on the GPU (eval ppl --device cuda's oracle,
+ *      engine.cu dj_oracle_nll) vs the CPU sparse runtime's mode 'oracle', the bundle's k, first 3 c4mini validation
+ *      documents x 128 tokens (--data FILE), KV policies all and selected: pass within 0.5% relative; the share of the
+ *      GPU's oracle picks the CPU oracle also makes on the first document (reported, fp16 near-ties may differ).
  * Usage: node dist/runtime/cuda/check-mini.js MODEL_DIR [--bundle B] [--grouped-bundle B2] [--ref reference.safetensors]
  *   [--path auto|streamed|portable]   (the engine's kernels, default auto; the JSON's `path` says which ran)
+ *   [--data c4mini-validation.json.gz] (section 8; default examples/c4mini's validation file)
  */
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
@@ -37,6 +42,9 @@ import { loadModelToGpu } from './load.js';
 import { checkVariants } from './check-variants.js';
 import { checkBadInput } from './check-bad-input.js';
 import { forwardRows } from '../../collect/doc-rows.js';
+import { decodePerplexity } from './eval-ppl.js';
+import { sparseModePerplexity } from '../sparse/ppl.js';
+import type { KvPolicy } from '../sparse/model.js';
 import { f16ToF32 } from '../../checkpoints/float16.js';
 
 class Rel {
@@ -170,6 +178,77 @@ async function bundleCheck(
   return { rel: relB.value, agreement, groups, globalAgreement: totalGlobal ? sameGlobal / totalGlobal : null };
 }
 
+const ORACLE_DOCS = 3;
+const ORACLE_MAX_LEN = 128;
+const ORACLE_TOL = 0.005;
+
+/**
+ * 8: oracle perplexity, the GPU's oracle decode vs the CPU sparse runtime's mode 'oracle' at the bundle's k, under
+ * each KV policy; and on the first document step by step, the share of the GPU's picks the CPU oracle also made.
+ */
+async function oracleCheck(c: Ctx, dir: string, data: string, tokDir: string): Promise<Record<string, unknown>> {
+  const { lib, ckpt, dims, H, ffn, L } = c;
+  const { loadBundle } = await import('../../export/bundle.js');
+  const { tokenizeDocs } = await import('../sparse/eval.js');
+  const bundle = loadBundle(dir, ckpt);
+  const docs = await tokenizeDocs(tokDir, [data], { docs: ORACLE_DOCS }, ORACLE_MAX_LEN);
+  const maxT = docs.reduce((a, d) => Math.max(a, d.length), 0);
+  const out: Record<string, unknown> = { bundle: dir, docs: docs.length, max_len: ORACLE_MAX_LEN, tolerance: ORACLE_TOL };
+  let pass = true;
+  for (const kvPolicy of ['all', 'selected'] as KvPolicy[]) {
+    const eng = CudaEngine.create(lib, dims, maxT + 8, 1e-5, { path: c.path, kvPolicy });
+    try {
+      eng.uploadCheckpoint(ckpt);
+      const plan = eng.applyBundle(bundle);
+      const gpu = decodePerplexity(eng, docs, 'oracle', true);
+      const cpu = sparseModePerplexity(ckpt, bundle, docs, 'oracle', { kvPolicy, quiet: true });
+      const rel = gpu.ppl / cpu.ppl - 1;
+      // Picks on the first document: each side its own oracle (their states differ by fp16 rounding only).
+      const ids = docs[0];
+      const cpuModel = new SparseOptModel(ckpt, bundle, { mode: 'oracle', kvPolicy });
+      const cache = cpuModel.newCache(maxT + 8);
+      eng.setPrompt(ids);
+      let same = 0;
+      let total = 0;
+      for (let p = 0; p + 1 < ids.length; p++) {
+        eng.oracleNll(1);
+        cpuModel.decodeHidden(ids[p], cache);
+        for (let l = 0; l < L; l++) {
+          const g = eng.oracleSelection(l, plan.kH[l], plan.kM[l]);
+          for (const [mine, theirs] of [
+            [plan.kH[l] < H ? g.heads : null, cpuModel.lastHeads[l]],
+            [plan.kM[l] < ffn ? g.neurons : null, cpuModel.lastNeurons[l]],
+          ] as const) {
+            if (!mine || !theirs) continue;
+            const set = new Set(theirs);
+            for (const i of mine) same += set.has(i) ? 1 : 0;
+            total += mine.length;
+          }
+        }
+      }
+      const ok = Math.abs(rel) <= ORACLE_TOL;
+      pass &&= ok;
+      out[kvPolicy] = {
+        gpu_ppl: gpu.ppl,
+        cpu_ppl: cpu.ppl,
+        rel_diff: rel,
+        tokens: gpu.tokens,
+        heads_k_per_layer: plan.kH,
+        mlp_k_per_layer: plan.kM,
+        pick_agreement_first_doc: total ? same / total : null,
+        pass: ok,
+      };
+      c.say(`oracle, KV ${kvPolicy}: GPU ppl ${gpu.ppl.toFixed(4)} vs CPU ${cpu.ppl.toFixed(4)} (${(100 * rel).toFixed(3)}%, ` +
+        `tolerance ${100 * ORACLE_TOL}%: ${ok ? 'PASS' : 'FAIL'}); GPU picks the CPU oracle also made (doc 0): ` +
+        `${total ? ((100 * same) / total).toFixed(2) : '-'}%`);
+    } finally {
+      eng.destroy();
+    }
+  }
+  out.pass = pass;
+  return out;
+}
+
 async function main(): Promise<void> {
   const dir = process.argv[2];
   const pi = process.argv.indexOf('--path');
@@ -181,6 +260,8 @@ async function main(): Promise<void> {
   const groupedDir = gi > 0 ? process.argv[gi + 1] : undefined;
   const ri = process.argv.indexOf('--ref');
   const refPath = ri > 0 ? process.argv[ri + 1] : join(dir, 'reference.safetensors');
+  const di = process.argv.indexOf('--data');
+  const dataPath = di > 0 ? process.argv[di + 1] : join('examples', 'c4mini', 'c4mini-validation.00000-of-00001.json.gz');
   const out: Record<string, unknown> = {};
   const lib = await loadCudaLib();
   out.device = lib.deviceInfo().name;
@@ -352,11 +433,19 @@ async function main(): Promise<void> {
   const badInput = await checkBadInput(lib, dir, say, { tokenizer });
   out.bad_input = badInput;
   out.bad_input_pass = badInput.every((b) => b.pass);
+  // 8: oracle perplexity, GPU vs CPU.
+  const oracleBundle = bundleDir ?? groupedDir;
+  if (oracleBundle && existsSync(oracleBundle) && existsSync(dataPath)) {
+    out.oracle = await oracleCheck(ctx, oracleBundle, dataPath, tokenizer);
+  } else {
+    out.oracle = null;
+    say(`oracle perplexity skipped: ${oracleBundle ? `${existsSync(oracleBundle) ? dataPath : oracleBundle} not found` : 'no bundle given'}`);
+  }
   const tol = 1e-2;
   const checks = Object.entries(out).filter(([k, v]) => typeof v === 'number' && /vs/.test(k)) as [string, number][];
   const strict = (k: string) => k === 'prefill_vs_hf_reference' || k.startsWith('taps_');
   const pass = checks.every(([k, v]) => v <= (strict(k) ? 2e-3 : tol)) && out.grouped_picks_pass !== false &&
-    (out.taps_mlp_active_agreement as number) >= 0.999;
+    (out.taps_mlp_active_agreement as number) >= 0.999 && (out.oracle as { pass?: boolean } | null)?.pass !== false;
   out.pass = pass && out.variants_pass && out.bad_input_pass;
   console.log(JSON.stringify(out));
   process.exit(out.pass ? 0 : 1);

@@ -516,6 +516,73 @@ static void test_lmhead(int V, int d, int n_prompt, int pos) {
               st2[0] == pos + 1 && t2[pos + 1] == (forced ? 7 : am) && host(amax, 1)[0] == 0 && host(counter, 1)[0] == 0);
 }
 
+// The oracle's head ranking input: each head's attention-output L2 norm.
+static void test_head_norms(int H, int hd) {
+  auto att = randv((size_t)H * hd, 1.f);
+  float* norms = poisoned(H);
+  k_head_norms<<<(H + 7) / 8, 256>>>(dev(att), H, hd, norms);
+  CUDA_OK(cudaGetLastError());
+  std::vector<double> ref(H);
+  for (int h = 0; h < H; h++) {
+    double s = 0;
+    for (int i = 0; i < hd; i++) s += (double)att[h * hd + i] * att[h * hd + i];
+    ref[h] = std::sqrt(s);
+  }
+  char name[96];
+  snprintf(name, sizeof name, "oracle head norms H=%d hd=%d", H, hd);
+  expect(name, host(norms, H), ref);
+}
+
+// The oracle's exact top-k (k_topk_block) against the CPU runtime's topK rule (runtime/sparse/kernels.ts): the k
+// largest, ties at the threshold to the lower index, NaN lowest, -0 equal to +0; ascending output. Values drawn from
+// `levels` distinct values when levels > 0 (ties across the threshold), relu: a share of zeros as after a ReLU (k past
+// the positives: the zeros tie), special: a tenth of the values each NaN, -0 and +0. Also the compacted values and the
+// validity flags of one position (other positions untouched). Exact: the picks depend on the inputs' order only.
+static void test_topk_block(int n, int k, int levels, bool relu, bool special = false) {
+  std::vector<float> v = randv(n, 1.f);
+  std::vector<float> lv = randv(std::max(levels, 1), 1.f);
+  for (int i = 0; i < n; i++) {
+    if (levels > 0) v[i] = lv[rng() % levels];
+    if (relu) v[i] = std::max(v[i] - 0.6f, 0.f);  // ~80% zeros
+    if (special) { const int r = i % 10; if (r == 0) v[i] = NAN; else if (r == 1) v[i] = -0.f; else if (r == 2) v[i] = 0.f; }
+  }
+  auto key = [](float f) { if (std::isnan(f)) return -INFINITY; return f == 0.f ? 0.f : f; };
+  std::vector<int> idx(n);
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return key(v[a]) > key(v[b]); });
+  std::vector<int> ref(idx.begin(), idx.begin() + k);
+  std::sort(ref.begin(), ref.end());
+  const int stride = 7, pos = 3;
+  std::vector<uint8_t> flags0((size_t)n * stride, 9);
+  std::vector<int> st = {pos, 1, 0, 0};
+  int* sel;
+  CUDA_OK(cudaMalloc(&sel, k * sizeof(int)));
+  CUDA_OK(cudaMemset(sel, 0xff, k * sizeof(int)));
+  float* vals = poisoned(k);
+  uint8_t* flags = dev(flags0);
+  float* dv = dev(v);
+  TopkBlockArgs a{};
+  a.v = dv; a.n = n; a.k = k; a.sel = sel; a.vals = vals; a.flags = flags; a.flag_stride = stride; a.st = dev(st);
+  bool ok = true;
+  for (int rep = 0; rep < 2; rep++) {  // no state carried between launches
+    k_topk_block<<<1, TOPK_BLOCK_THREADS>>>(a);
+    CUDA_OK(cudaGetLastError());
+    auto got = host(sel, k);
+    auto gv = host(vals, k);
+    auto gf = host(flags, (size_t)n * stride);
+    ok &= got == ref;
+    for (int j = 0; j < k && ok; j++) ok &= (std::isnan(gv[j]) && std::isnan(v[ref[j]])) || gv[j] == v[ref[j]];
+    std::vector<char> picked(n, 0);
+    for (int i : ref) picked[i] = 1;
+    for (int i = 0; i < n; i++)
+      for (int t = 0; t < stride; t++) ok &= gf[(size_t)i * stride + t] == (t == pos ? picked[i] : 9);
+  }
+  char name[160];
+  snprintf(name, sizeof name, "oracle top-k n=%d k=%d%s%s%s: = CPU topK (ties low index), values, flags, x2", n, k,
+           levels ? " (few levels)" : "", relu ? " (ReLU zeros)" : "", special ? " (NaN, -0, +0)" : "");
+  expect_true(name, ok);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Whole-model CPU reference (fp64 accumulation over the fp16-rounded weights) with the same KV policy.
 struct RefModel {
@@ -1006,16 +1073,9 @@ static void test_paths(const char* label, DjOptions oa, DjOptions ob, int d, int
 // mlp_lag: MLP predictors of layer l read att_in of l - mlp_lag (0: their own layer, as the benchmarks by default;
 // 1: `--mlp-input prev_att_in`, the heads' tap, so layer 0's group has four members). h0norm: layer 0's heads
 // predictor with the parameter-free input LayerNorm (the engine's layer-0 tables then hold centred rows).
-static void test_engine(DjOptions opt, int hd, int mlp_lag = 0, bool h0norm = false) {
-  RefModel m;
-  m.V = 512; m.d = 8 * hd; m.L = 3; m.H = 8; m.hd = hd; m.ffn = 4 * m.d; m.maxpos = 64; m.maxT = 40;
-  int d = m.d, ffn = m.ffn;
-  printf("engine: random OPT d=%d H=%d hd=%d ffn=%d L=%d vocab=%d%s%s\n", d, m.H, hd, ffn, m.L, m.V,
-         mlp_lag ? ", MLP predictors on att_in of the layer before" : "", h0norm ? ", layer 0's heads predictor with LN" : "");
-  auto msrc = [&](int l) { return std::max(0, l - mlp_lag); };
-  void* e = dj_create(m.V, d, m.L, m.H, ffn, m.maxpos, m.maxT, 1e-5f, &opt);
-  if (!e) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
-  const bool grouped_sel = opt.selection == SEL_GROUPED;
+// Random weights of m's shape (magnitudes like a trained OPT), rounded to fp16 where the engine holds fp16, uploaded.
+static void random_weights(void* e, RefModel& m) {
+  const int d = m.d, ffn = m.ffn;
   float sd = 1.f / std::sqrt((float)d), sf = 1.f / std::sqrt((float)ffn);
   m.E = r16(randv((size_t)m.V * d, 0.5f)); m.P = r16(randv((size_t)(m.maxpos + 2) * d, 0.1f));
   m.lnf_g = randv(d, 0.1f, 1.f); m.lnf_b = randv(d, 0.02f);
@@ -1040,6 +1100,20 @@ static void test_engine(DjOptions opt, int hd, int mlp_lag = 0, bool h0norm = fa
     API_OK(dj_upload(e, T_FC1_W, l, w.w1.data(), w.w1.size())); API_OK(dj_upload(e, T_FC1_B, l, w.b1.data(), ffn));
     API_OK(dj_upload(e, T_FC2_W, l, w.w2.data(), w.w2.size())); API_OK(dj_upload(e, T_FC2_B, l, w.b2.data(), d));
   }
+}
+
+static void test_engine(DjOptions opt, int hd, int mlp_lag = 0, bool h0norm = false) {
+  RefModel m;
+  m.V = 512; m.d = 8 * hd; m.L = 3; m.H = 8; m.hd = hd; m.ffn = 4 * m.d; m.maxpos = 64; m.maxT = 40;
+  int d = m.d, ffn = m.ffn;
+  printf("engine: random OPT d=%d H=%d hd=%d ffn=%d L=%d vocab=%d%s%s\n", d, m.H, hd, ffn, m.L, m.V,
+         mlp_lag ? ", MLP predictors on att_in of the layer before" : "", h0norm ? ", layer 0's heads predictor with LN" : "");
+  auto msrc = [&](int l) { return std::max(0, l - mlp_lag); };
+  void* e = dj_create(m.V, d, m.L, m.H, ffn, m.maxpos, m.maxT, 1e-5f, &opt);
+  if (!e) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
+  const bool grouped_sel = opt.selection == SEL_GROUPED;
+  float sd = 1.f / std::sqrt((float)d);
+  random_weights(e, m);
   // Predictors for the sparse graph: attention of layer l from att_in of l-1 (lookahead; layer 0 from its own),
   // MLP from att_in of the same layer (runs beside attention). Rank 16, k = 3 heads / 10% neurons.
   int rank = 16, kH = 3, kM = ffn / 10;
@@ -1283,6 +1357,164 @@ static void test_engine(DjOptions opt, int hd, int mlp_lag = 0, bool h0norm = fa
   dj_destroy(e);
 }
 
+// The oracle's decode step in fp64 on m's state (runtime/sparse/model.ts mode 'oracle'): every head's K/V stored and
+// every head attending over its whole history; in a layer with kH < H the kept heads are `gh` (the GPU's picks, so a
+// near-tie cannot fork the two runs; the reference's own ranking scores go to hs), the others output zero, and under
+// KV policy selected only the kept heads stay valid at pos and attend over their valid positions; in a layer with
+// kM < ffn the neurons `gn` (activations to ns). Returns the logits.
+static std::vector<double> ref_oracle_step(RefModel& m, int tok, int pos, const std::vector<int>& kH, const std::vector<int>& kM,
+                                           bool kv_sel, const std::vector<std::vector<int>>& gh,
+                                           const std::vector<std::vector<int>>& gn, std::vector<std::vector<double>>& hs,
+                                           std::vector<std::vector<double>>& ns) {
+  const int d = m.d, H = m.H, hd = m.hd, ffn = m.ffn, maxT = m.maxT;
+  std::vector<double> x(d);
+  for (int i = 0; i < d; i++) x[i] = (double)m.E[(size_t)tok * d + i] + m.P[(size_t)(pos + 2) * d + i];
+  for (int l = 0; l < m.L; l++) {
+    RefModel::Lw& w = m.layers[l];
+    std::vector<float> xf(x.begin(), x.end());
+    std::vector<double> xn;
+    ref_layernorm(xf.data(), w.ln1_g.data(), w.ln1_b.data(), d, 1e-5f, xn);
+    std::vector<double> q(d), attn(d, 0);
+    for (int r = 0; r < d; r++) {
+      q[r] = (ref_dot(&w.qw[(size_t)r * d], xn.data(), d) + w.qb[r]) / std::sqrt((double)hd);
+      const size_t ci = ((size_t)(r / hd) * maxT + pos) * hd + r % hd;
+      m.K[l][ci] = ref_dot(&w.kw[(size_t)r * d], xn.data(), d) + w.kb[r];
+      m.Vc[l][ci] = ref_dot(&w.vw[(size_t)r * d], xn.data(), d) + w.vb[r];
+    }
+    for (int h = 0; h < H; h++) m.valid[l][(size_t)h * maxT + pos] = 1;
+    auto attend = [&](int h, bool masked) {
+      std::vector<double> sc(pos + 1, 0);
+      double mx = -1e300, z = 0;
+      auto ok = [&](int t) { return !masked || m.valid[l][(size_t)h * maxT + t]; };
+      for (int t = 0; t <= pos; t++) {
+        if (!ok(t)) continue;
+        double v = 0;
+        for (int i = 0; i < hd; i++) v += q[h * hd + i] * m.K[l][((size_t)h * maxT + t) * hd + i];
+        sc[t] = v;
+        mx = std::max(mx, v);
+      }
+      for (int t = 0; t <= pos; t++) { sc[t] = ok(t) ? std::exp(sc[t] - mx) : 0; z += sc[t]; }
+      for (int i = 0; i < hd; i++) {
+        double a = 0;
+        for (int t = 0; t <= pos; t++) a += sc[t] * m.Vc[l][((size_t)h * maxT + t) * hd + i];
+        attn[h * hd + i] = a / z;
+      }
+    };
+    for (int h = 0; h < H; h++) attend(h, false);
+    std::vector<int> heads;
+    if (kH[l] < H) {
+      hs[l].assign(H, 0);
+      for (int h = 0; h < H; h++) {
+        double s2 = 0;
+        for (int i = 0; i < hd; i++) s2 += attn[h * hd + i] * attn[h * hd + i];
+        hs[l][h] = std::sqrt(s2);
+      }
+      heads = gh[l];
+      if (kv_sel) {
+        for (int h = 0; h < H; h++) m.valid[l][(size_t)h * maxT + pos] = 0;
+        for (int h : heads) m.valid[l][(size_t)h * maxT + pos] = 1;
+        for (int h : heads) attend(h, true);
+      }
+    } else {
+      for (int h = 0; h < H; h++) heads.push_back(h);
+    }
+    for (int o = 0; o < d; o++) {
+      double s = w.ob[o];
+      for (int h : heads) for (int i = 0; i < hd; i++) s += (double)w.ow[(size_t)o * d + h * hd + i] * attn[h * hd + i];
+      x[o] += s;
+    }
+    xf.assign(x.begin(), x.end());
+    ref_layernorm(xf.data(), w.ln2_g.data(), w.ln2_b.data(), d, 1e-5f, xn);
+    std::vector<double> act(ffn);
+    for (int j = 0; j < ffn; j++) act[j] = std::max(0.0, ref_dot(&w.w1[(size_t)j * d], xn.data(), d) + w.b1[j]);
+    std::vector<int> neurons;
+    if (kM[l] < ffn) {
+      ns[l] = act;
+      neurons = gn[l];
+    } else {
+      for (int j = 0; j < ffn; j++) neurons.push_back(j);
+    }
+    for (int o = 0; o < d; o++) {
+      double s = w.b2[o];
+      for (int j : neurons) s += (double)w.w2[(size_t)o * ffn + j] * act[j];
+      x[o] += s;
+    }
+  }
+  std::vector<float> xf(x.begin(), x.end());
+  std::vector<double> xn;
+  ref_layernorm(xf.data(), m.lnf_g.data(), m.lnf_b.data(), d, 1e-5f, xn);
+  std::vector<double> logits(m.V);
+  for (int j = 0; j < m.V; j++) logits[j] = ref_dot(&m.E[(size_t)j * d], xn.data(), d);
+  return logits;
+}
+
+// The oracle's teacher-forced decode (dj_oracle_nll) against ref_oracle_step on a small random model, on an engine of
+// `opt` (the oracle's eager kernels run on either path), under opt's KV policy: layer 0 dense, layer 1 sparse heads
+// and neurons, layer 2 sparse heads only. Per step: the picks (k distinct, ascending, the reference's top-k up to
+// near-ties: no unpicked score above the lowest pick by more than 1% of the largest), the logits on the same picks,
+// and the NLL of the forced next token.
+static void test_oracle(DjOptions opt, int hd) {
+  RefModel m;
+  m.V = 512; m.d = 8 * hd; m.L = 3; m.H = 8; m.hd = hd; m.ffn = 4 * m.d; m.maxpos = 64; m.maxT = 40;
+  const int d = m.d, H = m.H, ffn = m.ffn, L = m.L;
+  const bool kv_sel = opt.kv_policy == KV_SELECTED;
+  printf("oracle decode: random OPT d=%d H=%d hd=%d ffn=%d L=%d, KV policy %s\n", d, H, hd, ffn, L, kv_sel ? "selected" : "all");
+  void* e = dj_create(m.V, d, L, H, ffn, m.maxpos, m.maxT, 1e-5f, &opt);
+  if (!e) { printf("dj_create: %s\n", dj_last_error()); exit(1); }
+  random_weights(e, m);
+  const std::vector<int> kH = {H, 3, 5}, kM = {ffn, ffn / 10, ffn};
+  for (int l = 0; l < L; l++) API_OK(dj_set_k(e, l, kH[l], kM[l]));
+  const int n = 24;
+  std::vector<int> toks(n);
+  for (auto& t : toks) t = rng() % m.V;
+  API_OK(dj_set_prompt(e, toks.data(), n));
+  expect_true("  oracle: steps past the forced tokens refused", dj_oracle_nll(e, n, nullptr) != 0);
+  m.reset();
+  std::vector<float> gl(m.V), got_nll, all_g;
+  std::vector<double> ref_nll, all_r;
+  int bad_picks = 0, near = 0, picks = 0;
+  for (int pos = 0; pos + 1 < n; pos++) {
+    float nll;
+    API_OK(dj_oracle_nll(e, 1, &nll));
+    API_OK(dj_get_logits(e, gl.data()));
+    std::vector<std::vector<int>> gh(L), gn(L);
+    std::vector<std::vector<double>> hs(L), ns(L);
+    for (int l = 0; l < L; l++) {
+      gh[l].resize(kH[l]); gn[l].resize(kM[l]);
+      API_OK(dj_oracle_selection(e, l, gh[l].data(), gn[l].data()));
+    }
+    auto rl = ref_oracle_step(m, toks[pos], pos, kH, kM, kv_sel, gh, gn, hs, ns);
+    for (int l = 0; l < L; l++)
+      for (int tg = 0; tg < 2; tg++) {
+        const int nn = tg == 0 ? H : ffn, k = tg == 0 ? kH[l] : kM[l];
+        if (k == nn) continue;
+        const auto& g = tg == 0 ? gh[l] : gn[l];
+        const auto& sc = tg == 0 ? hs[l] : ns[l];
+        bool ok = std::is_sorted(g.begin(), g.end()) && std::adjacent_find(g.begin(), g.end()) == g.end();
+        std::vector<char> in(nn, 0);
+        double lo = INFINITY, hi = -INFINITY, mx = 0;
+        for (int v : g) { ok &= v >= 0 && v < nn; if (v >= 0 && v < nn) { in[v] = 1; lo = std::min(lo, sc[v]); } }
+        for (int i = 0; i < nn; i++) { mx = std::max(mx, std::fabs(sc[i])); if (!in[i]) hi = std::max(hi, sc[i]); }
+        bad_picks += !ok || hi > lo + 1e-2 * mx;
+        near += ok && hi > lo;  // a pick the fp64 scores rank just below an unpicked one (allowed)
+        picks++;
+      }
+    all_g.insert(all_g.end(), gl.begin(), gl.end());
+    all_r.insert(all_r.end(), rl.begin(), rl.end());
+    double mx = -1e300, z = 0;
+    for (double v : rl) mx = std::max(mx, v);
+    for (double v : rl) z += std::exp(v - mx);
+    ref_nll.push_back(mx + std::log(z) - rl[toks[pos + 1]]);
+    got_nll.push_back(nll);
+  }
+  printf("  oracle picks: %d selections, %d off the fp64 top-k beyond near-ties, %d with a near-tie swapped\n", picks, bad_picks, near);
+  expect_true("  ... oracle picks: k distinct ascending, the fp64 top-k up to near-ties", bad_picks == 0);
+  expect(kv_sel ? "oracle decode, KV selected: logits every step (same picks)" : "oracle decode, KV all: logits every step (same picks)",
+         all_g, all_r);
+  expect("  ... NLL of the forced next token", got_nll, ref_nll, 2e-3);
+  dj_destroy(e);
+}
+
 int main(int argc, char** argv) {
   uint64_t seed = argc > 1 ? strtoull(argv[1], nullptr, 10)
                            : (uint64_t)std::chrono::high_resolution_clock::now().time_since_epoch().count();
@@ -1339,6 +1571,18 @@ int main(int argc, char** argv) {
   test_pred_hidden(5120, 128, true, true, true);
   test_lmhead(50272, 5120, 1, 3);
   test_lmhead(8192, 384, 10, 3);
+  test_head_norms(12, 32);
+  test_head_norms(40, 128);
+  test_head_norms(96, 128);
+  test_topk_block(12, 7, 0, false);
+  test_topk_block(12, 6, 3, false);
+  test_topk_block(40, 40, 0, false);
+  test_topk_block(1536, 154, 0, false);
+  test_topk_block(1536, 500, 0, true);  // more than the positives: zeros tie, lowest indices
+  test_topk_block(20480, 1024, 5, false);
+  test_topk_block(49152, 2458, 0, true);
+  test_topk_block(100, 45, 0, false, true);  // the threshold among -0 and +0
+  test_topk_block(100, 95, 0, false, true);  // among the NaNs
   // The whole-engine checks on each path and selection (the portable path forced on a Hopper card too).
   const DjOptions streamed{PATH_STREAMED, SEL_EXACT, KV_SELECTED}, grouped{PATH_STREAMED, SEL_GROUPED, KV_SELECTED},
       portable{PATH_PORTABLE, SEL_EXACT, KV_SELECTED};
@@ -1368,6 +1612,13 @@ int main(int argc, char** argv) {
     test_engine(c.o, 128, 1);
     printf("-- engine, %s, layer 0's heads predictor with LN\n", c.name);
     test_engine(c.o, 128, 0, true);
+  }
+  // The oracle's decode: portable kernels on either path's engine, both KV policies.
+  for (int kv = 0; kv < 2; kv++) {
+    const DjOptions po{PATH_PORTABLE, SEL_EXACT, kv}, so{PATH_STREAMED, SEL_EXACT, kv};
+    test_oracle(po, 32);
+    test_oracle(po, 128);
+    if (hopper) test_oracle(so, 64);
   }
   test_prefill(true, 256, false, true, DT_F32);
   test_prefill(true, 256, false, true, DT_BF16);

@@ -155,6 +155,12 @@ struct Engine {
   __half *Wpin = nullptr, *Wpout = nullptr;  // [d][e_dim], [e_dim][d] (nn.Linear layout)
   void* stage = nullptr;                     // upload staging (UPLOAD_STAGE bytes)
   float* step_nll = nullptr;                 // [maxT] per-position NLL of teacher-forced decode steps
+  // The oracle's decode (dj_oracle_nll), allocated at its first call: each layer's picks of the last step and scratch.
+  struct Oracle {
+    int *hsel = nullptr, *nsel = nullptr;     // [L][H], [L][ffn], ascending (identity in a dense layer)
+    float *norms = nullptr, *vals = nullptr;  // [H] head norms; [ffn] the picked activations, compacted
+    uint8_t* ones = nullptr;                  // [H][maxT] all set: heads are ranked over every head's whole history
+  } orc;
   Blas blas;
   struct Prefill {
     int cap_T = 0, cap_n = 0, cap_R = 0;  // rows, longest sequence, LM-head rows per chunk
@@ -665,11 +671,13 @@ static void launch_cols(Engine* e, cudaStream_t s, ColsArgs a, bool pdl = false)
   launchk(e, pdl, k_cols, grid, dim3(threads), 0, s, a);
 }
 
-static void launch_attention(Engine* e, cudaStream_t s, Layer& l, const int* sel, int nh, bool pdl = false) {
+// valid: the layer's K/V validity flags unless given (the oracle ranks heads over every position: all set).
+static void launch_attention(Engine* e, cudaStream_t s, Layer& l, const int* sel, int nh, bool pdl = false,
+                             const uint8_t* valid = nullptr) {
   size_t smem = (size_t)att_state_floats(e->hd, ATT_THREADS / 32) * sizeof(float);
   const float* q = e->q;
   const __half *kc = l.kc, *vc = l.vc;
-  const uint8_t* valid = l.valid;
+  if (!valid) valid = l.valid;
   const int* st = e->st;
   float* att = e->att;
   int maxT = e->maxT;
@@ -1251,6 +1259,14 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   return 0;
 }
 
+// k_attention's dynamic shared memory (the warps' merge state), allowed before its launches (graphs and the oracle).
+static int attention_attrs() {
+  CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(128, ATT_THREADS / 32) * 4));
+  CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(64, ATT_THREADS / 32) * 4));
+  CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(32, ATT_THREADS / 32) * 4));
+  return 0;
+}
+
 extern "C" {
 
 // Build (or rebuild) the graphs: call after weights, k and predictors are set.
@@ -1267,9 +1283,7 @@ int dj_build(void* ev) {
     e->evs.push_back(v);
   }
   if (build_groups(e) || set_tma_attrs(e) || fold_ln(e)) return -1;
-  CK(cudaFuncSetAttribute(k_attention<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(128, ATT_THREADS / 32) * 4));
-  CK(cudaFuncSetAttribute(k_attention<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(64, ATT_THREADS / 32) * 4));
-  CK(cudaFuncSetAttribute(k_attention<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, att_state_floats(32, ATT_THREADS / 32) * 4));
+  if (attention_attrs()) return -1;
   for (int m = 0; m < M_COUNT; m++) {
     if (e->graphs[m]) { cudaGraphExecDestroy(e->graphs[m]); e->graphs[m] = nullptr; }
     cudaGraph_t g;
@@ -1348,6 +1362,122 @@ int dj_run(void* ev, int mode, int steps, float* ms) {
   CK(cudaStreamSynchronize(e->s0));
   CK(cudaGetLastError());
   if (ms) CK(cudaEventElapsedTime(ms, e->t0, e->t1));
+  return 0;
+}
+
+}  // extern "C"
+
+// ---- oracle ----------------------------------------------------------------------------------------------------
+// Teacher-forced decode with the oracle's selections, the CPU runtime's mode 'oracle' (runtime/sparse/model.ts): in a
+// layer with kH < H, every head's q, k, v are computed (and its K/V stored), every head attends over its whole history,
+// the kH heads with the largest output L2 norm are kept and the others output zero; under KV policy selected only the
+// kept heads' slots of this position stay valid and their attention is recomputed over their valid positions. In a
+// layer with kM < ffn, fc1 runs dense and the kM largest activations go through fc2. Ties go to the lower index in
+// both (k_topk_block). It measures what the true top-k costs in quality, not speed: the portable per-op kernels,
+// launched eagerly on either path (the decode graphs never run it), reading the engine's weights and KV cache.
+static int oracle_alloc(Engine* e) {
+  auto& o = e->orc;
+  if (o.hsel) return 0;
+  const int L = e->L, H = e->H, ffn = e->ffn;
+  if (dalloc(e, &o.hsel, (size_t)L * H) || dalloc(e, &o.nsel, (size_t)L * ffn) || dalloc(e, &o.norms, H) ||
+      dalloc(e, &o.vals, ffn) || dalloc(e, &o.ones, (size_t)H * e->maxT))
+    return -1;
+  std::vector<int> id((size_t)L * ffn);
+  for (int l = 0; l < L; l++)
+    for (int i = 0; i < ffn; i++) id[(size_t)l * ffn + i] = i;
+  CK(cudaMemcpy(o.nsel, id.data(), (size_t)L * ffn * sizeof(int), cudaMemcpyHostToDevice));
+  for (int l = 0; l < L; l++) CK(cudaMemcpy(o.hsel + (size_t)l * H, id.data(), H * sizeof(int), cudaMemcpyHostToDevice));
+  CK(cudaMemset(o.ones, 1, (size_t)H * e->maxT));
+  return 0;
+}
+
+static int oracle_step(Engine* e) {
+  const int d = e->d, H = e->H, hd = e->hd, ffn = e->ffn;
+  const bool kv_sel = e->opt.kv_policy == KV_SELECTED;
+  const cudaStream_t s = e->s0;
+  auto& o = e->orc;
+  auto lnout = [&](const float* g, const float* b) { return LnOut{g, b, e->eps, e->xn, e->xr, e->xp}; };
+  launchk(e, false, k_embed, dim3(1), dim3(1024), 0, s, (const __half*)e->E, (const __half*)e->P, (const int*)e->tokens,
+          (const int*)e->st, d, e->x, lnout(e->layers[0].ln1_g, e->layers[0].ln1_b));
+  for (int li = 0; li < e->L; li++) {
+    Layer& l = e->layers[li];
+    const bool hs = l.kH < H, ns = l.kM < ffn;
+    int* hsel = o.hsel + (size_t)li * H;
+    int* nsel = o.nsel + (size_t)li * ffn;
+    // ---- attention block: every head's q, k, v (K/V of every head stored and marked valid at this position) ----
+    RowsArgs a{};
+    a.W = l.Wqkv; a.b = l.bqkv; a.K = d; a.n_out = 3 * d; a.x = e->xn; a.map = MAP_ID; a.kH = H; a.hd = hd; a.d = d;
+    a.y = e->q; a.q_scale = 1.f / sqrtf((float)hd); a.kc = l.kc; a.vc = l.vc; a.valid = l.valid; a.maxT = e->maxT;
+    a.st = e->st;
+    launch_rows<EPI_QKV>(e, s, a);
+    launch_attention(e, s, l, nullptr, H, false, hs ? o.ones : nullptr);
+    if (hs) {
+      k_head_norms<<<(H + 7) / 8, 256, 0, s>>>(e->att, H, hd, o.norms);
+      TopkBlockArgs t{};
+      t.v = o.norms; t.n = H; t.k = l.kH; t.sel = hsel; t.st = e->st;
+      if (kv_sel) { t.flags = l.valid; t.flag_stride = e->maxT; }
+      k_topk_block<<<1, TOPK_BLOCK_THREADS, 0, s>>>(t);
+      if (kv_sel) launch_attention(e, s, l, hsel, l.kH);  // the kept heads over their own valid positions
+    }
+    ColsArgs c{};
+    c.WT = l.WoT; c.n_cols = d; c.n_rows = (hs ? l.kH : H) * hd; c.map = hs ? MAP_QKV : MAP_ID; c.sel = hsel; c.hd = hd;
+    c.in = e->att; c.bias = l.bo; c.y = e->x; c.counter = e->cols_counter; c.ln = lnout(l.ln2_g, l.ln2_b);
+    launch_cols(e, s, c);
+    // ---- MLP block: fc1 dense, then fc2 over the kM largest activations ----
+    RowsArgs f{};
+    f.W = l.W1; f.b = l.b1; f.K = d; f.n_out = ffn; f.x = e->xn; f.map = MAP_ID; f.y = e->h;
+    launch_rows<EPI_RELU>(e, s, f);
+    if (ns) {
+      TopkBlockArgs t{};
+      t.v = e->h; t.n = ffn; t.k = l.kM; t.sel = nsel; t.vals = o.vals;
+      k_topk_block<<<1, TOPK_BLOCK_THREADS, 0, s>>>(t);
+    }
+    ColsArgs c2{};
+    c2.WT = l.W2T; c2.n_cols = d; c2.n_rows = ns ? l.kM : ffn; c2.map = ns ? MAP_LIST : MAP_ID; c2.sel = nsel; c2.hd = hd;
+    c2.in = ns ? o.vals : e->h; c2.bias = l.b2; c2.y = e->x; c2.counter = e->cols_counter;
+    c2.ln = li + 1 < e->L ? lnout(e->layers[li + 1].ln1_g, e->layers[li + 1].ln1_b) : lnout(e->lnf_g, e->lnf_b);
+    launch_cols(e, s, c2);
+  }
+  RowsArgs a{};
+  a.W = e->lm; a.K = d; a.n_out = e->vocab; a.x = e->xn; a.map = MAP_ID; a.y = e->logits; a.st = e->st; a.maxT = e->maxT;
+  a.amax = e->amax; a.counter = e->lm_counter; a.tokens = e->tokens;
+  launch_rows<EPI_ARGMAX>(e, s, a);  // advances the position (the next token stays the forced one)
+  k_step_nll<<<1, PF_THREADS, 0, s>>>(e->logits, e->vocab, e->st, e->tokens, e->step_nll);
+  CK(cudaGetLastError());
+  return 0;
+}
+
+extern "C" {
+
+// Teacher-forced decode with the oracle's selections (above): `steps` steps from the current position, k per layer
+// from dj_set_k / dj_set_predictor (k = H / ffn: that block dense), the engine's KV policy; nll: host [steps], the NLL
+// of each forced next token (the prompt must reach pos + steps). Needs no dj_build.
+int dj_oracle_nll(void* ev, int steps, float* nll) {
+  Engine* e = (Engine*)ev;
+  if (!e->pre_ln || !e->final_ln || e->e_dim != e->d)
+    return fail("the oracle's decode takes pre-LayerNorm OPT with a final LayerNorm and no project_in/out, as the decode graphs");
+  int st[2];
+  CK(cudaMemcpy(st, e->st, sizeof st, cudaMemcpyDeviceToHost));
+  if (steps < 1 || st[0] + steps >= st[1])
+    return fail("oracle_nll: %d steps from position %d pass the forced tokens (prompt length %d)", steps, st[0], st[1]);
+  if (oracle_alloc(e) || attention_attrs()) return -1;
+  for (int i = 0; i < steps; i++)
+    if (oracle_step(e)) return -1;
+  CK(cudaMemcpyAsync(nll, e->step_nll + st[0], steps * sizeof(float), cudaMemcpyDeviceToHost, e->s0));
+  CK(cudaStreamSynchronize(e->s0));
+  CK(cudaGetLastError());
+  return 0;
+}
+
+// The oracle's picks of its last step in `layer`: kH heads and kM neurons (dj_set_k), ascending; 0..k-1 where that
+// block is dense.
+int dj_oracle_selection(void* ev, int layer, int* heads, int* neurons) {
+  Engine* e = (Engine*)ev;
+  if (layer < 0 || layer >= e->L) return fail("layer %d out of range", layer);
+  if (oracle_alloc(e)) return -1;
+  const Layer& l = e->layers[layer];
+  CK(cudaMemcpy(heads, e->orc.hsel + (size_t)layer * e->H, l.kH * sizeof(int), cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(neurons, e->orc.nsel + (size_t)layer * e->ffn, l.kM * sizeof(int), cudaMemcpyDeviceToHost));
   return 0;
 }
 

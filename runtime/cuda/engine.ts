@@ -130,6 +130,25 @@ export class CudaEngine {
     return nll;
   }
 
+  /**
+   * Teacher-forced decode with the oracle's selections (the CPU runtime's mode 'oracle', engine.cu dj_oracle_nll): in
+   * each layer whose k is below H / ffn, the k heads with the largest attention-output norm and the k largest
+   * activations, under the engine's KV policy; the NLL of each next token. Eager kernels: no build() needed.
+   */
+  oracleNll(steps: number): Float32Array {
+    const nll = new Float32Array(steps);
+    this.lib.oracleNll(this.h, steps, nll);
+    return nll;
+  }
+
+  /** The oracle's picks of its last step in `layer` (kH heads, kM neurons, ascending). */
+  oracleSelection(layer: number, kH: number, kM: number): { heads: Int32Array; neurons: Int32Array } {
+    const heads = new Int32Array(kH);
+    const neurons = new Int32Array(kM);
+    this.lib.oracleSelection(this.h, layer, heads, neurons);
+    return { heads, neurons };
+  }
+
   /** Collect's taps of one sequence (from position 0) for `layers`, computed during a prefill (see CudaLib.prefillTaps). */
   prefillTaps(ids: Int32Array, layers: number[]): { attIn: Uint16Array; mlpIn: Uint16Array; headNorm: Uint16Array; mlpActive: Uint8Array } {
     const { d, heads, ffn } = this.dims;

@@ -2,14 +2,16 @@
  * `dejavu eval ppl --device cuda`: perplexity on the GPU with exactly the engine `dejavu bench --device cuda` times.
  * Dense: the prefill (whole documents on tensor cores, packed into batches), the NLL reduced on the GPU (only one
  * float per token comes back). With a bundle, predicted: teacher-forced decode through the sparse CUDA graph, token by
- * token from position 0 (as runtime/sparse/ppl.ts does on the CPU), under the KV policy and MLP selection given.
+ * token from position 0 (as runtime/sparse/ppl.ts does on the CPU), under the KV policy and MLP selection given; and
+ * oracle: the same decode with the true top-k at the same k per layer (the CPU runtime's mode 'oracle', engine.cu
+ * dj_oracle_nll: eager kernels, not the timed graph), under the same KV policy.
  *
  * ppl = exp(total NLL / predicted tokens), each document scored as its ids[0..T) (BOS first), predicting ids[1..T).
  */
 import { DejavuError } from '../../common/errors.js';
 import { log, progressBar } from '../../common/progress.js';
 import type { CudaEngine, SparsityPlan } from './engine.js';
-import { MLP_SELECTIONS, KV_POLICIES, loadCudaLib, type CudaOptions } from './lib.js';
+import { MLP_SELECTIONS, KV_POLICIES, loadCudaLib, type CudaLib, type CudaOptions } from './lib.js';
 import { loadModelToGpu, type LoadStats } from './load.js';
 
 export interface PplFigure {
@@ -63,16 +65,19 @@ export function prefillPerplexity(eng: CudaEngine, docs: Int32Array[], batchToke
   return figure(nll, total, (performance.now() - t0) / 1000);
 }
 
-/** Perplexity by teacher-forced decode through a decode graph ('dense' or 'sparse'), one document at a time. */
-export function decodePerplexity(eng: CudaEngine, docs: Int32Array[], mode: 'dense' | 'sparse', quiet = false): PplFigure {
+/**
+ * Perplexity by teacher-forced decode, one document at a time: through a decode graph ('dense' or 'sparse'), or with
+ * the oracle's selections ('oracle', CudaEngine.oracleNll).
+ */
+export function decodePerplexity(eng: CudaEngine, docs: Int32Array[], mode: 'dense' | 'sparse' | 'oracle', quiet = false): PplFigure {
   const scored = docs.filter((d) => d.length >= 2);
   const total = scored.reduce((a, d) => a + d.length - 1, 0);
-  const bar = progressBar(`ppl ${mode === 'sparse' ? 'predicted' : 'dense'} (gpu decode)`, total, 'tok', quiet);
+  const bar = progressBar(`ppl ${mode === 'sparse' ? 'predicted' : mode} (gpu decode)`, total, 'tok', quiet);
   const t0 = performance.now();
   let nll = 0;
   for (const ids of scored) {
     eng.setPrompt(ids);
-    const rows = eng.decodeNll(mode, ids.length - 1);
+    const rows = mode === 'oracle' ? eng.oracleNll(ids.length - 1) : eng.decodeNll(mode, ids.length - 1);
     for (let r = 0; r < rows.length; r++) nll += rows[r];
     bar.increment(ids.length - 1);
   }
@@ -85,8 +90,11 @@ export interface CudaEvalOptions {
   docs: Int32Array[];
   maxLen: number;
   bundle?: string;
-  /** Modes with a bundle: dense (prefill) and predicted (sparse decode graph); dense alone without one. */
-  modes?: ('dense' | 'predicted' | 'decode-dense')[];
+  /**
+   * Modes with a bundle: dense (prefill), oracle (the true top-k at the bundle's k) and predicted (sparse decode
+   * graph), all three by default; dense alone without one.
+   */
+  modes?: ('dense' | 'oracle' | 'predicted' | 'decode-dense')[];
   kvPolicy?: CudaOptions['kvPolicy'];
   mlpSelect?: CudaOptions['selection'];
   path?: CudaOptions['path'];
@@ -95,6 +103,8 @@ export interface CudaEvalOptions {
   headsFrac?: number;
   batchTokens?: number;
   quiet?: boolean;
+  /** The loaded library (default: loadCudaLib()). */
+  lib?: CudaLib;
 }
 
 /** Load the model onto the GPU, score the documents, free the GPU. The result states its whole configuration. */
@@ -103,8 +113,9 @@ export async function runCudaPerplexity(o: CudaEvalOptions): Promise<Record<stri
   const selection = o.mlpSelect ?? 'exact';
   if (!KV_POLICIES.includes(kvPolicy)) throw new DejavuError(`'${kvPolicy}': expected all or selected`, '--kv-policy');
   if (!MLP_SELECTIONS.includes(selection)) throw new DejavuError(`'${selection}': expected exact or grouped`, '--mlp-select');
-  const modes = o.modes ?? (o.bundle ? ['dense', 'predicted'] : ['dense']);
-  if (modes.includes('predicted') && !o.bundle) throw new DejavuError('predicted perplexity needs --bundle', '--modes');
+  const modes = o.modes ?? (o.bundle ? ['dense', 'oracle', 'predicted'] : ['dense']);
+  for (const m of ['oracle', 'predicted'] as const)
+    if (modes.includes(m) && !o.bundle) throw new DejavuError(`${m} perplexity needs --bundle`, '--modes');
   const maxDoc = o.docs.reduce((a, d) => Math.max(a, d.length), 0);
   if (maxDoc < 2) throw new DejavuError('no predicted tokens (every document is empty or max-len is 1)', '--data');
   const batchTokens = o.batchTokens ?? Math.max(o.maxLen, 4096);
@@ -115,7 +126,7 @@ export async function runCudaPerplexity(o: CudaEvalOptions): Promise<Record<stri
     if (why) throw new DejavuError(why, o.bundle);
   }
 
-  const lib = await loadCudaLib();
+  const lib = o.lib ?? (await loadCudaLib());
   const info = lib.deviceInfo();
   log(`device: ${info.name} (${info.sms} SMs, ${(info.memBytes / 2 ** 30).toFixed(1)} GiB)`);
   const decodes = modes.some((m) => m !== 'dense');
@@ -138,7 +149,9 @@ export async function runCudaPerplexity(o: CudaEvalOptions): Promise<Record<stri
       const headsK = o.headsK ?? (o.headsFrac !== undefined ? Math.max(1, Math.round(o.headsFrac * dims.heads)) : undefined);
       plan = engine.applyBundle(b, { headsK, mlpK: o.mlpK });
     }
-    if (decodes) engine.build();
+    // The graphs serve predicted and decode-dense; the oracle's eager kernels need none.
+    const graphs = modes.includes('predicted') || modes.includes('decode-dense');
+    if (graphs) engine.build();
     const out: Record<string, unknown> = {
       device: info.name,
       model: o.model,
@@ -153,14 +166,25 @@ export async function runCudaPerplexity(o: CudaEvalOptions): Promise<Record<stri
     if (plan) {
       out.heads_k_per_layer = plan.kH;
       out.mlp_k_per_layer = plan.kM;
-      out.mlp_groups_per_layer = plan.kM.map((_, l) => engine.mlpGroups(l));
+      if (graphs) out.mlp_groups_per_layer = plan.kM.map((_, l) => engine.mlpGroups(l));
     }
     if (modes.includes('dense')) out.dense = { ...prefillPerplexity(engine, o.docs, batchTokens, o.quiet), batch_tokens: batchTokens };
     if (modes.includes('decode-dense')) out.decode_dense = decodePerplexity(engine, o.docs, 'dense', o.quiet);
+    if (modes.includes('oracle') && plan) {
+      // The true top-k over all heads / neurons (G = 1 whatever --mlp-select says), at the same k, same KV policy.
+      out.oracle = {
+        ...decodePerplexity(engine, o.docs, 'oracle', o.quiet),
+        kv_policy: kvPolicy,
+        selection: 'exact',
+        mlp_groups_per_layer: plan.kM.map(() => 1),
+      };
+    }
     if (modes.includes('predicted')) out.predicted = decodePerplexity(engine, o.docs, 'sparse', o.quiet);
     const dense = out.dense as PplFigure | undefined;
-    const pred = out.predicted as PplFigure | undefined;
-    if (dense && pred) out.predicted_vs_dense = Number((pred.ppl / dense.ppl - 1).toFixed(5));
+    for (const m of ['oracle', 'predicted'] as const) {
+      const f = out[m] as PplFigure | undefined;
+      if (dense && f) out[`${m}_vs_dense`] = Number((f.ppl / dense.ppl - 1).toFixed(5));
+    }
     return out;
   } finally {
     engine.destroy();

@@ -1030,6 +1030,71 @@ __global__ void __launch_bounds__(TOPK_THREADS) k_topk_select(TopkArgs a) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// The oracle's selections (engine.cu dj_oracle_nll; runtime/sparse/model.ts mode 'oracle'): the true top-k of a
+// layer's heads by the L2 norm of their attention output, and of its neurons by their ReLU activation.
+
+// norms[h] = ||att[h*hd .. h*hd + hd)||, one warp per head.
+__global__ void k_head_norms(const float* __restrict__ att, int H, int hd, float* __restrict__ norms) {
+  const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (h >= H) return;
+  float s = 0.f;
+  for (int i = lane; i < hd; i += 32) { const float v = att[h * hd + i]; s = fmaf(v, v, s); }
+  s = warp_sum(s);
+  if (lane == 0) norms[h] = sqrtf(s);
+}
+
+// Exact top-k of v[0..n) in one block with runtime/sparse/kernels.ts topK's rule, so the GPU oracle picks what the
+// CPU oracle picks: the k largest, ties at the threshold to the lower index, NaN lowest (as -inf), -0 equal to +0.
+// sel[0..k) in ascending index order; vals (optional) the picked values compacted, vals[j] = v[sel[j]] (the column
+// GEMV's input over a neuron list); flags (optional) flags[i * flag_stride + st[0]] = picked (KV policy selected:
+// only the kept heads' slots at this position stay valid). The threshold by radix passes over the keys (from L2),
+// then one ordered pass with block scans.
+constexpr int TOPK_BLOCK_THREADS = 1024;
+struct TopkBlockArgs {
+  const float* v;
+  int n, k;
+  int* sel;
+  float* vals;
+  uint8_t* flags;
+  int flag_stride;
+  const int* st;
+};
+__device__ __forceinline__ uint32_t oracle_key(float f) {
+  if (f != f) f = NEG_INF;
+  return f2key(f == 0.f ? 0.f : f);
+}
+__global__ void __launch_bounds__(TOPK_BLOCK_THREADS) k_topk_block(TopkBlockArgs a) {
+  __shared__ int hist[TOPK_HG][256];
+  __shared__ int tmp[33];
+  __shared__ int s_digit, s_rem;
+  const int tid = threadIdx.x;
+  if (tid == 0) s_rem = a.k;
+  uint32_t thr = 0, mask = 0;
+  const int shifts[4] = {24, 16, 8, 0};
+  auto key = [&](int i) { return oracle_key(__ldcg(a.v + i)); };
+  radix_passes(key, a.n, shifts, 4, thr, mask, hist, &s_digit, &s_rem);
+  const int take_eq = s_rem;  // keys equal to the threshold to take, lowest index first
+  const int pos = a.flags ? a.st[0] : 0;
+  int base = 0, eq_base = 0;
+  for (int i0 = 0; i0 < a.n; i0 += blockDim.x) {
+    const int i = i0 + tid;
+    const uint32_t kk = i < a.n ? key(i) : 0u;
+    const bool eq = i < a.n && kk == thr;
+    int eq_tot, tot;
+    const int eq_before = block_excl_scan(eq, tmp, &eq_tot);
+    const bool take = i < a.n && (kk > thr || (eq && eq_base + eq_before < take_eq));
+    const int at = block_excl_scan(take, tmp, &tot);
+    if (take) {
+      a.sel[base + at] = i;
+      if (a.vals) a.vals[base + at] = a.v[i];
+    }
+    if (a.flags && i < a.n) a.flags[(size_t)i * a.flag_stride + pos] = take;
+    base += tot;
+    eq_base += eq_tot;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Deterministic hash fill (random weights for shapes without a checkpoint): value = offset + scale * U(-1, 1).
 __device__ __forceinline__ uint32_t hash32(uint64_t x) {
   x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;

@@ -90,6 +90,14 @@ export interface CudaLib {
   /** Teacher-forced decode: `steps` steps of `mode` from the current position, the NLL of each forced next token. */
   decodeNll(h: unknown, mode: Mode, steps: number, nll: Float32Array): void;
   /**
+   * Teacher-forced decode with the oracle's selections (the CPU runtime's mode 'oracle': heads by the L2 norm of their
+   * attention output, neurons by their activation, k per layer from setK / setPredictor, the engine's KV policy):
+   * `steps` steps from the current position, the NLL of each forced next token. Eager kernels, no build needed.
+   */
+  oracleNll(h: unknown, steps: number, nll: Float32Array): void;
+  /** The oracle's picks of its last step in `layer` (kH heads, kM neurons, ascending). */
+  oracleSelection(h: unknown, layer: number, heads: Int32Array, neurons: Int32Array): void;
+  /**
    * Collect's taps of one sequence for `layers` during a prefill: att_in / mlp_in ([nl][n][d] fp16 bits), head norms
    * ([nl][n][H] fp16 bits), MLP activity bitmask ([nl][n][ceil(ffn/8)]); docs/shards.md.
    */
@@ -187,6 +195,8 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     memInfo: f('int dj_mem_info(_Out_ int64_t* free, _Out_ int64_t* total)'),
     prefill: f('int dj_prefill(void* e, const int* tokens, const int* lens, int nseq, float* nll, float* logits, int fill_kv)'),
     decodeNll: f('int dj_decode_nll(void* e, int mode, int steps, float* nll)'),
+    oracleNll: f('int dj_oracle_nll(void* e, int steps, float* nll)'),
+    oracleSelection: f('int dj_oracle_selection(void* e, int layer, int* heads, int* neurons)'),
     gemmMs: f('int dj_gemm_ms(void* e, int M, int N, int K, int reps, _Out_ float* ms)'),
     prefillTaps: f('int dj_prefill_taps(void* e, const int* tokens, int n, const int* layers, int nl, uint16_t* att_in, uint16_t* mlp_in, uint16_t* head_norm, uint8_t* mlp_active)'),
     setK: f('int dj_set_k(void* e, int layer, int kH, int kM)'),
@@ -254,6 +264,8 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
       ok('dj_prefill', c.prefill(h, tokens, lens, lens.length, out.nll ?? null, out.logits ?? null, fillKv ? 1 : 0));
     },
     decodeNll: (h, mode, steps, nll) => ok(`dj_decode_nll(${mode})`, c.decodeNll(h, MODE[mode], steps, nll)),
+    oracleNll: (h, steps, nll) => ok('dj_oracle_nll', c.oracleNll(h, steps, nll)),
+    oracleSelection: (h, layer, heads, neurons) => ok('dj_oracle_selection', c.oracleSelection(h, layer, heads, neurons)),
     prefillTaps: (h, ids, layers, o) =>
       ok('dj_prefill_taps', c.prefillTaps(h, ids, ids.length, layers, layers.length, o.attIn, o.mlpIn, o.headNorm, o.mlpActive)),
     gemmMs(h, m, n, k, reps) {

@@ -138,8 +138,8 @@ describe.skipIf(!HAVE_FIXTURES)('eval ppl --device cuda: refusals before any GPU
     await program.parseAsync(['node', 'dejavu', 'eval', 'ppl', '--model', MINI, '--data', C4_VALID_JSON, '--docs', '2', ...args]);
   };
   const bundle = join(REPO_ROOT, 'examples', 'opt-mini-bundle');
-  it('oracle runs on the CPU; the GPU picks G itself; one engine, no workers; CPU-only flags named', async () => {
-    await expect(run(['--device', 'cuda', '--bundle', bundle, '--modes', 'dense,oracle'])).rejects.toThrow(/oracle perplexity runs on the CPU/);
+  it('modes named; the GPU picks G itself; one engine, no workers; CPU-only flags named', async () => {
+    await expect(run(['--device', 'cuda', '--bundle', bundle, '--modes', 'dense,sparse'])).rejects.toThrow(/unknown mode 'sparse' \(dense, oracle, predicted\)/);
     await expect(run(['--device', 'cuda', '--bundle', bundle, '--mlp-groups', '8'])).rejects.toThrow(/the GPU picks G/);
     await expect(run(['--device', 'cuda', '--workers', '2'])).rejects.toThrow(/one engine/);
     await expect(run(['--device', 'cuda', '--backend', 'wasm'])).rejects.toThrow(/CPU prefill backend/);
