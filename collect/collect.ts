@@ -112,6 +112,13 @@ export interface CollectResult {
    * seconds). null when there is no such figure (no time recorded).
    */
   tokensPerSecond: number | null;
+  /**
+   * Seconds from this run's first document to its last shard committed (fsync'd) and the manifest written: the model
+   * load and set-up excluded (0 when the folder was already complete).
+   */
+  runSeconds: number;
+  /** Of runSeconds, the time spent waiting for the forward's rows (near 0: the writer, not the model, set the pace). */
+  forwardWaitSeconds: number;
 }
 
 export const DEFAULT_SHARD_TOKENS = 65536;
@@ -205,7 +212,7 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
       const manifest = buildManifest(ckpt, state);
       writeJsonAtomic(join(out, SHARD_MANIFEST_FILE), manifest);
       const tokensPerSecond = manifest.seconds > 0 ? Math.round((manifest.tokens / manifest.seconds) * 10) / 10 : null;
-      return { manifest, shardsWritten: 0, shardsResumed: done.length, tokensThisRun: 0, secondsThisRun: 0, alreadyComplete: true, tokensPerSecond };
+      return { manifest, shardsWritten: 0, shardsResumed: done.length, tokensThisRun: 0, secondsThisRun: 0, alreadyComplete: true, tokensPerSecond, runSeconds: 0, forwardWaitSeconds: 0 };
     }
     state.shards = [...done]; // a copy: `done` stays the list of shards kept from earlier runs
     state.complete = false;
@@ -271,8 +278,11 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     // are decided here, in order, so they do not depend on which thread finished first.
     type Job = { index: number; ordinal: number; T: number; rows: Promise<LayerRows[]> };
     const inflight: Job[] = [];
+    let waited = 0;
     const consume = async (job: Job) => {
+      const tw = performance.now();
       const rows = await job.rows;
+      waited += performance.now() - tw;
       const T = job.T;
       if (cur && cur.rows + T > shardTokens) {
         closeShard(job.ordinal);
@@ -337,6 +347,8 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
       secondsThisRun,
       alreadyComplete: false,
       tokensPerSecond: secondsThisRun > 0 ? Math.round((tokensRun / secondsThisRun) * 10) / 10 : null,
+      runSeconds: (performance.now() - tRun) / 1000,
+      forwardWaitSeconds: waited / 1000,
     };
   } catch (e) {
     for (const w of writers) w.abort();

@@ -15,6 +15,7 @@ import type { ShardDims } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
 import { workerEnv } from '../common/progress.js';
 import { forwardRows, type LayerRows } from './doc-rows.js';
+import type { TapRows } from '../runtime/cuda/lib.js';
 
 export interface WorkerData {
   modelDir: string;
@@ -36,6 +37,10 @@ export interface DocForward {
   readonly parallel: number;
   /** e.g. "2 worker threads x tfjs-wasm (simd, 1 thread)". */
   readonly describe: string;
+  /**
+   * One document's rows per collected layer. They may be views into buffers the forward reuses (the GPU's pinned
+   * slots): valid until the 2 x parallel-th later call, by which time collect has consumed them.
+   */
   rows(ids: Int32Array): Promise<LayerRows[]>;
   close(): Promise<void>;
 }
@@ -62,38 +67,63 @@ export async function inThreadForward(ckpt: OptCheckpoint, layers: number[], dim
   };
 }
 
+/** The GPU a cuda forward runs on, and the memory it holds once set up (cudaMemGetInfo: total - free). */
+export interface GpuInfo {
+  name: string;
+  memory_used_bytes: number;
+  memory_total_bytes: number;
+}
+
 /**
  * The GPU: the model streamed to it in fp16 (runtime/cuda/load.ts) and each document's taps computed during a CUDA
- * prefill (engine.cu dj_prefill_taps). Returns the forward and the model's identity (its fingerprint as the CPU
+ * prefill, two documents in flight (runtime/cuda/taps.ts): the taps land in pinned host slots while the next document
+ * computes, and the rows are views of a slot. Returns the forward and the model's identity (its fingerprint as the CPU
  * loader computes it), so the main thread never holds fp32 weights.
  */
-export async function cudaForward(modelDir: string, layers: number[], dims: ShardDims, maxLen: number): Promise<{ forward: DocForward; model: ModelInfo }> {
+export async function cudaForward(
+  modelDir: string,
+  layers: number[],
+  dims: ShardDims,
+  maxLen: number,
+): Promise<{ forward: DocForward; model: ModelInfo; gpu: GpuInfo }> {
   if (dims.topK > 0) throw new DejavuError('--mlp-topk is computed on the CPU path only; drop it or use --device cpu', '--mlp-topk');
   const { loadCudaLib } = await import('../runtime/cuda/lib.js');
   const { loadModelToGpu } = await import('../runtime/cuda/load.js');
+  const { TapsPipeline } = await import('../runtime/cuda/taps.js');
   const lib = await loadCudaLib();
   const info = lib.deviceInfo();
   const { engine, model } = await loadModelToGpu(lib, modelDir, { maxT: 1, prefillTokens: maxLen });
-  const nb = Math.ceil(dims.ffnDim / 8);
+  let taps: InstanceType<typeof TapsPipeline>;
+  try {
+    taps = new TapsPipeline(engine, layers, maxLen);
+  } catch (e) {
+    engine.destroy();
+    throw e;
+  }
+  const mem = lib.memInfo();
   const forward: DocForward = {
     parallel: 1,
-    describe: `CUDA prefill on ${info.name} (fp16 weights, fp32 accumulation)`,
-    rows: async (ids) => {
-      const T = ids.length;
-      const t = engine.prefillTaps(ids, layers);
-      const { dModel: d, nHeads: H } = dims;
-      return layers.map((_, i) => ({
-        attIn: t.attIn.slice(i * T * d, (i + 1) * T * d),
-        mlpIn: t.mlpIn.slice(i * T * d, (i + 1) * T * d),
-        headNorm: t.headNorm.slice(i * T * H, (i + 1) * T * H),
-        mlpActive: t.mlpActive.slice(i * T * nb, (i + 1) * T * nb),
-        topkVal: new Uint16Array(0),
-        topkIdx: new Int32Array(0),
-      }));
-    },
+    describe: `CUDA prefill on ${info.name} (fp16 weights, fp32 accumulation; taps to pinned memory, two documents in flight)`,
+    rows: async (ids) => tapRowsByLayer(await taps.rows(ids), layers.length, dims),
     close: async () => engine.destroy(),
   };
-  return { forward, model };
+  const gpu = { name: info.name, memory_used_bytes: mem.totalBytes - mem.freeBytes, memory_total_bytes: mem.totalBytes };
+  return { forward, model, gpu };
+}
+
+/** One document's taps, [nl][n][...], as collect's per-layer rows (views, no copy). */
+export function tapRowsByLayer(t: TapRows, nl: number, dims: ShardDims): LayerRows[] {
+  const T = t.n;
+  const { dModel: d, nHeads: H } = dims;
+  const nb = Math.ceil(dims.ffnDim / 8);
+  return Array.from({ length: nl }, (_, i) => ({
+    attIn: t.attIn.subarray(i * T * d, (i + 1) * T * d),
+    mlpIn: t.mlpIn.subarray(i * T * d, (i + 1) * T * d),
+    headNorm: t.headNorm.subarray(i * T * H, (i + 1) * T * H),
+    mlpActive: t.mlpActive.subarray(i * T * nb, (i + 1) * T * nb),
+    topkVal: new Uint16Array(0),
+    topkIdx: new Int32Array(0),
+  }));
 }
 
 /** `n` worker threads, each loading the model folder itself. */

@@ -6,7 +6,8 @@ import { parseIntFlag } from '../args.js';
 interface Flags {
   model: string;
   data: string[];
-  out: string;
+  out?: string;
+  dryRun?: boolean;
   docs?: string;
   sample?: string;
   seed?: string;
@@ -46,7 +47,7 @@ export function register(program: Command): void {
     .description('run C4 documents through the model and write per-layer Arrow shards (docs/shards.md)')
     .requiredOption('--model <dir>', 'Hugging Face OPT model folder')
     .requiredOption('--data <paths...>', 'C4 files (json.gz, jsonl, parquet), folders or globs')
-    .requiredOption('--out <dir>', 'output folder (resumed when rerun with the same arguments)')
+    .option('--out <dir>', 'output folder (resumed when rerun with the same arguments); required unless --dry-run')
     .option('--docs <n>', 'the first N documents in file order')
     .option('--sample <n>', 'a seeded random sample of N documents (read in file order)')
     .option('--seed <s>', 'seed for --sample', '0')
@@ -57,6 +58,7 @@ export function register(program: Command): void {
     .option('--workers <n>', 'forward threads, one document each (default and upper bound: the cores, and as many model copies as memory holds; the rows do not depend on it)')
     .option('--device <d>', 'cpu (default: worker threads) or cuda (the GPU engine: weights streamed to the GPU in fp16, the taps computed during its prefill; same shards)', 'cpu')
     .option('--force', 'replace an output folder collected from another model or with other arguments')
+    .option('--dry-run', 'run the forward with its taps over the documents and write nothing: the tokens/s of the model side alone (to compare with the disk)')
     .option('--json', 'print one JSON object on stdout')
     .action(async (f: Flags) => {
       const { collect, DEFAULT_MAX_LEN } = await import('../../collect/collect.js');
@@ -74,21 +76,41 @@ export function register(program: Command): void {
       const workers = f.device === 'cuda'
         ? f.workers !== undefined ? parseIntFlag(f.workers, '--workers') : undefined
         : await workerCount(f.model, maxLen, f.workers !== undefined ? parseIntFlag(f.workers, '--workers') : undefined);
-      const r = await collect({
+      const common = {
         model: f.model,
         data: f.data,
-        out: f.out,
         docs: f.docs !== undefined ? parseIntFlag(f.docs, '--docs') : undefined,
         sample: f.sample !== undefined ? parseIntFlag(f.sample, '--sample') : undefined,
         seed: f.sample !== undefined ? parseIntFlag(f.seed ?? '0', '--seed', 0) : undefined,
         maxLen,
         layers: f.layers,
-        shardTokens: parseIntFlag(f.shardTokens, '--shard-tokens'),
         mlpTopk: parseIntFlag(f.mlpTopk, '--mlp-topk', 0),
-        force: f.force,
         workers,
         device: f.device as 'cpu' | 'cuda',
         quiet: false,
+      };
+      if (f.dryRun) {
+        const { DejavuError } = await import('../../common/errors.js');
+        if (f.out !== undefined || f.force) throw new DejavuError('a dry run writes nothing; drop --out and --force', '--dry-run');
+        const { collectDryRun } = await import('../../collect/dry-run.js');
+        const r = await collectDryRun(common);
+        const summary = `dry run: ${r.docs} docs, ${r.tokens} tokens through ${r.forward} in ${r.seconds.toFixed(1)} s: ` +
+          `${Math.round(r.tokens_per_second)} tok/s (load ${r.load_seconds.toFixed(1)} s; nothing written)`;
+        if (f.json) {
+          log(summary);
+          console.log(JSON.stringify(r));
+        } else process.stdout.write(summary + '\n');
+        return;
+      }
+      if (f.out === undefined) {
+        const { DejavuError } = await import('../../common/errors.js');
+        throw new DejavuError("required option '--out <dir>' not specified", '--out');
+      }
+      const r = await collect({
+        ...common,
+        out: f.out,
+        shardTokens: parseIntFlag(f.shardTokens, '--shard-tokens'),
+        force: f.force,
       });
       const m = r.manifest;
       const rate = r.tokensPerSecond === null ? 'no time recorded' : `${Math.round(r.tokensPerSecond)} tok/s`;
@@ -127,6 +149,9 @@ export function register(program: Command): void {
             bytes_per_token_by_layer: m.bytes_per_token_by_layer,
             bound_bytes_per_token_per_layer: m.bound_bytes_per_token_per_layer,
             tokens_per_second: r.tokensPerSecond,
+            run_seconds: Math.round(r.runSeconds * 1000) / 1000,
+            run_tokens_per_second: r.runSeconds > 0 ? Math.round((r.tokensThisRun / r.runSeconds) * 10) / 10 : null,
+            forward_wait_seconds: Math.round(r.forwardWaitSeconds * 1000) / 1000,
             already_complete: r.alreadyComplete,
             shards_resumed: r.shardsResumed,
             skipped_lines: m.skipped_lines,

@@ -859,14 +859,27 @@ static void test_prefill(bool pre, int ed, bool untied, bool final_ln, int dtype
   }
   expect("  logits of 3 packed sequences (37, 1, 20 tokens) vs CPU", logits, ref_logits);
   expect("  per-token NLL vs CPU", got_nll, ref_nll, 2e-3);
-  {  // collect's taps of the first sequence, layers {1, 0} (any order), against the reference's
+  {  // collect's taps of the first sequence, layers {1, 0} (any order), against the reference's. Pipelined as collect
+     // runs them: the third sequence goes into slot 0 and the first into slot 1 before either is waited for, then
+     // slot 0 is refilled with the second (the first stays in slot 1 meanwhile).
     const int n = lens[0], nb = (ffn + 7) / 8, H = m.H;
     std::vector<int> ids(toks.begin(), toks.begin() + n);
     m.forward(ids);
     const int tl[2] = {1, 0};
-    std::vector<uint16_t> att((size_t)2 * n * d), mlp((size_t)2 * n * d), hn((size_t)2 * n * H);
-    std::vector<uint8_t> bits((size_t)2 * n * nb);
-    API_OK(dj_prefill_taps(e, ids.data(), n, tl, 2, att.data(), mlp.data(), hn.data(), bits.data()));
+    API_OK(dj_taps_open(e, tl, 2, n));
+    expect_true("  taps: a sequence past the opened length refused", dj_taps_begin(e, 0, toks.data(), n + 1) != 0);
+    const std::vector<int> third(toks.begin() + n + lens[1], toks.end());
+    API_OK(dj_taps_begin(e, 0, third.data(), (int)third.size()));
+    API_OK(dj_taps_begin(e, 1, ids.data(), n));
+    DjTaps w0{}, w1{};
+    API_OK(dj_taps_wait(e, 0, &w0));
+    expect_true("  taps slot 0: the third sequence's length", w0.n == (int)third.size());
+    API_OK(dj_taps_begin(e, 0, toks.data() + n, lens[1]));
+    API_OK(dj_taps_wait(e, 1, &w1));
+    API_OK(dj_taps_wait(e, 0, &w0));
+    expect_true("  taps slot 0 refilled: the second sequence's length", w0.n == lens[1]);
+    const uint16_t *att = w1.att_in, *mlp = w1.mlp_in, *hn = w1.head_norm;
+    const uint8_t* bits = w1.mlp_active;
     auto h2f = [](uint16_t b) { __half h; memcpy(&h, &b, 2); return __half2float(h); };
     std::vector<float> ga, gm, gh;
     std::vector<double> ra, rm, rh;

@@ -169,9 +169,20 @@ struct Engine {
     __half *a16 = nullptr, *q16 = nullptr, *k16 = nullptr, *v16 = nullptr, *o16 = nullptr, *h16 = nullptr,
            *p16 = nullptr;
     int *tok = nullptr, *pos = nullptr, *tgt = nullptr;
-    __half *tap_att = nullptr, *tap_mlp = nullptr, *tap_hn = nullptr;  // collect taps of one layer
-    uint8_t* tap_bits = nullptr;
   } pf;
+  // Collect's taps (dj_taps_*): the copy stream moves a tapped layer's taps to pinned host memory while the next layer
+  // computes (two device tap sets, alternating), into one of two host slots, so the caller writes one sequence's
+  // rows while the next one runs.
+  struct Taps {
+    std::vector<int> layers;  // collected layers, in output order
+    int cap = 0;              // tokens per sequence at most
+    __half *att[2] = {}, *mlp[2] = {}, *hn[2] = {};
+    uint8_t* bits[2] = {};
+    void* host[2] = {};       // pinned: att_in | mlp_in | head_norm | mlp_active, sections of [nl][cap][...]
+    int n[2] = {};            // tokens of the sequence in each slot (0: none yet)
+    cudaStream_t cs = nullptr;
+    cudaEvent_t ready[2] = {}, freed[2] = {}, done[2] = {};
+  } tp;
 };
 
 static void fill_h(__half* p, size_t n, uint64_t seed, float scale, float off) {
@@ -188,6 +199,19 @@ static int dalloc(Engine* e, T** p, size_t n) {
   e->allocs.push_back(v);
   *p = (T*)v;
   return 0;
+}
+
+// Collect's taps buffers (dj_taps_open), after the work that uses them has finished.
+static void taps_free(Engine* e) {
+  auto& t = e->tp;
+  if (t.cs) cudaStreamSynchronize(t.cs);
+  for (int i = 0; i < 2; i++) {
+    cudaFree(t.att[i]); cudaFree(t.mlp[i]); cudaFree(t.hn[i]); cudaFree(t.bits[i]);
+    cudaFreeHost(t.host[i]);
+    if (t.ready[i]) { cudaEventDestroy(t.ready[i]); cudaEventDestroy(t.freed[i]); cudaEventDestroy(t.done[i]); }
+  }
+  if (t.cs) cudaStreamDestroy(t.cs);
+  t = Engine::Taps{};
 }
 
 extern "C" {
@@ -337,6 +361,7 @@ int dj_destroy(void* ev) {
   for (auto v : e->evs) cudaEventDestroy(v);
   for (void* v : e->allocs) cudaFree(v);
   for (void* v : e->pf.allocs) cudaFree(v);
+  taps_free(e);
   cudaFree(e->stage);
   blas_close(e->blas);
   cudaStreamDestroy(e->s0);
@@ -1499,13 +1524,14 @@ static int pf_reserve(Engine* e, int T, int n) {
   if (T <= p.cap_T && n <= p.cap_n) return 0;
   T = std::max(T, p.cap_T);
   n = std::max(n, p.cap_n);
+  CK(cudaDeviceSynchronize());  // queued taps sequences may still use the old workspace
   for (void* v : p.allocs) cudaFree(v);
   p.allocs.clear();
   p = Engine::Prefill{};
   const size_t d = e->d, ffn = e->ffn, V = e->vocab, hg = pf_heads_per_group(e, n), R = std::min(T, PF_LM_ROWS);
   const size_t wide = std::max({3 * d, ffn, (size_t)e->e_dim});
   const double need = 4.0 * T * d + 4.0 * T * wide + 2.0 * T * d * 5 + 2.0 * T * ffn + 6.0 * hg * n * n + 4.0 * R * V +
-                      4.0 * T * 4 + T * (4.0 * d + 2.0 * e->H + (ffn + 7) / 8);
+                      4.0 * T * 4;
   size_t free_b = 0, total_b = 0;
   CK(cudaMemGetInfo(&free_b, &total_b));
   if (need > (double)free_b)
@@ -1521,8 +1547,7 @@ static int pf_reserve(Engine* e, int T, int n) {
   if (al(&p.x, (size_t)T * d) || al(&p.y, (size_t)T * wide) || al(&p.a16, (size_t)T * d) || al(&p.q16, (size_t)T * d) ||
       al(&p.k16, (size_t)T * d) || al(&p.v16, (size_t)T * d) || al(&p.o16, (size_t)T * d) || al(&p.h16, (size_t)T * ffn) ||
       al(&p.S, hg * n * n) || al(&p.p16, hg * n * n) || al(&p.logits, R * V) || al(&p.nll, (size_t)T) ||
-      al(&p.tok, (size_t)T) || al(&p.pos, (size_t)T) || al(&p.tgt, (size_t)T) || al(&p.tap_att, (size_t)T * d) ||
-      al(&p.tap_mlp, (size_t)T * d) || al(&p.tap_hn, (size_t)T * e->H) || al(&p.tap_bits, (size_t)T * ((ffn + 7) / 8)))
+      al(&p.tok, (size_t)T) || al(&p.pos, (size_t)T) || al(&p.tgt, (size_t)T))
     return -1;
   p.cap_T = T; p.cap_n = n; p.cap_R = (int)R;
   return 0;
@@ -1534,16 +1559,19 @@ static int pf_reserve(Engine* e, int T, int n) {
     if (s_ != 0) return fail("%s:%d cuBLAS status %d", __FILE__, __LINE__, s_); \
   } while (0)
 
-// Host outputs of collect's taps for the layers in `layers` (one sequence), each [nl][T][...] (docs/shards.md).
-struct PfTaps {
-  const int* layers = nullptr;
-  int nl = 0;
-  uint16_t *att_in = nullptr, *mlp_in = nullptr, *head_norm = nullptr;
-  uint8_t* mlp_active = nullptr;
-};
+// Host sections of a taps slot: att_in, mlp_in, head_norm, mlp_active, each [nl][cap][...] (a sequence of n tokens
+// fills the first nl * n rows of each, [nl][n][...]).
+static size_t taps_section(const Engine* e, int which) {
+  const size_t rows = e->tp.layers.size() * (size_t)e->tp.cap, d = e->d, H = e->H;
+  const size_t bytes[4] = {rows * d * 2, rows * d * 2, rows * H * 2, rows * ((e->ffn + 7) / 8)};
+  size_t o = 0;
+  for (int i = 0; i < which; i++) o += bytes[i];
+  return o;
+}
 
+// tap_slot >= 0: one sequence whose taps go to that host slot (dj_taps_begin); returns once its work is queued.
 static int pf_forward(Engine* e, int T, const int* lens, int nseq, bool fill_kv, float* nll_out, float* logits_out,
-                      const PfTaps* taps = nullptr) {
+                      int tap_slot = -1) {
   auto& p = e->pf;
   const int d = e->d, H = e->H, hd = e->hd, ffn = e->ffn, V = e->vocab, ed = e->e_dim;
   const cudaStream_t s = e->s0;
@@ -1562,13 +1590,19 @@ static int pf_forward(Engine* e, int T, const int* lens, int nseq, bool fill_kv,
   }
   CK(cudaGetLastError());
   const int nb = (ffn + 7) / 8;
+  auto& tp = e->tp;
+  const int nl = tap_slot >= 0 ? (int)tp.layers.size() : 0;
   int last_tap = -1;  // the model runs only as far as the last tapped layer when collecting
-  if (taps) for (int i = 0; i < taps->nl; i++) last_tap = std::max(last_tap, taps->layers[i]);
+  for (int i = 0; i < nl; i++) last_tap = std::max(last_tap, tp.layers[i]);
+  int set = 0;        // the device tap set of this layer (alternating, so a copy overlaps the next tapped layer)
   for (int li = 0; li < e->L; li++) {
     Layer& l = e->layers[li];
     int slot = -1;
-    if (taps) for (int i = 0; i < taps->nl; i++) if (taps->layers[i] == li) slot = i;
-    if (slot >= 0) k_pf_to_half<<<ew_grid((size_t)T * d), 256, 0, s>>>(p.x, (size_t)T * d, p.tap_att);
+    for (int i = 0; i < nl; i++) if (tp.layers[i] == li) slot = i;
+    if (slot >= 0) {
+      CK(cudaStreamWaitEvent(s, tp.freed[set], 0));  // the copy out of this set, two tapped layers ago, is done
+      k_pf_to_half<<<ew_grid((size_t)T * d), 256, 0, s>>>(p.x, (size_t)T * d, tp.att[set]);
+    }
     // Attention block.
     BK(blas_gemm(b, T, 3 * d, d, p.a16, d, l.Wqkv, true, p.y, CUDA_R_32F, 3 * d));
     k_pf_qkv<<<ew_grid((size_t)T * d), 256, 0, s>>>(p.y, l.bqkv, T, d, hd, 1.f / sqrtf((float)hd), p.q16, p.k16, p.v16,
@@ -1593,20 +1627,25 @@ static int pf_forward(Engine* e, int T, const int* lens, int nseq, bool fill_kv,
                           Blas::COMPUTE_32F, Blas::ALGO_DEFAULT));
       }
     }
-    if (slot >= 0) k_pf_head_norm<<<(unsigned)(((size_t)T * H + 255) / 256), 256, 0, s>>>(p.o16, T, H, hd, p.tap_hn);
+    if (slot >= 0) k_pf_head_norm<<<(unsigned)(((size_t)T * H + 255) / 256), 256, 0, s>>>(p.o16, T, H, hd, tp.hn[set]);
     BK(blas_gemm(b, T, d, d, p.o16, d, l.WoT, false, p.y, CUDA_R_32F, d));
     k_pf_residual<<<rowsT, PF_THREADS, 0, s>>>(p.x, p.y, l.bo, d, e->pre_ln ? nullptr : l.ln1_g, l.ln1_b,
                                                e->pre_ln ? l.ln2_g : nullptr, l.ln2_b, e->eps, p.a16);
-    if (slot >= 0) k_pf_to_half<<<ew_grid((size_t)T * d), 256, 0, s>>>(p.x, (size_t)T * d, p.tap_mlp);
+    if (slot >= 0) k_pf_to_half<<<ew_grid((size_t)T * d), 256, 0, s>>>(p.x, (size_t)T * d, tp.mlp[set]);
     // MLP block.
     BK(blas_gemm(b, T, ffn, d, p.a16, d, l.W1, true, p.y, CUDA_R_32F, ffn));
     if (slot >= 0) {
-      k_pf_active_bits<<<(unsigned)(((size_t)T * nb + 255) / 256), 256, 0, s>>>(p.y, l.b1, T, ffn, p.tap_bits);
+      k_pf_active_bits<<<(unsigned)(((size_t)T * nb + 255) / 256), 256, 0, s>>>(p.y, l.b1, T, ffn, tp.bits[set]);
+      CK(cudaEventRecord(tp.ready[set], s));
+      CK(cudaStreamWaitEvent(tp.cs, tp.ready[set], 0));
+      char* host = (char*)tp.host[tap_slot];
       const size_t o = (size_t)slot * T;
-      CK(cudaMemcpyAsync(taps->att_in + o * d, p.tap_att, (size_t)T * d * 2, cudaMemcpyDeviceToHost, s));
-      CK(cudaMemcpyAsync(taps->mlp_in + o * d, p.tap_mlp, (size_t)T * d * 2, cudaMemcpyDeviceToHost, s));
-      CK(cudaMemcpyAsync(taps->head_norm + o * H, p.tap_hn, (size_t)T * H * 2, cudaMemcpyDeviceToHost, s));
-      CK(cudaMemcpyAsync(taps->mlp_active + o * nb, p.tap_bits, (size_t)T * nb, cudaMemcpyDeviceToHost, s));
+      CK(cudaMemcpyAsync(host + taps_section(e, 0) + o * d * 2, tp.att[set], (size_t)T * d * 2, cudaMemcpyDeviceToHost, tp.cs));
+      CK(cudaMemcpyAsync(host + taps_section(e, 1) + o * d * 2, tp.mlp[set], (size_t)T * d * 2, cudaMemcpyDeviceToHost, tp.cs));
+      CK(cudaMemcpyAsync(host + taps_section(e, 2) + o * H * 2, tp.hn[set], (size_t)T * H * 2, cudaMemcpyDeviceToHost, tp.cs));
+      CK(cudaMemcpyAsync(host + taps_section(e, 3) + o * nb, tp.bits[set], (size_t)T * nb, cudaMemcpyDeviceToHost, tp.cs));
+      CK(cudaEventRecord(tp.freed[set], tp.cs));
+      set ^= 1;
     }
     k_pf_bias_relu<<<ew_grid((size_t)T * ffn), 256, 0, s>>>(p.y, l.b1, T, ffn, p.h16);
     BK(blas_gemm(b, T, d, ffn, p.h16, ffn, l.W2T, false, p.y, CUDA_R_32F, d));
@@ -1616,8 +1655,8 @@ static int pf_forward(Engine* e, int T, const int* lens, int nseq, bool fill_kv,
     k_pf_residual<<<rowsT, PF_THREADS, 0, s>>>(p.x, p.y, l.b2, d, e->pre_ln ? nullptr : l.ln2_g, l.ln2_b, og, ob, e->eps,
                                                p.a16);
     CK(cudaGetLastError());
-    if (taps && li == last_tap) {  // collect needs nothing past its last layer, not even the LM head
-      CK(cudaStreamSynchronize(s));
+    if (li == last_tap) {  // collect needs nothing past its last layer, not even the LM head
+      CK(cudaEventRecord(tp.done[tap_slot], tp.cs));
       return 0;
     }
   }
@@ -1711,29 +1750,88 @@ int dj_gemm_ms(void* ev, int M, int N, int K, int reps, float* ms) {
   return done(0);
 }
 
-// Collect's taps of one sequence (`n` tokens from position 0) for `layers` (nl of them, ascending or not): att_in and
-// mlp_in (fp16 bits, [nl][n][d]), each head's attention-output L2 norm (fp16 bits, [nl][n][H]) and the MLP activity
-// bitmask ([nl][n][ceil(ffn/8)], LSB first), as docs/shards.md defines them; computed during the prefill.
-int dj_prefill_taps(void* ev, const int* tokens, int n, const int* layers, int nl, uint16_t* att_in, uint16_t* mlp_in,
-                    uint16_t* head_norm, uint8_t* mlp_active) {
+// Collect's taps, pipelined. dj_taps_open fixes the collected layers (any order) and the longest sequence, and
+// allocates two pinned host slots. dj_taps_begin queues one sequence (`n` tokens from position 0) into a slot and
+// returns at once: the prefill runs as far as the last collected layer, and each tapped layer's taps are copied to
+// the slot on a copy stream while the next layer computes. dj_taps_wait waits for a slot and points `out` at its
+// rows: att_in and mlp_in (fp16 bits, [nl][n][d]), each head's attention-output L2 norm (fp16 bits, [nl][n][H]) and
+// the MLP activity bitmask ([nl][n][ceil(ffn/8)], LSB first), as docs/shards.md defines them. A slot's rows stay
+// valid until the next dj_taps_begin into that slot: the caller writes one slot while the other computes.
+struct DjTaps {
+  const uint16_t *att_in, *mlp_in, *head_norm;
+  const uint8_t* mlp_active;
+  int n;
+};
+
+int dj_taps_open(void* ev, const int* layers, int nl, int max_tokens) {
   Engine* e = (Engine*)ev;
-  if (n < 1 || n > e->maxpos) return fail("taps: %d tokens (1..%d)", n, e->maxpos);
   if (nl < 1) return fail("taps: no layers");
+  if (max_tokens < 1 || max_tokens > e->maxpos) return fail("taps: %d tokens per sequence (1..%d)", max_tokens, e->maxpos);
   for (int i = 0; i < nl; i++) if (layers[i] < 0 || layers[i] >= e->L) return fail("taps: layer %d out of range", layers[i]);
-  for (int i = 0; i < n; i++) if (tokens[i] < 0 || tokens[i] >= e->vocab) return fail("taps: token %d out of range", tokens[i]);
+  taps_free(e);
   const std::string why = blas_open(e->blas, e->s0);
   if (!why.empty()) return fail("%s", why.c_str());
-  if (pf_reserve(e, n, n)) return -1;
-  std::vector<int> pos(n), tgt(n, -1);
+  if (pf_reserve(e, max_tokens, max_tokens)) return -1;  // reserved once: no workspace reallocation mid-pipeline
+  auto& t = e->tp;
+  t.layers.assign(layers, layers + nl);
+  t.cap = max_tokens;
+  const size_t T = max_tokens, d = e->d, H = e->H, nb = (e->ffn + 7) / 8;
+  for (int i = 0; i < 2; i++) {
+    if (cudaMalloc(&t.att[i], T * d * 2) != cudaSuccess || cudaMalloc(&t.mlp[i], T * d * 2) != cudaSuccess ||
+        cudaMalloc(&t.hn[i], T * H * 2) != cudaSuccess || cudaMalloc(&t.bits[i], T * nb) != cudaSuccess) {
+      taps_free(e);
+      return fail("taps: out of GPU memory for the tap buffers of %d tokens", max_tokens);
+    }
+    if (cudaHostAlloc(&t.host[i], taps_section(e, 4), cudaHostAllocDefault) != cudaSuccess) {
+      const double gb = taps_section(e, 4) / 1e9;
+      taps_free(e);
+      return fail("taps: cannot pin %.2f GB of host memory for a slot (%d layers x %d tokens)", gb, nl, max_tokens);
+    }
+    CK(cudaEventCreateWithFlags(&t.ready[i], cudaEventDisableTiming));
+    CK(cudaEventCreateWithFlags(&t.freed[i], cudaEventDisableTiming));
+    CK(cudaEventCreateWithFlags(&t.done[i], cudaEventDisableTiming));
+  }
+  CK(cudaStreamCreateWithFlags(&t.cs, cudaStreamNonBlocking));
+  return 0;
+}
+
+int dj_taps_begin(void* ev, int slot, const int* tokens, int n) {
+  Engine* e = (Engine*)ev;
+  auto& t = e->tp;
+  if (!t.cs) return fail("taps: dj_taps_open first");
+  if (slot < 0 || slot > 1) return fail("taps: slot %d (0 or 1)", slot);
+  if (n < 1 || n > t.cap) return fail("taps: %d tokens (1..%d, as opened)", n, t.cap);
+  for (int i = 0; i < n; i++) if (tokens[i] < 0 || tokens[i] >= e->vocab) return fail("taps: token %d out of range", tokens[i]);
+  std::vector<int> pos(n);
   for (int i = 0; i < n; i++) pos[i] = i;
   auto& p = e->pf;
+  // Pageable sources: the copies are staged before these calls return, so the vectors may go.
   CK(cudaMemcpyAsync(p.tok, tokens, n * sizeof(int), cudaMemcpyHostToDevice, e->s0));
   CK(cudaMemcpyAsync(p.pos, pos.data(), n * sizeof(int), cudaMemcpyHostToDevice, e->s0));
-  CK(cudaMemcpyAsync(p.tgt, tgt.data(), n * sizeof(int), cudaMemcpyHostToDevice, e->s0));
-  PfTaps t;
-  t.layers = layers; t.nl = nl; t.att_in = att_in; t.mlp_in = mlp_in; t.head_norm = head_norm; t.mlp_active = mlp_active;
+  t.n[slot] = 0;
   const int lens[1] = {n};
-  return pf_forward(e, n, lens, 1, false, nullptr, nullptr, &t);
+  if (pf_forward(e, n, lens, 1, false, nullptr, nullptr, slot)) return -1;
+  t.n[slot] = n;
+  return 0;
+}
+
+// out may be null: only wait (the binding waits off the main thread first, then calls again for the rows, since
+// dj_last_error is per thread).
+int dj_taps_wait(void* ev, int slot, DjTaps* out) {
+  Engine* e = (Engine*)ev;
+  auto& t = e->tp;
+  if (!t.cs || slot < 0 || slot > 1 || t.n[slot] == 0) return fail("taps: slot %d holds no sequence", slot);
+  CK(cudaEventSynchronize(t.done[slot]));
+  CK(cudaGetLastError());
+  if (out) {
+    const char* h = (const char*)t.host[slot];
+    out->att_in = (const uint16_t*)(h + taps_section(e, 0));
+    out->mlp_in = (const uint16_t*)(h + taps_section(e, 1));
+    out->head_norm = (const uint16_t*)(h + taps_section(e, 2));
+    out->mlp_active = (const uint8_t*)(h + taps_section(e, 3));
+    out->n = t.n[slot];
+  }
+  return 0;
 }
 
 // Teacher-forced decode: `steps` replays of mode's graph from the current position, each followed by the NLL of the

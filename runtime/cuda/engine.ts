@@ -10,7 +10,7 @@ import { DejavuError } from '../../common/errors.js';
 import type { Bundle } from '../../export/bundle.js';
 import type { Dims } from './floor.js';
 import { mlpInputSource, type MlpInput } from '../../common/mlp-input.js';
-import { TAP, TENSOR, type CudaLib, type CudaOptions, type Mode } from './lib.js';
+import { TAP, TENSOR, type CudaLib, type CudaOptions, type Mode, type TapRows } from './lib.js';
 
 const MLP_INPUT_TEXT: Record<MlpInput, string> = {
   att_in: 'att_in of layer l',
@@ -31,6 +31,7 @@ export interface SparsityPlan {
 
 export class CudaEngine {
   private destroyed = false;
+  private tapsLayers = 0;
 
   private constructor(
     readonly lib: CudaLib,
@@ -149,18 +150,22 @@ export class CudaEngine {
     return { heads, neurons };
   }
 
-  /** Collect's taps of one sequence (from position 0) for `layers`, computed during a prefill (see CudaLib.prefillTaps). */
-  prefillTaps(ids: Int32Array, layers: number[]): { attIn: Uint16Array; mlpIn: Uint16Array; headNorm: Uint16Array; mlpActive: Uint8Array } {
-    const { d, heads, ffn } = this.dims;
-    const n = ids.length, nl = layers.length;
-    const out = {
-      attIn: new Uint16Array(nl * n * d),
-      mlpIn: new Uint16Array(nl * n * d),
-      headNorm: new Uint16Array(nl * n * heads),
-      mlpActive: new Uint8Array(nl * n * Math.ceil(ffn / 8)),
-    };
-    this.lib.prefillTaps(this.h, ids, Int32Array.from(layers), out);
-    return out;
+  /**
+   * Collect's taps of `layers`, pipelined through two pinned host slots (see CudaLib.tapsOpen): open once for the
+   * longest sequence, then begin a sequence in a slot and wait for its rows (views valid until the next begin into
+   * that slot). runtime/cuda/taps.ts alternates the slots.
+   */
+  openTaps(layers: number[], maxTokens: number): void {
+    this.lib.tapsOpen(this.h, Int32Array.from(layers), maxTokens);
+    this.tapsLayers = layers.length;
+  }
+
+  beginTaps(slot: 0 | 1, ids: Int32Array): void {
+    this.lib.tapsBegin(this.h, slot, ids);
+  }
+
+  waitTaps(slot: 0 | 1): Promise<TapRows> {
+    return this.lib.tapsWait(this.h, slot, { layers: this.tapsLayers, d: this.dims.d, heads: this.dims.heads, ffn: this.dims.ffn });
   }
 
   /** Milliseconds of one fp16 cuBLAS GEMM at M x N x K (the prefill's GEMMs), median of `reps`. */

@@ -98,10 +98,15 @@ export interface CudaLib {
   /** The oracle's picks of its last step in `layer` (kH heads, kM neurons, ascending). */
   oracleSelection(h: unknown, layer: number, heads: Int32Array, neurons: Int32Array): void;
   /**
-   * Collect's taps of one sequence for `layers` during a prefill: att_in / mlp_in ([nl][n][d] fp16 bits), head norms
-   * ([nl][n][H] fp16 bits), MLP activity bitmask ([nl][n][ceil(ffn/8)]); docs/shards.md.
+   * Collect's taps, pipelined (engine.cu dj_taps_*): `tapsOpen` fixes the collected layers and the longest sequence
+   * and pins two host slots; `tapsBegin` queues one sequence into a slot and returns at once; `tapsWait` resolves,
+   * without blocking the event loop, to views of the slot's rows: att_in / mlp_in ([nl][n][d] fp16 bits), head norms
+   * ([nl][n][H] fp16 bits), MLP activity bitmask ([nl][n][ceil(ffn/8)]); docs/shards.md. The views stay valid until
+   * the next tapsBegin into that slot.
    */
-  prefillTaps(h: unknown, ids: Int32Array, layers: Int32Array, out: { attIn: Uint16Array; mlpIn: Uint16Array; headNorm: Uint16Array; mlpActive: Uint8Array }): void;
+  tapsOpen(h: unknown, layers: Int32Array, maxTokens: number): void;
+  tapsBegin(h: unknown, slot: 0 | 1, ids: Int32Array): void;
+  tapsWait(h: unknown, slot: 0 | 1, shape: TapsShape): Promise<TapRows>;
   /** Milliseconds of one fp16 cuBLAS GEMM [M][K] x [N][K]^T -> fp32 (median of reps): the prefill's reference rate. */
   gemmMs(h: unknown, m: number, n: number, k: number, reps: number): number;
   setK(h: unknown, layer: number, kH: number, kM: number): void;
@@ -122,6 +127,23 @@ export interface CudaLib {
   copyBandwidth(bytes: number, reps: number): number;
   /** Eager steps with an event after every launch: device ms per kernel kind, summed over the steps. */
   profile(h: unknown, mode: Mode, steps: number): Record<string, number>;
+}
+
+/** What a taps slot's views need to know: collected layers, model width, heads, MLP width. */
+export interface TapsShape {
+  layers: number;
+  d: number;
+  heads: number;
+  ffn: number;
+}
+
+/** One sequence's taps (n tokens), every collected layer: [nl][n][...] as docs/shards.md stores them. */
+export interface TapRows {
+  n: number;
+  attIn: Uint16Array;
+  mlpIn: Uint16Array;
+  headNorm: Uint16Array;
+  mlpActive: Uint8Array;
 }
 
 export const PROFILE_KINDS = ['embed', 'qkv', 'attention', 'out_proj', 'fc1', 'fc2', 'lm_head', 'pred_w1', 'topk_attn', 'topk_mlp', 'mlp_fused'] as const;
@@ -149,6 +171,7 @@ export function defaultLibPath(env: NodeJS.ProcessEnv = process.env): string {
 
 // koffi type names are global: the struct is declared once, whatever the number of libraries loaded.
 let djOptionsType: unknown;
+let djTapsType: unknown;
 
 const cache = new Map<string, CudaLib>();
 
@@ -163,6 +186,7 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     );
   const koffi = (await import('koffi')).default;
   djOptionsType ??= koffi.struct('DjOptions', { path: 'int', selection: 'int', kv_policy: 'int' });
+  djTapsType ??= koffi.struct('DjTaps', { att_in: 'void*', mlp_in: 'void*', head_norm: 'void*', mlp_active: 'void*', n: 'int' });
   let lib: { func(def: string): Fn };
   try {
     lib = koffi.load(path) as unknown as { func(def: string): Fn };
@@ -198,7 +222,9 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     oracleNll: f('int dj_oracle_nll(void* e, int steps, float* nll)'),
     oracleSelection: f('int dj_oracle_selection(void* e, int layer, int* heads, int* neurons)'),
     gemmMs: f('int dj_gemm_ms(void* e, int M, int N, int K, int reps, _Out_ float* ms)'),
-    prefillTaps: f('int dj_prefill_taps(void* e, const int* tokens, int n, const int* layers, int nl, uint16_t* att_in, uint16_t* mlp_in, uint16_t* head_norm, uint8_t* mlp_active)'),
+    tapsOpen: f('int dj_taps_open(void* e, const int* layers, int nl, int max_tokens)'),
+    tapsBegin: f('int dj_taps_begin(void* e, int slot, const int* tokens, int n)'),
+    tapsWait: f('int dj_taps_wait(void* e, int slot, _Out_ DjTaps* out)'),
     setK: f('int dj_set_k(void* e, int layer, int kH, int kM)'),
     setSelection: f('int dj_set_selection(void* e, int layer, const int* heads, int kH, const int* neurons, int kM)'),
     getSelection: f('int dj_get_selection(void* e, int layer, int* heads, int* neurons)'),
@@ -266,8 +292,23 @@ export async function loadCudaLib(path = defaultLibPath()): Promise<CudaLib> {
     decodeNll: (h, mode, steps, nll) => ok(`dj_decode_nll(${mode})`, c.decodeNll(h, MODE[mode], steps, nll)),
     oracleNll: (h, steps, nll) => ok('dj_oracle_nll', c.oracleNll(h, steps, nll)),
     oracleSelection: (h, layer, heads, neurons) => ok('dj_oracle_selection', c.oracleSelection(h, layer, heads, neurons)),
-    prefillTaps: (h, ids, layers, o) =>
-      ok('dj_prefill_taps', c.prefillTaps(h, ids, ids.length, layers, layers.length, o.attIn, o.mlpIn, o.headNorm, o.mlpActive)),
+    tapsOpen: (h, layers, maxTokens) => ok('dj_taps_open', c.tapsOpen(h, layers, layers.length, maxTokens)),
+    tapsBegin: (h, slot, ids) => ok(`dj_taps_begin(slot ${slot})`, c.tapsBegin(h, slot, ids, ids.length)),
+    async tapsWait(h, slot, shape) {
+      // The wait runs on koffi's worker thread so the event loop keeps writing shards; the call again on this thread
+      // then returns at once with the rows, or the error (dj_last_error is per thread).
+      await new Promise<void>((resolve) => (c.tapsWait as unknown as { async: (...a: unknown[]) => void }).async(h, slot, null, () => resolve()));
+      const o = {} as { att_in: unknown; mlp_in: unknown; head_norm: unknown; mlp_active: unknown; n: number };
+      ok(`dj_taps_wait(slot ${slot})`, c.tapsWait(h, slot, o));
+      const rows = shape.layers * o.n;
+      return {
+        n: o.n,
+        attIn: new Uint16Array(koffi.view(o.att_in, rows * shape.d * 2)),
+        mlpIn: new Uint16Array(koffi.view(o.mlp_in, rows * shape.d * 2)),
+        headNorm: new Uint16Array(koffi.view(o.head_norm, rows * shape.heads * 2)),
+        mlpActive: new Uint8Array(koffi.view(o.mlp_active, rows * Math.ceil(shape.ffn / 8))),
+      };
+    },
     gemmMs(h, m, n, k, reps) {
       const ms = [0];
       ok('dj_gemm_ms', c.gemmMs(h, m, n, k, reps, ms));

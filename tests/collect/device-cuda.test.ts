@@ -32,3 +32,21 @@ describe('collect --device cuda: refusals before the GPU', () => {
     expect(existsSync(out) ? readdirSync(out) : []).toEqual([]);
   });
 });
+
+describe('collect --dry-run', () => {
+  it('--device cuda without a usable CUDA library or GPU: one DejavuError; --workers refused on the GPU', async () => {
+    const { collectDryRun } = await import('../../collect/dry-run.js');
+    const base = { model: MINI, data: DATA, docs: 2, maxLen: 32, quiet: true, device: 'cuda' as const };
+    await expect(collectDryRun({ ...base, workers: 2 })).rejects.toThrow(/one engine/);
+    const err = await collectDryRun(base).catch((e) => e);
+    expect(err).toBeInstanceOf(DejavuError);
+    expect(String(err.message)).toMatch(/CUDA library not built|no usable CUDA GPU|cannot load the CUDA library|built from older sources/);
+  });
+
+  it('on the CPU: the documents and tokens it ran, nothing written', async () => {
+    const { collectDryRun } = await import('../../collect/dry-run.js');
+    const r = await collectDryRun({ model: MINI, data: DATA, docs: 3, maxLen: 16, quiet: true, workers: 1, layers: '0,2' });
+    expect(r).toMatchObject({ device: 'cpu', docs: 3, tokens: 48, layers: 2, row_bytes: 1760 });
+    expect(r.tokens_per_second).toBeGreaterThan(0);
+  });
+});
