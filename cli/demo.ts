@@ -2,8 +2,9 @@
  * `dejavu demo`: the whole pipeline in-process: collect -> train -> export -> eval ppl -> bench -> report
  * (report.html), ending with one summary table of every stage's time and result. By default on the example vendored
  * under examples/ (opt-mini + a c4mini subset), sized to finish within 10 minutes on 2 CPU cores; `--model DIR --data
- * FILES` runs it on a user's model, and `--device cuda` evaluates and benches on the GPU engine (dense and predicted
- * perplexity from the CUDA prefill and sparse graph; collect and train stay where they run today). Every stage writes
+ * FILES` runs it on a user's model, and `--device cuda` runs collect (the taps from the CUDA prefill), eval (dense and
+ * predicted perplexity from the CUDA prefill and sparse graph) and bench on the GPU engine; train chooses its backend as
+ * always (WebGPU when Dawn finds a GPU, else wasm), export runs on the CPU. Every stage writes
  * under the work folder (by default in the OS temp folder), and a rerun with the same settings resumes collect and
  * train from what is there.
  */
@@ -103,7 +104,8 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
   const { collect } = await import('../collect/collect.js');
   const col = await timed(
     'collect',
-    () => collect({ model, data: trainData, out: paths.shards, docs: o.trainDocs, maxLen: o.maxLen, quiet: o.quiet }),
+    // With --device cuda the taps come from the GPU engine's prefill (a real model's forward on the CPU takes hours).
+    () => collect({ model, data: trainData, out: paths.shards, docs: o.trainDocs, maxLen: o.maxLen, quiet: o.quiet, ...(device === 'cuda' ? { device } : {}) }),
     (r) => `${r.manifest.docs} docs, ${r.manifest.tokens} tokens x ${r.manifest.layers.length} layers`,
   );
 

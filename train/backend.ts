@@ -99,15 +99,61 @@ export function linuxLibraryDirs(env: NodeJS.ProcessEnv = process.env, confRoot 
   return [...new Set(dirs)];
 }
 
+/** The `*.json` files of a folder ([] when it cannot be read). */
+function jsonFiles(dir: string): string[] {
+  try {
+    return readdirSync(dir).filter((n) => n.endsWith('.json')).sort().map((n) => join(dir, n));
+  } catch {
+    return [];
+  }
+}
+
 /**
- * Why Dawn cannot use a GPU here, or null when it may. On Linux Dawn drives the GPU through Vulkan; without the Vulkan
- * loader it prints "Couldn't load Vulkan" from native code (to fd 2, once per tfjs instance, so once per train worker)
- * and finds no adapter. Looking for libvulkan.so.1 first keeps that warning from ever appearing.
+ * The Vulkan driver manifests (ICD .json files, each naming a GPU driver's Vulkan library) where the Linux Vulkan
+ * loader looks: VK_DRIVER_FILES (or its old name VK_ICD_FILENAMES) alone when set, else the XDG config and data
+ * folders' `vulkan/icd.d` (/etc/xdg, /etc, /usr/local/share, /usr/share, the user's), plus VK_ADD_DRIVER_FILES.
+ * Entries of the variables may be files or folders.
  */
-export function webGpuBlocker(platform: NodeJS.Platform = process.platform, dirs: () => string[] = linuxLibraryDirs, exists: (p: string) => boolean = existsSync): string | null {
+export function vulkanDriverManifests(env: NodeJS.ProcessEnv = process.env, list: (dir: string) => string[] = jsonFiles, exists: (p: string) => boolean = existsSync): string[] {
+  const entries = (v: string | undefined) => (v ?? '').split(':').filter(Boolean);
+  const resolve = (xs: string[]) => xs.flatMap((p) => (p.endsWith('.json') ? (exists(p) ? [p] : []) : list(p)));
+  const only = entries(env.VK_DRIVER_FILES || env.VK_ICD_FILENAMES);
+  if (only.length) return resolve(only);
+  const home = env.HOME ?? '';
+  const dirs = [
+    env.XDG_CONFIG_HOME || join(home, '.config'),
+    ...entries(env.XDG_CONFIG_DIRS || '/etc/xdg'),
+    '/usr/local/etc',
+    '/etc',
+    env.XDG_DATA_HOME || join(home, '.local', 'share'),
+    ...entries(env.XDG_DATA_DIRS || '/usr/local/share:/usr/share'),
+  ];
+  return [...resolve(dirs.map((d) => join(d, 'vulkan', 'icd.d'))), ...resolve(entries(env.VK_ADD_DRIVER_FILES))];
+}
+
+/** Where NVIDIA's container runtime puts the driver's Vulkan manifest: outside the loader's folders. */
+export const NVIDIA_CONTAINER_ICD = '/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json';
+
+/**
+ * Why Dawn cannot use a GPU here, or null when it may. On Linux Dawn drives the GPU through Vulkan: without the Vulkan
+ * loader it prints "Couldn't load Vulkan" from native code (to fd 2, once per tfjs instance), and without a driver
+ * manifest "vkCreateInstance: Found no drivers!", and finds no adapter. Looking for libvulkan.so.1 and a manifest first
+ * keeps those warnings from ever appearing.
+ */
+export function webGpuBlocker(
+  platform: NodeJS.Platform = process.platform,
+  dirs: () => string[] = linuxLibraryDirs,
+  exists: (p: string) => boolean = existsSync,
+  manifests: () => string[] = vulkanDriverManifests,
+): string | null {
   if (platform !== 'linux') return null; // Metal / D3D12 come with the OS
-  if (dirs().some((d) => exists(join(d, 'libvulkan.so.1')))) return null;
-  return 'the Vulkan loader libvulkan.so.1 is not installed (Dawn needs it on Linux; docs/training.md, "Backends")';
+  if (!dirs().some((d) => exists(join(d, 'libvulkan.so.1')))) {
+    return 'the Vulkan loader libvulkan.so.1 is not installed (Dawn needs it on Linux; docs/training.md, "Backends")';
+  }
+  if (manifests().length) return null;
+  return exists(NVIDIA_CONTAINER_ICD)
+    ? `no Vulkan driver manifest where the Vulkan loader looks; NVIDIA's is outside its folders: export VK_DRIVER_FILES=${NVIDIA_CONTAINER_ICD}`
+    : 'no Vulkan driver manifest (icd.d/*.json: the GPU driver\'s Vulkan part) where the Vulkan loader looks (docs/training.md, "Backends")';
 }
 
 /** Sets up `navigator.gpu` from Dawn (npm `webgpu`) before tfjs-backend-webgpu loads (it checks at import time). */

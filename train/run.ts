@@ -33,20 +33,24 @@ async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMet
   // The workers train silently (noProgress); the main thread shows predictors done, rate and ETA (plain lines off a
   // terminal).
   const bar = progressBar('train', jobs.length, 'predictors', o.quiet);
-  await Promise.all(
-    Array.from({ length: n }, (_, wi) => new Promise<void>((resolve, reject) => {
-      const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { options: { ...trainOpts, noProgress: true }, backend: o.backend }, env: workerEnv() });
+  // Worker 0 chooses the backend; the others start once it has, with the backend it chose: `auto` probes WebGPU (and
+  // Dawn prints its native warnings, if any) once, not once per worker.
+  let startOthers: (backend: BackendName) => void = () => {};
+  const start = (wi: number, backend: BackendName): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { options: { ...trainOpts, noProgress: true }, backend }, env: workerEnv() });
       const next = () => {
         const job = queue.shift();
         if (job) w.postMessage({ job });
         else w.postMessage({ exit: true });
       };
-      w.on('message', (m: { ready?: string; line?: string; result?: MetricsEntry | { skipped: string }; job?: { layer: number; target: Target }; error?: { message: string; dejavu: boolean } }) => {
+      w.on('message', (m: { ready?: string; name?: BackendName; line?: string; result?: MetricsEntry | { skipped: string }; job?: { layer: number; target: Target }; error?: { message: string; dejavu: boolean } }) => {
         if (m.ready) {
-          // Every worker makes the same choice: one line for all.
+          // Every worker runs the backend worker 0 chose: one line for all.
           if (wi === 0) {
             report.backend = m.ready;
             log(`${m.line ?? `backend: ${m.ready}`} (each of ${n} workers)`);
+            startOthers(m.name ?? o.backend);
           }
           next();
         } else if (m.error) {
@@ -62,8 +66,11 @@ async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMet
       });
       w.on('error', reject);
       w.on('exit', () => resolve());
-    })),
-  ).finally(() => bar.stop());
+    });
+  const others = new Promise<unknown>((resolve, reject) => {
+    startOthers = (backend) => void Promise.all(Array.from({ length: n - 1 }, (_, i) => start(i + 1, backend))).then(resolve, reject);
+  });
+  await Promise.all([start(0, o.backend), others]).finally(() => bar.stop());
   report.seconds = Math.round((performance.now() - t0) / 10) / 100;
   writeMetrics(o.out, report);
   return report;

@@ -32,7 +32,7 @@ try {
       port.postMessage({ error: asMessage(e) });
     }
   });
-  port.postMessage({ ready: b.description, line: backendLine(b) });
+  port.postMessage({ ready: b.description, name: b.name, line: backendLine(b) });
 } catch (e) {
   port.postMessage({ error: asMessage(e) });
 }

@@ -16,7 +16,7 @@ export function register(program: Command): void {
     .option('--model <dir>', 'a Hugging Face OPT folder instead of the example (with --data)')
     .option('--data <paths...>', 'with --model: C4 files to collect from (the first --train-docs documents)')
     .option('--eval-data <paths...>', 'C4 files scored by eval (default: the example c4mini validation file)')
-    .option('--device <d>', 'where eval and bench run: cpu (default) or cuda (the GPU engine; collect and train run as usual)', 'cpu')
+    .option('--device <d>', 'where collect, eval and bench run: cpu (default) or cuda (the GPU engine; train picks its backend as usual)', 'cpu')
     .option('--train-docs <n>', 'c4mini training documents to collect', int('--train-docs'))
     .option('--eval-docs <n>', 'c4mini validation documents for perplexity', int('--eval-docs'))
     .option('--max-len <n>', 'tokens per document, BOS included', int('--max-len'))
