@@ -42,11 +42,11 @@ import { loadOptCheckpoint } from '../../checkpoints/opt-checkpoint.js';
 import { OptModel } from '../cpu/model.js';
 import { SparseOptModel } from '../sparse/model.js';
 import { CudaEngine } from './engine.js';
-import { TapsPipeline } from './taps.js';
 import { CUDA_PATHS, loadCudaLib, type CudaOptions } from './lib.js';
 import { loadModelToGpu } from './load.js';
 import { checkVariants } from './check-variants.js';
 import { checkBadInput } from './check-bad-input.js';
+import { TapsPipeline } from './taps.js';
 import { forwardRows } from '../../collect/doc-rows.js';
 import { decodePerplexity } from './eval-ppl.js';
 import { sparseModePerplexity } from '../sparse/ppl.js';
@@ -412,6 +412,10 @@ async function main(): Promise<void> {
     const first = taps.rows(shortSeq);
     const mine = taps.rows(Int32Array.from(ids));
     await first;
+    const after = taps.rows(Int32Array.from(ids.slice(20, 45)));  // refills the first slot while the compared rows are read
+    const gpuRows = await mine;
+    const cpuRows = forwardRows(cpu, Int32Array.from(ids), layers, dims);
+    const d = ckpt.config.hiddenSize, nb = Math.ceil(ffn / 8);
     // fc1 pre-activations from the CPU's fp32 mlp_in (pre-LN: LN2 then fc1), to place each differing bit.
     const pre: Float32Array[] = [];
     if (ckpt.config.doLayerNormBefore) {
@@ -440,10 +444,6 @@ async function main(): Promise<void> {
         },
       });
     }
-    const after = taps.rows(Int32Array.from(ids.slice(20, 45)));  // refills the first slot while the compared rows are read
-    const gpuRows = await mine;
-    const cpuRows = forwardRows(cpu, Int32Array.from(ids), layers, dims);
-    const d = ckpt.config.hiddenSize, nb = Math.ceil(ffn / 8);
     const half = (a: Uint16Array) => f16ToF32(a);
     const rel = { att: new Rel(), mlp: new Rel(), head: new Rel() };
     let same = 0, total = 0, far = 0, worst = 0;
@@ -467,11 +467,11 @@ async function main(): Promise<void> {
           if (!pre[l]) continue;
           const r = Math.abs(pre[l][t * ffn + j]) / rms;  // a differing bit must sit at the ReLU's edge
           worst = Math.max(worst, r);
-    await after;
           if (r >= 1e-2) far++;
         }
       }
     }
+    await after;
     out.taps_att_in_vs_cpu = rel.att.value;
     out.taps_mlp_in_vs_cpu = rel.mlp.value;
     out.taps_head_norm_vs_cpu = rel.head.value;
