@@ -2,8 +2,9 @@
 # The committed CPU run of `dejavu export --ppl-budget` (bench/results/budget-export-opt-mini.json) repeated with the
 # calibration measured on the GPU (`--device cuda`), so the two searches can be compared:
 #   scripts/cuda-budget.sh prep   here, after `scripts/cuda-check.sh prep` (which builds .devnm/dist and the pruned
-#                                 node_modules): writes .devnm/budget/ with what the CPU run used: the att_in example
-#                                 bundle's predictors as train output folders (all, and MLP only), documents 1000-1023
+#                                 node_modules): writes .devnm/budget/ with what the CPU run used (the att_in example
+#                                 bundle's predictors as train output folders, all and MLP only, are written by
+#                                 `run` on the GPU machine from examples/opt-mini-bundle-att-in), documents 1000-1023
 #                                 of c4mini-train as calibration text, and a shards record naming the predictors'
 #                                 200 training documents (the first 200 of examples/c4mini/c4mini-train-first400, the
 #                                 same as c4mini-train's) so the overlap check runs as it did on the CPU.
@@ -22,16 +23,8 @@ cd "$(dirname "$0")/.."
 cmd=${1:-run}
 B=.devnm/budget
 
-if [ "$cmd" = prep ]; then
-  set -e
-  FIX=${FIXTURES:-../shared/fixtures}
-  [ -d .devnm/dist ] || { echo "run scripts/cuda-check.sh prep first (.devnm/dist)"; exit 1; }
-  rm -rf $B && mkdir -p $B/shards200
-  zcat "$FIX/c4mini/c4mini-train.00000-of-00001.json.gz" | sed -n 1001,1024p | gzip -n > $B/calib-train-1000-1023.json.gz
-  TRAIN=examples/c4mini/c4mini-train-first400.json.gz
-  printf '{"complete":true,"args":{"data":[{"path":"%s","bytes":%s}],"docs":200,"sample":null,"seed":null,"max_len":512}}\n' \
-    $TRAIN "$(stat -c %s $TRAIN)" > $B/shards200/manifest.json
-  node --input-type=module - <<'EOF'
+make_preds() {  # the att_in example bundle's predictors as train output folders (all, MLP only); $1: node
+  "$1" --input-type=module - <<'EOF'
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 const dist = resolve('.devnm/dist');
@@ -58,6 +51,17 @@ for (const [name, targets] of [['pred-att-in', ['mlp', 'attn']], ['pred-mlp-only
   console.log(`${dir}: ${layers.length} predictors`);
 }
 EOF
+}
+
+if [ "$cmd" = prep ]; then
+  set -e
+  FIX=${FIXTURES:-../shared/fixtures}
+  [ -d .devnm/dist ] || { echo "run scripts/cuda-check.sh prep first (.devnm/dist)"; exit 1; }
+  rm -rf $B && mkdir -p $B/shards200
+  zcat "$FIX/c4mini/c4mini-train.00000-of-00001.json.gz" | sed -n 1001,1024p | gzip -n > $B/calib-train-1000-1023.json.gz
+  TRAIN=examples/c4mini/c4mini-train-first400.json.gz
+  printf '{"complete":true,"args":{"data":[{"path":"%s","bytes":%s}],"docs":200,"sample":null,"seed":null,"max_len":512}}\n' \
+    $TRAIN "$(stat -c %s $TRAIN)" > $B/shards200/manifest.json
   du -sh $B
   exit 0
 fi
@@ -70,7 +74,9 @@ if [ -z "$NODE" ]; then
   [ -x /tmp/node ] || { xz -dc .devtools/node-v20.20.2-linux-x64.xz > /tmp/node && chmod +x /tmp/node; }
   NODE=/tmp/node
 fi
-[ -d $B/pred-att-in ] || { echo "no $B: run scripts/cuda-budget.sh prep on the CPU machine (and carry .devnm)"; exit 1; }
+[ -f $B/calib-train-1000-1023.json.gz ] || { echo "no $B: run scripts/cuda-budget.sh prep on the CPU machine (and carry .devnm)"; exit 1; }
+# Written here rather than carried (11 MB of fp32 against the 64 MiB the GPU machine's tree may hold).
+[ -d $B/pred-att-in ] || make_preds "$NODE" || exit 1
 [ -f runtime/cuda/build/libdejavu_cuda.so ] || DEJAVU_CUDA_ARCH=${DEJAVU_CUDA_ARCH:-sm_90} "$NODE" scripts/build-cuda.mjs --lib-only || exit 1
 echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 CLI=".devnm/dist/cli/main.js"

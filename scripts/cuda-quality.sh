@@ -30,7 +30,7 @@ status=0
 echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 case " ${STEPS:-mini bench67 sweep} " in *" bench67 "*)
   # The checkpoint is written while the library builds and opt-mini runs (CPU and disk, not the GPU).
-  (python3 scripts/random-opt-checkpoint.py --shape opt-6.7b --out "$CKPT" --shard-gb 5 --json > "$OUT/ckpt-6.7b.json" 2> "$OUT/ckpt-6.7b.err") &
+  (python3 scripts/random-opt-checkpoint.py --shape opt-6.7b --out "$CKPT" --shard-gb 2 --json > "$OUT/ckpt-6.7b.json" 2> "$OUT/ckpt-6.7b.err") &
   CKPT_PID=$!
 esac
 [ -f runtime/cuda/build/libdejavu_cuda.so ] || DEJAVU_CUDA_ARCH=${DEJAVU_CUDA_ARCH:-sm_90} "$NODE" scripts/build-cuda.mjs --lib-only || exit 1
