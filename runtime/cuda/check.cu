@@ -1170,12 +1170,12 @@ static void test_engine(DjOptions opt, int hd, int mlp_lag = 0, bool h0norm = fa
   expect_true("  ... device state: positions and greedy tokens follow the graph", tokens_ok);
 
   // ---- sparse, fixed selections changing every step, under both KV policies ----
-  for (int policy = 1; policy >= 0; policy--) {
+  for (int all = 1; all >= 0; all--) {
   DjOptions po = opt;
-  po.kv_policy = policy;
+  po.kv_policy = all ? KV_ALL : KV_SELECTED;
   API_OK(dj_set_options(e, &po));
   API_OK(dj_build(e));
-  m.kv_all = policy == 1;
+  m.kv_all = all;
   API_OK(dj_set_pos(e, n_prompt));
   m.reset();
   for (int pos = 0; pos < n_prompt; pos++) m.step(toks[pos], pos, nullptr, nullptr);
@@ -1200,10 +1200,10 @@ static void test_engine(DjOptions opt, int hd, int mlp_lag = 0, bool h0norm = fa
     int am = (int)(std::max_element(gl.begin(), gl.end()) - gl.begin());
     toks[pos + 1] = am;
   }
-  expect(policy ? "sparse fixed, KV policy all (3/8 heads, 10% neurons, new picks/step)" : "sparse fixed, KV policy selected (masked holes), new picks/step", all_g, all_r);
+  expect(all ? "sparse fixed, KV policy all (3/8 heads, 10% neurons, new picks/step)" : "sparse fixed, KV policy selected (masked holes), new picks/step", all_g, all_r);
 
   }
-  m.kv_all = false;
+  m.kv_all = opt.kv_policy == KV_ALL;
   API_OK(dj_set_options(e, &opt));
   API_OK(dj_build(e));
   // ---- sparse with predictors on the GPU: selections read back, fed to the reference; predictor picks checked ----
