@@ -60,7 +60,7 @@ T0=$(date +%s)
 echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ ! -f "$CKPT/model.safetensors.index.json" ]; then
   # Written while the library builds (CPU and disk, not the GPU).
-  (timeout 300 python3 scripts/random-opt-checkpoint.py --shape opt-6.7b --out "$CKPT" --shard-gb 5 --json > "$WORK/ckpt.json" 2> "$WORK/ckpt.err") &
+  (timeout 300 python3 scripts/random-opt-checkpoint.py --shape opt-6.7b --out "$CKPT" --shard-gb 2 --json > "$WORK/ckpt.json" 2> "$WORK/ckpt.err") &
   CKPT_PID=$!
 fi
 [ -f runtime/cuda/build/libdejavu_cuda.so ] || DEJAVU_CUDA_ARCH=${DEJAVU_CUDA_ARCH:-sm_90} timeout 300 "$NODE" scripts/build-cuda.mjs --lib-only || exit 1

@@ -14,6 +14,7 @@
 # Environment: OUT (default ./cuda-out), STEPS (default "webgpu shape mini big"), WORK (default /tmp/dejavu-pipeline),
 #   BIG_DOCS (default 50: 200 documents x 2048 tokens of opt-1.3b would be ~36 GB of shards, read once per epoch by
 #   train; see the JSON's `big_docs_note`), TRAIN_WORKERS (train's threads; default 1 on WebGPU, the cores on wasm).
+#   SHAPE_WASM=0 skips the wasm comparison of step shape.
 # The c4mini files are the tracked examples/c4mini ones (the first 400 train documents, the validation file).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -125,6 +126,7 @@ if has shape; then
   mkdir -p "$t"
   timeout 200 "$NODE" .devnm/dist/bench/train-shape.js --shape opt-6.7b --backend auto --out "$t/auto.json" > /dev/null || status=1
   if grep -q '"backend": "wasm"' "$t/auto.json" 2> /dev/null; then cp "$t/auto.json" "$t/wasm.json"  # auto was wasm already
+  elif [ "${SHAPE_WASM:-1}" = 0 ]; then :  # SHAPE_WASM=0: the GPU backend only
   else timeout 150 "$NODE" .devnm/dist/bench/train-shape.js --shape opt-6.7b --backend wasm --out "$t/wasm.json" > /dev/null || status=1; fi
   "$NODE" -e '
 const fs = require("fs"), [dir, gpu] = process.argv.slice(1);
