@@ -173,12 +173,13 @@ describe('collect lock: judging the owner', () => {
   });
 
   it.skipIf(!HAVE_PROC)('a lock naming a zombie (exited, not reaped) is taken over', async () => {
-    // sh starts a child that exits at once, then becomes `sleep`, which never reaps it: the child stays a zombie.
-    const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // sh starts a child, then becomes `sleep`, which never reaps it: the child, exiting after the exec, stays a zombie.
+    // (A child that exits before the exec can be reaped by sh itself: the pid is then gone.)
+    const parent = spawn('sh', ['-c', 'sleep 0.5 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'inherit'] });
     try {
       const zombie = Number(await new Promise<string>((r) => parent.stdout!.once('data', (b) => r(String(b).trim()))));
       const state = () => readFileSync(`/proc/${zombie}/stat`, 'utf8').split(') ')[1][0];
-      for (let i = 0; i < 400 && state() !== 'Z'; i++) await new Promise((r) => setTimeout(r, 5));
+      for (let i = 0; i < 1000 && state() !== 'Z'; i++) await new Promise((r) => setTimeout(r, 5));
       expect(state()).toBe('Z');
       expect(() => process.kill(zombie, 0)).not.toThrow(); // what the check-only-the-pid lock trusted
       const { folder, path } = fresh('zombie');
