@@ -6,7 +6,8 @@
  *
  * Times the step `dejavu train` runs (train/model.ts, through bench/train-step.ts: per-step upload of fp32 inputs and
  * packed labels, the trainer's sync pattern) for the layer's two predictors, MLP (d -> rank -> ffn) and attention
- * (d -> rank -> heads), at train's defaults (rank 1000, batch 1024) unless given. Prints one JSON object (device,
+ * (d -> rank -> heads), at train's defaults unless given: `--rank auto` for the shape's d (1000 from OPT-6.7B on) and the
+ * batch `--batch auto` gives at real scale (1024, from 262,144 training tokens on; train/auto.ts). Prints one JSON object (device,
  * date, command, backend line, samples/s per predictor and for the layer: both predictors over the same rows) and
  * writes it to --out. The backend is chosen as train chooses it (`auto`: WebGPU with a hardware adapter, else wasm);
  * wasm runs one thread per process (train's --workers N trains N predictors at once, one per thread).
@@ -16,7 +17,7 @@ import { cpus } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { backendLine, selectBackend, type BackendName, BACKENDS } from '../train/backend.js';
-import { DEFAULTS } from '../train/trainer.js';
+import { AUTO, autoRank } from '../train/auto.js';
 import { benchTrainStep, type StepBenchResult } from './train-step.js';
 
 /** d, heads, ffn of the released OPT models (and the vendored opt-mini). */
@@ -31,8 +32,10 @@ export const TRAIN_SHAPES: Record<string, { d: number; heads: number; ffn: numbe
 export interface TrainShapeOptions {
   shape: string;
   backend: BackendName;
-  rank: number;
-  batch: number;
+  /** Default: train's auto rank for the shape's d. */
+  rank?: number;
+  /** Default: train's auto batch at real scale (1024). */
+  batch?: number;
   /** Timed steps per predictor (default: 40 on a GPU backend, 4 MLP / 8 attention on the CPU ones). */
   steps?: number;
 }
@@ -40,10 +43,12 @@ export interface TrainShapeOptions {
 export async function runTrainShape(o: TrainShapeOptions): Promise<Record<string, unknown>> {
   const s = TRAIN_SHAPES[o.shape];
   if (!s) throw new Error(`unknown --shape '${o.shape}' (one of ${Object.keys(TRAIN_SHAPES).join(', ')})`);
+  const rank = o.rank ?? autoRank(s.d);
+  const batch = o.batch ?? AUTO.batchMax;
   const b = await selectBackend(o.backend);
   const gpu = b.name === 'webgpu' || b.name === 'node-gpu';
   const one = (out: number, cpuSteps: number): Promise<StepBenchResult> =>
-    benchTrainStep(b.tf, { d: s.d, r: o.rank, out, batch: o.batch, steps: o.steps ?? (gpu ? 40 : cpuSteps), warmup: gpu ? 5 : 1 });
+    benchTrainStep(b.tf, { d: s.d, r: rank, out, batch, steps: o.steps ?? (gpu ? 40 : cpuSteps), warmup: gpu ? 5 : 1 });
   const mlp = await one(s.ffn, 4);
   const attn = await one(s.heads, 8);
   const layer = Math.round(1 / (1 / mlp.samples_per_s + 1 / attn.samples_per_s));
@@ -56,9 +61,9 @@ export async function runTrainShape(o: TrainShapeOptions): Promise<Record<string
     backend_line: backendLine(b),
     node: process.version,
     shape: { name: o.shape, ...s },
-    rank: o.rank,
-    batch: o.batch,
-    rank_and_batch_are_train_defaults: o.rank === DEFAULTS.rank && o.batch === DEFAULTS.batch,
+    rank,
+    batch,
+    rank_and_batch_are_train_defaults: rank === autoRank(s.d) && batch === AUTO.batchMax,
     // One layer's two predictors over the same rows, one after the other (what train does per layer and token).
     layer_samples_per_s: layer,
     mlp,
@@ -72,8 +77,8 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     options: {
       shape: { type: 'string', default: 'opt-6.7b' },
       backend: { type: 'string', default: 'auto' },
-      rank: { type: 'string', default: String(DEFAULTS.rank) },
-      batch: { type: 'string', default: String(DEFAULTS.batch) },
+      rank: { type: 'string' },
+      batch: { type: 'string' },
       steps: { type: 'string' },
       out: { type: 'string' },
     },
@@ -93,8 +98,8 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   const r = await runTrainShape({
     shape: values.shape!,
     backend: values.backend as BackendName,
-    rank: int('rank', values.rank)!,
-    batch: int('batch', values.batch)!,
+    rank: int('rank', values.rank),
+    batch: int('batch', values.batch),
     steps: int('steps', values.steps),
   });
   const text = JSON.stringify(r, null, 2) + '\n';

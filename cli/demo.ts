@@ -1,7 +1,8 @@
 /**
  * `dejavu demo`: the whole pipeline in-process: collect -> train -> export -> eval ppl -> bench -> report
  * (report.html), ending with one summary table of every stage's time and result. By default on the example vendored
- * under examples/ (opt-mini + a c4mini subset), sized to finish within 10 minutes on 2 CPU cores; `--model DIR --data
+ * under examples/ (opt-mini + a c4mini subset), sized to finish within 10 minutes on 2 CPU cores (6 min measured, training at
+ * train's defaults: bench/results/train-defaults-opt-mini.json); `--model DIR --data
  * FILES` runs it on a user's model, and `--device cuda` runs collect (the taps from the CUDA prefill), eval (dense and
  * predicted perplexity from the CUDA prefill and sparse graph) and bench on the GPU engine; train chooses its backend as
  * always (WebGPU when Dawn finds a GPU, else wasm), export runs on the CPU. Every stage writes
@@ -28,8 +29,9 @@ export interface DemoOptions {
   examples?: string;
   trainDocs: number;
   maxLen: number;
-  rank: number;
-  epochs: number;
+  /** Predictor rank and epochs; by default train's (rank auto, 10 epochs): the demo trains with train's defaults. */
+  rank?: number;
+  epochs?: number;
   evalDocs: number;
   workers: number;
   /** MLP density kept in layers 1 to L-1. */
@@ -45,7 +47,8 @@ export interface DemoOptions {
   quiet?: boolean;
 }
 
-export const DEMO_DEFAULTS = { trainDocs: 120, maxLen: 256, rank: 64, epochs: 4, evalDocs: 12, workers: 2, mlpDensity: 0.15 };
+/** The demo's data size and workers; training runs at train's defaults (train/trainer.ts DEFAULTS). */
+export const DEMO_DEFAULTS = { trainDocs: 120, maxLen: 256, evalDocs: 12, workers: 2, mlpDensity: 0.15 };
 
 /** The default work folder: under the OS temp folder (stable across runs, so a rerun resumes). */
 export function defaultDemoWork(): string {
@@ -77,7 +80,10 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
   const paths = { shards: join(work, 'shards'), predictors: join(work, 'predictors'), bundle: join(work, 'bundle') };
   const files = { eval: join(work, 'eval.json'), bench: join(work, 'bench.json'), report: join(work, 'report.html') };
   // A rerun with the same settings resumes collect and train; other settings start over (stale stages removed).
-  const args = { trainDocs: o.trainDocs, maxLen: o.maxLen, rank: o.rank, epochs: o.epochs, model, data: trainData };
+  // Train's defaults are part of the settings: a version that changes them starts the demo's train over.
+  const { DEFAULTS } = await import('../train/trainer.js');
+  const trainSettings = { rank: o.rank ?? DEFAULTS.rank, epochs: o.epochs ?? DEFAULTS.epochs, batch: DEFAULTS.batch, lr: DEFAULTS.lr, patience: DEFAULTS.patience };
+  const args = { trainDocs: o.trainDocs, maxLen: o.maxLen, train: trainSettings, model, data: trainData };
   const argsPath = join(work, 'demo-args.json');
   let prev: unknown = null;
   try {
@@ -110,22 +116,17 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
   );
 
   const { runTrain } = await import('../train/run.js');
-  const { DEFAULTS } = await import('../train/trainer.js');
   const tr = await timed(
     'train',
     () =>
+      // Train's defaults: rank and batch resolve from the model width and the demo's data (train/auto.ts).
       runTrain({
         ...DEFAULTS,
         shards: paths.shards,
         out: paths.predictors,
         target: 'both',
-        rank: o.rank,
-        epochs: o.epochs,
-        // Small batches: ~30k tokens at train's default batch of 1024 are only ~30 optimizer steps an epoch, which
-        // leaves the predictors far from converged in a demo-sized budget (k99 of layer 3: 567 at 1024, 195 here).
-        batch: 128,
-        lr: 2e-3,
-        patience: 2,
+        rank: trainSettings.rank,
+        epochs: trainSettings.epochs,
         resume: true,
         backend: 'auto',
         workers: o.workers,
@@ -135,7 +136,7 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
     (r) => {
       const mlp = r.layers.filter((l) => l.target === 'mlp');
       const rec = mlp.reduce((a, l) => a + l.recall, 0) / Math.max(1, mlp.length);
-      return `${r.layers.length} predictors (rank ${o.rank}), mean MLP recall ${rec.toFixed(3)}`;
+      return `${r.layers.length} predictors (rank ${String(r.args.rank)}, batch ${String(r.args.batch)}), mean MLP recall ${rec.toFixed(3)}`;
     },
   );
 

@@ -211,6 +211,26 @@ export async function* validationBatches(set: ShardSet, job: Job, o: { batch: nu
 }
 
 /** Counts training / validation rows and positive labels of one job (one pass; used for the no-positive check and logs). */
+/**
+ * Training rows (tokens outside the validation documents) of the shard set: the same for every job, since the split is
+ * by document. Reads only the `doc` column of one layer. What `--batch auto` is chosen from.
+ */
+export async function countTrainRows(set: ShardSet, split: SplitOptions): Promise<number> {
+  const valCache = new Map<number, boolean>();
+  let n = 0;
+  for (let s = 0; s < set.shards.length; s++) {
+    for await (const [b] of readAligned(set, s, [{ layer: set.layers[0], columns: [] }])) {
+      for (let r = 0; r < b.rows; r++) {
+        const doc = b.doc[r];
+        let v = valCache.get(doc);
+        if (v === undefined) valCache.set(doc, (v = isValidationDoc(doc, split.seed, split.valFrac)));
+        if (!v) n++;
+      }
+    }
+  }
+  return n;
+}
+
 export async function countSplit(set: ShardSet, job: Job, split: SplitOptions): Promise<{ train: number; val: number; trainPositives: number; valPositives: number }> {
   const res = { train: 0, val: 0, trainPositives: 0, valPositives: 0 };
   const pop = new Uint8Array(256);

@@ -11,9 +11,10 @@ import { readCheckpointState, settingsMismatch } from './checkpoint.js';
 
 /**
  * metrics.json `args` a resumed run may change: more epochs or patience extend training; the shards folder may have
- * moved (its model fingerprint is compared instead).
+ * moved (its model fingerprint is compared instead); `auto` only says how rank and batch were chosen (the numbers
+ * themselves are compared, so `--rank auto` and the rank it chose written out are the same run).
  */
-const MAY_CHANGE = new Set(['epochs', 'patience', 'shards']);
+const MAY_CHANGE = new Set(['epochs', 'patience', 'shards', 'auto']);
 
 /** What an earlier train run left in `out`: metrics.json, predictor files and checkpoints (names relative to out). */
 export function earlierOutput(out: string): string[] {

@@ -10,7 +10,7 @@ import { log, progressBar, warn, workerEnv } from '../common/progress.js';
 import { DejavuError } from '../common/errors.js';
 import { backendLine, selectBackend, type BackendName } from './backend.js';
 import { capWorkers, thisMachine, type Machine } from '../common/workers.js';
-import { addResult, formatTable, prepareRun, train, trainWorkerBytes, writeMetrics, type TrainOptions } from './trainer.js';
+import { addResult, formatTable, prepareRun, settingsText, train, trainWorkerBytes, writeMetrics, type TrainOptions } from './trainer.js';
 
 export interface RunOptions extends TrainOptions {
   backend: BackendName;
@@ -20,15 +20,17 @@ export interface RunOptions extends TrainOptions {
   table?: 'stdout' | 'stderr';
 }
 
-async function trainInWorkers(o: RunOptions, machine: Machine): Promise<TrainMetrics> {
+async function trainInWorkers(request: RunOptions, machine: Machine): Promise<TrainMetrics> {
   const t0 = performance.now();
-  const { jobs, report } = await prepareRun(o, '');
+  // `auto` rank and batch resolved here, once: the workers get numbers.
+  const { jobs, report, o: resolved } = await prepareRun(request, '');
+  const o = { ...request, rank: resolved.rank, batch: resolved.batch };
   // Biggest predictors first, so the last job to finish is a small one.
   const queue = [...jobs].sort((a, b) => b.outDim - a.outDim || a.layer - b.layer);
   const cap = capWorkers(o.workers, '--workers', trainWorkerBytes(jobs, o), machine);
   if (cap.warning) warn(cap.warning);
   const n = Math.min(cap.workers, queue.length);
-  log(`train: ${jobs.length} predictors on ${n} worker thread${n === 1 ? '' : 's'}, backend ${o.backend}`);
+  log(`train: ${jobs.length} predictors on ${n} worker thread${n === 1 ? '' : 's'}, backend ${o.backend}; ${settingsText(report.args)}`);
   const { backend: _b, workers: _w, json: _j, table: _t, ...trainOpts } = o;
   // The workers train silently (noProgress); the main thread shows predictors done, rate and ETA (plain lines off a
   // terminal).
@@ -91,7 +93,7 @@ export async function runTrain(o: RunOptions, machine: Machine = thisMachine()):
   }
   if (o.json) process.stdout.write(JSON.stringify(report) + '\n');
   else {
-    const text = `${formatTable(report)}\nmetrics: ${join(o.out, METRICS_FILE)} (${report.seconds} s)`;
+    const text = `${formatTable(report)}\nmetrics: ${join(o.out, METRICS_FILE)} (${report.seconds} s; ${settingsText(report.args)})`;
     if (o.table === 'stdout') process.stdout.write(text + '\n');
     else log(text);
   }

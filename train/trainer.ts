@@ -20,7 +20,8 @@ import {
 import { DejavuError, rethrowFs } from '../common/errors.js';
 import { log, progressBar } from '../common/progress.js';
 import { loadCheckpoint, saveCheckpoint, type Checkpoint, type JobState } from './checkpoint.js';
-import { countSplit, labelBytes, trainBatches, validationBatches } from './data.js';
+import { SCHEDULE_DEFAULTS, autoBatch, autoRank, type AutoInt } from './auto.js';
+import { countSplit, countTrainRows, labelBytes, trainBatches, validationBatches } from './data.js';
 import { jobName, planJobs, type Job, type MlpInput } from './jobs.js';
 import { MetricsAccumulator, selectionScore } from './metrics.js';
 import { DEFAULT_ADAMW, Predictor, exportWeights, unpackBits, type Tf } from './model.js';
@@ -33,9 +34,11 @@ export interface TrainOptions {
   out: string;
   target: 'mlp' | 'attn' | 'both';
   layers?: string;
-  rank: number;
+  /** Low-rank width; `auto`: from the model width (train/auto.ts autoRank). */
+  rank: AutoInt;
   epochs: number;
-  batch: number;
+  /** Batch in tokens; `auto`: from the training rows (train/auto.ts autoBatch). */
+  batch: AutoInt;
   lr: number;
   weightDecay: number;
   headFrac: number;
@@ -57,12 +60,16 @@ export interface TrainOptions {
   onEpochEnd?: (job: string, epochsDone: number) => void;
 }
 
+/** TrainOptions with `auto` resolved to numbers (prepareRun): what jobs, checkpoints and metrics.json see. */
+export type ResolvedOptions = Omit<TrainOptions, 'rank' | 'batch'> & { rank: number; batch: number };
+
+/**
+ * Train's defaults, the settings the demo runs with too: rank and batch chosen from the model width and the data
+ * (train/auto.ts), up to 10 epochs with early stopping after 3 without a better F-beta, AdamW at 1e-3.
+ */
 export const DEFAULTS = {
   target: 'both' as const,
-  rank: 1000,
-  epochs: 20,
-  batch: 1024,
-  lr: 1e-3,
+  ...SCHEDULE_DEFAULTS,
   weightDecay: 0.01,
   headFrac: 0.3,
   mlpInput: 'mlp_in' as MlpInput,
@@ -71,7 +78,6 @@ export const DEFAULTS = {
   valFrac: 0.1,
   bufferRows: 0,
   selectBeta: 2,
-  patience: 3,
 };
 
 /** The shuffle buffer of one job in rows (see TrainOptions.bufferRows). */
@@ -98,7 +104,7 @@ export function trainWorkerBytes(jobs: Job[], o: { bufferRows: number; rank: num
 }
 
 /** The settings a checkpoint is bound to (not epochs or patience: a resumed run may extend training). */
-function settingsKey(set: ShardSet, job: Job, o: TrainOptions): string {
+function settingsKey(set: ShardSet, job: Job, o: ResolvedOptions): string {
   return JSON.stringify({
     fp: set.fingerprint,
     job: [job.layer, job.target, job.inputColumn, job.inputLayer, job.k],
@@ -119,7 +125,7 @@ function round(x: number, digits = 6): number {
   return Math.round(x * p) / p;
 }
 
-async function evaluate(tf: Tf, p: Predictor, set: ShardSet, job: Job, o: TrainOptions): Promise<PredictorMetrics> {
+async function evaluate(tf: Tf, p: Predictor, set: ShardSet, job: Job, o: ResolvedOptions): Promise<PredictorMetrics> {
   const acc = new MetricsAccumulator(job.outDim);
   const split = { seed: o.seed, valFrac: o.valFrac };
   for await (const b of validationBatches(set, job, { batch: o.batch, inputNorm: o.inputNorm, split })) {
@@ -133,7 +139,7 @@ async function evaluate(tf: Tf, p: Predictor, set: ShardSet, job: Job, o: TrainO
 }
 
 /** Trains one job to completion (or resumes it). Returns its result, or a skip reason. */
-export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions): Promise<MetricsEntry | { skipped: string }> {
+export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: ResolvedOptions): Promise<MetricsEntry | { skipped: string }> {
   const name = jobName(job);
   const split = { seed: o.seed, valFrac: o.valFrac };
   const counts = await countSplit(set, job, split);
@@ -297,7 +303,35 @@ export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: TrainOptions)
   };
 }
 
-export function argsRecord(o: TrainOptions): Record<string, unknown> {
+/**
+ * Resolves `--rank auto` and `--batch auto` for this shard set. `auto` says what each auto value was chosen from
+ * (recorded in metrics.json's args; not compared on --resume, where the numbers are).
+ */
+export async function resolveOptions(o: TrainOptions, set: ShardSet): Promise<{ o: ResolvedOptions; auto: Record<string, unknown> }> {
+  const auto: Record<string, unknown> = {};
+  let rank = o.rank;
+  let batch = o.batch;
+  if (rank === 'auto') {
+    rank = autoRank(set.dims.dModel);
+    auto.rank = { d_model: set.dims.dModel };
+  }
+  if (batch === 'auto') {
+    const rows = await countTrainRows(set, { seed: o.seed, valFrac: o.valFrac });
+    batch = autoBatch(rows);
+    auto.batch = { train_rows: rows };
+  }
+  return { o: { ...o, rank, batch }, auto };
+}
+
+/** The settings in effect, from metrics.json's args, for the logs: `rank 128 (auto, d 384), batch 128 (auto, ...) ...`. */
+export function settingsText(args: Record<string, unknown>): string {
+  const auto = (args.auto ?? {}) as { rank?: { d_model: number }; batch?: { train_rows: number } };
+  const rank = `rank ${String(args.rank)}${auto.rank ? ` (auto, d ${auto.rank.d_model})` : ''}`;
+  const batch = `batch ${String(args.batch)}${auto.batch ? ` (auto, ${auto.batch.train_rows.toLocaleString('en-US')} training tokens)` : ''}`;
+  return `${rank}, ${batch}, up to ${String(args.epochs)} epoch${args.epochs === 1 ? '' : 's'}, lr ${String(args.lr)}, patience ${String(args.patience)}`;
+}
+
+export function argsRecord(o: ResolvedOptions, auto: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     shards: o.shards,
     target: o.target,
@@ -315,6 +349,7 @@ export function argsRecord(o: TrainOptions): Record<string, unknown> {
     buffer_rows: o.bufferRows || 'auto',
     select_beta: o.selectBeta,
     patience: o.patience,
+    ...(Object.keys(auto).length ? { auto } : {}),
   };
 }
 
@@ -332,9 +367,10 @@ export async function planFromShards(o: TrainOptions): Promise<{ set: ShardSet; 
  * run is refused, resumed with the same settings, or cleared with --force), create it, and write a metrics.json
  * marked incomplete when there is none yet, so a run killed before its first predictor is still seen as unfinished.
  */
-export async function prepareRun(o: TrainOptions, backend: string): Promise<{ set: ShardSet; jobs: Job[]; report: TrainMetrics }> {
-  const { set, jobs } = await planFromShards(o);
-  const args = argsRecord(o);
+export async function prepareRun(request: TrainOptions, backend: string): Promise<{ set: ShardSet; jobs: Job[]; report: TrainMetrics; o: ResolvedOptions }> {
+  const { set, jobs } = await planFromShards(request);
+  const { o, auto } = await resolveOptions(request, set);
+  const args = argsRecord(o, auto);
   const keys = new Map(jobs.map((j) => [jobName(j), settingsKey(set, j, o)]));
   guardOutput({ out: o.out, resume: o.resume, force: o.force, args, fingerprint: set.fingerprint, keys });
   try {
@@ -353,7 +389,7 @@ export async function prepareRun(o: TrainOptions, backend: string): Promise<{ se
     seconds: 0,
   };
   if (!existsSync(join(o.out, METRICS_FILE))) writeMetrics(o.out, report);
-  return { set, jobs, report };
+  return { set, jobs, report, o };
 }
 
 /** Records one finished job in the report; complete once every planned job is trained or skipped. */
@@ -374,10 +410,10 @@ export function writeMetrics(out: string, report: TrainMetrics): void {
 }
 
 /** Runs every job in this process, one after the other. */
-export async function train(tf: Tf, backend: string, o: TrainOptions): Promise<TrainMetrics> {
+export async function train(tf: Tf, backend: string, request: TrainOptions): Promise<TrainMetrics> {
   const t0 = performance.now();
-  const { set, jobs, report } = await prepareRun(o, backend);
-  if (!o.quiet) log(`train: ${jobs.length} predictors (${jobs.map(jobName).join(', ')}) on ${backend}; shards ${set.shards.length} x ${set.layers.length} layers, ${set.rows.reduce((a, b) => a + b, 0)} tokens`);
+  const { set, jobs, report, o } = await prepareRun(request, backend);
+  if (!o.quiet) log(`train: ${jobs.length} predictors (${jobs.map(jobName).join(', ')}) on ${backend}; shards ${set.shards.length} x ${set.layers.length} layers, ${set.rows.reduce((a, b) => a + b, 0)} tokens; ${settingsText(report.args)}`);
   for (const job of jobs) {
     addResult(report, job, await trainJob(tf, set, job, o));
     report.seconds = round((performance.now() - t0) / 1000, 2);

@@ -6,7 +6,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { DejavuError, fsErrorToDejavu } from '../common/errors.js';
 import { backendLine, selectBackend, type BackendName } from './backend.js';
 import type { Job } from './jobs.js';
-import { trainJob, type TrainOptions } from './trainer.js';
+import { trainJob, type ResolvedOptions } from './trainer.js';
 import { openShardSet } from './shard-reader.js';
 
 /** An error for the main thread: bad input and filesystem errors (a full disk, ...) stay one-line DejavuErrors. */
@@ -15,7 +15,7 @@ function asMessage(e: unknown): { message: string; dejavu: boolean } {
   return d ? { message: d.message, dejavu: true } : { message: (e as Error).message, dejavu: false };
 }
 
-const { options, backend } = workerData as { options: TrainOptions; backend: BackendName };
+const { options, backend } = workerData as { options: ResolvedOptions; backend: BackendName };
 const port = parentPort!;
 try {
   const b = await selectBackend(backend);

@@ -10,7 +10,7 @@ const int = (flag: string) => intArg(flag);
 export function register(program: Command): void {
   program
     .command('demo')
-    .description('collect -> train -> export -> eval -> bench -> report: on the bundled example (opt-mini + c4mini, ~10 min on 2 cores), or --model DIR --data FILES')
+    .description('collect -> train -> export -> eval -> bench -> report: on the bundled example (opt-mini + c4mini, ~6 min on 2 cores), or --model DIR --data FILES')
     .option('--work <dir>', `work folder (shards, predictors, bundle, eval/bench JSON, report.html, summary.json); rerunning resumes (default: ${join(tmpdir(), 'dejavu-demo')})`)
     .option('--examples <dir>', 'examples folder (default: the one shipped with dejavu)')
     .option('--model <dir>', 'a Hugging Face OPT folder instead of the example (with --data)')
@@ -20,8 +20,8 @@ export function register(program: Command): void {
     .option('--train-docs <n>', 'c4mini training documents to collect', int('--train-docs'))
     .option('--eval-docs <n>', 'c4mini validation documents for perplexity', int('--eval-docs'))
     .option('--max-len <n>', 'tokens per document, BOS included', int('--max-len'))
-    .option('--rank <r>', 'predictor rank', int('--rank'))
-    .option('--epochs <n>', 'predictor training epochs', int('--epochs'))
+    .option('--rank <r>', "predictor rank (default: train's, auto)", int('--rank'))
+    .option('--epochs <n>', "predictor training epochs (default: train's, 10)", int('--epochs'))
     .option('--workers <n>', 'worker threads (training, perplexity)', int('--workers'))
     .option('--mlp-density <f>', 'MLP density kept in layers 1-5 (default 0.15)', (v: string) => {
       const x = Number(v);
@@ -42,8 +42,8 @@ export function register(program: Command): void {
         trainDocs: f.trainDocs ?? DEMO_DEFAULTS.trainDocs,
         evalDocs: f.evalDocs ?? DEMO_DEFAULTS.evalDocs,
         maxLen: f.maxLen ?? DEMO_DEFAULTS.maxLen,
-        rank: f.rank ?? DEMO_DEFAULTS.rank,
-        epochs: f.epochs ?? DEMO_DEFAULTS.epochs,
+        rank: f.rank,
+        epochs: f.epochs,
         workers: f.workers ?? DEMO_DEFAULTS.workers,
         mlpDensity: f.mlpDensity ?? DEMO_DEFAULTS.mlpDensity,
       });
