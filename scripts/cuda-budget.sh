@@ -69,11 +69,7 @@ fi
 OUT=${OUT:-$PWD/cuda-out/budget}
 mkdir -p "$OUT/bundles"
 exec > >(tee -a "$OUT/budget.log") 2>&1
-NODE=$(command -v node || true)
-if [ -z "$NODE" ]; then
-  [ -x /tmp/node ] || { xz -dc .devtools/node-v20.20.2-linux-x64.xz > /tmp/node && chmod +x /tmp/node; }
-  NODE=/tmp/node
-fi
+. scripts/device-node.sh
 [ -f $B/calib-train-1000-1023.json.gz ] || { echo "no $B: run scripts/cuda-budget.sh prep on the CPU machine (and carry .devnm)"; exit 1; }
 # Written here rather than carried (11 MB of fp32 against the 64 MiB the GPU machine's tree may hold).
 [ -d $B/pred-att-in ] || make_preds "$NODE" || exit 1

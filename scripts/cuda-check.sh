@@ -77,11 +77,7 @@ OUT=${OUT:-$ROOT/cuda-out}
 mkdir -p "$OUT"
 LOG=$OUT/check.log
 exec > >(tee -a "$LOG") 2>&1
-NODE=$(command -v node || true)
-if [ -z "$NODE" ]; then
-  [ -x /tmp/node ] || { xz -dc .devtools/node-v20.20.2-linux-x64.xz > /tmp/node && chmod +x /tmp/node; }
-  NODE=/tmp/node
-fi
+. scripts/device-node.sh
 echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader)"
 status=0
 echo "== build"

@@ -43,11 +43,7 @@ DOCS=${DOCS:-50}
 DD_GB=${DD_GB:-4}
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/collect-bench.log") 2>&1
-NODE=$(command -v node || true)
-if [ -z "$NODE" ]; then
-  [ -x /tmp/node ] || { xz -dc .devtools/node-v20.20.2-linux-x64.xz > /tmp/node && chmod +x /tmp/node; }
-  NODE=/tmp/node
-fi
+. scripts/device-node.sh
 unset NODE_PATH
 # Arrow from scripts/device-prep.sh's archive when this script's prep did not put it there.
 if [ ! -f .devnm/node_modules/apache-arrow/package.json ] && [ -f .devnm/train-nm.tar.xz ]; then

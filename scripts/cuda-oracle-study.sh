@@ -10,11 +10,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/cuda-out/oracle-study}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/oracle-study.log") 2>&1
-NODE=$(command -v node || true)
-if [ -z "$NODE" ]; then
-  [ -x /tmp/node ] || { xz -dc .devtools/node-v20.20.2-linux-x64.xz > /tmp/node && chmod +x /tmp/node; }
-  NODE=/tmp/node
-fi
+. scripts/device-node.sh
 CLI=".devnm/dist/cli/main.js"
 VALID=examples/c4mini/c4mini-validation.00000-of-00001.json.gz
 BUNDLE=examples/opt-mini-bundle-att-in

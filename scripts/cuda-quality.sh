@@ -17,11 +17,7 @@ OUT=${OUT:-$PWD/cuda-out}
 CKPT=${CKPT:-/tmp/opt-6.7b-random}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/quality.log") 2>&1
-NODE=$(command -v node || true)
-if [ -z "$NODE" ]; then
-  [ -x /tmp/node ] || { xz -dc .devtools/node-v20.20.2-linux-x64.xz > /tmp/node && chmod +x /tmp/node; }
-  NODE=/tmp/node
-fi
+. scripts/device-node.sh
 CLI=".devnm/dist/cli/main.js"
 VALID=examples/c4mini/c4mini-validation.00000-of-00001.json.gz
 TRAIN500=.devnm/c4mini-train-first500.json.gz
