@@ -52,7 +52,7 @@ status=0
 # Vulkan for Dawn: the loader (libvulkan.so.1) and the driver manifest (ICD). A machine without the loader gets the
 # carried .deb unpacked under /tmp (not /: nothing of the system is replaced), found through LD_LIBRARY_PATH, which is
 # where train looks too. The NVIDIA manifest of a container runtime sits in /usr/local/nvidia, outside the loader's
-# folders: named through VK_DRIVER_FILES.
+# folders: named through VK_DRIVER_FILES (an image's own /usr/share manifest may name a library the loader cannot use).
 vulkan_setup() {
   local have=""
   if ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1 '; then have=system; fi
@@ -70,7 +70,8 @@ vulkan_setup() {
   VULKAN_LOADER=${have:-none}
   local std
   std=$(ls /etc/vulkan/icd.d/*.json /usr/share/vulkan/icd.d/*.json /usr/local/share/vulkan/icd.d/*.json 2>/dev/null | head -1)
-  if [ -z "$std" ] && [ -z "${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-}" ] && [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+  # Preferred even where a standard one exists, as train does (train/backend.ts, preferContainerVulkanDriver).
+  if [ -z "${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-}" ] && [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   fi
   # The driver library the manifest names, and whether its dependencies resolve (a missing one means no adapter).

@@ -50,10 +50,13 @@ check() {
     echo "drivers (Vulkan ICD files):"
     echo "$icds" | sed 's/^/  /'
     # A driver manifest outside the loader's standard folders is found only when named.
+    # An image's own /usr/share manifest may name a library the loader cannot use (seen: libGLX_nvidia.so.0, "Found
+    # no drivers!"); the container runtime's matches the running driver. Used here as train uses it.
     local nonstd
     nonstd=$(echo "$icds" | grep -E '^/usr/local/nvidia/' | head -1)
     if [ -n "$nonstd" ] && [ -z "${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-}" ]; then
-      echo "  the NVIDIA manifest is outside the loader's folders: export VK_DRIVER_FILES=$nonstd"
+      echo "  the NVIDIA container manifest is outside the loader's folders; train names it (export VK_DRIVER_FILES=$nonstd)"
+      export VK_DRIVER_FILES=$nonstd
     fi
   else
     echo "drivers: no Vulkan ICD file found (the GPU driver's Vulkan part: for NVIDIA, nvidia_icd.json from the driver package)"

@@ -6,6 +6,7 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, sep } from 'node:path';
+import { isMainThread } from 'node:worker_threads';
 import { DejavuError } from '../common/errors.js';
 import type { Tf } from './model.js';
 
@@ -135,6 +136,23 @@ export function vulkanDriverManifests(env: NodeJS.ProcessEnv = process.env, list
 export const NVIDIA_CONTAINER_ICD = '/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json';
 
 /**
+ * Points the Vulkan loader at NVIDIA's container manifest when neither VK_DRIVER_FILES nor VK_ICD_FILENAMES is set and
+ * that manifest exists: the container runtime mounts it to match the running driver, while the image may also carry
+ * a /usr/share one that the loader cannot use (seen on an H100 machine: it names libGLX_nvidia.so.0, "Could not get
+ * 'vkCreateInstance'", then "Found no drivers!"). The value set, or null. Must run on the main thread before Dawn
+ * starts: a worker thread's process.env is a copy that native code does not read.
+ */
+export function preferContainerVulkanDriver(
+  env: NodeJS.ProcessEnv = process.env,
+  exists: (p: string) => boolean = existsSync,
+  platform: NodeJS.Platform = process.platform,
+): string | null {
+  if (platform !== 'linux' || env.VK_DRIVER_FILES || env.VK_ICD_FILENAMES || !exists(NVIDIA_CONTAINER_ICD)) return null;
+  env.VK_DRIVER_FILES = NVIDIA_CONTAINER_ICD;
+  return NVIDIA_CONTAINER_ICD;
+}
+
+/**
  * Why Dawn cannot use a GPU here, or null when it may. On Linux Dawn drives the GPU through Vulkan: without the Vulkan
  * loader it prints "Couldn't load Vulkan" from native code (to fd 2, once per tfjs instance), and without a driver
  * manifest "vkCreateInstance: Found no drivers!", and finds no adapter. Looking for libvulkan.so.1 and a manifest first
@@ -160,6 +178,7 @@ export function webGpuBlocker(
 async function tryWebGpu(tf: Tf, allowFallbackAdapter: boolean): Promise<string> {
   const g = globalThis as unknown as { navigator?: { gpu?: unknown } };
   if (!g.navigator?.gpu) {
+    if (isMainThread) preferContainerVulkanDriver();
     const blocker = webGpuBlocker();
     if (blocker) throw new Error(blocker);
     const { create, globals } = (await import('webgpu')) as unknown as { create: (o: string[]) => unknown; globals: Record<string, unknown> };

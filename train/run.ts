@@ -8,7 +8,7 @@ import { Worker } from 'node:worker_threads';
 import { METRICS_FILE, type MetricsEntry, type Target, type TrainMetrics } from '../common/contracts.js';
 import { log, progressBar, warn, workerEnv } from '../common/progress.js';
 import { DejavuError } from '../common/errors.js';
-import { backendLine, selectBackend, type BackendName } from './backend.js';
+import { backendLine, preferContainerVulkanDriver, selectBackend, type BackendName } from './backend.js';
 import { capWorkers, thisMachine, type Machine } from '../common/workers.js';
 import { addResult, formatTable, prepareRun, settingsText, train, trainWorkerBytes, writeMetrics, type TrainOptions } from './trainer.js';
 
@@ -37,6 +37,7 @@ async function trainInWorkers(request: RunOptions, machine: Machine): Promise<Tr
   const bar = progressBar('train', jobs.length, 'predictors', o.quiet);
   // Worker 0 chooses the backend; the others start once it has, with the backend it chose: `auto` probes WebGPU (and
   // Dawn prints its native warnings, if any) once, not once per worker.
+  if (o.backend === 'auto' || o.backend === 'webgpu') preferContainerVulkanDriver(); // here: the workers' Dawn reads the process's environment
   let startOthers: (backend: BackendName) => void = () => {};
   const start = (wi: number, backend: BackendName): Promise<void> =>
     new Promise<void>((resolve, reject) => {

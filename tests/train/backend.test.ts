@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DejavuError } from '../../common/errors.js';
-import { backendLine, linuxLibraryDirs, NVIDIA_CONTAINER_ICD, selectBackend, vulkanDriverManifests, webGpuBlocker } from '../../train/backend.js';
+import { backendLine, linuxLibraryDirs, NVIDIA_CONTAINER_ICD, preferContainerVulkanDriver, selectBackend, vulkanDriverManifests, webGpuBlocker } from '../../train/backend.js';
 import { REPO_ROOT } from '../helpers/fixtures.js';
 import { writeSyntheticShards } from './synthetic.js';
 
@@ -73,6 +73,22 @@ describe('why WebGPU is not used', () => {
     listed.length = 0;
     expect(vulkanDriverManifests({ HOME: '/h', VK_ADD_DRIVER_FILES: '/n/nvidia_icd.json' }, list, exists)).toEqual(['/usr/share/vulkan/icd.d/lvp_icd.json', '/n/nvidia_icd.json']);
     expect(listed).toEqual(['/h/.config', '/etc/xdg', '/usr/local/etc', '/etc', '/h/.local/share', '/usr/local/share', '/usr/share'].map((d) => `${d}/vulkan/icd.d`));
+  });
+
+  it("preferContainerVulkanDriver: NVIDIA's container manifest when it exists and no driver variable is set (Linux only)", () => {
+    const there = (p: string) => p === NVIDIA_CONTAINER_ICD;
+    const env: NodeJS.ProcessEnv = { HOME: '/h' };
+    expect(preferContainerVulkanDriver(env, there, 'linux')).toBe(NVIDIA_CONTAINER_ICD);
+    expect(env.VK_DRIVER_FILES).toBe(NVIDIA_CONTAINER_ICD);
+    for (const set of [{ VK_DRIVER_FILES: '/mine.json' }, { VK_ICD_FILENAMES: '/mine.json' }]) {
+      const e: NodeJS.ProcessEnv = { ...set };
+      expect(preferContainerVulkanDriver(e, there, 'linux')).toBeNull();
+      expect(e).toEqual(set); // the user's choice stands
+    }
+    const none: NodeJS.ProcessEnv = {};
+    expect(preferContainerVulkanDriver(none, () => false, 'linux')).toBeNull();
+    expect(preferContainerVulkanDriver(none, there, 'darwin')).toBeNull();
+    expect(none).toEqual({});
   });
 
   it('backendLine names the backend in use and, only when auto passed over WebGPU, why', () => {
