@@ -1,43 +1,33 @@
 /**
  * An Arrow IPC *file* written batch by batch straight to disk under a temporary name, then fsynced and renamed into
  * place. apache-arrow's RecordBatchFileWriter normally queues every byte in memory until it is read; handing it a
- * sink that writes synchronously to a file descriptor keeps memory at one batch whatever the file size.
+ * sink that passes the bytes on to a writer thread (at most IN_FLIGHT_CAP bytes held there) keeps memory bounded
+ * whatever the file size.
  */
-import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { openSync, renameSync, rmSync } from 'node:fs';
 import { AsyncByteQueue, RecordBatchFileWriter, type RecordBatch, type Schema } from 'apache-arrow';
 import { tempPathFor } from '../common/atomic.js';
-import { DejavuError } from '../common/errors.js';
+import { DejavuError, fsErrorToDejavu } from '../common/errors.js';
+import { ThreadedFile } from './writer-threads.js';
 
-/** A byte sink the Arrow writer accepts (it must be an AsyncByteQueue) that writes through to a file descriptor. */
-class FdSink extends AsyncByteQueue {
-  bytes = 0;
-  /** SHA-256 of the bytes as written (the manifest's per-shard checksum), computed on the way: no second read. */
-  readonly hash = createHash('sha256');
-  constructor(
-    private readonly fd: number,
-    private readonly path: string,
-  ) {
+/**
+ * A byte sink the Arrow writer accepts (it must be an AsyncByteQueue) that hands the bytes to a writer thread, which
+ * writes them to the file and computes the manifest's per-shard SHA-256 on the way (collect/writer-threads.ts).
+ */
+class ThreadSink extends AsyncByteQueue {
+  constructor(readonly file: ThreadedFile) {
     super();
   }
   override write(value: unknown): void {
     const v = value as ArrayBufferView;
-    const buf = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-    let off = 0;
-    try {
-      while (off < buf.byteLength) off += writeSync(this.fd, buf, off, buf.byteLength - off);
-    } catch (e) {
-      throw new DejavuError(`cannot write: ${(e as Error).message}`, this.path);
-    }
-    this.hash.update(buf);
-    this.bytes += buf.byteLength;
+    this.file.write(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
   }
 }
 
 export class ArrowFileWriter {
   private readonly writer: RecordBatchFileWriter;
-  private readonly sink: FdSink;
-  private fd: number | undefined;
+  private readonly sink: ThreadSink;
+  private open = true;
   readonly tempPath: string;
   /** Hex SHA-256 of the whole file, set by commit(). */
   sha256 = '';
@@ -47,12 +37,13 @@ export class ArrowFileWriter {
     readonly schema: Schema,
   ) {
     this.tempPath = tempPathFor(path);
+    let fd: number;
     try {
-      this.fd = openSync(this.tempPath, 'w');
+      fd = openSync(this.tempPath, 'w');
     } catch (e) {
       throw new DejavuError(`cannot create a shard file: ${(e as Error).message}`, this.tempPath);
     }
-    this.sink = new FdSink(this.fd, this.tempPath);
+    this.sink = new ThreadSink(new ThreadedFile(fd));
     this.writer = new RecordBatchFileWriter();
     // reset(sink, schema) adopts our AsyncByteQueue as is and writes the file preamble into it.
     this.writer.reset(this.sink, schema);
@@ -79,33 +70,41 @@ export class ArrowFileWriter {
 
   /** Bytes written so far (before the footer). */
   get bytes(): number {
-    return this.sink.bytes;
+    return this.sink.file.bytes;
   }
 
   /** Footer, fsync, close, rename into place. Returns the file size; `sha256` is its checksum from then on. */
   commit(): number {
-    this.writer.finish(); // writes the footer (schema + batch index) and closes the sink
-    const fd = this.fd!;
-    this.fd = undefined;
-    try {
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
+    return ArrowFileWriter.commitAll([this])[0];
+  }
+
+  /**
+   * commit() for several files at once: every footer is written and every fsync asked for before the first is
+   * waited on, so the writer threads sync their files side by side. Returns each file's size.
+   */
+  static commitAll(writers: ArrowFileWriter[]): number[] {
+    for (const w of writers) {
+      w.writer.finish(); // writes the footer (schema + batch index) and closes the sink
+      w.sink.file.end();
+      w.open = false;
     }
-    renameSync(this.tempPath, this.path);
-    this.sha256 = this.sink.hash.digest('hex');
-    return this.sink.bytes;
+    return writers.map((w) => {
+      const r = w.sink.file.result();
+      if ('error' in r) {
+        const e = Object.assign(new Error(r.error.message), { code: r.error.code, syscall: r.error.syscall });
+        throw fsErrorToDejavu(e, w.path) ?? new DejavuError(`cannot write: ${r.error.message}`, w.path);
+      }
+      renameSync(w.tempPath, w.path);
+      w.sha256 = r.sha256;
+      return w.sink.file.bytes;
+    });
   }
 
   /** Drops the temporary file (on error or interrupt). Safe to call twice. */
   abort(): void {
-    if (this.fd !== undefined) {
-      try {
-        closeSync(this.fd);
-      } catch {
-        /* already closed */
-      }
-      this.fd = undefined;
+    if (this.open) {
+      this.sink.file.drop();
+      this.open = false;
     }
     rmSync(this.tempPath, { force: true });
   }

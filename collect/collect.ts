@@ -250,7 +250,7 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
     };
     const closeShard = (consumedEnd: number) => {
       flush();
-      const bytes = writers.map((w) => w.commit());
+      const bytes = ArrowFileWriter.commitAll(writers);
       const sha256 = writers.map((w) => w.sha256);
       writers.length = 0;
       state.shards.push({ ...cur!, consumed_end: consumedEnd, bytes, sha256 });

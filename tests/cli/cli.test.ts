@@ -1,6 +1,6 @@
 /**
  * The CLI as a process (dist/cli/main.js): filesystem faults as one line naming the path (an --out that is a file; a
- * full disk or a read-only folder injected by tests/cli/fault-fs.mjs, since tests run as root), existing output left
+ * full disk or a read-only folder injected by tests/cli/fault-fs.cjs, since tests run as root), existing output left
  * as it was, the --workers bound, and the small frictions (help text, flag parsing, flag names, stdout summaries).
  */
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
@@ -15,7 +15,7 @@ import { writeSyntheticShards } from '../train/synthetic.js';
 import { treeSnapshot } from '../helpers/tree.js';
 
 const cli = join(REPO_ROOT, 'dist', 'cli', 'main.js');
-const faultFs = join(REPO_ROOT, 'tests', 'cli', 'fault-fs.mjs');
+const faultFs = join(REPO_ROOT, 'tests', 'cli', 'fault-fs.cjs');
 const MODEL = join(REPO_ROOT, 'examples', 'opt-mini');
 const TEXT = join(REPO_ROOT, 'examples', 'c4mini', 'c4mini-validation.00000-of-00001.json.gz');
 
@@ -24,7 +24,7 @@ let shards: string;
 let predictors: string;
 
 const run = (args: string[], fault?: string): SpawnSyncReturns<string> =>
-  spawnSync(process.execPath, [...(fault ? ['--import', faultFs] : []), cli, ...args], {
+  spawnSync(process.execPath, [...(fault ? ['--require', faultFs] : []), cli, ...args], {
     encoding: 'utf8',
     env: { ...process.env, DEJAVU_FAULT: fault ?? '' },
   });
@@ -84,6 +84,18 @@ describe.skipIf(!existsSync(cli))('filesystem errors: one line naming the path, 
     writeFileSync(file, 'keep');
     expect(oneLineError(run(['collect', '--model', MODEL, '--data', TEXT, '--docs', '1', '--max-len', '8', '--out', file]))).toMatch(new RegExp(`^error: ${file}: `));
     expect(readFileSync(file, 'utf8')).toBe('keep');
+  });
+
+  it('collect on a full disk (a shard written by a writer thread): one line naming the shard, no temp file; the rerun completes', () => {
+    const out = join(tmp, 'collect-enospc');
+    const args = ['collect', '--model', MODEL, '--data', TEXT, '--docs', '2', '--max-len', '16', '--out', out, '--quiet'];
+    expect(oneLineError(run(args, 'ENOSPC:layer_03'))).toBe(`error: ${out}/layer_03/shard_00000.arrow: no space left on the device (ENOSPC, write)`);
+    const left = readdirSync(out, { recursive: true }).map(String);
+    expect(left.filter((f) => f.endsWith('.tmp'))).toEqual([]);
+    expect(left).not.toContain('manifest.json');
+    const again = run(args);
+    expect(again.status, again.stderr).toBe(0);
+    expect(readdirSync(join(out, 'layer_03'))).toEqual(['shard_00000.arrow']);
   });
 
   it('export over an existing bundle on a full disk or a read-only folder: the old bundle stays whole', () => {

@@ -28,12 +28,12 @@ describe('fsErrorToDejavu', () => {
   });
 });
 
-describe('writeJsonAtomic under a full disk or a read-only folder (a child process with tests/cli/fault-fs.mjs)', () => {
+describe('writeJsonAtomic under a full disk or a read-only folder (a child process with tests/cli/fault-fs.cjs)', () => {
   const script = (file: string) =>
     `import { writeJsonAtomic } from ${JSON.stringify(join(process.cwd(), 'dist', 'common', 'atomic.js'))};
      try { writeJsonAtomic(${JSON.stringify(file)}, { v: 2 }); console.log('ok'); } catch (e) { console.log(e.name + ' ' + e.message); }`;
   const run = (fault: string, file: string) =>
-    execFileSync(process.execPath, ['--import', join(process.cwd(), 'tests', 'cli', 'fault-fs.mjs'), '--input-type=module', '-e', script(file)], {
+    execFileSync(process.execPath, ['--require', join(process.cwd(), 'tests', 'cli', 'fault-fs.cjs'), '--input-type=module', '-e', script(file)], {
       env: { ...process.env, DEJAVU_FAULT: fault },
       encoding: 'utf8',
     }).trim();

@@ -1,10 +1,11 @@
-// Preloaded with `node --import` into a CLI process under test: injects one filesystem fault, since tests run as root
-// (permissions cannot make a folder read-only for them) and a disk cannot be filled on demand.
+// Preloaded with `node --require` into a CLI process under test (and so into its worker threads too, which --import
+// does not reach): injects one filesystem fault, since tests run as root (permissions cannot make a folder read-only
+// for them) and a disk cannot be filled on demand.
 //   DEJAVU_FAULT=ENOSPC:<substring>  writes to files whose path contains <substring> fail with ENOSPC (no path, as a
 //                                    real write(2) on a file descriptor)
 //   DEJAVU_FAULT=EROFS:<substring>   opening such a file for writing, or creating such a folder, fails with EROFS
-import fs from 'node:fs';
-import { syncBuiltinESMExports } from 'node:module';
+const fs = require('node:fs');
+const { syncBuiltinESMExports } = require('node:module');
 
 const spec = process.env.DEJAVU_FAULT ?? '';
 const colon = spec.indexOf(':');
@@ -25,8 +26,17 @@ fs.openSync = function (path, flags, ...rest) {
   if (code === 'ENOSPC' && hits(path) && writing(flags)) faultyFds.add(fd);
   return fd;
 };
+// A descriptor opened by another thread (collect's writer threads: this module is preloaded there too, with its own
+// set) is matched by the path it is open on.
+const faultyPath = (fd) => {
+  try {
+    return code === 'ENOSPC' && hits(fs.readlinkSync(`/proc/self/fd/${fd}`));
+  } catch {
+    return false;
+  }
+};
 fs.writeSync = function (fd, ...rest) {
-  if (faultyFds.has(fd)) throw fault('write');
+  if (faultyFds.has(fd) || faultyPath(fd)) throw fault('write');
   return writeSync.call(this, fd, ...rest);
 };
 fs.closeSync = function (fd) {
