@@ -50,22 +50,29 @@ echo "== $(date -u +%FT%TZ) $GPU; $(nproc) cores; node $("$NODE" --version)"
 status=0
 
 # Vulkan for Dawn: the loader (libvulkan.so.1) and the driver manifest (ICD). A machine without the loader gets the
-# carried .deb unpacked under /tmp (not /: nothing of the system is replaced), found through LD_LIBRARY_PATH, which is
-# where train looks too. The NVIDIA manifest of a container runtime sits in /usr/local/nvidia, outside the loader's
+# carried .debs (the loader and libglvnd's GL libraries) unpacked: into / when root (then ldconfig), else under /tmp,
+# found through LD_LIBRARY_PATH, which is where train looks too. The NVIDIA manifest of a container runtime sits in /usr/local/nvidia, outside the loader's
 # folders: named through VK_DRIVER_FILES (an image's own /usr/share manifest may name a library the loader cannot use).
 vulkan_setup() {
   local have=""
   if ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1 '; then have=system; fi
   for d in /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib; do [ -e "$d/libvulkan.so.1" ] && have=system; done
   if [ -z "$have" ] && ls .devnm/debs/*.deb > /dev/null 2>&1; then
-    local pre=/tmp/dejavu-vulkan
-    for f in .devnm/debs/*.deb; do
-      if command -v dpkg > /dev/null; then dpkg -x "$f" "$pre"; else (mkdir -p "$pre" && cd "$pre" && ar p "$OLDPWD/$f" data.tar.xz | tar -xJf -); fi
-    done
-    local lib
-    lib=$(dirname "$(find "$pre" -name 'libvulkan.so.1' | head -1)")
-    export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    have="carried ($lib)"
+    if [ "$(id -u)" = 0 ] && command -v dpkg > /dev/null && command -v ldconfig > /dev/null; then
+      # As root: into / (the machine's notes do this with these packages; a fresh machine is discarded after).
+      for f in .devnm/debs/*.deb; do dpkg -x "$f" /; done
+      ldconfig
+      have="carried, unpacked into /"
+    else
+      local pre=/tmp/dejavu-vulkan
+      for f in .devnm/debs/*.deb; do
+        if command -v dpkg > /dev/null; then dpkg -x "$f" "$pre"; else (mkdir -p "$pre" && cd "$pre" && ar p "$OLDPWD/$f" data.tar.xz | tar -xJf -); fi
+      done
+      local lib
+      lib=$(dirname "$(find "$pre" -name 'libvulkan.so.1' | head -1)")
+      export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+      have="carried ($lib)"
+    fi
   fi
   VULKAN_LOADER=${have:-none}
   local std

@@ -14,8 +14,9 @@
 #      echarts: its self-contained ES module bundle (the report's charts), as the package's only entry;
 #      webgpu: index.js and the linux-x64 dawn.node only (21.5 MB; stripped, 4.5 MB in the archive);
 #      seedrandom, long, node-fetch (+ whatwg-url, tr46, webidl-conversions): tfjs-core's dependencies.
-# 3. .devnm/debs/libvulkan1_*.deb (apt-get download, ~140 kB): the Vulkan loader Dawn needs; the GPU machine may have
-#    the NVIDIA driver's Vulkan part but not the loader. cuda-pipeline.sh unpacks it outside / (LD_LIBRARY_PATH).
+# 3. .devnm/debs/*.deb (apt-get download, ~370 kB): the Vulkan loader Dawn needs and the GL vendor-neutral libraries
+#    (libglvnd) the driver's Vulkan library sits beside; the GPU machine may have the NVIDIA driver's Vulkan part but
+#    not these. cuda-pipeline.sh unpacks them (into / as root, as the machine's notes do, else under /tmp).
 # 4. A check here: the compiled CLI run from a copy of .devnm in a temp folder, with the archive unpacked there and
 #    neither the repository's node_modules nor NODE_PATH in reach (`dejavu demo --help`, the tfjs backends, Arrow,
 #    echarts, Dawn's module), so a missing transitive dependency fails here, not on the GPU machine. CHECK=0 skips it;
@@ -79,13 +80,18 @@ strip "$S/webgpu/dist/linux-x64/dawn.node" 2>/dev/null || true  # symbols only (
 rm -f .devnm/train-nm.tar.xz
 tar -C "$STAGE" -cf - node_modules | xz -T0 -9 > .devnm/train-nm.tar.xz
 
-# The Vulkan loader as a .deb (apt's amd64 package lists in a private folder; nothing installed here).
-if ! ls .devnm/debs/libvulkan1_*.deb > /dev/null 2>&1; then
+# The Vulkan loader and the GL vendor-neutral libraries the NVIDIA driver's Vulkan library (libGLX_nvidia.so.0) is
+# loaded beside, as .debs (apt's amd64 package lists in a private folder; nothing installed here): the set the GPU
+# machine's notes give for Vulkan there.
+DEBS="libvulkan1 libglvnd0 libglx0 libgl1 libegl1 libopengl0 libgles2"
+missing=""
+for p in $DEBS; do ls .devnm/debs/${p}_*.deb > /dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
   mkdir -p .devnm/debs /tmp/dejavu-apt-amd64/partial
   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/dejavu-apt-amd64'
   # shellcheck disable=SC2086
-  { apt-get $o update -qq > /dev/null 2>&1 && (cd .devnm/debs && apt-get $o download libvulkan1 > /dev/null 2>&1); } ||
-    echo "device-prep: apt-get download libvulkan1 failed: WebGPU on the GPU machine then needs a Vulkan loader there"
+  { apt-get $o update -qq > /dev/null 2>&1 && (cd .devnm/debs && apt-get $o download $missing > /dev/null 2>&1); } ||
+    echo "device-prep: apt-get download$missing failed: WebGPU on the GPU machine then needs them there"
 fi
 
 if [ "${CHECK:-1}" != 0 ]; then
