@@ -13,7 +13,8 @@
 #                                        .devnm/node_modules; carry .devtools and .devnm
 #   scripts/cuda-collect-bench.sh        on the GPU machine
 # Environment: OUT (default ./cuda-out), CKPT (default /tmp/opt-6.7b-random), WORK (shards and the dd file; default
-# /tmp/dejavu-collect-bench: the disk measured), DOCS (default 50: ~39k tokens), DD_GB (default 4).
+# /tmp/dejavu-collect-bench: the disk measured), DOCS (default 50: ~39k tokens), DD_GB (default 4), DATA (default
+# .devnm/c4mini-train-first500.json.gz; examples/c4mini/c4mini-train-first400.json.gz holds the same first documents).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = prep ]; then
@@ -51,7 +52,7 @@ if [ ! -f .devnm/node_modules/apache-arrow/package.json ] && [ -f .devnm/train-n
 fi
 [ -f .devnm/node_modules/apache-arrow/package.json ] || { echo "no apache-arrow in .devnm: run scripts/cuda-collect-bench.sh prep first"; exit 1; }
 CLI=.devnm/dist/cli/main.js
-DATA=.devnm/c4mini-train-first500.json.gz
+DATA=${DATA:-.devnm/c4mini-train-first500.json.gz}
 T0=$(date +%s)
 echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ ! -f "$CKPT/model.safetensors.index.json" ]; then
