@@ -17,6 +17,7 @@ const BENCHES: Bench[] = [
   { name: 'train-webgpu', description: 'train step samples/s, 4096->1024->16384 at batch 1024, tfjs-webgpu (needs a GPU)', load: () => import('./train-webgpu.js') },
   { name: 'train-memory', description: 'dejavu train peak RSS on opt-mini shards of 200 vs 400 c4mini-train docs (bounded by the batch, not the data)', load: () => import('./train-memory.js') },
   { name: 'collect-cpu', description: 'dejavu collect tokens/s and peak RSS, opt-mini, --docs 500 --max-len 2048 on c4mini-train', load: () => import('./collect-cpu.js') },
+  { name: 'collect-write', description: "collect's shard writing at OPT-6.7B row size: writer threads vs write-then-hash on one thread, beside the disk and SHA-256 rates", load: () => import('./collect-write.js') },
   { name: 'decode-cpu', description: 'CPU decode ms/token dense vs sparse (MLP 10%, heads 100%/50%), per block, Amdahl bound, KV policy cost, opt-mini', load: () => import('./decode-cpu.js') },
   { name: 'prefill-cpu', description: 'dense CPU prefill tokens/s, opt-mini, 512-token sequences', load: () => import('./prefill-cpu.js') },
 ];
