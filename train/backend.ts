@@ -3,6 +3,7 @@
  * when installed and loadable), WebGPU (Dawn for Node, when a hardware adapter exists), wasm, cpu. Every backend module
  * is imported dynamically, so a missing optional package is just "not available".
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, sep } from 'node:path';
@@ -174,6 +175,51 @@ export function webGpuBlocker(
     : 'no Vulkan driver manifest (icd.d/*.json: the GPU driver\'s Vulkan part) where the Vulkan loader looks (docs/training.md, "Backends")';
 }
 
+export interface DawnProbe {
+  ok: boolean;
+  /** Why there is no adapter: Dawn's and the Vulkan loader's own messages, in one line. */
+  reason?: string;
+}
+
+/** Reads the probe child's output: its JSON line on stdout, and what Dawn and the Vulkan loader printed on stderr. */
+export function readDawnProbe(stdout: string, stderr: string, status: number | null): DawnProbe {
+  let r: { ok?: boolean; error?: string } = {};
+  try {
+    r = JSON.parse(stdout.trim().split('\n').pop() ?? '');
+  } catch {
+    /* no answer: the child died (a crash in native code) */
+  }
+  if (r.ok) return { ok: true };
+  // "Warning: vkCreateInstance: Found no drivers!" and the like; Dawn's source locations are left out.
+  // Messages first (Dawn's and the loader's warnings, a thrown error's line), not a stack trace's code echo.
+  const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('at '));
+  const messages = lines.filter((l) => /^Warning:|Error\b|error\b/.test(l));
+  const said = (messages.length ? messages : lines).map((l) => l.replace(/^Warning:\s*/, ''));
+  const why = r.error ? `request failed: ${r.error}` : status === 0 ? 'Dawn found no GPU adapter' : `the Dawn probe exited with ${status ?? 'a signal'}`;
+  if (said.length) return { ok: false, reason: `${why} (${said.slice(0, 3).join('; ')})` };
+  return { ok: false, reason: r.error ? why : `${why} (is a Vulkan driver for the GPU installed?)` };
+}
+
+/**
+ * Asks Dawn for a hardware-or-not adapter in a child process first: where there is none, Dawn and the Vulkan loader
+ * print their warnings from native code straight to fd 2 (four lines on a machine whose driver manifest is unusable),
+ * which a Node process cannot hold back. The child's are captured instead and train says why in its one backend line.
+ * `module`: the path of npm `webgpu`'s entry.
+ */
+export function probeDawnAdapter(module: string, timeoutMs = 60_000): DawnProbe {
+  // npm webgpu is an ES module: imported, not required.
+  const script = `import(require('node:url').pathToFileURL(process.argv[1]).href).then((m) => {
+  const { create, globals } = m.create ? m : m.default;
+  Object.assign(globalThis, globals);
+  return create([]).requestAdapter({ powerPreference: 'high-performance' });
+}).then(
+  (a) => { process.stdout.write(JSON.stringify({ ok: !!a }) + '\\n'); process.exit(0); },
+  (e) => { process.stdout.write(JSON.stringify({ ok: false, error: String(e && e.message) }) + '\\n'); process.exit(0); });`;
+  const r = spawnSync(process.execPath, ['-e', script, module], { encoding: 'utf8', timeout: timeoutMs, env: process.env });
+  if (r.error) return { ok: false, reason: `the Dawn probe could not run (${r.error.message})` };
+  return readDawnProbe(r.stdout ?? '', r.stderr ?? '', r.status);
+}
+
 /** Sets up `navigator.gpu` from Dawn (npm `webgpu`) before tfjs-backend-webgpu loads (it checks at import time). */
 async function tryWebGpu(tf: Tf, allowFallbackAdapter: boolean): Promise<string> {
   const g = globalThis as unknown as { navigator?: { gpu?: unknown } };
@@ -181,6 +227,8 @@ async function tryWebGpu(tf: Tf, allowFallbackAdapter: boolean): Promise<string>
     if (isMainThread) preferContainerVulkanDriver();
     const blocker = webGpuBlocker();
     if (blocker) throw new Error(blocker);
+    const probe = probeDawnAdapter(createRequire(import.meta.url).resolve('webgpu'));
+    if (!probe.ok) throw new Error(probe.reason);
     const { create, globals } = (await import('webgpu')) as unknown as { create: (o: string[]) => unknown; globals: Record<string, unknown> };
     Object.assign(globalThis, globals);
     const gpu = create([]);

@@ -1,10 +1,11 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DejavuError } from '../../common/errors.js';
-import { backendLine, linuxLibraryDirs, NVIDIA_CONTAINER_ICD, preferContainerVulkanDriver, selectBackend, vulkanDriverManifests, webGpuBlocker } from '../../train/backend.js';
+import { backendLine, linuxLibraryDirs, NVIDIA_CONTAINER_ICD, preferContainerVulkanDriver, probeDawnAdapter, readDawnProbe, selectBackend, vulkanDriverManifests, webGpuBlocker } from '../../train/backend.js';
 import { REPO_ROOT } from '../helpers/fixtures.js';
 import { writeSyntheticShards } from './synthetic.js';
 
@@ -89,6 +90,49 @@ describe('why WebGPU is not used', () => {
     expect(preferContainerVulkanDriver(none, () => false, 'linux')).toBeNull();
     expect(preferContainerVulkanDriver(none, there, 'darwin')).toBeNull();
     expect(none).toEqual({});
+  });
+
+  it("readDawnProbe: Dawn's and the Vulkan loader's messages become the reason, in one line", () => {
+    const stderr = [
+      "Warning: loader_scanned_icd_add: Could not get 'vkCreateInstance' via 'vk_icdGetInstanceProcAddr' for ICD libGLX_nvidia.so.0",
+      'Warning: vkCreateInstance: Found no drivers!',
+      'Warning: vkCreateInstance failed with VK_ERROR_INCOMPATIBLE_DRIVER',
+      '    at CheckVkSuccessImpl (/home/runner/work/node-webgpu/third_party/dawn/src/dawn/native/vulkan/VulkanError.cpp:106)',
+      '',
+    ].join('\n');
+    expect(readDawnProbe('{"ok":true}\n', '', 0)).toEqual({ ok: true });
+    expect(readDawnProbe('{"ok":false}\n', stderr, 0)).toEqual({
+      ok: false,
+      reason:
+        "Dawn found no GPU adapter (loader_scanned_icd_add: Could not get 'vkCreateInstance' via 'vk_icdGetInstanceProcAddr' for ICD libGLX_nvidia.so.0; vkCreateInstance: Found no drivers!; vkCreateInstance failed with VK_ERROR_INCOMPATIBLE_DRIVER)",
+    });
+    expect(readDawnProbe('{"ok":false}\n', '', 0).reason).toBe('Dawn found no GPU adapter (is a Vulkan driver for the GPU installed?)');
+    expect(readDawnProbe('{"ok":false,"error":"lost"}\n', '', 0).reason).toMatch(/^request failed: lost/);
+    expect(readDawnProbe('', 'Segmentation fault', 139).reason).toBe('the Dawn probe exited with 139 (Segmentation fault)');
+  });
+
+  it('probeDawnAdapter asks in a child process: what native code prints there never reaches this process', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dejavu-fake-webgpu-'));
+    const fake = (adapter: string) => {
+      const f = join(dir, `${adapter}.cjs`);
+      // Writes to fd 2 as native code would (no Node stream in between).
+      writeFileSync(f, `const fs = require('fs');
+module.exports = { globals: {}, create: () => ({ requestAdapter: async () => {
+  fs.writeSync(2, 'Warning: vkCreateInstance: Found no drivers!\\n');
+  return ${adapter};
+} }) };`);
+      return f;
+    };
+    try {
+      expect(probeDawnAdapter(fake('null'))).toEqual({ ok: false, reason: 'Dawn found no GPU adapter (vkCreateInstance: Found no drivers!)' });
+      expect(probeDawnAdapter(fake('({})'))).toEqual({ ok: true });
+      expect(probeDawnAdapter(join(dir, 'absent.cjs')).reason).toMatch(/^request failed: Cannot find module/);
+      // npm webgpu itself (an ES module): the probe loads it and Dawn answers, adapter or not (here, usually no Vulkan).
+      const real = probeDawnAdapter(createRequire(import.meta.url).resolve('webgpu'));
+      if (!real.ok) expect(real.reason).toMatch(/^Dawn found no GPU adapter \(/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('backendLine names the backend in use and, only when auto passed over WebGPU, why', () => {
