@@ -23,6 +23,7 @@ import { dataEntries, type CollectArgs } from './args.js';
 import { ArrowFileWriter } from './arrow-file.js';
 import { LayerChunk } from './chunk.js';
 import type { LayerRows } from './doc-rows.js';
+import type { CudaLib } from '../runtime/cuda/lib.js';
 import { cudaForward, inThreadForward, workerForward, workersAvailable, type DocForward, type ModelInfo } from './forward.js';
 import {
   acquireLock,
@@ -59,6 +60,8 @@ export interface CollectOptions {
   quiet?: boolean;
   /** Called after every document (benchmarks sample memory here). */
   onDocument?: (p: { docs: number; tokens: number; shards: number }) => void;
+  /** With device cuda: the CUDA library (default: the one `npm run build:cuda` built; tests pass a stand-in). */
+  cudaLib?: CudaLib;
 }
 
 export interface CollectManifest {
@@ -167,7 +170,7 @@ export async function collect(opts: CollectOptions): Promise<CollectResult> {
   const dims: ShardDims = { dModel: c.hiddenSize, nHeads: c.numHeads, ffnDim: c.ffnDim, topK: topk };
   const batchRows = batchRowsFor(dims, maxLen, shardTokens);
   let gpu: { forward: DocForward; model: ModelInfo } | undefined;
-  if (device === 'cuda') gpu = await cudaForward(opts.model, layers, dims, maxLen);
+  if (device === 'cuda') gpu = await cudaForward(opts.model, layers, dims, maxLen, opts.cudaLib);
   const ckpt: ModelInfo = gpu
     ? gpu.model
     : { dir: loaded!.dir, config: c, fingerprint: loaded!.fingerprint, architectureFingerprint: loaded!.architectureFingerprint, weightsSha256: loaded!.weightsSha256 };

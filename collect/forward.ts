@@ -15,7 +15,7 @@ import type { ShardDims } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
 import { workerEnv } from '../common/progress.js';
 import { forwardRows, type LayerRows } from './doc-rows.js';
-import type { TapRows } from '../runtime/cuda/lib.js';
+import type { CudaLib, TapRows } from '../runtime/cuda/lib.js';
 
 export interface WorkerData {
   modelDir: string;
@@ -85,12 +85,13 @@ export async function cudaForward(
   layers: number[],
   dims: ShardDims,
   maxLen: number,
+  given?: CudaLib,
 ): Promise<{ forward: DocForward; model: ModelInfo; gpu: GpuInfo }> {
   if (dims.topK > 0) throw new DejavuError('--mlp-topk is computed on the CPU path only; drop it or use --device cpu', '--mlp-topk');
   const { loadCudaLib } = await import('../runtime/cuda/lib.js');
   const { loadModelToGpu } = await import('../runtime/cuda/load.js');
   const { TapsPipeline } = await import('../runtime/cuda/taps.js');
-  const lib = await loadCudaLib();
+  const lib = given ?? (await loadCudaLib());
   const info = lib.deviceInfo();
   const { engine, model } = await loadModelToGpu(lib, modelDir, { maxT: 1, prefillTokens: maxLen });
   let taps: InstanceType<typeof TapsPipeline>;
