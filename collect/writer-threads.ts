@@ -131,8 +131,8 @@ function nextThread(): WriterThread {
 
 /**
  * One file's bytes, written in order by one writer thread to an fd the caller opened. write() copies (the Arrow
- * writer reuses its buffers); end() waits for fsync + close and gives the SHA-256 of every byte written, or the
- * first write error's message (end() then result()); drop() gives the fd back to the thread to close, without waiting.
+ * writer reuses its buffers); end() asks for fsync + close and result() waits for them, giving the SHA-256 of every
+ * byte written or the first write error; drop() gives the fd back to the thread to close, without waiting.
  */
 export class ThreadedFile {
   private readonly thread = nextThread();
@@ -195,7 +195,7 @@ export class ThreadedFile {
   }
 }
 
-/** Writer threads started (for logs and tests). */
+/** Writer threads started (tests check the bound). */
 export function writerThreads(): number {
   return threads?.length ?? 0;
 }

@@ -51,8 +51,9 @@ status=0
 
 # Vulkan for Dawn: the loader (libvulkan.so.1) and the driver manifest (ICD). A machine without the loader gets the
 # carried .debs (the loader and libglvnd's GL libraries) unpacked: into / when root (then ldconfig), else under /tmp,
-# found through LD_LIBRARY_PATH, which is where train looks too. The NVIDIA manifest of a container runtime sits in /usr/local/nvidia, outside the loader's
-# folders: named through VK_DRIVER_FILES (an image's own /usr/share manifest may name a library the loader cannot use).
+# found through LD_LIBRARY_PATH, which is where train looks too. The NVIDIA manifest of a container runtime sits in
+# /usr/local/nvidia, outside the loader's folders: named through VK_DRIVER_FILES (an image's own /usr/share manifest
+# may name a library the loader cannot use).
 vulkan_setup() {
   local have=""
   if ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1 '; then have=system; fi

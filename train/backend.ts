@@ -190,8 +190,8 @@ export function readDawnProbe(stdout: string, stderr: string, status: number | n
     /* no answer: the child died (a crash in native code) */
   }
   if (r.ok) return { ok: true };
-  // "Warning: vkCreateInstance: Found no drivers!" and the like; Dawn's source locations are left out.
-  // Messages first (Dawn's and the loader's warnings, a thrown error's line), not a stack trace's code echo.
+  // Messages first ("Warning: vkCreateInstance: Found no drivers!", a thrown error's line), not a stack trace's code
+  // echo or Dawn's source locations.
   const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('at '));
   const messages = lines.filter((l) => /^Warning:|Error\b|error\b/.test(l));
   const said = (messages.length ? messages : lines).map((l) => l.replace(/^Warning:\s*/, ''));
@@ -201,7 +201,7 @@ export function readDawnProbe(stdout: string, stderr: string, status: number | n
 }
 
 /**
- * Asks Dawn for a hardware-or-not adapter in a child process first: where there is none, Dawn and the Vulkan loader
+ * Asks Dawn for an adapter in a child process first: where there is none, Dawn and the Vulkan loader
  * print their warnings from native code straight to fd 2 (four lines on a machine whose driver manifest is unusable),
  * which a Node process cannot hold back. The child's are captured instead and train says why in its one backend line.
  * `module`: the path of npm `webgpu`'s entry.

@@ -35,8 +35,8 @@ async function trainInWorkers(request: RunOptions, machine: Machine): Promise<Tr
   // The workers train silently (noProgress); the main thread shows predictors done, rate and ETA (plain lines off a
   // terminal).
   const bar = progressBar('train', jobs.length, 'predictors', o.quiet);
-  // Worker 0 chooses the backend; the others start once it has, with the backend it chose: `auto` probes WebGPU (and
-  // Dawn prints its native warnings, if any) once, not once per worker.
+  // Worker 0 chooses the backend; the others start once it has, with the backend it chose: `auto` probes WebGPU once,
+  // not once per worker.
   if (o.backend === 'auto' || o.backend === 'webgpu') preferContainerVulkanDriver(); // here: the workers' Dawn reads the process's environment
   let startOthers: (backend: BackendName) => void = () => {};
   const start = (wi: number, backend: BackendName): Promise<void> =>
