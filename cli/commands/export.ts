@@ -96,7 +96,7 @@ export function register(program: Command): void {
         const { exportMeasured, exportToBudget } = await import('../../export/budget.js');
         const { pickDevice } = await import('../../runtime/cuda/pick-device.js');
         const { loadCudaLib } = await import('../../runtime/cuda/lib.js');
-        const dev = await pickDevice(f.device, ckpt.config, () => loadCudaLib());
+        const dev = await pickDevice(f.device, ckpt.config, () => loadCudaLib(), { grouped: f.mlpSelect === 'grouped' });
         if (dev.type === 'cpu' && dev.why) log(`--device auto: measuring on the CPU (${dev.why})`);
         if (dev.type === 'cuda' && f.workers !== undefined) warn('--workers applies to CPU measurements; the GPU runs one engine');
         // The GPU picks G from its kernel grid (a G given must equal it); the CPU needs one.

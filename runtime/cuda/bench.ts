@@ -132,11 +132,6 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
     const r = await loadModelToGpu(lib, o.model, { maxT, prefillTokens, options });
     ({ engine: eng, dims, config, model } = r);
     load = r.stats;
-    const why = CudaEngine.decodeProblem(r.config);
-    if (why) {
-      eng.destroy();
-      throw new DejavuError(why, o.model);
-    }
   } else {
     dims = shapeDims(o.shape!);
     const maxT = o.prompt + o.gen + 8;

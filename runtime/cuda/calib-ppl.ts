@@ -8,7 +8,6 @@ import { DejavuError } from '../../common/errors.js';
 import { log } from '../../common/progress.js';
 import type { LayerK } from '../../export/layer-k.js';
 import type { PplMeasurer } from '../../export/measure.js';
-import { CudaEngine } from './engine.js';
 import { decodePerplexity, prefillPerplexity } from './eval-ppl.js';
 import type { CudaLib, CudaOptions } from './lib.js';
 import { loadModelToGpu } from './load.js';
@@ -35,14 +34,12 @@ export function layerKOnEngine(plan: { kH: number[]; kM: number[] }, dims: { hea
 export async function cudaMeasurer(lib: CudaLib, o: CudaMeasurerOptions): Promise<PplMeasurer> {
   const info = lib.deviceInfo();
   const batchTokens = Math.max(o.maxT, 4096);
-  const { engine, config, dims, model } = await loadModelToGpu(lib, o.model, {
+  const { engine, dims, model } = await loadModelToGpu(lib, o.model, {
     maxT: o.maxT,
     prefillTokens: batchTokens,
     options: { path: o.path ?? 'auto', selection: o.selection, kvPolicy: o.kvPolicy },
   });
   try {
-    const why = CudaEngine.decodeProblem(config);
-    if (why) throw new DejavuError(why, o.model);
     const { loadBundle } = await import('../../export/bundle.js');
     const plan = engine.applyBundle(loadBundle(o.bundle, model));
     engine.build();

@@ -22,7 +22,8 @@
  *      documents x 128 tokens (--data FILE), KV policies all and selected: pass within 0.5% relative; the share of the
  *      GPU's oracle picks the CPU oracle also makes on the first document (reported, fp16 near-ties may differ).
  *   variants: small random OPTs in HF layout that opt-mini does not exercise (post-LN, project_in/out, untied head, no
- *      final LayerNorm) as F32 / F16 / BF16 files: GPU prefill logits vs the CPU runtime's, pass <= 2e-3
+ *      final LayerNorm) as F32 / F16 / BF16 files: GPU prefill logits vs the CPU runtime's; the dense decode graph, the
+ *      oracle's decode and the fixed-selection graph under both KV policies vs the CPU runtimes; pass <= 2e-3 each
  *      (check-variants.ts);
  *   bad input: a model too big for the card, an unsupported config key, a checkpoint cut short: `eval ppl --device
  *      cuda` exits 1 with one error line and no stack trace; a failed loadModelToGpu leaves the GPU's free memory
@@ -44,7 +45,7 @@ import { SparseOptModel } from '../sparse/model.js';
 import { CudaEngine } from './engine.js';
 import { CUDA_PATHS, loadCudaLib, type CudaOptions } from './lib.js';
 import { loadModelToGpu } from './load.js';
-import { checkVariants } from './check-variants.js';
+import { checkVariants, pick } from './check-variants.js';
 import { checkBadInput } from './check-bad-input.js';
 import { TapsPipeline } from './taps.js';
 import { forwardRows } from '../../collect/doc-rows.js';
@@ -76,15 +77,6 @@ function rng(seed: number): () => number {
     return s / 2 ** 32;
   };
 }
-function pick(n: number, k: number, r: () => number): Int32Array {
-  const all = Array.from({ length: n }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(r() * (i + 1));
-    [all[i], all[j]] = [all[j], all[i]];
-  }
-  return Int32Array.from(all.slice(0, k).sort((a, b) => a - b));
-}
-
 const P0 = 32;  // dense prefill before the sparse comparisons
 
 interface Ctx {
@@ -487,7 +479,7 @@ async function main(): Promise<void> {
   } finally {
     loaded.engine.destroy();
   }
-  // Model variants and bad input: prefill and loading only (the decode path does not matter).
+  // Model variants (prefill and decode) and bad input.
   const variants = await checkVariants(lib, say);
   out.variants = variants;
   out.variants_pass = variants.every((v) => v.pass);

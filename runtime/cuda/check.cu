@@ -126,8 +126,12 @@ static __half* poisoned_h(size_t n) {
   return p;
 }
 
-static void test_embed() {
-  int V = 300, d = 384, maxpos = 64;
+// The embedding and the three LnOut modes: pre-LN (xn = LN(x)*g+b), none (g null: xn = x) and post-LN (x itself
+// normalised first, then xn = xr = x and xp = LN of the new x); d = 20480 takes two register batches of
+// block_layernorm<4> at 1024 threads.
+static void test_embed(int d, int mode) {
+  const char* names[] = {"pre-LN", "no LN", "post-LN"};
+  int V = 300, maxpos = 64;
   auto E = r16(randv((size_t)V * d)), P = r16(randv((size_t)(maxpos + 2) * d));
   auto g = randv(d, 0.2f, 1.f), be = randv(d, 0.1f);
   std::vector<int> toks(maxpos);
@@ -135,13 +139,54 @@ static void test_embed() {
   int pos = rng() % maxpos;
   std::vector<int> st = {pos, 1, 0, 0};
   float* x = poisoned(d);
-  LnOut ln{dev(g), dev(be), 1e-5f, poisoned_h(d), poisoned_h(d), poisoned_h(d)};
+  LnOut ln{mode == 1 ? nullptr : dev(g), dev(be), 1e-5f, poisoned_h(d), poisoned_h(d), poisoned_h(d), mode == 2};
   k_embed<<<1, 1024>>>(devh(E), devh(P), dev(toks), dev(st), d, x, ln);
   CUDA_OK(cudaGetLastError());
   std::vector<double> ref(d);
   for (int i = 0; i < d; i++) ref[i] = E[(size_t)toks[pos] * d + i] + P[(size_t)(pos + 2) * d + i];
-  expect("embed: E[tokens[pos]] + P[pos+2]", host(x, d), ref);
-  check_lnout("embed", ln.xn, ln.xr, ln.xp, ref, g, be);
+  char what[96];
+  snprintf(what, sizeof what, "embed d=%d, %s", d, names[mode]);
+  if (mode == 2) {
+    std::vector<float> xf(ref.begin(), ref.end());
+    ref_layernorm(xf.data(), g.data(), be.data(), d, 1e-5f, ref);
+    expect((std::string(what) + ": x = LN(E[tok] + P[pos+2]) in place").c_str(), host(x, d), ref);
+  } else {
+    expect((std::string(what) + ": E[tokens[pos]] + P[pos+2]").c_str(), host(x, d), ref);
+  }
+  if (mode == 0) check_lnout(what, ln.xn, ln.xr, ln.xp, ref, g, be);
+  else {  // xn = x; xp = LN(x) without affine
+    std::vector<float> one(d, 1.f), zero(d, 0.f);
+    check_lnout(what, ln.xn, ln.xr, ln.xp, ref, one, zero);
+    expect((std::string(what) + ": xn = x").c_str(), hostf16(ln.xn, d), ref);
+  }
+}
+
+// project_in's pieces: the token's embedding row, its GEMV into x, then k_embed with E null adds the positions.
+static void test_embed_project_in() {
+  const int V = 300, d = 1024, ed = 512, maxpos = 64;
+  auto E = r16(randv((size_t)V * ed)), P = r16(randv((size_t)(maxpos + 2) * d));
+  auto W = r16(randv((size_t)d * ed, 1.f / std::sqrt((float)ed)));
+  std::vector<int> toks(maxpos);
+  for (auto& t : toks) t = rng() % V;
+  int pos = rng() % maxpos;
+  std::vector<int> st = {pos, 1, 0, 0};
+  __half* row = poisoned_h(ed);
+  k_embed_row<<<1, 256>>>(devh(E), dev(toks), dev(st), ed, row);
+  RowsArgs a{};
+  a.W = devh(W); a.K = ed; a.n_out = d; a.x = row; a.map = MAP_ID; a.y = poisoned(d); a.wpr = 1; a.lpr = 32;
+  k_rows<EPI_PLAIN><<<(d + WARPS - 1) / WARPS, WARPS * 32>>>(a);
+  LnOut ln{nullptr, nullptr, 1e-5f, poisoned_h(d), poisoned_h(d), poisoned_h(d), 0};
+  k_embed<<<1, 1024>>>(nullptr, devh(P), dev(toks), dev(st), d, a.y, ln);
+  CUDA_OK(cudaGetLastError());
+  std::vector<double> e(ed), ref(d);
+  for (int i = 0; i < ed; i++) e[i] = E[(size_t)toks[pos] * ed + i];
+  for (int i = 0; i < d; i++) ref[i] = ref_dot(&W[(size_t)i * ed], e.data(), ed) + P[(size_t)(pos + 2) * d + i];
+  expect("embed_row + project_in GEMV + positions (k_embed, E null)", host(a.y, d), ref);
+  std::vector<float> y = r16(randv(ed, 2.f));
+  __half* yh = poisoned_h(ed);
+  k_to_half<<<1, 256>>>(dev(y), ed, yh);
+  std::vector<double> yd(y.begin(), y.end());
+  expect("project_out's output to fp16 (k_to_half)", hostf16(yh, ed), yd, 1e-3);
 }
 
 // Row GEMV: plain / gathered rows / ReLU / split rows / short rows; fp16 input vector.
@@ -910,8 +955,15 @@ static void test_prefill(bool pre, int ed, bool untied, bool final_ln, int dtype
     printf("  taps mlp_active: %zu of %zu bits agree, %zu disagreements away from zero\n", agree, total, bad);
     expect_true("  taps mlp_active >= 99.9% equal, every difference near zero", agree >= 0.999 * total && bad == 0);
   }
-  if (pre && final_ln && ed == d) {
-    // One sequence into the KV cache, then the dense decode graph recomputes its last position from the cache.
+  {
+    // Every form decodes: one sequence into the KV cache, then the dense decode graph recomputes its last position.
+    const bool standard = pre && final_ln && ed == d;
+    if (!standard) {
+      expect_true("  this form: the automatic choice is the portable path", dj_path(e) == PATH_PORTABLE);
+      DjOptions so{PATH_STREAMED, SEL_EXACT, KV_ALL};
+      expect_true("  this form on the streamed path: refused, named",
+                  dj_set_options(e, &so) != 0 && strstr(dj_last_error(), "streamed path"));
+    }
     std::vector<int> one(toks.begin(), toks.begin() + 37);
     const int l1[1] = {37};
     API_OK(dj_prefill(e, one.data(), l1, 1, nullptr, nullptr, 1));
@@ -931,8 +983,12 @@ static void test_prefill(bool pre, int ed, bool untied, bool final_ln, int dtype
     std::vector<double> pr(ref_nll.begin(), ref_nll.begin() + 36);
     expect("  teacher-forced decode NLL (36 steps) vs CPU", dn, pr, 2e-3);
     expect_true("  decode_nll past the forced tokens: refused", dj_decode_nll(e, M_DENSE, 2, dn.data()) != 0);
-  } else {
-    expect_true("  decode graphs for this form: refused, named", dj_build(e) != 0 && strstr(dj_last_error(), "decode graphs"));
+    // The oracle's decode with every head and neuron kept is the dense model: its own embedding, LayerNorms and
+    // projections, checked the same way.
+    API_OK(dj_set_prompt(e, one.data(), 37));
+    std::vector<float> on(36, NAN);
+    API_OK(dj_oracle_nll(e, 36, on.data()));
+    expect("  oracle decode, nothing skipped: NLL (36 steps) vs CPU", on, pr, 2e-3);
   }
   dj_destroy(e);
 }
@@ -1538,7 +1594,11 @@ int main(int argc, char** argv) {
   long long mem;
   API_OK(dj_device_info(name, sizeof name, &n, &mem));
   printf("cuda-check on %s (%d SMs, %.1f GiB), seed %llu\n", name, n, mem / 1073741824.0, (unsigned long long)seed);
-  test_embed();
+  for (int mode = 0; mode < 3; mode++) {
+    test_embed(384, mode);
+    test_embed(20480, mode);
+  }
+  test_embed_project_in();
   test_rows(384, 1000, 1000, MAP_ID, EPI_PLAIN, "rows K=384 n=1000 plain");
   test_rows(5120, 3000, 3000, MAP_ID, EPI_PLAIN, "rows K=5120 n=3000");
   test_rows(5120, 20480, 1024, MAP_LIST, EPI_RELU, "rows K=5120 gathered 1024 of 20480 (fc1) + ReLU");

@@ -149,10 +149,12 @@ struct Engine {
   std::vector<cudaEvent_t> evs;
   cudaEvent_t t0, t1;
   // Model variant (dj_set_variant): post-LN blocks, no final LayerNorm, and project_in / project_out when the
-  // embedding width e_dim differs from d run in the prefill; the decode graphs need the standard form (dj_build).
+  // embedding width e_dim differs from d. The prefill and the portable decode kernels run every form; the streamed
+  // kernels take the standard one (standard_form).
   bool pre_ln = true, final_ln = true;
   int e_dim = 0;
   __half *Wpin = nullptr, *Wpout = nullptr;  // [d][e_dim], [e_dim][d] (nn.Linear layout)
+  __half* xo = nullptr;                      // [e_dim] decode: project_in's input, then project_out's output
   void* stage = nullptr;                     // upload staging (UPLOAD_STAGE bytes)
   float* step_nll = nullptr;                 // [maxT] per-position NLL of teacher-forced decode steps
   // The oracle's decode (dj_oracle_nll), allocated at its first call: each layer's picks of the last step and scratch.
@@ -237,25 +239,33 @@ static int compiled_arch() {
   return cudaFuncGetAttributes(&a, k_arch_probe) == cudaSuccess ? a.ptxVersion : 0;
 }
 
+// Pre-LN blocks, a final LayerNorm, no project_in/out: every released OPT but opt-350m. The streamed kernels fold
+// the LayerNorms into their row epilogues and read the residual stream at fixed points, so they take this form only.
+static bool standard_form(const Engine* e) { return e->pre_ln && e->final_ln && e->e_dim == e->d; }
+
 // Which path serves this engine: the streamed kernels need sm_90 (bulk copies, mbarrier transactions) in the GPU and
-// in the build, and hold x in registers (d <= T_DMAX = 10240); everything else, OPT-175B's d = 12288 included, runs
-// the portable per-op kernels.
+// in the build, hold x in registers (d <= T_DMAX = 10240) and take the standard form; everything else, OPT-175B's
+// d = 12288 and opt-350m's post-LN with projections included, runs the portable per-op kernels.
 static int apply_options(Engine* e, const DjOptions* o) {
   DjOptions v = o ? *o : DjOptions{};
   if (v.path < PATH_AUTO || v.path > PATH_PORTABLE) return fail("options: path %d unknown (0 auto, 1 streamed, 2 portable)", v.path);
   if (v.selection != SEL_EXACT && v.selection != SEL_GROUPED) return fail("options: selection %d unknown (0 exact, 1 grouped)", v.selection);
   if (v.kv_policy != KV_SELECTED && v.kv_policy != KV_ALL) return fail("options: kv_policy %d unknown (0 all, 1 selected)", v.kv_policy);
-  const bool can_stream = e->cc >= 90 && e->arch >= 90 && e->d <= T_DMAX;
+  const bool can_stream = e->cc >= 90 && e->arch >= 90 && e->d <= T_DMAX && standard_form(e);
   if (v.path == PATH_STREAMED && !can_stream) {
     if (e->cc < 90) return fail("the streamed path needs compute capability 9.0 or newer (this GPU: %d.%d)", e->cc / 10, e->cc % 10);
     if (e->arch < 90)
       return fail("the streamed path needs a build for sm_90 (this library runs compute_%d code; DEJAVU_CUDA_ARCH=sm_80,sm_90)", e->arch);
+    if (!standard_form(e))
+      return fail("the streamed path takes pre-LN OPT with a final LayerNorm and no project_in/out (this model:%s%s%s); "
+                  "use the portable path", e->pre_ln ? "" : " post-LN", e->final_ln ? "" : " no final LN",
+                  e->e_dim != e->d ? " project_in/out" : "");
     return fail("the streamed path holds x in registers: d <= %d (d = %d); use the portable path", T_DMAX, e->d);
   }
   const bool tma = v.path == PATH_AUTO ? can_stream : v.path == PATH_STREAMED;
   if (v.selection == SEL_GROUPED && !tma)
-    return fail("the grouped top-k runs inside the streamed kernels (sm_90+, d <= %d); the portable path has the exact top-k only",
-                T_DMAX);
+    return fail("the grouped top-k runs inside the streamed kernels (sm_90+, d <= %d, pre-LN OPT with a final LayerNorm and no "
+                "project_in/out); the portable path has the exact top-k only", T_DMAX);
   if (e->tma != tma || e->opt.selection != v.selection) e->groups_dirty = true;
   e->tma = tma;
   e->opt = v;
@@ -440,15 +450,18 @@ static int up_raw(Engine* e, const void* src, int dtype, size_t rows, size_t col
 int dj_set_variant(void* ev, int pre_ln, int final_ln, int e_dim, int untied) {
   Engine* e = (Engine*)ev;
   if (e_dim < 8 || e_dim > e->d || e_dim % 8) return fail("word_embed_proj_dim %d: need a multiple of 8 in [8, d = %d]", e_dim, e->d);
+  if (e->Wpin && e_dim != e->e_dim) return fail("word_embed_proj_dim %d: the engine was given %d before", e_dim, e->e_dim);
   e->pre_ln = pre_ln != 0;
   e->final_ln = final_ln != 0;
   if (e_dim != e->d && !e->Wpin) {
-    if (dalloc(e, &e->Wpin, (size_t)e->d * e_dim) || dalloc(e, &e->Wpout, (size_t)e_dim * e->d)) return -1;
+    if (dalloc(e, &e->Wpin, (size_t)e->d * e_dim) || dalloc(e, &e->Wpout, (size_t)e_dim * e->d) || dalloc(e, &e->xo, e_dim))
+      return -1;
   }
   e->e_dim = e_dim;
   if (untied && e->lm == e->E && dalloc(e, &e->lm, (size_t)e->vocab * e->d)) return -1;
   if (!untied) e->lm = e->E;
-  return 0;
+  e->ln_folded = false;
+  return apply_options(e, &e->opt);  // a form the streamed kernels do not take moves an automatic choice to portable
 }
 
 // Upload one checkpoint tensor in its stored dtype (0 F32, 1 F16, 2 BF16; nn.Linear layout, n elements): converted
@@ -1035,6 +1048,56 @@ struct Prof {
   size_t used = 0;
 };
 
+// ---- portable path: the model's form ---------------------------------------------------------------------------
+// The GEMV inputs written where the residual stream is finished (kernels.cuh LnOut). Pre-LN: the next block's
+// LayerNorm on a copy (the final one before the LM head, or none). Post-LN: the finished block's own LayerNorm on x
+// itself, and the next GEMV reads x.
+static LnOut ln_plain(Engine* e, const float* g = nullptr, const float* b = nullptr, int post = 0) {
+  return LnOut{g, b, e->eps, e->xn, e->xr, e->xp, post};
+}
+static LnOut ln_after_embed(Engine* e) {
+  return e->pre_ln ? ln_plain(e, e->layers[0].ln1_g, e->layers[0].ln1_b) : ln_plain(e);
+}
+static LnOut ln_after_attention(Engine* e, int li) {
+  const Layer& l = e->layers[li];
+  return e->pre_ln ? ln_plain(e, l.ln2_g, l.ln2_b) : ln_plain(e, l.ln1_g, l.ln1_b, 1);
+}
+static LnOut ln_after_mlp(Engine* e, int li) {
+  if (!e->pre_ln) return ln_plain(e, e->layers[li].ln2_g, e->layers[li].ln2_b, 1);
+  if (li + 1 < e->L) return ln_plain(e, e->layers[li + 1].ln1_g, e->layers[li + 1].ln1_b);
+  return e->final_ln ? ln_plain(e, e->lnf_g, e->lnf_b) : ln_plain(e);
+}
+// x = E[token] (through project_in where word_embed_proj_dim < d) + P[pos + 2], then layer 0's GEMV inputs.
+static void launch_embed(Engine* e, cudaStream_t s) {
+  const __half* E = e->E;
+  if (e->e_dim != e->d) {
+    launchk(e, false, k_embed_row, dim3(1), dim3(256), 0, s, (const __half*)e->E, (const int*)e->tokens,
+            (const int*)e->st, e->e_dim, e->xo);
+    RowsArgs a{};
+    a.W = e->Wpin; a.K = e->e_dim; a.n_out = e->d; a.x = e->xo; a.map = MAP_ID; a.y = e->x;
+    launch_rows<EPI_PLAIN>(e, s, a, true);
+    E = nullptr;
+  }
+  launchk(e, !E, k_embed, dim3(1), dim3(1024), 0, s, E, (const __half*)e->P, (const int*)e->tokens, (const int*)e->st,
+          e->d, e->x, ln_after_embed(e));
+}
+// The LM head over xn (through project_out where word_embed_proj_dim < d): logits, the next token, the position.
+static void launch_lm_head(Engine* e, cudaStream_t s, bool pdl) {
+  const __half* in = e->xn;
+  if (e->e_dim != e->d) {
+    RowsArgs p{};
+    p.W = e->Wpout; p.K = e->d; p.n_out = e->e_dim; p.x = e->xn; p.map = MAP_ID; p.y = e->h;  // h: free by now
+    launch_rows<EPI_PLAIN>(e, s, p, pdl);
+    launchk(e, true, k_to_half, dim3(1), dim3(256), 0, s, (const float*)e->h, e->e_dim, e->xo);
+    in = e->xo;
+    pdl = true;
+  }
+  RowsArgs a{};
+  a.W = e->lm; a.K = e->e_dim; a.n_out = e->vocab; a.x = in; a.map = MAP_ID; a.y = e->logits; a.st = e->st;
+  a.maxT = e->maxT; a.amax = e->amax; a.counter = e->lm_counter; a.tokens = e->tokens;
+  launch_rows<EPI_ARGMAX>(e, s, a, pdl);
+}
+
 static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   const int d = e->d, H = e->H, hd = e->hd, ffn = e->ffn;
   const bool preds = mode == M_SPARSE || mode == M_PRED;
@@ -1194,9 +1257,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
     return 0;
   }
   // Portable path: per-op kernels (kernels.cuh), the residual stream x updated in place.
-  auto lnout = [&](const float* g, const float* b) { return LnOut{g, b, e->eps, e->xn, e->xr, e->xp}; };
-  launchk(e, false, k_embed, dim3(1), dim3(1024), 0, s0, (const __half*)e->E, (const __half*)e->P, (const int*)e->tokens,
-          (const int*)e->st, d, e->x, lnout(e->layers[0].ln1_g, e->layers[0].ln1_b));
+  launch_embed(e, s0);
   mark(P_EMBED);
   for (int li = 0; li < e->L; li++) {
     Layer& l = e->layers[li];
@@ -1225,14 +1286,14 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
       ColsArgs c{};
       c.WT = l.WoT; c.n_cols = d; c.n_rows = kH * hd; c.map = hs ? MAP_QKV : MAP_ID; c.sel = l.hsel; c.hd = hd;
       c.in = e->att; c.bias = l.bo; c.y = e->x;
-      c.counter = e->cols_counter; c.ln = lnout(l.ln2_g, l.ln2_b);
+      c.counter = e->cols_counter; c.ln = ln_after_attention(e, li);
       launch_cols(e, s0, c, true);
       mark(P_OUT);
     }
     // ---- MLP block ----
     fire_tap(TAP_MLP_IN, li);
     consume(li, 1);
-    const LnOut next_ln = li + 1 < e->L ? lnout(e->layers[li + 1].ln1_g, e->layers[li + 1].ln1_b) : lnout(e->lnf_g, e->lnf_b);
+    const LnOut next_ln = ln_after_mlp(e, li);
     if (compute && ns) {
       // Sparse MLP: gathered fc1 + ReLU + gathered fc2 in one launch (reads xn, adds into x).
       before_x_write();
@@ -1274,11 +1335,7 @@ static int record_step(Engine* e, int mode, Prof* prof = nullptr) {
   for (auto& j : joins) cudaStreamWaitEvent(s0, j.done, 0);
   before_x_write();
   if (compute) {
-    RowsArgs a{};
-    a.W = e->lm; a.K = d; a.n_out = e->vocab; a.x = e->xn;
-    a.map = MAP_ID; a.y = e->logits; a.st = e->st; a.maxT = e->maxT; a.amax = e->amax; a.counter = e->lm_counter;
-    a.tokens = e->tokens;
-    launch_rows<EPI_ARGMAX>(e, s0, a, true);
+    launch_lm_head(e, s0, true);
     mark(P_LM);
   }
   return 0;
@@ -1297,10 +1354,6 @@ extern "C" {
 // Build (or rebuild) the graphs: call after weights, k and predictors are set.
 int dj_build(void* ev) {
   Engine* e = (Engine*)ev;
-  if (!e->pre_ln || !e->final_ln || e->e_dim != e->d)
-    return fail("the decode graphs take pre-LayerNorm OPT with a final LayerNorm and no project_in/out (this model:%s%s%s); "
-                "its prefill and dense perplexity run on the GPU", e->pre_ln ? "" : " post-LN", e->final_ln ? "" : " no final LN",
-                e->e_dim != e->d ? " project_in/out" : "");
   // Events for fork/join inside capture: 3 per predictor at most (created outside capture).
   while (e->evs.size() < (size_t)(6 * e->L + 8)) {
     cudaEvent_t v;
@@ -1421,9 +1474,7 @@ static int oracle_step(Engine* e) {
   const bool kv_sel = e->opt.kv_policy == KV_SELECTED;
   const cudaStream_t s = e->s0;
   auto& o = e->orc;
-  auto lnout = [&](const float* g, const float* b) { return LnOut{g, b, e->eps, e->xn, e->xr, e->xp}; };
-  launchk(e, false, k_embed, dim3(1), dim3(1024), 0, s, (const __half*)e->E, (const __half*)e->P, (const int*)e->tokens,
-          (const int*)e->st, d, e->x, lnout(e->layers[0].ln1_g, e->layers[0].ln1_b));
+  launch_embed(e, s);
   for (int li = 0; li < e->L; li++) {
     Layer& l = e->layers[li];
     const bool hs = l.kH < H, ns = l.kM < ffn;
@@ -1446,7 +1497,7 @@ static int oracle_step(Engine* e) {
     }
     ColsArgs c{};
     c.WT = l.WoT; c.n_cols = d; c.n_rows = (hs ? l.kH : H) * hd; c.map = hs ? MAP_QKV : MAP_ID; c.sel = hsel; c.hd = hd;
-    c.in = e->att; c.bias = l.bo; c.y = e->x; c.counter = e->cols_counter; c.ln = lnout(l.ln2_g, l.ln2_b);
+    c.in = e->att; c.bias = l.bo; c.y = e->x; c.counter = e->cols_counter; c.ln = ln_after_attention(e, li);
     launch_cols(e, s, c);
     // ---- MLP block: fc1 dense, then fc2 over the kM largest activations ----
     RowsArgs f{};
@@ -1460,13 +1511,10 @@ static int oracle_step(Engine* e) {
     ColsArgs c2{};
     c2.WT = l.W2T; c2.n_cols = d; c2.n_rows = ns ? l.kM : ffn; c2.map = ns ? MAP_LIST : MAP_ID; c2.sel = nsel; c2.hd = hd;
     c2.in = ns ? o.vals : e->h; c2.bias = l.b2; c2.y = e->x; c2.counter = e->cols_counter;
-    c2.ln = li + 1 < e->L ? lnout(e->layers[li + 1].ln1_g, e->layers[li + 1].ln1_b) : lnout(e->lnf_g, e->lnf_b);
+    c2.ln = ln_after_mlp(e, li);
     launch_cols(e, s, c2);
   }
-  RowsArgs a{};
-  a.W = e->lm; a.K = d; a.n_out = e->vocab; a.x = e->xn; a.map = MAP_ID; a.y = e->logits; a.st = e->st; a.maxT = e->maxT;
-  a.amax = e->amax; a.counter = e->lm_counter; a.tokens = e->tokens;
-  launch_rows<EPI_ARGMAX>(e, s, a);  // advances the position (the next token stays the forced one)
+  launch_lm_head(e, s, false);  // advances the position (the next token stays the forced one)
   k_step_nll<<<1, PF_THREADS, 0, s>>>(e->logits, e->vocab, e->st, e->tokens, e->step_nll);
   CK(cudaGetLastError());
   return 0;
@@ -1479,8 +1527,6 @@ extern "C" {
 // of each forced next token (the prompt must reach pos + steps). Needs no dj_build.
 int dj_oracle_nll(void* ev, int steps, float* nll) {
   Engine* e = (Engine*)ev;
-  if (!e->pre_ln || !e->final_ln || e->e_dim != e->d)
-    return fail("the oracle's decode takes pre-LayerNorm OPT with a final LayerNorm and no project_in/out, as the decode graphs");
   int st[2];
   CK(cudaMemcpy(st, e->st, sizeof st, cudaMemcpyDeviceToHost));
   if (steps < 1 || st[0] + steps >= st[1])

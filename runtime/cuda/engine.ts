@@ -6,7 +6,6 @@
  */
 import { collapsedRank, collapsePredictor } from '../sparse/collapse.js';
 import type { OptCheckpoint } from '../../checkpoints/types.js';
-import { DejavuError } from '../../common/errors.js';
 import type { Bundle } from '../../export/bundle.js';
 import type { Dims } from './floor.js';
 import { mlpInputSource, type MlpInput } from '../../common/mlp-input.js';
@@ -49,24 +48,26 @@ export class CudaEngine {
     return new CudaEngine(lib, h, dims, maxT);
   }
 
-  /** The engine's dimensions of a model (any OPT variant; decodeProblem says whether the decode graphs take it). */
+  /** The engine's dimensions of a model (any OPT variant). */
   static dimsOf(ckpt: Pick<OptCheckpoint, 'config' | 'dir'>): Dims {
     const c = ckpt.config;
     return { vocab: c.vocabSize, d: c.hiddenSize, layers: c.numLayers, heads: c.numHeads, ffn: c.ffnDim, maxPos: c.maxPositionEmbeddings };
   }
 
   /**
-   * Why the decode graphs (bench, predicted perplexity) cannot run this model, or undefined: they take pre-LN OPT with
-   * a final LayerNorm and no project_in/out (every released OPT but 350m). The prefill, and so dense perplexity, runs
-   * every variant.
+   * Why the streamed kernels, and so the grouped top-k, cannot take this model, or undefined. They take pre-LN OPT
+   * with a final LayerNorm and no project_in/out (every released OPT but opt-350m); every form decodes on the
+   * portable kernels with the exact top-k.
    */
-  static decodeProblem(c: OptCheckpoint['config']): string | undefined {
+  static streamedProblem(c: OptCheckpoint['config']): string | undefined {
     const why = [
       !c.doLayerNormBefore && 'post-LayerNorm blocks (do_layer_norm_before: false)',
       c.wordEmbedProjDim !== c.hiddenSize && `project_in/out (word_embed_proj_dim ${c.wordEmbedProjDim} != hidden_size ${c.hiddenSize})`,
       !c.hasFinalLayerNorm && 'no final LayerNorm',
     ].filter(Boolean);
-    return why.length ? `the CUDA decode graphs take pre-LN OPT with a final LayerNorm and no projections; this model has ${why.join(', ')} (its dense perplexity runs on the GPU through the prefill)` : undefined;
+    return why.length
+      ? `the grouped top-k runs inside the streamed kernels, which take pre-LN OPT with a final LayerNorm and no projections; this model has ${why.join(', ')} (it decodes on the portable kernels with the exact top-k)`
+      : undefined;
   }
 
   fillRandom(seed: number): void {

@@ -130,7 +130,7 @@ export async function runCudaPerplexity(o: CudaEvalOptions): Promise<Record<stri
   const info = lib.deviceInfo();
   log(`device: ${info.name} (${info.sms} SMs, ${(info.memBytes / 2 ** 30).toFixed(1)} GiB)`);
   const decodes = modes.some((m) => m !== 'dense');
-  const { engine, config, dims, stats, model } = await loadModelToGpu(lib, o.model, {
+  const { engine, dims, stats, model } = await loadModelToGpu(lib, o.model, {
     maxT: maxDoc,
     prefillTokens: modes.includes('dense') ? batchTokens : 0,
     options: { path: o.path ?? 'auto', selection, kvPolicy },
@@ -138,11 +138,6 @@ export async function runCudaPerplexity(o: CudaEvalOptions): Promise<Record<stri
   try {
     log(`loaded ${stats.tensors} tensors (${(stats.bytes / 1e9).toFixed(2)} GB, ${stats.dtypes.join('/')}) in ${stats.seconds.toFixed(1)} s`);
     let plan: SparsityPlan | undefined;
-    if (decodes) {
-      const { CudaEngine } = await import('./engine.js');
-      const why = CudaEngine.decodeProblem(config);
-      if (why) throw new DejavuError(why, o.model);
-    }
     if (o.bundle) {
       const { loadBundle } = await import('../../export/bundle.js');
       const b = loadBundle(o.bundle, model);

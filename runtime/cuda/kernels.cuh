@@ -145,31 +145,53 @@ __device__ __forceinline__ float key2f(uint32_t k) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // LayerNorm of the finished residual stream into the fp16 GEMV inputs (one block; single pass sum/sum-of-squares).
+// The model's form picks the mode (engine.cu ln_after_*): pre-LN blocks normalise a copy (xn = LN(x) * g + b, x kept);
+// post-LN blocks normalise x itself (post: x = LN(x) * g + b in place, then xn = xr = x); where no LayerNorm comes
+// before the next GEMV (a post-LN model's first layer, a pre-LN model without the final one) g is null and xn = x.
 struct LnOut {
-  const float* g;
+  const float* g;  // null: xn = x
   const float* b;
   float eps;
-  __half* xn;  // LN(x) * g + b
-  __half* xr;  // x
-  __half* xp;  // LN(x) without affine (may be null)
+  __half* xn;  // the next GEMV's input
+  __half* xr;  // x (raw, for predictors)
+  __half* xp;  // LN(x) without affine, for predictors (may be null)
+  int post;    // x = LN(x) * g + b in place first (post-LN); the outputs are then of the new x
 };
 
 // Each thread holds up to V float4 of x in registers per batch, all requested at once (one L2 round trip per batch;
 // one batch covers d <= 4 * V * blockDim, the common case, and then x is read once).
 template <int V>
-__device__ void block_layernorm(const float* x, int d, const LnOut& o) {
+__device__ void block_layernorm(float* x, int d, const LnOut& o) {
   __shared__ float red2[2][32];
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = (blockDim.x + 31) >> 5;
   const int n4 = d >> 2, per_batch = V * blockDim.x;
-  const float4* x4 = reinterpret_cast<const float4*>(x);
+  const bool one_batch = n4 <= per_batch;
+  float4* x4 = reinterpret_cast<float4*>(x);
   float4 v[V];
-  float s = 0.f, s2 = 0.f;
-  for (int b0 = 0; b0 < n4; b0 += per_batch) {
+  auto load = [&](int b0) {
 #pragma unroll
     for (int u = 0; u < V; u++) {
       int i = b0 + u * blockDim.x + tid;
       if (i < n4) v[u] = __ldcg(x4 + i);
     }
+  };
+  // mean and 1 / std from the block's partial sums
+  auto stats = [&](float s, float s2, float& mean, float& rstd) {
+    s = warp_sum(s);
+    s2 = warp_sum(s2);
+    __syncthreads();
+    if (lane == 0) { red2[0][w] = s; red2[1][w] = s2; }
+    __syncthreads();
+    s = lane < nw ? red2[0][lane] : 0.f;
+    s2 = lane < nw ? red2[1][lane] : 0.f;
+    s = warp_sum(s);
+    s2 = warp_sum(s2);
+    mean = s / d;
+    rstd = rsqrtf(fmaxf(s2 / d - mean * mean, 0.f) + o.eps);
+  };
+  float s = 0.f, s2 = 0.f, mean, rstd;
+  for (int b0 = 0; b0 < n4; b0 += per_batch) {
+    load(b0);
 #pragma unroll
     for (int u = 0; u < V; u++) {
       int i = b0 + u * blockDim.x + tid;
@@ -179,39 +201,49 @@ __device__ void block_layernorm(const float* x, int d, const LnOut& o) {
       }
     }
   }
-  s = warp_sum(s);
-  s2 = warp_sum(s2);
-  __syncthreads();
-  if (lane == 0) { red2[0][w] = s; red2[1][w] = s2; }
-  __syncthreads();
-  s = lane < nw ? red2[0][lane] : 0.f;
-  s2 = lane < nw ? red2[1][lane] : 0.f;
-  s = warp_sum(s);
-  s2 = warp_sum(s2);
-  const float mean = s / d;
-  const float rstd = rsqrtf(fmaxf(s2 / d - mean * mean, 0.f) + o.eps);
-  const bool one_batch = n4 <= per_batch;
-  for (int b0 = 0; b0 < n4; b0 += per_batch) {
-    if (!one_batch) {
+  stats(s, s2, mean, rstd);
+  if (o.post) {  // x = LN(x) * g + b in place (each thread rewrites its own elements), and the new x's statistics
+    s = s2 = 0.f;
+    for (int b0 = 0; b0 < n4; b0 += per_batch) {
+      if (!one_batch) load(b0);
 #pragma unroll
       for (int u = 0; u < V; u++) {
         int i = b0 + u * blockDim.x + tid;
-        if (i < n4) v[u] = __ldcg(x4 + i);
+        if (i >= n4) continue;
+        float4 g = reinterpret_cast<const float4*>(o.g)[i], bb = reinterpret_cast<const float4*>(o.b)[i];
+        float4 z;
+        z.x = (v[u].x - mean) * rstd * g.x + bb.x;
+        z.y = (v[u].y - mean) * rstd * g.y + bb.y;
+        z.z = (v[u].z - mean) * rstd * g.z + bb.z;
+        z.w = (v[u].w - mean) * rstd * g.w + bb.w;
+        v[u] = z;
+        __stcg(x4 + i, z);
+        s += z.x + z.y + z.z + z.w;
+        s2 += z.x * z.x + z.y * z.y + z.z * z.z + z.w * z.w;
       }
     }
+    stats(s, s2, mean, rstd);
+  }
+  const bool affine = o.g && !o.post;
+  for (int b0 = 0; b0 < n4; b0 += per_batch) {
+    if (!one_batch) load(b0);  // post: this thread's own writes above
 #pragma unroll
     for (int u = 0; u < V; u++) {
       int i = b0 + u * blockDim.x + tid;
       if (i >= n4) continue;
       float xv[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
-      float4 g = reinterpret_cast<const float4*>(o.g)[i], bb = reinterpret_cast<const float4*>(o.b)[i];
-      float gv[4] = {g.x, g.y, g.z, g.w}, bv[4] = {bb.x, bb.y, bb.z, bb.w};
+      float gv[4] = {1.f, 1.f, 1.f, 1.f}, bv[4] = {0.f, 0.f, 0.f, 0.f};
+      if (affine) {
+        float4 g = reinterpret_cast<const float4*>(o.g)[i], bb = reinterpret_cast<const float4*>(o.b)[i];
+        gv[0] = g.x; gv[1] = g.y; gv[2] = g.z; gv[3] = g.w;
+        bv[0] = bb.x; bv[1] = bb.y; bv[2] = bb.z; bv[3] = bb.w;
+      }
       __align__(8) __half hn[4], hr[4], hp[4];
 #pragma unroll
       for (int c = 0; c < 4; c++) {
         float z = (xv[c] - mean) * rstd;
         hr[c] = __float2half(xv[c]);
-        hn[c] = __float2half(z * gv[c] + bv[c]);
+        hn[c] = affine ? __float2half(z * gv[c] + bv[c]) : hr[c];
         hp[c] = __float2half(z);
       }
       reinterpret_cast<uint2*>(o.xr)[i] = *reinterpret_cast<uint2*>(hr);
@@ -222,8 +254,8 @@ __device__ void block_layernorm(const float* x, int d, const LnOut& o) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Embedding: x = E[tokens[pos]] + P[pos + 2] (OPT's learned positions carry an offset of 2), then layer 0's LN.
-// One block.
+// Embedding: x = E[tokens[pos]] + P[pos + 2] (OPT's learned positions carry an offset of 2), then layer 0's GEMV
+// inputs. E null: x already holds the embedding through project_in (k_embed_row, then a row GEMV). One block.
 __global__ void __launch_bounds__(1024) k_embed(const __half* __restrict__ E, const __half* __restrict__ P,
                                                 const int* __restrict__ tokens, const int* __restrict__ st, int d,
                                                 float* __restrict__ x, LnOut ln) {
@@ -231,11 +263,27 @@ __global__ void __launch_bounds__(1024) k_embed(const __half* __restrict__ E, co
   int pos = st[0];
   int tok = tokens[pos];
   for (int i = threadIdx.x; i < d; i += blockDim.x)
-    x[i] = __half2float(E[(size_t)tok * d + i]) + __half2float(P[(size_t)(pos + 2) * d + i]);
+    x[i] = (E ? __half2float(E[(size_t)tok * d + i]) : x[i]) + __half2float(P[(size_t)(pos + 2) * d + i]);
   pdl_trigger();
   __threadfence_block();
   __syncthreads();
   block_layernorm<4>(x, d, ln);
+}
+
+// project_in's input: the token's embedding row E[tokens[pos]] (n = word_embed_proj_dim values). One block.
+__global__ void k_embed_row(const __half* __restrict__ E, const int* __restrict__ tokens, const int* __restrict__ st,
+                            int n, __half* __restrict__ out) {
+  pdl_wait();
+  const int tok = tokens[st[0]];
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = E[(size_t)tok * n + i];
+  pdl_trigger();
+}
+
+// project_out's result as the LM head's fp16 input. One block.
+__global__ void k_to_half(const float* __restrict__ y, int n, __half* __restrict__ out) {
+  pdl_wait();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = __float2half(y[i]);
+  pdl_trigger();
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 /**
  * `--device auto|cpu|cuda` for work that runs on either (export's calibration measurements): auto takes the GPU when
- * the CUDA library loads, a GPU answers and the decode graphs take the model, else the CPU, and says why.
+ * the CUDA library loads, a GPU answers and, for the grouped top-k, the streamed kernels take the model; else the
+ * CPU, and says why.
  */
 import type { OptConfig } from '../../checkpoints/types.js';
 import { DejavuError } from '../../common/errors.js';
@@ -13,7 +14,13 @@ export type DeviceChoice =
   | { type: 'cuda'; lib: CudaLib; name: string };
 
 /** The device to run on; `load` opens the CUDA library (loadCudaLib; a stand-in in tests). */
-export async function pickDevice(requested: string | undefined, config: OptConfig, load: () => Promise<CudaLib>, flag = '--device'): Promise<DeviceChoice> {
+export async function pickDevice(
+  requested: string | undefined,
+  config: OptConfig,
+  load: () => Promise<CudaLib>,
+  o: { flag?: string; grouped?: boolean } = {},
+): Promise<DeviceChoice> {
+  const flag = o.flag ?? '--device';
   const want = requested ?? 'auto';
   if (!(DEVICES as readonly string[]).includes(want)) throw new DejavuError(`expected ${DEVICES.join(', ')}, got '${want}'`, flag);
   if (want === 'cpu') return { type: 'cpu' };
@@ -21,7 +28,7 @@ export async function pickDevice(requested: string | undefined, config: OptConfi
   try {
     const lib = await load();
     const name = lib.deviceInfo().name;  // the first CUDA call: a machine without a GPU fails here
-    const why = CudaEngine.decodeProblem(config);
+    const why = o.grouped ? CudaEngine.streamedProblem(config) : undefined;
     if (why) throw new DejavuError(why);
     return { type: 'cuda', lib, name };
   } catch (e) {

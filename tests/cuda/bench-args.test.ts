@@ -95,12 +95,12 @@ describe('CudaEngine.dimsOf: the OPT variants the CUDA runtime supports', () => 
   it('maps a pre-LN OPT config to engine dims', () => {
     expect(CudaEngine.dimsOf({ config, dir: 'm' })).toEqual({ vocab: 8192, d: 384, layers: 6, heads: 12, ffn: 1536, maxPos: 2048 });
   });
-  it('maps every variant (the prefill runs them all); the decode graphs name what they cannot take', () => {
+  it('maps every variant; the streamed kernels (the grouped top-k) name the forms they cannot take', () => {
     const post = { ...config, doLayerNormBefore: false, hasFinalLayerNorm: false, wordEmbedProjDim: 256 };
     expect(CudaEngine.dimsOf({ config: post, dir: 'opt-350m' }).d).toBe(384);
-    expect(CudaEngine.decodeProblem(config)).toBeUndefined();
-    expect(CudaEngine.decodeProblem(post)).toMatch(/post-LayerNorm.*project_in\/out \(word_embed_proj_dim 256 != hidden_size 384\).*no final LayerNorm.*prefill/);
-    expect(CudaEngine.decodeProblem({ ...config, hasFinalLayerNorm: false })).toMatch(/has no final LayerNorm/);
+    expect(CudaEngine.streamedProblem(config)).toBeUndefined();
+    expect(CudaEngine.streamedProblem(post)).toMatch(/post-LayerNorm.*project_in\/out \(word_embed_proj_dim 256 != hidden_size 384\).*no final LayerNorm.*portable kernels/);
+    expect(CudaEngine.streamedProblem({ ...config, hasFinalLayerNorm: false })).toMatch(/has no final LayerNorm/);
   });
 });
 

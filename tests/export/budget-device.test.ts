@@ -209,10 +209,11 @@ describe('--device auto|cpu|cuda', () => {
     await expect(pickDevice('tpu', config, missing)).rejects.toThrow(/--device: expected auto, cpu, cuda, got 'tpu'/);
   });
 
-  it('a model the decode graphs do not take (post-LN): auto measures on the CPU, cuda refuses', async () => {
+  it('a post-LN model runs on the GPU with the exact top-k; for the grouped one auto measures on the CPU, cuda refuses', async () => {
     const post = { ...config, doLayerNormBefore: false, hasFinalLayerNorm: false };
-    expect(await pickDevice('auto', post, async () => fakeLib().lib)).toMatchObject({ type: 'cpu', why: expect.stringMatching(/post-LayerNorm/) });
-    await expect(pickDevice('cuda', post, async () => fakeLib().lib)).rejects.toThrow(/post-LayerNorm/);
+    expect(await pickDevice('auto', post, async () => fakeLib().lib)).toMatchObject({ type: 'cuda' });
+    expect(await pickDevice('auto', post, async () => fakeLib().lib, { grouped: true })).toMatchObject({ type: 'cpu', why: expect.stringMatching(/grouped top-k.*post-LayerNorm/) });
+    await expect(pickDevice('cuda', post, async () => fakeLib().lib, { grouped: true })).rejects.toThrow(/post-LayerNorm/);
   });
 
   it('the CLI refuses --device without --calib-data, an unknown device, and --workers with --device cuda', async () => {
