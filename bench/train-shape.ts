@@ -16,7 +16,7 @@ import { writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { backendLine, selectBackend, type BackendName, BACKENDS } from '../train/backend.js';
+import { backendLine, selectBackend, stepGflop, webGpuTooSmall, type BackendName, BACKENDS } from '../train/backend.js';
 import { AUTO, autoRank } from '../train/auto.js';
 import { benchTrainStep, type StepBenchResult } from './train-step.js';
 
@@ -45,7 +45,9 @@ export async function runTrainShape(o: TrainShapeOptions): Promise<Record<string
   if (!s) throw new Error(`unknown --shape '${o.shape}' (one of ${Object.keys(TRAIN_SHAPES).join(', ')})`);
   const rank = o.rank ?? autoRank(s.d);
   const batch = o.batch ?? AUTO.batchMax;
-  const b = await selectBackend(o.backend);
+  // As train chooses: `auto` takes WebGPU only for steps big enough to pay its per-step cost.
+  const shapes = [{ inDim: s.d, outDim: s.ffn }, { inDim: s.d, outDim: s.heads }];
+  const b = await selectBackend(o.backend, { skipWebGpu: webGpuTooSmall(stepGflop(shapes, rank, batch)) });
   const gpu = b.name === 'webgpu' || b.name === 'node-gpu';
   const one = (out: number, cpuSteps: number): Promise<StepBenchResult> =>
     benchTrainStep(b.tf, { d: s.d, r: rank, out, batch, steps: o.steps ?? (gpu ? 40 : cpuSteps), warmup: gpu ? 5 : 1 });

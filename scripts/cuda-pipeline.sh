@@ -13,9 +13,10 @@
 #           tokenizer files) at --max-len 2048 on BIG_DOCS c4mini-train documents -> demo-opt-1.3b.json
 # Environment: OUT (default ./cuda-out), STEPS (default "webgpu shape mini big"), WORK (default /tmp/dejavu-pipeline),
 #   BIG_DOCS (default 50: 200 documents x 2048 tokens of opt-1.3b would be ~36 GB of shards, read once per epoch by
-#   train; see the JSON's `big_docs_note`), TRAIN_WORKERS (train's threads; default 1 on WebGPU, the cores on wasm).
-#   SHAPE_WASM=0 skips the wasm comparison of step shape; BIG_EPOCHS=N trains the big demo for N epochs (default:
-#   train's), so it fits one call.
+#   train; see the JSON's `big_docs_note`), TRAIN_WORKERS (train's threads; default: the cores for opt-mini, whose
+#   predictors train on wasm; for the big demo 1 on WebGPU, the cores on wasm). SHAPE_WASM=0 skips the wasm comparison
+#   of step shape; BIG_EPOCHS=N trains the big demo for N epochs (default: train's) and BIG_TIMEOUT its time limit in
+#   seconds (default 420), so it fits one call.
 # The c4mini files are the tracked examples/c4mini ones (the first 400 train documents, the validation file).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -159,7 +160,10 @@ if has big; then
   CKPT_PID=$!
 fi
 
-# The backend train will use, for its thread count: one thread on WebGPU (one Dawn device), the cores on wasm.
+# Train's threads: the cores on wasm, one on WebGPU (one Dawn device). opt-mini's training steps are below the size at
+# which train takes WebGPU (train/backend.ts WEBGPU_MIN_STEP_GFLOP), so its demo trains on wasm on every core; the
+# 1.3B shape's steps are above it, so that demo trains on WebGPU where Dawn finds an adapter.
+MINI_WORKERS=${TRAIN_WORKERS:-$(nproc)}
 if [ -z "${TRAIN_WORKERS:-}" ]; then
   if [ "${WEBGPU_OK:-}" = true ] || { [ -z "${WEBGPU_OK:-}" ] && NODE_PATH=$ROOT/.devnm/node_modules timeout 60 bash scripts/webgpu-setup.sh check > /dev/null 2>&1; }; then
     TRAIN_WORKERS=1
@@ -168,14 +172,14 @@ if [ -z "${TRAIN_WORKERS:-}" ]; then
   fi
 fi
 
-demo() {  # name timeout demo-args...
-  local name=$1 t=$2
-  shift 2
+demo() {  # name timeout workers demo-args...
+  local name=$1 t=$2 workers=$3
+  shift 3
   echo "== demo $name: dejavu demo $*"
   rm -rf "$WORK/$name"
   local t0
   t0=$(date +%s.%N)
-  timeout "$t" "$NODE" "$CLI" demo --device cuda --work "$WORK/$name" --workers "$TRAIN_WORKERS" --json "$@" > "$WORK/$name.summary.json"
+  timeout "$t" "$NODE" "$CLI" demo --device cuda --work "$WORK/$name" --workers "$workers" --json "$@" > "$WORK/$name.summary.json"
   local rc=$?
   [ $rc -eq 0 ] || status=1
   "$NODE" -e '
@@ -196,7 +200,7 @@ process.stdout.write(JSON.stringify(out, null, 2) + "\n");' "$WORK/$name.summary
 }
 
 if has mini; then
-  demo opt-mini 300 --model examples/opt-mini --data "$TRAIN400" --eval-data "$VALID"
+  demo opt-mini 300 "$MINI_WORKERS" --model examples/opt-mini --data "$TRAIN400" --eval-data "$VALID"
 fi
 
 if has big; then
@@ -204,7 +208,7 @@ if has big; then
   du -sh "$CKPT"
   note="BIG_DOCS=$BIG_DOCS c4mini-train documents (of the ~200 asked): opt-1.3b shards cost 223 KB per token (9,288 B x 24 layers, docs/real-models.md), ~36 GB for 200 docs x 2048 (~160k tokens), which train reads once per epoch and predictor; at BIG_DOCS=$BIG_DOCS the demo fits a few minutes"
   EXTRA="{\"big_docs\": $BIG_DOCS, \"big_epochs\": ${BIG_EPOCHS:-null}, \"big_docs_note\": \"$note\", \"checkpoint\": \"random weights, scripts/random-opt-checkpoint.py --shape opt-1.3b (MLP activity of random weights is ~50%, not sparse: the figures are times, not quality)\"}" \
-    demo opt-1.3b 420 --model "$CKPT" --data "$TRAIN400" --eval-data "$VALID" --train-docs "$BIG_DOCS" --max-len 2048 \
+    demo opt-1.3b "${BIG_TIMEOUT:-420}" "$TRAIN_WORKERS" --model "$CKPT" --data "$TRAIN400" --eval-data "$VALID" --train-docs "$BIG_DOCS" --max-len 2048 \
     ${BIG_EPOCHS:+--epochs "$BIG_EPOCHS"}
 fi
 

@@ -275,12 +275,42 @@ export function backendLine(b: Pick<BackendInfo, 'description' | 'skipped'>): st
   return webgpu ? `backend: ${b.description}; WebGPU not used: ${webgpu.slice('webgpu: '.length)}` : `backend: ${b.description}`;
 }
 
-/** Chooses and initialises a backend. A named backend that fails is an error; `auto` falls through the list. */
-export async function selectBackend(name: BackendName): Promise<BackendInfo> {
+/**
+ * The smallest training step `auto` takes WebGPU for: GFLOP of one optimizer step of the largest predictor (forward
+ * and backward, 6 x batch x its parameters). Dawn adds a fixed cost to every step (uploads, dispatches, the loss read
+ * back; ~20 ms on an H100), which a small step never earns back. Measured on an H100 machine: opt-mini's demo
+ * predictors (0.19 GFLOP a step at rank 128, batch 128) took ~5 s an epoch each on WebGPU (22 ms a step), the whole
+ * training 40 s on wasm with 2 workers (cuda-demo-opt-mini-h100.json); OPT-6.7B's layer shape (126 GFLOP a step at
+ * rank 1000, batch 1024) runs 58 ms a step on WebGPU (train-shape-opt-6.7b-h100.json), where one wasm thread at
+ * ~30 GFLOPS would take seconds. A wasm worker does ~0.6 GFLOP in WebGPU's 20 ms, so the line sits at 1.
+ */
+export const WEBGPU_MIN_STEP_GFLOP = 1;
+
+/** GFLOP of one training step of the largest predictor: 6 x batch x rank x (in + out). */
+export function stepGflop(shapes: readonly { inDim: number; outDim: number }[], rank: number, batch: number): number {
+  return Math.max(0, ...shapes.map((j) => (6 * batch * rank * (j.inDim + j.outDim)) / 1e9));
+}
+
+/** Why `auto` passes over WebGPU for steps of this size, or undefined where WebGPU may pay. */
+export function webGpuTooSmall(gflop: number): string | undefined {
+  return gflop < WEBGPU_MIN_STEP_GFLOP
+    ? `a training step is ${gflop.toFixed(2)} GFLOP (largest predictor), below the ${WEBGPU_MIN_STEP_GFLOP} GFLOP at which the GPU's per-step cost pays (docs/training.md)`
+    : undefined;
+}
+
+/**
+ * Chooses and initialises a backend. A named backend that fails is an error; `auto` falls through the list.
+ * `skipWebGpu`: why `auto` leaves WebGPU out (webGpuTooSmall); it is then not probed.
+ */
+export async function selectBackend(name: BackendName, o: { skipWebGpu?: string } = {}): Promise<BackendInfo> {
   const tf = await loadCore();
   const order: Exclude<BackendName, 'auto'>[] = name === 'auto' ? ['node-gpu', 'node', 'webgpu', 'wasm', 'cpu'] : [name];
   const skipped: string[] = [];
   for (const b of order) {
+    if (b === 'webgpu' && name === 'auto' && o.skipWebGpu) {
+      skipped.push(`webgpu: ${o.skipWebGpu}`);
+      continue;
+    }
     try {
       let detail: string;
       if (b === 'node-gpu') detail = await tryNode('@tensorflow/tfjs-node-gpu', tf);

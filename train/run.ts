@@ -8,7 +8,7 @@ import { Worker } from 'node:worker_threads';
 import { METRICS_FILE, type MetricsEntry, type Target, type TrainMetrics } from '../common/contracts.js';
 import { log, progressBar, warn, workerEnv } from '../common/progress.js';
 import { DejavuError } from '../common/errors.js';
-import { backendLine, preferContainerVulkanDriver, selectBackend, type BackendName } from './backend.js';
+import { backendLine, preferContainerVulkanDriver, selectBackend, stepGflop, webGpuTooSmall, type BackendName } from './backend.js';
 import { capWorkers, thisMachine, type Machine } from '../common/workers.js';
 import { addResult, formatTable, prepareRun, settingsText, train, trainWorkerBytes, writeMetrics, type TrainOptions } from './trainer.js';
 
@@ -32,6 +32,7 @@ async function trainInWorkers(request: RunOptions, machine: Machine): Promise<Tr
   const n = Math.min(cap.workers, queue.length);
   log(`train: ${jobs.length} predictors on ${n} worker thread${n === 1 ? '' : 's'}, backend ${o.backend}; ${settingsText(report.args)}`);
   const { backend: _b, workers: _w, json: _j, table: _t, ...trainOpts } = o;
+  const skipWebGpu = o.backend === 'auto' ? webGpuTooSmall(stepGflop(jobs, o.rank, o.batch)) : undefined;
   // The workers train silently (noProgress); the main thread shows predictors done, rate and ETA (plain lines off a
   // terminal).
   const bar = progressBar('train', jobs.length, 'predictors', o.quiet);
@@ -41,7 +42,7 @@ async function trainInWorkers(request: RunOptions, machine: Machine): Promise<Tr
   let startOthers: (backend: BackendName) => void = () => {};
   const start = (wi: number, backend: BackendName): Promise<void> =>
     new Promise<void>((resolve, reject) => {
-      const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { options: { ...trainOpts, noProgress: true }, backend }, env: workerEnv() });
+      const w = new Worker(new URL('./worker.js', import.meta.url), { workerData: { options: { ...trainOpts, noProgress: true }, backend, skipWebGpu }, env: workerEnv() });
       const next = () => {
         const job = queue.shift();
         if (job) w.postMessage({ job });
@@ -88,9 +89,12 @@ export async function runTrain(o: RunOptions, machine: Machine = thisMachine()):
   if (o.workers > 1) {
     report = await trainInWorkers(o, machine);
   } else {
-    const b = await selectBackend(o.backend);
+    const run = await prepareRun(o, '');
+    const skipWebGpu = o.backend === 'auto' ? webGpuTooSmall(stepGflop(run.jobs, run.o.rank, run.o.batch)) : undefined;
+    const b = await selectBackend(o.backend, { skipWebGpu });
     log(backendLine(b));
-    report = await train(b.tf, b.description, o);
+    run.report.backend = b.description;
+    report = await train(b.tf, b.description, o, run);
   }
   if (o.json) process.stdout.write(JSON.stringify(report) + '\n');
   else {

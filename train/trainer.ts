@@ -409,10 +409,10 @@ export function writeMetrics(out: string, report: TrainMetrics): void {
   writeJsonAtomic(join(out, METRICS_FILE), report);
 }
 
-/** Runs every job in this process, one after the other. */
-export async function train(tf: Tf, backend: string, request: TrainOptions): Promise<TrainMetrics> {
+/** Runs every job in this process, one after the other; `prepared`: prepareRun's result when the caller has it. */
+export async function train(tf: Tf, backend: string, request: TrainOptions, prepared?: Awaited<ReturnType<typeof prepareRun>>): Promise<TrainMetrics> {
   const t0 = performance.now();
-  const { set, jobs, report, o } = await prepareRun(request, backend);
+  const { set, jobs, report, o } = prepared ?? (await prepareRun(request, backend));
   if (!o.quiet) log(`train: ${jobs.length} predictors (${jobs.map(jobName).join(', ')}) on ${backend}; shards ${set.shards.length} x ${set.layers.length} layers, ${set.rows.reduce((a, b) => a + b, 0)} tokens; ${settingsText(report.args)}`);
   for (const job of jobs) {
     addResult(report, job, await trainJob(tf, set, job, o));

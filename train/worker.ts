@@ -15,10 +15,10 @@ function asMessage(e: unknown): { message: string; dejavu: boolean } {
   return d ? { message: d.message, dejavu: true } : { message: (e as Error).message, dejavu: false };
 }
 
-const { options, backend } = workerData as { options: ResolvedOptions; backend: BackendName };
+const { options, backend, skipWebGpu } = workerData as { options: ResolvedOptions; backend: BackendName; skipWebGpu?: string };
 const port = parentPort!;
 try {
-  const b = await selectBackend(backend);
+  const b = await selectBackend(backend, { skipWebGpu });
   const set = await openShardSet(options.shards, { verify: false }); // the main thread checked the checksums
   port.on('message', async (m: { job?: Job; exit?: boolean }) => {
     if (m.exit) {

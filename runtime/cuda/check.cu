@@ -154,10 +154,13 @@ static void test_embed(int d, int mode) {
     expect((std::string(what) + ": E[tokens[pos]] + P[pos+2]").c_str(), host(x, d), ref);
   }
   if (mode == 0) check_lnout(what, ln.xn, ln.xr, ln.xp, ref, g, be);
-  else {  // xn = x; xp = LN(x) without affine
-    std::vector<float> one(d, 1.f), zero(d, 0.f);
-    check_lnout(what, ln.xn, ln.xr, ln.xp, ref, one, zero);
+  else {  // xn = xr = x (the new x for post-LN); xp = LN(x) without affine
+    std::vector<float> xf(ref.begin(), ref.end()), one(d, 1.f), zero(d, 0.f);
+    std::vector<double> rp;
+    ref_layernorm(xf.data(), one.data(), zero.data(), d, 1e-5f, rp);
     expect((std::string(what) + ": xn = x").c_str(), hostf16(ln.xn, d), ref);
+    expect((std::string(what) + ": x -> fp16 xr").c_str(), hostf16(ln.xr, d), ref);
+    expect((std::string(what) + ": LN(x) -> fp16 xp").c_str(), hostf16(ln.xp, d), rp);
   }
 }
 

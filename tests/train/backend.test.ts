@@ -5,7 +5,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DejavuError } from '../../common/errors.js';
-import { backendLine, linuxLibraryDirs, NVIDIA_CONTAINER_ICD, preferContainerVulkanDriver, probeDawnAdapter, readDawnProbe, selectBackend, vulkanDriverManifests, webGpuBlocker } from '../../train/backend.js';
+import { backendLine, linuxLibraryDirs, NVIDIA_CONTAINER_ICD, preferContainerVulkanDriver, probeDawnAdapter, readDawnProbe, selectBackend, stepGflop, vulkanDriverManifests, webGpuBlocker, webGpuTooSmall, WEBGPU_MIN_STEP_GFLOP } from '../../train/backend.js';
 import { REPO_ROOT } from '../helpers/fixtures.js';
 import { writeSyntheticShards } from './synthetic.js';
 
@@ -33,6 +33,21 @@ describe('backend selection', () => {
     const t = b.tf.tensor1d([1, 2, 3]);
     expect(Array.from(await b.tf.sum(t).data())).toEqual([6]);
     t.dispose();
+  });
+
+  it('auto leaves WebGPU out, unprobed, for training steps too small to pay its per-step cost, and says so', async () => {
+    // opt-mini's demo: rank 128, batch 128, MLP 384 -> 1536 (the largest predictor), attention 384 -> 12.
+    const mini = stepGflop([{ inDim: 384, outDim: 12 }, { inDim: 384, outDim: 1536 }], 128, 128);
+    expect(mini).toBeCloseTo((6 * 128 * 128 * (384 + 1536)) / 1e9, 12);
+    expect(webGpuTooSmall(mini)).toBe(`a training step is 0.19 GFLOP (largest predictor), below the ${WEBGPU_MIN_STEP_GFLOP} GFLOP at which the GPU's per-step cost pays (docs/training.md)`);
+    // OPT-6.7B's layer at train's defaults (rank 1000, batch 1024): 126 GFLOP, WebGPU allowed.
+    expect(webGpuTooSmall(stepGflop([{ inDim: 4096, outDim: 16384 }], 1000, 1024))).toBeUndefined();
+    const b = await selectBackend('auto', { skipWebGpu: webGpuTooSmall(mini) });
+    expect(b.name).not.toBe('webgpu');
+    expect(b.skipped).toContain(`webgpu: ${webGpuTooSmall(mini)}`);
+    expect(backendLine(b)).toMatch(/; WebGPU not used: a training step is 0\.19 GFLOP/);
+    // A named backend ignores it.
+    expect((await selectBackend('wasm', { skipWebGpu: 'x' })).skipped).toEqual([]);
   });
 });
 
