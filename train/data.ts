@@ -10,7 +10,7 @@
 import { f16Table } from '../checkpoints/float16.js';
 import type { InputNorm } from '../common/contracts.js';
 import type { Job } from './jobs.js';
-import { Rng, isValidationDoc } from './rng.js';
+import { Rng, hashSeed, isValidationDoc } from './rng.js';
 import { readAligned, type ColumnView, type ShardSet } from './shard-reader.js';
 
 export interface SplitOptions {
@@ -210,7 +210,30 @@ export async function* validationBatches(set: ShardSet, job: Job, o: { batch: nu
   if (asm.n > 0) yield asm.take();
 }
 
-/** Counts training / validation rows and positive labels of one job (one pass; used for the no-positive check and logs). */
+/**
+ * The validation fraction that holds out at least one document: `valFrac` itself where a document of the set hashes
+ * below it (or it is 0, or the set has a single document), else just above the smallest document hash, so that one
+ * document is held out. A small collection would otherwise have no validation tokens at all (20 documents at 10%:
+ * about one time in eight). Reads only the `doc` column of one layer.
+ */
+export async function nonEmptyValFrac(set: ShardSet, split: SplitOptions): Promise<number> {
+  if (split.valFrac <= 0) return split.valFrac;
+  const seen = new Set<number>();
+  let min = Infinity;
+  for (let s = 0; s < set.shards.length; s++) {
+    for await (const [b] of readAligned(set, s, [{ layer: set.layers[0], columns: [] }])) {
+      for (let r = 0; r < b.rows; r++) {
+        const doc = b.doc[r];
+        if (seen.has(doc)) continue;
+        seen.add(doc);
+        min = Math.min(min, hashSeed(split.seed, 'val', doc));
+      }
+    }
+  }
+  if (seen.size < 2 || min / 4294967296 < split.valFrac) return split.valFrac;
+  return (min + 1) / 4294967296;
+}
+
 /**
  * Training rows (tokens outside the validation documents) of the shard set: the same for every job, since the split is
  * by document. Reads only the `doc` column of one layer. What `--batch auto` is chosen from.

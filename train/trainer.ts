@@ -21,7 +21,7 @@ import { DejavuError, rethrowFs } from '../common/errors.js';
 import { log, progressBar } from '../common/progress.js';
 import { loadCheckpoint, saveCheckpoint, type Checkpoint, type JobState } from './checkpoint.js';
 import { SCHEDULE_DEFAULTS, autoBatch, autoRank, type AutoInt } from './auto.js';
-import { countSplit, countTrainRows, labelBytes, trainBatches, validationBatches } from './data.js';
+import { countSplit, countTrainRows, labelBytes, nonEmptyValFrac, trainBatches, validationBatches } from './data.js';
 import { jobName, planJobs, type Job, type MlpInput } from './jobs.js';
 import { MetricsAccumulator, selectionScore } from './metrics.js';
 import { DEFAULT_ADAMW, Predictor, exportWeights, unpackBits, type Tf } from './model.js';
@@ -304,13 +304,20 @@ export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: ResolvedOptio
 }
 
 /**
- * Resolves `--rank auto` and `--batch auto` for this shard set. `auto` says what each auto value was chosen from
- * (recorded in metrics.json's args; not compared on --resume, where the numbers are).
+ * Resolves `--rank auto` and `--batch auto` for this shard set, and a validation split that would be empty. `auto`
+ * says what each resolved value was chosen from (recorded in metrics.json's args; not compared on --resume, where
+ * the numbers are).
  */
 export async function resolveOptions(o: TrainOptions, set: ShardSet): Promise<{ o: ResolvedOptions; auto: Record<string, unknown> }> {
   const auto: Record<string, unknown> = {};
   let rank = o.rank;
   let batch = o.batch;
+  // Every split holds out at least one document (data.ts nonEmptyValFrac); the fraction used is recorded.
+  const valFrac = await nonEmptyValFrac(set, { seed: o.seed, valFrac: o.valFrac });
+  if (valFrac !== o.valFrac) {
+    auto.val_frac = { requested: o.valFrac, reason: `no document of this collection fell in a ${o.valFrac} split; the first by hash is held out` };
+    o = { ...o, valFrac };
+  }
   if (rank === 'auto') {
     rank = autoRank(set.dims.dModel);
     auto.rank = { d_model: set.dims.dModel };

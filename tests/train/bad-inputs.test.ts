@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DejavuError } from '../../common/errors.js';
 import { selectBackend } from '../../train/backend.js';
+import { nonEmptyValFrac } from '../../train/data.js';
 import type { Tf } from '../../train/model.js';
+import { hashSeed, isValidationDoc } from '../../train/rng.js';
 import { openShardSet } from '../../train/shard-reader.js';
 import { DEFAULTS, train, type TrainOptions } from '../../train/trainer.js';
 import { writeSyntheticShards } from './synthetic.js';
@@ -109,5 +111,22 @@ describe('bad shard folders', () => {
     await expect(train(tf, 'wasm', opts(good, join(tmp, 'out-l5'), { layers: '1,5' }))).rejects.toThrow(/--layers: layer 5 is not in the shards \(they hold layers 0-2\)/);
     await expect(train(tf, 'wasm', opts(good, join(tmp, 'out-noval'), { valFrac: 0, layers: '1', target: 'mlp' }))).rejects.toThrow(/no validation tokens/);
     await expect(train(tf, 'wasm', opts(good, join(tmp, 'out-l0'), { layers: '0', target: 'attn' }))).rejects.toThrow(/nothing to train/);
+  });
+
+  it('a split no document falls in (few documents, a small --val-frac) holds out the first document by hash', async () => {
+    const set = await openShardSet(good);
+    const docs = Array.from({ length: 24 }, (_, i) => i);
+    const hashes = docs.map((d) => hashSeed(7, 'val', d));
+    const lowest = docs[hashes.indexOf(Math.min(...hashes))];
+    const tiny = Math.min(...hashes) / 4294967296 / 2;  // below every document's hash: an empty split as asked
+    const frac = await nonEmptyValFrac(set, { seed: 7, valFrac: tiny });
+    expect(docs.filter((d) => isValidationDoc(d, 7, frac))).toEqual([lowest]);
+    expect(await nonEmptyValFrac(set, { seed: 7, valFrac: 0.5 })).toBe(0.5);  // a split with documents stays as asked
+    expect(await nonEmptyValFrac(set, { seed: 7, valFrac: 0 })).toBe(0);      // 0 is asked for: no validation (error above)
+    const out = join(tmp, 'out-tiny-val');
+    const r = await train(tf, 'wasm', opts(good, out, { seed: 7, valFrac: tiny, layers: '1', target: 'mlp', epochs: 1 }));
+    expect(r.layers).toHaveLength(1);
+    expect(r.args.val_frac).toBe(frac);
+    expect((r.args.auto as { val_frac: { requested: number } }).val_frac.requested).toBe(tiny);
   });
 });
