@@ -280,7 +280,7 @@ export function backendLine(b: Pick<BackendInfo, 'description' | 'skipped'>): st
  * and backward, 6 x batch x its parameters). Dawn adds a fixed cost to every step (uploads, dispatches, the loss read
  * back; ~20 ms on an H100), which a small step never earns back. Measured on an H100 machine: opt-mini's demo
  * predictors (0.19 GFLOP a step at rank 128, batch 128) took ~5 s an epoch each on WebGPU (22 ms a step), the whole
- * training 40 s on wasm with 2 workers (cuda-demo-opt-mini-h100.json); OPT-6.7B's layer shape (126 GFLOP a step at
+ * training 42 s on 11 wasm workers (cuda-demo-opt-mini-h100.json); OPT-6.7B's layer shape (126 GFLOP a step at
  * rank 1000, batch 1024) runs 58 ms a step on WebGPU (train-shape-opt-6.7b-h100.json), where one wasm thread at
  * ~30 GFLOPS would take seconds. A wasm worker does ~0.6 GFLOP in WebGPU's 20 ms, so the line sits at 1.
  */
