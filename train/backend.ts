@@ -300,7 +300,8 @@ export function webGpuTooSmall(gflop: number): string | undefined {
 
 /**
  * Chooses and initialises a backend. A named backend that fails is an error; `auto` falls through the list.
- * `skipWebGpu`: why `auto` leaves WebGPU out (webGpuTooSmall); it is then not probed.
+ * `skipWebGpu`: why `auto` leaves WebGPU out (webGpuTooSmall); Dawn is then not started, and the reason given is
+ * the machine's own (no Vulkan loader or driver manifest) where it has one, else this.
  */
 export async function selectBackend(name: BackendName, o: { skipWebGpu?: string } = {}): Promise<BackendInfo> {
   const tf = await loadCore();
@@ -308,7 +309,9 @@ export async function selectBackend(name: BackendName, o: { skipWebGpu?: string 
   const skipped: string[] = [];
   for (const b of order) {
     if (b === 'webgpu' && name === 'auto' && o.skipWebGpu) {
-      skipped.push(`webgpu: ${o.skipWebGpu}`);
+      // A machine that cannot run WebGPU at all says that first (the cheap checks; Dawn is not started either way).
+      if (isMainThread) preferContainerVulkanDriver();
+      skipped.push(`webgpu: ${webGpuBlocker() ?? o.skipWebGpu}`);
       continue;
     }
     try {
