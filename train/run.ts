@@ -22,9 +22,10 @@ export interface RunOptions extends TrainOptions {
 
 async function trainInWorkers(request: RunOptions, machine: Machine): Promise<TrainMetrics> {
   const t0 = performance.now();
-  // `auto` rank and batch resolved here, once: the workers get numbers.
+  // `auto` rank and batch (and a validation fraction raised from an empty split) resolved here, once: the workers
+  // get numbers.
   const { jobs, report, o: resolved } = await prepareRun(request, '');
-  const o = { ...request, rank: resolved.rank, batch: resolved.batch };
+  const o = { ...request, rank: resolved.rank, batch: resolved.batch, valFrac: resolved.valFrac };
   // Biggest predictors first, so the last job to finish is a small one.
   const queue = [...jobs].sort((a, b) => b.outDim - a.outDim || a.layer - b.layer);
   const cap = capWorkers(o.workers, '--workers', trainWorkerBytes(jobs, o), machine);

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { copyFileSync, cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +10,7 @@ import type { Tf } from '../../train/model.js';
 import { hashSeed, isValidationDoc } from '../../train/rng.js';
 import { openShardSet } from '../../train/shard-reader.js';
 import { DEFAULTS, train, type TrainOptions } from '../../train/trainer.js';
+import { REPO_ROOT } from '../helpers/fixtures.js';
 import { writeSyntheticShards } from './synthetic.js';
 
 let tmp: string;
@@ -129,4 +131,19 @@ describe('bad shard folders', () => {
     expect(r.args.val_frac).toBe(frac);
     expect((r.args.auto as { val_frac: { requested: number } }).val_frac.requested).toBe(tiny);
   });
+
+  // Worker threads (the compiled CLI: they load dist/train/worker.js) train with the fraction the main thread resolved.
+  const cli = join(REPO_ROOT, 'dist', 'cli', 'main.js');
+  it.skipIf(!existsSync(cli))('the same with --workers 2 (dejavu train)', async () => {
+    const set = await openShardSet(good);
+    const min = Math.min(...Array.from({ length: 24 }, (_, d) => hashSeed(7, 'val', d)));
+    const tiny = min / 4294967296 / 2;
+    const out = join(tmp, 'out-tiny-val-workers');
+    const r = spawnSync(process.execPath, [cli, 'train', '--shards', good, '--out', out, '--seed', '7', '--val-frac', String(tiny), '--layers', '1',
+      '--epochs', '1', '--rank', '4', '--batch', '32', '--workers', '2', '--backend', 'wasm', '--json'], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const m = JSON.parse(r.stdout);
+    expect(m.layers).toHaveLength(2);
+    expect(m.args.val_frac).toBe(await nonEmptyValFrac(set, { seed: 7, valFrac: tiny }));
+  }, 60_000);
 });
