@@ -832,8 +832,9 @@ static std::vector<uint8_t> as_dtype(std::vector<float>& v, int dtype) {
   return out;
 }
 
-// Prefill logits and NLL of packed sequences against RefFull; uploads in `dtype`. For the standard form also: the KV
-// cache a prefill fills continues in the dense decode graph, and teacher-forced decode NLL matches the prefill's.
+// Prefill logits and NLL of packed sequences against RefFull; uploads in `dtype`. Then, for every form: the KV cache a
+// prefill fills continues in the dense decode graph, teacher-forced decode NLL and the oracle's decode with nothing
+// skipped match the reference; a form the streamed kernels do not take runs the portable path.
 static void test_prefill(bool pre, int ed, bool untied, bool final_ln, int dtype) {
   RefFull m;
   m.V = 512; m.d = 256; m.L = 2; m.H = 4; m.hd = 64; m.ffn = 1024; m.ed = ed; m.pre = pre; m.final_ln = final_ln;
