@@ -84,14 +84,10 @@ const P0 = 16;  // dense decode steps before the fixed selections
 
 /** The decode kernels on one variant's file vs the CPU runtimes (header). */
 async function decodeChecks(lib: CudaLib, dir: string, ckpt: OptCheckpoint, cpuLogits: Float32Array, ids: Int32Array, seed: number) {
-  const c = ckpt.config;
-  const V = c.vocabSize;
-  const H = c.numHeads;
-  const ffn = c.ffnDim;
-  const L = c.numLayers;
   const N = ids.length;
   const out: { check: string; rel: number }[] = [];
-  const { engine } = await loadModelToGpu(lib, dir, { maxT: N + 8, options: { kvPolicy: 'all' } });
+  const { engine, dims } = await loadModelToGpu(lib, dir, { maxT: N + 8, options: { kvPolicy: 'all' } });
+  const { vocab: V, heads: H, ffn, layers: L } = dims;
   try {
     engine.build();
     engine.setPrompt(ids);

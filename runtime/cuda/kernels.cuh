@@ -9,9 +9,10 @@
 //   K/V cache [H][maxT][hd] fp16 per layer, valid [H][maxT] uint8 per layer (KV policy, see k_attention)
 // Device state int32 st[0] = pos (position of the token being decoded), st[1] = prompt length; tokens[maxT].
 // Activations: the residual stream x is fp32 [d]; the GEMV inputs are fp16 copies made once per block boundary:
-//   xn = LayerNorm(x) (the next block's LN), xr = x (raw, for predictors), xp = LayerNorm without affine (predictors
-//   trained on normalised input). They are written by the kernel that finishes x (embed, or the last block of a
-//   column GEMV), so no GEMV recomputes a LayerNorm.
+//   xn = the next GEMV's input (the next block's LN of x for pre-LN models; x itself for post-LN ones, whose block
+//   LayerNorm rewrites x; LnOut), xr = x (raw, for predictors), xp = LayerNorm without affine (predictors trained on
+//   normalised input). They are written by the kernel that finishes x (embed, or the last block of a column GEMV), so
+//   no GEMV recomputes a LayerNorm.
 #pragma once
 #include <cuda_fp16.h>
 #include <stdint.h>
