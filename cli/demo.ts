@@ -29,9 +29,10 @@ export interface DemoOptions {
   examples?: string;
   trainDocs: number;
   maxLen: number;
-  /** Predictor rank and epochs; by default train's (rank auto, 10 epochs): the demo trains with train's defaults. */
+  /** Predictor rank, epochs and batch; by default train's (rank and batch auto, 10 epochs). */
   rank?: number;
   epochs?: number;
+  batch?: number;
   evalDocs: number;
   workers: number;
   /** MLP density kept in layers 1 to L-1. */
@@ -82,7 +83,7 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
   // A rerun with the same settings resumes collect and train; other settings start over (stale stages removed).
   // Train's defaults are part of the settings: a version that changes them starts the demo's train over.
   const { DEFAULTS } = await import('../train/trainer.js');
-  const trainSettings = { rank: o.rank ?? DEFAULTS.rank, epochs: o.epochs ?? DEFAULTS.epochs, batch: DEFAULTS.batch, lr: DEFAULTS.lr, patience: DEFAULTS.patience };
+  const trainSettings = { rank: o.rank ?? DEFAULTS.rank, epochs: o.epochs ?? DEFAULTS.epochs, batch: o.batch ?? DEFAULTS.batch, lr: DEFAULTS.lr, patience: DEFAULTS.patience };
   const args = { trainDocs: o.trainDocs, maxLen: o.maxLen, train: trainSettings, model, data: trainData };
   const argsPath = join(work, 'demo-args.json');
   let prev: unknown = null;
@@ -127,6 +128,7 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
         target: 'both',
         rank: trainSettings.rank,
         epochs: trainSettings.epochs,
+        batch: trainSettings.batch,
         resume: true,
         backend: 'auto',
         workers: o.workers,

@@ -15,8 +15,8 @@
 #   BIG_DOCS (default 50: 200 documents x 2048 tokens of opt-1.3b would be ~36 GB of shards, read once per epoch by
 #   train; see the JSON's `big_docs_note`), TRAIN_WORKERS (train's threads; default: the cores for opt-mini, whose
 #   predictors train on wasm; for the big demo 1 on WebGPU, the cores on wasm). SHAPE_WASM=0 skips the wasm comparison
-#   of step shape; BIG_EPOCHS=N trains the big demo for N epochs (default: train's) and BIG_TIMEOUT its time limit in
-#   seconds (default 420), so it fits one call.
+#   of step shape; BIG_EPOCHS=N and BIG_BATCH=N train the big demo for N epochs / at batch N (default: train's) and
+#   BIG_TIMEOUT is its time limit in seconds (default 420), so it fits one call.
 # The c4mini files are the tracked examples/c4mini ones (the first 400 train documents, the validation file).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -207,9 +207,9 @@ if has big; then
   wait "$CKPT_PID" || { echo "checkpoint failed: $(tail -3 "$WORK/ckpt.err")"; status=1; }
   du -sh "$CKPT"
   note="BIG_DOCS=$BIG_DOCS c4mini-train documents (of the ~200 asked): opt-1.3b shards cost 223 KB per token (9,288 B x 24 layers, docs/real-models.md), ~36 GB for 200 docs x 2048 (~160k tokens), which train reads once per epoch and predictor; at BIG_DOCS=$BIG_DOCS the demo fits a few minutes"
-  EXTRA="{\"big_docs\": $BIG_DOCS, \"big_epochs\": ${BIG_EPOCHS:-null}, \"big_docs_note\": \"$note\", \"checkpoint\": \"random weights, scripts/random-opt-checkpoint.py --shape opt-1.3b (MLP activity of random weights is ~50%, not sparse: the figures are times, not quality)\"}" \
+  EXTRA="{\"big_docs\": $BIG_DOCS, \"big_epochs\": ${BIG_EPOCHS:-null}, \"big_batch\": ${BIG_BATCH:-null}, \"big_docs_note\": \"$note\", \"checkpoint\": \"random weights, scripts/random-opt-checkpoint.py --shape opt-1.3b (MLP activity of random weights is ~50%, not sparse: the figures are times, not quality)\"}" \
     demo opt-1.3b "${BIG_TIMEOUT:-420}" "$TRAIN_WORKERS" --model "$CKPT" --data "$TRAIN400" --eval-data "$VALID" --train-docs "$BIG_DOCS" --max-len 2048 \
-    ${BIG_EPOCHS:+--epochs "$BIG_EPOCHS"}
+    ${BIG_EPOCHS:+--epochs "$BIG_EPOCHS"} ${BIG_BATCH:+--batch "$BIG_BATCH"}
 fi
 
 echo "== summary"

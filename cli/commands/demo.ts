@@ -22,6 +22,7 @@ export function register(program: Command): void {
     .option('--max-len <n>', 'tokens per document, BOS included', int('--max-len'))
     .option('--rank <r>', "predictor rank (default: train's, auto)", int('--rank'))
     .option('--epochs <n>', "predictor training epochs (default: train's, 10)", int('--epochs'))
+    .option('--batch <n>', "training batch in tokens (default: train's, auto: 128 to 1024 from the training tokens)", int('--batch'))
     .option('--workers <n>', 'worker threads (training, perplexity)', int('--workers'))
     .option('--mlp-density <f>', 'MLP density kept in layers 1-5 (default 0.15)', (v: string) => {
       const x = Number(v);
@@ -29,7 +30,7 @@ export function register(program: Command): void {
       return x;
     })
     .option('--json', 'print the summary as one JSON object on stdout')
-    .action(async (f: { work?: string; examples?: string; model?: string; data?: string[]; evalData?: string[]; device: string; trainDocs?: number; evalDocs?: number; maxLen?: number; rank?: number; epochs?: number; workers?: number; mlpDensity?: number; json?: boolean }) => {
+    .action(async (f: { work?: string; examples?: string; model?: string; data?: string[]; evalData?: string[]; device: string; trainDocs?: number; evalDocs?: number; maxLen?: number; rank?: number; epochs?: number; batch?: number; workers?: number; mlpDensity?: number; json?: boolean }) => {
       if (f.device !== 'cpu' && f.device !== 'cuda') throw new DejavuError(`expected cpu or cuda, got '${f.device}'`, '--device');
       const { runDemo, formatDemo, DEMO_DEFAULTS, defaultDemoWork } = await import('../demo.js');
       const s = await runDemo({
@@ -44,6 +45,7 @@ export function register(program: Command): void {
         maxLen: f.maxLen ?? DEMO_DEFAULTS.maxLen,
         rank: f.rank,
         epochs: f.epochs,
+        batch: f.batch,
         workers: f.workers ?? DEMO_DEFAULTS.workers,
         mlpDensity: f.mlpDensity ?? DEMO_DEFAULTS.mlpDensity,
       });

@@ -35,18 +35,20 @@ describe.skipIf(!existsSync(cli))('dejavu demo (CLI)', () => {
     expect(charts).toEqual(['predictors-mlp-quality', 'predictors-mlp-k', 'predictors-attn-quality', 'predictors-attn-k', 'bundle-density', 'ppl', 'latency']);
   });
 
-  it('runs on a given model and data (--model --data --eval-data), and refuses half of that pair or an unknown device', () => {
+  it('runs on a given model and data (--model --data --eval-data) at a given --batch, and refuses half of that pair or an unknown device', () => {
     const ex = join(REPO_ROOT, 'examples');
     const work = join(tmp, 'm');
     const base = ['demo', '--work', work, '--train-docs', '60', '--max-len', '64', '--epochs', '1', '--rank', '16', '--eval-docs', '2', '--json', '--quiet'];
     const data = ['--data', join(ex, 'c4mini', 'c4mini-train-first400.json.gz')];
     const evalData = ['--eval-data', join(ex, 'c4mini', 'c4mini-validation.00000-of-00001.json.gz')];
-    const r = spawnSync(process.execPath, [cli, ...base, '--model', join(ex, 'opt-mini'), ...data, ...evalData], { encoding: 'utf8', cwd: tmp });
+    // --batch 256 where train's auto batch would be 128 (~3.5k training tokens).
+    const r = spawnSync(process.execPath, [cli, ...base, '--model', join(ex, 'opt-mini'), ...data, ...evalData, '--batch', '256'], { encoding: 'utf8', cwd: tmp });
     expect(r.status, r.stderr).toBe(0);
     const s = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
     expect(s.model).toBe(join(ex, 'opt-mini'));
     expect(s.device).toBe('cpu');
     expect(s.collect.docs).toBe(60);
+    expect(s.stages.find((x: { stage: string }) => x.stage === 'train').result).toMatch(/rank 16, batch 256\)/);
     expect(s.stages.map((x: { stage: string }) => x.stage)).toEqual(['collect', 'train', 'export', 'eval ppl', 'bench cpu', 'report']);
     const half = spawnSync(process.execPath, [cli, ...base, '--model', join(ex, 'opt-mini')], { encoding: 'utf8', cwd: tmp });
     expect(half.status).toBe(1);
