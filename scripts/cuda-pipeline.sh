@@ -16,7 +16,8 @@
 #   train; see the JSON's `big_docs_note`), TRAIN_WORKERS (train's threads; default: the cores for opt-mini, whose
 #   predictors train on wasm; for the big demo 1 on WebGPU, the cores on wasm). SHAPE_WASM=0 skips the wasm comparison
 #   of step shape; BIG_EPOCHS=N and BIG_BATCH=N train the big demo for N epochs / at batch N (default: train's) and
-#   BIG_TIMEOUT is its time limit in seconds (default 420), so it fits one call.
+#   BIG_TIMEOUT is its time limit in seconds (default 420), so it fits one call. RESUME=1 (a second call on the same,
+#   still warm machine) keeps $WORK: the checkpoint is not rewritten and each demo resumes where it stopped.
 # The c4mini files are the tracked examples/c4mini ones (the first 400 train documents, the validation file).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -154,7 +155,7 @@ wait $BUILD_PID || { echo "CUDA library build failed"; exit 1; }
 # The OPT-1.3B-shape checkpoint (2.6 GB of fp16) is written while the opt-mini demo runs (after the training bench,
 # whose wasm figure is one CPU thread's).
 CKPT=$WORK/opt-1.3b-random
-if has big; then
+if has big && ! { [ "${RESUME:-0}" = 1 ] && [ -f "$CKPT/config.json" ]; }; then
   (python3 scripts/random-opt-checkpoint.py --shape opt-1.3b --out "$CKPT" --tokenizer-from examples/opt-mini --jobs 4 --json \
     > "$WORK/ckpt.json" 2> "$WORK/ckpt.err") &
   CKPT_PID=$!
@@ -176,7 +177,7 @@ demo() {  # name timeout workers demo-args...
   local name=$1 t=$2 workers=$3
   shift 3
   echo "== demo $name: dejavu demo $*"
-  rm -rf "$WORK/$name"
+  [ "${RESUME:-0}" = 1 ] || rm -rf "$WORK/$name"  # RESUME=1: the demo resumes an earlier run in $WORK (same machine)
   local t0
   t0=$(date +%s.%N)
   timeout "$t" "$NODE" "$CLI" demo --device cuda --work "$WORK/$name" --workers "$workers" --json "$@" > "$WORK/$name.summary.json"
@@ -204,7 +205,7 @@ if has mini; then
 fi
 
 if has big; then
-  wait "$CKPT_PID" || { echo "checkpoint failed: $(tail -3 "$WORK/ckpt.err")"; status=1; }
+  [ -z "${CKPT_PID:-}" ] || wait "$CKPT_PID" || { echo "checkpoint failed: $(tail -3 "$WORK/ckpt.err")"; status=1; }
   du -sh "$CKPT"
   note="BIG_DOCS=$BIG_DOCS c4mini-train documents (of the ~200 asked): opt-1.3b shards cost 223 KB per token (9,288 B x 24 layers, docs/real-models.md), ~36 GB for 200 docs x 2048 (~160k tokens), which train reads once per epoch and predictor; at BIG_DOCS=$BIG_DOCS the demo fits a few minutes"
   EXTRA="{\"big_docs\": $BIG_DOCS, \"big_epochs\": ${BIG_EPOCHS:-null}, \"big_batch\": ${BIG_BATCH:-null}, \"big_docs_note\": \"$note\", \"checkpoint\": \"random weights, scripts/random-opt-checkpoint.py --shape opt-1.3b (MLP activity of random weights is ~50%, not sparse: the figures are times, not quality)\"}" \
