@@ -10,6 +10,7 @@ import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../checkp
 import type { EpochRecord, PredictorMetrics } from '../common/contracts.js';
 import { DejavuError, rethrowFs } from '../common/errors.js';
 import type { PredictorState } from './model.js';
+import type { SplitCounts } from './data.js';
 
 export interface JobState {
   /** Epochs completed (the next epoch to run is `epoch`). */
@@ -24,6 +25,8 @@ export interface JobState {
   done: boolean;
   /** Settings a resumed run must share (JSON). */
   key: string;
+  /** The split's rows and positives (data.ts countSplit); absent in checkpoints written before they were kept. */
+  counts?: SplitCounts;
 }
 
 export interface Checkpoint {

@@ -254,21 +254,44 @@ export async function countTrainRows(set: ShardSet, split: SplitOptions): Promis
   return n;
 }
 
-export async function countSplit(set: ShardSet, job: Job, split: SplitOptions): Promise<{ train: number; val: number; trainPositives: number; valPositives: number }> {
-  const res = { train: 0, val: 0, trainPositives: 0, valPositives: 0 };
+/** Rows of a job's training and validation splits and their positive labels. */
+export interface SplitCounts {
+  train: number;
+  val: number;
+  trainPositives: number;
+  valPositives: number;
+}
+
+/**
+ * One pass over the label layer only (the input layer's files are not opened): the split's rows and positive labels,
+ * both splits at once.
+ */
+export async function countSplit(set: ShardSet, job: Job, split: SplitOptions): Promise<SplitCounts> {
+  const res: SplitCounts = { train: 0, val: 0, trainPositives: 0, valPositives: 0 };
   const pop = new Uint8Array(256);
   for (let i = 0; i < 256; i++) pop[i] = (i & 1) + pop[i >>> 1];
   const lb = labelBytes(job.outDim);
-  for (const wantVal of [false, true]) {
-    for await (const r of rows(set, job, set.shards.map((_, i) => i), split, wantVal)) {
-      let p = 0;
-      for (let b = 0; b < lb; b++) p += pop[r.lab[r.labOff + b]];
-      if (wantVal) {
-        res.val++;
-        res.valPositives += p;
-      } else {
-        res.train++;
-        res.trainPositives += p;
+  const lab = new Uint8Array(lb);
+  const table = f16Table();
+  const scratch = new Float32Array(job.outDim);
+  const valCache = new Map<number, boolean>();
+  for (let s = 0; s < set.shards.length; s++) {
+    for await (const [b] of readAligned(set, s, [{ layer: job.layer, columns: [job.labelColumn] }])) {
+      const lCol = b.cols.get(job.labelColumn)!;
+      for (let r = 0; r < b.rows; r++) {
+        const doc = b.doc[r];
+        let v = valCache.get(doc);
+        if (v === undefined) valCache.set(doc, (v = isValidationDoc(doc, split.seed, split.valFrac)));
+        packLabel(job, lCol, r, lab, 0, table, scratch);
+        let p = 0;
+        for (let i = 0; i < lb; i++) p += pop[lab[i]];
+        if (v) {
+          res.val++;
+          res.valPositives += p;
+        } else {
+          res.train++;
+          res.trainPositives += p;
+        }
       }
     }
   }

@@ -21,7 +21,7 @@ import { DejavuError, rethrowFs } from '../common/errors.js';
 import { log, progressBar } from '../common/progress.js';
 import { loadCheckpoint, saveCheckpoint, type Checkpoint, type JobState } from './checkpoint.js';
 import { SCHEDULE_DEFAULTS, autoBatch, autoRank, type AutoInt } from './auto.js';
-import { countSplit, countTrainRows, labelBytes, nonEmptyValFrac, trainBatches, validationBatches } from './data.js';
+import { countSplit, countTrainRows, labelBytes, nonEmptyValFrac, trainBatches, validationBatches, type SplitCounts } from './data.js';
 import { jobName, planJobs, type Job, type MlpInput } from './jobs.js';
 import { MetricsAccumulator, selectionScore } from './metrics.js';
 import { DEFAULT_ADAMW, Predictor, exportWeights, unpackBits, type Tf } from './model.js';
@@ -138,16 +138,40 @@ async function evaluate(tf: Tf, p: Predictor, set: ShardSet, job: Job, o: Resolv
   return acc.result();
 }
 
+/** A finished job's entry in metrics.json: its best epoch's validation metrics, the split's sizes and its history. */
+function jobResult(job: Job, o: ResolvedOptions, state: JobState, counts: SplitCounts): MetricsEntry {
+  const m = state.bestMetrics!;
+  return {
+    layer: job.layer,
+    target: job.target,
+    recall: round(m.recall),
+    precision: round(m.precision),
+    f1: round(m.f1),
+    true_active: round(m.true_active, 4),
+    predicted_active: round(m.predicted_active, 4),
+    k95: round(m.k95, 4),
+    k99: round(m.k99, 4),
+    tokens: m.tokens,
+    input: job.inputColumn,
+    lookahead: job.lookahead,
+    input_layer: job.inputLayer,
+    rank: o.rank,
+    input_norm: o.inputNorm,
+    out: job.outDim,
+    k_label: job.target === 'attn' ? job.k : null,
+    best_epoch: state.bestEpoch + 1,
+    epochs_run: state.epoch,
+    train_tokens: counts.train,
+    val_tokens: counts.val,
+    positive_rate: round(counts.trainPositives / (counts.train * job.outDim)),
+    history: state.history,
+  };
+}
+
 /** Trains one job to completion (or resumes it). Returns its result, or a skip reason. */
 export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: ResolvedOptions): Promise<MetricsEntry | { skipped: string }> {
   const name = jobName(job);
   const split = { seed: o.seed, valFrac: o.valFrac };
-  const counts = await countSplit(set, job, split);
-  if (counts.train === 0) throw new DejavuError(`${name}: no training tokens (every document fell in the validation split; lower --val-frac)`, o.shards);
-  if (counts.val === 0) throw new DejavuError(`${name}: no validation tokens (${counts.train} training tokens; raise --val-frac or collect more documents)`, o.shards);
-  if (counts.trainPositives === 0) {
-    return { skipped: `no positive labels in ${counts.train} training tokens (the ${job.target} of layer ${job.layer} is never active: nothing to predict; keep it dense or drop it)` };
-  }
   const key = settingsKey(set, job, o);
   const shapes = { d: job.inDim, r: o.rank, out: job.outDim };
   const outFile = join(o.out, predictorFileName(job.layer, job.target));
@@ -158,19 +182,32 @@ export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: ResolvedOptio
     // A finished job is skipped unless this run asks for more epochs (and early stopping had not fired).
     const more = ck.state.epoch < o.epochs && ck.state.badEpochs < o.patience;
     if (more || !existsSync(outFile)) ck.state.done = false;
-    else log(`${name}: already trained (resume), best epoch ${ck.state.bestEpoch + 1} of ${ck.state.epoch}`);
+    else {
+      log(`${name}: already trained (resume), best epoch ${ck.state.bestEpoch + 1} of ${ck.state.epoch}`);
+      // The checkpoint holds the split's counts, so a finished job is skipped without a pass over the shards
+      // (seconds per job at OPT-1.3B scale); a checkpoint written before it kept them is counted below.
+      if (ck.state.counts) return jobResult(job, o, ck.state, ck.state.counts);
+    }
   }
+  const counts = ck?.state.counts ?? (await countSplit(set, job, split));
+  if (counts.train === 0) throw new DejavuError(`${name}: no training tokens (every document fell in the validation split; lower --val-frac)`, o.shards);
+  if (counts.val === 0) throw new DejavuError(`${name}: no validation tokens (${counts.train} training tokens; raise --val-frac or collect more documents)`, o.shards);
+  if (counts.trainPositives === 0) {
+    return { skipped: `no positive labels in ${counts.train} training tokens (the ${job.target} of layer ${job.layer} is never active: nothing to predict; keep it dense or drop it)` };
+  }
+  if (ck?.state.done) return jobResult(job, o, ck.state, counts);
+
   let predictor: Predictor;
   let state: JobState;
   let best: { w1t: Float32Array; w2t: Float32Array };
   if (ck) {
     predictor = new Predictor(tf, job.inDim, o.rank, job.outDim, ck.weights, opt);
-    state = ck.state;
+    state = { ...ck.state, counts };
     best = ck.best;
     if (!state.done) log(`${name}: resuming after epoch ${state.epoch} (step ${state.step})`);
   } else {
     predictor = Predictor.fresh(tf, job.inDim, o.rank, job.outDim, hashSeed(o.seed, 'init', name), opt);
-    state = { epoch: 0, step: 0, bestEpoch: -1, bestScore: -1, bestMetrics: null, badEpochs: 0, history: [], done: false, key };
+    state = { epoch: 0, step: 0, bestEpoch: -1, bestScore: -1, bestMetrics: null, badEpochs: 0, history: [], done: false, key, counts };
     best = { w1t: new Float32Array(0), w2t: new Float32Array(0) };
   }
 
@@ -275,32 +312,7 @@ export async function trainJob(tf: Tf, set: ShardSet, job: Job, o: ResolvedOptio
     predictor.dispose();
   }
 
-  const m = state.bestMetrics!;
-  return {
-    layer: job.layer,
-    target: job.target,
-    recall: round(m.recall),
-    precision: round(m.precision),
-    f1: round(m.f1),
-    true_active: round(m.true_active, 4),
-    predicted_active: round(m.predicted_active, 4),
-    k95: round(m.k95, 4),
-    k99: round(m.k99, 4),
-    tokens: m.tokens,
-    input: job.inputColumn,
-    lookahead: job.lookahead,
-    input_layer: job.inputLayer,
-    rank: o.rank,
-    input_norm: o.inputNorm,
-    out: job.outDim,
-    k_label: job.target === 'attn' ? job.k : null,
-    best_epoch: state.bestEpoch + 1,
-    epochs_run: state.epoch,
-    train_tokens: counts.train,
-    val_tokens: counts.val,
-    positive_rate: round(counts.trainPositives / (counts.train * job.outDim)),
-    history: state.history,
-  };
+  return jobResult(job, o, state, counts);
 }
 
 /**

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { topKBits, labelBytes } from '../../train/data.js';
-import { MetricsAccumulator, selectionScore } from '../../train/metrics.js';
+import { MetricsAccumulator, selectDescending, selectionScore } from '../../train/metrics.js';
 import { f16Table } from '../../checkpoints/float16.js';
 import { f32ToF16 } from '../../checkpoints/float16.js';
 import { isValidationDoc, Rng, hashSeed } from '../../train/rng.js';
@@ -49,6 +49,50 @@ describe('metrics', () => {
     const m = acc.result();
     expect(m.k95).toBe(19); // ceil(0.95*20) = 19 positives: the first 19
     expect(m.k99).toBe(40); // all 20: everything
+  });
+
+  it('selectDescending returns the sorted-descending value at every index and partitions around it', () => {
+    const rng = new Rng(11);
+    for (const n of [1, 2, 3, 7, 64, 257]) {
+      for (const kind of ['distinct', 'ties', 'nan']) {
+        const a = Float32Array.from({ length: n }, () => {
+          if (kind === 'nan' && rng.next() < 0.1) return NaN;
+          return kind === 'ties' ? Math.floor(rng.next() * 4) / 4 : rng.next();
+        });
+        const want = Float32Array.from(a).sort().reverse(); // NaN first, as the accumulator's sort had it
+        for (let k = 0; k < n; k++) {
+          const b = Float32Array.from(a);
+          const v = selectDescending(b, k, 0, n - 1);
+          expect(Object.is(v, want[k]), `${kind} n ${n} k ${k}`).toBe(true);
+          // a[0..k] are the k + 1 largest: as a multiset, the first k + 1 of the descending sort.
+          expect([...b.subarray(0, k + 1)].sort().join()).toBe([...want.subarray(0, k + 1)].sort().join());
+        }
+      }
+    }
+  });
+
+  it('k95 and k99 match the sort-based definition on random scores with ties', () => {
+    const out = 300;
+    const n = 40;
+    const rng = new Rng(5);
+    // Scores on a coarse grid, so many ties; ~40% positives.
+    const scores = Float32Array.from({ length: n * out }, () => Math.round(rng.next() * 20) / 20);
+    const rows = Array.from({ length: n }, () => Array.from({ length: out }, (_, j) => j).filter(() => rng.next() < 0.4));
+    const acc = new MetricsAccumulator(out);
+    acc.add(scores, pack(rows, out), n);
+    const m = acc.result();
+    let s95 = 0;
+    let s99 = 0;
+    for (let t = 0; t < n; t++) {
+      const s = scores.subarray(t * out, (t + 1) * out);
+      const sorted = Float32Array.from(rows[t], (j) => s[j]).sort().reverse();
+      const P = rows[t].length;
+      const k = (q: number) => s.filter((v) => v >= sorted[Math.ceil(q * P) - 1]).length;
+      s95 += k(0.95);
+      s99 += k(0.99);
+    }
+    expect(m.k95).toBeCloseTo(s95 / n, 9);
+    expect(m.k99).toBeCloseTo(s99 / n, 9);
   });
 
   it('an all-positive predictor never beats a useful one under F-beta selection', () => {

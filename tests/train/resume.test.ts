@@ -6,7 +6,8 @@ import { SafetensorsFile } from '../../checkpoints/safetensors.js';
 import { selectBackend } from '../../train/backend.js';
 import type { Tf } from '../../train/model.js';
 import type { TrainMetrics } from '../../common/contracts.js';
-import { DEFAULTS, train, type TrainOptions } from '../../train/trainer.js';
+import { DEFAULTS, prepareRun, train, type TrainOptions } from '../../train/trainer.js';
+import { loadCheckpoint, readCheckpointState, saveCheckpoint } from '../../train/checkpoint.js';
 import { writeSyntheticShards } from './synthetic.js';
 
 let tmp: string;
@@ -84,6 +85,30 @@ describe('determinism and resume', () => {
     expect(maxDiff).toBeLessThan(1e-5);
     const metrics = JSON.parse(readFileSync(join(out, 'metrics.json'), 'utf8'));
     expect(metrics.layers).toHaveLength(4);
+  });
+
+  it('resuming finished jobs opens no shard and reports the same metrics; a checkpoint without counts is counted again', async () => {
+    const out = join(tmp, 'skip');
+    const first = await train(tf, 'wasm', opts(out));
+    const resumeWithCount = async () => {
+      const run = await prepareRun(opts(out, { resume: true }), 'wasm');
+      let opened = 0;
+      const set = { ...run.set, path: (l: number, sh: number) => (opened++, run.set.path(l, sh)) };
+      const r = await train(tf, 'wasm', opts(out, { resume: true }), { ...run, set });
+      return { r, opened };
+    };
+    const again = await resumeWithCount();
+    expect(again.opened).toBe(0);
+    expect(strip(again.r)).toEqual(strip(first));
+    // A finished checkpoint as written before the counts were kept: its job's labels are read once more.
+    const name = 'layer_01.mlp';
+    const ck = loadCheckpoint(out, name, readCheckpointState(out, name)!.key)!;
+    delete ck.state.counts;
+    saveCheckpoint(out, name, ck, { d: 16, r: 6, out: 24 });
+    expect(readCheckpointState(out, name)!.counts).toBeUndefined();
+    const old = await resumeWithCount();
+    expect(old.opened).toBeGreaterThan(0);
+    expect(strip(old.r)).toEqual(strip(first));
   });
 
   it('resume refuses a checkpoint written with other settings', async () => {
