@@ -12,10 +12,10 @@
 #   big     the same on a random-weight OPT-1.3B-shape checkpoint (scripts/random-opt-checkpoint.py, opt-mini's
 #           tokenizer files) at --max-len 2048 on BIG_DOCS c4mini-train documents -> demo-opt-1.3b.json
 # Environment: OUT (default ./cuda-out), STEPS (default "webgpu shape mini big"), WORK (default /tmp/dejavu-pipeline),
-#   BIG_DOCS (default 50: 200 documents x 2048 tokens of opt-1.3b would be ~36 GB of shards, read once per epoch by
-#   train; see the JSON's `big_docs_note`), TRAIN_WORKERS (train's threads; default: the cores for opt-mini, whose
-#   predictors train on wasm; for the big demo 1 on WebGPU, the cores on wasm). SHAPE_WASM=0 skips the wasm comparison
-#   of step shape; BIG_EPOCHS=N and BIG_BATCH=N train the big demo for N epochs / at batch N (default: train's) and
+#   BIG_DOCS (default 50: 200 documents x 2048 tokens of opt-1.3b are 173,655 tokens and 37 GB of shards, whose one
+#   epoch took ~15 min on one WebGPU worker, bench/results/cuda-pipeline-opt-1.3b-h100.json; see `big_docs_note`),
+#   TRAIN_WORKERS (train's threads; default: the cores for opt-mini, whose predictors train on wasm; for the big demo
+#   1 on WebGPU, the cores on wasm). SHAPE_WASM=0 skips the wasm comparison of step shape; BIG_EPOCHS=N and BIG_BATCH=N train the big demo for N epochs / at batch N (default: train's) and
 #   BIG_TIMEOUT is its time limit in seconds (default 420), so it fits one call. RESUME=1 (a second call on the same,
 #   still warm machine) keeps $WORK: the checkpoint is not rewritten and each demo resumes where it stopped.
 # The c4mini files are the tracked examples/c4mini ones (the first 400 train documents, the validation file).
@@ -207,7 +207,7 @@ fi
 if has big; then
   [ -z "${CKPT_PID:-}" ] || wait "$CKPT_PID" || { echo "checkpoint failed: $(tail -3 "$WORK/ckpt.err")"; status=1; }
   du -sh "$CKPT"
-  note="BIG_DOCS=$BIG_DOCS c4mini-train documents (of the ~200 asked): opt-1.3b shards cost 223 KB per token (9,288 B x 24 layers, docs/real-models.md), ~36 GB for 200 docs x 2048 (~160k tokens), which train reads once per epoch and predictor; at BIG_DOCS=$BIG_DOCS the demo fits a few minutes"
+  note="BIG_DOCS=$BIG_DOCS c4mini-train documents (of the ~200 asked): opt-1.3b shards cost 223 KB per token (9,288 B x 24 layers, docs/real-models.md); 200 docs x 2048 are 173,655 tokens and 37 GB, whose one epoch on one WebGPU worker took ~15 min (bench/results/cuda-pipeline-opt-1.3b-h100.json), more than one 10-minute call"
   EXTRA="{\"big_docs\": $BIG_DOCS, \"big_epochs\": ${BIG_EPOCHS:-null}, \"big_batch\": ${BIG_BATCH:-null}, \"big_docs_note\": \"$note\", \"checkpoint\": \"random weights, scripts/random-opt-checkpoint.py --shape opt-1.3b (MLP activity of random weights is ~50%, not sparse: the figures are times, not quality)\"}" \
     demo opt-1.3b "${BIG_TIMEOUT:-420}" "$TRAIN_WORKERS" --model "$CKPT" --data "$TRAIN400" --eval-data "$VALID" --train-docs "$BIG_DOCS" --max-len 2048 \
     ${BIG_EPOCHS:+--epochs "$BIG_EPOCHS"} ${BIG_BATCH:+--batch "$BIG_BATCH"}
