@@ -69,19 +69,18 @@ export function decodeInput(src: Uint16Array, srcOff: number, d: number, dst: Fl
     for (let i = 0; i < d; i++) dst[dstOff + i] = table[src[srcOff + i]];
     return;
   }
-  let mean = 0;
+  // One pass for the sum and the sum of squares (doubles: activations' mean is never near 1e8 times their spread),
+  // one to normalise.
+  let sum = 0;
+  let sq = 0;
   for (let i = 0; i < d; i++) {
     const v = table[src[srcOff + i]];
     dst[dstOff + i] = v;
-    mean += v;
+    sum += v;
+    sq += v * v;
   }
-  mean /= d;
-  let v2 = 0;
-  for (let i = 0; i < d; i++) {
-    const c = dst[dstOff + i] - mean;
-    v2 += c * c;
-  }
-  const inv = 1 / Math.sqrt(v2 / d + 1e-5);
+  const mean = sum / d;
+  const inv = 1 / Math.sqrt(Math.max(0, sq / d - mean * mean) + 1e-5);
   for (let i = 0; i < d; i++) dst[dstOff + i] = (dst[dstOff + i] - mean) * inv;
 }
 
@@ -128,17 +127,20 @@ function wantsFor(job: Job): { layer: number; columns: string[] }[] {
   ];
 }
 
-/** Streams (input, label) rows of one split, in file order, shard by shard. */
-async function* rows(
+/**
+ * (input, label) rows of one split, in file order, shard by shard, a block at a time (per row, the awaits of a
+ * generator cost more than the row's copy): `x` is the input column of the block (fp16 bits, `d` per row), `rows` the
+ * block rows in the split and `lab` their packed labels, `labelBytes(out)` per row in that order.
+ */
+async function* blocks(
   set: ShardSet,
   job: Job,
   shardOrder: number[],
   split: SplitOptions,
   wantVal: boolean,
-): AsyncGenerator<{ x: Uint16Array; xOff: number; lab: Uint8Array; labOff: number }> {
+): AsyncGenerator<{ x: Uint16Array; d: number; rows: Int32Array; n: number; lab: Uint8Array }> {
   const table = f16Table();
   const lb = labelBytes(job.outDim);
-  const lab = new Uint8Array(lb);
   const scratch = new Float32Array(job.outDim);
   const wants = wantsFor(job);
   const valCache = new Map<number, boolean>();
@@ -147,17 +149,25 @@ async function* rows(
     if (v === undefined) valCache.set(doc, (v = isValidationDoc(doc, split.seed, split.valFrac)));
     return v;
   };
+  let rows = new Int32Array(0);
+  let lab = new Uint8Array(0);
   for (const s of shardOrder) {
-    for await (const blocks of readAligned(set, s, wants)) {
-      const xCol = blocks[0].cols.get(job.inputColumn)!;
-      const lCol = blocks[blocks.length - 1].cols.get(job.labelColumn)!;
-      const doc = blocks[0].doc;
-      const xv = xCol.values as Uint16Array;
-      for (let r = 0; r < blocks[0].rows; r++) {
-        if (isVal(doc[r]) !== wantVal) continue;
-        packLabel(job, lCol, r, lab, 0, table, scratch);
-        yield { x: xv, xOff: r * xCol.width, lab, labOff: 0 };
+    for await (const bl of readAligned(set, s, wants)) {
+      const xCol = bl[0].cols.get(job.inputColumn)!;
+      const lCol = bl[bl.length - 1].cols.get(job.labelColumn)!;
+      const doc = bl[0].doc;
+      const m = bl[0].rows;
+      if (rows.length < m) {
+        rows = new Int32Array(m);
+        lab = new Uint8Array(m * lb);
       }
+      let n = 0;
+      for (let r = 0; r < m; r++) {
+        if (isVal(doc[r]) !== wantVal) continue;
+        packLabel(job, lCol, r, lab, n * lb, table, scratch);
+        rows[n++] = r;
+      }
+      if (n > 0) yield { x: xCol.values as Uint16Array, d: xCol.width, rows, n, lab };
     }
   }
 }
@@ -182,18 +192,23 @@ export async function* trainBatches(set: ShardSet, job: Job, o: TrainStreamOptio
   const bl = new Uint8Array(cap * lb);
   let filled = 0;
   const asm = new BatchAssembler(job, o.batch, o.inputNorm);
-  for await (const r of rows(set, job, order, o.split, false)) {
-    if (filled < cap) {
-      bx.set(r.x.subarray(r.xOff, r.xOff + d), filled * d);
-      bl.set(r.lab.subarray(r.labOff, r.labOff + lb), filled * lb);
-      filled++;
-      continue;
+  for await (const blk of blocks(set, job, order, o.split, false)) {
+    for (let k = 0; k < blk.n; k++) {
+      const xo = blk.rows[k] * blk.d;
+      const x = blk.x.subarray(xo, xo + d);
+      const lab = blk.lab.subarray(k * lb, k * lb + lb);
+      if (filled < cap) {
+        bx.set(x, filled * d);
+        bl.set(lab, filled * lb);
+        filled++;
+        continue;
+      }
+      // Full: emit a random buffered row, put the incoming one in its place.
+      const j = rng.int(cap);
+      if (asm.push(bx, j * d, bl, j * lb)) yield asm.take();
+      bx.set(x, j * d);
+      bl.set(lab, j * lb);
     }
-    // Full: emit a random buffered row, put the incoming one in its place.
-    const j = rng.int(cap);
-    if (asm.push(bx, j * d, bl, j * lb)) yield asm.take();
-    bx.set(r.x.subarray(r.xOff, r.xOff + d), j * d);
-    bl.set(r.lab.subarray(r.labOff, r.labOff + lb), j * lb);
   }
   // Drain what is left in random order.
   const rest = rng.shuffle(Array.from({ length: filled }, (_, i) => i));
@@ -203,9 +218,10 @@ export async function* trainBatches(set: ShardSet, job: Job, o: TrainStreamOptio
 
 /** Validation batches, in file order (deterministic). */
 export async function* validationBatches(set: ShardSet, job: Job, o: { batch: number; inputNorm: InputNorm; split: SplitOptions }): AsyncGenerator<Batch> {
+  const lb = labelBytes(job.outDim);
   const asm = new BatchAssembler(job, o.batch, o.inputNorm);
-  for await (const r of rows(set, job, set.shards.map((_, i) => i), o.split, true)) {
-    if (asm.push(r.x, r.xOff, r.lab, r.labOff)) yield asm.take();
+  for await (const blk of blocks(set, job, set.shards.map((_, i) => i), o.split, true)) {
+    for (let k = 0; k < blk.n; k++) if (asm.push(blk.x, blk.rows[k] * blk.d, blk.lab, k * lb)) yield asm.take();
   }
   if (asm.n > 0) yield asm.take();
 }
