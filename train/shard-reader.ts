@@ -7,13 +7,13 @@
  * and that every layer has the same shard names with the same row counts, so a bad folder fails before training
  * starts, with the file named.
  */
-import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, existsSync, openSync, readFileSync, readSync, readdirSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync, readdirSync, statSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RecordBatchReader, type Data, type RecordBatch } from 'apache-arrow';
 import { layerDirName, layerOfDirName, shardIndexOfFileName, SHARD_FORMAT, SHARD_MANIFEST_FILE, SHARD_META, type ShardDims } from '../common/contracts.js';
 import { DejavuError } from '../common/errors.js';
+import { sha256Files } from '../common/file-hash.js';
 import { warn } from '../common/progress.js';
 
 const ARROW_MAGIC = 'ARROW1';
@@ -157,27 +157,25 @@ function recorded(manifest: { layers?: unknown; shards?: ManifestShard[] }, laye
   return { sha256: sha, bytes };
 }
 
-async function fileSha256(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 * 2 ** 20 })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
-
 /** Flipped bits or a bad copy: refused by name before a byte of it is parsed (a corrupt footer can hang the parser). */
-async function verifyShard(path: string, want: { sha256: string; bytes?: number }): Promise<void> {
+async function verifyShards(list: { path: string; want: { sha256: string; bytes?: number } }[]): Promise<void> {
   const rebuild = `delete it and rerun the same dejavu collect command to rewrite it`;
-  const size = statSync(path).size;
-  if (want.bytes !== undefined && size !== want.bytes) {
-    throw new DejavuError(`${size} bytes but ${SHARD_MANIFEST_FILE} records ${want.bytes} (truncated or replaced); ${rebuild}`, path);
+  for (const { path, want } of list) {
+    const size = statSync(path).size;
+    if (want.bytes !== undefined && size !== want.bytes) {
+      throw new DejavuError(`${size} bytes but ${SHARD_MANIFEST_FILE} records ${want.bytes} (truncated or replaced); ${rebuild}`, path);
+    }
   }
-  const got = await fileSha256(path);
-  if (got !== want.sha256) {
-    throw new DejavuError(
-      `checksum mismatch: SHA-256 ${got.slice(0, 16)}..., ${SHARD_MANIFEST_FILE} records ${want.sha256.slice(0, 16)}... ` +
-        `(the file changed after collect wrote it); ${rebuild}`,
-      path,
-    );
-  }
+  const got = await sha256Files(list.map((x) => x.path));
+  list.forEach(({ path, want }, i) => {
+    if (got[i] !== want.sha256) {
+      throw new DejavuError(
+        `checksum mismatch: SHA-256 ${got[i].slice(0, 16)}..., ${SHARD_MANIFEST_FILE} records ${want.sha256.slice(0, 16)}... ` +
+          `(the file changed after collect wrote it); ${rebuild}`,
+        path,
+      );
+    }
+  });
 }
 
 /**
@@ -208,6 +206,25 @@ export async function openShardSet(dir: string, opts: OpenShardSetOptions = {}):
     .filter((l): l is number => l !== null)
     .sort((a, b) => a - b);
   if (layerDirs.length === 0) throw new DejavuError('no layer_XX folders (not a shard folder?)', dir);
+  const shardNamesOf = (ldir: string) =>
+    readdirSync(ldir)
+      .filter((n) => shardIndexOfFileName(n) !== null)
+      .sort();
+
+  // Every file against its recorded checksum first, all files at once (common/file-hash.ts), before any is parsed.
+  if (verify) {
+    const list: { path: string; want: { sha256: string; bytes?: number } }[] = [];
+    for (const layer of layerDirs) {
+      const ldir = join(dir, layerDirName(layer));
+      for (const name of shardNamesOf(ldir)) {
+        files++;
+        const want = recorded(manifest, layer, name);
+        if (want) list.push({ path: join(ldir, name), want });
+        else unverified++;
+      }
+    }
+    await verifyShards(list);
+  }
 
   let shards: string[] | undefined;
   let rows: number[] = [];
@@ -216,9 +233,7 @@ export async function openShardSet(dir: string, opts: OpenShardSetOptions = {}):
   let dims: ShardDims | undefined;
   for (const layer of layerDirs) {
     const ldir = join(dir, layerDirName(layer));
-    const names = readdirSync(ldir)
-      .filter((n) => shardIndexOfFileName(n) !== null)
-      .sort();
+    const names = shardNamesOf(ldir);
     if (names.length === 0) throw new DejavuError('no shard_NNNNN.arrow files', ldir);
     if (!shards) shards = names;
     else if (names.join() !== shards.join()) {
@@ -227,12 +242,6 @@ export async function openShardSet(dir: string, opts: OpenShardSetOptions = {}):
     const layerRows: number[] = [];
     for (const name of names) {
       const path = join(ldir, name);
-      if (verify) {
-        files++;
-        const want = recorded(manifest, layer, name);
-        if (want) await verifyShard(path, want);
-        else unverified++;
-      }
       const f = await ShardFile.open(path);
       try {
         const m = f.metadata;
