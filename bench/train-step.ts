@@ -31,6 +31,8 @@ export interface StepBenchResult {
   matmul_tflops: number;
   cpu_seconds: number;
   samples_per_cpu_s: number;
+  /** The timed steps' window, ms since the Unix epoch (several threads' windows are compared with it). */
+  window_ms: [number, number];
 }
 
 const tick = () => new Promise<void>((r) => setImmediate(r));
@@ -67,6 +69,7 @@ export async function benchTrainStep(tf: Tf, o: StepBenchOptions): Promise<StepB
   await Promise.all(pending.splice(0));
   const t0 = performance.now();
   const c0 = process.cpuUsage();
+  const start = performance.timeOrigin + t0;
   for (let i = 0; i < o.steps; i++) await step(i);
   await Promise.all(pending.splice(0));
   await p.w2t.data(); // the last step's update has finished
@@ -88,5 +91,6 @@ export async function benchTrainStep(tf: Tf, o: StepBenchOptions): Promise<StepB
     cpu_seconds: Math.round(cpuSeconds * 1000) / 1000,
     samples_per_cpu_s: Math.round((o.batch * o.steps) / cpuSeconds),
     matmul_tflops: Math.round((flops / seconds / 1e12) * 1000) / 1000,
+    window_ms: [Math.round(start), Math.round(start + seconds * 1000)],
   };
 }

@@ -5,8 +5,9 @@
 # one JSON into $OUT (at most 8 files come back: the log and one JSON per step):
 #   webgpu  scripts/webgpu-setup.sh check (the Vulkan loader unpacked from .devnm/debs when the machine lacks it; the
 #           NVIDIA driver manifest named when it sits outside the loader's folders) -> webgpu-check.json
-#   shape   training samples/s for one OPT-6.7B-shape layer (d 4096, ffn 16384, 32 heads) at train's default rank
-#           and batch, synthetic data (bench/train-shape.ts), on the backend train picks and on wasm -> train-shape-opt-6.7b.json
+#   shape   training samples/s for one SHAPE layer (default opt-6.7b: d 4096, ffn 16384, 32 heads) at train's default
+#           rank and batch, synthetic data (bench/train-shape.ts), on the backend train picks (on SHAPE_WORKERS threads
+#           at once, default 1) and on wasm -> train-shape-SHAPE.json
 #   mini    `dejavu demo --device cuda` on examples/opt-mini (collect on the GPU -> train -> export -> eval and bench
 #           on the GPU -> report): the summary (every stage's time, ppl dense / predicted, ms/token) -> demo-opt-mini.json
 #   big     the same on a random-weight OPT-1.3B-shape checkpoint (scripts/random-opt-checkpoint.py, opt-mini's
@@ -26,6 +27,7 @@ OUT=${OUT:-$ROOT/cuda-out}
 WORK=${WORK:-/tmp/dejavu-pipeline}
 STEPS=" ${STEPS:-webgpu shape mini big} "
 BIG_DOCS=${BIG_DOCS:-50}
+SHAPE=${SHAPE:-opt-6.7b}
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/pipeline.log") 2>&1
 has() { case "$STEPS" in *" $1 "*) return 0 ;; esac; return 1; }
@@ -133,22 +135,22 @@ process.stdout.write(JSON.stringify(out, null, 2) + "\n");' "$check" "$rc" "$VUL
 fi
 
 if has shape; then
-  echo "== train-shape opt-6.7b (train's default rank and batch): the backend train picks, then wasm"
+  echo "== train-shape $SHAPE (train's default rank and batch) on ${SHAPE_WORKERS:-1} worker(s): the backend train picks, then wasm"
   t=$WORK/shape
   mkdir -p "$t"
-  timeout 200 "$NODE" .devnm/dist/bench/train-shape.js --shape opt-6.7b --backend auto --out "$t/auto.json" > /dev/null || status=1
+  timeout 200 "$NODE" .devnm/dist/bench/train-shape.js --shape "$SHAPE" --backend auto --workers "${SHAPE_WORKERS:-1}" --out "$t/auto.json" > /dev/null || status=1
   if grep -q '"backend": "wasm"' "$t/auto.json" 2> /dev/null; then cp "$t/auto.json" "$t/wasm.json"  # auto was wasm already
   elif [ "${SHAPE_WASM:-1}" = 0 ]; then :  # SHAPE_WASM=0: the GPU backend only
-  else timeout 150 "$NODE" .devnm/dist/bench/train-shape.js --shape opt-6.7b --backend wasm --out "$t/wasm.json" > /dev/null || status=1; fi
+  else timeout 150 "$NODE" .devnm/dist/bench/train-shape.js --shape "$SHAPE" --backend wasm --out "$t/wasm.json" > /dev/null || status=1; fi
   "$NODE" -e '
-const fs = require("fs"), [dir, gpu] = process.argv.slice(1);
+const fs = require("fs"), [dir, gpu, shape, workers] = process.argv.slice(1);
 const read = (f) => { try { return JSON.parse(fs.readFileSync(`${dir}/${f}`, "utf8")); } catch { return null; } };
 const auto = read("auto.json"), wasm = read("wasm.json");
-const out = { bench: "train-shape-opt-6.7b", date: new Date().toISOString(), device: gpu,
-  command: "scripts/cuda-pipeline.sh (STEPS=shape): node .devnm/dist/bench/train-shape.js --shape opt-6.7b --backend auto|wasm",
+const out = { bench: `train-shape-${shape}`, date: new Date().toISOString(), device: gpu,
+  command: `scripts/cuda-pipeline.sh (STEPS=shape): node .devnm/dist/bench/train-shape.js --shape ${shape} --backend auto --workers ${workers} | --backend wasm`,
   layer_samples_per_s: { [auto?.backend ?? "auto"]: auto?.layer_samples_per_s ?? null, wasm_one_thread: wasm?.layer_samples_per_s ?? null },
   auto, wasm };
-process.stdout.write(JSON.stringify(out, null, 2) + "\n");' "$t" "$GPU" > "$OUT/train-shape-opt-6.7b.json"
+process.stdout.write(JSON.stringify(out, null, 2) + "\n");' "$t" "$GPU" "$SHAPE" "${SHAPE_WORKERS:-1}" > "$OUT/train-shape-$SHAPE.json"
 fi
 
 wait $BUILD_PID || { echo "CUDA library build failed"; exit 1; }
@@ -220,7 +222,7 @@ for (const f of fs.readdirSync(dir).filter((f) => f.endsWith(".json")).sort()) {
   let r;
   try { r = JSON.parse(fs.readFileSync(`${dir}/${f}`, "utf8")); } catch { console.log(`${f}: no JSON`); continue; }
   if (r.step === "webgpu-check") console.log(`${f}: ok ${r.ok}; loader ${r.vulkan_loader}; ${r.output.filter((l) => l.startsWith("adapter")).join(" ")}`);
-  else if (r.bench === "train-shape-opt-6.7b") console.log(`${f}: layer samples/s ${JSON.stringify(r.layer_samples_per_s)}`);
+  else if (r.bench?.startsWith("train-shape-")) console.log(`${f}: layer samples/s ${JSON.stringify(r.layer_samples_per_s)}`);
   else if (r.step === "demo") console.log(`${f}: rc ${r.exit_code}, ${r.wall_seconds} s; stages ${JSON.stringify(r.stages ?? {})}; ppl ${JSON.stringify(r.ppl ?? {})}; ms/token ${JSON.stringify(r.ms_per_token ?? {})}`);
 }' "$OUT"
 exit $status
