@@ -46,12 +46,16 @@ export interface TrainShapeOptions {
   workers?: number;
 }
 
-/** The backend train would pick for this shape, and a runner of one predictor's step bench on it. */
-async function shapeBench(o: TrainShapeOptions) {
+/** The shape's dims, and the rank and batch: train's defaults unless given. */
+function resolveShape(o: TrainShapeOptions) {
   const s = TRAIN_SHAPES[o.shape];
   if (!s) throw new Error(`unknown --shape '${o.shape}' (one of ${Object.keys(TRAIN_SHAPES).join(', ')})`);
-  const rank = o.rank ?? autoRank(s.d);
-  const batch = o.batch ?? AUTO.batchMax;
+  return { s, rank: o.rank ?? autoRank(s.d), batch: o.batch ?? AUTO.batchMax };
+}
+
+/** The backend train would pick for this shape, and a runner of one predictor's step bench on it. */
+async function shapeBench(o: TrainShapeOptions) {
+  const { s, rank, batch } = resolveShape(o);
   const shapes = [{ inDim: s.d, outDim: s.ffn }, { inDim: s.d, outDim: s.heads }];
   const b = await selectBackend(o.backend, { skipWebGpu: webGpuTooSmall(stepGflop(shapes, rank, batch)) });
   const gpu = b.name === 'webgpu' || b.name === 'node-gpu';
@@ -64,7 +68,7 @@ async function shapeBench(o: TrainShapeOptions) {
       steps: o.steps ?? (gpu ? 40 : target === 'mlp' ? 4 : 8),
       warmup: gpu ? 5 : 1,
     });
-  return { s, rank, batch, b, gpu, run };
+  return { b, gpu, run };
 }
 
 /** Both predictors' step benches in `workers` threads at once; per target, the aggregate over the common span. */
@@ -100,10 +104,7 @@ async function inWorkers(o: TrainShapeOptions, workers: number) {
 
 export async function runTrainShape(o: TrainShapeOptions): Promise<Record<string, unknown>> {
   const workers = o.workers ?? 1;
-  const s = TRAIN_SHAPES[o.shape];
-  if (!s) throw new Error(`unknown --shape '${o.shape}' (one of ${Object.keys(TRAIN_SHAPES).join(', ')})`);
-  const rank = o.rank ?? autoRank(s.d);
-  const batch = o.batch ?? AUTO.batchMax;
+  const { s, rank, batch } = resolveShape(o);
   const head = {
     bench: 'train-shape',
     date: new Date().toISOString(),
@@ -186,6 +187,10 @@ if (isMainThread && process.argv[1] && import.meta.url === pathToFileURL(process
   };
   if (!BACKENDS.includes(values.backend as BackendName)) {
     process.stderr.write(`error: --backend must be one of ${BACKENDS.join(', ')}\n`);
+    process.exit(2);
+  }
+  if (!TRAIN_SHAPES[values.shape!]) {
+    process.stderr.write(`error: --shape must be one of ${Object.keys(TRAIN_SHAPES).join(', ')}, got '${values.shape}'\n`);
     process.exit(2);
   }
   const r = await runTrainShape({

@@ -84,6 +84,16 @@ export function decodeInput(src: Uint16Array, srcOff: number, d: number, dst: Fl
   for (let i = 0; i < d; i++) dst[dstOff + i] = (dst[dstOff + i] - mean) * inv;
 }
 
+/** `doc -> is it a validation document` for one split, remembered per document (a document spans many rows). */
+function splitTest(split: SplitOptions): (doc: number) => boolean {
+  const seen = new Map<number, boolean>();
+  return (doc) => {
+    let v = seen.get(doc);
+    if (v === undefined) seen.set(doc, (v = isValidationDoc(doc, split.seed, split.valFrac)));
+    return v;
+  };
+}
+
 /** Assembles batches from compact rows. Buffers are reused: consume each batch before asking for the next. */
 class BatchAssembler {
   readonly x: Float32Array;
@@ -143,12 +153,7 @@ async function* blocks(
   const lb = labelBytes(job.outDim);
   const scratch = new Float32Array(job.outDim);
   const wants = wantsFor(job);
-  const valCache = new Map<number, boolean>();
-  const isVal = (doc: number) => {
-    let v = valCache.get(doc);
-    if (v === undefined) valCache.set(doc, (v = isValidationDoc(doc, split.seed, split.valFrac)));
-    return v;
-  };
+  const isVal = splitTest(split);
   let rows = new Int32Array(0);
   let lab = new Uint8Array(0);
   for (const s of shardOrder) {
@@ -255,16 +260,11 @@ export async function nonEmptyValFrac(set: ShardSet, split: SplitOptions): Promi
  * by document. Reads only the `doc` column of one layer. What `--batch auto` is chosen from.
  */
 export async function countTrainRows(set: ShardSet, split: SplitOptions): Promise<number> {
-  const valCache = new Map<number, boolean>();
+  const isVal = splitTest(split);
   let n = 0;
   for (let s = 0; s < set.shards.length; s++) {
     for await (const [b] of readAligned(set, s, [{ layer: set.layers[0], columns: [] }])) {
-      for (let r = 0; r < b.rows; r++) {
-        const doc = b.doc[r];
-        let v = valCache.get(doc);
-        if (v === undefined) valCache.set(doc, (v = isValidationDoc(doc, split.seed, split.valFrac)));
-        if (!v) n++;
-      }
+      for (let r = 0; r < b.rows; r++) if (!isVal(b.doc[r])) n++;
     }
   }
   return n;
@@ -290,14 +290,12 @@ export async function countSplit(set: ShardSet, job: Job, split: SplitOptions): 
   const lab = new Uint8Array(lb);
   const table = f16Table();
   const scratch = new Float32Array(job.outDim);
-  const valCache = new Map<number, boolean>();
+  const isVal = splitTest(split);
   for (let s = 0; s < set.shards.length; s++) {
     for await (const [b] of readAligned(set, s, [{ layer: job.layer, columns: [job.labelColumn] }])) {
       const lCol = b.cols.get(job.labelColumn)!;
       for (let r = 0; r < b.rows; r++) {
-        const doc = b.doc[r];
-        let v = valCache.get(doc);
-        if (v === undefined) valCache.set(doc, (v = isValidationDoc(doc, split.seed, split.valFrac)));
+        const v = isVal(b.doc[r]);
         packLabel(job, lCol, r, lab, 0, table, scratch);
         let p = 0;
         for (let i = 0; i < lb; i++) p += pop[lab[i]];

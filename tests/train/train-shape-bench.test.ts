@@ -25,4 +25,13 @@ describe('bench/train-shape --workers', () => {
     }
     expect(out.layer_samples_per_s).toBe(Math.round(1 / (1 / out.mlp.aggregate_samples_per_s + 1 / out.attn.aggregate_samples_per_s)));
   });
+
+  it('refuses an unknown shape or a worker count that is not a positive integer in one line', () => {
+    const shape = spawnSync(process.execPath, [script, '--shape', 'opt-7b'], { encoding: 'utf8' });
+    expect(shape.status).toBe(2);
+    expect(shape.stderr.trim()).toBe("error: --shape must be one of opt-mini, opt-1.3b, opt-6.7b, opt-13b, opt-30b, got 'opt-7b'");
+    const workers = spawnSync(process.execPath, [script, '--shape', 'opt-mini', '--workers', '0'], { encoding: 'utf8' });
+    expect(workers.status).toBe(2);
+    expect(workers.stderr.trim()).toBe("error: --workers must be a positive integer, got '0'");
+  });
 });
