@@ -16,8 +16,9 @@
 #   BIG_DOCS (default 50: 200 documents x 2048 tokens of opt-1.3b are 173,655 tokens and 37 GB of shards, whose one
 #   epoch took ~15 min on one WebGPU worker, bench/results/cuda-pipeline-opt-1.3b-h100.json; see `big_docs_note`),
 #   TRAIN_WORKERS (train's threads; default: the cores for opt-mini, whose predictors train on wasm; for the big demo
-#   1 on WebGPU, the cores on wasm). SHAPE_WASM=0 skips the wasm comparison of step shape; BIG_EPOCHS=N and BIG_BATCH=N train the big demo for N epochs / at batch N (default: train's) and
-#   BIG_TIMEOUT is its time limit in seconds (default 420), so it fits one call. RESUME=1 (a second call on the same,
+#   1 on WebGPU, the cores on wasm). SHAPE_WASM=0 skips the wasm comparison of step shape; BIG_EPOCHS=N and
+#   BIG_BATCH=N train the big demo for N epochs / at batch N (default: train's) and BIG_TIMEOUT is its time limit in
+#   seconds (default 420), so it fits one call. RESUME=1 (a second call on the same,
 #   still warm machine) keeps $WORK: the checkpoint is not rewritten and each demo resumes where it stopped.
 # The c4mini files are the tracked examples/c4mini ones (the first 400 train documents, the validation file).
 set -uo pipefail
