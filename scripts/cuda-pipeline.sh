@@ -13,12 +13,12 @@
 #   big     the same on a random-weight OPT-1.3B-shape checkpoint (scripts/random-opt-checkpoint.py, opt-mini's
 #           tokenizer files) at --max-len 2048 on BIG_DOCS c4mini-train documents -> demo-opt-1.3b.json
 # Environment: OUT (default ./cuda-out), STEPS (default "webgpu shape mini big"), WORK (default /tmp/dejavu-pipeline),
-#   BIG_DOCS (default 50: 200 documents x 2048 tokens of opt-1.3b are 173,655 tokens and 37 GB of shards, whose one
-#   epoch took ~15 min on one WebGPU worker, bench/results/cuda-pipeline-opt-1.3b-h100.json; see `big_docs_note`),
-#   TRAIN_WORKERS (train's threads; default: the cores for opt-mini, whose predictors train on wasm; for the big demo
-#   1 on WebGPU, the cores on wasm). SHAPE_WASM=0 skips the wasm comparison of step shape; BIG_EPOCHS=N and
-#   BIG_BATCH=N train the big demo for N epochs / at batch N (default: train's) and BIG_TIMEOUT is its time limit in
-#   seconds (default 420), so it fits one call. RESUME=1 (a second call on the same,
+#   BIG_DOCS (default 200: 173,655 tokens and 37 GB of shards at 2048), BIG_EPOCHS (default 1), BIG_BATCH (default
+#   1024) and BIG_TIMEOUT (default 560 s): the big demo in one 10-minute call (423 s on an H100,
+#   bench/results/cuda-demo-opt-1.3b-h100.json); TRAIN_WORKERS (train's threads; default: the cores for opt-mini,
+#   whose predictors train on wasm; for the big demo 6 on WebGPU, one Dawn device each, which trained the epoch in
+#   301 s where one worker took ~15 min; the cores on wasm). SHAPE_WASM=0 skips the wasm comparison of step shape.
+#   RESUME=1 (a second call on the same,
 #   still warm machine) keeps $WORK: the checkpoint is not rewritten and each demo resumes where it stopped.
 # The c4mini files are the tracked examples/c4mini ones (the first 400 train documents, the validation file).
 set -uo pipefail
@@ -27,7 +27,9 @@ ROOT=$PWD
 OUT=${OUT:-$ROOT/cuda-out}
 WORK=${WORK:-/tmp/dejavu-pipeline}
 STEPS=" ${STEPS:-webgpu shape mini big} "
-BIG_DOCS=${BIG_DOCS:-50}
+BIG_DOCS=${BIG_DOCS:-200}
+BIG_EPOCHS=${BIG_EPOCHS:-1}
+BIG_BATCH=${BIG_BATCH:-1024}
 SHAPE=${SHAPE:-opt-6.7b}
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/pipeline.log") 2>&1
@@ -164,13 +166,14 @@ if has big && ! { [ "${RESUME:-0}" = 1 ] && [ -f "$CKPT/config.json" ]; }; then
   CKPT_PID=$!
 fi
 
-# Train's threads: the cores on wasm, one on WebGPU (one Dawn device). opt-mini's training steps are below the size at
+# Train's threads: the cores on wasm, 6 on WebGPU (a Dawn device each; the step is CPU-bound, so the workers overlap:
+# 6 trained opt-1.3b's epoch 3x faster than one). opt-mini's training steps are below the size at
 # which train takes WebGPU (train/backend.ts WEBGPU_MIN_STEP_GFLOP), so its demo trains on wasm on every core; the
 # 1.3B shape's steps are above it, so that demo trains on WebGPU where Dawn finds an adapter.
 MINI_WORKERS=${TRAIN_WORKERS:-$(nproc)}
 if [ -z "${TRAIN_WORKERS:-}" ]; then
   if [ "${WEBGPU_OK:-}" = true ] || { [ -z "${WEBGPU_OK:-}" ] && NODE_PATH=$ROOT/.devnm/node_modules timeout 60 bash scripts/webgpu-setup.sh check > /dev/null 2>&1; }; then
-    TRAIN_WORKERS=1
+    TRAIN_WORKERS=6
   else
     TRAIN_WORKERS=$(nproc)
   fi
@@ -210,10 +213,10 @@ fi
 if has big; then
   [ -z "${CKPT_PID:-}" ] || wait "$CKPT_PID" || { echo "checkpoint failed: $(tail -3 "$WORK/ckpt.err")"; status=1; }
   du -sh "$CKPT"
-  note="BIG_DOCS=$BIG_DOCS c4mini-train documents (of the ~200 asked): opt-1.3b shards cost 223 KB per token (9,288 B x 24 layers, docs/real-models.md); 200 docs x 2048 are 173,655 tokens and 37 GB, whose one epoch on one WebGPU worker took ~15 min (bench/results/cuda-pipeline-opt-1.3b-h100.json), more than one 10-minute call"
-  EXTRA="{\"big_docs\": $BIG_DOCS, \"big_epochs\": ${BIG_EPOCHS:-null}, \"big_batch\": ${BIG_BATCH:-null}, \"big_docs_note\": \"$note\", \"checkpoint\": \"random weights, scripts/random-opt-checkpoint.py --shape opt-1.3b (MLP activity of random weights is ~50%, not sparse: the figures are times, not quality)\"}" \
-    demo opt-1.3b "${BIG_TIMEOUT:-420}" "$TRAIN_WORKERS" --model "$CKPT" --data "$TRAIN400" --eval-data "$VALID" --train-docs "$BIG_DOCS" --max-len 2048 \
-    ${BIG_EPOCHS:+--epochs "$BIG_EPOCHS"} ${BIG_BATCH:+--batch "$BIG_BATCH"}
+  note="opt-1.3b shards cost 223 KB per token (9,288 B x 24 layers, docs/real-models.md): 200 docs x 2048 are 173,655 tokens and 37 GB"
+  EXTRA="{\"big_docs\": $BIG_DOCS, \"big_epochs\": $BIG_EPOCHS, \"big_batch\": $BIG_BATCH, \"train_workers\": $TRAIN_WORKERS, \"big_docs_note\": \"$note\", \"checkpoint\": \"random weights, scripts/random-opt-checkpoint.py --shape opt-1.3b (MLP activity of random weights is ~50%, not sparse: the figures are times, not quality)\"}" \
+    demo opt-1.3b "${BIG_TIMEOUT:-560}" "$TRAIN_WORKERS" --model "$CKPT" --data "$TRAIN400" --eval-data "$VALID" --train-docs "$BIG_DOCS" --max-len 2048 \
+    --epochs "$BIG_EPOCHS" --batch "$BIG_BATCH"
 fi
 
 echo "== summary"

@@ -30,7 +30,7 @@ export function register(program: Command): void {
     .option('--buffer-rows <n>', 'shuffle buffer size in tokens (bounded memory; default: 65536 or 256 MiB of rows, whichever is smaller)', intArg('--buffer-rows'))
     .option('--select-beta <b>', 'checkpoint selection: F-beta on validation (beta > 1 favours recall)', numArg('--select-beta', { min: 0 }), 2)
     .option('--patience <n>', 'early stopping: epochs without a better F-beta', intArg('--patience'), DEFAULTS.patience)
-    .option('--workers <n>', 'predictors trained in parallel worker threads (wasm/cpu); at most the cores and what memory holds', intArg('--workers'), 1)
+    .option('--workers <n>', 'predictors trained at once in worker threads, each with its own tfjs (a wasm thread, or a Dawn device on the one GPU); at most the cores and what memory holds', intArg('--workers'), 1)
     .option('--seed <s>', 'seed (split, init, shuffles)', intArg('--seed', 0), 0)
     .option('--resume', 'continue the run in --out (same settings; checked before any training)')
     .option('--force', 'delete an earlier run\'s predictors, checkpoints and metrics.json in --out, then train')
