@@ -76,7 +76,7 @@ export function addCudaBenchOptions(cmd: Command): Command {
       new Option('--mlp-input <tap>', 'cuda, random predictors: where MLP predictors read (as train --mlp-input; default att_in)').choices([...MLP_INPUTS]),
     )
     .addOption(
-      new Option('--mlp-select <how>', 'cuda: MLP neurons by exact top-k (default), or grouped (each of G neuron groups its share; faster, +1% ppl on opt-mini: docs/cuda.md v24; streamed path only)').choices([...MLP_SELECTIONS]),
+      new Option('--mlp-select <how>', 'cuda: MLP neurons by exact top-k (default), or grouped (each of G neuron groups its share; faster, +1% ppl on opt-mini: docs/cuda.md v24; streamed path, MLP predictors reading att_in)').choices([...MLP_SELECTIONS]),
     )
     .addOption(
       new Option('--path <path>', 'cuda: the kernels: streamed (sm_90+, d <= 10240), portable (per-op, sm_80+), or auto (streamed where it runs; default)').choices([...CUDA_PATHS]),

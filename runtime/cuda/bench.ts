@@ -13,7 +13,7 @@
  * behaviour comes from the options only (lib.ts CudaOptions), never from the environment.
  */
 import { DejavuError } from '../../common/errors.js';
-import { MLP_INPUTS, type MlpInput } from '../../common/mlp-input.js';
+import { MLP_INPUTS, mlpInputSource, type MlpInput } from '../../common/mlp-input.js';
 import { CudaEngine, type SparsityPlan } from './engine.js';
 import { avgStepBytes, shapeDims, weightBytes, type Dims, type StepSparsity } from './floor.js';
 import { CUDA_PATHS, KV_POLICIES, MLP_SELECTIONS, loadCudaLib, type CudaLib, type CudaOptions, type Mode } from './lib.js';
@@ -90,6 +90,10 @@ export async function runCudaBench(o: CudaBenchOptions): Promise<Record<string, 
   if (!CUDA_PATHS.includes(path)) throw new DejavuError(`'${path}': expected one of ${CUDA_PATHS.join(', ')}`, '--path');
   if (path === 'portable' && selection === 'grouped')
     throw new DejavuError('the grouped top-k runs inside the streamed kernels; the portable path has the exact top-k only', '--mlp-select');
+  // The grouped top-k lives in the fused predictors, which read att_in: random predictors elsewhere would silently
+  // run the exact top-k under the grouped label.
+  if (!o.bundle && selection === 'grouped' && mlpInputSource(mlpInput, 1).column !== 'att_in')
+    throw new DejavuError(`grouped needs MLP predictors that read att_in; --mlp-input ${mlpInput} gets the exact top-k`, '--mlp-select');
   if (o.bundle && selection === 'grouped') {
     // Before any GPU work: a predictor the fused kernels cannot take would silently get the exact top-k.
     const { readManifest, groupedSelectionProblem } = await import('../../export/bundle.js');

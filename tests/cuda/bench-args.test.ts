@@ -72,6 +72,13 @@ describe('CUDA bench arguments (checked before any GPU work)', () => {
     await expect(runCudaBench({ ...base, model: 'm', bundle: 'b', rank: 64 })).rejects.toThrow(/--rank.*random predictors/);
     await expect(runCudaBench({ ...base, shape: 'opt-13b', path: 'fast' as 'auto' })).rejects.toThrow(/--path.*auto, streamed, portable/);
     await expect(runCudaBench({ ...base, shape: 'opt-13b', path: 'portable', mlpSelect: 'grouped' })).rejects.toThrow(/--mlp-select.*streamed kernels/);
+    for (const mlpInput of ['mlp_in', 'prev_mlp_in'] as const)
+      await expect(runCudaBench({ ...base, shape: 'opt-13b', mlpInput, mlpSelect: 'grouped' })).rejects.toThrow(
+        new RegExp(`--mlp-select.*grouped needs MLP predictors that read att_in; --mlp-input ${mlpInput} gets the exact top-k`),
+      );
+    // att_in and prev_att_in pass this check (and fail later: no GPU here)
+    for (const mlpInput of ['att_in', 'prev_att_in'] as const)
+      await expect(runCudaBench({ ...base, shape: 'opt-13b', mlpInput, mlpSelect: 'grouped' })).rejects.not.toThrow(/needs MLP predictors/);
   });
 
   it('runCudaBench refuses --mlp-select grouped with a bundle whose MLP predictors cannot run it, before the GPU', async () => {
