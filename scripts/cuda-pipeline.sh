@@ -214,7 +214,7 @@ if has big; then
   [ -z "${CKPT_PID:-}" ] || wait "$CKPT_PID" || { echo "checkpoint failed: $(tail -3 "$WORK/ckpt.err")"; status=1; }
   du -sh "$CKPT"
   note="opt-1.3b shards cost 223 KB per token (9,288 B x 24 layers, docs/real-models.md): 200 docs x 2048 are 173,655 tokens and 37 GB"
-  EXTRA="{\"big_docs\": $BIG_DOCS, \"big_epochs\": $BIG_EPOCHS, \"big_batch\": $BIG_BATCH, \"train_workers\": $TRAIN_WORKERS, \"big_docs_note\": \"$note\", \"checkpoint\": \"random weights, scripts/random-opt-checkpoint.py --shape opt-1.3b (MLP activity of random weights is ~50%, not sparse: the figures are times, not quality)\"}" \
+  EXTRA="{\"big_docs\": $BIG_DOCS, \"big_epochs\": $BIG_EPOCHS, \"big_batch\": $BIG_BATCH, \"train_workers\": $TRAIN_WORKERS, \"shards_note\": \"$note\", \"checkpoint\": \"random weights, scripts/random-opt-checkpoint.py --shape opt-1.3b (MLP activity of random weights is ~50%, not sparse: the figures are times, not quality)\"}" \
     demo opt-1.3b "${BIG_TIMEOUT:-560}" "$TRAIN_WORKERS" --model "$CKPT" --data "$TRAIN400" --eval-data "$VALID" --train-docs "$BIG_DOCS" --max-len 2048 \
     --epochs "$BIG_EPOCHS" --batch "$BIG_BATCH"
 fi
